@@ -157,7 +157,7 @@ def _ports(value: Iterable[Port]) -> tuple[Port, ...]:
 
 @attrs.frozen(slots=True, order=True)
 class Locality:
-    """Where a workload runs: region / zone / subzone (Consul datacenter, Eureka zone, k8s topology)."""
+    """Where a workload runs: region / zone / subzone (datacenter, zone, k8s topology)."""
 
     region: str = ""
     zone: str = ""
