@@ -1,0 +1,193 @@
+"""The ``meshfed`` command: a thin layer over the hub and its HTTP debug endpoints.
+
+Subcommands that talk to a running hub read its monitoring port (from ``--hub``, or from the mesh
+config's ``listen.monitoring``), so what they print is exactly what the hub serves. Optional
+command modules (Pilot's proxy commands, the CA's) register themselves when installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import json
+import logging
+import signal
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from meshfed.config import load_mesh_config
+from meshfed.resources import ConfigErrors
+
+COMMAND_MODULES = ("meshfed.cli_pilot", "meshfed.cli_security")
+
+
+def hub_url(args: argparse.Namespace) -> str:
+    if getattr(args, "hub", None):
+        return args.hub.rstrip("/")
+    mesh = load_mesh_config(args.config)
+    return f"http://{mesh.monitoring_address}"
+
+
+def fetch_json(url: str) -> Any:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")
+        raise SystemExit(f"error: {url} answered {exc.code}: {detail}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise SystemExit(
+            f"error: cannot reach the hub at {url} ({exc}); is `meshfed up` running?"
+        ) from None
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from meshfed.hub import run_hub
+
+    mesh = load_mesh_config(args.config)
+    logging.getLogger("meshfed").info(
+        "starting hub (config %s, %d registries)", mesh.source, len(mesh.registries)
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_hub(mesh, stop)
+
+    asyncio.run(main())
+    return 0
+
+
+def format_table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=False)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def cmd_registry_list(args: argparse.Namespace) -> int:
+    view = fetch_json(f"{hub_url(args)}/debug/registryz")
+    rows = []
+    for svc in view["services"]:
+        ports = ",".join(f"{p['number']}/{p['protocol']}" for p in svc["ports"])
+        healthy = sum(1 for e in svc["endpoints"] if e["healthy"])
+        rows.append(
+            [
+                svc["hostname"],
+                ",".join(svc["registries"]),
+                ports,
+                f"{healthy}/{len(svc['endpoints'])}",
+                svc["address"] or "-",
+            ]
+        )
+    print(format_table(rows, ["HOST", "REGISTRIES", "PORTS", "ENDPOINTS(healthy/all)", "ADDRESS"]))
+    for conflict in view["conflicts"]:
+        print(f"conflict: {conflict['message']}", file=sys.stderr)
+    return 0
+
+
+def cmd_registry_get(args: argparse.Namespace) -> int:
+    view = fetch_json(f"{hub_url(args)}/debug/registryz?host={args.host}")
+    if not view["services"]:
+        print(f"error: no service {args.host!r} in the mesh", file=sys.stderr)
+        return 1
+    svc = view["services"][0]
+    if args.output == "json":
+        print(json.dumps(svc, indent=2))
+        return 0
+    print(f"Service:    {svc['hostname']}")
+    print(f"Namespace:  {svc['namespace']}")
+    print(f"Registries: {', '.join(svc['registries'])}")
+    print(f"Address:    {svc['address'] or '-'}")
+    print(f"Resolution: {svc['resolution']}   Location: {svc['location']}")
+    ports = ", ".join(f"{p['name']} {p['number']}/{p['protocol']}" for p in svc["ports"])
+    print(f"Ports:      {ports}")
+    rows = [
+        [
+            e["address"],
+            ",".join(f"{k}={v}" for k, v in e["ports"].items()) or "-",
+            "HEALTHY" if e["healthy"] else "UNHEALTHY",
+            e["registry"],
+            e["locality"],
+            ",".join(f"{k}={v}" for k, v in e["labels"].items()) or "-",
+            e["identity"] or "-",
+        ]
+        for e in svc["endpoints"]
+    ]
+    print()
+    print(
+        format_table(
+            rows, ["ADDRESS", "PORTS", "HEALTH", "REGISTRY", "LOCALITY", "LABELS", "IDENTITY"]
+        )
+    )
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from meshfed.validate import validate_files
+
+    count, errors = validate_files(Path(p) for p in args.files)
+    for error in errors:
+        print(error, file=sys.stderr)
+    if errors:
+        print(f"{len(errors)} error(s) in {len(args.files)} file(s)", file=sys.stderr)
+        return 1
+    print(f"{count} document(s) in {len(args.files)} file(s) valid")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meshfed", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run the hub: registries, merged view, debug endpoints")
+    up.add_argument("--config", "-c", help="MeshConfig file (default: built-in)")
+    up.set_defaults(func=cmd_up)
+
+    registry = sub.add_parser("registry", help="inspect the merged service registry")
+    reg_sub = registry.add_subparsers(dest="registry_command", required=True)
+    for name, func, help_text in (
+        ("list", cmd_registry_list, "every service with its registries, ports, endpoints"),
+        ("get", cmd_registry_get, "one service with its endpoints"),
+    ):
+        p = reg_sub.add_parser(name, help=help_text)
+        p.add_argument("--hub", help="hub monitoring URL, e.g. http://127.0.0.1:15014")
+        p.add_argument("--config", "-c", help="MeshConfig file to find the hub's address")
+        if name == "get":
+            p.add_argument("host")
+            p.add_argument("--output", "-o", choices=["table", "json"], default="table")
+        p.set_defaults(func=func)
+
+    validate = sub.add_parser("validate", help="check config files; non-zero exit on errors")
+    validate.add_argument("files", nargs="+")
+    validate.set_defaults(func=cmd_validate)
+
+    for module_name in COMMAND_MODULES:
+        with contextlib.suppress(ModuleNotFoundError):
+            importlib.import_module(module_name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return args.func(args)
+    except ConfigErrors as exc:
+        for error in exc.errors:
+            print(error, file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""The mesh config: trust domain, listen addresses and the registries to federate.
+
+One YAML document of kind ``MeshConfig``; without a file, a built-in default runs the embedded
+static registry (the packaged ``defaults/services.yaml``), so ``meshfed up`` works out of the box.
+Relative paths in a config file are resolved against the file's folder. Each registry entry has a
+``name`` (unique; its position in the list is its merge precedence, first wins), a ``kind`` (an
+entry point of group ``meshfed.registries``: ``static``, ``consul``, ``eureka``, ``kubernetes``)
+and the kind's own parameters, passed through as given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from meshfed.resources import ConfigError, ConfigErrors, FieldReader, load_documents
+
+MESH_API_VERSIONS = frozenset({"meshfed.io/v1alpha1"})
+DEFAULT_SERVICES = "services.yaml"
+
+
+def default_services_path() -> Path:
+    return Path(str(resources.files("meshfed").joinpath("defaults", DEFAULT_SERVICES)))
+
+
+@attrs.frozen(slots=True)
+class RegistryConfig:
+    name: str
+    kind: str
+    params: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen(slots=True)
+class MeshConfig:
+    trust_domain: str = "cluster.local"
+    system_namespace: str = "meshfed-system"
+    monitoring_address: str = "127.0.0.1:15014"
+    discovery_address: str = "127.0.0.1:15010"
+    registries: tuple[RegistryConfig, ...] = ()
+    config_paths: tuple[str, ...] = ()  # where routing rules and other config kinds live
+    pilot: Mapping[str, Any] = attrs.field(factory=dict)
+    source: str = "<built-in default>"
+
+
+def default_mesh_config() -> MeshConfig:
+    services = str(default_services_path())
+    return MeshConfig(
+        registries=(RegistryConfig("static", "static", {"paths": [services]}),),
+        config_paths=(services,),
+    )
+
+
+def _resolve(base: Path, value: str) -> str:
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (base / path))
+
+
+def load_mesh_config(path: Path | str | None) -> MeshConfig:
+    """Read a MeshConfig file (or the built-in default when ``path`` is None).
+
+    Raises ConfigErrors naming the file, field and what was expected.
+    """
+    if path is None:
+        return default_mesh_config()
+    path = Path(path)
+    docs, errors = load_documents(path)
+    if errors:
+        raise ConfigErrors(errors)
+    mesh_docs = [d for d in docs if d.kind == "MeshConfig"]
+    if len(mesh_docs) != 1:
+        raise ConfigErrors(
+            [ConfigError(str(path), "file", "kind", "expected exactly one MeshConfig document")]
+        )
+    doc = mesh_docs[0]
+    reader = FieldReader(doc.file, doc.ref, doc.spec, "spec")
+    if doc.api_version not in MESH_API_VERSIONS:
+        reader.errors.append(
+            ConfigError(doc.file, doc.ref, "apiVersion", "expected meshfed.io/v1alpha1")
+        )
+    reader.unknown_fields(
+        {"trustDomain", "systemNamespace", "listen", "registries", "configPaths", "pilot"}
+    )
+    defaults = MeshConfig()
+    listen = reader.reader("listen")
+    if listen is not None:
+        listen.unknown_fields({"monitoring", "discovery"})
+    base = path.parent
+    registries = []
+    names: set[str] = set()
+    for reg in reader.readers("registries"):
+        name = reg.str("name", required=True)
+        kind = reg.str("kind", required=True)
+        if name in names:
+            reg.error("name", f"expected a unique registry name, {name!r} is used twice")
+        names.add(name)
+        params = {k: v for k, v in reg.data.items() if k not in ("name", "kind")}
+        if "paths" in params:
+            paths = reg.str_list("paths")
+            params["paths"] = [_resolve(base, p) for p in paths]
+        registries.append(RegistryConfig(name, kind, params))
+    pilot_reader = reader.reader("pilot")
+    config = MeshConfig(
+        trust_domain=reader.str("trustDomain", default=defaults.trust_domain),
+        system_namespace=reader.str("systemNamespace", default=defaults.system_namespace),
+        monitoring_address=(listen.str("monitoring") if listen else "")
+        or defaults.monitoring_address,
+        discovery_address=(listen.str("discovery") if listen else "") or defaults.discovery_address,
+        registries=tuple(registries),
+        config_paths=tuple(_resolve(base, p) for p in reader.str_list("configPaths")),
+        pilot=dict(pilot_reader.data) if pilot_reader else {},
+        source=str(path),
+    )
+    for field, value in (
+        ("listen.monitoring", config.monitoring_address),
+        ("listen.discovery", config.discovery_address),
+    ):
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit():
+            reader.errors.append(
+                ConfigError(
+                    doc.file, doc.ref, f"spec.{field}", f"expected host:port, got {value!r}"
+                )
+            )
+    if reader.errors:
+        raise ConfigErrors(reader.errors)
+    return config
+
+
+def split_address(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)

@@ -1,0 +1,58 @@
+"""``meshfed validate``: check config files before they reach a running hub.
+
+Every kind meshfed knows is checked with the same parser its store uses, so a file that validates
+here is a file the hub accepts. Kinds are looked up in :data:`KIND_PARSERS`; stores that own other
+kinds add theirs through :func:`kind_parsers`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from adapters.static.kinds import PARSERS as STATIC_PARSERS
+from meshfed.config import load_mesh_config
+from meshfed.resources import ConfigError, ConfigErrors, Document, load_documents
+
+Parser = Callable[[Document], tuple[Any, list[ConfigError]]]
+
+
+def kind_parsers() -> dict[str, Parser]:
+    parsers: dict[str, Parser] = dict(STATIC_PARSERS)
+    try:
+        from pilot.config import PARSERS as PILOT_PARSERS  # routing kinds, once they exist
+    except ImportError:
+        PILOT_PARSERS = {}
+    parsers.update(PILOT_PARSERS)
+    return parsers
+
+
+def validate_files(paths: Iterable[Path]) -> tuple[int, list[ConfigError]]:
+    """Validate files; return the number of documents checked and every error found."""
+    parsers = kind_parsers()
+    count = 0
+    errors: list[ConfigError] = []
+    for path in paths:
+        docs, file_errors = load_documents(path)
+        errors.extend(file_errors)
+        for doc in docs:
+            count += 1
+            if doc.kind == "MeshConfig":
+                try:
+                    load_mesh_config(path)
+                except ConfigErrors as exc:
+                    errors.extend(exc.errors)
+                continue
+            parser = parsers.get(doc.kind)
+            if parser is None:
+                known = ", ".join(sorted([*parsers, "MeshConfig"]))
+                errors.append(
+                    ConfigError(
+                        doc.file, doc.ref, "kind", f"unknown kind (expected one of {known})"
+                    )
+                )
+                continue
+            _, doc_errors = parser(doc)
+            errors.extend(doc_errors)
+    return count, errors
