@@ -152,7 +152,7 @@ class Port:
 
 
 def _ports(value: Iterable[Port]) -> tuple[Port, ...]:
-    return tuple(sorted(value, key=lambda p: (p.number, p.name)))
+    return tuple(sorted(value, key=lambda p: (p.number, p.name, p.protocol.value)))
 
 
 @attrs.frozen(slots=True, order=True)
