@@ -10,41 +10,26 @@ to their own stores.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
-import watchfiles
 
 from adapters.static.kinds import PARSERS, ServiceEntrySpec, WorkloadSpec
 from adapters.static.translate import translate
+from meshfed.filestore import WatchedFiles
 from meshfed.resources import ConfigError, load_documents
 from registry.aggregate import Member
 
 log = logging.getLogger("meshfed.adapters.static")
-
-YAML_SUFFIXES = (".yaml", ".yml")
-
-
-def config_files(paths: Iterable[Path]) -> list[Path]:
-    """The YAML files named by ``paths`` (files as given, directories' *.yaml, sorted)."""
-    files: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            files.extend(sorted(p for p in path.iterdir() if p.suffix in YAML_SUFFIXES))
-        else:
-            files.append(path)
-    return files
 
 
 @attrs.frozen(slots=True)
 class FileState:
     entries: tuple[ServiceEntrySpec, ...] = ()
     workloads: tuple[WorkloadSpec, ...] = ()
-    errors: tuple[ConfigError, ...] = ()
 
 
 def parse_file(path: Path) -> tuple[FileState | None, list[ConfigError]]:
@@ -73,62 +58,41 @@ class StaticRegistry:
 
     def __init__(self, member: Member, paths: Iterable[Path | str], trust_domain: str) -> None:
         self.member = member
-        self.paths = [Path(p) for p in paths]
         self.trust_domain = trust_domain
-        self._files: dict[Path, FileState] = {}
-        self._errors: dict[Path, list[ConfigError]] = {}
-        self._stop = asyncio.Event()
+        self.files = WatchedFiles(paths, parse_file, self._apply, what="static registry config")
 
     @property
     def errors(self) -> list[ConfigError]:
-        return [e for path in sorted(self._errors) for e in self._errors[path]]
+        return self.files.errors
+
+    def _apply(self) -> None:
+        states = self.files.content.values()
+        services, endpoints, translate_errors = translate(
+            [e for s in states for e in s.entries],
+            [w for s in states for w in s.workloads],
+            self.trust_domain,
+            self.member.name,
+        )
+        self.files.add_errors(translate_errors)
+        self.member.replace(services, endpoints)
+        self.member.mark_synced()
 
     def reload(self) -> list[ConfigError]:
         """Re-read every file and apply the result; return the errors now in force."""
-        present = config_files(self.paths)
-        for missing in set(self._files) - set(present):
-            del self._files[missing]
-        self._errors = {}
-        for path in present:
-            state, errors = parse_file(path)
-            if state is None:
-                self._errors[path] = errors
-                kept = "keeping its last good state" if path in self._files else "nothing applied"
-                for error in errors:
-                    log.error("config error (%s): %s", kept, error)
-            else:
-                self._files[path] = state
-        entries = [e for s in self._files.values() for e in s.entries]
-        workloads = [w for s in self._files.values() for w in s.workloads]
-        services, endpoints, translate_errors = translate(
-            entries, workloads, self.trust_domain, self.member.name
-        )
-        for error in translate_errors:
-            log.error("config error: %s", error)
-            self._errors.setdefault(Path(error.file), []).append(error)
-        self.member.replace(services, endpoints)
+        self.files.reload()
         return self.errors
 
     async def run(self) -> None:
         """Load, report synced, then apply every change to the watched paths until stopped."""
-        self.reload()
-        self.member.mark_synced()
-        watch_roots = sorted({str(p if p.is_dir() else p.parent) for p in self.paths})
-        try:
-            async for _ in watchfiles.awatch(
-                *watch_roots, stop_event=self._stop, debounce=200, step=50, recursive=False
-            ):
-                self.reload()
-        except FileNotFoundError as exc:
-            log.error("static registry cannot watch %s: %s", watch_roots, exc)
+        await self.files.watch()
 
     async def stop(self) -> None:
-        self._stop.set()
+        self.files.stop()
 
     def describe(self) -> dict[str, Any]:
         return {
-            "paths": [str(p) for p in self.paths],
-            "files": [str(p) for p in sorted(self._files)],
+            "paths": [str(p) for p in self.files.paths],
+            "files": [str(p) for p in sorted(self.files.content)],
             "errors": [str(e) for e in self.errors],
         }
 
