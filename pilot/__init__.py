@@ -1,1 +1,14 @@
-"""meshfed: pilot."""
+"""Pilot: turns the unified registry model into Envoy v3 configuration and serves it over ADS.
+
+Layout, one job per module:
+- ``translate/``: pure functions from model objects to Envoy protos (clusters, endpoints,
+  listeners, routes). No state, no I/O.
+- ``node``: what a proxy says about itself in its bootstrap (id, namespace, IP, app ports).
+- ``cache``: resources built once per registry change and shared by every proxy, each with a
+  content-hash version; per-proxy views are assembled from it.
+- ``watch``: per-stream, per-type version/nonce/ACK/NACK bookkeeping (pure, unit tested).
+- ``debounce``: quiet-period + max-delay batching of registry events.
+- ``ads``: the ``grpc.aio`` AggregatedDiscoveryService (state-of-the-world and delta).
+- ``server``: wires the aggregate registry, debounce, cache and ADS together.
+- ``status`` / ``metrics``: the operator view (``/debug/syncz``, config dumps, Prometheus).
+"""

@@ -1,0 +1,168 @@
+"""Helpers for Pilot's real-Envoy tests: a Pilot on an ephemeral port, tiny HTTP backends, and
+sidecars that are always stopped (process groups), even when a test fails.
+
+Every host is a distinct 127.0.0.0/8 address; each test module picks its own third octet so
+modules never collide with each other or with other suites' peers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from meshfed.proxy import EnvoyProcess, ProxySpec, wait_ready
+from pilot.server import PilotServer
+from pilot.status import routes as status_routes
+from registry.aggregate import AggregateRegistry
+from registry.model import Endpoint, Port, Protocol, Service
+
+
+def http_service(host: str, port: int = 80, namespace: str = "default") -> Service:
+    return Service(hostname=host, namespace=namespace, ports=(Port(port, "http", Protocol.HTTP),))
+
+
+def endpoint(address: str, port: int = 9080, name: str = "http") -> Endpoint:
+    return Endpoint(address=address, ports={name: port})
+
+
+class Backend:
+    """An HTTP server that answers every request with its own name."""
+
+    def __init__(self, name: str, address: str, port: int) -> None:
+        self.name, self.address, self.port = name, address, port
+        self.hits = 0
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        async def handle(request: web.Request) -> web.Response:
+            self.hits += 1
+            return web.Response(text=self.name, headers={"x-backend": self.name})
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.address, self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+class Mesh:
+    """An aggregate, a Pilot serving it, a monitoring app, and the sidecars/backends started."""
+
+    def __init__(self, quiet: float = 0.02, max_delay: float = 0.2) -> None:
+        self.aggregate = AggregateRegistry()
+        self.member = self.aggregate.add_member("test")
+        self.pilot = PilotServer(self.aggregate, "127.0.0.1:0", quiet, max_delay)
+        self.envoys: list[EnvoyProcess] = []
+        self.backends: list[Backend] = []
+        self.monitoring: web.AppRunner | None = None
+        self.hub_url = ""
+
+    async def start(self) -> None:
+        await self.pilot.start()
+        app = web.Application()
+        app.add_routes(status_routes(lambda: self.pilot.discovery))
+        self.monitoring = web.AppRunner(app, access_log=None)
+        await self.monitoring.setup()
+        site = web.TCPSite(self.monitoring, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.hub_url = f"http://127.0.0.1:{port}"
+
+    async def restart_pilot(self, down_for: float = 0.0) -> None:
+        """Stop the discovery server and start a fresh one (empty cache) on the same port."""
+        port = self.pilot.port
+        await self.pilot.stop()
+        await asyncio.sleep(down_for)
+        self.pilot = PilotServer(
+            self.aggregate, f"127.0.0.1:{port}", self.pilot.quiet, self.pilot.max_delay
+        )
+        await self.pilot.start()
+
+    async def backend(self, name: str, address: str, port: int) -> Backend:
+        b = Backend(name, address, port)
+        await b.start()
+        self.backends.append(b)
+        return b
+
+    async def sidecar(
+        self,
+        ip: str,
+        workload: str,
+        app_ports: str = "",
+        delta: bool = False,
+        namespace: str = "default",
+        ready: bool = True,
+    ) -> EnvoyProcess:
+        spec = ProxySpec(
+            ip=ip,
+            workload=workload,
+            namespace=namespace,
+            app_ports=app_ports,
+            pilot=f"127.0.0.1:{self.pilot.port}",
+            delta=delta,
+        )
+        envoy = EnvoyProcess(spec)
+        self.envoys.append(envoy)
+        await envoy.start()
+        if ready:
+            await wait_ready(envoy, self.hub_url, timeout=30)
+        return envoy
+
+    async def stop(self) -> None:
+        for envoy in self.envoys:
+            with contextlib.suppress(Exception):
+                await envoy.stop()
+        for b in self.backends:
+            with contextlib.suppress(Exception):
+                await b.stop()
+        with contextlib.suppress(Exception):
+            await self.pilot.stop()
+        if self.monitoring is not None:
+            await self.monitoring.cleanup()
+
+    def syncz(self, proxy: str) -> dict[str, Any]:
+        conn = self.pilot.discovery.find(proxy) if self.pilot.discovery else None
+        return conn.describe() if conn is not None else {}
+
+
+@contextlib.asynccontextmanager
+async def running_mesh(**kwargs: Any) -> AsyncIterator[Mesh]:
+    mesh = Mesh(**kwargs)
+    try:
+        await mesh.start()
+        yield mesh
+    finally:
+        await mesh.stop()
+
+
+async def get(
+    session: aiohttp.ClientSession, url: str, host: str, timeout: float = 5.0
+) -> tuple[int, str]:
+    async with session.get(
+        url, headers={"Host": host}, timeout=aiohttp.ClientTimeout(total=timeout)
+    ) as response:
+        return response.status, await response.text()
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], timeout: float, what: str, interval: float = 0.1
+) -> None:
+    """Poll ``check`` until true; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(aiohttp.ClientError, OSError, asyncio.TimeoutError):
+            if await check():
+                return
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -1,0 +1,424 @@
+"""Parsers for the traffic-management kinds, with errors that say exactly what is wrong.
+
+Istio 0.2's documents (``config.istio.io/v1alpha2``) are accepted as written, next to meshfed's
+``config.meshfed.io/v1alpha1``; Kubernetes ``Ingress`` (``networking.k8s.io/v1`` and the 0.2-era
+``extensions/v1beta1``) feeds the ingress gateway. Each parser returns (object or None, errors)
+and never raises on bad input.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable
+
+from meshfed.resources import ConfigError, Document, FieldReader
+from pilot.config.model import (
+    CircuitBreaker,
+    ConfigObject,
+    Cors,
+    DestinationPolicy,
+    EgressPort,
+    EgressRule,
+    Fault,
+    Gateway,
+    IngressPath,
+    LoadBalancer,
+    Match,
+    MatchKind,
+    Retry,
+    Rewrite,
+    RouteRule,
+    ServiceRef,
+    StringMatch,
+    WeightedDestination,
+)
+from registry.model import Labels, Protocol
+
+CONFIG_API_VERSIONS = frozenset({"config.istio.io/v1alpha2", "config.meshfed.io/v1alpha1"})
+INGRESS_API_VERSIONS = frozenset({"networking.k8s.io/v1", "extensions/v1beta1"})
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(reader: FieldReader, name: str) -> float | None:
+    """A protobuf-style duration such as ``250ms``, ``1.5s``, ``2m``; None when absent."""
+    raw = reader.str(name)
+    if not raw:
+        return None
+    found = _DURATION.match(raw.strip())
+    if not found:
+        reader.error(name, f"expected a duration such as 250ms, 1.5s or 2m, got {raw!r}")
+        return None
+    return float(found.group(1)) * _UNITS[found.group(2)]
+
+
+def _percent(reader: FieldReader, name: str) -> float:
+    value = reader.data.get(name)
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
+        reader.error(name, f"expected a percentage 0..100, got {value!r}")
+        return 0.0
+    return float(value)
+
+
+def _check_api_version(doc: Document, reader: FieldReader, allowed: frozenset[str]) -> None:
+    if doc.api_version not in allowed:
+        reader.errors.append(
+            ConfigError(
+                doc.file,
+                doc.ref,
+                "apiVersion",
+                f"expected one of {', '.join(sorted(allowed))}, got {doc.api_version!r}",
+            )
+        )
+
+
+def service_ref(reader: FieldReader | None, required_name: bool = True) -> ServiceRef | None:
+    if reader is None:
+        return None
+    reader.unknown_fields({"name", "namespace", "domain", "service", "labels"})
+    ref = ServiceRef(
+        name=reader.str("name"),
+        namespace=reader.str("namespace"),
+        domain=reader.str("domain"),
+        service=reader.str("service"),
+        labels=reader.str_map("labels"),
+    )
+    if required_name and not ref.name and not ref.service:
+        reader.error("name", "expected a service name (or `service` with a FQDN)")
+    return ref
+
+
+def _string_match(reader: FieldReader) -> StringMatch | None:
+    reader.unknown_fields({"exact", "prefix", "regex"})
+    given = [(k, reader.str(k.value)) for k in MatchKind if reader.data.get(k.value) is not None]
+    if len(given) != 1:
+        reader.error("", "expected exactly one of exact, prefix, regex")
+        return None
+    kind, value = given[0]
+    if kind is MatchKind.REGEX:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            reader.error("regex", f"expected a valid regular expression: {exc}")
+            return None
+    return StringMatch(kind, value)
+
+
+def _subnets(reader: FieldReader, name: str) -> tuple[str, ...]:
+    values = reader.str_list(name)
+    out = []
+    for i, value in enumerate(values):
+        try:
+            out.append(str(ipaddress.ip_network(value, strict=False)))
+        except ValueError:
+            reader.error(f"{name}[{i}]", f"expected a CIDR such as 10.0.0.0/8, got {value!r}")
+    return tuple(out)
+
+
+def _match(reader: FieldReader | None) -> Match:
+    if reader is None:
+        return Match()
+    reader.unknown_fields({"source", "request", "tcp", "udp"})
+    source = service_ref(reader.reader("source"))
+    headers = []
+    request = reader.reader("request")
+    if request is not None:
+        request.unknown_fields({"headers"})
+        header_reader = request.reader("headers")
+        if header_reader is not None:
+            for key in sorted(header_reader.data):
+                sub = header_reader.reader(str(key), required=True)
+                if sub is not None:
+                    matched = _string_match(sub)
+                    if matched is not None:
+                        headers.append((str(key).lower(), matched))
+    tcp = reader.reader("tcp")
+    src: tuple[str, ...] = ()
+    dst: tuple[str, ...] = ()
+    if tcp is not None:
+        tcp.unknown_fields({"sourceSubnet", "destinationSubnet"})
+        src, dst = _subnets(tcp, "sourceSubnet"), _subnets(tcp, "destinationSubnet")
+    return Match(source, tuple(headers), src, dst)
+
+
+def _rewrite(reader: FieldReader | None) -> Rewrite | None:
+    if reader is None:
+        return None
+    reader.unknown_fields({"uri", "authority"})
+    rewrite = Rewrite(reader.str("uri"), reader.str("authority"))
+    if not rewrite.uri and not rewrite.authority:
+        reader.error("", "expected uri or authority")
+    return rewrite
+
+
+def parse_route_rule(doc: Document) -> tuple[RouteRule | None, list[ConfigError]]:
+    r = FieldReader(doc.file, doc.ref, doc.spec, "spec")
+    _check_api_version(doc, r, CONFIG_API_VERSIONS)
+    r.unknown_fields(
+        {
+            "destination",
+            "precedence",
+            "match",
+            "route",
+            "redirect",
+            "rewrite",
+            "websocketUpgrade",
+            "httpReqTimeout",
+            "httpReqRetries",
+            "httpFault",
+            "l4Fault",
+            "mirror",
+            "corsPolicy",
+            "appendHeaders",
+        }
+    )
+    destination = service_ref(r.reader("destination", required=True))
+    precedence = r.int("precedence", minimum=-(1 << 31), maximum=(1 << 31) - 1)
+    match = _match(r.reader("match"))
+    routes = []
+    for route in r.readers("route"):
+        route.unknown_fields({"labels", "weight", "destination"})
+        routes.append(
+            WeightedDestination(
+                labels=route.str_map("labels"),
+                weight=route.int(
+                    "weight",
+                    default=100 if len(r.data["route"]) == 1 else 0,
+                    minimum=0,
+                    maximum=100,
+                ),
+                destination=service_ref(route.reader("destination")),
+            )
+        )
+    if routes and sum(w.weight for w in routes) != 100:
+        r.error("route", f"expected weights summing to 100, got {sum(w.weight for w in routes)}")
+    timeout = None
+    timeout_reader = r.reader("httpReqTimeout")
+    if timeout_reader is not None:
+        simple = timeout_reader.reader("simpleTimeout", required=True)
+        timeout = parse_duration(simple, "timeout") if simple else None
+    retry = None
+    retries_reader = r.reader("httpReqRetries")
+    if retries_reader is not None:
+        simple = retries_reader.reader("simpleRetry", required=True)
+        if simple is not None:
+            simple.unknown_fields({"attempts", "perTryTimeout", "overrideHeaderName"})
+            retry = Retry(
+                simple.int("attempts", required=True, minimum=0, maximum=100),
+                parse_duration(simple, "perTryTimeout"),
+            )
+    fault = None
+    fault_reader = r.reader("httpFault")
+    if fault_reader is not None:
+        fault_reader.unknown_fields({"delay", "abort"})
+        delay = fault_reader.reader("delay")
+        abort = fault_reader.reader("abort")
+        fault = Fault(
+            delay_percent=_percent(delay, "percent") if delay else 0.0,
+            fixed_delay=parse_duration(delay, "fixedDelay") if delay else None,
+            abort_percent=_percent(abort, "percent") if abort else 0.0,
+            abort_status=abort.int("httpStatus", minimum=200, maximum=599) or None
+            if abort
+            else None,
+        )
+        if delay is not None and fault.fixed_delay is None:
+            delay.error("fixedDelay", "is required")
+        if abort is not None and fault.abort_status is None:
+            abort.error("httpStatus", "expected an HTTP status 200..599")
+    cors = None
+    cors_reader = r.reader("corsPolicy")
+    if cors_reader is not None:
+        cors = Cors(
+            tuple(cors_reader.str_list("allowOrigin")),
+            tuple(cors_reader.str_list("allowMethods")),
+            tuple(cors_reader.str_list("allowHeaders")),
+            tuple(cors_reader.str_list("exposeHeaders")),
+            parse_duration(cors_reader, "maxAge"),
+            cors_reader.bool("allowCredentials"),
+        )
+    redirect = _rewrite(r.reader("redirect"))
+    rewrite = _rewrite(r.reader("rewrite"))
+    if redirect is not None and (routes or rewrite is not None):
+        r.error("redirect", "expected redirect alone, without route or rewrite")
+    if r.errors or destination is None:
+        return None, r.errors
+    return (
+        RouteRule(
+            doc.name,
+            doc.namespace,
+            doc.file,
+            destination,
+            precedence,
+            match,
+            tuple(routes),
+            timeout,
+            retry,
+            fault,
+            redirect,
+            rewrite,
+            service_ref(r.reader("mirror")),
+            r.bool("websocketUpgrade"),
+            Labels(r.str_map("appendHeaders")),
+            cors,
+        ),
+        r.errors,
+    )
+
+
+def parse_destination_policy(doc: Document) -> tuple[DestinationPolicy | None, list[ConfigError]]:
+    r = FieldReader(doc.file, doc.ref, doc.spec, "spec")
+    _check_api_version(doc, r, CONFIG_API_VERSIONS)
+    r.unknown_fields(
+        {"destination", "source", "loadBalancing", "circuitBreaker", "connectTimeout", "custom"}
+    )
+    destination = service_ref(r.reader("destination", required=True))
+    source = service_ref(r.reader("source"))
+    lb = None
+    lb_reader = r.reader("loadBalancing")
+    if lb_reader is not None:
+        lb_reader.unknown_fields({"name"})
+        lb = lb_reader.enum("name", LoadBalancer, LoadBalancer.ROUND_ROBIN)
+    cb = None
+    cb_reader = r.reader("circuitBreaker")
+    if cb_reader is not None:
+        simple = cb_reader.reader("simpleCb", required=True)
+        if simple is not None:
+            ints = {
+                "maxConnections": "max_connections",
+                "httpMaxPendingRequests": "http_max_pending_requests",
+                "httpMaxRequests": "http_max_requests",
+                "httpMaxRequestsPerConnection": "http_max_requests_per_connection",
+                "httpMaxRetries": "http_max_retries",
+                "httpConsecutiveErrors": "http_consecutive_errors",
+            }
+            simple.unknown_fields(
+                {*ints, "sleepWindow", "httpDetectionInterval", "httpMaxEjectionPercent"}
+            )
+            values: dict[str, object] = {
+                attr: simple.int(key, minimum=0, maximum=(1 << 31) - 1) or None
+                for key, attr in ints.items()
+            }
+            values["sleep_window"] = parse_duration(simple, "sleepWindow")
+            values["http_detection_interval"] = parse_duration(simple, "httpDetectionInterval")
+            values["http_max_ejection_percent"] = (
+                simple.int("httpMaxEjectionPercent", minimum=0, maximum=100) or None
+            )
+            cb = CircuitBreaker(**values)  # type: ignore[arg-type]
+    connect_timeout = parse_duration(r, "connectTimeout")
+    if r.errors or destination is None:
+        return None, r.errors
+    return (
+        DestinationPolicy(
+            doc.name, doc.namespace, doc.file, destination, source, lb, cb, connect_timeout
+        ),
+        [],
+    )
+
+
+EGRESS_PROTOCOLS = {
+    "HTTP": Protocol.HTTP,
+    "HTTP2": Protocol.HTTP2,
+    "GRPC": Protocol.GRPC,
+    "HTTPS": Protocol.TLS,
+    "TLS": Protocol.TLS,
+    "TCP": Protocol.TCP,
+}
+
+
+def parse_egress_rule(doc: Document) -> tuple[EgressRule | None, list[ConfigError]]:
+    r = FieldReader(doc.file, doc.ref, doc.spec, "spec")
+    _check_api_version(doc, r, CONFIG_API_VERSIONS)
+    r.unknown_fields({"destination", "ports", "useEgressProxy"})
+    dest = r.reader("destination", required=True)
+    service = ""
+    if dest is not None:
+        dest.unknown_fields({"service"})
+        service = dest.str("service", required=True).lower()
+        if service and not re.fullmatch(r"(\*|(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?)", service):
+            dest.error("service", f"expected a domain or *.domain, got {service!r}")
+    ports = []
+    for port in r.readers("ports", required=True):
+        port.unknown_fields({"port", "protocol"})
+        number = port.port("port", required=True)
+        raw = port.str("protocol", default="http").upper()
+        if raw not in EGRESS_PROTOCOLS:
+            port.error(
+                "protocol",
+                f"expected one of {', '.join(p.lower() for p in EGRESS_PROTOCOLS)}, got {raw!r}",
+            )
+        elif number:
+            ports.append(EgressPort(number, EGRESS_PROTOCOLS[raw]))
+    if r.bool("useEgressProxy"):
+        r.error("useEgressProxy", "expected false: egress goes directly from the sidecar")
+    if r.errors:
+        return None, r.errors
+    return EgressRule(doc.name, doc.namespace, doc.file, service, tuple(ports)), []
+
+
+def _ingress_backend(reader: FieldReader | None, namespace: str) -> tuple[ServiceRef, int | str]:
+    if reader is None:
+        return ServiceRef(), 0
+    service = reader.reader("service")
+    if service is not None:  # networking.k8s.io/v1
+        name = service.str("name", required=True)
+        port_reader = service.reader("port", required=True)
+        port: int | str = 0
+        if port_reader is not None:
+            port = port_reader.port("number") or port_reader.str("name")
+            if not port:
+                port_reader.error("", "expected number or name")
+        return ServiceRef(name=name, namespace=namespace), port
+    name = reader.str("serviceName", required=True)  # extensions/v1beta1 and meshfed's Gateway
+    raw = reader.data.get("servicePort")
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return ServiceRef(name=name, namespace=namespace), raw
+    if isinstance(raw, str) and raw:
+        return ServiceRef(name=name, namespace=namespace), int(raw) if raw.isdigit() else raw
+    reader.error("servicePort", "expected a port number or name")
+    return ServiceRef(name=name, namespace=namespace), 0
+
+
+def parse_ingress(doc: Document) -> tuple[Gateway | None, list[ConfigError]]:
+    """A Kubernetes Ingress, or meshfed's Gateway kind (same shape, plus ``port``)."""
+    r = FieldReader(doc.file, doc.ref, doc.spec, "spec")
+    allowed = INGRESS_API_VERSIONS if doc.kind == "Ingress" else CONFIG_API_VERSIONS
+    _check_api_version(doc, r, allowed)
+    r.unknown_fields({"rules", "tls", "ingressClassName", "defaultBackend", "backend", "port"})
+    paths = []
+    for rule in r.readers("rules", required=True):
+        host = rule.str("host").lower() or "*"
+        http = rule.reader("http", required=True)
+        if http is None:
+            continue
+        for path_reader in http.readers("paths", required=True):
+            path = path_reader.str("path", default="/")
+            if not path.startswith("/"):
+                path_reader.error("path", f"expected a path starting with /, got {path!r}")
+            backend, port = _ingress_backend(
+                path_reader.reader("backend", required=True), doc.namespace
+            )
+            grpc = path_reader.bool("grpc")
+            paths.append(IngressPath(host, path, backend, port, grpc))
+    tls = []
+    for tls_reader in r.readers("tls"):
+        secret = tls_reader.str("secretName", required=True)
+        for host in tls_reader.str_list("hosts") or ["*"]:
+            tls.append((host.lower(), secret))
+    port = r.port("port") if doc.kind == "Gateway" else 0
+    if r.errors:
+        return None, r.errors
+    return Gateway(doc.name, doc.namespace, doc.file, doc.kind, tuple(paths), tuple(tls), port), []
+
+
+Parser = Callable[[Document], tuple[ConfigObject | None, list[ConfigError]]]
+
+PARSERS: dict[str, Parser] = {
+    "RouteRule": parse_route_rule,
+    "DestinationPolicy": parse_destination_policy,
+    "EgressRule": parse_egress_rule,
+    "Gateway": parse_ingress,
+    "Ingress": parse_ingress,
+}

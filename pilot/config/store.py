@@ -1,0 +1,114 @@
+"""The file config store: traffic-management kinds read from watched YAML files.
+
+A snapshot of every valid RouteRule, DestinationPolicy, EgressRule and Gateway/Ingress, rebuilt on
+each change, is what Pilot translates. Files are handled by :mod:`meshfed.filestore`, so a file
+with an error keeps its last good objects in force. Kinds owned by other stores (ServiceEntry and
+WorkloadEntry belong to the static registry) are skipped here. Subscribers are told only when the
+snapshot really changed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from meshfed.filestore import WatchedFiles
+from meshfed.resources import ConfigError, load_documents
+from pilot.config.conflicts import RuleConflict, find_conflicts, ordered_rules
+from pilot.config.model import ConfigObject, DestinationPolicy, EgressRule, Gateway, RouteRule
+from pilot.config.parse import PARSERS
+
+log = logging.getLogger("meshfed.pilot.config")
+
+
+@attrs.frozen(slots=True)
+class ConfigSnapshot:
+    route_rules: tuple[RouteRule, ...] = ()  # in application order (see conflicts.py)
+    destination_policies: tuple[DestinationPolicy, ...] = ()
+    egress_rules: tuple[EgressRule, ...] = ()
+    gateways: tuple[Gateway, ...] = ()
+    conflicts: tuple[RuleConflict, ...] = ()
+
+    @classmethod
+    def of(cls, objects: Iterable[ConfigObject]) -> ConfigSnapshot:
+        objects = list(objects)
+
+        def key(o: Any) -> tuple[str, str]:
+            return (o.namespace, o.name)
+
+        rules = [o for o in objects if isinstance(o, RouteRule)]
+        return cls(
+            route_rules=ordered_rules(rules),
+            destination_policies=tuple(
+                sorted((o for o in objects if isinstance(o, DestinationPolicy)), key=key)
+            ),
+            egress_rules=tuple(sorted((o for o in objects if isinstance(o, EgressRule)), key=key)),
+            gateways=tuple(sorted((o for o in objects if isinstance(o, Gateway)), key=key)),
+            conflicts=find_conflicts(rules),
+        )
+
+
+def parse_config_file(path: Path) -> tuple[tuple[ConfigObject, ...] | None, list[ConfigError]]:
+    docs, errors = load_documents(path)
+    objects = []
+    for doc in docs:
+        parser = PARSERS.get(doc.kind)
+        if parser is None:
+            continue
+        parsed, doc_errors = parser(doc)
+        errors.extend(doc_errors)
+        if parsed is not None:
+            objects.append(parsed)
+    return (None, errors) if errors else (tuple(objects), [])
+
+
+class FileConfigStore:
+    """Routing config from files and folders, applied live."""
+
+    def __init__(self, paths: Iterable[Path | str]) -> None:
+        self.files = WatchedFiles(paths, parse_config_file, self._apply, what="routing config")
+        self.snapshot = ConfigSnapshot()
+        self._subscribers: list[Callable[[ConfigSnapshot], None]] = []
+
+    @property
+    def errors(self) -> list[ConfigError]:
+        return self.files.errors
+
+    def subscribe(self, callback: Callable[[ConfigSnapshot], None]) -> None:
+        self._subscribers.append(callback)
+
+    def _apply(self) -> None:
+        objects = [o for objs in self.files.content.values() for o in objs]
+        snapshot = ConfigSnapshot.of(objects)
+        if snapshot == self.snapshot:
+            return
+        for conflict in set(snapshot.conflicts) - set(self.snapshot.conflicts):
+            log.warning("routing config conflict: %s", conflict)
+        self.snapshot = snapshot
+        for callback in list(self._subscribers):
+            callback(snapshot)
+
+    def load(self) -> None:
+        self.files.reload()
+
+    async def run(self) -> None:
+        await self.files.watch()
+
+    def stop(self) -> None:
+        self.files.stop()
+
+    def describe(self) -> dict[str, Any]:
+        snap = self.snapshot
+        return {
+            "paths": [str(p) for p in self.files.paths],
+            "route_rules": [r.ref for r in snap.route_rules],
+            "destination_policies": [p.ref for p in snap.destination_policies],
+            "egress_rules": [e.ref for e in snap.egress_rules],
+            "gateways": [g.ref for g in snap.gateways],
+            "conflicts": [str(c) for c in snap.conflicts],
+            "errors": [str(e) for e in self.errors],
+        }

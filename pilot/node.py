@@ -1,0 +1,151 @@
+"""What a proxy tells Pilot about itself, and therefore which view of the mesh it gets.
+
+A sidecar's bootstrap carries a node id and metadata. Pilot reads:
+
+- ``IP``: the proxy's own address; its outbound listeners bind there and endpoints at that
+  address are the workload it fronts (inbound). Falls back to the second ``~`` field of an
+  Istio-style id ``sidecar~IP~workload.namespace~domain``.
+- ``NAMESPACE``, ``WORKLOAD_NAME``, ``IDENTITY`` (SPIFFE ID): who the proxy speaks for; the
+  namespace decides which short host names (``b`` for ``b.<ns>.svc...``) resolve.
+- ``APP_PORTS``: ``"9080:8080,9090"``, inbound port (the endpoint port the mesh dials) to the
+  local application port; one number means both are equal. ``APP_ADDRESS``: where the app
+  listens (default: the proxy IP).
+- ``OUTBOUND_HTTP_PORT`` (default 15001) and ``ADMIN_PORT`` (default 15000), so Pilot never
+  binds a TCP service listener on top of them.
+
+Malformed metadata never crashes the server: bad entries are ignored and listed in ``problems``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+import attrs
+from envoy.config.core.v3 import base_pb2
+
+DEFAULT_OUTBOUND_HTTP_PORT = 15001
+DEFAULT_ADMIN_PORT = 15000
+
+
+@attrs.frozen(slots=True)
+class ProxyNode:
+    """A connected proxy's identity, parsed from its ``core.v3.Node``."""
+
+    id: str
+    cluster: str = ""
+    ip: str = ""
+    namespace: str = "default"
+    workload: str = ""
+    identity: str = ""
+    app_address: str = ""
+    app_ports: tuple[tuple[int, int], ...] = ()  # (inbound port, app port), sorted
+    outbound_http_port: int = DEFAULT_OUTBOUND_HTTP_PORT
+    admin_port: int = DEFAULT_ADMIN_PORT
+    problems: tuple[str, ...] = ()
+
+    @property
+    def view_key(self) -> tuple:
+        """Everything that makes two proxies' views differ; equal keys share listeners."""
+        return (
+            self.ip,
+            self.namespace,
+            self.app_address,
+            self.app_ports,
+            self.outbound_http_port,
+            self.admin_port,
+        )
+
+    @property
+    def reserved_ports(self) -> frozenset[int]:
+        return frozenset(
+            {self.outbound_http_port, self.admin_port, *(p for p, _ in self.app_ports)}
+        )
+
+
+def _valid_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_app_ports(value: str) -> tuple[tuple[tuple[int, int], ...], list[str]]:
+    """Parse ``"9080:8080,9090"`` into sorted (inbound, app) pairs plus problems found."""
+    pairs: dict[int, int] = {}
+    problems: list[str] = []
+    for raw in value.replace(" ", "").split(","):
+        if not raw:
+            continue
+        inbound, _, app = raw.partition(":")
+        try:
+            port_in = int(inbound)
+            port_app = int(app) if app else port_in
+        except ValueError:
+            problems.append(f"APP_PORTS entry {raw!r}: expected PORT or INBOUND:APP")
+            continue
+        if not (0 < port_in < 65536 and 0 < port_app < 65536):
+            problems.append(f"APP_PORTS entry {raw!r}: ports must be 1..65535")
+            continue
+        pairs[port_in] = port_app
+    return tuple(sorted(pairs.items())), problems
+
+
+def _int_field(meta: dict, key: str, default: int, problems: list[str]) -> int:
+    raw = meta.get(key)
+    if raw in (None, ""):
+        return default
+    try:
+        return int(raw)
+    except (TypeError, ValueError):
+        problems.append(f"{key}={raw!r}: expected a port number")
+        return default
+
+
+def from_proto(node: base_pb2.Node) -> ProxyNode:
+    """Read a ``ProxyNode`` from the node an Envoy sends in its first request."""
+    meta = {k: _scalar(v) for k, v in node.metadata.fields.items()}
+    problems: list[str] = []
+    id_parts = node.id.split("~")
+    ip = str(meta.get("IP") or "")
+    if not ip and len(id_parts) >= 2:
+        ip = id_parts[1]
+    if ip and not _valid_ip(ip):
+        problems.append(f"IP={ip!r}: not an IP address")
+        ip = ""
+    namespace = str(meta.get("NAMESPACE") or "")
+    workload = str(meta.get("WORKLOAD_NAME") or "")
+    if len(id_parts) >= 3 and "." in id_parts[2]:
+        name, _, ns = id_parts[2].partition(".")
+        workload = workload or name
+        namespace = namespace or ns
+    app_ports, port_problems = parse_app_ports(str(meta.get("APP_PORTS") or ""))
+    problems.extend(port_problems)
+    app_address = str(meta.get("APP_ADDRESS") or "") or ip
+    return ProxyNode(
+        id=node.id,
+        cluster=node.cluster,
+        ip=ip,
+        namespace=namespace or "default",
+        workload=workload,
+        identity=str(meta.get("IDENTITY") or ""),
+        app_address=app_address,
+        app_ports=app_ports,
+        outbound_http_port=_int_field(
+            meta, "OUTBOUND_HTTP_PORT", DEFAULT_OUTBOUND_HTTP_PORT, problems
+        ),
+        admin_port=_int_field(meta, "ADMIN_PORT", DEFAULT_ADMIN_PORT, problems),
+        problems=tuple(problems),
+    )
+
+
+def _scalar(value) -> object:
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        number = value.number_value
+        return int(number) if number.is_integer() else number
+    if kind == "bool_value":
+        return value.bool_value
+    return None

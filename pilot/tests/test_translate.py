@@ -1,0 +1,111 @@
+"""Translation from the model to Envoy protos: discovery types, domains, listeners."""
+
+from __future__ import annotations
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import health_check_pb2
+
+from pilot.node import ProxyNode
+from pilot.translate import clusters, endpoints, listeners, names, routes
+from registry.model import Endpoint, Locality, Port, Protocol, Resolution, Service
+
+HTTP = Port(80, "http", Protocol.HTTP)
+GRPC = Port(9090, "grpc", Protocol.GRPC)
+TCP = Port(6379, "redis", Protocol.REDIS)
+
+
+def svc(host: str, *ports: Port, ns: str = "default", **kw) -> Service:
+    return Service(hostname=host, namespace=ns, ports=ports or (HTTP,), **kw)
+
+
+def test_static_service_becomes_eds_cluster_named_like_istio() -> None:
+    c = clusters.outbound_cluster(svc("b.default.svc.cluster.local"), HTTP, ())
+    assert c.name == "outbound|80||b.default.svc.cluster.local"
+    assert c.type == cluster_pb2.Cluster.EDS
+    assert c.eds_cluster_config.service_name == c.name
+    assert c.eds_cluster_config.eds_config.HasField("ads")
+
+
+def test_dns_and_passthrough_resolution() -> None:
+    ext = svc("api.example.com", resolution=Resolution.DNS)
+    assert clusters.outbound_cluster(ext, HTTP, ()).type == cluster_pb2.Cluster.LOGICAL_DNS
+    eps = (Endpoint("10.0.0.1", hostname="a.example.com"), Endpoint("10.0.0.2"))
+    strict = clusters.outbound_cluster(ext, HTTP, eps)
+    assert strict.type == cluster_pb2.Cluster.STRICT_DNS
+    addrs = [
+        lb.endpoint.address.socket_address.address
+        for group in strict.load_assignment.endpoints
+        for lb in group.lb_endpoints
+    ]
+    assert sorted(addrs) == ["10.0.0.2", "a.example.com"]
+    passthrough = clusters.outbound_cluster(
+        svc("any.example.com", resolution=Resolution.PASSTHROUGH), HTTP, ()
+    )
+    assert passthrough.type == cluster_pb2.Cluster.ORIGINAL_DST
+    assert passthrough.lb_policy == cluster_pb2.Cluster.CLUSTER_PROVIDED
+
+
+def test_http2_options_only_for_http2_and_grpc_ports() -> None:
+    s = svc("g.default.svc.cluster.local", HTTP, GRPC)
+    grpc_cluster = clusters.outbound_cluster(s, GRPC, ())
+    assert clusters.HTTP_OPTIONS_KEY in grpc_cluster.typed_extension_protocol_options
+    assert not clusters.outbound_cluster(s, HTTP, ()).typed_extension_protocol_options
+
+
+def test_load_assignment_groups_by_locality_with_health_and_weight() -> None:
+    eps = [
+        Endpoint("10.0.0.2", ports={"http": 9080}, locality=Locality("us", "b"), weight=3),
+        Endpoint("10.0.0.1", ports={"http": 9080}, locality=Locality("us", "a"), healthy=False),
+    ]
+    cla = endpoints.load_assignment("c", HTTP, eps)
+    assert [g.locality.zone for g in cla.endpoints] == ["a", "b"]
+    first = cla.endpoints[0].lb_endpoints[0]
+    assert first.health_status == health_check_pb2.HealthStatus.UNHEALTHY
+    assert first.endpoint.address.socket_address.port_value == 9080
+    assert cla.endpoints[1].lb_endpoints[0].load_balancing_weight.value == 3
+
+
+def test_domains_short_names_only_in_own_namespace() -> None:
+    s = svc("b.demo.svc.cluster.local", ns="demo", address="10.9.0.1")
+    same = routes.candidate_domains(s, HTTP, "demo")
+    other = routes.candidate_domains(s, HTTP, "default")
+    assert {"b", "b:80", "b.demo", "b.demo.svc", "b.demo.svc.cluster.local:80", "10.9.0.1"} <= set(
+        same
+    )
+    assert "b" not in other and "b.demo" in other
+
+
+def test_route_config_never_repeats_a_domain() -> None:
+    a = svc("x.one.svc.cluster.local", ns="one")
+    b = svc("x.two.svc.cluster.local", ns="two")
+    config = routes.outbound_route_config([a, b], "one")
+    domains = [d for vh in config.virtual_hosts for d in vh.domains]
+    assert len(domains) == len(set(domains))
+    assert config.virtual_hosts[0].routes[0].route.cluster == names.outbound_cluster(
+        "x.one.svc.cluster.local", 80
+    )
+
+
+def test_non_default_http_port_needs_explicit_port() -> None:
+    s = svc("m.default.svc.cluster.local", HTTP, Port(8080, "admin", Protocol.HTTP))
+    d8080 = routes.candidate_domains(s, Port(8080, "admin", Protocol.HTTP), "default")
+    assert "m.default.svc.cluster.local:8080" in d8080
+    assert "m.default.svc.cluster.local" not in d8080
+
+
+def test_listeners_skip_taken_ports_and_report_them() -> None:
+    node = ProxyNode(id="n", ip="127.0.0.2", app_ports=((6379, 6380),))
+    redis = svc("r.default.svc.cluster.local", TCP)
+    other = svc("s.default.svc.cluster.local", Port(7000, "tcp", Protocol.TCP))
+    got, problems = listeners.outbound_tcp_listeners(node, [redis, other])
+    assert [lst.name for lst in got] == ["outbound|127.0.0.2:7000"]
+    assert problems and "6379" in problems[0]
+
+
+def test_inbound_listener_forwards_to_app_port() -> None:
+    node = ProxyNode(id="n", ip="127.0.0.3", app_address="127.0.0.3", app_ports=((9080, 8080),))
+    s = svc("b.default.svc.cluster.local")
+    lsts, clus = listeners.inbound(node, [(s, Endpoint("127.0.0.3", ports={"http": 9080}))])
+    assert [lst.address.socket_address.port_value for lst in lsts] == [9080]
+    target = clus[0].load_assignment.endpoints[0].lb_endpoints[0].endpoint.address
+    assert (target.socket_address.address, target.socket_address.port_value) == ("127.0.0.3", 8080)

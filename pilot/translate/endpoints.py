@@ -1,0 +1,60 @@
+"""ClusterLoadAssignments (EDS): a service port's endpoints, grouped by locality.
+
+Unhealthy endpoints are sent with ``UNHEALTHY`` status rather than dropped, so Envoy's view
+matches the registry's and ``proxy-config endpoint`` shows them. Endpoint identity and labels
+travel as ``meshfed`` filter metadata for later policy (mTLS SAN checks, subsets).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from envoy.config.core.v3 import base_pb2, health_check_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2 as ec
+from envoy.config.endpoint.v3 import endpoint_pb2
+from google.protobuf import struct_pb2, wrappers_pb2
+
+from pilot.translate.protos import socket_address
+from registry.model import Endpoint, Locality, Port
+
+
+def lb_endpoints(port: Port, endpoints: Iterable[Endpoint]) -> list[ec.LocalityLbEndpoints]:
+    """Endpoints of ``port`` grouped by locality, in a stable order."""
+    groups: dict[Locality, list[ec.LbEndpoint]] = {}
+    for ep in sorted(endpoints, key=lambda e: (e.locality, e.address, e.target_port(port))):
+        meta = struct_pb2.Struct()
+        fields: dict[str, str] = dict(ep.labels)
+        if ep.identity:
+            fields["identity"] = ep.identity
+        if ep.registry:
+            fields["registry"] = ep.registry
+        meta.update(fields)
+        lb = ec.LbEndpoint(
+            endpoint=ec.Endpoint(
+                address=socket_address(ep.address, ep.target_port(port)),
+                hostname=ep.hostname,
+            ),
+            health_status=(
+                health_check_pb2.HealthStatus.HEALTHY
+                if ep.healthy
+                else health_check_pb2.HealthStatus.UNHEALTHY
+            ),
+            load_balancing_weight=wrappers_pb2.UInt32Value(value=max(1, ep.weight)),
+            metadata=base_pb2.Metadata(filter_metadata={"meshfed": meta}),
+        )
+        groups.setdefault(ep.locality, []).append(lb)
+    return [
+        ec.LocalityLbEndpoints(
+            locality=base_pb2.Locality(region=loc.region, zone=loc.zone, sub_zone=loc.subzone),
+            lb_endpoints=lbs,
+        )
+        for loc, lbs in sorted(groups.items())
+    ]
+
+
+def load_assignment(
+    cluster_name: str, port: Port, endpoints: Iterable[Endpoint]
+) -> endpoint_pb2.ClusterLoadAssignment:
+    return endpoint_pb2.ClusterLoadAssignment(
+        cluster_name=cluster_name, endpoints=lb_endpoints(port, endpoints)
+    )

@@ -1,0 +1,147 @@
+"""Listeners (LDS) for one sidecar, without iptables.
+
+- ``outbound_http`` on ``IP:15001``: an HTTP connection manager whose routes (RDS
+  ``outbound_http``) pick the service by Host header.
+- ``outbound|IP:PORT`` for each TCP-like service port: a local port the app dials for that
+  service (the first service by hostname wins a port; later ones are reported, not bound).
+- ``inbound|IP:PORT`` for each endpoint port of the proxy's own workload that ``APP_PORTS``
+  maps to a local app port: forwards what the mesh sends to the application.
+
+Ports Pilot would collide with (admin, outbound HTTP, inbound ports) are never bound twice; each
+skipped port is returned as a problem so ``proxy-status`` can show it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_components_pb2 as lc
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm,
+)
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+
+from pilot.node import ProxyNode
+from pilot.translate import names
+from pilot.translate.clusters import inbound_cluster
+from pilot.translate.protos import ads_source, pack, socket_address
+from registry.model import Endpoint, Protocol, Resolution, Service
+
+HCM_FILTER = "envoy.filters.network.http_connection_manager"
+TCP_PROXY_FILTER = "envoy.filters.network.tcp_proxy"
+
+
+def _router() -> hcm.HttpFilter:
+    return hcm.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router()))
+
+
+def _listener(name: str, ip: str, port: int, filt: lc.Filter) -> listener_pb2.Listener:
+    return listener_pb2.Listener(
+        name=name,
+        address=socket_address(ip, port),
+        filter_chains=[lc.FilterChain(filters=[filt])],
+    )
+
+
+def outbound_http_listener(node: ProxyNode) -> listener_pb2.Listener:
+    manager = hcm.HttpConnectionManager(
+        stat_prefix="outbound_http",
+        rds=hcm.Rds(config_source=ads_source(), route_config_name=names.OUTBOUND_HTTP_ROUTE),
+        http_filters=[_router()],
+    )
+    return _listener(
+        names.OUTBOUND_HTTP_LISTENER,
+        node.ip,
+        node.outbound_http_port,
+        lc.Filter(name=HCM_FILTER, typed_config=pack(manager)),
+    )
+
+
+def _tcp_proxy(stat_prefix: str, cluster: str) -> lc.Filter:
+    proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix, cluster=cluster)
+    return lc.Filter(name=TCP_PROXY_FILTER, typed_config=pack(proxy))
+
+
+def outbound_tcp_listeners(
+    node: ProxyNode, services: Iterable[Service]
+) -> tuple[list[listener_pb2.Listener], list[str]]:
+    """Local listeners for TCP-like service ports, and the ports that could not be given one."""
+    used = set(node.reserved_ports)
+    owner: dict[int, str] = {}
+    listeners: list[listener_pb2.Listener] = []
+    problems: list[str] = []
+    for service in sorted(services, key=lambda s: s.hostname):
+        # Without interception, the original destination is the listener itself: nothing to do.
+        if service.resolution is Resolution.PASSTHROUGH:
+            continue
+        for port in service.ports:
+            if port.protocol.is_http:
+                continue
+            if port.number in used:
+                holder = owner.get(port.number, "the sidecar itself")
+                problems.append(
+                    f"{service.hostname}:{port.number} has no local listener: "
+                    f"port {port.number} is taken by {holder}"
+                )
+                continue
+            used.add(port.number)
+            owner[port.number] = service.hostname
+            cluster = names.outbound_cluster(service.hostname, port.number)
+            listeners.append(
+                _listener(
+                    names.outbound_tcp_listener(node.ip, port.number),
+                    node.ip,
+                    port.number,
+                    _tcp_proxy(f"outbound_tcp_{port.number}", cluster),
+                )
+            )
+    return listeners, problems
+
+
+def inbound(
+    node: ProxyNode, own: Sequence[tuple[Service, Endpoint]]
+) -> tuple[list[listener_pb2.Listener], list[cluster_pb2.Cluster]]:
+    """Inbound listeners and clusters for the endpoints at the proxy's own address."""
+    app_ports = dict(node.app_ports)
+    chosen: dict[int, Protocol] = {}
+    for service, endpoint in sorted(own, key=lambda se: se[0].hostname):
+        for port in service.ports:
+            target = endpoint.target_port(port)
+            if target in app_ports and target not in chosen:
+                chosen[target] = port.protocol
+    listeners, clusters = [], []
+    for port, protocol in sorted(chosen.items()):
+        cluster_name = names.inbound_cluster(port)
+        clusters.append(inbound_cluster(port, node.app_address, app_ports[port], protocol))
+        if protocol.is_http:
+            manager = hcm.HttpConnectionManager(
+                stat_prefix=f"inbound_{port}",
+                route_config=route_pb2.RouteConfiguration(
+                    name=f"inbound|{port}",
+                    virtual_hosts=[
+                        rc.VirtualHost(
+                            name="inbound",
+                            domains=["*"],
+                            routes=[
+                                rc.Route(
+                                    match=rc.RouteMatch(prefix="/"),
+                                    route=rc.RouteAction(cluster=cluster_name),
+                                )
+                            ],
+                        )
+                    ],
+                ),
+                http_filters=[_router()],
+            )
+            if protocol in (Protocol.HTTP2, Protocol.GRPC):
+                manager.codec_type = hcm.HttpConnectionManager.AUTO
+            filt = lc.Filter(name=HCM_FILTER, typed_config=pack(manager))
+        else:
+            filt = _tcp_proxy(f"inbound_tcp_{port}", cluster_name)
+        listeners.append(_listener(names.inbound_listener(node.ip, port), node.ip, port, filt))
+    return listeners, clusters

@@ -1,0 +1,291 @@
+"""Per-stream, per-type xDS bookkeeping: subscriptions, versions, nonces, ACKs and NACKs.
+
+This is the protocol logic of Envoy's xDS document, kept free of gRPC so it is unit tested:
+
+- Each type has its own nonce and version. A request whose ``response_nonce`` is not the nonce
+  of the latest response of that type is stale and is ignored for ACK/NACK purposes (a newer
+  response is already on its way); a state-of-the-world stale request changes nothing at all.
+- A request answering the latest nonce with ``error_detail`` is a NACK: the error is recorded
+  and the rejected resources are remembered as *sent*, so the same version is never re-sent;
+  only a newer version of the config goes out. The client keeps its last ACKed config, which
+  stays visible as ``acked_version``.
+- A request answering the latest nonce without error is an ACK of that response.
+- State-of-the-world clusters and listeners are sent whole; endpoints and routes per resource
+  (a response carries only the resources that changed, which Envoy treats as "others
+  unchanged"). Delta streams always send only what changed, plus ``removed_resources``.
+
+Status, as ``proxy-status`` shows it: NOT SENT (nothing sent yet), SYNCED (latest response
+ACKed), STALE (sent, no answer yet), NACKED (latest response rejected; ``error`` says why).
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Iterable, Mapping
+
+import attrs
+
+from pilot import xds_types as T
+from pilot.cache import ProxyView, Resource
+
+
+class Status(enum.Enum):
+    SYNCED = "SYNCED"
+    NOT_SENT = "NOT SENT"
+    STALE = "STALE"
+    NACKED = "NACKED"
+
+
+class RequestKind(enum.Enum):
+    INITIAL = "initial"  # first request of the type on this stream
+    ACK = "ack"
+    NACK = "nack"
+    STALE = "stale"  # answers an older response; ignore its ACK/NACK meaning
+    UPDATE = "update"  # no nonce after the first request: a subscription change only
+
+
+@attrs.frozen(slots=True)
+class Nack:
+    nonce: str
+    version: str
+    error: str
+    at: float
+
+
+@attrs.frozen(slots=True)
+class Plan:
+    """A response to send: resources, removed names, the type version and the nonce."""
+
+    type_url: str
+    version: str
+    nonce: str
+    resources: tuple[Resource, ...]
+    removed: tuple[str, ...] = ()
+
+
+@attrs.define
+class TypeWatch:
+    """One resource type on one stream."""
+
+    type_url: str
+    delta: bool = False
+    requested: bool = False
+    wildcard: bool = False
+    subscribed: set[str] = attrs.field(factory=set)
+    # name -> version of what we last sent (ACKed or not). Comparing against this, not against
+    # what was ACKed, is what keeps a NACKed version from being sent again.
+    sent: dict[str, str] = attrs.field(factory=dict)
+    sent_version: str = ""
+    sent_nonce: str = ""
+    sent_at: float = 0.0
+    sent_event_time: float | None = None
+    acked_version: str = ""
+    acked_nonce: str = ""
+    acked_at: float = 0.0
+    last_nack: Nack | None = None
+    nacks: int = 0
+    acks: int = 0
+
+    # -- status -----------------------------------------------------------------------------
+    @property
+    def status(self) -> Status:
+        if not self.sent_nonce:
+            return Status.NOT_SENT
+        if self.last_nack is not None and self.last_nack.nonce == self.sent_nonce:
+            return Status.NACKED
+        if self.acked_nonce == self.sent_nonce:
+            return Status.SYNCED
+        return Status.STALE
+
+    # -- requests ---------------------------------------------------------------------------
+    def on_request(
+        self,
+        nonce: str,
+        version_info: str = "",
+        error: str = "",
+        names: Iterable[str] | None = None,
+        subscribe: Iterable[str] = (),
+        unsubscribe: Iterable[str] = (),
+        initial_versions: Mapping[str, str] | None = None,
+        now: float | None = None,
+    ) -> tuple[RequestKind, set[str]]:
+        """Record a request; returns its kind and the names that must be sent now.
+
+        State-of-the-world passes ``names`` (the full subscription); delta passes
+        ``subscribe``/``unsubscribe``/``initial_versions``.
+        """
+        now = time.monotonic() if now is None else now
+        first = not self.requested
+        self.requested = True
+        if nonce and nonce != self.sent_nonce:
+            kind = RequestKind.STALE
+        elif nonce and error:
+            kind = RequestKind.NACK
+            self.nacks += 1
+            self.last_nack = Nack(nonce, self.sent_version, error, now)
+        elif nonce:
+            kind = RequestKind.ACK
+            self.acks += 1
+            self.acked_nonce = nonce
+            self.acked_version = self.sent_version if self.delta else version_info
+            self.acked_at = now
+        else:
+            kind = RequestKind.INITIAL if first else RequestKind.UPDATE
+        if self.delta:
+            return kind, self._delta_subscription(first, subscribe, unsubscribe, initial_versions)
+        if kind is RequestKind.STALE:
+            return kind, set()
+        return kind, self._sotw_subscription(first, names or ())
+
+    def _sotw_subscription(self, first: bool, names: Iterable[str]) -> set[str]:
+        wanted = set(names)
+        if self.type_url in T.FULL_STATE:
+            # Clusters and listeners: empty or "*" means everything (legacy wildcard).
+            self.wildcard = not wanted or "*" in wanted
+        if first:
+            self.subscribed = wanted - {"*"}
+            # Nothing known about what the client holds after a (re)connect: send everything.
+            self.sent.clear()
+            self.sent_version = ""
+            return set(self.subscribed) | ({"*"} if self.wildcard else set())
+        added = wanted - {"*"} - self.subscribed
+        removed = self.subscribed - wanted
+        self.subscribed = wanted - {"*"}
+        for name in removed:
+            self.sent.pop(name, None)
+        return added
+
+    def _delta_subscription(
+        self,
+        first: bool,
+        subscribe: Iterable[str],
+        unsubscribe: Iterable[str],
+        initial_versions: Mapping[str, str] | None,
+    ) -> set[str]:
+        subscribe = set(subscribe)
+        if first:
+            self.sent.clear()
+            if self.type_url in T.FULL_STATE and (not subscribe or "*" in subscribe):
+                self.wildcard = True
+            if initial_versions:
+                # The client already holds these from a previous stream: do not resend equal ones.
+                self.sent.update(initial_versions)
+        elif "*" in subscribe:
+            self.wildcard = True
+        fresh = {n for n in subscribe - {"*"} if n not in self.subscribed}
+        self.subscribed |= subscribe - {"*"}
+        for name in fresh:
+            if not (first and initial_versions and name in initial_versions):
+                self.sent.pop(name, None)
+        for name in set(unsubscribe):
+            if name == "*":
+                self.wildcard = False
+                continue
+            self.subscribed.discard(name)
+            self.sent.pop(name, None)
+        return fresh | ({"*"} if first and self.wildcard else set())
+
+    # -- responses --------------------------------------------------------------------------
+    def wanted_names(self, available: Mapping[str, Resource]) -> set[str]:
+        if self.wildcard:
+            return set(available) | (self.subscribed & set(available))
+        return self.subscribed & set(available)
+
+    def plan(
+        self,
+        view: ProxyView,
+        nonce: str,
+        only: Iterable[str] | None = None,
+        force: Iterable[str] = (),
+    ) -> Plan | None:
+        """What to send for this type given ``view``, or None when the client is up to date.
+
+        ``only`` limits the comparison to some names (an endpoints-only push names the
+        assignments that changed); ``force`` names resources to send even if unchanged (an
+        updated EDS cluster needs its assignment again to finish warming).
+        """
+        if not self.requested:
+            return None
+        available = view.get(self.type_url)
+        force = set(force)
+        if self.delta:
+            return self._plan_delta(view, available, nonce, only, force)
+        if self.type_url in T.FULL_STATE:
+            version = view.version(self.type_url)
+            if version == self.sent_version and not force & set(available):
+                return None
+            names = sorted(self.wanted_names(available))
+            return self._record(
+                Plan(self.type_url, version, nonce, tuple(available[n] for n in names)),
+                full=True,
+            )
+        wanted = self.wanted_names(available)
+        candidates = wanted if only is None else (wanted & (set(only) | force))
+        send = sorted(
+            n for n in candidates if n in force or self.sent.get(n) != available[n].version
+        )
+        if not send:
+            return None
+        version = view.subset_version(self.type_url, wanted)
+        return self._record(
+            Plan(self.type_url, version, nonce, tuple(available[n] for n in send)), full=False
+        )
+
+    def _plan_delta(
+        self,
+        view: ProxyView,
+        available: Mapping[str, Resource],
+        nonce: str,
+        only: Iterable[str] | None,
+        force: set[str],
+    ) -> Plan | None:
+        wanted = self.wanted_names(available)
+        candidates = wanted if only is None else (wanted & (set(only) | force))
+        send = sorted(
+            n for n in candidates if n in force or self.sent.get(n) != available[n].version
+        )
+        if self.wildcard:
+            removed = sorted(n for n in self.sent if n not in available)
+        else:
+            removed = sorted(n for n in self.sent if n in self.subscribed and n not in available)
+        if not send and not removed:
+            return None
+        for name in removed:
+            self.sent.pop(name, None)
+        version = (
+            view.version(self.type_url)
+            if self.wildcard
+            else view.subset_version(self.type_url, wanted)
+        )
+        return self._record(
+            Plan(self.type_url, version, nonce, tuple(available[n] for n in send), tuple(removed)),
+            full=False,
+        )
+
+    def _record(self, plan: Plan, full: bool) -> Plan:
+        if full:
+            self.sent = {r.name: r.version for r in plan.resources}
+        else:
+            self.sent.update((r.name, r.version) for r in plan.resources)
+        self.sent_version = plan.version
+        self.sent_nonce = plan.nonce
+        self.sent_at = time.monotonic()
+        return plan
+
+    def describe(self) -> dict:
+        nack = self.last_nack
+        return {
+            "status": self.status.value,
+            "sent_version": self.sent_version,
+            "sent_nonce": self.sent_nonce,
+            "acked_version": self.acked_version,
+            "resources": len(self.sent),
+            "subscribed": "*" if self.wildcard else sorted(self.subscribed),
+            "acks": self.acks,
+            "nacks": self.nacks,
+            "error": nack.error if nack is not None and self.status is Status.NACKED else "",
+            "last_nack": None
+            if nack is None
+            else {"nonce": nack.nonce, "version": nack.version, "error": nack.error},
+        }
