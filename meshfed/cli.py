@@ -133,7 +133,9 @@ def cmd_registry_get(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from meshfed.validate import validate_files
 
-    count, errors = validate_files(Path(p) for p in args.files)
+    count, errors, warnings = validate_files(Path(p) for p in args.files)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     for error in errors:
         print(error, file=sys.stderr)
     if errors:

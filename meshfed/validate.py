@@ -28,11 +28,16 @@ def kind_parsers() -> dict[str, Parser]:
     return parsers
 
 
-def validate_files(paths: Iterable[Path]) -> tuple[int, list[ConfigError]]:
-    """Validate files; return the number of documents checked and every error found."""
+def validate_files(paths: Iterable[Path]) -> tuple[int, list[ConfigError], list[str]]:
+    """Validate files; return the number of documents checked, every error, and warnings.
+
+    Warnings are conflicts meshfed resolves deterministically (route rules for one destination
+    with equal precedence): valid, but worth an explicit precedence.
+    """
     parsers = kind_parsers()
     count = 0
     errors: list[ConfigError] = []
+    parsed: list[Any] = []
     for path in paths:
         docs, file_errors = load_documents(path)
         errors.extend(file_errors)
@@ -53,6 +58,17 @@ def validate_files(paths: Iterable[Path]) -> tuple[int, list[ConfigError]]:
                     )
                 )
                 continue
-            _, doc_errors = parser(doc)
+            obj, doc_errors = parser(doc)
             errors.extend(doc_errors)
-    return count, errors
+            if obj is not None:
+                parsed.append(obj)
+    return count, errors, rule_conflicts(parsed)
+
+
+def rule_conflicts(objects: list[Any]) -> list[str]:
+    try:
+        from pilot.config.conflicts import find_conflicts
+        from pilot.config.model import RouteRule
+    except ImportError:
+        return []
+    return [str(c) for c in find_conflicts(o for o in objects if isinstance(o, RouteRule))]
