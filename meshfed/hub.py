@@ -226,8 +226,9 @@ def _describe(adapter: Any) -> dict[str, Any]:
 
 def default_components(mesh: MeshConfig) -> list[HubComponent]:
     """The components ``meshfed up`` runs beside the registries."""
-    # pilot: the discovery server is added here once it exists.
-    return []
+    from pilot.server import PilotServer  # reads mesh.discovery_address and mesh.pilot at start
+
+    return [PilotServer()]
 
 
 async def run_hub(mesh: MeshConfig, stop: asyncio.Event) -> None:
