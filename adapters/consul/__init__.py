@@ -1,0 +1,1 @@
+"""meshfed: the Consul registry adapter (catalog and health followed with blocking queries)."""

@@ -1,0 +1,196 @@
+"""py-consul clients for the configured agents, with fail-over and the two queries we need.
+
+Why a layer over py-consul at all:
+- Several addresses: when the agent we talk to dies (a server that was the Raft leader, say), the
+  next query goes to the next address, so one lost server never leaves the mesh without updates.
+- Consistency: py-consul's ``health.service`` has no consistency argument; we default to
+  ``stale`` so any server answers -- including while the cluster elects a new leader, which is
+  exactly when the default mode would fail with "No cluster leader".
+- Enterprise namespace (``ns``) and the response headers (``X-Consul-KnownLeader``), which the
+  high-level API drops. We still go through py-consul's own HTTP client and response checks.
+
+Every method here blocks; callers run them in worker threads (see :mod:`adapters.consul.watch`).
+The request timeout of a blocking query is py-consul's: the connect/read timeout *plus* the
+wait *plus* wait/16, because Consul adds up to wait/16 of jitter before answering; a shorter
+client timeout would turn every idle wait into a spurious error.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+import consul
+import consul.std
+from consul.callback import CB
+
+from adapters.consul.params import ConsulParams, go_duration
+
+# Idle blocking queries each hold a connection; the pool must be able to keep them all, or
+# urllib3 discards (and later re-opens) every connection above its default of 10.
+POOL_SIZE = 1024
+
+
+@attrs.frozen(slots=True)
+class QueryResult:
+    """A Consul read: its raft index (as Consul sent it), body, and who answered."""
+
+    index: int
+    data: Any
+    address: str
+    known_leader: bool = True
+
+
+def split_address(address: str) -> tuple[str, str, int]:
+    """``[scheme://]host:port`` -> (scheme, host, port); scheme defaults to http."""
+    scheme, sep, rest = address.partition("://")
+    if not sep:
+        scheme, rest = "http", address
+    host, _, port = rest.rstrip("/").rpartition(":")
+    return scheme, host.strip("[]"), int(port)
+
+
+def parse_index(value: Any) -> int:
+    """X-Consul-Index as an integer (Consul sends a decimal string); garbage counts as 0."""
+    try:
+        return max(0, int(str(value).strip()))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _result_callback(address: str) -> Any:
+    decode = CB.json(index=True)
+
+    def callback(response: Any) -> QueryResult:
+        index, data = decode(response)  # raises ConsulException on 4xx/5xx
+        leader = str(response.headers.get("X-Consul-KnownLeader", "true")).lower() != "false"
+        return QueryResult(parse_index(index), data, address, leader)
+
+    return callback
+
+
+class ConsulClients:
+    """One py-consul client per configured address; the current one is used until it fails."""
+
+    def __init__(self, params: ConsulParams) -> None:
+        self.params = params
+        self.addresses: tuple[str, ...] = params.addresses
+        self._clients = [self._make(a) for a in self.addresses]
+        self._current = 0
+        self._lock = threading.Lock()  # watches fail over from several worker threads at once
+        # Called (from a worker thread) with (old address, new address) on each fail-over.
+        self.on_failover: Callable[[str, str], None] | None = None
+
+    def _make(self, address: str) -> consul.Consul:
+        scheme, host, port = split_address(address)
+        tls = self.params.tls
+        if tls is not None and scheme == "http":
+            scheme = "https"
+        verify: bool | str = True
+        cert: tuple[str, str] | None = None
+        if tls is not None:
+            verify = tls.ca_file or True
+            if tls.cert_file:
+                cert = (tls.cert_file, tls.key_file)
+        client = consul.Consul(
+            host=host,
+            port=port,
+            scheme=scheme,
+            verify=verify,
+            cert=cert,
+            connections_timeout=self.params.timeout_s,
+        )
+        # py-consul lets CONSUL_HTTP_TOKEN override an explicit token; the mesh config wins here.
+        if self.params.token:
+            client.token = self.params.token
+        session = getattr(client.http, "session", None)
+        if session is not None:
+            import requests.adapters
+
+            adapter = requests.adapters.HTTPAdapter(pool_maxsize=POOL_SIZE)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+        return client
+
+    @property
+    def current_address(self) -> str:
+        return self.addresses[self._current]
+
+    def _pick(self) -> tuple[int, consul.Consul]:
+        with self._lock:
+            return self._current, self._clients[self._current]
+
+    def failed(self, position: int) -> None:
+        """The client at ``position`` could not be reached: move on to the next address."""
+        with self._lock:
+            if position != self._current or len(self._clients) < 2:
+                return
+            self._current = (self._current + 1) % len(self._clients)
+            new = self.addresses[self._current]
+        if self.on_failover is not None:
+            self.on_failover(self.addresses[position], new)
+
+    def _get(self, path: str, params: list[tuple[str, str]]) -> QueryResult:
+        position, client = self._pick()
+        address = self.addresses[position]
+        try:
+            return client.http.get(
+                _result_callback(address), path, params=params, headers=client.prepare_headers()
+            )
+        except consul.ConsulException as exc:
+            # 5xx means the agent is up but cannot serve (no leader, RPC error): another address
+            # may; 4xx (bad filter, ACL denied) would be the same everywhere, so stay put.
+            if type(exc) is consul.ConsulException and str(exc)[:1] == "5":
+                self.failed(position)
+            raise
+        except Exception:
+            self.failed(position)
+            raise
+
+    def _params(
+        self, datacenter: str, index: int, wait_s: float | None, extra: Sequence[tuple[str, str]]
+    ) -> list[tuple[str, str]]:
+        params: list[tuple[str, str]] = []
+        if datacenter:
+            params.append(("dc", datacenter))
+        if index > 0:
+            params.append(("index", str(index)))
+            params.append(("wait", go_duration(wait_s or self.params.wait_s)))
+        if self.params.consistency in ("stale", "consistent"):
+            params.append((self.params.consistency, "1"))
+        if self.params.namespace:
+            params.append(("ns", self.params.namespace))
+        params.extend(extra)
+        return params
+
+    def services(self, datacenter: str, index: int = 0) -> QueryResult:
+        """``/v1/catalog/services``: service name -> union of its instances' tags."""
+        return self._get("/v1/catalog/services", self._params(datacenter, index, None, ()))
+
+    def health(self, datacenter: str, service: str, index: int = 0) -> QueryResult:
+        """``/v1/health/service/<name>``: every instance with its node and checks."""
+        extra = [("tag", t) for t in self.params.tag_filter]
+        if self.params.filter:
+            extra.append(("filter", self.params.filter))
+        path = f"/v1/health/service/{service}"
+        return self._get(path, self._params(datacenter, index, None, extra))
+
+    def local_datacenter(self) -> str:
+        """The datacenter of the agent we talk to (what an unset ``datacenters`` means)."""
+        position, client = self._pick()
+        try:
+            info: Mapping[str, Any] = client.agent.self()
+        except Exception:
+            self.failed(position)
+            raise
+        return str(info["Config"]["Datacenter"])
+
+    def request_timeout(self, index: int) -> float | None:
+        """The client-side timeout py-consul applies to a query at ``index`` (for describe)."""
+        _, client = self._pick()
+        timeout = getattr(client.http, "timeout", None)
+        if timeout is None:
+            return None
+        return timeout(self._params("", index, None, ()))

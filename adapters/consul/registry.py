@@ -1,0 +1,322 @@
+"""The Consul registry adapter: one or more datacenters' catalogs, followed into the aggregate.
+
+Shape (one set per configured datacenter):
+
+- a watch on ``/v1/catalog/services`` (the list of services), which starts a watch for each
+  service that appears and stops the watch of each one that disappears;
+- a watch on ``/v1/health/service/<name>`` per service, whose result is mapped
+  (:mod:`adapters.consul.mapping`) and applied to this adapter's member of the aggregate.
+
+Everything event-driven: no timer anywhere, only blocking queries (:mod:`adapters.consul.watch`).
+
+Promises:
+- Synced once: ``member.mark_synced()`` is called after every datacenter's service list *and*
+  every listed service's instances have been read once, and the whole state was applied in one
+  ``replace`` -- so the hub never reports ready with half a catalog.
+- Only real differences are pushed: each change recomputes the mesh service of the affected
+  hostname from normalised instances; equal objects are suppressed by the aggregate.
+- Outages never empty the mesh: a failed read changes nothing in the member; the adapter marks
+  itself degraded (``/debug/registryz``, ``/healthz/ready``, ``meshfed_registry_degraded`` and
+  ``meshfed_consul_unreachable``), retries with jittered backoff, fails over to the next address,
+  and resyncs with a non-blocking read as soon as a server answers.
+- ``run()`` never raises because Consul is down; it returns only after ``stop()``.
+
+Several datacenters: instances of one service in several datacenters share a hostname (unless the
+hostname template uses ``{datacenter}``), so the mesh sees one service whose endpoints carry their
+datacenter as locality region -- what Envoy needs for locality-aware routing and failover.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import tenacity
+
+from adapters.consul import metrics
+from adapters.consul.client import ConsulClients, QueryResult
+from adapters.consul.mapping import (
+    IGNORED_SERVICES,
+    Instance,
+    build_service,
+    hostname_for,
+    instances_from_entries,
+)
+from adapters.consul.params import ConsulParams, parse_params
+from adapters.consul.watch import BACKOFF_MAX_S, BlockingWatch, run_blocking
+from registry.aggregate import Member
+from registry.model import Endpoint, Service
+
+log = logging.getLogger("meshfed.adapters.consul")
+
+ServiceKey = tuple[str, str]  # (datacenter, Consul service name)
+
+
+class ConsulRegistry:
+    """A member of the aggregate fed by Consul's catalog and health endpoints."""
+
+    kind = "consul"
+
+    def __init__(self, member: Member, params: ConsulParams, trust_domain: str) -> None:
+        self.member = member
+        self.params = params
+        self.trust_domain = trust_domain
+        self.clients = ConsulClients(params)
+        self.clients.on_failover = self._failover
+        self.datacenters: list[str] = list(params.datacenters)
+        self._list_watches: dict[str, BlockingWatch] = {}
+        self._service_watches: dict[ServiceKey, BlockingWatch] = {}
+        self._instances: dict[ServiceKey, tuple[Instance, ...]] = {}
+        self._hosts: dict[str, set[ServiceKey]] = {}
+        self._synced = False
+        self._stopped = asyncio.Event()
+        self._setup_error: str | None = None
+        self.started_at: float | None = None
+        self.synced_at: float | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Initial sync, ``mark_synced``, then follow changes until :meth:`stop`."""
+        self.started_at = time.time()
+        try:
+            if not self.datacenters:
+                self.datacenters = [await self._local_datacenter()]
+            for dc in self.datacenters:
+                self._start_list_watch(dc)
+            await self._wait_initial_results()
+            if self._stopped.is_set():
+                return
+            self._apply_all()
+            self._synced = True
+            self.synced_at = time.time()
+            self.member.mark_synced()
+            log.info(
+                "consul registry %s synced: %d services from %s",
+                self.member.name,
+                len(self.member.services),
+                ", ".join(self.datacenters),
+            )
+            await self._stopped.wait()
+        finally:
+            await self._stop_watches()
+
+    async def stop(self) -> None:
+        self._stopped.set()
+        await self._stop_watches()
+
+    async def _stop_watches(self) -> None:
+        watches = [*self._list_watches.values(), *self._service_watches.values()]
+        self._list_watches.clear()
+        self._service_watches.clear()
+        await asyncio.gather(*(w.stop() for w in watches), return_exceptions=True)
+        for dc in self.datacenters:
+            metrics.WATCHES.labels(self.member.name, dc).set(0)
+
+    async def _local_datacenter(self) -> str:
+        """The agent's own datacenter, retried (degraded meanwhile) until an agent answers."""
+
+        def failed(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            self._setup_error = f"cannot read the agent's datacenter: {exc}"
+            self._update_degraded()
+
+        retrying = tenacity.AsyncRetrying(
+            wait=tenacity.wait_random_exponential(multiplier=0.25, max=BACKOFF_MAX_S),
+            retry=tenacity.retry_if_exception_type(Exception),
+            before_sleep=failed,
+        )
+        async for attempt in retrying:
+            with attempt:
+                dc = await run_blocking(self.clients.local_datacenter)
+        self._setup_error = None
+        self._update_degraded()
+        return dc
+
+    async def _wait_initial_results(self) -> None:
+        stopped = asyncio.create_task(self._stopped.wait())
+        try:
+            while not self._stopped.is_set():
+                pending = [
+                    w
+                    for w in (*self._list_watches.values(), *self._service_watches.values())
+                    if not w.first_result.is_set()
+                ]
+                if not pending:
+                    return
+                waits = [asyncio.create_task(w.first_result.wait()) for w in pending]
+                await asyncio.wait([*waits, stopped], return_when=asyncio.FIRST_COMPLETED)
+                for task in waits:
+                    task.cancel()
+        finally:
+            stopped.cancel()
+
+    # -- watches ----------------------------------------------------------------------------
+    def _observer(self, dc: str, kind: str) -> Any:
+        def observe(outcome: str) -> None:
+            if outcome == "reset":
+                metrics.INDEX_RESETS.labels(self.member.name, dc).inc()
+            else:
+                metrics.QUERIES.labels(self.member.name, dc, kind, outcome).inc()
+
+        return observe
+
+    def _start_list_watch(self, dc: str) -> None:
+        watch = BlockingWatch(
+            f"{dc}/services",
+            lambda index: self.clients.services(dc, index),
+            lambda result: self._on_service_list(dc, result),
+            self._on_status,
+            self.params.rate_limit,
+            observe=self._observer(dc, "list"),
+        )
+        self._list_watches[dc] = watch
+        watch.start()
+        self._count_watches(dc)
+
+    def _count_watches(self, dc: str) -> None:
+        count = (dc in self._list_watches) + sum(1 for d, _ in self._service_watches if d == dc)
+        metrics.WATCHES.labels(self.member.name, dc).set(count)
+
+    def _wanted(self, name: str, tags: Any) -> bool:
+        if name in IGNORED_SERVICES:
+            return False
+        # The list carries the union of every instance's tags: a service none of whose instances
+        # has the filter tags needs no watch at all. The health query filters instances exactly.
+        return set(self.params.tag_filter) <= set(tags or ())
+
+    def _on_service_list(self, dc: str, result: QueryResult) -> None:
+        listed = result.data or {}
+        names = {name for name, tags in listed.items() if self._wanted(name, tags)}
+        current = {name for d, name in self._service_watches if d == dc}
+        for name in sorted(current - names):
+            self._service_watches.pop((dc, name)).cancel()
+            self._set_instances((dc, name), ())
+        for name in sorted(names - current):
+            key = (dc, name)
+            watch = BlockingWatch(
+                f"{dc}/{name}",
+                lambda index, name=name: self.clients.health(dc, name, index),
+                lambda result, key=key: self._on_health(key, result),
+                self._on_status,
+                self.params.rate_limit,
+                observe=self._observer(dc, "service"),
+            )
+            self._service_watches[key] = watch
+            watch.start()
+        self._count_watches(dc)
+        if current - names:
+            # A stopped watch may have been the only failing one.
+            self._update_degraded()
+
+    def _on_health(self, key: ServiceKey, result: QueryResult) -> None:
+        if key not in self._service_watches:
+            return  # the service left the list while this read was in flight
+        started = time.perf_counter()
+        self._set_instances(key, instances_from_entries(result.data or (), key[0]))
+        metrics.APPLY_SECONDS.labels(self.member.name).observe(time.perf_counter() - started)
+
+    def _on_status(self, watch: BlockingWatch, error: BaseException | None) -> None:
+        if error is not None:
+            log.warning("consul %s: %s: %s", self.member.name, watch.key, watch.last_error)
+        self._update_degraded()
+
+    def _failover(self, old: str, new: str) -> None:
+        # Called from a worker thread: only thread-safe things here (metrics, logging).
+        metrics.FAILOVERS.labels(self.member.name).inc()
+        log.warning("consul %s: %s unreachable, moving to %s", self.member.name, old, new)
+
+    def _update_degraded(self) -> None:
+        reasons = [self._setup_error] if self._setup_error else []
+        for dc in self.datacenters:
+            failing = [
+                w
+                for w in (self._list_watches.get(dc), *self._watches_of(dc))
+                if w is not None and w.failing
+            ]
+            metrics.UNREACHABLE.labels(self.member.name, dc).set(1 if failing else 0)
+            if failing:
+                reasons.append(
+                    f"datacenter {dc}: {len(failing)} watch(es) failing, last error: "
+                    f"{failing[0].last_error} (addresses {', '.join(self.clients.addresses)}; "
+                    "last known endpoints kept)"
+                )
+        self.member.set_degraded("; ".join(reasons) or None)
+
+    def _watches_of(self, dc: str) -> list[BlockingWatch]:
+        return [w for (d, _), w in self._service_watches.items() if d == dc]
+
+    # -- applying ---------------------------------------------------------------------------
+    def _hostname(self, key: ServiceKey) -> str:
+        dc, name = key
+        return hostname_for(self.params.hostname_template, name, dc, self.params.mesh_namespace)
+
+    def _set_instances(self, key: ServiceKey, instances: tuple[Instance, ...]) -> None:
+        host = self._hostname(key)
+        if instances:
+            self._instances[key] = instances
+            self._hosts.setdefault(host, set()).add(key)
+        else:
+            self._instances.pop(key, None)
+            keys = self._hosts.get(host)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._hosts[host]
+        if self._synced:
+            self._apply_host(host)
+
+    def _build(self, host: str) -> tuple[Service, tuple[Endpoint, ...]] | None:
+        instances = [i for key in sorted(self._hosts.get(host, ())) for i in self._instances[key]]
+        return build_service(host, self.params.mesh_namespace, instances, self.member.name)
+
+    def _apply_host(self, host: str) -> None:
+        built = self._build(host)
+        if built is None:
+            if host in self.member.services:
+                self.member.delete_service(host)
+        else:
+            self.member.put_service(*built)
+
+    def _apply_all(self) -> None:
+        services: list[Service] = []
+        endpoints: dict[str, tuple[Endpoint, ...]] = {}
+        for host in sorted(self._hosts):
+            built = self._build(host)
+            if built is not None:
+                services.append(built[0])
+                endpoints[host] = built[1]
+        self.member.replace(services, endpoints)
+
+    # -- debug --------------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        """What ``/debug/registryz`` shows for this registry."""
+        watches = {w.key: w.describe() for w in self._list_watches.values()}
+        watches.update({w.key: w.describe() for w in self._service_watches.values()})
+        return {
+            "addresses": list(self.clients.addresses),
+            "currentAddress": self.clients.current_address,
+            "datacenters": list(self.datacenters),
+            "namespace": self.params.namespace or None,
+            "tagFilter": list(self.params.tag_filter),
+            "filter": self.params.filter or None,
+            "hostnameTemplate": self.params.hostname_template,
+            "consistency": self.params.consistency,
+            "waitSeconds": self.params.wait_s,
+            "requestTimeoutSeconds": self.clients.request_timeout(1),
+            "tls": self.params.tls is not None,
+            "synced": self._synced,
+            "degraded": self.member.degraded,
+            "services": len(self._hosts),
+            "watches": watches,
+        }
+
+
+def create(member: Member, params: Mapping[str, Any], trust_domain: str) -> ConsulRegistry:
+    """Entry point for the ``consul`` registry kind (keys: see :mod:`adapters.consul.params`).
+
+    Raises :class:`~adapters.consul.params.ConsulParamsError` naming every bad key.
+    """
+    return ConsulRegistry(member, parse_params(params, f"registries[{member.name}]"), trust_domain)

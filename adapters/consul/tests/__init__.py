@@ -1,0 +1,1 @@
+"""Unit tests of the Consul adapter (pure: no Consul server)."""
