@@ -1,0 +1,1 @@
+"""meshfed: adapters/eureka — federate a Eureka registry (see docs/eureka.md)."""

@@ -1,0 +1,164 @@
+"""HTTP to a list of Eureka peers: the full and delta fetch, with failover, auth and TLS.
+
+Why not ``py_eureka_client.EurekaClient``: it polls on its own timer thread, keeps one global
+HTTP client, and folds errors into log lines, while the adapter must decide itself when to fetch,
+which kind of fetch, and what an error means for the mesh. The wire format lives in
+:mod:`adapters.eureka.wire`; this module only moves bytes, on one ``aiohttp`` session per
+adapter.
+
+Failover follows Eureka's own client (``RetryableEurekaHttpClient``): stick to the server that
+answered last; when it fails (connection refused, timeout, 5xx, a malformed answer, or a
+refusal to serve such as the 403 a freshly started server gives until it has synced from its
+peers) try the next one in the list, wrapping around; when every server failed, raise
+:class:`EurekaUnavailable` carrying each server's error. Deltas from a server that disables them
+(403 on ``apps/delta`` only) are reported as ``None`` so the caller does a full fetch instead.
+
+Credentials are never part of what :meth:`EurekaHttp.describe` or an error message shows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from typing import Any
+
+import aiohttp
+import attrs
+
+from adapters.eureka.config import EurekaSettings
+from adapters.eureka.wire import Applications, WireError, parse
+
+ACCEPT = {"json": "application/json", "xml": "application/xml"}
+
+
+class EurekaUnavailable(Exception):
+    """No server in the list gave a usable answer."""
+
+    def __init__(self, what: str, errors: list[tuple[str, str]]) -> None:
+        self.errors = errors
+        detail = "; ".join(f"{server}: {error}" for server, error in errors)
+        super().__init__(f"{what} failed on every Eureka server ({detail})")
+
+
+class _ServerError(Exception):
+    pass
+
+
+@attrs.frozen(slots=True)
+class Answer:
+    """A parsed answer and where it came from."""
+
+    applications: Applications
+    server: str
+    kind: str  # "full" or "delta"
+    size: int
+    seconds: float
+
+
+def ssl_context(settings: EurekaSettings) -> ssl.SSLContext | None:
+    """The client TLS context (custom CA and/or client certificate), or None for the default."""
+    tls = settings.tls
+    if tls is None:
+        return None
+    context = ssl.create_default_context(cafile=tls.ca_file or None)
+    if tls.cert_file:
+        context.load_cert_chain(tls.cert_file, tls.key_file or None)
+    return context
+
+
+class EurekaHttp:
+    """Fetches ``apps/`` and ``apps/delta`` from the first Eureka server that answers."""
+
+    def __init__(self, settings: EurekaSettings) -> None:
+        self.settings = settings
+        self.servers = list(settings.servers)
+        self._index = 0
+        self.failovers = 0
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def current_server(self) -> str:
+        return self.servers[self._index]
+
+    async def _open(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            auth = None
+            if self.settings.username:
+                auth = aiohttp.BasicAuth(self.settings.username, self.settings.password)
+            self._session = aiohttp.ClientSession(
+                auth=auth,
+                timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
+                headers={"Accept": ACCEPT[self.settings.format]},
+                connector=aiohttp.TCPConnector(ssl=ssl_context(self.settings) or True, limit=4),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _get(self, server: str, path: str) -> tuple[int, bytes, str]:
+        session = await self._open()
+        async with session.get(server + path) as response:
+            body = await response.read()
+            return response.status, body, response.headers.get("Content-Type", "")
+
+    async def _fetch(self, path: str, kind: str) -> Answer | None:
+        errors: list[tuple[str, str]] = []
+        count = len(self.servers)
+        for step in range(count):
+            index = (self._index + step) % count
+            server = self.servers[index]
+            started = time.perf_counter()
+            try:
+                status, body, content_type = await self._get(server, path)
+                if kind == "delta" and status == 403:
+                    # The server has deltas disabled (disableDelta): a full fetch will do.
+                    self._switch_to(index)
+                    return None
+                if status != 200:
+                    raise _ServerError(f"HTTP {status}")
+                applications = parse(body, content_type)
+            except (TimeoutError, aiohttp.ClientError, OSError, _ServerError) as exc:
+                errors.append((server, _error_text(exc)))
+                continue
+            except WireError as exc:
+                errors.append((server, f"malformed answer: {exc}"))
+                continue
+            self._switch_to(index)
+            return Answer(applications, server, kind, len(body), time.perf_counter() - started)
+        raise EurekaUnavailable(f"GET {path}", errors)
+
+    def _switch_to(self, index: int) -> None:
+        if index != self._index:
+            self.failovers += 1
+            self._index = index
+
+    async def fetch_full(self) -> Answer:
+        """The whole registry (``GET apps/``)."""
+        answer = await self._fetch("apps/", "full")
+        assert answer is not None  # only deltas may be refused
+        return answer
+
+    async def fetch_delta(self) -> Answer | None:
+        """Recent changes (``GET apps/delta``), or None when the server serves no deltas."""
+        return await self._fetch("apps/delta", "delta")
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "servers": list(self.servers),
+            "currentServer": self.current_server,
+            "format": self.settings.format,
+            "auth": bool(self.settings.username),
+            "tls": self.settings.tls is not None,
+            "failovers": self.failovers,
+        }
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if not isinstance(exc, _ServerError) else text

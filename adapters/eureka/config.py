@@ -1,0 +1,179 @@
+"""The ``eureka`` registry entry of the mesh config, validated into :class:`EurekaSettings`.
+
+Why: the hub passes a registry's YAML keys through untouched; this module is the edge where they
+are checked, so a typo (``fetchIntervall``) or a bad value (``fetchInterval: soon``) stops the hub
+with an error naming the registry, the field and what was expected, instead of an adapter that
+silently polls every 30 s or never authenticates. Every problem is reported at once.
+
+Keys (see ``docs/eureka.md``): ``servers`` (required), ``fetchInterval``, ``timeout``,
+``maxBackoff``, ``format``, ``auth {username, password}``, ``tls {caFile, certFile, keyFile}``,
+``hostnameTemplate``, ``namespace``, ``servicePort``, ``secureServicePort``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import attrs
+
+from adapters.eureka.mapping import MappingSettings
+from meshfed.resources import ConfigErrors, FieldReader
+
+KNOWN_KEYS = {
+    "servers",
+    "fetchInterval",
+    "timeout",
+    "maxBackoff",
+    "format",
+    "auth",
+    "tls",
+    "hostnameTemplate",
+    "namespace",
+    "servicePort",
+    "secureServicePort",
+}
+DEFAULT_FETCH_INTERVAL = 30.0  # Eureka's own client default (registryFetchIntervalSeconds)
+DEFAULT_TIMEOUT = 5.0
+DEFAULT_MAX_BACKOFF = 30.0
+FORMATS = ("json", "xml")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``250ms``, ``5s``, ``1.5s``, ``2m``, ``1h`` or a bare number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration such as 5s or 500ms, got {value!r}")
+    if isinstance(value, int | float):
+        return float(value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError(f"expected a duration such as 5s or 500ms, got {value!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+@attrs.frozen(slots=True)
+class TLSSettings:
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+
+
+@attrs.frozen(slots=True)
+class EurekaSettings:
+    """Everything the adapter needs, validated."""
+
+    servers: tuple[str, ...]
+    mapping: MappingSettings
+    fetch_interval: float = DEFAULT_FETCH_INTERVAL
+    timeout: float = DEFAULT_TIMEOUT
+    max_backoff: float = DEFAULT_MAX_BACKOFF
+    format: str = "json"
+    username: str = ""
+    password: str = attrs.field(default="", repr=False)
+    tls: TLSSettings | None = None
+
+
+def split_credentials(url: str) -> tuple[str, str, str]:
+    """(url without user info, username, password): Spring configs often embed credentials."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, "", ""
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc = f"{netloc}:{parts.port}"
+    clean = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return clean, parts.username or "", parts.password or ""
+
+
+def normalise_server(url: str) -> str:
+    """A server URL ending in ``/`` so that ``apps/`` resolves under the Eureka context."""
+    return url if url.endswith("/") else url + "/"
+
+
+def parse_settings(
+    params: Mapping[str, Any], registry: str, source: str = "mesh config"
+) -> EurekaSettings:
+    """Validate a registry entry's parameters; raise ConfigErrors naming every bad field."""
+    reader = FieldReader(source, f"registry {registry}", params, "")
+    reader.unknown_fields(KNOWN_KEYS)
+    servers: list[str] = []
+    username = password = ""
+    for i, raw in enumerate(reader.str_list("servers", required=True)):
+        url, user, pwd = split_credentials(raw)
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            reader.error(f"servers[{i}]", f"expected an http(s) URL, got {raw!r}")
+            continue
+        servers.append(normalise_server(url))
+        username, password = username or user, password or pwd
+
+    def duration(name: str, default: float, minimum: float) -> float:
+        value = params.get(name)
+        if value is None:
+            return default
+        try:
+            seconds = parse_duration(value)
+        except ValueError as exc:
+            reader.error(name, str(exc))
+            return default
+        if seconds < minimum:
+            reader.error(name, f"expected at least {minimum:g}s, got {value!r}")
+            return default
+        return seconds
+
+    fetch_interval = duration("fetchInterval", DEFAULT_FETCH_INTERVAL, 0.05)
+    timeout = duration("timeout", DEFAULT_TIMEOUT, 0.05)
+    max_backoff = duration("maxBackoff", DEFAULT_MAX_BACKOFF, 0.05)
+    fmt = reader.str("format", default="json").lower()
+    if fmt not in FORMATS:
+        reader.error("format", f"expected one of {', '.join(FORMATS)}, got {fmt!r}")
+        fmt = "json"
+    auth = reader.reader("auth")
+    if auth is not None:
+        auth.unknown_fields({"username", "password"})
+        username = auth.str("username", required=True)
+        password = auth.str("password")
+    tls = None
+    tls_reader = reader.reader("tls")
+    if tls_reader is not None:
+        tls_reader.unknown_fields({"caFile", "certFile", "keyFile"})
+        tls = TLSSettings(
+            ca_file=tls_reader.str("caFile"),
+            cert_file=tls_reader.str("certFile"),
+            key_file=tls_reader.str("keyFile"),
+        )
+        if bool(tls.cert_file) != bool(tls.key_file):
+            tls_reader.error("certFile", "expected certFile and keyFile together (client cert)")
+    template = reader.str("hostnameTemplate", default="{vip}")
+    try:
+        template.format(vip="vip", app="app")
+    except (KeyError, IndexError, ValueError) as exc:
+        reader.error(
+            "hostnameTemplate", f"expected a template using {{vip}} and/or {{app}}: {exc!r}"
+        )
+        template = "{vip}"
+    mapping = MappingSettings(
+        registry=registry,
+        hostname_template=template,
+        namespace=reader.str("namespace", default="default"),
+        service_port=reader.int("servicePort", default=80, minimum=1, maximum=65535),
+        secure_service_port=reader.int("secureServicePort", default=443, minimum=1, maximum=65535),
+    )
+    if reader.errors:
+        raise ConfigErrors(reader.errors)
+    return EurekaSettings(
+        servers=tuple(servers),
+        mapping=mapping,
+        fetch_interval=fetch_interval,
+        timeout=timeout,
+        max_backoff=max_backoff,
+        format=fmt,
+        username=username,
+        password=password,
+        tls=tls,
+    )
