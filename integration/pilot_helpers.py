@@ -166,3 +166,21 @@ async def eventually(
                 return
         await asyncio.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def spread(session: aiohttp.ClientSession, url: str, host: str, n: int) -> dict[str, int]:
+    """Send ``n`` requests; count answers by body (backend name) or by ``HTTP <status>``."""
+    counts: dict[str, int] = {}
+    for _ in range(n):
+        status, body = await get(session, url, host)
+        key = body if status == 200 else f"HTTP {status}"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+async def uptime_and_epoch(envoy: EnvoyProcess) -> tuple[int, int]:
+    """(seconds up in this epoch, hot-restart epoch) from Envoy's admin ``/server_info``."""
+    info = await envoy.server_info()
+    uptime = info.get("uptime_current_epoch", "0s")
+    seconds = int(float(str(uptime).rstrip("s")))
+    return seconds, int(info.get("command_line_options", {}).get("restart_epoch", 0))
