@@ -97,7 +97,7 @@ def need(tool: str) -> str:
     return found
 
 
-def go_build(module: str, package: str, output: Path) -> None:
+def go_build(module: str, package: str, output: Path, ldflags: str = "") -> None:
     """Build ``package`` from our build module ``integration/build/<module>`` into ``output``.
 
     The module's go.mod/go.sum are copied to the cache so that the go command, with
@@ -116,9 +116,25 @@ def go_build(module: str, package: str, output: Path) -> None:
         "CGO_ENABLED": "0",
         "GONOSUMDB": GONOSUMDB,
     }
-    argv = [go, "build", "-trimpath", "-ldflags=-s -w", "-o", str(tmp), package]
+    argv = [go, "build", "-trimpath", f"-ldflags=-s -w {ldflags}".strip(), "-o", str(tmp), package]
     run_logged(argv, f"{output.name}.log", workdir, env)
     tmp.replace(output)
+
+
+def kube_ldflags() -> str:
+    """Stamp the Kubernetes version into the binaries, as the release build does; without
+    it they report v0.0.0-master, and kubectl and clients see a bogus server version."""
+    major, minor, _ = KUBERNETES_VERSION.split(".")
+    flags = []
+    for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        flags += [
+            f"-X {pkg}.gitVersion=v{KUBERNETES_VERSION}",
+            f"-X {pkg}.gitMajor={major}",
+            f"-X {pkg}.gitMinor={minor}",
+            f"-X {pkg}.gitTreeState=clean",
+            f"-X {pkg}.buildDate=1970-01-01T00:00:00Z",
+        ]
+    return " ".join(flags)
 
 
 def apt_install(package: str) -> None:
@@ -197,14 +213,16 @@ ARTEFACTS = [
         "kube",
         f"kube-apiserver {KUBERNETES_VERSION}",
         lambda: kube_apiserver_path().exists(),
-        lambda: go_build("kube", "k8s.io/kubernetes/cmd/kube-apiserver", kube_apiserver_path()),
+        lambda: go_build(
+            "kube", "k8s.io/kubernetes/cmd/kube-apiserver", kube_apiserver_path(), kube_ldflags()
+        ),
         lambda: str(kube_apiserver_path()),
     ),
     Artefact(
         "kube",
         f"kubectl {KUBERNETES_VERSION}",
         lambda: kubectl_path().exists(),
-        lambda: go_build("kube", "k8s.io/kubernetes/cmd/kubectl", kubectl_path()),
+        lambda: go_build("kube", "k8s.io/kubernetes/cmd/kubectl", kubectl_path(), kube_ldflags()),
         lambda: str(kubectl_path()),
     ),
     Artefact(

@@ -25,6 +25,7 @@ import redis
 from kubernetes import client as k8s
 from kubernetes import watch
 
+from integration.peers.artifacts import KUBERNETES_VERSION
 from integration.peers.consul import ConsulAgent, ConsulCluster
 from integration.peers.envoy import EnvoyProxy
 from integration.peers.eureka import EurekaServer
@@ -145,7 +146,9 @@ def test_consul_cluster_survives_leader_loss(
     # The old leader comes back on its data dir, rejoins and catches up.
     consul_cluster.start_member(leader)
     back = consul.Consul(host=leader.host, port=leader.http_port)
-    eventually(lambda: back.kv.get("meshfed/smoke", stale=True)[1]["Value"] == b"after", 60)
+    eventually(
+        lambda: back.kv.get("meshfed/smoke", consistency="stale")[1]["Value"] == b"after", 60
+    )
     assert consul_cluster.leader().running()
 
 
@@ -239,6 +242,7 @@ def test_kube_client_creates_and_watches_service_and_endpointslice(
     api_client = kube_apiserver.api_client()
     core = k8s.CoreV1Api(api_client)
     discovery = k8s.DiscoveryV1Api(api_client)
+    assert k8s.VersionApi(api_client).get_code().git_version == f"v{KUBERNETES_VERSION}"
     ns = f"smoke-{uuid.uuid4().hex[:6]}"
     core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=ns)))
 
@@ -273,21 +277,30 @@ def test_kube_client_creates_and_watches_service_and_endpointslice(
     watcher.start()
     time.sleep(0.5)
 
-    slice_ = k8s.V1EndpointSlice(
-        metadata=k8s.V1ObjectMeta(
-            name="reviews-abc", labels={"kubernetes.io/service-name": "reviews"}
-        ),
-        address_type="IPv4",
-        endpoints=[
-            k8s.V1Endpoint(
-                addresses=["127.0.0.21"], conditions=k8s.V1EndpointConditions(ready=True)
-            )
-        ],
-        ports=[k8s.DiscoveryV1EndpointPort(name="http", port=9080, protocol="TCP")],
-    )
+    def endpoint_slice(*addresses: str) -> k8s.V1EndpointSlice:
+        return k8s.V1EndpointSlice(
+            metadata=k8s.V1ObjectMeta(
+                name="reviews-abc", labels={"kubernetes.io/service-name": "reviews"}
+            ),
+            address_type="IPv4",
+            endpoints=[
+                k8s.V1Endpoint(addresses=[a], conditions=k8s.V1EndpointConditions(ready=True))
+                for a in addresses
+            ],
+            ports=[k8s.DiscoveryV1EndpointPort(name="http", port=9080, protocol="TCP")],
+        )
+
+    # Real API-server validation: EndpointSlices may not hold loopback addresses (so tests
+    # use RFC 5737 documentation addresses there and never send traffic to them) ...
+    with pytest.raises(k8s.ApiException) as rejected:
+        discovery.create_namespaced_endpoint_slice(ns, endpoint_slice("127.0.0.21"))
+    assert rejected.value.status == 422
+    assert "loopback" in rejected.value.body
+
+    slice_ = endpoint_slice("192.0.2.21")
     discovery.create_namespaced_endpoint_slice(ns, slice_)
     slice_.endpoints.append(
-        k8s.V1Endpoint(addresses=["127.0.0.22"], conditions=k8s.V1EndpointConditions(ready=False))
+        k8s.V1Endpoint(addresses=["192.0.2.22"], conditions=k8s.V1EndpointConditions(ready=False))
     )
     discovery.replace_namespaced_endpoint_slice("reviews-abc", ns, slice_)
     discovery.delete_namespaced_endpoint_slice("reviews-abc", ns)
@@ -297,6 +310,19 @@ def test_kube_client_creates_and_watches_service_and_endpointslice(
         ("MODIFIED", "reviews-abc"),
         ("DELETED", "reviews-abc"),
     ]
+
+    # ... while a Pod's status may carry a loopback IP: objects can point at local processes.
+    core.create_namespaced_pod(
+        ns,
+        k8s.V1Pod(
+            metadata=k8s.V1ObjectMeta(name="reviews-v1", labels={"app": "reviews"}),
+            spec=k8s.V1PodSpec(containers=[k8s.V1Container(name="app", image="reviews:v1")]),
+        ),
+    )
+    core.patch_namespaced_pod_status(
+        "reviews-v1", ns, {"status": {"podIP": "127.0.0.21", "podIPs": [{"ip": "127.0.0.21"}]}}
+    )
+    assert core.read_namespaced_pod("reviews-v1", ns).status.pod_ip == "127.0.0.21"
 
     # A watch on Services sees the one we created.
     w = watch.Watch()
@@ -339,7 +365,7 @@ metadata:
     kubernetes.io/service-name: ratings
 addressType: IPv4
 endpoints:
-- addresses: ["127.0.0.31"]
+- addresses: ["192.0.2.31"]
   conditions:
     ready: true
 ports:
