@@ -111,7 +111,7 @@ def go_build(module: str, package: str, output: Path, ldflags: str = "") -> None
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".tmp")
     env = {
-        "GOFLAGS": "-mod=mod",
+        "GOFLAGS": f"{os.environ.get('GOFLAGS', '')} -mod=mod".strip(),
         "GOTOOLCHAIN": "local",
         "CGO_ENABLED": "0",
         "GONOSUMDB": GONOSUMDB,
