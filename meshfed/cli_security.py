@@ -1,0 +1,434 @@
+"""``meshfed ca ...`` and ``meshfed nodeagent``: the CLI over :mod:`security` and :mod:`nodeagent`.
+
+Registered by :mod:`meshfed.cli` when this module is importable. Secrets never go on a command
+line (where ``ps`` shows them): the join token is read from ``--token-file`` or the
+``MESHFED_JOIN_TOKEN`` environment variable, and ``meshfed ca token create`` prints the token
+once on stdout and stores only its hash.
+
+- ``meshfed ca serve``: the CA with its bootstrap (TLS) and renewal (mutual TLS) gRPC ports and a
+  monitoring port (``/metrics``, ``/healthz/ready``, ``/debug/ca``). Its root is created once in
+  ``--state-dir`` (or a Kubernetes Secret with ``--storage kubernetes``), or comes from the
+  operator's ``--cacerts`` folder; either way the trust bundle is published as
+  ``<state-dir>/root-cert.pem`` for node agents and the hub.
+- ``meshfed ca token create|list``: join tokens in ``<state-dir>/tokens.json``.
+- ``meshfed nodeagent``: join this machine (see :mod:`nodeagent.agent`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_STATE_DIR = "~/.meshfed/ca"
+DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
+log = logging.getLogger("meshfed.cli.security")
+
+
+def parse_duration(value: str) -> dt.timedelta:
+    """``90``/``90s``, ``15m``, ``1h``, ``7d``, ``500ms`` as a timedelta."""
+    match = DURATION.match(value.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected a duration like 30s, 15m, 1h: {value!r}")
+    number, unit = float(match.group(1)), match.group(2) or "s"
+    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
+    return dt.timedelta(seconds=number * scale)
+
+
+def _trust_domain(args: argparse.Namespace) -> str:
+    if getattr(args, "trust_domain", None):
+        return args.trust_domain
+    from meshfed.config import load_mesh_config
+
+    return load_mesh_config(getattr(args, "config", None)).trust_domain
+
+
+def _system_namespace(args: argparse.Namespace) -> str:
+    from meshfed.config import load_mesh_config
+
+    return load_mesh_config(getattr(args, "config", None)).system_namespace
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    return Path(args.state_dir).expanduser()
+
+
+# -- ca serve --------------------------------------------------------------------------------
+def build_ca(args: argparse.Namespace) -> Any:
+    from security.ca import CertificateAuthority
+    from security.storage import FileStorage, KubernetesSecretStorage
+
+    trust_domain = _trust_domain(args)
+    ttl_kwargs = {"default_ttl": args.default_ttl, "max_ttl": args.max_ttl}
+    if args.cacerts:
+        return CertificateAuthority.from_cacerts(args.cacerts, trust_domain, **ttl_kwargs)
+    if args.storage == "kubernetes":
+        from kubernetes import client, config
+
+        api_client = config.new_client_from_config(config_file=args.kubeconfig)
+        storage = KubernetesSecretStorage(
+            client.CoreV1Api(api_client), _system_namespace(args), args.secret_name
+        )
+        return CertificateAuthority.load_or_create(storage, trust_domain, **ttl_kwargs)
+    return CertificateAuthority.load_or_create(
+        FileStorage(_state_dir(args)), trust_domain, **ttl_kwargs
+    )
+
+
+def publish_root(state_dir: Path, root_pem: bytes) -> Path:
+    """Write the trust bundle (public) where node agents and the hub look for it."""
+    from security.storage import write_private
+
+    path = state_dir / "root-cert.pem"
+    if not path.exists() or path.read_bytes() != root_pem:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(state_dir, 0o700)
+        write_private(path, root_pem, 0o644)
+    return path
+
+
+async def serve_ca(args: argparse.Namespace, stop: asyncio.Event) -> None:
+    from aiohttp import web
+    from prometheus_client import REGISTRY, generate_latest
+
+    from security.service import CAServer, KubernetesTokenReviewer, SigningService
+    from security.tokens import JoinTokenStore
+
+    ca = await asyncio.to_thread(build_ca, args)
+    state_dir = _state_dir(args)
+    root_path = publish_root(state_dir, ca.root_pem)
+    reviewer = None
+    if args.tokenreview_kubeconfig:
+        from kubernetes import config
+
+        reviewer = KubernetesTokenReviewer(
+            config.new_client_from_config(config_file=args.tokenreview_kubeconfig),
+            audiences=args.token_audience or None,
+        )
+    service = SigningService(ca, JoinTokenStore(state_dir / "tokens.json"), reviewer)
+    server = CAServer(service, args.listen, args.renew_listen, _system_namespace(args))
+    await server.start()
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(REGISTRY), content_type="text/plain")
+
+    async def ready(request: web.Request) -> web.Response:
+        return web.json_response({"ready": True})
+
+    async def debug(request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "trust_domain": ca.trust_domain,
+                "root_sha256": hashlib.sha256(ca.root_pem).hexdigest(),
+                "signer_not_after": ca.signer_cert.not_valid_after_utc.isoformat(),
+                "bootstrap": server.bootstrap_target,
+                "renewal": server.renewal_target,
+                "root_file": str(root_path),
+            }
+        )
+
+    app = web.Application()
+    app.add_routes(
+        [
+            web.get("/metrics", metrics),
+            web.get("/healthz/ready", ready),
+            web.get("/debug/ca", debug),
+        ]
+    )
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    host, _, port = args.monitoring.rpartition(":")
+    site = web.TCPSite(runner, host, int(port))
+    await site.start()
+    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    # One machine-readable line, so scripts and tests learn the ports (0 = kernel-chosen).
+    print(
+        json.dumps(
+            {
+                "bootstrap": server.bootstrap_target,
+                "renewal": server.renewal_target,
+                "monitoring": f"{host}:{bound}",
+                "root": str(root_path),
+            }
+        ),
+        flush=True,
+    )
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+        await runner.cleanup()
+
+
+def _run(main: Any) -> int:
+    async def runner() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        result = await main(stop)
+        return int(result or 0)
+
+    return asyncio.run(runner())
+
+
+def cmd_ca_serve(args: argparse.Namespace) -> int:
+    return _run(lambda stop: serve_ca(args, stop))
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    from security.tokens import JoinTokenStore
+
+    store = JoinTokenStore(_state_dir(args) / "tokens.json")
+    token = store.create(args.namespace, args.service_account, args.ttl)
+    print(token)
+    return 0
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    from security.tokens import JoinTokenStore
+
+    for record in JoinTokenStore(_state_dir(args) / "tokens.json").list():
+        print(json.dumps(record))
+    return 0
+
+
+# -- nodeagent -------------------------------------------------------------------------------
+def _read_secret(path: str | None, env: str) -> str | None:
+    if path:
+        return Path(path).expanduser().read_text().strip()
+    return os.environ.get(env) or None
+
+
+def _ports(values: list[str]) -> dict[str, int]:
+    ports = {}
+    for value in values:
+        name, _, number = value.partition("=")
+        if not name or not number.isdigit():
+            raise SystemExit(f"error: --port expects name=number, got {value!r}")
+        ports[name] = int(number)
+    return ports
+
+
+def agent_config(args: argparse.Namespace) -> Any:
+    import yaml
+
+    from nodeagent.agent import AgentConfig
+    from registry.model import Workload
+
+    trust_domain = _trust_domain(args)
+    token = _read_secret(args.token_file, "MESHFED_JOIN_TOKEN")
+    kube_token = _read_secret(args.kubernetes_token_file, "MESHFED_KUBERNETES_TOKEN")
+    if not token and not kube_token:
+        raise SystemExit(
+            "error: no credential; give --token-file (or MESHFED_JOIN_TOKEN) or "
+            "--kubernetes-token-file"
+        )
+    workload = None
+    if args.hub:
+        if not args.address:
+            raise SystemExit("error: --hub needs --address (where this VM's workload listens)")
+        workload = Workload(
+            name=args.workload or os.uname().nodename,
+            namespace=args.namespace,
+            address=args.address,
+            ports=_ports(args.port),
+            labels=dict(label.split("=", 1) for label in args.label),
+            service_account=args.service_account,
+        )
+    bootstrap = None
+    if args.envoy_bootstrap:
+        bootstrap = yaml.safe_load(Path(args.envoy_bootstrap).read_text())
+    elif args.pilot:
+        from meshfed.proxy import ProxySpec
+        from meshfed.proxy import bootstrap as pilot_bootstrap
+        from registry.model import spiffe_id
+
+        bootstrap = pilot_bootstrap(
+            ProxySpec(
+                ip=args.address or "127.0.0.1",
+                workload=args.workload or os.uname().nodename,
+                namespace=args.namespace,
+                identity=spiffe_id(trust_domain, args.namespace, args.service_account),
+                app_ports=args.app_ports,
+                pilot=args.pilot,
+                admin_port=args.admin_port,
+            )
+        )
+    definitions = []
+    for value in args.define_service:
+        host, _, ports = value.partition("=")
+        definitions.append(
+            {
+                "hostname": host,
+                "ports": [
+                    {"name": n, "number": int(num), "protocol": proto or "TCP"}
+                    for n, num, proto in (
+                        [*p.split(":"), "", ""][:3] for p in ports.split(",") if p
+                    )
+                ],
+            }
+        )
+    return AgentConfig(
+        ca_address=args.ca,
+        ca_renewal_address=args.ca_renewal,
+        ca_root_pem=Path(args.ca_root).expanduser().read_bytes(),
+        trust_domain=trust_domain,
+        namespace=args.namespace,
+        service_account=args.service_account,
+        sds_socket=Path(args.sds_socket).expanduser(),
+        join_token=token,
+        kubernetes_token=kube_token,
+        ttl=args.ttl,
+        key_type=args.key_type,
+        hub_url=args.hub,
+        workload=workload,
+        services=tuple(args.service),
+        definitions=definitions,
+        register_interval=args.register_interval,
+        sidecar_bootstrap=bootstrap,
+        workdir=Path(args.workdir).expanduser() if args.workdir else None,
+    )
+
+
+async def run_agent(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    from aiohttp import web
+    from prometheus_client import REGISTRY, generate_latest
+
+    from nodeagent.agent import NodeAgent
+    from nodeagent.client import CARefused
+
+    agent = NodeAgent(agent_config(args))
+    try:
+        await agent.start()
+    except CARefused as exc:
+        print(f"error: the CA refused: {exc}", file=sys.stderr)
+        return 1
+    runner = None
+    try:
+        if args.monitoring:
+
+            async def debug(request: web.Request) -> web.Response:
+                return web.json_response(
+                    {
+                        "identity": agent.config.identity,
+                        "not_after": agent.not_after.isoformat() if agent.not_after else None,
+                        "serials": [f"{s:x}" for s in agent.serials],
+                        "rotations": agent.rotator.rotations,
+                        "registered": agent.registered,
+                        "sds": agent.sds.describe(),
+                        "sidecar_pid": agent.sidecar.proc.pid
+                        if agent.sidecar and agent.sidecar.proc
+                        else None,
+                    }
+                )
+
+            async def metrics(request: web.Request) -> web.Response:
+                return web.Response(body=generate_latest(REGISTRY), content_type="text/plain")
+
+            app = web.Application()
+            app.add_routes([web.get("/debug/nodeagent", debug), web.get("/metrics", metrics)])
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            host, _, port = args.monitoring.rpartition(":")
+            site = web.TCPSite(runner, host, int(port))
+            await site.start()
+            bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            print(json.dumps({"monitoring": f"{host}:{bound}"}), flush=True)
+        print(json.dumps({"identity": agent.config.identity, "ready": True}), flush=True)
+        await stop.wait()
+        return 0
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        await agent.stop()
+
+
+def cmd_nodeagent(args: argparse.Namespace) -> int:
+    return _run(lambda stop: run_agent(args, stop))
+
+
+# -- registration ----------------------------------------------------------------------------
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="MeshConfig file (trust domain, system namespace)")
+    p.add_argument("--trust-domain", help="overrides the mesh config's trust domain")
+
+
+def register(sub: Any) -> None:
+    """Add ``ca`` and ``nodeagent`` to the ``meshfed`` command."""
+    ca = sub.add_parser("ca", help="the certificate authority")
+    ca_sub = ca.add_subparsers(dest="ca_command", required=True)
+
+    serve = ca_sub.add_parser("serve", help="run the CA's signing service")
+    _common(serve)
+    serve.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="root, tokens (0700)")
+    serve.add_argument("--cacerts", help="bring-your-own CA folder (cacerts layout)")
+    serve.add_argument("--storage", choices=["file", "kubernetes"], default="file")
+    serve.add_argument("--kubeconfig", help="for --storage kubernetes")
+    serve.add_argument("--secret-name", default="meshfed-ca")
+    serve.add_argument("--listen", default="127.0.0.1:15012", help="bootstrap port (TLS)")
+    serve.add_argument(
+        "--renew-listen", default="127.0.0.1:15013", help="renewal port (mutual TLS)"
+    )
+    serve.add_argument("--monitoring", default="127.0.0.1:15016")
+    serve.add_argument("--default-ttl", type=parse_duration, default=parse_duration("1h"))
+    serve.add_argument("--max-ttl", type=parse_duration, default=parse_duration("7d"))
+    serve.add_argument(
+        "--tokenreview-kubeconfig", help="accept Kubernetes service-account tokens (TokenReview)"
+    )
+    serve.add_argument("--token-audience", action="append", default=[])
+    serve.set_defaults(func=cmd_ca_serve)
+
+    token = ca_sub.add_parser("token", help="join tokens for VMs")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    create = token_sub.add_parser("create", help="create a single-use join token")
+    create.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
+    create.add_argument("--namespace", "-n", required=True)
+    create.add_argument("--service-account", "-s", required=True)
+    create.add_argument("--ttl", type=parse_duration, default=parse_duration("1h"))
+    create.set_defaults(func=cmd_token_create)
+    listing = token_sub.add_parser("list", help="stored tokens (hashes only)")
+    listing.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
+    listing.set_defaults(func=cmd_token_list)
+
+    agent = sub.add_parser("nodeagent", help="join this machine to the mesh")
+    _common(agent)
+    agent.add_argument("--ca", default="127.0.0.1:15012", help="CA bootstrap address")
+    agent.add_argument("--ca-renewal", default="127.0.0.1:15013", help="CA renewal address")
+    agent.add_argument("--ca-root", required=True, help="trust bundle to authenticate the CA")
+    agent.add_argument("--namespace", "-n", required=True)
+    agent.add_argument("--service-account", "-s", required=True)
+    agent.add_argument("--token-file", help="join token file (or env MESHFED_JOIN_TOKEN)")
+    agent.add_argument("--kubernetes-token-file", help="service-account token file")
+    agent.add_argument("--ttl", type=parse_duration, help="requested certificate lifetime")
+    agent.add_argument("--key-type", choices=["ec-p256", "rsa-2048"], default="ec-p256")
+    agent.add_argument("--sds-socket", default="~/.meshfed/agent/sds.sock")
+    agent.add_argument("--hub", help="hub URL to register with, e.g. http://127.0.0.1:15014")
+    agent.add_argument("--workload", help="workload name (default: host name)")
+    agent.add_argument("--address", help="the workload's address")
+    agent.add_argument("--port", action="append", default=[], help="name=number (repeat)")
+    agent.add_argument("--label", action="append", default=[], help="key=value (repeat)")
+    agent.add_argument("--service", action="append", default=[], help="hostname it backs")
+    agent.add_argument(
+        "--define-service",
+        action="append",
+        default=[],
+        help="HOST=name:number:PROTOCOL,... also define the service itself",
+    )
+    agent.add_argument("--register-interval", type=float, default=30.0)
+    agent.add_argument("--envoy-bootstrap", help="run Envoy with this bootstrap (+ SDS cluster)")
+    agent.add_argument("--pilot", help="run Envoy with an ADS bootstrap to this Pilot")
+    agent.add_argument("--app-ports", default="", help="for --pilot: INBOUND:APP,...")
+    agent.add_argument("--admin-port", type=int, default=15000)
+    agent.add_argument("--workdir", help="sidecar working folder (default: temporary)")
+    agent.add_argument("--monitoring", help="host:port for /debug/nodeagent and /metrics")
+    agent.set_defaults(func=cmd_nodeagent)

@@ -1,0 +1,251 @@
+"""The node agent: joins a VM to the mesh and keeps its identity fresh.
+
+Why: a VM has no kubelet and no injector. One process (``meshfed nodeagent``) does all of it:
+obtain an identity from the CA with a join token (or a Kubernetes token), serve it to the local
+Envoy over SDS, register the VM's workload with the hub so the mesh routes to it, run the
+sidecar, renew the certificate before it expires, and undo all of that on stop.
+
+Promises:
+- The private key is generated here, lives only in this process's memory and in the local
+  Envoy's (over the 0600 SDS socket); a fresh key is generated for every renewal.
+- Renewal happens at half the lifetime with jitter (:mod:`nodeagent.rotation`); Envoy gets the
+  new certificate pushed over SDS, so it never restarts.
+- The hub registration is signed with the workload's own SVID (:mod:`nodeagent.registration`)
+  and repeated every ``register_interval`` seconds, so a restarted hub learns the VM again.
+- ``stop()`` deregisters first (so traffic stops arriving), then stops the sidecar and SDS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import random
+import signal
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import attrs
+from google.protobuf import json_format
+
+from nodeagent import keys, registration
+from nodeagent.client import CAClient, SignResponse
+from nodeagent.rotation import Rotator
+from nodeagent.sds import SDSServer
+from registry.model import Workload, spiffe_id
+from security import mtls
+
+log = logging.getLogger("meshfed.nodeagent")
+
+
+@attrs.define
+class AgentConfig:
+    """Everything ``meshfed nodeagent`` needs (the CLI fills it from flags and files)."""
+
+    ca_address: str
+    ca_renewal_address: str
+    ca_root_pem: bytes = attrs.field(repr=False)
+    trust_domain: str
+    namespace: str
+    service_account: str
+    sds_socket: Path
+    join_token: str | None = attrs.field(default=None, repr=False)
+    kubernetes_token: str | None = attrs.field(default=None, repr=False)
+    ttl: dt.timedelta | None = None
+    key_type: str = "ec-p256"
+    hub_url: str | None = None
+    workload: Workload | None = None
+    services: tuple[str, ...] = ()
+    definitions: list[dict[str, Any]] = attrs.field(factory=list)
+    register_interval: float = 30.0
+    sidecar_bootstrap: dict[str, Any] | None = None
+    workdir: Path | None = None
+    renew_fraction: float = 0.5
+    renew_jitter: float = 0.1
+
+    @property
+    def identity(self) -> str:
+        return spiffe_id(self.trust_domain, self.namespace, self.service_account)
+
+
+def with_sds_cluster(bootstrap: dict[str, Any], socket_path: Path | str) -> dict[str, Any]:
+    """``bootstrap`` plus the static SDS cluster for ``socket_path`` (unless it has one)."""
+    boot = json.loads(json.dumps(bootstrap))
+    key = "staticResources" if "staticResources" in boot else "static_resources"
+    static = boot.setdefault(key, {})
+    clusters = static.setdefault("clusters", [])
+    if not any(c.get("name") == mtls.SDS_CLUSTER for c in clusters):
+        clusters.append(json_format.MessageToDict(mtls.sds_cluster(str(socket_path))))
+    return boot
+
+
+class SidecarProcess:
+    """The local Envoy, in its own process group, started from a bootstrap dict."""
+
+    def __init__(self, bootstrap: dict[str, Any], workdir: Path) -> None:
+        self.bootstrap = bootstrap
+        self.workdir = workdir
+        self.proc: asyncio.subprocess.Process | None = None
+        self.log_path = workdir / "envoy.log"
+
+    async def start(self) -> None:
+        from meshfed.proxy import envoy_binary
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "envoy-bootstrap.json"
+        config.write_text(json.dumps(self.bootstrap, indent=1))  # no secrets: SDS has them
+        with open(self.log_path, "ab") as out:
+            self.proc = await asyncio.create_subprocess_exec(
+                str(envoy_binary()),
+                "-c",
+                str(config),
+                "--base-id",
+                str(random.randint(1, 2**31)),
+                "--concurrency",
+                "1",
+                "--log-level",
+                "info",
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
+        log.info("sidecar started (pid %d, log %s)", self.proc.pid, self.log_path)
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), timeout)
+        # Sweep the group even after a clean exit: children may outlive their parent.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+
+
+class NodeAgent:
+    """Key, certificate, SDS, registration, sidecar and rotation for one VM identity."""
+
+    def __init__(self, config: AgentConfig, client: CAClient | None = None) -> None:
+        self.config = config
+        self.client = client or CAClient(
+            config.ca_address, config.ca_renewal_address, config.ca_root_pem
+        )
+        self.sds = SDSServer(config.sds_socket)
+        self.rotator = Rotator(self.renew, config.renew_fraction, config.renew_jitter)
+        self.key: keys.PrivateKey | None = None
+        self.chain_pem = b""
+        self.root_pem = config.ca_root_pem
+        self.not_after: dt.datetime | None = None
+        self.serials: list[int] = []  # every certificate this agent has served, in order
+        self.sidecar: SidecarProcess | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self.registered = False
+
+    async def start(self) -> None:
+        cfg = self.config
+        key = keys.generate_key(cfg.key_type)
+        response = await self.client.bootstrap(
+            keys.make_csr(key, cfg.identity),
+            join_token=cfg.join_token,
+            kubernetes_token=cfg.kubernetes_token,
+            identity=cfg.identity,
+            ttl=cfg.ttl,
+        )
+        self._install(key, response)
+        log.info("obtained %s (valid until %s)", response.identity, response.not_after)
+        await self.sds.start()
+        try:
+            if cfg.hub_url and cfg.workload is not None:
+                await self.register()
+                self._tasks.append(asyncio.create_task(self._keep_registered()))
+            if cfg.sidecar_bootstrap is not None:
+                workdir = cfg.workdir
+                if workdir is None:
+                    self._tmp = tempfile.TemporaryDirectory(prefix="meshfed-nodeagent-")
+                    workdir = Path(self._tmp.name)
+                boot = with_sds_cluster(cfg.sidecar_bootstrap, cfg.sds_socket)
+                self.sidecar = SidecarProcess(boot, workdir)
+                await self.sidecar.start()
+            assert self.not_after is not None
+            self._tasks.append(asyncio.create_task(self.rotator.run(self.not_after)))
+        except BaseException:
+            await self.stop()
+            raise
+
+    def _install(self, key: keys.PrivateKey, response: SignResponse) -> None:
+        from cryptography import x509
+
+        leaf = x509.load_pem_x509_certificate(response.chain_pem)
+        self.key = key
+        self.chain_pem = response.chain_pem
+        self.root_pem = response.root_pem
+        # Trust what the CA now says the roots are (a root rotation reaches the agent).
+        self.client.root_pem = response.root_pem
+        self.not_after = response.not_after
+        self.serials.append(leaf.serial_number)
+        self.sds.update(response.chain_pem, keys.key_pem(key), response.root_pem)
+
+    async def renew(self) -> dt.datetime:
+        """Renew now with the current certificate; returns the new certificate's notAfter."""
+        assert self.key is not None
+        new_key = keys.generate_key(self.config.key_type)
+        response = await self.client.renew(
+            keys.make_csr(new_key, self.config.identity),
+            keys.key_pem(self.key),
+            self.chain_pem,
+            identity=self.config.identity,
+            ttl=self.config.ttl,
+        )
+        self._install(new_key, response)
+        log.info("renewed %s (valid until %s)", response.identity, response.not_after)
+        return response.not_after
+
+    async def register(self) -> None:
+        cfg = self.config
+        assert cfg.hub_url and cfg.workload is not None and self.key is not None
+        body = registration.registration_body(cfg.workload, list(cfg.services), cfg.definitions)
+        await registration.register(cfg.hub_url, body, self.key, self.chain_pem)
+        if not self.registered:
+            log.info("registered %s/%s with %s", cfg.namespace, cfg.workload.name, cfg.hub_url)
+        self.registered = True
+
+    async def _keep_registered(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.register_interval)
+            try:
+                await self.register()
+            except Exception as exc:  # the hub may be restarting; try again next interval
+                log.warning("re-registration with %s failed: %s", self.config.hub_url, exc)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        cfg = self.config
+        if self.registered and cfg.hub_url and cfg.workload is not None and self.key:
+            try:
+                await registration.deregister(
+                    cfg.hub_url, cfg.workload.namespace, cfg.workload.name, self.key, self.chain_pem
+                )
+                log.info("deregistered %s/%s", cfg.workload.namespace, cfg.workload.name)
+            except Exception as exc:
+                log.error("deregistration failed: %s", exc)
+            self.registered = False
+        if self.sidecar is not None:
+            await self.sidecar.stop()
+            self.sidecar = None
+        await self.sds.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None

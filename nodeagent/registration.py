@@ -1,0 +1,347 @@
+"""Registering a VM's workloads with the hub, without editing files, and only as oneself.
+
+Why: a VM joined with ``meshfed nodeagent`` must appear in the registry (so Pilot routes to it
+and knows its SPIFFE ID) and disappear when it leaves. Anyone who can reach the hub must not be
+able to register a workload under someone else's identity, so every request is *signed with the
+workload's own SVID key*: the hub accepts a workload for namespace N / service account S only
+from a caller holding a currently valid certificate for ``spiffe://<td>/ns/N/sa/S`` issued under
+the mesh's trust bundle.
+
+Two halves:
+- :class:`WorkloadRegistration` is a hub component (``HubComponent`` protocol of
+  :mod:`meshfed.hub`). It owns one aggregate member (``workloads``, kind ``nodeagent``; synced
+  from the start because it has no backlog) and serves ``POST /v1/workloads`` and
+  ``DELETE /v1/workloads/{namespace}/{name}`` on the monitoring port.
+- :func:`register` / :func:`deregister` are what the node agent calls.
+
+Request signing: headers ``x-meshfed-cert-chain`` (base64 PEM chain, leaf first),
+``x-meshfed-timestamp`` (unix seconds) and ``x-meshfed-signature`` (base64 signature with the
+leaf's key over ``METHOD\\nPATH\\nTIMESTAMP\\n`` + body). A timestamp more than
+:data:`MAX_SKEW` away is refused, which bounds replay to that window; both operations are
+idempotent, so a replay inside it changes nothing that the signer did not ask for.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import attrs
+from aiohttp import web
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.x509 import verification
+
+from registry.model import Locality, Port, Protocol, Service, Workload, parse_spiffe_id
+from security.identity import load_pem_chain, spiffe_id_of
+
+log = logging.getLogger("meshfed.nodeagent.registration")
+
+MAX_SKEW = 60.0
+MEMBER_NAME = "workloads"
+TRUST_BUNDLE_ENV = "MESHFED_TRUST_BUNDLE"
+DEFAULT_TRUST_BUNDLE = Path("~/.meshfed/ca/root-cert.pem")
+
+
+class RegistrationRefused(Exception):
+    """The hub refused a registration (the message says why)."""
+
+
+def _signed_payload(method: str, path: str, timestamp: str, body: bytes) -> bytes:
+    return f"{method}\n{path}\n{timestamp}\n".encode() + body
+
+
+def sign_headers(method: str, path: str, body: bytes, key: Any, chain_pem: bytes) -> dict[str, str]:
+    """Headers that prove the request comes from the holder of ``chain_pem``'s key."""
+    timestamp = str(int(time.time()))
+    payload = _signed_payload(method, path, timestamp, body)
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        signature = key.sign(payload, ec.ECDSA(hashes.SHA256()))
+    elif isinstance(key, rsa.RSAPrivateKey):
+        signature = key.sign(payload, padding.PKCS1v15(), hashes.SHA256())
+    else:
+        raise TypeError(f"unsupported key type {type(key).__name__}")
+    return {
+        "x-meshfed-cert-chain": base64.b64encode(chain_pem).decode(),
+        "x-meshfed-timestamp": timestamp,
+        "x-meshfed-signature": base64.b64encode(signature).decode(),
+    }
+
+
+def verify_request(
+    method: str,
+    path: str,
+    headers: Any,
+    body: bytes,
+    roots: list[x509.Certificate],
+    now: float | None = None,
+) -> str:
+    """The SPIFFE ID that signed the request; RegistrationRefused when it does not verify."""
+    try:
+        chain = load_pem_chain(base64.b64decode(headers["x-meshfed-cert-chain"]))
+        timestamp = headers["x-meshfed-timestamp"]
+        signature = base64.b64decode(headers["x-meshfed-signature"])
+    except (KeyError, ValueError) as exc:
+        raise RegistrationRefused(f"missing or malformed signature headers: {exc}") from None
+    now = time.time() if now is None else now
+    if not timestamp.isdigit() or abs(now - int(timestamp)) > MAX_SKEW:
+        raise RegistrationRefused(f"timestamp {timestamp!r} is not within {MAX_SKEW:.0f}s of now")
+    if not chain:
+        raise RegistrationRefused("empty certificate chain")
+    leaf = chain[0]
+    store = verification.Store(roots)
+    verifier = (
+        verification.PolicyBuilder()
+        .store(store)
+        .time(dt.datetime.fromtimestamp(now, dt.UTC))
+        .build_client_verifier()
+    )
+    try:
+        verifier.verify(leaf, chain[1:])
+    except verification.VerificationError as exc:
+        raise RegistrationRefused(
+            f"certificate does not verify against the trust bundle: {exc}"
+        ) from None
+    payload = _signed_payload(method, path, timestamp, body)
+    public = leaf.public_key()
+    try:
+        if isinstance(public, ec.EllipticCurvePublicKey):
+            public.verify(signature, payload, ec.ECDSA(hashes.SHA256()))
+        elif isinstance(public, rsa.RSAPublicKey):
+            public.verify(signature, payload, padding.PKCS1v15(), hashes.SHA256())
+        else:
+            raise RegistrationRefused(f"unsupported key type {type(public).__name__}")
+    except InvalidSignature:
+        raise RegistrationRefused("the request signature does not verify") from None
+    try:
+        return spiffe_id_of(leaf)
+    except ValueError as exc:
+        raise RegistrationRefused(str(exc)) from None
+
+
+@attrs.frozen(slots=True)
+class Registration:
+    """One workload and the services it backs, as the agent sent it."""
+
+    workload: Workload
+    services: tuple[str, ...]
+    definitions: tuple[Service, ...] = ()
+
+
+def registration_body(
+    workload: Workload, services: list[str], definitions: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The JSON body of ``POST /v1/workloads``."""
+    return {
+        "workload": {
+            "name": workload.name,
+            "namespace": workload.namespace,
+            "address": workload.address,
+            "ports": dict(workload.ports),
+            "labels": dict(workload.labels),
+            "service_account": workload.service_account,
+            "locality": str(workload.locality) if str(workload.locality) != "-" else "",
+        },
+        "services": services,
+        "definitions": definitions or [],
+    }
+
+
+def parse_registration(body: dict[str, Any]) -> Registration:
+    """Validate a registration body; ValueError naming the field on bad input."""
+    if not isinstance(body, dict) or not isinstance(body.get("workload"), dict):
+        raise ValueError("expected an object with a 'workload' object")
+    w = body["workload"]
+    for field in ("name", "namespace", "address", "service_account"):
+        if not isinstance(w.get(field), str) or not w[field]:
+            raise ValueError(f"workload.{field}: expected a non-empty string")
+    ports = w.get("ports") or {}
+    if not isinstance(ports, dict) or not all(
+        isinstance(v, int) and 0 < v < 65536 for v in ports.values()
+    ):
+        raise ValueError("workload.ports: expected a map of port name to port number")
+    services = body.get("services") or []
+    if not isinstance(services, list) or not all(isinstance(s, str) and s for s in services):
+        raise ValueError("services: expected a list of hostnames")
+    region, zone, subzone = ([*(w.get("locality") or "").split("/"), "", "", ""])[:3]
+    workload = Workload(
+        name=w["name"],
+        namespace=w["namespace"],
+        address=w["address"],
+        ports=ports,
+        labels=w.get("labels") or {},
+        service_account=w["service_account"],
+        locality=Locality(region, zone, subzone),
+        registry=MEMBER_NAME,
+    )
+    definitions = []
+    for i, d in enumerate(body.get("definitions") or []):
+        try:
+            definitions.append(
+                Service(
+                    hostname=d["hostname"],
+                    namespace=workload.namespace,
+                    ports=[
+                        Port(int(p["number"]), p["name"], Protocol.parse(p.get("protocol", "TCP")))
+                        for p in d.get("ports", [])
+                    ],
+                )
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"definitions[{i}]: expected hostname and ports ({exc!r})") from None
+    return Registration(workload, tuple(services), tuple(definitions))
+
+
+class WorkloadRegistration:
+    """Hub component: signed workload registration into the ``workloads`` registry member."""
+
+    def __init__(self, trust_bundle: Path | str | None = None) -> None:
+        configured = trust_bundle or os.environ.get(TRUST_BUNDLE_ENV) or DEFAULT_TRUST_BUNDLE
+        self.trust_bundle = Path(configured).expanduser()
+        self.registrations: dict[tuple[str, str], Registration] = {}
+        self._member: Any = None
+        self._trust_domain = ""
+
+    async def start(self, hub: Any) -> None:
+        self._trust_domain = hub.mesh.trust_domain
+        self._member = hub.aggregate.add_member(MEMBER_NAME, "nodeagent")
+        self._member.mark_synced()  # a push registry: empty is its complete initial state
+
+    async def stop(self) -> None:
+        return None
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/v1/workloads", self._post),
+            web.delete("/v1/workloads/{namespace}/{name}", self._delete),
+            web.get("/v1/workloads", self._list),
+        ]
+
+    def not_ready(self) -> list[str]:
+        return []
+
+    def _roots(self) -> list[x509.Certificate]:
+        # Read on every request: the CA may start after the hub, and the bundle may be rotated.
+        try:
+            return load_pem_chain(self.trust_bundle.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise RegistrationRefused(f"no trust bundle at {self.trust_bundle}: {exc}") from None
+
+    async def _authenticate(self, request: web.Request, body: bytes) -> tuple[str, str, str]:
+        try:
+            signer = verify_request(
+                request.method, request.path, request.headers, body, self._roots()
+            )
+            return parse_spiffe_id(signer)
+        except (RegistrationRefused, ValueError) as exc:
+            log.warning("refused workload registration from %s: %s", request.remote, exc)
+            raise web.HTTPForbidden(text=f"{exc}\n") from None
+
+    async def _post(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        domain, ns, sa = await self._authenticate(request, body)
+        try:
+            reg = parse_registration(json.loads(body))
+        except ValueError as exc:
+            raise web.HTTPBadRequest(text=f"{exc}\n") from None
+        w = reg.workload
+        if (domain, ns, sa) != (self._trust_domain, w.namespace, w.service_account):
+            message = (
+                f"caller spiffe://{domain}/ns/{ns}/sa/{sa} may not register workload "
+                f"{w.namespace}/{w.name} as service account {w.service_account}"
+            )
+            log.warning("refused workload registration from %s: %s", request.remote, message)
+            raise web.HTTPForbidden(text=message + "\n")
+        key = (w.namespace, w.name)
+        previous = self.registrations.get(key)
+        self.registrations[key] = reg
+        for service in reg.definitions:
+            self._member.put_service(service)
+        self._refresh({*reg.services, *(previous.services if previous else ())})
+        log.info("registered workload %s/%s at %s for %s", *key, w.address, list(reg.services))
+        return web.json_response({"registered": f"{w.namespace}/{w.name}"})
+
+    async def _delete(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        domain, ns, sa = await self._authenticate(request, body)
+        key = (request.match_info["namespace"], request.match_info["name"])
+        reg = self.registrations.get(key)
+        if reg is None:
+            raise web.HTTPNotFound(text=f"no workload {key[0]}/{key[1]}\n")
+        if (ns, sa) != (reg.workload.namespace, reg.workload.service_account):
+            raise web.HTTPForbidden(text=f"spiffe://{domain}/ns/{ns}/sa/{sa} does not own {key}\n")
+        del self.registrations[key]
+        self._refresh(set(reg.services))
+        for service in reg.definitions:
+            if not any(service in r.definitions for r in self.registrations.values()):
+                self._member.delete_service(service.hostname)
+        log.info("deregistered workload %s/%s", *key)
+        return web.json_response({"deregistered": f"{key[0]}/{key[1]}"})
+
+    async def _list(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            [
+                {**registration_body(r.workload, list(r.services)), "identity": self._id(r)}
+                for r in self.registrations.values()
+            ]
+        )
+
+    def _id(self, reg: Registration) -> str:
+        return reg.workload.identity(self._trust_domain)
+
+    def _refresh(self, hostnames: set[str]) -> None:
+        for host in sorted(hostnames):
+            endpoints = [
+                r.workload.as_endpoint(self._trust_domain)
+                for r in self.registrations.values()
+                if host in r.services
+            ]
+            self._member.set_endpoints(host, endpoints)
+
+
+async def register(
+    hub_url: str, body: dict[str, Any], key: Any, chain_pem: bytes, timeout: float = 10.0
+) -> None:
+    """POST a signed registration to the hub; RegistrationRefused on a 4xx answer."""
+    await _send(
+        "POST", hub_url, "/v1/workloads", json.dumps(body).encode(), key, chain_pem, timeout
+    )
+
+
+async def deregister(
+    hub_url: str, namespace: str, name: str, key: Any, chain_pem: bytes, timeout: float = 10.0
+) -> None:
+    """DELETE this workload's registration (a 404 counts as done)."""
+    path = f"/v1/workloads/{namespace}/{name}"
+    await _send("DELETE", hub_url, path, b"", key, chain_pem, timeout, ok_statuses=(404,))
+
+
+async def _send(
+    method: str,
+    hub_url: str,
+    path: str,
+    body: bytes,
+    key: Any,
+    chain_pem: bytes,
+    timeout: float,
+    ok_statuses: tuple[int, ...] = (),
+) -> None:
+    headers = sign_headers(method, path, body, key, chain_pem)
+    headers["content-type"] = "application/json"
+    client_timeout = aiohttp.ClientTimeout(total=timeout)
+    async with (
+        aiohttp.ClientSession(timeout=client_timeout) as session,
+        session.request(method, hub_url.rstrip("/") + path, data=body, headers=headers) as resp,
+    ):
+        text = await resp.text()
+        if resp.status >= 400 and resp.status not in ok_statuses:
+            raise RegistrationRefused(f"hub answered {resp.status}: {text.strip()}")

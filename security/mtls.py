@@ -1,0 +1,314 @@
+"""Mutual TLS as Envoy config: the pure functions Pilot's translation calls.
+
+Why here and not in Pilot: what a secure connection between two sidecars looks like (which
+secrets, from where, which peer identities are acceptable, how permissive mode tells TLS from
+plain traffic) is security policy; Pilot only decides *where* it applies. These functions take
+and return Envoy protobuf messages and have no I/O, so Pilot can call them while building a
+snapshot and tests can call them to build static bootstraps for real Envoys.
+
+Promises:
+- Certificates come from the node agent over SDS: secret :data:`CERT_SECRET` (``default``) and
+  trust bundle :data:`ROOT_SECRET` (``ROOTCA``), through the static cluster :data:`SDS_CLUSTER`
+  that points at the agent's Unix socket (:func:`sds_cluster`). No key is ever in xDS.
+- Outbound (:func:`apply_outbound_mtls`): mutual TLS only to destinations that have a sidecar
+  (every endpoint carries a SPIFFE identity and none opts out with the label
+  :data:`TLS_MODE_LABEL` ``= disabled``) and are mesh-internal; the server's certificate must
+  carry one of the SPIFFE IDs the registry knows for the service (exact URI SAN matchers).
+  Destinations without a sidecar get plain traffic, which fixes the seed's "a service with auth
+  enabled can't talk to a service without the mesh".
+- Inbound (:func:`apply_inbound_mtls`): ``STRICT`` requires a client certificate from the mesh's
+  trust bundle; ``PERMISSIVE`` adds the TLS inspector and two filter chains on the same port
+  (``transport_protocol: tls`` -> mutual TLS, anything else -> plain); ``OFF`` changes nothing.
+- HTTP (:func:`apply_xfcc`): the server sidecar replaces any ``x-forwarded-client-cert`` the
+  client sent with the verified peer's SPIFFE ID (``By=...;URI=...``); a plain client cannot
+  forge it. TCP works the same way minus the header: the identity is in Envoy's
+  ``%DOWNSTREAM_PEER_URI_SAN%`` access-log field and ``ssl.*`` stats.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping, Sequence
+
+import attrs
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import (
+    address_pb2,
+    base_pb2,
+    config_source_pb2,
+    grpc_service_pb2,
+    protocol_pb2,
+)
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_components_pb2 as lc
+from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm,
+)
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo
+from envoy.type.matcher.v3 import string_pb2
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+
+from registry.model import Endpoint, Location, Service
+
+SDS_CLUSTER = "sds-grpc"
+CERT_SECRET = "default"
+ROOT_SECRET = "ROOTCA"
+TLS_SOCKET = "envoy.transport_sockets.tls"
+TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
+TLS_MODE_LABEL = "security.meshfed.io/tlsMode"  # "disabled" = this endpoint has no sidecar
+HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+class Mode(enum.Enum):
+    """Mesh-wide or per-destination mutual TLS mode."""
+
+    OFF = "OFF"
+    PERMISSIVE = "PERMISSIVE"
+    STRICT = "STRICT"
+
+    @classmethod
+    def parse(cls, value: str) -> Mode:
+        try:
+            return cls(value.strip().upper())
+        except ValueError:
+            raise ValueError(f"expected OFF, PERMISSIVE or STRICT, got {value!r}") from None
+
+
+@attrs.frozen(slots=True)
+class Policy:
+    """The mesh-wide mode plus per-destination overrides (by service hostname).
+
+    A destination's mode decides both its server side (what its sidecar accepts) and whether
+    clients originate mutual TLS to it (any mode but OFF).
+    """
+
+    mode: Mode = Mode.PERMISSIVE
+    overrides: Mapping[str, Mode] = attrs.field(factory=dict)
+
+    def mode_for(self, hostname: str) -> Mode:
+        return self.overrides.get(hostname, self.mode)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object] | None) -> Policy:
+        """Read ``{"mode": "STRICT", "destinations": {"host": "OFF"}}`` (mesh config shape)."""
+        data = data or {}
+        overrides = data.get("destinations") or {}
+        if not isinstance(overrides, Mapping):
+            raise ValueError("mtls.destinations: expected a map of hostname to mode")
+        return cls(
+            Mode.parse(str(data.get("mode", Mode.PERMISSIVE.value))),
+            {str(h): Mode.parse(str(m)) for h, m in overrides.items()},
+        )
+
+
+def _pack(message: Message) -> any_pb2.Any:
+    # Deterministic bytes: equal configs must give equal resources (and no spurious pushes).
+    return any_pb2.Any(
+        type_url="type.googleapis.com/" + message.DESCRIPTOR.full_name,
+        value=message.SerializeToString(deterministic=True),
+    )
+
+
+# -- SDS ------------------------------------------------------------------------------------
+def sds_config() -> config_source_pb2.ConfigSource:
+    """Where secrets come from: the node agent, through the static :data:`SDS_CLUSTER`."""
+    return config_source_pb2.ConfigSource(
+        api_config_source=config_source_pb2.ApiConfigSource(
+            api_type=config_source_pb2.ApiConfigSource.GRPC,
+            transport_api_version=config_source_pb2.ApiVersion.V3,
+            grpc_services=[
+                grpc_service_pb2.GrpcService(
+                    envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=SDS_CLUSTER)
+                )
+            ],
+        ),
+        resource_api_version=config_source_pb2.ApiVersion.V3,
+    )
+
+
+def sds_cluster(socket_path: str) -> cluster_pb2.Cluster:
+    """The bootstrap's static cluster for the node agent's SDS Unix socket (HTTP/2)."""
+    cluster = cluster_pb2.Cluster(name=SDS_CLUSTER, type=cluster_pb2.Cluster.STATIC)
+    cluster.connect_timeout.FromMilliseconds(1000)
+    cluster.load_assignment.CopyFrom(endpoint_pb2.ClusterLoadAssignment(cluster_name=SDS_CLUSTER))
+    cluster.load_assignment.endpoints.add().lb_endpoints.add().endpoint.address.CopyFrom(
+        address_pb2.Address(pipe=address_pb2.Pipe(path=socket_path))
+    )
+    cluster.typed_extension_protocol_options[HTTP_OPTIONS_KEY].CopyFrom(
+        _pack(
+            hpo.HttpProtocolOptions(
+                explicit_http_config=hpo.HttpProtocolOptions.ExplicitHttpConfig(
+                    http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
+                )
+            )
+        )
+    )
+    return cluster
+
+
+def common_tls_context(
+    peer_identities: Iterable[str] = (), alpn: Sequence[str] = ()
+) -> common_pb2.CommonTlsContext:
+    """Our certificate and the trust bundle from SDS; peers must hold one of the identities
+    (any certificate from the trust bundle when ``peer_identities`` is empty)."""
+    validation = common_pb2.CertificateValidationContext(
+        match_typed_subject_alt_names=[
+            common_pb2.SubjectAltNameMatcher(
+                san_type=common_pb2.SubjectAltNameMatcher.URI,
+                matcher=string_pb2.StringMatcher(exact=identity),
+            )
+            for identity in sorted(set(peer_identities))
+        ]
+    )
+    return common_pb2.CommonTlsContext(
+        tls_certificate_sds_secret_configs=[
+            tls_pb2.SdsSecretConfig(name=CERT_SECRET, sds_config=sds_config())
+        ],
+        combined_validation_context=common_pb2.CommonTlsContext.CombinedCertificateValidationContext(
+            default_validation_context=validation,
+            validation_context_sds_secret_config=tls_pb2.SdsSecretConfig(
+                name=ROOT_SECRET, sds_config=sds_config()
+            ),
+        ),
+        alpn_protocols=list(alpn),
+    )
+
+
+def upstream_tls_context(
+    peer_identities: Iterable[str], sni: str = "", alpn: Sequence[str] = ()
+) -> tls_pb2.UpstreamTlsContext:
+    """Client side: present our SVID, accept only a server with one of ``peer_identities``."""
+    return tls_pb2.UpstreamTlsContext(
+        common_tls_context=common_tls_context(peer_identities, alpn), sni=sni
+    )
+
+
+def downstream_tls_context(
+    require_client_certificate: bool = True,
+    client_identities: Iterable[str] = (),
+    alpn: Sequence[str] = (),
+) -> tls_pb2.DownstreamTlsContext:
+    """Server side: present our SVID; require (and verify) a client SVID by default."""
+    ctx = tls_pb2.DownstreamTlsContext(
+        common_tls_context=common_tls_context(client_identities, alpn)
+    )
+    ctx.require_client_certificate.value = require_client_certificate
+    return ctx
+
+
+def upstream_transport_socket(
+    peer_identities: Iterable[str], sni: str = "", alpn: Sequence[str] = ()
+) -> base_pb2.TransportSocket:
+    return base_pb2.TransportSocket(
+        name=TLS_SOCKET, typed_config=_pack(upstream_tls_context(peer_identities, sni, alpn))
+    )
+
+
+def downstream_transport_socket(
+    require_client_certificate: bool = True, alpn: Sequence[str] = ()
+) -> base_pb2.TransportSocket:
+    return base_pb2.TransportSocket(
+        name=TLS_SOCKET,
+        typed_config=_pack(downstream_tls_context(require_client_certificate, alpn=alpn)),
+    )
+
+
+# -- outbound -------------------------------------------------------------------------------
+def has_sidecar(endpoint: Endpoint) -> bool:
+    """True when the endpoint can terminate mesh mutual TLS."""
+    return bool(endpoint.identity) and endpoint.labels.get(TLS_MODE_LABEL) != "disabled"
+
+
+def peer_identities(endpoints: Iterable[Endpoint]) -> list[str]:
+    """Distinct SPIFFE IDs of the endpoints, sorted (what the client accepts)."""
+    return sorted({e.identity for e in endpoints if e.identity})
+
+
+def outbound_transport_socket(
+    service: Service, endpoints: Sequence[Endpoint], policy: Policy
+) -> base_pb2.TransportSocket | None:
+    """The client sidecar's transport socket towards ``service``, or None for plain traffic."""
+    if policy.mode_for(service.hostname) is Mode.OFF:
+        return None
+    if service.location is Location.MESH_EXTERNAL:
+        return None
+    if not endpoints or not all(has_sidecar(e) for e in endpoints):
+        # A destination (or part of one) without a sidecar cannot answer mutual TLS.
+        return None
+    return upstream_transport_socket(peer_identities(endpoints), sni=service.hostname)
+
+
+def apply_outbound_mtls(
+    cluster: cluster_pb2.Cluster,
+    service: Service,
+    endpoints: Sequence[Endpoint],
+    policy: Policy,
+) -> bool:
+    """Set ``cluster.transport_socket`` for mutual TLS when the destination has sidecars.
+
+    Returns True when mutual TLS was configured. Leaves the cluster untouched otherwise.
+    """
+    socket = outbound_transport_socket(service, endpoints, policy)
+    if socket is None:
+        return False
+    cluster.transport_socket.CopyFrom(socket)
+    return True
+
+
+# -- inbound --------------------------------------------------------------------------------
+def apply_xfcc(manager: hcm.HttpConnectionManager) -> None:
+    """Forward the verified client's SPIFFE ID to the app; drop any header a client forged."""
+    manager.forward_client_cert_details = hcm.HttpConnectionManager.SANITIZE_SET
+    manager.set_current_client_cert_details.uri = True
+
+
+def inbound_filter_chains(
+    filters: Sequence[lc.Filter], mode: Mode, name: str = "inbound"
+) -> tuple[list[lc.FilterChain], list[listener_pb2.ListenerFilter]]:
+    """Filter chains (and listener filters) for an inbound port carrying ``filters``."""
+    if mode is Mode.OFF:
+        return [lc.FilterChain(name=name, filters=list(filters))], []
+    tls_chain = lc.FilterChain(
+        name=f"{name}-mtls",
+        filters=list(filters),
+        transport_socket=downstream_transport_socket(require_client_certificate=True),
+    )
+    if mode is Mode.STRICT:
+        return [tls_chain], []
+    tls_chain.filter_chain_match.transport_protocol = "tls"
+    plain_chain = lc.FilterChain(name=f"{name}-plain", filters=list(filters))
+    plain_chain.filter_chain_match.transport_protocol = "raw_buffer"
+    inspector = listener_pb2.ListenerFilter(
+        name=TLS_INSPECTOR, typed_config=_pack(tls_inspector_pb2.TlsInspector())
+    )
+    return [tls_chain, plain_chain], [inspector]
+
+
+def apply_inbound_mtls(listener: listener_pb2.Listener, mode: Mode) -> None:
+    """Rewrite an inbound listener with one plain filter chain for ``mode``.
+
+    HTTP connection managers in the chain get :func:`apply_xfcc` first (so the app sees the
+    client's identity); the listener keeps its name, address and everything else.
+    """
+    if mode is Mode.OFF or not listener.filter_chains:
+        return
+    filters = [_with_xfcc(f) for f in listener.filter_chains[0].filters]
+    chains, listener_filters = inbound_filter_chains(
+        filters, mode, listener.filter_chains[0].name or listener.name
+    )
+    del listener.filter_chains[:]
+    listener.filter_chains.extend(chains)
+    listener.listener_filters.extend(listener_filters)
+
+
+def _with_xfcc(filt: lc.Filter) -> lc.Filter:
+    if not filt.typed_config.Is(hcm.HttpConnectionManager.DESCRIPTOR):
+        return filt
+    manager = hcm.HttpConnectionManager()
+    filt.typed_config.Unpack(manager)
+    apply_xfcc(manager)
+    return lc.Filter(name=filt.name, typed_config=_pack(manager))
