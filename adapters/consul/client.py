@@ -165,17 +165,19 @@ class ConsulClients:
         params.extend(extra)
         return params
 
-    def services(self, datacenter: str, index: int = 0) -> QueryResult:
+    def services(self, datacenter: str, index: int = 0, wait_s: float | None = None) -> QueryResult:
         """``/v1/catalog/services``: service name -> union of its instances' tags."""
-        return self._get("/v1/catalog/services", self._params(datacenter, index, None, ()))
+        return self._get("/v1/catalog/services", self._params(datacenter, index, wait_s, ()))
 
-    def health(self, datacenter: str, service: str, index: int = 0) -> QueryResult:
+    def health(
+        self, datacenter: str, service: str, index: int = 0, wait_s: float | None = None
+    ) -> QueryResult:
         """``/v1/health/service/<name>``: every instance with its node and checks."""
         extra = [("tag", t) for t in self.params.tag_filter]
         if self.params.filter:
             extra.append(("filter", self.params.filter))
         path = f"/v1/health/service/{service}"
-        return self._get(path, self._params(datacenter, index, None, extra))
+        return self._get(path, self._params(datacenter, index, wait_s, extra))
 
     def local_datacenter(self) -> str:
         """The datacenter of the agent we talk to (what an unset ``datacenters`` means)."""

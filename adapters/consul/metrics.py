@@ -18,7 +18,8 @@ WATCHES = Gauge(
 )
 QUERIES = Counter(
     "meshfed_consul_queries_total",
-    "Consul queries by watch kind and outcome (change, unchanged, error)",
+    "Consul queries by watch kind and outcome (change, unchanged, error, behind: an answer older\n"
+    "than what was applied, from a lagging server, held back until it catches up)",
     ["registry", "datacenter", "kind", "outcome"],
 )
 UNREACHABLE = Gauge(

@@ -166,7 +166,7 @@ class ConsulRegistry:
     def _start_list_watch(self, dc: str) -> None:
         watch = BlockingWatch(
             f"{dc}/services",
-            lambda index: self.clients.services(dc, index),
+            lambda index, wait: self.clients.services(dc, index, wait),
             lambda result: self._on_service_list(dc, result),
             self._on_status,
             self.params.rate_limit,
@@ -198,7 +198,7 @@ class ConsulRegistry:
             key = (dc, name)
             watch = BlockingWatch(
                 f"{dc}/{name}",
-                lambda index, name=name: self.clients.health(dc, name, index),
+                lambda index, wait, name=name: self.clients.health(dc, name, index, wait),
                 lambda result, key=key: self._on_health(key, result),
                 self._on_status,
                 self.params.rate_limit,

@@ -15,8 +15,14 @@ from Consul's "Blocking Queries" guide, each of which exists because clients got
   second per watch (later reads coalesce everything that happened meanwhile).
 - The client-side timeout exceeds wait + wait/16 (py-consul computes it; see ``client.py``).
 
-After a failed read we also drop to index 0: the server that answers next may be another one,
-or the same one restarted with other data, and only a non-blocking read resyncs at once.
+After a failed read we drop to index 0: the server that answers next may be another one, or the
+same one restarted with other data, and only a non-blocking read resyncs at once. That read may
+come from a follower that lags what we already applied (stale reads after a fail-over do); moving
+the mesh backwards would make endpoints flap, so an answer older than the last applied one is not
+applied: we block on the applied index instead, for at most ``catch_up_s``, and the server
+answers as soon as it has caught up. Only if it is *still* behind after that (and knows a Raft
+leader, so it is not merely cut off) do we take its older state as the truth -- that is the
+"index went backwards" case above (a restored snapshot, a fresh agent), reset as Consul says.
 Failures are retried forever with jittered exponential backoff (``tenacity``); the watch never
 raises, it reports each failure and each recovery to its owner.
 
@@ -49,6 +55,7 @@ T = TypeVar("T")
 
 BACKOFF_MULTIPLIER_S = 0.25
 BACKOFF_MAX_S = 10.0
+CATCH_UP_S = 10.0
 
 
 def next_index(previous: int, received: int) -> tuple[int, bool]:
@@ -111,20 +118,22 @@ async def run_blocking(fn: Callable[..., T], *args: Any, name: str = "consul-rea
 class BlockingWatch:
     """Follow one Consul path with blocking queries until stopped; never raises.
 
-    ``query(index)`` is the blocking read; ``on_change(result)`` gets each result whose index
-    differs from the last one seen (and the first); ``on_status(watch, error)`` gets every failure
-    and the first success after one (error None). Both callbacks run on the event loop.
+    ``query(index, wait_s)`` is the blocking read (``wait_s`` None: the configured wait);
+    ``on_change(result)`` gets each result whose index differs from the last one applied (and the
+    first); ``on_status(watch, error)`` gets every failure and the first success after one (error
+    None). Both callbacks run on the event loop.
     """
 
     def __init__(
         self,
         key: str,
-        query: Callable[[int], QueryResult],
+        query: Callable[[int, float | None], QueryResult],
         on_change: Callable[[QueryResult], None],
         on_status: Callable[[BlockingWatch, BaseException | None], None],
         rate_limit: float,
         backoff_max_s: float = BACKOFF_MAX_S,
         observe: Callable[[str], None] | None = None,
+        catch_up_s: float = CATCH_UP_S,
     ) -> None:
         self.key = key
         self.observe = observe or (lambda outcome: None)
@@ -133,7 +142,10 @@ class BlockingWatch:
         self.on_status = on_status
         self.limiter = RateLimiter(rate_limit)
         self.backoff_max_s = backoff_max_s
+        self.catch_up_s = catch_up_s
         self.index = 0
+        self.applied_index = 0  # index of the last result handed to on_change (0: none yet)
+        self.behind = 0  # answers older than applied_index that were held back
         self.resets = 0
         self.errors = 0
         self.last_error: str | None = None
@@ -141,7 +153,8 @@ class BlockingWatch:
         self.address = ""
         self.known_leader = True
         self.first_result = asyncio.Event()
-        self._seen: int | None = None
+        self._first = True
+        self._catching_up = False
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -168,7 +181,7 @@ class BlockingWatch:
         exc = state.outcome.exception() if state.outcome else None
         self.errors += 1
         self.index = 0  # resync with a non-blocking read once a server answers again
-        self._seen = None
+        self._catching_up = False
         self.last_error = f"{type(exc).__name__}: {exc}" if exc else "unknown error"
         self.observe("error")
         self.on_status(self, exc)
@@ -184,7 +197,8 @@ class BlockingWatch:
         )
         async for attempt in retrying:
             with attempt:
-                return await run_blocking(self.query, self.index, name=f"consul {self.key}")
+                wait = self.catch_up_s if self._catching_up else None
+                return await run_blocking(self.query, self.index, wait, name=f"consul {self.key}")
         raise AssertionError("unreachable: retries never stop")
 
     async def _run(self) -> None:
@@ -195,13 +209,23 @@ class BlockingWatch:
             if self.last_error is not None:
                 self.last_error = None
                 self.on_status(self, None)
-            changed = self._seen is None or result.index != self._seen
-            self._seen = result.index
-            self.index, reset = next_index(self.index, result.index)
-            if reset:
+            if not self._first and result.index < self.applied_index:
+                if not self._catching_up or not result.known_leader:
+                    # Behind what the mesh already has (a lagging follower): wait for it.
+                    self._catching_up = True
+                    self.behind += 1
+                    self.index = self.applied_index
+                    self.observe("behind")
+                    continue
+                # Still behind after a full catch-up wait, with a leader: really went backwards.
                 self.resets += 1
                 self.observe("reset")
                 log.info("consul watch %s: index went backwards; reset", self.key)
+            self._catching_up = False
+            changed = self._first or result.index != self.applied_index
+            self._first = False
+            self.index, _ = next_index(self.applied_index, result.index)
+            self.applied_index = result.index
             self.observe("change" if changed else "unchanged")
             if changed:
                 self.last_change = time.time()
@@ -215,6 +239,8 @@ class BlockingWatch:
     def describe(self) -> dict[str, Any]:
         return {
             "index": self.index,
+            "appliedIndex": self.applied_index,
+            "heldBack": self.behind,
             "address": self.address,
             "knownLeader": self.known_leader,
             "lastChange": self.last_change,
