@@ -77,6 +77,7 @@ class Connection:
             error = f"rejected (code {request.error_detail.code}, no message)"
         now = time.monotonic()
         event_time = watch.sent_event_time
+        subscribed_before = set(watch.subscribed)
         if self.delta:
             kind, names = watch.on_request(
                 request.response_nonce,
@@ -94,6 +95,9 @@ class Connection:
                 names=request.resource_names,
                 now=now,
             )
+        if watch.subscribed != subscribed_before:
+            # Only subscription changes drop resources from the dump; pushes never pay for it.
+            self._forget_unsubscribed(watch)
         short = T.short(type_url)
         if kind is RequestKind.NACK:
             M.NACKS.labels(short).inc()
@@ -175,11 +179,12 @@ class Connection:
             table[res.name] = res
         for name in plan.removed:
             table.pop(name, None)
-        watch = self.watches[plan.type_url]
-        if not watch.wildcard:
-            for name in list(table):
-                if name not in watch.subscribed:
-                    del table[name]
+
+    def _forget_unsubscribed(self, watch: TypeWatch) -> None:
+        table = self.sent.get(watch.type_url)
+        if table and not watch.wildcard:
+            for name in [n for n in table if n not in watch.subscribed]:
+                del table[name]
 
     def _response(self, plan: Plan) -> Any:
         if self.delta:

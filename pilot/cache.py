@@ -94,6 +94,8 @@ class ProxyView:
         return self.resources.get(type_url, {})
 
     def version(self, type_url: str) -> str:
+        if type_url in self._shared:
+            return self._shared[type_url]
         if type_url not in self._versions:
             self._versions[type_url] = digest(
                 (name, res.version) for name, res in self.get(type_url).items()
@@ -119,6 +121,7 @@ class ConfigCache:
         self._by_ip: dict[str, set[str]] = {}  # endpoint address -> hosts
         self._flat_clusters: dict[str, Resource] | None = None
         self._flat_assignments: dict[str, Resource] | None = None
+        self._digests: dict[str, str] = {}  # type -> version of a whole shared table
         self._routes: cachetools.LRUCache = cachetools.LRUCache(maxsize=256)
         self._proxy_parts: cachetools.LRUCache = cachetools.LRUCache(maxsize=4096)
 
@@ -152,8 +155,10 @@ class ConfigCache:
             self._index_ips(host, endpoints)
         if cluster_names:
             self._flat_clusters = None
+            self._digests.pop(T.CLUSTER, None)
         if endpoint_names:
             self._flat_assignments = None
+            self._digests.pop(T.ENDPOINT, None)
         if services_changed:
             self.services_generation += 1
         self.generation += 1
@@ -220,6 +225,14 @@ class ConfigCache:
             }
         return self._flat_assignments
 
+    def shared_digest(self, type_url: str) -> str:
+        """The version of a whole shared table (clusters or assignments), once per change."""
+        found = self._digests.get(type_url)
+        if found is None:
+            table = self.clusters() if type_url == T.CLUSTER else self.assignments()
+            found = self._digests[type_url] = digest((n, r.version) for n, r in table.items())
+        return found
+
     def route(self, namespace: str) -> Resource:
         key = (namespace, self.services_generation)
         found = self._routes.get(key)
@@ -278,7 +291,12 @@ class ConfigCache:
         shared = self.clusters()
         all_clusters = {**shared, **inbound_clusters} if inbound_clusters else shared
         route = self.route(node.namespace)
-        view = ProxyView(
+        cds_version = self.shared_digest(T.CLUSTER)
+        if inbound_clusters:
+            cds_version = digest(
+                [("", cds_version), *((n, r.version) for n, r in inbound_clusters.items())]
+            )
+        return ProxyView(
             {
                 T.CLUSTER: all_clusters,
                 T.ENDPOINT: self.assignments(),
@@ -286,8 +304,8 @@ class ConfigCache:
                 T.ROUTE: {route.name: route},
             },
             problems,
+            shared_digests={T.CLUSTER: cds_version, T.ENDPOINT: self.shared_digest(T.ENDPOINT)},
         )
-        return view
 
 
 def _changed(old: Mapping[str, Resource], new: Mapping[str, Resource]) -> set[str]:

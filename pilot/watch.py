@@ -187,6 +187,18 @@ class TypeWatch:
         return fresh | ({"*"} if first and self.wildcard else set())
 
     # -- responses --------------------------------------------------------------------------
+    def _candidates(
+        self, available: Mapping[str, Resource], only: Iterable[str] | None, force: set[str]
+    ) -> set[str]:
+        """Names to compare: all wanted ones, or only those named (cheap endpoint pushes)."""
+        if only is None:
+            return self.wanted_names(available)
+        return {
+            n
+            for n in (set(only) | force)
+            if n in available and (self.wildcard or n in self.subscribed)
+        }
+
     def wanted_names(self, available: Mapping[str, Resource]) -> set[str]:
         if self.wildcard:
             return set(available) | (self.subscribed & set(available))
@@ -220,14 +232,15 @@ class TypeWatch:
                 Plan(self.type_url, version, nonce, tuple(available[n] for n in names)),
                 full=True,
             )
-        wanted = self.wanted_names(available)
-        candidates = wanted if only is None else (wanted & (set(only) | force))
+        candidates = self._candidates(available, only, force)
         send = sorted(
             n for n in candidates if n in force or self.sent.get(n) != available[n].version
         )
         if not send:
             return None
-        version = view.subset_version(self.type_url, wanted)
+        # Opaque to Envoy, which only echoes it: the version of everything of this type in the
+        # view (shared across proxies, computed once) is cheaper than one per subscription.
+        version = view.version(self.type_url)
         return self._record(
             Plan(self.type_url, version, nonce, tuple(available[n] for n in send)), full=False
         )
@@ -240,24 +253,19 @@ class TypeWatch:
         only: Iterable[str] | None,
         force: set[str],
     ) -> Plan | None:
-        wanted = self.wanted_names(available)
-        candidates = wanted if only is None else (wanted & (set(only) | force))
+        candidates = self._candidates(available, only, force)
         send = sorted(
             n for n in candidates if n in force or self.sent.get(n) != available[n].version
         )
-        if self.wildcard:
-            removed = sorted(n for n in self.sent if n not in available)
-        else:
-            removed = sorted(n for n in self.sent if n in self.subscribed and n not in available)
+        scope = self.sent if only is None else [n for n in only if n in self.sent]
+        removed = sorted(
+            n for n in scope if n not in available and (self.wildcard or n in self.subscribed)
+        )
         if not send and not removed:
             return None
         for name in removed:
             self.sent.pop(name, None)
-        version = (
-            view.version(self.type_url)
-            if self.wildcard
-            else view.subset_version(self.type_url, wanted)
-        )
+        version = view.version(self.type_url)
         return self._record(
             Plan(self.type_url, version, nonce, tuple(available[n] for n in send), tuple(removed)),
             full=False,
