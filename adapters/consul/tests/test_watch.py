@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import Any
 
 import pytest
 
-from adapters.consul.client import ConsulClients, parse_index, split_address
+from adapters.consul.client import ConsulClients, QueryResult, parse_index, split_address
 from adapters.consul.params import parse_params
-from adapters.consul.watch import RateLimiter, next_index, run_blocking
+from adapters.consul.watch import BlockingWatch, RateLimiter, next_index, run_blocking
 
 
 def test_index_is_an_integer_and_garbage_is_zero():
@@ -86,3 +87,77 @@ async def test_cancelled_read_is_abandoned():
         await task
     release.set()
     await asyncio.sleep(0.05)  # the thread's late answer must not raise on a done future
+
+
+class Script:
+    """A scripted sequence of answers for the watch loop (the loop's own logic under test)."""
+
+    def __init__(self, answers: list[QueryResult]) -> None:
+        self.answers = answers
+        self.calls: list[tuple[int, float | None]] = []
+        self.done = threading.Event()
+
+    def __call__(self, index: int, wait: float | None) -> QueryResult:
+        self.calls.append((index, wait))
+        if not self.answers:
+            self.done.set()
+            threading.Event().wait(5)  # block like an idle blocking query
+            raise TimeoutError
+        return self.answers.pop(0)
+
+
+async def run_script(answers: list[QueryResult]) -> tuple[Script, list[Any], BlockingWatch]:
+    script = Script(answers)
+    applied: list[Any] = []
+    watch = BlockingWatch(
+        "dc1/web", script, lambda r: applied.append(r.data), lambda w, e: None, 1000, catch_up_s=3
+    )
+    watch.start()
+    for _ in range(200):
+        if script.done.is_set():
+            break
+        await asyncio.sleep(0.01)
+    await watch.stop()
+    return script, applied, watch
+
+
+def answer(index: int, data: str, leader: bool = True) -> QueryResult:
+    return QueryResult(index, data, "127.0.0.2:8500", leader)
+
+
+async def test_watch_applies_changes_only_and_blocks_on_the_index():
+    script, applied, _ = await run_script([answer(5, "a"), answer(5, "a"), answer(9, "b")])
+    assert applied == ["a", "b"]  # the unchanged answer (a wait that expired) is not applied
+    assert [index for index, _ in script.calls] == [0, 5, 5, 9]
+    assert script.calls[1][1] is None  # the configured wait, not the catch-up one
+
+
+async def test_watch_never_blocks_on_index_zero():
+    script, applied, _ = await run_script([answer(0, "empty")])
+    assert applied == ["empty"]
+    assert [index for index, _ in script.calls] == [0, 1]  # not a busy loop on 0
+
+
+async def test_watch_holds_back_a_lagging_server_then_resets_if_it_stays_behind():
+    script, applied, watch = await run_script(
+        [
+            answer(10, "new"),
+            answer(7, "old"),  # a lagging follower: held back...
+            answer(11, "newer"),  # ...until it catches up
+            answer(8, "restored"),  # behind again: wait for it once more...
+            answer(8, "restored"),  # ...still behind after the catch-up wait: take it (reset)
+        ]
+    )
+    assert applied == ["new", "newer", "restored"]
+    assert script.calls[2] == (10, 3)  # blocked on the applied index, with the catch-up wait
+    assert script.calls[4] == (11, 3)
+    assert watch.behind == 2 and watch.resets == 1
+    assert script.calls[5][0] == 0  # after a reset, one non-blocking read
+
+
+async def test_watch_never_goes_back_while_the_server_knows_no_leader():
+    _, applied, watch = await run_script(
+        [answer(10, "new"), answer(7, "old", leader=False), answer(7, "old", leader=False)]
+    )
+    assert applied == ["new"]
+    assert watch.resets == 0 and watch.behind == 2
