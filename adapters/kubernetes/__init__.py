@@ -1,0 +1,1 @@
+"""The Kubernetes registry adapter and the CRD-backed config store (see ``docs/kubernetes.md``)."""
