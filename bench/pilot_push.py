@@ -1,0 +1,297 @@
+"""Benchmark: what a push costs and how fast a real Envoy converges (not a test).
+
+Measures, for N services x M endpoints (default 1,000 x 10):
+
+1. full build: translating the whole registry into shared resources (``ConfigCache.rebuild``);
+2. full push: per proxy, every response a fresh SotW stream gets (CDS, EDS, LDS, RDS), through
+   the real ``Connection`` code, serialized;
+3. one-endpoint change: ``ConfigCache.apply`` for that service plus the push to every proxy,
+   against the full push (time and bytes);
+4. convergence: a static-file edit (one endpoint of one service) to the ACK of a real Envoy,
+   p50/p99 over K edits, through the real static adapter (its file watcher included), plus the
+   registry-event-to-ACK part alone.
+
+Run: ``.venv/bin/python bench/pilot_push.py [--services 1000 --endpoints 10 --proxies 50
+--changes 40]``. Prints figures and writes ``bench/results/pilot_push.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from envoy.service.discovery.v3 import discovery_pb2
+
+from pilot import xds_types as T
+from pilot.ads import Connection, DiscoveryServer
+from pilot.cache import ConfigCache
+from registry.aggregate import AggregateRegistry
+from registry.model import Endpoint, Port, Protocol, Service
+
+RESULTS = Path(__file__).resolve().parent / "results" / "pilot_push.json"
+
+
+def host(i: int) -> str:
+    return f"svc-{i}.bench.svc.cluster.local"
+
+
+def ep_ip(i: int, j: int) -> str:
+    return f"10.{(i >> 8) & 255}.{i & 255}.{j + 1}"
+
+
+def populate(services: int, endpoints: int) -> tuple[AggregateRegistry, object]:
+    agg = AggregateRegistry()
+    member = agg.add_member("bench")
+    svcs = [
+        Service(host(i), namespace="bench", ports=(Port(80, "http", Protocol.HTTP),))
+        for i in range(services)
+    ]
+    eps = {
+        host(i): [Endpoint(ep_ip(i, j), ports={"http": 9080}) for j in range(endpoints)]
+        for i in range(services)
+    }
+    member.replace(svcs, eps)
+    return agg, member
+
+
+def drain(conn: Connection) -> tuple[list, int]:
+    out = []
+    while not conn.queue.empty():
+        out.append(conn.queue.get_nowait())
+    return out, sum(len(r.SerializeToString()) for r in out)
+
+
+def ack_all(conn: Connection, responses: list) -> None:
+    for r in responses:
+        names = list(conn.watches[r.type_url].subscribed) if r.type_url not in T.FULL_STATE else []
+        conn.on_request(
+            discovery_pb2.DiscoveryRequest(
+                type_url=r.type_url,
+                version_info=r.version_info,
+                response_nonce=r.nonce,
+                resource_names=names,
+            )
+        )
+
+
+def connect(server: DiscoveryServer, index: int) -> tuple[Connection, int, float]:
+    """A simulated SotW stream going through CDS, EDS, LDS, RDS; returns bytes and seconds."""
+    from envoy.config.core.v3 import base_pb2
+
+    node = base_pb2.Node(id=f"sidecar~127.1.{index >> 8}.{index & 255}~p{index}.bench~bench")
+    conn = server._open(node, False, "bench")
+    started = time.perf_counter()
+    total = 0
+    conn.on_request(discovery_pb2.DiscoveryRequest(node=node, type_url=T.CLUSTER))
+    responses, size = drain(conn)
+    total += size
+    ack_all(conn, responses)
+    eds_names = sorted(conn.sent[T.CLUSTER])
+    conn.on_request(discovery_pb2.DiscoveryRequest(type_url=T.ENDPOINT, resource_names=eds_names))
+    conn.on_request(discovery_pb2.DiscoveryRequest(type_url=T.LISTENER))
+    responses, size = drain(conn)
+    total += size
+    ack_all(conn, responses)
+    conn.on_request(
+        discovery_pb2.DiscoveryRequest(type_url=T.ROUTE, resource_names=["outbound_http"])
+    )
+    responses, size = drain(conn)
+    total += size
+    ack_all(conn, responses)
+    return conn, total, time.perf_counter() - started
+
+
+def push_figures(services: int, endpoints: int, proxies: int) -> dict:
+    agg, member = populate(services, endpoints)
+    cache = ConfigCache(agg)
+    t0 = time.perf_counter()
+    cache.rebuild()
+    build_s = time.perf_counter() - t0
+    server = DiscoveryServer(cache)
+    conns, full_bytes, full_times = [], [], []
+    for i in range(proxies):
+        conn, size, secs = connect(server, i)
+        conns.append(conn)
+        full_bytes.append(size)
+        full_times.append(secs)
+
+    # One endpoint of one service changes.
+    change_build, change_push, change_bytes = [], [], []
+    for k in range(20):
+        h = host(k * 7 % services)
+        eps = list(agg.endpoints(h))
+        eps[0] = Endpoint(f"10.250.{k}.1", ports={"http": 9080})
+        member.set_endpoints(h, eps)
+        t0 = time.perf_counter()
+        change = cache.apply({h})
+        t1 = time.perf_counter()
+        server.push(change)
+        t2 = time.perf_counter()
+        size = 0
+        for conn in conns:
+            responses, s = drain(conn)
+            size += s
+            ack_all(conn, responses)
+        change_build.append(t1 - t0)
+        change_push.append(t2 - t1)
+        change_bytes.append(size / proxies)
+    full_push_per_proxy = statistics.median(full_times)
+    one_change_total = statistics.median(change_build) + statistics.median(change_push)
+    full_total = build_s + full_push_per_proxy * proxies
+    return {
+        "services": services,
+        "endpoints_per_service": endpoints,
+        "proxies": proxies,
+        "full_build_s": round(build_s, 4),
+        "full_push_per_proxy_s": round(full_push_per_proxy, 5),
+        "full_push_bytes_per_proxy": int(statistics.median(full_bytes)),
+        "full_build_plus_push_all_proxies_s": round(full_total, 4),
+        "one_endpoint_change_build_s": round(statistics.median(change_build), 6),
+        "one_endpoint_change_push_all_proxies_s": round(statistics.median(change_push), 6),
+        "one_endpoint_change_bytes_per_proxy": int(statistics.median(change_bytes)),
+        "one_change_vs_full_time_ratio": round(one_change_total / full_total, 5),
+        "one_change_vs_full_bytes_ratio": round(
+            statistics.median(change_bytes) / statistics.median(full_bytes), 6
+        ),
+    }
+
+
+def static_yaml(services: int, endpoints: int, moved: dict[int, int]) -> str:
+    docs = []
+    for i in range(services):
+        eps = []
+        for j in range(endpoints):
+            ip = ep_ip(i, j) if not (j == 0 and i in moved) else f"10.251.{moved[i] % 250}.1"
+            eps.append(f"    - {{address: {ip}, ports: {{http: 9080}}}}")
+        docs.append(
+            "apiVersion: networking.meshfed.io/v1alpha1\nkind: ServiceEntry\n"
+            f"metadata: {{name: svc-{i}, namespace: bench}}\nspec:\n"
+            f"  hosts: [{host(i)}]\n  resolution: STATIC\n"
+            "  ports:\n    - {number: 80, name: http, protocol: HTTP}\n  endpoints:\n"
+            + "\n".join(eps)
+        )
+    return "\n---\n".join(docs) + "\n"
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+async def convergence(services: int, endpoints: int, changes: int) -> dict:
+    from adapters.static.registry import create as create_static
+    from meshfed.proxy import EnvoyProcess, ProxySpec
+    from pilot.server import PilotServer
+
+    agg = AggregateRegistry()
+    member = agg.add_member("static")
+    event_times: list[float] = []
+    agg.subscribe(lambda event: event_times.append(time.monotonic()))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "services.yaml"
+        moved: dict[int, int] = {}
+        path.write_text(static_yaml(services, endpoints, moved))
+        static = create_static(member, {"paths": [str(path)]}, "cluster.local")
+        watcher = asyncio.create_task(static.run())
+        pilot = PilotServer(agg, "127.0.0.1:0", quiet=0.05, max_delay=0.5)
+        envoy = None
+        try:
+            while agg.service(host(services - 1)) is None:
+                await asyncio.sleep(0.05)
+            await pilot.start()
+            envoy = EnvoyProcess(
+                ProxySpec(ip="127.0.86.2", workload="bench", pilot=f"127.0.0.1:{pilot.port}")
+            )
+            await envoy.start()
+            await envoy.wait_live(60)
+            assert pilot.discovery is not None
+
+            def eds_watch():
+                conns = list(pilot.discovery.connections.values())
+                return conns[0].watches.get(T.ENDPOINT) if conns else None
+
+            deadline = time.monotonic() + 60
+            while not (eds_watch() and conns_ready(pilot)) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            file_to_ack, event_to_ack = [], []
+            for k in range(changes):
+                watch = eds_watch()
+                before_nonce = watch.acked_nonce
+                moved[k % services] = k + 1
+                event_times.clear()
+                t0 = time.monotonic()
+                path.write_text(static_yaml(services, endpoints, moved))
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:
+                    w = eds_watch()
+                    if w.acked_nonce != before_nonce and w.acked_nonce == w.sent_nonce:
+                        break
+                    await asyncio.sleep(0.002)
+                else:
+                    raise TimeoutError(f"change {k} not ACKed within 30s")
+                acked = eds_watch().acked_at
+                file_to_ack.append(acked - t0)
+                if event_times:
+                    event_to_ack.append(acked - event_times[0])
+                await asyncio.sleep(0.3)
+        finally:
+            if envoy is not None:
+                await envoy.stop()
+            await pilot.stop()
+            await static.stop()
+            watcher.cancel()
+            with contextlib.suppress(BaseException):
+                await watcher
+    return {
+        "services": services,
+        "endpoints_per_service": endpoints,
+        "changes": changes,
+        "file_to_ack_p50_s": round(pct(file_to_ack, 50), 4),
+        "file_to_ack_p99_s": round(pct(file_to_ack, 99), 4),
+        "event_to_ack_p50_s": round(pct(event_to_ack, 50), 4) if event_to_ack else None,
+        "event_to_ack_p99_s": round(pct(event_to_ack, 99), 4) if event_to_ack else None,
+        "debounce_quiet_s": 0.05,
+        "file_watcher_debounce_s": 0.2,
+    }
+
+
+def conns_ready(pilot) -> bool:
+    return any(c.ready for c in pilot.discovery.connections.values())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--services", type=int, default=1000)
+    parser.add_argument("--endpoints", type=int, default=10)
+    parser.add_argument("--proxies", type=int, default=50)
+    parser.add_argument("--changes", type=int, default=40)
+    parser.add_argument("--skip-envoy", action="store_true")
+    args = parser.parse_args()
+    result = {
+        "machine": {"python": platform.python_version(), "platform": platform.platform()},
+        "push": push_figures(args.services, args.endpoints, args.proxies),
+    }
+    print(json.dumps(result["push"], indent=2), flush=True)
+    if not args.skip_envoy:
+        result["convergence"] = asyncio.run(
+            convergence(args.services, args.endpoints, args.changes)
+        )
+        print(json.dumps(result["convergence"], indent=2))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
