@@ -10,8 +10,11 @@ nothing listens there, nothing needs to).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import consul
@@ -21,7 +24,14 @@ from consul.callback import CB
 from adapters.consul import metrics
 from adapters.consul.testing import RunningAdapter, running_adapter
 from integration.peers.artifacts import consul_path
-from integration.peers.consul import ConsulAgent
+from integration.peers.consul import (
+    ConsulAgent,
+    _launch,
+    _new_agent,
+    _wait_leader,
+    _write_config,
+)
+from integration.peers.ports import loopback_host
 from registry.model import Locality, Protocol
 
 WEB = "web.service.consul"
@@ -265,3 +275,73 @@ async def test_consistency_modes(consul_agent: ConsulAgent, consistency: str) ->
     client(consul_agent).agent.service.register("web", address="127.0.85.1", port=80)
     async with running_adapter(params(consul_agent, consistency=consistency)) as run:
         assert addresses(run) == ["127.0.85.1"]
+
+
+@contextlib.contextmanager
+def two_datacenters(base: Path) -> Iterator[tuple[ConsulAgent, ConsulAgent]]:
+    """Two single-server datacenters (dc1, dc2) federated over the WAN, as users run them.
+
+    Built from the harness's agent helpers; the harness has no multi-datacenter fixture.
+    """
+    agents = [_new_agent(f"{dc}-server", loopback_host(), base) for dc in ("dc1", "dc2")]
+    try:
+        for i, (agent, dc) in enumerate(zip(agents, ("dc1", "dc2"), strict=True)):
+            other = agents[1 - i]
+            _write_config(
+                agent,
+                {
+                    "datacenter": dc,
+                    "server": True,
+                    "bootstrap_expect": 1,
+                    "retry_join_wan": [f"{other.host}:{other.serf_wan_port}"],
+                    "retry_interval_wan": "1s",
+                },
+            )
+            _launch(agent)
+        for agent in agents:
+            _wait_leader(agent, 60)
+        c = client(agents[0])
+        assert agents[0].process is not None
+        agents[0].process.wait_until(
+            lambda: set(c.catalog.datacenters()) == {"dc1", "dc2"}, "for WAN federation", 60
+        )
+        yield agents[0], agents[1]
+    finally:
+        for agent in agents:
+            if agent.process:
+                agent.process.stop()
+
+
+async def test_several_datacenters_through_one_agent(tmp_path: Path) -> None:
+    with two_datacenters(tmp_path / "wan") as (dc1, dc2):
+        catalog_register(client(dc1), "vm-1", "127.0.85.31", {"Service": "web", "Port": 8080})
+        catalog_register(client(dc2), "vm-2", "127.0.85.32", {"Service": "web", "Port": 8080})
+        catalog_register(client(dc2), "vm-3", "127.0.85.33", {"Service": "db", "Port": 5432})
+        # One agent (in dc1) serves both datacenters' catalogs.
+        opts = {"datacenters": ["dc1", "dc2"]}
+        async with running_adapter(params(dc1, **opts)) as run:
+            # One hostname for both datacenters; each endpoint carries its datacenter as region.
+            assert [(e.address, e.locality.region) for e in run.aggregate.endpoints(WEB)] == [
+                ("127.0.85.31", "dc1"),
+                ("127.0.85.32", "dc2"),
+            ]
+            assert [e.locality.region for e in run.aggregate.endpoints("db.service.consul")] == [
+                "dc2"
+            ]
+            assert set(run.adapter.describe()["watches"]) == {
+                "dc1/services",
+                "dc1/web",
+                "dc2/services",
+                "dc2/web",
+                "dc2/db",
+            }
+            # A change in the remote datacenter arrives through the local agent.
+            client(dc2).catalog.deregister("vm-2")
+            await run.wait_for(
+                lambda: addresses(run) == ["127.0.85.31"], "the dc2 deregistration", 15
+            )
+        # Per-datacenter hostnames when the template asks for them.
+        template = {"hostnameTemplate": "{service}.service.{datacenter}.consul"}
+        async with running_adapter(params(dc2, **template)) as run:
+            assert set(run.aggregate.services()) == {"db.service.dc2.consul"}
+            assert run.adapter.describe()["datacenters"] == ["dc2"]  # the agent's own
