@@ -46,7 +46,7 @@ from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
 )
-from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo
 from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import any_pb2
@@ -152,7 +152,7 @@ def sds_cluster(socket_path: str) -> cluster_pb2.Cluster:
 
 def common_tls_context(
     peer_identities: Iterable[str] = (), alpn: Sequence[str] = ()
-) -> common_pb2.CommonTlsContext:
+) -> tls_pb2.CommonTlsContext:
     """Our certificate and the trust bundle from SDS; peers must hold one of the identities
     (any certificate from the trust bundle when ``peer_identities`` is empty)."""
     validation = common_pb2.CertificateValidationContext(
@@ -164,13 +164,13 @@ def common_tls_context(
             for identity in sorted(set(peer_identities))
         ]
     )
-    return common_pb2.CommonTlsContext(
+    return tls_pb2.CommonTlsContext(
         tls_certificate_sds_secret_configs=[
-            tls_pb2.SdsSecretConfig(name=CERT_SECRET, sds_config=sds_config())
+            secret_pb2.SdsSecretConfig(name=CERT_SECRET, sds_config=sds_config())
         ],
-        combined_validation_context=common_pb2.CommonTlsContext.CombinedCertificateValidationContext(
+        combined_validation_context=tls_pb2.CommonTlsContext.CombinedCertificateValidationContext(
             default_validation_context=validation,
-            validation_context_sds_secret_config=tls_pb2.SdsSecretConfig(
+            validation_context_sds_secret_config=secret_pb2.SdsSecretConfig(
                 name=ROOT_SECRET, sds_config=sds_config()
             ),
         ),
@@ -268,7 +268,7 @@ def apply_xfcc(manager: hcm.HttpConnectionManager) -> None:
 
 def inbound_filter_chains(
     filters: Sequence[lc.Filter], mode: Mode, name: str = "inbound"
-) -> tuple[list[lc.FilterChain], list[listener_pb2.ListenerFilter]]:
+) -> tuple[list[lc.FilterChain], list[lc.ListenerFilter]]:
     """Filter chains (and listener filters) for an inbound port carrying ``filters``."""
     if mode is Mode.OFF:
         return [lc.FilterChain(name=name, filters=list(filters))], []
@@ -282,7 +282,7 @@ def inbound_filter_chains(
     tls_chain.filter_chain_match.transport_protocol = "tls"
     plain_chain = lc.FilterChain(name=f"{name}-plain", filters=list(filters))
     plain_chain.filter_chain_match.transport_protocol = "raw_buffer"
-    inspector = listener_pb2.ListenerFilter(
+    inspector = lc.ListenerFilter(
         name=TLS_INSPECTOR, typed_config=_pack(tls_inspector_pb2.TlsInspector())
     )
     return [tls_chain, plain_chain], [inspector]
