@@ -5,7 +5,8 @@ are checked, so a typo (``fetchIntervall``) or a bad value (``fetchInterval: soo
 with an error naming the registry, the field and what was expected, instead of an adapter that
 silently polls every 30 s or never authenticates. Every problem is reported at once.
 
-Keys (see ``docs/eureka.md``): ``servers`` (required), ``fetchInterval``, ``timeout``,
+Keys (see ``docs/eureka.md``): ``servers`` (required), ``fetchInterval``, ``fullFetchInterval``,
+``timeout``,
 ``maxBackoff``, ``format``, ``auth {username, password}``, ``tls {caFile, certFile, keyFile}``,
 ``hostnameTemplate``, ``namespace``, ``servicePort``, ``secureServicePort``.
 """
@@ -25,6 +26,7 @@ from meshfed.resources import ConfigErrors, FieldReader
 KNOWN_KEYS = {
     "servers",
     "fetchInterval",
+    "fullFetchInterval",
     "timeout",
     "maxBackoff",
     "format",
@@ -36,6 +38,11 @@ KNOWN_KEYS = {
     "secureServicePort",
 }
 DEFAULT_FETCH_INTERVAL = 30.0  # Eureka's own client default (registryFetchIntervalSeconds)
+# A full fetch at least this often bounds how long a stale cached delta can hide a change: the
+# server's response cache may keep a delta computed just before a registration (the cache load
+# races the invalidation) until it expires, 180 s by default; the hash code cannot notice when the
+# stale delta agrees with the local copy.
+DEFAULT_FULL_FETCH_INTERVAL = 60.0
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_MAX_BACKOFF = 30.0
 FORMATS = ("json", "xml")
@@ -70,6 +77,7 @@ class EurekaSettings:
     servers: tuple[str, ...]
     mapping: MappingSettings
     fetch_interval: float = DEFAULT_FETCH_INTERVAL
+    full_fetch_interval: float = DEFAULT_FULL_FETCH_INTERVAL
     timeout: float = DEFAULT_TIMEOUT
     max_backoff: float = DEFAULT_MAX_BACKOFF
     format: str = "json"
@@ -127,6 +135,7 @@ def parse_settings(
         return seconds
 
     fetch_interval = duration("fetchInterval", DEFAULT_FETCH_INTERVAL, 0.05)
+    full_fetch_interval = duration("fullFetchInterval", DEFAULT_FULL_FETCH_INTERVAL, 0.05)
     timeout = duration("timeout", DEFAULT_TIMEOUT, 0.05)
     max_backoff = duration("maxBackoff", DEFAULT_MAX_BACKOFF, 0.05)
     fmt = reader.str("format", default="json").lower()
@@ -170,6 +179,7 @@ def parse_settings(
         servers=tuple(servers),
         mapping=mapping,
         fetch_interval=fetch_interval,
+        full_fetch_interval=full_fetch_interval,
         timeout=timeout,
         max_backoff=max_backoff,
         format=fmt,

@@ -10,6 +10,10 @@ The loop (see :meth:`EurekaRegistry.run`):
 2. Every ``fetchInterval``: delta fetch; apply it to a copy of the local registry; if the
    recomputed hash code equals the server's, install it, else count a hash mismatch and do a full
    fetch (Eureka's ``reconcileAndLogDifference``). A server with deltas disabled gets full fetches.
+   Every ``fullFetchInterval`` a full fetch is done anyway: Eureka's response cache can serve a
+   delta computed just before a change for up to its expiry (180 s), and when that stale delta
+   agrees with the local copy no hash code can tell. Such a full fetch that finds a difference
+   counts as ``drift_repaired``.
 3. When no server answers: the member is marked degraded (``/debug/registryz``,
    ``/healthz/ready``'s ``degraded`` list, ``meshfed_eureka_degraded``), the last known state stays
    in force, and attempts continue with jittered exponential backoff (``tenacity``). The first
@@ -71,6 +75,7 @@ class EurekaRegistry:
         self._need_full = True
         self._full_reason = "start"
         self._failovers_seen = 0
+        self._last_full = 0.0
         self._stop = asyncio.Event()
 
     @property
@@ -141,6 +146,14 @@ class EurekaRegistry:
         if self.apps is None or self._need_full:
             await self._full_fetch(self._full_reason)
             return
+        if time.monotonic() - self._last_full >= self.settings.full_fetch_interval:
+            self.counters["periodic_full_fetches"] += 1
+            before = self.apps
+            await self._full_fetch("periodic")
+            if self.apps != before:
+                self.counters["drift_repaired"] += 1
+                log.info("eureka registry %s: periodic full fetch repaired drift", self.name)
+            return
         answer = await self._fetch("delta")
         if answer is None:
             self.counters["deltas_refused"] += 1
@@ -166,6 +179,7 @@ class EurekaRegistry:
         apps = from_instances(answer.applications.instances)
         self._install(apps, answer, changed=apps != self.apps)
         self._need_full = False
+        self._last_full = time.monotonic()
         self.member.mark_synced()
 
     async def _fetch(self, kind: str) -> Answer | None:
@@ -221,6 +235,7 @@ class EurekaRegistry:
         return {
             **self.http.describe(),
             "fetchIntervalSeconds": self.settings.fetch_interval,
+            "fullFetchIntervalSeconds": self.settings.full_fetch_interval,
             "hostnameTemplate": self.settings.mapping.hostname_template,
             "appsHashcode": hash_code(apps),
             "serverHashcode": self.server_hash,

@@ -23,6 +23,7 @@ def test_every_key():
         {
             "servers": ["https://a.example:8761/eureka/", "https://b.example/eureka"],
             "fetchInterval": "500ms",
+            "fullFetchInterval": "90s",
             "timeout": 2,
             "maxBackoff": "1m",
             "format": "XML",
@@ -36,6 +37,7 @@ def test_every_key():
         "eu",
     )
     assert settings.fetch_interval == 0.5 and settings.timeout == 2.0
+    assert settings.full_fetch_interval == 90.0
     assert settings.max_backoff == 60.0 and settings.format == "xml"
     assert (settings.username, settings.password) == ("u", "s3cr3t-pw")
     assert settings.tls is not None and settings.tls.ca_file == "/ca.pem"
