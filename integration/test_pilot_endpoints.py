@@ -11,6 +11,7 @@ import contextlib
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from adapters.static.registry import create as create_static
 from integration.pilot_helpers import (
@@ -41,7 +42,10 @@ spec:
 """
 
 
-async def test_static_file_endpoint_changes_move_traffic_without_restart(tmp_path: Path) -> None:
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+async def test_static_file_endpoint_changes_move_traffic_without_restart(
+    tmp_path: Path, delta: bool
+) -> None:
     path = tmp_path / "services.yaml"
     path.write_text(service_yaml([BACKENDS["b1"]]))
     async with running_mesh() as mesh:
@@ -55,7 +59,7 @@ async def test_static_file_endpoint_changes_move_traffic_without_restart(tmp_pat
                 10,
                 "the static registry to load the file",
             )
-            a = await mesh.sidecar(A_IP, "a")
+            a = await mesh.sidecar(A_IP, "a", delta=delta)
             url = a.outbound_url + "/"
             async with aiohttp.ClientSession() as session:
                 assert await spread(session, url, HOST, 4) == {"b1": 4}

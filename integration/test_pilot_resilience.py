@@ -14,6 +14,7 @@ from __future__ import annotations
 import socket
 
 import aiohttp
+import pytest
 from prometheus_client import REGISTRY
 
 from integration.pilot_helpers import (
@@ -32,12 +33,13 @@ B1, B2, D1 = "127.0.84.3", "127.0.84.4", "127.0.84.5"
 HOST = "b.default.svc.cluster.local"
 
 
-async def test_pilot_restart_envoy_keeps_serving_then_converges() -> None:
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+async def test_pilot_restart_envoy_keeps_serving_then_converges(delta: bool) -> None:
     async with running_mesh() as mesh:
         mesh.member.replace([http_service(HOST)], {HOST: [endpoint(B1)]})
         await mesh.backend("b1", B1, 9080)
         await mesh.backend("b2", B2, 9080)
-        a = await mesh.sidecar(A_IP, "a")
+        a = await mesh.sidecar(A_IP, "a", delta=delta)
         url = a.outbound_url + "/"
         async with aiohttp.ClientSession() as session:
             assert await spread(session, url, HOST, 3) == {"b1": 3}
@@ -67,12 +69,15 @@ def _nacks(type_short: str) -> float:
     return REGISTRY.get_sample_value("meshfed_pilot_xds_nacks_total", {"type": type_short}) or 0.0
 
 
-async def test_rejected_listener_is_nacked_and_previous_config_keeps_working() -> None:
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+async def test_rejected_listener_is_nacked_and_previous_config_keeps_working(
+    delta: bool,
+) -> None:
     async with running_mesh() as mesh:
         mesh.member.replace([http_service(HOST)], {HOST: [endpoint(B1)]})
         await mesh.backend("b1", B1, 9080)
         await mesh.backend("d1", D1, 9080)
-        a = await mesh.sidecar(A_IP, "a")
+        a = await mesh.sidecar(A_IP, "a", delta=delta)
         url = a.outbound_url + "/"
         blocker = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:

@@ -115,8 +115,13 @@ class Connection:
             if self.first_ready_at is None and self.ready:
                 self.first_ready_at = time.time()
                 log.info("proxy %s ACKed its first full config", self.node.id)
-        if names:
-            self._send_type(self.server.cache_view(self), watch, force=names - {"*"})
+        if names or kind is RequestKind.INITIAL:
+            self._send_type(
+                self.server.cache_view(self),
+                watch,
+                force=names - {"*"},
+                respond=kind is RequestKind.INITIAL,
+            )
 
     # -- pushes -----------------------------------------------------------------------------
     def push(self, change: CacheChange | None, event_time: float | None = None) -> int:
@@ -156,9 +161,10 @@ class Connection:
         only: Any = None,
         force: set[str] | frozenset[str] = frozenset(),
         event_time: float | None = None,
+        respond: bool = False,
     ) -> Plan | None:
         started = time.perf_counter()
-        plan = watch.plan(view, self._nonce(), only=only, force=force)
+        plan = watch.plan(view, self._nonce(), only=only, force=force, respond=respond)
         if plan is None:
             return None
         self.problems = view.problems

@@ -210,19 +210,22 @@ class TypeWatch:
         nonce: str,
         only: Iterable[str] | None = None,
         force: Iterable[str] = (),
+        respond: bool = False,
     ) -> Plan | None:
         """What to send for this type given ``view``, or None when the client is up to date.
 
         ``only`` limits the comparison to some names (an endpoints-only push names the
         assignments that changed); ``force`` names resources to send even if unchanged (an
-        updated EDS cluster needs its assignment again to finish warming).
+        updated EDS cluster needs its assignment again to finish warming). ``respond`` answers
+        even when nothing is new (a first request on a stream: a reconnecting delta client that
+        already holds everything still gets a nonce to ACK, so it can be seen as in sync).
         """
         if not self.requested:
             return None
         available = view.get(self.type_url)
         force = set(force)
         if self.delta:
-            return self._plan_delta(view, available, nonce, only, force)
+            return self._plan_delta(view, available, nonce, only, force, respond)
         if self.type_url in T.FULL_STATE:
             version = view.version(self.type_url)
             if version == self.sent_version and not force & set(available):
@@ -236,7 +239,7 @@ class TypeWatch:
         send = sorted(
             n for n in candidates if n in force or self.sent.get(n) != available[n].version
         )
-        if not send:
+        if not send and not respond:
             return None
         # Opaque to Envoy, which only echoes it: the version of everything of this type in the
         # view (shared across proxies, computed once) is cheaper than one per subscription.
@@ -252,6 +255,7 @@ class TypeWatch:
         nonce: str,
         only: Iterable[str] | None,
         force: set[str],
+        respond: bool = False,
     ) -> Plan | None:
         candidates = self._candidates(available, only, force)
         send = sorted(
@@ -261,7 +265,7 @@ class TypeWatch:
         removed = sorted(
             n for n in scope if n not in available and (self.wildcard or n in self.subscribed)
         )
-        if not send and not removed:
+        if not send and not removed and not respond:
             return None
         for name in removed:
             self.sent.pop(name, None)

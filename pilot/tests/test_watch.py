@@ -118,3 +118,15 @@ def test_delta_nack_keeps_rejected_version_from_being_resent() -> None:
     kind, _ = w.on_request("1", error="invalid")
     assert kind is RequestKind.NACK and w.status is Status.NACKED
     assert w.plan(v, "2") is None
+
+
+def test_delta_reconnect_holding_everything_still_gets_an_answer_to_ack() -> None:
+    v = view(T.CLUSTER, a=1)
+    w = TypeWatch(T.CLUSTER, delta=True)
+    kind, _ = w.on_request("", subscribe=[], initial_versions={"a": v.get(T.CLUSTER)["a"].version})
+    assert kind is RequestKind.INITIAL
+    assert w.plan(v, "1") is None  # nothing new for an ordinary push
+    answer = w.plan(v, "1", respond=True)
+    assert answer is not None and answer.resources == () and answer.removed == ()
+    w.on_request("1")
+    assert w.status is Status.SYNCED
