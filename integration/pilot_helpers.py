@@ -59,7 +59,8 @@ class Backend:
 class Mesh:
     """An aggregate, a Pilot serving it, a monitoring app, and the sidecars/backends started."""
 
-    def __init__(self, quiet: float = 0.02, max_delay: float = 0.2) -> None:
+    def __init__(self, quiet: float = 0.02, max_delay: float = 0.2, synced: bool = True) -> None:
+        self.synced = synced
         self.aggregate = AggregateRegistry()
         self.member = self.aggregate.add_member("test")
         self.pilot = PilotServer(self.aggregate, "127.0.0.1:0", quiet, max_delay)
@@ -69,6 +70,8 @@ class Mesh:
         self.hub_url = ""
 
     async def start(self) -> None:
+        if self.synced:
+            self.member.mark_synced()
         await self.pilot.start()
         app = web.Application()
         app.add_routes(status_routes(lambda: self.pilot.discovery))

@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from integration.pilot_helpers import endpoint, get, http_service, running_mesh
+from meshfed.proxy import wait_ready
 from registry.model import Endpoint, Port, Protocol, Service
 
 B_HOST = "b.default.svc.cluster.local"
@@ -66,3 +67,19 @@ async def test_tcp_service_gets_a_local_port() -> None:
         finally:
             server.close()
             await server.wait_closed()
+
+
+async def test_proxy_is_not_served_before_registries_sync() -> None:
+    """A sidecar started before the registries loaded must not ACK a half-empty config."""
+    async with running_mesh(synced=False) as mesh:
+        await mesh.backend("b", B_IP, 9080)
+        a = await mesh.sidecar(A_IP, "a", ready=False)
+        await asyncio.sleep(1.0)
+        assert mesh.syncz(a.spec.node_id) == {}  # held until the registries sync
+        assert mesh.pilot.not_ready()
+        mesh.member.replace([http_service(B_HOST)], {B_HOST: [endpoint(B_IP, 9080)]})
+        mesh.member.mark_synced()
+        state = await wait_ready(a, mesh.hub_url, timeout=30)
+        assert state["types"]["cds"]["resources"] == 1
+        async with aiohttp.ClientSession() as session:
+            assert await get(session, a.outbound_url + "/", B_HOST) == (200, "b")

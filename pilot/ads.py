@@ -242,9 +242,13 @@ class Connection:
 class DiscoveryServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     """The ADS servicer plus the registry of open connections."""
 
-    def __init__(self, cache: ConfigCache) -> None:
+    def __init__(self, cache: ConfigCache, sync_timeout: float = 60.0) -> None:
         self.cache = cache
         self.connections: dict[str, Connection] = {}
+        # Set once every registry has synced: a proxy must not ACK (and report ready on) a
+        # config built from half-loaded registries. After ``sync_timeout`` serve anyway.
+        self.serving = asyncio.Event()
+        self.sync_timeout = sync_timeout
 
     def cache_view(self, conn: Connection) -> Any:
         return self.cache.view(conn.node)
@@ -314,6 +318,15 @@ class DiscoveryServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             finally:
                 outbox.put_nowait(done)
 
+        if not self.serving.is_set():
+            try:
+                await asyncio.wait_for(self.serving.wait(), self.sync_timeout)
+            except TimeoutError:
+                log.warning(
+                    "registries not synced after %.0fs; serving %s anyway",
+                    self.sync_timeout,
+                    context.peer(),
+                )
         reader = asyncio.create_task(read())
         try:
             while True:

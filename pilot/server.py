@@ -78,15 +78,17 @@ class PilotServer:
             self.quiet, self.max_delay = debounce_settings(hub.mesh.pilot)
         if self.aggregate is None:
             raise ValueError("PilotServer needs an aggregate registry (or a hub)")
+        # Built in full by _on_status once every registry has synced (now, if already so).
         self.cache = ConfigCache(self.aggregate)
-        self.cache.rebuild()
         self.discovery = DiscoveryServer(self.cache)
         self._debounce = DebounceLoop(self._flush, self.quiet, self.max_delay)
         self._debounce.start()
         if not self._subscribed:
             # The aggregate has no unsubscribe; one subscription forwards to whichever loop runs.
             self.aggregate.subscribe(self._on_event)
+            self.aggregate.subscribe_status(self._on_status)
             self._subscribed = True
+        self._on_status()
         self._grpc = grpc.aio.server(
             options=[
                 ("grpc.keepalive_time_ms", 30_000),
@@ -107,6 +109,16 @@ class PilotServer:
             self.quiet,
             self.max_delay,
         )
+
+    def _on_status(self) -> None:
+        discovery = self.discovery
+        if discovery is None or discovery.serving.is_set() or not self.aggregate.synced:
+            return
+        assert self.cache is not None
+        # Everything the registries loaded so far, without waiting for the debouncer.
+        self.cache.rebuild()
+        discovery.serving.set()
+        log.info("registries synced: serving xDS")
 
     def _on_event(self, event: ChangeEvent) -> None:
         if self._debounce is not None:
@@ -141,6 +153,8 @@ class PilotServer:
         return routes(lambda: self.discovery)
 
     def not_ready(self) -> list[str]:
-        if self._grpc is None:
+        if self._grpc is None or self.discovery is None:
             return ["pilot: discovery server not started"]
+        if not self.discovery.serving.is_set():
+            return ["pilot: waiting for registries to sync before serving xDS"]
         return []
