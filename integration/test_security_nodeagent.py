@@ -1,0 +1,256 @@
+"""``meshfed ca serve`` + ``meshfed ca token create`` + ``meshfed nodeagent``, end to end.
+
+The CA and the node agent run as real processes from the CLI; the hub runs with the workload
+registration component; the VM's sidecar is a real Envoy started by the agent. Asserted: the VM
+appears in the registry with its SPIFFE ID and serves mutual TLS to a meshed client; the CA
+restarts with the same root and renews a certificate issued before the restart; the used token
+cannot be replayed; stopping the agent deregisters the VM and stops its sidecar; nothing secret
+is left with loose permissions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from integration.peers.envoy import start_envoy
+from integration.peers.http import get, get_json
+from integration.peers.ports import free_ports, loopback_host
+from integration.peers.process import PeerProcess
+from integration.security_helpers import (
+    TRUST_DOMAIN,
+    BackgroundLoop,
+    client_sidecar,
+    http_echo,
+    server_sidecar,
+)
+from meshfed.config import MeshConfig
+from meshfed.hub import Hub
+from nodeagent.agent import AgentConfig, NodeAgent
+from nodeagent.registration import WorkloadRegistration
+from registry.model import spiffe_id
+from security import mtls
+
+pytestmark = pytest.mark.timeout(240)
+
+MESHFED = [sys.executable, "-m", "meshfed.cli", "--log-level", "INFO"]
+HOST_NAME = "reviews.shop.svc.cluster.local"
+
+
+def _json_line(proc: PeerProcess, key: str, timeout: float = 30.0) -> dict[str, Any]:
+    """The first JSON line carrying ``key`` that the process printed to its log."""
+    found: dict[str, Any] = {}
+
+    def check() -> bool:
+        for line in proc.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{") and key in line:
+                found.update(json.loads(line))
+                return True
+        return False
+
+    proc.wait_until(check, f"for the {key!r} line", timeout)
+    return found
+
+
+@contextmanager
+def ca_process(state: Path, host: str, ports: list[int], log: Path) -> Iterator[PeerProcess]:
+    bootstrap, renewal, monitoring = ports
+    proc = PeerProcess(
+        "meshfed-ca",
+        [
+            *MESHFED,
+            "ca",
+            "serve",
+            "--trust-domain",
+            TRUST_DOMAIN,
+            "--state-dir",
+            str(state),
+            "--listen",
+            f"{host}:{bootstrap}",
+            "--renew-listen",
+            f"{host}:{renewal}",
+            "--monitoring",
+            f"{host}:{monitoring}",
+        ],
+        log,
+    ).start()
+    try:
+        _json_line(proc, "bootstrap")
+        yield proc
+    finally:
+        proc.stop()
+
+
+def _token(state: Path, namespace: str, account: str) -> str:
+    out = subprocess.run(
+        [*MESHFED, "ca", "token", "create", "--state-dir", str(state), "-n", namespace,
+         "-s", account, "--ttl", "10m"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    return out.stdout.strip()
+
+
+def _secret_file(path: Path, value: str) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value)
+    return path
+
+
+def _wait(predicate: Any, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting {what}")
+
+
+def test_nodeagent_joins_a_vm_and_leaves_cleanly(tmp_path: Path) -> None:
+    host = loopback_host()
+    vm_host, client_host = loopback_host(), loopback_host()
+    state = tmp_path / "ca-state"
+    ca_ports = free_ports(3, host)
+    loop = BackgroundLoop()
+    with ExitStack() as stack:
+        stack.callback(loop.close)
+        ca = stack.enter_context(ca_process(state, host, ca_ports, tmp_path / "ca.log"))
+        info = _json_line(ca, "bootstrap")
+        root = Path(info["root"])
+        monitoring = info["monitoring"]
+        root_sha = get_json(f"http://{monitoring}/debug/ca")["root_sha256"]
+
+        # The hub, with signed workload registration (trust bundle = the CA's published root).
+        hub = Hub(
+            MeshConfig(trust_domain=TRUST_DOMAIN, monitoring_address=f"{host}:0"),
+            [WorkloadRegistration(root)],
+        )
+        loop.run(hub.start())
+        stack.callback(lambda: loop.run(hub.stop()))
+        hub_url = f"http://{host}:{hub.monitoring_port}"
+
+        # The VM: an app (echo server), and `meshfed nodeagent` with its sidecar bootstrap.
+        backend = stack.enter_context(http_echo(vm_host))
+        s_admin, s_port = free_ports(2, vm_host)
+        sds_socket = tmp_path / "vm-agent" / "sds.sock"
+        boot = server_sidecar(
+            "reviews-vm", vm_host, s_admin, s_port, backend, sds_socket, mtls.Mode.STRICT
+        )
+        boot_path = tmp_path / "vm-bootstrap.json"
+        boot_path.write_text(json.dumps(boot))
+        token_file = _secret_file(tmp_path / "join-token", _token(state, "shop", "reviews"))
+        agent_argv = [
+            *MESHFED, "nodeagent", "--trust-domain", TRUST_DOMAIN,
+            "--ca", f"{host}:{ca_ports[0]}", "--ca-renewal", f"{host}:{ca_ports[1]}",
+            "--ca-root", str(root), "-n", "shop", "-s", "reviews",
+            "--token-file", str(token_file), "--sds-socket", str(sds_socket),
+            "--hub", hub_url, "--workload", "reviews-vm", "--address", vm_host,
+            "--port", f"http={s_port}", "--service", HOST_NAME,
+            "--define-service", f"{HOST_NAME}=http:9080:HTTP",
+            "--envoy-bootstrap", str(boot_path), "--workdir", str(tmp_path / "vm-sidecar"),
+        ]  # fmt: skip
+        agent = PeerProcess("nodeagent", agent_argv, tmp_path / "nodeagent.log").start()
+        stack.callback(agent.stop)
+        _json_line(agent, "ready")
+        agent.wait_until(
+            lambda: get(f"http://{vm_host}:{s_admin}/ready", timeout=1)[1].strip() == b"LIVE",
+            "for the sidecar to be LIVE (it has its SDS secrets)",
+            30,
+        )
+
+        # The VM is in the registry, with its SPIFFE identity, without any file edited.
+        vm_id = spiffe_id(TRUST_DOMAIN, "shop", "reviews")
+        view = get_json(f"{hub_url}/debug/registryz?host={HOST_NAME}")
+        (endpoint,) = view["services"][0]["endpoints"]
+        assert endpoint["address"] == vm_host
+        assert endpoint["identity"] == vm_id
+
+        # Nothing secret with loose permissions: state folder, CA key, token store, SDS socket.
+        assert stat.S_IMODE(state.stat().st_mode) == 0o700
+        for name in ("ca-key.pem", "tokens.json"):
+            assert stat.S_IMODE((state / name).stat().st_mode) == 0o600, name
+        assert stat.S_IMODE(sds_socket.stat().st_mode) == 0o600
+        assert stat.S_IMODE(sds_socket.parent.stat().st_mode) == 0o700
+        token_value = token_file.read_text()
+        assert token_value.split(".")[2] not in (state / "tokens.json").read_text()
+
+        # A meshed client (its own agent, its own token) reaches the VM over mutual TLS.
+        client_cfg = AgentConfig(
+            ca_address=f"{host}:{ca_ports[0]}",
+            ca_renewal_address=f"{host}:{ca_ports[1]}",
+            ca_root_pem=root.read_bytes(),
+            trust_domain=TRUST_DOMAIN,
+            namespace="shop",
+            service_account="productpage",
+            sds_socket=tmp_path / "client-agent" / "sds.sock",
+            join_token=_token(state, "shop", "productpage"),
+        )
+        client_agent = NodeAgent(client_cfg)
+        loop.run(client_agent.start())
+        stack.callback(lambda: loop.run(client_agent.stop()))
+        c_admin, c_port = free_ports(2, client_host)
+        stack.enter_context(
+            start_envoy(
+                tmp_path / "client",
+                client_sidecar(
+                    "productpage",
+                    client_host,
+                    c_admin,
+                    c_port,
+                    (vm_host, s_port),
+                    client_cfg.sds_socket,
+                    mtls.upstream_transport_socket([endpoint["identity"]]),
+                ),
+            )
+        )
+        status, body = get(f"http://{client_host}:{c_port}/", timeout=5)
+        assert status == 200
+        assert f"URI={client_cfg.identity}" in json.loads(body)["x-forwarded-client-cert"]
+
+        # CA restart: same root; a certificate issued before the restart still renews.
+        ca.stop()
+        ca2 = stack.enter_context(ca_process(state, host, ca_ports, tmp_path / "ca2.log"))
+        assert get_json(f"http://{monitoring}/debug/ca")["root_sha256"] == root_sha
+        assert hashlib.sha256(root.read_bytes()).hexdigest() == root_sha
+        old_serial = client_agent.serials[-1]
+        loop.run(client_agent.renew())
+        assert client_agent.serials[-1] != old_serial
+        assert ca2.running()
+
+        # The used token cannot be replayed by a second agent.
+        replay = subprocess.run(
+            [*agent_argv[:-4], "--sds-socket", str(tmp_path / "replay" / "sds.sock")],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert replay.returncode != 0
+        assert "already used" in replay.stderr
+
+        # Leaving: SIGTERM deregisters the VM and stops its sidecar.
+        assert get_status(f"http://{vm_host}:{s_admin}/ready") == 200  # sidecar still up
+        os.killpg(agent.pid, signal.SIGTERM)  # type: ignore[arg-type]
+        agent.proc.wait(30)  # type: ignore[union-attr]
+        assert agent.proc.returncode == 0, agent.log_tail()  # type: ignore[union-attr]
+        view = get_json(f"{hub_url}/debug/registryz?host={HOST_NAME}")
+        assert view["services"] == [] or view["services"][0]["endpoints"] == []
+        _wait(lambda: get_status(f"http://{vm_host}:{s_admin}/ready") is None, "sidecar exit")
+        assert not sds_socket.exists()
+        assert "deregistered shop/reviews-vm" in agent.log_path.read_text()
+
+
+def get_status(url: str) -> int | None:
+    try:
+        return get(url, timeout=1)[0]
+    except OSError:
+        return None
