@@ -89,11 +89,18 @@ async def test_leader_loss_loses_no_endpoint_and_later_changes_arrive(
     followers = [a for a in consul_cluster.agents if a is not leader]
     for n in (1, 2, 3):
         register(followers[0], "web", n)
-    # The leader first, so that its loss also forces the adapter to fail over.
+    register(followers[0], "api", 10, port=9000)
+    # Watches spread over every address by a stable hash of their key; with the leader first,
+    # the "dc1/api" watch reads from it, so its loss forces a fail-over.
     addrs = [leader.http_addr, *(a.http_addr for a in followers)]
     async with running_adapter(params(addrs)) as run:
+        await run.wait_for(
+            lambda: len(addresses(run)) == 3 and addresses(run, API),
+            "the registrations (stale reads may lag a moment)",
+            10,
+        )
         assert addresses(run) == ["127.0.86.1", "127.0.86.2", "127.0.86.3"]
-        assert run.adapter.describe()["currentAddress"] == leader.http_addr
+        assert leader.http_addr in run.adapter.describe()["addressesInUse"]
         before = len(run.events)
         with Sampler(run, WEB) as sampler:
             started = time.monotonic()
@@ -104,7 +111,12 @@ async def test_leader_loss_loses_no_endpoint_and_later_changes_arrive(
         assert sampler.samples > 50, sampler.samples
         assert sampler.minimum == 3, f"endpoints were lost: {run.events[before:]}"
         assert len(run.events) == before, "leader loss caused pushes"
-        assert run.adapter.describe()["currentAddress"] != leader.http_addr
+        assert addresses(run, API) == ["127.0.86.10"]
+        await run.wait_for(
+            lambda: leader.http_addr not in run.adapter.describe()["addressesInUse"],
+            "every watch to leave the dead leader",
+            20,
+        )
 
         # Changes made after the election arrive, through whichever server the adapter reads.
         register(new_leader, "web", 4)

@@ -1,8 +1,9 @@
 """py-consul clients for the configured agents, with fail-over and the two queries we need.
 
 Why a layer over py-consul at all:
-- Several addresses: when the agent we talk to dies (a server that was the Raft leader, say), the
-  next query goes to the next address, so one lost server never leaves the mesh without updates.
+- Several addresses: watches spread over them, and when the agent a watch talks to dies (a server
+  that was the Raft leader, say), its next query goes to the next address, so one lost server
+  never leaves the mesh without updates.
 - Consistency: py-consul's ``health.service`` has no consistency argument; we default to
   ``stale`` so any server answers -- including while the cluster elects a new leader, which is
   exactly when the default mode would fail with "No cluster leader".
@@ -18,6 +19,7 @@ client timeout would turn every idle wait into a spurious error.
 from __future__ import annotations
 
 import threading
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -71,17 +73,38 @@ def _result_callback(address: str) -> Any:
     return callback
 
 
+class TooManyConnections(consul.ConsulException):
+    """Consul answered 429: this host holds more connections than the agent allows."""
+
+
+@attrs.define
+class Route:
+    """Which configured address one watch reads from; it moves on when that address fails."""
+
+    position: int
+
+
 class ConsulClients:
-    """One py-consul client per configured address; the current one is used until it fails."""
+    """One py-consul client per configured address, and a route per watch over them.
+
+    Each watch starts at an address picked by a stable hash of its key, so watches spread over
+    every configured agent: each idle blocking query holds one connection, and Consul limits
+    connections per client IP and agent (``limits.http_max_conns_per_client``, default 200).
+    A watch whose address fails (connection error, 5xx, 429) moves to the next one.
+    """
 
     def __init__(self, params: ConsulParams) -> None:
         self.params = params
         self.addresses: tuple[str, ...] = params.addresses
         self._clients = [self._make(a) for a in self.addresses]
-        self._current = 0
+        self._default = Route(0)
         self._lock = threading.Lock()  # watches fail over from several worker threads at once
         # Called (from a worker thread) with (old address, new address) on each fail-over.
         self.on_failover: Callable[[str, str], None] | None = None
+
+    def route(self, key: str) -> Route:
+        """A route for the watch named ``key``, starting at its hashed address."""
+        return Route(zlib.crc32(key.encode()) % len(self.addresses))
 
     def _make(self, address: str) -> consul.Consul:
         scheme, host, port = split_address(address)
@@ -114,39 +137,40 @@ class ConsulClients:
             session.mount("https://", adapter)
         return client
 
-    @property
-    def current_address(self) -> str:
-        return self.addresses[self._current]
-
-    def _pick(self) -> tuple[int, consul.Consul]:
+    def failed(self, route: Route, position: int) -> None:
+        """The address at ``position`` failed for ``route``: move it on to the next address."""
         with self._lock:
-            return self._current, self._clients[self._current]
-
-    def failed(self, position: int) -> None:
-        """The client at ``position`` could not be reached: move on to the next address."""
-        with self._lock:
-            if position != self._current or len(self._clients) < 2:
+            if route.position != position or len(self._clients) < 2:
                 return
-            self._current = (self._current + 1) % len(self._clients)
-            new = self.addresses[self._current]
+            route.position = (position + 1) % len(self._clients)
+            new = self.addresses[route.position]
         if self.on_failover is not None:
             self.on_failover(self.addresses[position], new)
 
-    def _get(self, path: str, params: list[tuple[str, str]]) -> QueryResult:
-        position, client = self._pick()
-        address = self.addresses[position]
+    def _get(self, path: str, params: list[tuple[str, str]], route: Route | None) -> QueryResult:
+        route = route or self._default
+        position = route.position
+        client, address = self._clients[position], self.addresses[position]
         try:
             return client.http.get(
                 _result_callback(address), path, params=params, headers=client.prepare_headers()
             )
         except consul.ConsulException as exc:
-            # 5xx means the agent is up but cannot serve (no leader, RPC error): another address
-            # may; 4xx (bad filter, ACL denied) would be the same everywhere, so stay put.
-            if type(exc) is consul.ConsulException and str(exc)[:1] == "5":
-                self.failed(position)
+            text = str(exc)
+            if text.startswith("429"):
+                self.failed(route, position)  # another agent may have connections to spare
+                raise TooManyConnections(
+                    f"{address} refused the query: too many concurrent connections from this "
+                    "host (each watched service holds one; raise the agents' "
+                    "limits.http_max_conns_per_client, default 200, or configure more addresses)"
+                ) from exc
+            # 5xx: the agent is up but cannot serve (no leader, RPC error), another may; other
+            # 4xx (bad filter, ACL denied) would be the same everywhere, so stay put.
+            if type(exc) is consul.ConsulException and text[:1] == "5":
+                self.failed(route, position)
             raise
         except Exception:
-            self.failed(position)
+            self.failed(route, position)
             raise
 
     def _params(
@@ -165,34 +189,45 @@ class ConsulClients:
         params.extend(extra)
         return params
 
-    def services(self, datacenter: str, index: int = 0, wait_s: float | None = None) -> QueryResult:
+    def services(
+        self,
+        datacenter: str,
+        index: int = 0,
+        wait_s: float | None = None,
+        route: Route | None = None,
+    ) -> QueryResult:
         """``/v1/catalog/services``: service name -> union of its instances' tags."""
-        return self._get("/v1/catalog/services", self._params(datacenter, index, wait_s, ()))
+        params = self._params(datacenter, index, wait_s, ())
+        return self._get("/v1/catalog/services", params, route)
 
     def health(
-        self, datacenter: str, service: str, index: int = 0, wait_s: float | None = None
+        self,
+        datacenter: str,
+        service: str,
+        index: int = 0,
+        wait_s: float | None = None,
+        route: Route | None = None,
     ) -> QueryResult:
         """``/v1/health/service/<name>``: every instance with its node and checks."""
         extra = [("tag", t) for t in self.params.tag_filter]
         if self.params.filter:
             extra.append(("filter", self.params.filter))
         path = f"/v1/health/service/{service}"
-        return self._get(path, self._params(datacenter, index, wait_s, extra))
+        return self._get(path, self._params(datacenter, index, wait_s, extra), route)
 
     def local_datacenter(self) -> str:
         """The datacenter of the agent we talk to (what an unset ``datacenters`` means)."""
-        position, client = self._pick()
+        position = self._default.position
         try:
-            info: Mapping[str, Any] = client.agent.self()
+            info: Mapping[str, Any] = self._clients[position].agent.self()
         except Exception:
-            self.failed(position)
+            self.failed(self._default, position)
             raise
         return str(info["Config"]["Datacenter"])
 
     def request_timeout(self, index: int) -> float | None:
         """The client-side timeout py-consul applies to a query at ``index`` (for describe)."""
-        _, client = self._pick()
-        timeout = getattr(client.http, "timeout", None)
+        timeout = getattr(self._clients[0].http, "timeout", None)
         if timeout is None:
             return None
         return timeout(self._params("", index, None, ()))

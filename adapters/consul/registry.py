@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -164,9 +165,11 @@ class ConsulRegistry:
         return observe
 
     def _start_list_watch(self, dc: str) -> None:
+        key = f"{dc}/services"
+        route = self.clients.route(key)
         watch = BlockingWatch(
-            f"{dc}/services",
-            lambda index, wait: self.clients.services(dc, index, wait),
+            key,
+            lambda index, wait: self.clients.services(dc, index, wait, route),
             lambda result: self._on_service_list(dc, result),
             self._on_status,
             self.params.rate_limit,
@@ -196,9 +199,12 @@ class ConsulRegistry:
             self._set_instances((dc, name), ())
         for name in sorted(names - current):
             key = (dc, name)
+            route = self.clients.route(f"{dc}/{name}")
             watch = BlockingWatch(
                 f"{dc}/{name}",
-                lambda index, wait, name=name: self.clients.health(dc, name, index, wait),
+                lambda index, wait, name=name, route=route: self.clients.health(
+                    dc, name, index, wait, route
+                ),
                 lambda result, key=key: self._on_health(key, result),
                 self._on_status,
                 self.params.rate_limit,
@@ -295,9 +301,10 @@ class ConsulRegistry:
         """What ``/debug/registryz`` shows for this registry."""
         watches = {w.key: w.describe() for w in self._list_watches.values()}
         watches.update({w.key: w.describe() for w in self._service_watches.values()})
+        in_use = Counter(w["address"] for w in watches.values() if w["address"])
         return {
             "addresses": list(self.clients.addresses),
-            "currentAddress": self.clients.current_address,
+            "addressesInUse": dict(sorted(in_use.items())),
             "datacenters": list(self.datacenters),
             "namespace": self.params.namespace or None,
             "tagFilter": list(self.params.tag_filter),

@@ -53,15 +53,21 @@ def test_split_address():
     assert split_address("https://consul.example:8501/") == ("https", "consul.example", 8501)
 
 
-def test_failover_rotates_once_per_failure_of_current():
-    clients = ConsulClients(parse_params({"addresses": ["127.0.0.2:1", "127.0.0.3:2"]}))
+def test_watches_spread_over_addresses_and_fail_over_one_step_at_a_time():
+    addrs = ["127.0.0.2:1", "127.0.0.3:2", "127.0.0.4:3"]
+    clients = ConsulClients(parse_params({"addresses": addrs}))
+    routes = [clients.route(f"dc1/s{i}") for i in range(300)]
+    spread = {r.position for r in routes}
+    assert spread == {0, 1, 2}  # every agent carries some of the watches
+    assert clients.route("dc1/s7") == clients.route("dc1/s7")  # stable
     moves: list[tuple[str, str]] = []
     clients.on_failover = lambda old, new: moves.append((old, new))
-    assert clients.current_address == "127.0.0.2:1"
-    clients.failed(0)
-    clients.failed(0)  # a second watch reporting the same dead address: no extra move
-    assert clients.current_address == "127.0.0.3:2"
-    assert moves == [("127.0.0.2:1", "127.0.0.3:2")]
+    route = routes[0]
+    start = route.position
+    clients.failed(route, start)
+    clients.failed(route, start)  # a late second report about the same address: no extra move
+    assert route.position == (start + 1) % 3
+    assert moves == [(addrs[start], addrs[(start + 1) % 3])]
 
 
 async def test_run_blocking_runs_in_a_daemon_thread_and_returns_on_the_loop():
