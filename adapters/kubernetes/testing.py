@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import subprocess
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -188,3 +188,12 @@ async def running_registry(
     finally:
         await registry.stop()
         await asyncio.wait_for(task, 15)
+
+
+async def until(check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    """Poll ``check`` on the loop until true; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
