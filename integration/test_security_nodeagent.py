@@ -39,7 +39,7 @@ from integration.security_helpers import (
 from meshfed.config import MeshConfig
 from meshfed.hub import Hub
 from nodeagent.agent import AgentConfig, NodeAgent
-from nodeagent.registration import WorkloadRegistration
+from nodeagent.registration_server import WorkloadRegistration
 from registry.model import spiffe_id
 from security import mtls
 

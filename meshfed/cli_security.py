@@ -301,9 +301,6 @@ def agent_config(args: argparse.Namespace) -> Any:
 
 
 async def run_agent(args: argparse.Namespace, stop: asyncio.Event) -> int:
-    from aiohttp import web
-    from prometheus_client import REGISTRY, generate_latest
-
     from nodeagent.agent import NodeAgent
     from nodeagent.client import CARefused
 
@@ -316,6 +313,9 @@ async def run_agent(args: argparse.Namespace, stop: asyncio.Event) -> int:
     runner = None
     try:
         if args.monitoring:
+            # aiohttp is loaded only for the optional monitoring port: the agent stays small.
+            from aiohttp import web
+            from prometheus_client import REGISTRY, generate_latest
 
             async def debug(request: web.Request) -> web.Response:
                 return web.json_response(

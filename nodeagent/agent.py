@@ -30,14 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-from google.protobuf import json_format
 
 from nodeagent import keys, registration
 from nodeagent.client import CAClient, SignResponse
 from nodeagent.rotation import Rotator
 from nodeagent.sds import SDSServer
 from registry.model import Workload, spiffe_id
-from security import mtls
 
 log = logging.getLogger("meshfed.nodeagent")
 
@@ -74,6 +72,10 @@ class AgentConfig:
 
 def with_sds_cluster(bootstrap: dict[str, Any], socket_path: Path | str) -> dict[str, Any]:
     """``bootstrap`` plus the static SDS cluster for ``socket_path`` (unless it has one)."""
+    from google.protobuf import json_format
+
+    from security import mtls  # Envoy's cluster protos: loaded only when there is a sidecar
+
     boot = json.loads(json.dumps(bootstrap))
     key = "staticResources" if "staticResources" in boot else "static_resources"
     static = boot.setdefault(key, {})

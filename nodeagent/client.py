@@ -7,7 +7,7 @@ Promises:
 - Only a CSR is ever sent; the private key stays in the caller's memory.
 - The CA is authenticated by the trust bundle the agent was given (``--ca-root``) on the first
   call, and by the mesh's current roots afterwards; the server name checked is the CA's DNS SAN
-  (:data:`security.service.CA_SERVER_NAME`), so the CA may listen on any loopback/IP address.
+  (:data:`security.wire.CA_SERVER_NAME`), so the CA may listen on any loopback/IP address.
 - Transient failures (the CA restarting, UNAVAILABLE, deadline) are retried with jittered
   exponential backoff by ``tenacity``; refusals (PERMISSION_DENIED, UNAUTHENTICATED,
   INVALID_ARGUMENT) are raised at once as :class:`CARefused`.
@@ -23,7 +23,7 @@ import attrs
 import grpc
 import tenacity
 
-from security.service import CA_SERVER_NAME, JOIN_TOKEN_HEADER, SIGN_METHOD
+from security.wire import CA_SERVER_NAME, JOIN_TOKEN_HEADER, SIGN_METHOD
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 

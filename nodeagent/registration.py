@@ -8,11 +8,10 @@ from a caller holding a currently valid certificate for ``spiffe://<td>/ns/N/sa/
 the mesh's trust bundle.
 
 Two halves:
-- :class:`WorkloadRegistration` is a hub component (``HubComponent`` protocol of
-  :mod:`meshfed.hub`). It owns one aggregate member (``workloads``, kind ``nodeagent``; synced
-  from the start because it has no backlog) and serves ``POST /v1/workloads`` and
-  ``DELETE /v1/workloads/{namespace}/{name}`` on the monitoring port.
-- :func:`register` / :func:`deregister` are what the node agent calls.
+- this module: the request format, signing and verification, and :func:`register` /
+  :func:`deregister`, what the node agent calls (standard-library HTTP, in a worker thread);
+- :mod:`nodeagent.registration_server`: the hub component (``POST /v1/workloads``,
+  ``DELETE /v1/workloads/{namespace}/{name}`` on the hub's monitoring port).
 
 Request signing: headers ``x-meshfed-cert-chain`` (base64 PEM chain, leaf first),
 ``x-meshfed-timestamp`` (unix seconds) and ``x-meshfed-signature`` (base64 signature with the
@@ -23,33 +22,30 @@ idempotent, so a replay inside it changes nothing that the signer did not ask fo
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import json
 import logging
-import os
 import time
-from pathlib import Path
+import urllib.error
+import urllib.request
 from typing import Any
 
-import aiohttp
 import attrs
-from aiohttp import web
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509 import verification
 
-from registry.model import Locality, Port, Protocol, Service, Workload, parse_spiffe_id
+from registry.model import Locality, Port, Protocol, Service, Workload
 from security.identity import load_pem_chain, spiffe_id_of
 
 log = logging.getLogger("meshfed.nodeagent.registration")
 
 MAX_SKEW = 60.0
 MEMBER_NAME = "workloads"
-TRUST_BUNDLE_ENV = "MESHFED_TRUST_BUNDLE"
-DEFAULT_TRUST_BUNDLE = Path("~/.meshfed/ca/root-cert.pem")
 
 
 class RegistrationRefused(Exception):
@@ -201,120 +197,12 @@ def parse_registration(body: dict[str, Any]) -> Registration:
     return Registration(workload, tuple(services), tuple(definitions))
 
 
-class WorkloadRegistration:
-    """Hub component: signed workload registration into the ``workloads`` registry member."""
-
-    def __init__(self, trust_bundle: Path | str | None = None) -> None:
-        configured = trust_bundle or os.environ.get(TRUST_BUNDLE_ENV) or DEFAULT_TRUST_BUNDLE
-        self.trust_bundle = Path(configured).expanduser()
-        self.registrations: dict[tuple[str, str], Registration] = {}
-        self._member: Any = None
-        self._trust_domain = ""
-
-    async def start(self, hub: Any) -> None:
-        self._trust_domain = hub.mesh.trust_domain
-        self._member = hub.aggregate.add_member(MEMBER_NAME, "nodeagent")
-        self._member.mark_synced()  # a push registry: empty is its complete initial state
-
-    async def stop(self) -> None:
-        return None
-
-    def routes(self) -> list[web.RouteDef]:
-        return [
-            web.post("/v1/workloads", self._post),
-            web.delete("/v1/workloads/{namespace}/{name}", self._delete),
-            web.get("/v1/workloads", self._list),
-        ]
-
-    def not_ready(self) -> list[str]:
-        return []
-
-    def _roots(self) -> list[x509.Certificate]:
-        # Read on every request: the CA may start after the hub, and the bundle may be rotated.
-        try:
-            return load_pem_chain(self.trust_bundle.read_bytes())
-        except (OSError, ValueError) as exc:
-            raise RegistrationRefused(f"no trust bundle at {self.trust_bundle}: {exc}") from None
-
-    async def _authenticate(self, request: web.Request, body: bytes) -> tuple[str, str, str]:
-        try:
-            signer = verify_request(
-                request.method, request.path, request.headers, body, self._roots()
-            )
-            return parse_spiffe_id(signer)
-        except (RegistrationRefused, ValueError) as exc:
-            log.warning("refused workload registration from %s: %s", request.remote, exc)
-            raise web.HTTPForbidden(text=f"{exc}\n") from None
-
-    async def _post(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        domain, ns, sa = await self._authenticate(request, body)
-        try:
-            reg = parse_registration(json.loads(body))
-        except ValueError as exc:
-            raise web.HTTPBadRequest(text=f"{exc}\n") from None
-        w = reg.workload
-        if (domain, ns, sa) != (self._trust_domain, w.namespace, w.service_account):
-            message = (
-                f"caller spiffe://{domain}/ns/{ns}/sa/{sa} may not register workload "
-                f"{w.namespace}/{w.name} as service account {w.service_account}"
-            )
-            log.warning("refused workload registration from %s: %s", request.remote, message)
-            raise web.HTTPForbidden(text=message + "\n")
-        key = (w.namespace, w.name)
-        previous = self.registrations.get(key)
-        self.registrations[key] = reg
-        for service in reg.definitions:
-            self._member.put_service(service)
-        self._refresh({*reg.services, *(previous.services if previous else ())})
-        log.info("registered workload %s/%s at %s for %s", *key, w.address, list(reg.services))
-        return web.json_response({"registered": f"{w.namespace}/{w.name}"})
-
-    async def _delete(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        domain, ns, sa = await self._authenticate(request, body)
-        key = (request.match_info["namespace"], request.match_info["name"])
-        reg = self.registrations.get(key)
-        if reg is None:
-            raise web.HTTPNotFound(text=f"no workload {key[0]}/{key[1]}\n")
-        if (ns, sa) != (reg.workload.namespace, reg.workload.service_account):
-            raise web.HTTPForbidden(text=f"spiffe://{domain}/ns/{ns}/sa/{sa} does not own {key}\n")
-        del self.registrations[key]
-        self._refresh(set(reg.services))
-        for service in reg.definitions:
-            if not any(service in r.definitions for r in self.registrations.values()):
-                self._member.delete_service(service.hostname)
-        log.info("deregistered workload %s/%s", *key)
-        return web.json_response({"deregistered": f"{key[0]}/{key[1]}"})
-
-    async def _list(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            [
-                {**registration_body(r.workload, list(r.services)), "identity": self._id(r)}
-                for r in self.registrations.values()
-            ]
-        )
-
-    def _id(self, reg: Registration) -> str:
-        return reg.workload.identity(self._trust_domain)
-
-    def _refresh(self, hostnames: set[str]) -> None:
-        for host in sorted(hostnames):
-            endpoints = [
-                r.workload.as_endpoint(self._trust_domain)
-                for r in self.registrations.values()
-                if host in r.services
-            ]
-            self._member.set_endpoints(host, endpoints)
-
-
 async def register(
     hub_url: str, body: dict[str, Any], key: Any, chain_pem: bytes, timeout: float = 10.0
 ) -> None:
     """POST a signed registration to the hub; RegistrationRefused on a 4xx answer."""
-    await _send(
-        "POST", hub_url, "/v1/workloads", json.dumps(body).encode(), key, chain_pem, timeout
-    )
+    data = json.dumps(body).encode()
+    await asyncio.to_thread(_send, "POST", hub_url, "/v1/workloads", data, key, chain_pem, timeout)
 
 
 async def deregister(
@@ -322,10 +210,10 @@ async def deregister(
 ) -> None:
     """DELETE this workload's registration (a 404 counts as done)."""
     path = f"/v1/workloads/{namespace}/{name}"
-    await _send("DELETE", hub_url, path, b"", key, chain_pem, timeout, ok_statuses=(404,))
+    await asyncio.to_thread(_send, "DELETE", hub_url, path, b"", key, chain_pem, timeout, (404,))
 
 
-async def _send(
+def _send(
     method: str,
     hub_url: str,
     path: str,
@@ -335,13 +223,16 @@ async def _send(
     timeout: float,
     ok_statuses: tuple[int, ...] = (),
 ) -> None:
+    # The standard library's client, in a worker thread: the agent stays small (no aiohttp).
     headers = sign_headers(method, path, body, key, chain_pem)
     headers["content-type"] = "application/json"
-    client_timeout = aiohttp.ClientTimeout(total=timeout)
-    async with (
-        aiohttp.ClientSession(timeout=client_timeout) as session,
-        session.request(method, hub_url.rstrip("/") + path, data=body, headers=headers) as resp,
-    ):
-        text = await resp.text()
-        if resp.status >= 400 and resp.status not in ok_statuses:
-            raise RegistrationRefused(f"hub answered {resp.status}: {text.strip()}")
+    request = urllib.request.Request(
+        hub_url.rstrip("/") + path, data=body or None, headers=headers, method=method
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            response.read()
+    except urllib.error.HTTPError as exc:
+        if exc.code not in ok_statuses:
+            text = exc.read().decode(errors="replace").strip()
+            raise RegistrationRefused(f"hub answered {exc.code}: {text}") from None

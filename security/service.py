@@ -48,14 +48,21 @@ from registry.model import parse_spiffe_id, spiffe_id
 from security import identity, metrics
 from security.ca import CertificateAuthority
 from security.tokens import JoinTokenStore, TokenError
+from security.wire import CA_SERVER_NAME, JOIN_TOKEN_HEADER, SERVICE_NAME, SIGN_METHOD
 
 log = logging.getLogger("meshfed.security.service")
 
-SERVICE_NAME = "meshfed.security.v1.CertificateService"
-SIGN_METHOD = f"/{SERVICE_NAME}/Sign"
-JOIN_TOKEN_HEADER = "x-meshfed-join-token"
+__all__ = [
+    "CA_SERVER_NAME",
+    "JOIN_TOKEN_HEADER",
+    "SERVICE_NAME",
+    "SIGN_METHOD",
+    "CAServer",
+    "KubernetesTokenReviewer",
+    "SigningService",
+]
+
 CA_SERVICE_ACCOUNT = "meshfed-ca"
-CA_SERVER_NAME = "meshfed-ca"  # the DNS SAN clients check (grpc.ssl_target_name_override)
 SERVING_TTL = dt.timedelta(days=30)
 _HEALTH_SERVING = b"\x08\x01"
 

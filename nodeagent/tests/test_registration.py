@@ -12,6 +12,7 @@ from meshfed.config import MeshConfig
 from meshfed.hub import Hub
 from nodeagent import registration
 from nodeagent.keys import generate_key, make_csr
+from nodeagent.registration_server import WorkloadRegistration
 from registry.model import Workload
 from security import identity
 from security.ca import CertificateAuthority
@@ -31,7 +32,7 @@ async def hub(ca: CertificateAuthority, tmp_path: Path) -> AsyncIterator[Hub]:
     bundle.write_bytes(ca.root_pem)
     hub = Hub(
         MeshConfig(trust_domain=TD, monitoring_address="127.0.0.1:0"),
-        [registration.WorkloadRegistration(bundle)],
+        [WorkloadRegistration(bundle)],
     )
     await hub.start()
     yield hub
