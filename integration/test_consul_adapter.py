@@ -345,3 +345,22 @@ async def test_several_datacenters_through_one_agent(tmp_path: Path) -> None:
         async with running_adapter(params(dc2, **template)) as run:
             assert set(run.aggregate.services()) == {"db.service.dc2.consul"}
             assert run.adapter.describe()["datacenters"] == ["dc2"]  # the agent's own
+
+
+async def test_more_services_than_the_agent_allows_connections_is_explained(
+    consul_agent: ConsulAgent,
+) -> None:
+    """Each watched service holds a connection; Consul allows 200 per client IP by default.
+
+    Past that the adapter must say so (and what to change), not crash or spin.
+    """
+    c = client(consul_agent)
+    for i in range(230):
+        catalog_register(c, f"vm-{i}", f"127.0.85.{i % 250 + 1}", {"Service": f"s{i}", "Port": 1})
+    async with running_adapter(params(consul_agent), sync_timeout=None) as run:
+        await run.wait_for(
+            lambda: "http_max_conns_per_client" in (run.member.degraded or ""),
+            "the connection-limit explanation",
+            30,
+        )
+        assert not run.task.done()  # type: ignore[union-attr]

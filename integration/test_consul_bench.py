@@ -1,0 +1,209 @@
+"""Benchmark: a large Consul catalog followed into a real Envoy (skipped unless asked for).
+
+Run it explicitly; it prints figures and writes a JSON results file::
+
+    MESHFED_BENCH=1 .venv/bin/python -m pytest -s integration/test_consul_bench.py
+    # sizes: MESHFED_BENCH_SERVICES (1000), _INSTANCES (5), _CHANGES (100), _IDLE_S (30)
+    # results: MESHFED_BENCH_OUT (default $TMPDIR/meshfed-bench/consul.json)
+
+What it measures, on a real Consul agent and a real Envoy sidecar fed by Pilot:
+
+- **registration -> Envoy ACK**: for each change, from the moment the registration is sent to
+  Consul until Envoy ACKs the endpoint (EDS) update that contains it (p50 / p99 / max), and the
+  part of it spent until the aggregate registry had the change;
+- **idle cost**: CPU seconds and resident memory of this process (the hub: adapter + Pilot)
+  while it idle-watches the whole catalog, and the Consul agent's CPU over the same time.
+
+Speed is reported, never asserted (beyond sanity), per the project's rules. The agent's per-IP
+connection limit is raised because every watched service holds one connection (docs/consul.md).
+This lives here rather than under ``bench/`` only because of file ownership; it uses the
+integration harness, so it belongs to the integration tree either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import consul
+import pytest
+
+from adapters.consul.testing import running_adapter
+from integration.peers.consul import (
+    ConsulAgent,
+    _launch,
+    _new_agent,
+    _wait_leader,
+    _write_config,
+)
+from integration.peers.ports import loopback_host
+from integration.pilot_helpers import running_mesh
+from pilot import xds_types as T
+
+pytestmark = pytest.mark.skipif(
+    not os.environ.get("MESHFED_BENCH"), reason="benchmark: set MESHFED_BENCH=1 to run"
+)
+
+SERVICES = int(os.environ.get("MESHFED_BENCH_SERVICES", "1000"))
+INSTANCES = int(os.environ.get("MESHFED_BENCH_INSTANCES", "5"))
+CHANGES = int(os.environ.get("MESHFED_BENCH_CHANGES", "100"))
+IDLE_S = float(os.environ.get("MESHFED_BENCH_IDLE_S", "30"))
+OUT = Path(
+    os.environ.get("MESHFED_BENCH_OUT", Path(tempfile.gettempdir()) / "meshfed-bench/consul.json")
+)
+A_IP = "127.0.88.2"
+
+
+def instance_ip(service: int, instance: int) -> str:
+    # 127.<90+service/250>.<service%250>.<instance+1>: distinct loopback hosts, data only.
+    return f"127.{90 + service // 250}.{service % 250}.{instance + 1}"
+
+
+@contextlib.contextmanager
+def agent_with_room(base: Path) -> Iterator[ConsulAgent]:
+    agent = _new_agent("bench", loopback_host(), base)
+    _write_config(agent, {"limits": {"http_max_conns_per_client": 4096}})
+    _launch(agent, dev=True)
+    try:
+        _wait_leader(agent, 60)
+        yield agent
+    finally:
+        if agent.process:
+            agent.process.stop()
+
+
+def register(c: consul.Consul, service: int, instance: int) -> None:
+    name = f"svc{service:04d}"
+    assert c.catalog.register(
+        f"node-{service}-{instance}",
+        instance_ip(service, instance),
+        service={
+            "Service": name,
+            "ID": f"{name}-{instance}",
+            "Port": 8080,
+            "Tags": ["protocol=http"],
+        },
+    )
+
+
+def rss_mb(pid: int | str = "self") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def test_consul_catalog_to_envoy_ack(tmp_path: Path) -> None:
+    with agent_with_room(tmp_path / "consul") as agent:
+        c = consul.Consul(host=agent.host, port=agent.http_port)
+        started = time.monotonic()
+        with ThreadPoolExecutor(16) as pool:
+            list(
+                pool.map(
+                    lambda si: register(c, *si),
+                    [(s, i) for s in range(SERVICES) for i in range(INSTANCES)],
+                )
+            )
+        registered_s = time.monotonic() - started
+        params = {"address": agent.http_addr}  # the defaults users get: wait 5m, stale reads
+        # Pilot with its default debounce (what `meshfed up` runs).
+        async with running_mesh(quiet=0.1, max_delay=1.0) as mesh:
+            started = time.monotonic()
+            async with running_adapter(params, aggregate=mesh.aggregate, sync_timeout=300) as run:
+                synced_s = time.monotonic() - started
+                assert len(mesh.aggregate.services()) == SERVICES
+                sidecar = await mesh.sidecar(A_IP, "a")
+                ready_s = time.monotonic() - started
+                conn = mesh.pilot.discovery.find(sidecar.spec.node_id)
+                eds = conn.watches[T.ENDPOINT]
+
+                # Idle: every watch sits in a blocking query; measure what that costs.
+                await asyncio.sleep(3)
+                cpu0, consul0, t0 = (
+                    time.process_time(),
+                    cpu_seconds(agent.process.pid),
+                    time.monotonic(),
+                )
+                await asyncio.sleep(IDLE_S)
+                idle_wall = time.monotonic() - t0
+                idle_cpu = time.process_time() - cpu0
+                consul_idle_cpu = cpu_seconds(agent.process.pid) - consul0
+                idle_rss = rss_mb()
+                threads = threading.active_count()
+
+                # Changes: one registration at a time, timed to the aggregate and to Envoy's ACK.
+                arrived: dict[str, float] = {}
+                mesh.aggregate.subscribe(
+                    lambda event: [arrived.setdefault(h, time.monotonic()) for h in event.hostnames]
+                )
+                rng = random.Random(6)
+                to_ack: list[float] = []
+                to_model: list[float] = []
+                for n in range(CHANGES):
+                    service = rng.randrange(SERVICES)
+                    host = f"svc{service:04d}.service.consul"
+                    arrived.pop(host, None)
+                    acks = eds.acks
+                    sent = time.monotonic()
+                    await asyncio.to_thread(register, c, service, INSTANCES + n)
+                    deadline = sent + 30
+                    while (eds.acks == acks or host not in arrived) and time.monotonic() < deadline:
+                        await asyncio.sleep(0.001)
+                    assert eds.acks > acks, f"change {n}: no ACK within 30s"
+                    assert len(mesh.aggregate.endpoints(host)) >= INSTANCES + 1
+                    to_ack.append(eds.acked_at - sent)
+                    to_model.append(arrived[host] - sent)
+                    await asyncio.sleep(rng.uniform(0.05, 0.15))
+                assert run.member.degraded is None
+
+        results: dict[str, Any] = {
+            "catalog": {"services": SERVICES, "instances_per_service": INSTANCES},
+            "registration_seconds": round(registered_s, 2),
+            "adapter_initial_sync_seconds": round(synced_s, 2),
+            "envoy_ready_seconds": round(ready_s, 2),
+            "changes": CHANGES,
+            "registration_to_envoy_ack_ms": {
+                "p50": round(percentile(to_ack, 0.5) * 1000, 1),
+                "p99": round(percentile(to_ack, 0.99) * 1000, 1),
+                "max": round(max(to_ack) * 1000, 1),
+                "mean": round(statistics.mean(to_ack) * 1000, 1),
+            },
+            "registration_to_aggregate_ms": {
+                "p50": round(percentile(to_model, 0.5) * 1000, 1),
+                "p99": round(percentile(to_model, 0.99) * 1000, 1),
+            },
+            "pilot_debounce_s": {"quiet": 0.1, "max": 1.0},
+            "idle": {
+                "seconds": round(idle_wall, 1),
+                "hub_cpu_seconds": round(idle_cpu, 3),
+                "hub_cpu_percent": round(100 * idle_cpu / idle_wall, 2),
+                "hub_rss_mb": round(idle_rss, 1),
+                "hub_threads": threads,
+                "consul_agent_cpu_seconds": round(consul_idle_cpu, 3),
+            },
+        }
+        OUT.parent.mkdir(parents=True, exist_ok=True)
+        OUT.write_text(json.dumps(results, indent=2) + "\n")
+        print(json.dumps(results, indent=2))
+        print(f"results written to {OUT}")
