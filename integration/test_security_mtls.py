@@ -210,8 +210,10 @@ def test_meshed_client_reaches_a_server_without_sidecar(m: Mesh, tmp_path: Path)
     legacy = Service("legacy.shop.svc.cluster.local", "shop", [Port(80, "http", Protocol.HTTP)])
     with ExitStack() as stack:
         backend = stack.enter_context(http_echo(host))
-        # The registry knows no identity for it: the hook chooses plain traffic.
-        socket_ = mtls.outbound_transport_socket(legacy, [Endpoint(host)], policy)
+        # The registry knows its identity (a service account) but no sidecar terminates mesh
+        # TLS there (no tlsMode label): the hook chooses plain traffic, even in STRICT mode.
+        no_sidecar = Endpoint(host, identity=m.identity("shop", "legacy"))
+        socket_ = mtls.outbound_transport_socket(legacy, [no_sidecar], policy)
         assert socket_ is None
         external = Service("api.example.com", location=Location.MESH_EXTERNAL)
         assert (

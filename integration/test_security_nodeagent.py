@@ -170,12 +170,14 @@ def test_nodeagent_joins_a_vm_and_leaves_cleanly(tmp_path: Path) -> None:
             30,
         )
 
-        # The VM is in the registry, with its SPIFFE identity, without any file edited.
+        # The VM is in the registry, with its SPIFFE identity, without any file edited, marked
+        # as having a sidecar that terminates mesh mutual TLS.
         vm_id = spiffe_id(TRUST_DOMAIN, "shop", "reviews")
         view = get_json(f"{hub_url}/debug/registryz?host={HOST_NAME}")
         (endpoint,) = view["services"][0]["endpoints"]
         assert endpoint["address"] == vm_host
         assert endpoint["identity"] == vm_id
+        assert endpoint["labels"][mtls.TLS_MODE_LABEL] == mtls.TLS_MODE_MTLS
 
         # Nothing secret with loose permissions: state folder, CA key, token store, SDS socket.
         assert stat.S_IMODE(state.stat().st_mode) == 0o700
@@ -211,7 +213,12 @@ def test_nodeagent_joins_a_vm_and_leaves_cleanly(tmp_path: Path) -> None:
                     c_port,
                     (vm_host, s_port),
                     client_cfg.sds_socket,
-                    mtls.upstream_transport_socket([endpoint["identity"]]),
+                    # What Pilot's hook derives from the registry for this destination.
+                    mtls.outbound_transport_socket(
+                        hub.aggregate.service(HOST_NAME),  # type: ignore[arg-type]
+                        hub.aggregate.endpoints(HOST_NAME),
+                        mtls.Policy(mtls.Mode.STRICT),
+                    ),
                 ),
             )
         )

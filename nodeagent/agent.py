@@ -37,6 +37,10 @@ from nodeagent.rotation import Rotator
 from nodeagent.sds import SDSServer
 from registry.model import Workload, spiffe_id
 
+# Mirrors security.mtls.TLS_MODE_LABEL / TLS_MODE_MTLS without loading Envoy's protos here.
+TLS_MODE_LABEL = "security.meshfed.io/tlsMode"
+TLS_MODE_MTLS = "mtls"
+
 log = logging.getLogger("meshfed.nodeagent")
 
 
@@ -215,7 +219,13 @@ class NodeAgent:
     async def register(self) -> None:
         cfg = self.config
         assert cfg.hub_url and cfg.workload is not None and self.key is not None
-        body = registration.registration_body(cfg.workload, list(cfg.services), cfg.definitions)
+        workload = cfg.workload
+        if cfg.sidecar_bootstrap is not None:
+            # This VM's sidecar terminates mesh mutual TLS: say so, so clients originate it.
+            workload = attrs.evolve(
+                workload, labels=workload.labels.merged({TLS_MODE_LABEL: TLS_MODE_MTLS})
+            )
+        body = registration.registration_body(workload, list(cfg.services), cfg.definitions)
         await registration.register(cfg.hub_url, body, self.key, self.chain_pem)
         if not self.registered:
             log.info("registered %s/%s with %s", cfg.namespace, cfg.workload.name, cfg.hub_url)

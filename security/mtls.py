@@ -10,10 +10,14 @@ Promises:
 - Certificates come from the node agent over SDS: secret :data:`CERT_SECRET` (``default``) and
   trust bundle :data:`ROOT_SECRET` (``ROOTCA``), through the static cluster :data:`SDS_CLUSTER`
   that points at the agent's Unix socket (:func:`sds_cluster`). No key is ever in xDS.
-- Outbound (:func:`apply_outbound_mtls`): mutual TLS only to destinations that have a sidecar
-  (every endpoint carries a SPIFFE identity and none opts out with the label
-  :data:`TLS_MODE_LABEL` ``= disabled``) and are mesh-internal; the server's certificate must
-  carry one of the SPIFFE IDs the registry knows for the service (exact URI SAN matchers).
+- Outbound (:func:`apply_outbound_mtls`): mutual TLS only to mesh-internal destinations whose
+  every endpoint has a sidecar that terminates it: the endpoint carries a SPIFFE identity *and*
+  the label :data:`TLS_MODE_LABEL` ``=`` :data:`TLS_MODE_MTLS` (set by ``meshfed nodeagent``
+  when it registers a VM with a sidecar, by the injector for pods, or by the operator). Opt-in,
+  because registries know identities of workloads that have no sidecar (a Kubernetes pod has a
+  service account either way), and guessing wrong would break plain services. The server's
+  certificate must carry one of the SPIFFE IDs the registry knows for the service (exact URI
+  SAN matchers).
   Destinations without a sidecar get plain traffic, which fixes the seed's "a service with auth
   enabled can't talk to a service without the mesh".
 - Inbound (:func:`apply_inbound_mtls`): ``STRICT`` requires a client certificate from the mesh's
@@ -59,7 +63,8 @@ CERT_SECRET = "default"
 ROOT_SECRET = "ROOTCA"
 TLS_SOCKET = "envoy.transport_sockets.tls"
 TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
-TLS_MODE_LABEL = "security.meshfed.io/tlsMode"  # "disabled" = this endpoint has no sidecar
+TLS_MODE_LABEL = "security.meshfed.io/tlsMode"
+TLS_MODE_MTLS = "mtls"  # the endpoint's sidecar terminates mesh mutual TLS
 HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
@@ -91,6 +96,14 @@ class Policy:
 
     def mode_for(self, hostname: str) -> Mode:
         return self.overrides.get(hostname, self.mode)
+
+    def inbound_mode(self, hostnames: Iterable[str]) -> Mode:
+        """The mode of a sidecar fronting several services: the strictest of theirs."""
+        modes = {self.mode_for(h) for h in hostnames} or {self.mode}
+        for mode in (Mode.STRICT, Mode.PERMISSIVE):
+            if mode in modes:
+                return mode
+        return Mode.OFF
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object] | None) -> Policy:
@@ -219,8 +232,8 @@ def downstream_transport_socket(
 
 # -- outbound -------------------------------------------------------------------------------
 def has_sidecar(endpoint: Endpoint) -> bool:
-    """True when the endpoint can terminate mesh mutual TLS."""
-    return bool(endpoint.identity) and endpoint.labels.get(TLS_MODE_LABEL) != "disabled"
+    """True when the endpoint has a sidecar that terminates mesh mutual TLS."""
+    return bool(endpoint.identity) and endpoint.labels.get(TLS_MODE_LABEL) == TLS_MODE_MTLS
 
 
 def peer_identities(endpoints: Iterable[Endpoint]) -> list[str]:
