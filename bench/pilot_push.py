@@ -35,6 +35,8 @@ from envoy.service.discovery.v3 import discovery_pb2
 from pilot import xds_types as T
 from pilot.ads import Connection, DiscoveryServer
 from pilot.cache import ConfigCache
+from pilot.server import PilotServer
+from pilot.watch import TypeWatch
 from registry.aggregate import AggregateRegistry
 from registry.model import Endpoint, Port, Protocol, Service
 
@@ -191,7 +193,6 @@ def pct(values: list[float], p: float) -> float:
 async def convergence(services: int, endpoints: int, changes: int) -> dict:
     from adapters.static.registry import create as create_static
     from meshfed.proxy import EnvoyProcess, ProxySpec
-    from pilot.server import PilotServer
 
     agg = AggregateRegistry()
     member = agg.add_member("static")
@@ -216,7 +217,7 @@ async def convergence(services: int, endpoints: int, changes: int) -> dict:
             await envoy.wait_live(60)
             assert pilot.discovery is not None
 
-            def eds_watch():
+            def eds_watch() -> TypeWatch | None:
                 conns = list(pilot.discovery.connections.values())
                 return conns[0].watches.get(T.ENDPOINT) if conns else None
 
@@ -265,7 +266,7 @@ async def convergence(services: int, endpoints: int, changes: int) -> dict:
     }
 
 
-def conns_ready(pilot) -> bool:
+def conns_ready(pilot: PilotServer) -> bool:
     return any(c.ready for c in pilot.discovery.connections.values())
 
 
@@ -275,6 +276,11 @@ def main() -> int:
     parser.add_argument("--endpoints", type=int, default=10)
     parser.add_argument("--proxies", type=int, default=50)
     parser.add_argument("--changes", type=int, default=40)
+    parser.add_argument(
+        "--convergence-services",
+        default="100,1000",
+        help="registry sizes for the real-Envoy convergence runs (comma-separated)",
+    )
     parser.add_argument("--skip-envoy", action="store_true")
     args = parser.parse_args()
     result = {
@@ -283,10 +289,11 @@ def main() -> int:
     }
     print(json.dumps(result["push"], indent=2), flush=True)
     if not args.skip_envoy:
-        result["convergence"] = asyncio.run(
-            convergence(args.services, args.endpoints, args.changes)
-        )
-        print(json.dumps(result["convergence"], indent=2))
+        result["convergence"] = []
+        for size in (int(x) for x in args.convergence_services.split(",") if x):
+            run = asyncio.run(convergence(size, args.endpoints, args.changes))
+            result["convergence"].append(run)
+            print(json.dumps(run, indent=2), flush=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {RESULTS}")

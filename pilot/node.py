@@ -22,6 +22,7 @@ import ipaddress
 
 import attrs
 from envoy.config.core.v3 import base_pb2
+from google.protobuf import struct_pb2
 
 DEFAULT_OUTBOUND_HTTP_PORT = 15001
 DEFAULT_ADMIN_PORT = 15000
@@ -139,7 +140,7 @@ def from_proto(node: base_pb2.Node) -> ProxyNode:
     )
 
 
-def _scalar(value) -> object:
+def _scalar(value: struct_pb2.Value) -> object:
     kind = value.WhichOneof("kind")
     if kind == "string_value":
         return value.string_value
