@@ -290,7 +290,11 @@ class KubernetesRegistry:
             self._watch_errors[resource] = error
         else:
             self._watch_errors.pop(resource, None)
-        reason = "; ".join(f"{r}: {e}" for r, e in sorted(self._watch_errors.items())) or None
+        # Group resources failing alike: an outage reads "services, pods, ...: refused" once.
+        by_error: dict[str, list[str]] = {}
+        for res, err in sorted(self._watch_errors.items()):
+            by_error.setdefault(err, []).append(res)
+        reason = "; ".join(f"{', '.join(rs)}: {err}" for err, rs in by_error.items()) or None
         self.member.set_degraded(f"kubernetes API: {reason}" if reason else None)
 
     def _sink(self, resource: str, events: list[WatchEvent]) -> None:

@@ -375,9 +375,16 @@ class Watcher:
 
 
 def _describe(exc: BaseException | None) -> str:
+    """A short, stable description (it becomes the member's degraded reason)."""
     if exc is None:
         return "unknown error"
     if isinstance(exc, ApiException):
         return f"API server answered {exc.status} {exc.reason}"
+    # urllib3 wraps the cause (MaxRetryError -> NewConnectionError -> the OSError text).
+    inner = getattr(exc, "reason", None)
+    if isinstance(inner, BaseException):
+        exc = inner
     text = str(exc) or type(exc).__name__
-    return text if len(text) < 300 else text[:300] + "..."
+    if "): " in text and text.startswith(("HTTPConnection(", "HTTPSConnection(")):
+        text = text.split("): ", 1)[1]
+    return text if len(text) < 200 else text[:200] + "..."
