@@ -310,9 +310,9 @@ class _ThreadingTCP(socketserver.ThreadingMixIn, socketserver.TCPServer):
 
 
 @contextmanager
-def http_echo(host: str) -> Iterator[int]:
+def http_echo(host: str, port: int = 0) -> Iterator[int]:
     """A plain HTTP server on ``host`` answering JSON of the request headers; yields its port."""
-    server = _Threading((host, 0), _EchoHeaders)
+    server = _Threading((host, port), _EchoHeaders)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -323,9 +323,9 @@ def http_echo(host: str) -> Iterator[int]:
 
 
 @contextmanager
-def tcp_echo(host: str) -> Iterator[int]:
+def tcp_echo(host: str, port: int = 0) -> Iterator[int]:
     """A plain TCP echo server on ``host``; yields its port."""
-    server = _ThreadingTCP((host, 0), _EchoTCP)
+    server = _ThreadingTCP((host, port), _EchoTCP)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -345,3 +345,47 @@ def tcp_roundtrip(host: str, port: int, payload: bytes, timeout: float = 5.0) ->
                 break
             received += chunk
         return received
+
+
+# -- Pilot with the proposed hook ------------------------------------------------------------
+def mtls_config_cache(policy: mtls.Policy) -> type:
+    """Pilot's ``ConfigCache`` with the hook calls proposed for ``pilot/cache.py`` applied.
+
+    Until Pilot calls :mod:`security.mtls` itself, this subclass does exactly what the proposed
+    change does (``apply_outbound_mtls`` on each outbound cluster in ``_translate``;
+    ``apply_inbound_mtls`` with ``inbound_mode_for`` on each inbound listener in
+    ``_proxy_part``), on the serialized resources, so a test can run real Pilot + real Envoys +
+    node agents with mutual TLS. Once the change lands, tests pass the policy to Pilot instead.
+    """
+    from envoy.config.cluster.v3 import cluster_pb2 as c_pb2
+
+    from pilot.cache import ConfigCache, make_resource
+
+    class MTLSConfigCache(ConfigCache):
+        def _translate(self, service, endpoints):  # type: ignore[no-untyped-def]
+            clusters, assignments = super()._translate(service, endpoints)
+            if service is None:
+                return clusters, assignments
+            out = {}
+            for name, resource in clusters.items():
+                cluster = c_pb2.Cluster()
+                resource.body.Unpack(cluster)
+                mtls.apply_outbound_mtls(cluster, service, endpoints, policy)
+                out[name] = make_resource(name, cluster)
+            return out, assignments
+
+        def _proxy_part(self, node):  # type: ignore[no-untyped-def]
+            listeners, inbound_clusters, problems = super()._proxy_part(node)
+            own = self.own_endpoints(node.ip) if node.app_ports else []
+            mode = mtls.inbound_mode_for(policy, own)
+            out = {}
+            for name, resource in listeners.items():
+                if name.startswith("inbound|") and mode is not mtls.Mode.OFF:
+                    listener = listener_pb2.Listener()
+                    resource.body.Unpack(listener)
+                    mtls.apply_inbound_mtls(listener, mode)
+                    resource = make_resource(name, listener)
+                out[name] = resource
+            return out, inbound_clusters, problems
+
+    return MTLSConfigCache

@@ -32,6 +32,7 @@ Promises:
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
@@ -57,6 +58,8 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from registry.model import Endpoint, Location, Service
+
+log = logging.getLogger("meshfed.security.mtls")
 
 SDS_CLUSTER = "sds-grpc"
 CERT_SECRET = "default"
@@ -230,6 +233,24 @@ def downstream_transport_socket(
     )
 
 
+def policy_from_config(pilot_config: Mapping[str, object] | None) -> Policy:
+    """The policy in a mesh config's ``pilot.mtls`` section; OFF when absent.
+
+    Bad input never crashes Pilot: the error is logged (naming the field) and mTLS stays OFF,
+    which is what an unconfigured mesh has anyway.
+    """
+    section = (pilot_config or {}).get("mtls")
+    if section is None:
+        return Policy(Mode.OFF)
+    try:
+        if not isinstance(section, Mapping):
+            raise ValueError("expected a map with 'mode' and optional 'destinations'")
+        return Policy.from_dict(section)
+    except ValueError as exc:
+        log.error("pilot.mtls: %s; mutual TLS stays OFF", exc)
+        return Policy(Mode.OFF)
+
+
 # -- outbound -------------------------------------------------------------------------------
 def has_sidecar(endpoint: Endpoint) -> bool:
     """True when the endpoint has a sidecar that terminates mesh mutual TLS."""
@@ -299,6 +320,19 @@ def inbound_filter_chains(
         name=TLS_INSPECTOR, typed_config=_pack(tls_inspector_pb2.TlsInspector())
     )
     return [tls_chain, plain_chain], [inspector]
+
+
+def inbound_mode_for(policy: Policy, own: Iterable[tuple[Service, Endpoint]]) -> Mode:
+    """The inbound mode of a sidecar fronting ``own`` (its (service, endpoint) pairs).
+
+    OFF unless every endpoint it fronts is marked as having a sidecar (:func:`has_sidecar`):
+    clients only originate mutual TLS to marked endpoints, so requiring it of unmarked ones
+    would refuse all their traffic. Otherwise the strictest mode of the services.
+    """
+    pairs = list(own)
+    if not pairs or not all(has_sidecar(endpoint) for _, endpoint in pairs):
+        return Mode.OFF
+    return policy.inbound_mode(service.hostname for service, _ in pairs)
 
 
 def apply_inbound_mtls(listener: listener_pb2.Listener, mode: Mode) -> None:

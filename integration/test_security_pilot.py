@@ -1,0 +1,184 @@
+"""Mutual TLS configured by Pilot: real Pilot, node agents with Pilot-driven sidecars, traffic.
+
+Pilot builds every sidecar's config from the registry; the :mod:`security.mtls` hook turns on
+mutual TLS where the registry says a sidecar terminates it. Until ``pilot/cache.py`` calls the
+hook itself, :func:`integration.security_helpers.mtls_config_cache` applies the same two calls
+(the proposed change) to Pilot's cache, so this test pins the behaviour the change must give.
+
+Hosts 127.0.91.x: A is a client with a sidecar only; B (HTTP) and T (TCP) run an app behind
+their sidecar's inbound listener; L is a legacy HTTP server without a sidecar. Mesh-wide mode
+STRICT. Asserted: A reaches B over mutual TLS and B's app sees A's SPIFFE ID; A reaches T's TCP
+app over mutual TLS; A reaches L in plain text; a client without a sidecar is refused by B.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, ExitStack
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from integration.security_helpers import TRUST_DOMAIN, http_echo, mtls_config_cache, tcp_echo
+from meshfed.proxy import ProxySpec
+from meshfed.proxy import bootstrap as pilot_bootstrap
+from nodeagent.agent import AgentConfig, NodeAgent
+from pilot import server as pilot_server
+from pilot.server import PilotServer
+from registry.aggregate import AggregateRegistry
+from registry.model import Endpoint, Port, Protocol, Service, spiffe_id
+from security import mtls
+from security.ca import CertificateAuthority
+from security.service import CAServer, SigningService
+from security.storage import FileStorage
+from security.tokens import JoinTokenStore
+
+pytestmark = pytest.mark.timeout(180)
+
+A_IP, B_IP, T_IP, L_IP = "127.0.91.2", "127.0.91.3", "127.0.91.4", "127.0.91.5"
+B_HOST, T_HOST, L_HOST = (
+    "b.default.svc.cluster.local",
+    "t.default.svc.cluster.local",
+    "legacy.default.svc.cluster.local",
+)
+MESHED = {mtls.TLS_MODE_LABEL: mtls.TLS_MODE_MTLS}
+
+
+def _id(sa: str) -> str:
+    return spiffe_id(TRUST_DOMAIN, "default", sa)
+
+
+@pytest.fixture
+async def pilot(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[PilotServer]:
+    monkeypatch.setattr(
+        pilot_server, "ConfigCache", mtls_config_cache(mtls.Policy(mtls.Mode.STRICT))
+    )
+    aggregate = AggregateRegistry()
+    member = aggregate.add_member("test")
+    member.replace(
+        [
+            Service(B_HOST, ports=[Port(80, "http", Protocol.HTTP)]),
+            Service(T_HOST, ports=[Port(7379, "tcp", Protocol.TCP)]),
+            Service(L_HOST, ports=[Port(80, "http", Protocol.HTTP)]),
+        ],
+        {
+            B_HOST: [Endpoint(B_IP, {"http": 9080}, MESHED, identity=_id("b"))],
+            T_HOST: [Endpoint(T_IP, {"tcp": 7379}, MESHED, identity=_id("t"))],
+            # A known identity (service account) but no sidecar: no tlsMode label.
+            L_HOST: [Endpoint(L_IP, {"http": 9080}, identity=_id("legacy"))],
+        },
+    )
+    member.mark_synced()
+    server = PilotServer(aggregate, "127.0.0.1:0", 0.02, 0.2)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+async def _agent(
+    stack: AsyncExitStack,
+    base: Path,
+    ca: CAServer,
+    tokens: JoinTokenStore,
+    pilot: PilotServer,
+    ip: str,
+    account: str,
+    app_ports: str = "",
+) -> NodeAgent:
+    spec = ProxySpec(
+        ip=ip,
+        workload=account,
+        namespace="default",
+        identity=_id(account),
+        app_ports=app_ports,
+        pilot=f"127.0.0.1:{pilot.port}",
+    )
+    config = AgentConfig(
+        ca_address=ca.bootstrap_target,
+        ca_renewal_address=ca.renewal_target,
+        ca_root_pem=ca.service.ca.root_pem,
+        trust_domain=TRUST_DOMAIN,
+        namespace="default",
+        service_account=account,
+        sds_socket=base / f"agent-{account}" / "sds.sock",
+        join_token=tokens.create("default", account),
+        sidecar_bootstrap=pilot_bootstrap(spec),
+        workdir=base / f"sidecar-{account}",
+    )
+    agent = NodeAgent(config)
+    await agent.start()
+    stack.push_async_callback(agent.stop)
+    return agent
+
+
+async def _eventually_get(
+    session: aiohttp.ClientSession, url: str, host: str, timeout: float = 30.0
+) -> tuple[int, str]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    last: Any = None
+    while asyncio.get_running_loop().time() < deadline:
+        try:
+            async with session.get(
+                url, headers={"Host": host}, timeout=aiohttp.ClientTimeout(total=5)
+            ) as resp:
+                last = (resp.status, await resp.text())
+                if resp.status == 200:
+                    return last
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            last = exc
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"no 200 from {url} (Host {host}) in {timeout}s; last: {last!r}")
+
+
+async def test_pilot_configured_mtls_http_tcp_and_plain(pilot: PilotServer, tmp_path: Path) -> None:
+    ca = CertificateAuthority.load_or_create(FileStorage(tmp_path / "ca"), TRUST_DOMAIN)
+    tokens = JoinTokenStore(tmp_path / "ca" / "tokens.json")
+    ca_server = CAServer(SigningService(ca, tokens), "127.0.0.1:0", "127.0.0.1:0")
+    await ca_server.start()
+    with ExitStack() as apps:
+        apps.enter_context(http_echo(B_IP, 8080))
+        apps.enter_context(http_echo(L_IP, 9080))
+        apps.enter_context(tcp_echo(T_IP, 7380))
+        async with AsyncExitStack() as stack:
+            stack.push_async_callback(ca_server.stop)
+            await _agent(stack, tmp_path, ca_server, tokens, pilot, A_IP, "a")
+            await _agent(stack, tmp_path, ca_server, tokens, pilot, B_IP, "b", "9080:8080")
+            await _agent(stack, tmp_path, ca_server, tokens, pilot, T_IP, "t", "7379:7380")
+            outbound = f"http://{A_IP}:15001/"
+            async with aiohttp.ClientSession() as session:
+                # HTTP over mutual TLS; B's app sees A's verified identity.
+                _, body = await _eventually_get(session, outbound, B_HOST)
+                xfcc = json.loads(body).get("x-forwarded-client-cert", "")
+                assert f"URI={_id('a')}" in xfcc and f"By={_id('b')}" in xfcc
+
+                # A meshed client reaches a server without a sidecar, in plain text.
+                _, body = await _eventually_get(session, outbound, L_HOST)
+                assert "x-forwarded-client-cert" not in json.loads(body)
+
+                # STRICT: a client without a sidecar (plain HTTP to B's inbound) is refused.
+                with pytest.raises((aiohttp.ClientError, OSError, asyncio.TimeoutError)):
+                    async with session.get(
+                        f"http://{B_IP}:9080/", timeout=aiohttp.ClientTimeout(total=5)
+                    ) as resp:
+                        raise AssertionError(f"plain client served: {resp.status}")
+
+            # TCP over mutual TLS: A's local port for t -> T's sidecar -> T's app.
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(A_IP, 7379), 10)
+            writer.write(b"meshfed-tcp")
+            await writer.drain()
+            assert await asyncio.wait_for(reader.readexactly(11), 10) == b"meshfed-tcp"
+            writer.close()
+            # T's sidecar terminated TLS from A's identity (its listener's SSL stats).
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"http://{T_IP}:15000/stats?filter=ssl.handshake$") as resp,
+            ):
+                stats = await resp.text()
+            assert any(
+                line.startswith("listener.") and int(line.rsplit(":", 1)[1]) > 0
+                for line in stats.splitlines()
+            ), stats
