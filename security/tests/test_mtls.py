@@ -130,3 +130,23 @@ def test_off_leaves_the_listener_alone_and_policy_parsing() -> None:
     assert mtls.Policy(mtls.Mode.OFF).inbound_mode([]) is mtls.Mode.OFF
     with pytest.raises(ValueError, match="PERMISSIVE"):
         mtls.Policy.from_dict({"mode": "sometimes"})
+
+
+def test_policy_from_mesh_config_never_crashes_pilot(caplog: pytest.LogCaptureFixture) -> None:
+    assert mtls.policy_from_config({}).mode is mtls.Mode.OFF
+    assert mtls.policy_from_config({"mtls": {"mode": "STRICT"}}).mode is mtls.Mode.STRICT
+    assert mtls.policy_from_config({"mtls": {"mode": "bogus"}}).mode is mtls.Mode.OFF
+    assert mtls.policy_from_config({"mtls": "STRICT"}).mode is mtls.Mode.OFF
+    assert "pilot.mtls" in caplog.text
+
+
+def test_inbound_mode_only_for_endpoints_marked_as_meshed() -> None:
+    policy = mtls.Policy(mtls.Mode.STRICT)
+    meshed = _ep("10.0.0.1", "spiffe://td/ns/shop/sa/reviews", MESHED)
+    unmarked = _ep("10.0.0.1", "spiffe://td/ns/shop/sa/reviews")
+    assert mtls.inbound_mode_for(policy, [(SVC, meshed)]) is mtls.Mode.STRICT
+    # Clients do not originate mTLS to unmarked endpoints, so their sidecar must not require it.
+    assert mtls.inbound_mode_for(policy, [(SVC, unmarked)]) is mtls.Mode.OFF
+    assert mtls.inbound_mode_for(policy, []) is mtls.Mode.OFF
+    permissive = mtls.Policy(mtls.Mode.OFF, {SVC.hostname: mtls.Mode.PERMISSIVE})
+    assert mtls.inbound_mode_for(permissive, [(SVC, meshed)]) is mtls.Mode.PERMISSIVE

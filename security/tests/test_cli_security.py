@@ -1,0 +1,48 @@
+"""``meshfed ca token create|list`` and the CLI's parsing, through ``meshfed.cli.main``."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from meshfed.cli import main
+from meshfed.cli_security import parse_duration
+from security.tokens import JoinTokenStore
+
+
+def test_durations() -> None:
+    assert parse_duration("20s") == dt.timedelta(seconds=20)
+    assert parse_duration("90") == dt.timedelta(seconds=90)
+    assert parse_duration("15m") == dt.timedelta(minutes=15)
+    assert parse_duration("1h") == dt.timedelta(hours=1)
+    assert parse_duration("7d") == dt.timedelta(days=7)
+    assert parse_duration("500ms") == dt.timedelta(milliseconds=500)
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_duration("soon")
+
+
+def test_token_create_prints_a_token_the_ca_accepts_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = str(tmp_path / "ca")
+    assert main(["ca", "token", "create", "--state-dir", state, "-n", "shop", "-s", "cart"]) == 0
+    token = capsys.readouterr().out.strip()
+    assert token.startswith("mfjt.")
+    grant = JoinTokenStore(Path(state) / "tokens.json").redeem(token)
+    assert (grant.namespace, grant.service_account) == ("shop", "cart")
+    assert main(["ca", "token", "list", "--state-dir", state]) == 0
+    listing = capsys.readouterr().out
+    assert '"namespace": "shop"' in listing and token.split(".")[2] not in listing
+
+
+def test_nodeagent_refuses_to_start_without_a_credential(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MESHFED_JOIN_TOKEN", raising=False)
+    root = tmp_path / "root.pem"
+    root.write_text("")
+    with pytest.raises(SystemExit, match="no credential"):
+        main(["nodeagent", "--ca-root", str(root), "-n", "shop", "-s", "cart"])
