@@ -12,6 +12,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from prometheus_client import REGISTRY
 
 from adapters.static.registry import create as create_static
 from integration.pilot_helpers import (
@@ -25,6 +26,13 @@ from integration.pilot_helpers import (
 A_IP = "127.0.82.2"
 BACKENDS = {"b1": "127.0.82.3", "b2": "127.0.82.4"}
 HOST = "b.default.svc.cluster.local"
+
+
+def _convergence_count() -> float:
+    sample = REGISTRY.get_sample_value(
+        "meshfed_pilot_proxy_convergence_seconds_count", {"type": "eds"}
+    )
+    return sample or 0.0
 
 
 def service_yaml(addresses: list[str]) -> str:
@@ -60,6 +68,7 @@ async def test_static_file_endpoint_changes_move_traffic_without_restart(
                 "the static registry to load the file",
             )
             a = await mesh.sidecar(A_IP, "a", delta=delta)
+            converged_before = _convergence_count()
             url = a.outbound_url + "/"
             async with aiohttp.ClientSession() as session:
                 assert await spread(session, url, HOST, 4) == {"b1": 4}
@@ -88,6 +97,8 @@ async def test_static_file_endpoint_changes_move_traffic_without_restart(
                 assert epoch_after == epoch == 0
                 info = await a.server_info()
                 assert info["state"] == "LIVE"
+            # Each endpoint push was ACKed and timed from the registry event.
+            assert _convergence_count() >= converged_before + 2
             state = mesh.syncz(a.spec.node_id)
             assert state["types"]["eds"]["acks"] >= 3  # initial + two endpoint pushes
             assert state["types"]["cds"]["acks"] == 1  # endpoint changes never resent clusters

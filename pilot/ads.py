@@ -272,13 +272,32 @@ class DiscoveryServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         return max(matches, key=lambda c: c.connected_at) if matches else None
 
     def push(self, change: CacheChange | None, event_time: float | None = None) -> int:
+        """Push to every connection at once (benchmarks, tests); see :meth:`push_all`."""
         total = 0
         for conn in list(self.connections.values()):
-            try:
-                total += conn.push(change, event_time)
-            except Exception:
-                log.exception("push to %s failed", conn.node.id)
+            total += self._push_one(conn, change, event_time)
         return total
+
+    async def push_all(
+        self, change: CacheChange | None, event_time: float | None = None, batch: int = 32
+    ) -> int:
+        """Push to every connection, yielding to the loop between batches of proxies so that
+        ACKs, new streams and the monitoring port keep flowing during a large push."""
+        total = 0
+        for i, conn in enumerate(list(self.connections.values()), 1):
+            if conn.id in self.connections:
+                total += self._push_one(conn, change, event_time)
+            if i % batch == 0:
+                await asyncio.sleep(0)
+        return total
+
+    @staticmethod
+    def _push_one(conn: Connection, change: CacheChange | None, event_time: float | None) -> int:
+        try:
+            return conn.push(change, event_time)
+        except Exception:
+            log.exception("push to %s failed", conn.node.id)
+            return 0
 
     # -- gRPC -------------------------------------------------------------------------------
     async def StreamAggregatedResources(

@@ -134,7 +134,7 @@ class PilotServer:
         if not (change.services_changed or change.endpoint_names or change.cluster_names):
             return
         self.pushes += 1
-        self.discovery.push(change, batch.first_at)
+        await self.discovery.push_all(change, batch.first_at)
 
     async def stop(self) -> None:
         if self._debounce is not None:
