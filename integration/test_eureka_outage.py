@@ -32,15 +32,23 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-async def restart_same_port(server: EurekaServer, log: Path, warmup_ms: int) -> PeerProcess:
-    """Start a fresh server with the old argv; return once it accepts connections."""
-    argv = [
-        *server.process.argv,
-        f"--eureka.server.wait-time-in-ms-when-sync-empty={warmup_ms}",
-        # Spring Cloud opens a standalone server to reads at once (it pretends one instance was
-        # synced from peers); 0 restores Eureka's own warm-up.
-        "--eureka.instance.registry.default-open-for-traffic-count=0",
-    ]
+async def restart_same_port(
+    server: EurekaServer, log: Path, warmup_ms: int | None = None
+) -> PeerProcess:
+    """Start a fresh server with the old argv; return once it accepts connections.
+
+    With ``warmup_ms`` it refuses reads (403) for that long, as Eureka does until it has synced
+    from peers; without, it serves its (empty) registry at once, Spring Cloud's default for a
+    standalone server.
+    """
+    argv = list(server.process.argv)
+    if warmup_ms is not None:
+        argv += [
+            f"--eureka.server.wait-time-in-ms-when-sync-empty={warmup_ms}",
+            # Spring Cloud opens a standalone server to reads at once (it pretends one instance
+            # was synced from peers); 0 restores Eureka's own warm-up.
+            "--eureka.instance.registry.default-open-for-traffic-count=0",
+        ]
     proc = PeerProcess(f"{server.process.name}-restarted", argv, log, cwd=log.parent)
     proc.start()
     deadline = time.monotonic() + 120
@@ -71,6 +79,7 @@ async def test_outage_keeps_last_state_then_resyncs_only_real_differences(
             "fullFetchInterval": "2s",
             "timeout": "1s",
             "maxBackoff": "500ms",
+            "emptyRegistryGrace": "0s",  # the warm-up is what protects the state here
         }
         mesh = MeshConfig(
             monitoring_address="127.0.0.1:0",
@@ -138,6 +147,62 @@ async def test_outage_keeps_last_state_then_resyncs_only_real_differences(
                 proc.stop()
         finally:
             await hub.stop()
+
+
+async def test_empty_answer_of_a_restarted_server_is_held_back_for_a_grace(
+    tmp_path: Path,
+) -> None:
+    keep, lose = unique("keep"), unique("lose")
+    params = {
+        "fetchInterval": "200ms",
+        "fullFetchInterval": "2s",
+        "timeout": "1s",
+        "maxBackoff": "500ms",
+        "emptyRegistryGrace": "6s",
+    }
+    with start_eureka(tmp_path / "own") as server:
+        async with EurekaRest(server.eureka_url) as rest:
+            assert await rest.register(instance_doc(keep, "k1", "127.0.87.81", 8080)) == 204
+            assert await rest.register(instance_doc(lose, "l1", "127.0.87.82", 8080)) == 204
+        async with running_adapter({"servers": [server.eureka_url], **params}) as (
+            aggregate,
+            adapter,
+        ):
+            await wait_for(
+                lambda: bool(aggregate.endpoints(keep)) and bool(aggregate.endpoints(lose)),
+                WAIT,
+                "both services",
+            )
+            before = {h: aggregate.endpoints(h) for h in (keep, lose)}
+            events: list[ChangeEvent] = []
+            aggregate.subscribe(events.append)
+
+            # Phase 1: the server restarts empty; the application re-registers in time.
+            server.process.stop()
+            proc = await restart_same_port(server, tmp_path / "own" / "restart1.log")
+            try:
+                async with EurekaRest(server.eureka_url) as rest:
+                    assert await rest.register(instance_doc(keep, "k1", "127.0.87.81", 8080)) == 204
+                await wait_for(lambda: aggregate.service(lose) is None, WAIT, "the resync")
+                assert adapter.counters["empty_answers_held"] >= 1
+                assert aggregate.endpoints(keep) == before[keep]
+                assert set().union(*(e.hostnames for e in events)) == {lose}
+                await wait_for(lambda: adapter.member.degraded is None, WAIT, "recovery")
+
+                # Phase 2: it restarts empty again and nobody comes back: after the grace the
+                # emptiness is believed.
+                held = adapter.counters["empty_answers_held"]
+                proc.stop()
+                proc = await restart_same_port(server, tmp_path / "own" / "restart2.log")
+                await wait_for(
+                    lambda: adapter.counters["empty_answers_held"] > held, WAIT, "the hold"
+                )
+                assert "answered an empty registry" in (adapter.member.degraded or "")
+                assert aggregate.endpoints(keep) == before[keep]
+                await wait_for(lambda: aggregate.service(keep) is None, WAIT, "the grace to end")
+                await wait_for(lambda: adapter.member.degraded is None, WAIT, "not degraded")
+            finally:
+                proc.stop()
 
 
 async def test_delta_from_another_server_does_not_reconcile(

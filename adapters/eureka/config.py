@@ -6,7 +6,7 @@ with an error naming the registry, the field and what was expected, instead of a
 silently polls every 30 s or never authenticates. Every problem is reported at once.
 
 Keys (see ``docs/eureka.md``): ``servers`` (required), ``fetchInterval``, ``fullFetchInterval``,
-``timeout``,
+``emptyRegistryGrace``, ``timeout``,
 ``maxBackoff``, ``format``, ``auth {username, password}``, ``tls {caFile, certFile, keyFile}``,
 ``hostnameTemplate``, ``namespace``, ``servicePort``, ``secureServicePort``.
 """
@@ -27,6 +27,7 @@ KNOWN_KEYS = {
     "servers",
     "fetchInterval",
     "fullFetchInterval",
+    "emptyRegistryGrace",
     "timeout",
     "maxBackoff",
     "format",
@@ -43,6 +44,9 @@ DEFAULT_FETCH_INTERVAL = 30.0  # Eureka's own client default (registryFetchInter
 # races the invalidation) until it expires, 180 s by default; the hash code cannot notice when the
 # stale delta agrees with the local copy.
 DEFAULT_FULL_FETCH_INTERVAL = 60.0
+# How long an empty answer is distrusted when the mesh knows instances: one default renewal
+# interval of Eureka clients (30 s) is how long a restarted server takes to be re-populated.
+DEFAULT_EMPTY_REGISTRY_GRACE = 30.0
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_MAX_BACKOFF = 30.0
 FORMATS = ("json", "xml")
@@ -78,6 +82,7 @@ class EurekaSettings:
     mapping: MappingSettings
     fetch_interval: float = DEFAULT_FETCH_INTERVAL
     full_fetch_interval: float = DEFAULT_FULL_FETCH_INTERVAL
+    empty_registry_grace: float = DEFAULT_EMPTY_REGISTRY_GRACE
     timeout: float = DEFAULT_TIMEOUT
     max_backoff: float = DEFAULT_MAX_BACKOFF
     format: str = "json"
@@ -136,6 +141,7 @@ def parse_settings(
 
     fetch_interval = duration("fetchInterval", DEFAULT_FETCH_INTERVAL, 0.05)
     full_fetch_interval = duration("fullFetchInterval", DEFAULT_FULL_FETCH_INTERVAL, 0.05)
+    empty_grace = duration("emptyRegistryGrace", DEFAULT_EMPTY_REGISTRY_GRACE, 0.0)
     timeout = duration("timeout", DEFAULT_TIMEOUT, 0.05)
     max_backoff = duration("maxBackoff", DEFAULT_MAX_BACKOFF, 0.05)
     fmt = reader.str("format", default="json").lower()
@@ -180,6 +186,7 @@ def parse_settings(
         mapping=mapping,
         fetch_interval=fetch_interval,
         full_fetch_interval=full_fetch_interval,
+        empty_registry_grace=empty_grace,
         timeout=timeout,
         max_backoff=max_backoff,
         format=fmt,

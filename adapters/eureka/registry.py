@@ -20,6 +20,13 @@ The loop (see :meth:`EurekaRegistry.run`):
    success after an outage is a full fetch, and since ``member.replace`` diffs against what it
    had, only real differences reach Pilot.
 
+4. A full answer with *no* instances while the local copy has some is held back for
+   ``emptyRegistryGrace`` (degraded meanwhile): a restarted server (Spring Cloud opens a
+   standalone server to reads at once) answers an empty registry until its applications
+   re-register on their next heartbeat, and applying that would black-hole every Eureka service
+   for a renewal interval. Emptiness that lasts past the grace is real and is applied; a delta
+   that cancels every instance is applied at once, since it names each cancellation.
+
 Nothing is pushed when an answer changes nothing the mesh can see: the model is rebuilt only
 when the local registry changed, and the aggregate emits only real differences. Outages never
 raise out of :meth:`run`; a bug does, and the hub's supervisor restarts the adapter.
@@ -76,6 +83,8 @@ class EurekaRegistry:
         self._full_reason = "start"
         self._failovers_seen = 0
         self._last_full = 0.0
+        self._empty_since: float | None = None
+        self._hold_reason: str | None = None  # degraded although the server answers
         self._stop = asyncio.Event()
 
     @property
@@ -119,11 +128,16 @@ class EurekaRegistry:
         async for attempt in retrying:
             with attempt:
                 await self.sync_once()
-        if self.member.degraded:
+        if self._hold_reason is not None:
+            self._set_degraded(self._hold_reason)
+        elif self.member.degraded:
             server = self.http.current_server
             log.info("eureka registry %s reachable again via %s", self.name, server)
-            self.member.set_degraded(None)
-            metrics.DEGRADED.labels(self.name).set(0)
+            self._set_degraded(None)
+
+    def _set_degraded(self, reason: str | None) -> None:
+        self.member.set_degraded(reason)
+        metrics.DEGRADED.labels(self.name).set(1 if reason else 0)
 
     def _unreachable(self, state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -132,8 +146,7 @@ class EurekaRegistry:
         if not self.member.degraded:
             log.warning("eureka registry %s: %s; keeping the last known state", self.name, reason)
         log.debug("eureka registry %s: retry in %.2fs", self.name, wait)
-        self.member.set_degraded(reason)
-        metrics.DEGRADED.labels(self.name).set(1)
+        self._set_degraded(reason)
 
     # -- one round --------------------------------------------------------------------------
     async def sync_once(self) -> None:
@@ -177,10 +190,43 @@ class EurekaRegistry:
         answer = await self._fetch("full")
         assert answer is not None
         apps = from_instances(answer.applications.instances)
+        if self._hold_empty(apps, answer):
+            return
         self._install(apps, answer, changed=apps != self.apps)
         self._need_full = False
         self._last_full = time.monotonic()
         self.member.mark_synced()
+
+    def _hold_empty(self, apps: Apps, answer: Answer) -> bool:
+        """True when an empty full answer must not replace a non-empty local copy yet."""
+        grace = self.settings.empty_registry_grace
+        if apps or not self.apps or grace <= 0:
+            self._empty_since, self._hold_reason = None, None
+            return False
+        now = time.monotonic()
+        if self._empty_since is None:
+            self._empty_since = now
+            log.warning(
+                "eureka registry %s: %s answered an empty registry; keeping %d instances for "
+                "up to %gs (a restarted server fills up as applications re-register)",
+                self.name,
+                answer.server,
+                instance_count(self.apps),
+                grace,
+            )
+        if now - self._empty_since >= grace:
+            log.warning("eureka registry %s: registry still empty after %gs", self.name, grace)
+            self._empty_since, self._hold_reason = None, None
+            return False
+        self.counters["empty_answers_held"] += 1
+        self._hold_reason = (
+            f"{answer.server} answered an empty registry; keeping the last "
+            f"{instance_count(self.apps)} instances for up to {grace:g}s"
+        )
+        # Keep asking for full answers: a delta from a server that lost its registry means
+        # nothing for ours.
+        self._need_full, self._full_reason = True, "empty answer held"
+        return True
 
     async def _fetch(self, kind: str) -> Answer | None:
         try:
