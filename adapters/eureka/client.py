@@ -19,6 +19,7 @@ Credentials are never part of what :meth:`EurekaHttp.describe` or an error messa
 from __future__ import annotations
 
 import asyncio
+import base64
 import ssl
 import time
 from typing import Any
@@ -56,6 +57,12 @@ class Answer:
     seconds: float
 
 
+def basic_auth(username: str, password: str) -> str:
+    """The ``Authorization`` value for HTTP basic auth (RFC 7617, UTF-8)."""
+    token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+    return f"Basic {token}"
+
+
 def ssl_context(settings: EurekaSettings) -> ssl.SSLContext | None:
     """The client TLS context (custom CA and/or client certificate), or None for the default."""
     tls = settings.tls
@@ -83,13 +90,14 @@ class EurekaHttp:
 
     async def _open(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            auth = None
+            headers = {"Accept": ACCEPT[self.settings.format]}
             if self.settings.username:
-                auth = aiohttp.BasicAuth(self.settings.username, self.settings.password)
+                headers["Authorization"] = basic_auth(
+                    self.settings.username, self.settings.password
+                )
             self._session = aiohttp.ClientSession(
-                auth=auth,
                 timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
-                headers={"Accept": ACCEPT[self.settings.format]},
+                headers=headers,
                 connector=aiohttp.TCPConnector(ssl=ssl_context(self.settings) or True, limit=4),
             )
         return self._session
@@ -101,7 +109,8 @@ class EurekaHttp:
 
     async def _get(self, server: str, path: str) -> tuple[int, bytes, str]:
         session = await self._open()
-        async with session.get(server + path) as response:
+        # No redirects: credentials must never follow a redirect to another host.
+        async with session.get(server + path, allow_redirects=False) as response:
             body = await response.read()
             return response.status, body, response.headers.get("Content-Type", "")
 

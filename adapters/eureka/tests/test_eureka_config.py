@@ -97,3 +97,10 @@ def test_create_is_the_entry_point_contract():
     assert info["servers"] == ["http://127.0.0.1:1/eureka/"]
     assert info["currentServer"] == "http://127.0.0.1:1/eureka/"
     assert info["appsHashcode"] == "" and info["lastFetch"] is None
+
+
+def test_basic_auth_header():
+    from adapters.eureka.client import basic_auth
+
+    # RFC 7617's example.
+    assert basic_auth("Aladdin", "open sesame") == "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
