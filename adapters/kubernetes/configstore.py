@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
+import tenacity
 from kubernetes import client as k8s
 
 from adapters.kubernetes import metrics
@@ -314,19 +315,23 @@ class KubeConfigStore:
 
     def __init__(
         self,
-        api_client: k8s.ApiClient,
+        api_client: k8s.ApiClient | Callable[[], k8s.ApiClient],
         namespaces: NamespaceFilter | None = None,
         *,
         name: str = "kubernetes",
         kinds: Iterable[ResourceKind] = ROUTING_KINDS,
         record_events: bool = True,
     ) -> None:
-        self.api_client = api_client
+        # A factory is resolved in run(), so a bad kubeconfig is a logged, retried error of this
+        # store (it stays not-ready) rather than an exception while the hub is being built.
+        self._api_client = api_client if isinstance(api_client, k8s.ApiClient) else None
+        self._api_factory = None if self._api_client is not None else api_client
         self.name = name
         self.namespaces = namespaces or NamespaceFilter()
-        self.recorder = EventRecorder(api_client) if record_events else None
+        self.record_events = record_events
+        self.recorder: EventRecorder | None = None
         self.resources = CustomResourceSet(
-            kinds, ROUTING_PARSERS, self.namespaces, self.recorder, "routing config"
+            kinds, ROUTING_PARSERS, self.namespaces, None, "routing config"
         )
         self.snapshot = ConfigSnapshot()
         self.watchers: dict[str, Watcher] = {}
@@ -340,13 +345,23 @@ class KubeConfigStore:
         cls, params: Mapping[str, Any], system_namespace: str = DEFAULT_SYSTEM_NAMESPACE
     ) -> KubeConfigStore:
         """A store for the cluster a ``kind: kubernetes`` registry entry names (same params)."""
-        api = load_api_client(params.get("kubeconfig"), params.get("context"))
         namespaces = NamespaceFilter(
             params.get("namespaces"),
             params.get("namespaceSelector"),
             params.get("systemNamespace") or system_namespace,
         )
+
+        def api() -> k8s.ApiClient:
+            return load_api_client(params.get("kubeconfig"), params.get("context"))
+
         return cls(api, namespaces, name=str(params.get("name") or "kubernetes"))
+
+    @property
+    def api_client(self) -> k8s.ApiClient:
+        if self._api_client is None:
+            assert self._api_factory is not None
+            self._api_client = self._api_factory()
+        return self._api_client
 
     @property
     def errors(self) -> list[ConfigError]:
@@ -422,6 +437,23 @@ class KubeConfigStore:
     async def run(self) -> None:
         """Watch every routing kind until :meth:`stop`; never raises on API outages."""
         loop = asyncio.get_running_loop()
+        retrying = tenacity.AsyncRetrying(
+            wait=tenacity.wait_random_exponential(multiplier=0.5, max=30),
+            retry=tenacity.retry_if_exception_type(Exception),
+            before_sleep=lambda state: log.error(
+                "config store %s: cannot build a Kubernetes client (%s); retrying",
+                self.name,
+                state.outcome.exception() if state.outcome else "?",
+            ),
+        )
+        async for attempt in retrying:
+            with attempt:
+                if self._stopped.is_set():
+                    return
+                api = self.api_client
+        if self.record_events:
+            self.recorder = EventRecorder(api)
+            self.resources.recorder = self.recorder
         self.watchers = self._watchers()
         for watcher in self.watchers.values():
             watcher.start(loop)

@@ -121,6 +121,9 @@ class Watcher:
         self._override_rv: str | None = None
         self._response: Any = None
         self._lock = threading.Lock()
+        self._wait = tenacity.wait_random_exponential(multiplier=0.25, max=backoff_max)
+        self._quick_failures = 0
+        self._delivered = False  # the current stream has delivered an event or a bookmark
 
     # -- lifecycle (called from the loop) ----------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -192,6 +195,8 @@ class Watcher:
                 stream = self._connect()
             except (_Stopped, tenacity.RetryError):
                 break
+            opened = time.monotonic()
+            self._delivered = False
             try:
                 self._consume(stream)
             except Expired:
@@ -204,8 +209,20 @@ class Watcher:
                 self.reconnects += 1
                 metrics.RECONNECTS.labels(self.registry, self.name).inc()
                 log.warning("watch %s dropped (%s); reconnecting", self.name, _describe(exc))
+                self._pause_after_quick_failure(opened)
             finally:
                 self._close(stream)
+
+    def _pause_after_quick_failure(self, opened: float) -> None:
+        """Back off when streams open fine but fail at once (no hot loop against a server that
+        accepts the watch and then errors); a stream that worked for a while resets it."""
+        if self._delivered or time.monotonic() - opened > 30:
+            self._quick_failures = 0
+            return
+        self._quick_failures += 1
+        state = tenacity.RetryCallState(None, None, (), {})  # type: ignore[arg-type]
+        state.attempt_number = self._quick_failures
+        self._stop.wait(self._wait(state))
 
     def _start_relist(self, reason: str) -> None:
         self.relists += 1
@@ -359,6 +376,7 @@ class Watcher:
             if not isinstance(obj, dict):
                 continue
             version = (obj.get("metadata") or {}).get("resourceVersion")
+            self._delivered = True
             if etype == "BOOKMARK":
                 self.bookmarks += 1
                 metrics.BOOKMARKS.labels(self.registry, self.name).inc()
