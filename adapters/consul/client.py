@@ -43,6 +43,7 @@ class QueryResult:
     data: Any
     address: str
     known_leader: bool = True
+    acl_filtered: bool = False  # Consul left out entries this token may not read
 
 
 def split_address(address: str) -> tuple[str, str, int]:
@@ -67,8 +68,10 @@ def _result_callback(address: str) -> Any:
 
     def callback(response: Any) -> QueryResult:
         index, data = decode(response)  # raises ConsulException on 4xx/5xx
-        leader = str(response.headers.get("X-Consul-KnownLeader", "true")).lower() != "false"
-        return QueryResult(parse_index(index), data, address, leader)
+        headers = response.headers
+        leader = str(headers.get("X-Consul-KnownLeader", "true")).lower() != "false"
+        filtered = str(headers.get("X-Consul-Results-Filtered-By-ACLs", "")).lower() == "true"
+        return QueryResult(parse_index(index), data, address, leader, filtered)
 
     return callback
 
@@ -219,7 +222,12 @@ class ConsulClients:
         """The datacenter of the agent we talk to (what an unset ``datacenters`` means)."""
         position = self._default.position
         try:
-            info: Mapping[str, Any] = self._clients[position].agent.self()
+            client = self._clients[position]
+            # Not client.agent.self(): py-consul sends no token with it, which an agent with
+            # ACLs answers with "Permission denied".
+            info: Mapping[str, Any] = client.http.get(
+                CB.json(), "/v1/agent/self", headers=client.prepare_headers()
+            )
         except Exception:
             self.failed(self._default, position)
             raise

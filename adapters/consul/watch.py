@@ -152,6 +152,7 @@ class BlockingWatch:
         self.last_change: float | None = None  # wall clock, for /debug/registryz
         self.address = ""
         self.known_leader = True
+        self.acl_filtered = False
         self.first_result = asyncio.Event()
         self._first = True
         self._catching_up = False
@@ -206,6 +207,14 @@ class BlockingWatch:
             await self.limiter.wait()
             result = await self._read()
             self.address, self.known_leader = result.address, result.known_leader
+            if result.acl_filtered and not self.acl_filtered:
+                # Not an error (the token is what the operator configured), but an empty mesh
+                # with no explanation is what a wrong token otherwise looks like.
+                log.warning(
+                    "consul watch %s: Consul left out results the ACL token may not read",
+                    self.key,
+                )
+            self.acl_filtered = result.acl_filtered
             if self.last_error is not None:
                 self.last_error = None
                 self.on_status(self, None)
@@ -243,6 +252,7 @@ class BlockingWatch:
             "heldBack": self.behind,
             "address": self.address,
             "knownLeader": self.known_leader,
+            "aclFiltered": self.acl_filtered,
             "lastChange": self.last_change,
             "errors": self.errors,
             "indexResets": self.resets,
