@@ -5,7 +5,8 @@ registration component; the VM's sidecar is a real Envoy started by the agent. A
 appears in the registry with its SPIFFE ID and serves mutual TLS to a meshed client; the CA
 restarts with the same root and renews a certificate issued before the restart; the used token
 cannot be replayed; stopping the agent deregisters the VM and stops its sidecar; nothing secret
-is left with loose permissions.
+is left with loose permissions. A second test kills the sidecar: the agent restarts it and the
+new Envoy gets its secrets over SDS again.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from integration.security_helpers import (
     BackgroundLoop,
     client_sidecar,
     http_echo,
+    mesh,
     server_sidecar,
 )
 from meshfed.config import MeshConfig
@@ -261,3 +263,53 @@ def get_status(url: str) -> int | None:
         return get(url, timeout=1)[0]
     except OSError:
         return None
+
+
+def test_agent_restarts_a_crashed_sidecar_which_gets_its_secrets_again(tmp_path: Path) -> None:
+
+    host = loopback_host()
+    admin, port = free_ports(2, host)
+    with mesh(tmp_path / "mesh") as m, http_echo(host) as backend:
+        sds_socket = tmp_path / "agent" / "sds.sock"
+        config = AgentConfig(
+            ca_address=m.server.bootstrap_target,
+            ca_renewal_address=m.server.renewal_target,
+            ca_root_pem=m.ca.root_pem,
+            trust_domain=TRUST_DOMAIN,
+            namespace="shop",
+            service_account="reviews",
+            sds_socket=sds_socket,
+            join_token=m.tokens.create("shop", "reviews"),
+            sidecar_bootstrap=server_sidecar(
+                "reviews", host, admin, port, backend, sds_socket, mtls.Mode.PERMISSIVE
+            ),
+            workdir=tmp_path / "sidecar",
+        )
+        agent = NodeAgent(config)
+        # The agent (and its SDS server) live on the mesh's background loop, as in production
+        # where nothing else blocks it; this test only waits and probes.
+        m.loop.run(agent.start())
+        try:
+
+            def live() -> bool:
+                return get_status(f"http://{host}:{admin}/ready") == 200
+
+            _wait(live, "for the sidecar to be LIVE", 30)
+            assert agent.sidecar is not None and agent.sidecar.proc is not None
+            first_pid = agent.sidecar.proc.pid
+            os.killpg(first_pid, signal.SIGKILL)  # a crash, as the agent sees it
+            _wait(
+                lambda: (
+                    agent.sidecar_restarts == 1
+                    and agent.sidecar.proc is not None  # type: ignore[union-attr]
+                    and agent.sidecar.proc.pid != first_pid  # type: ignore[union-attr]
+                    and live()
+                ),
+                "for the restarted sidecar to be LIVE",
+                30,
+            )
+            status, _ = get(f"http://{host}:{port}/", timeout=5)
+            assert status == 200  # serving again (permissive: a plain client is fine)
+        finally:
+            m.loop.run(agent.stop())
+        assert get_status(f"http://{host}:{admin}/ready") is None  # stopped for good

@@ -12,6 +12,7 @@ Promises:
   new certificate pushed over SDS, so it never restarts.
 - The hub registration is signed with the workload's own SVID (:mod:`nodeagent.registration`)
   and repeated every ``register_interval`` seconds, so a restarted hub learns the VM again.
+- A sidecar that exits on its own is restarted (jittered backoff); SDS still has its secrets.
 - ``stop()`` deregisters first (so traffic stops arriving), then stops the sidecar and SDS.
 """
 
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import tenacity
 
 from nodeagent import keys, registration
 from nodeagent.client import CAClient, SignResponse
@@ -156,6 +158,7 @@ class NodeAgent:
         self._tasks: list[asyncio.Task[None]] = []
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.registered = False
+        self.sidecar_restarts = 0
 
     async def start(self) -> None:
         cfg = self.config
@@ -182,6 +185,7 @@ class NodeAgent:
                 boot = with_sds_cluster(cfg.sidecar_bootstrap, cfg.sds_socket)
                 self.sidecar = SidecarProcess(boot, workdir)
                 await self.sidecar.start()
+                self._tasks.append(asyncio.create_task(self._supervise_sidecar()))
             assert self.not_after is not None
             self._tasks.append(asyncio.create_task(self.rotator.run(self.not_after)))
         except BaseException:
@@ -230,6 +234,31 @@ class NodeAgent:
         if not self.registered:
             log.info("registered %s/%s with %s", cfg.namespace, cfg.workload.name, cfg.hub_url)
         self.registered = True
+
+    async def _supervise_sidecar(self) -> None:
+        """Restart the sidecar when it exits on its own (a crash), with jittered backoff.
+
+        SDS still holds the current secrets, so a restarted Envoy gets them at once.
+        """
+        sidecar = self.sidecar
+        assert sidecar is not None
+        retrying = tenacity.AsyncRetrying(
+            wait=tenacity.wait_random_exponential(multiplier=0.5, max=30),
+            retry=tenacity.retry_if_exception_type(Exception),
+        )
+        while True:
+            proc = sidecar.proc
+            if proc is None:
+                return
+            code = await proc.wait()
+            if sidecar.proc is not proc:  # stop() took it: not a crash
+                return
+            self.sidecar_restarts += 1
+            log.error("sidecar exited with %s; restarting (%d)", code, self.sidecar_restarts)
+            async for attempt in retrying:
+                with attempt:
+                    await asyncio.sleep(0.2 * min(self.sidecar_restarts, 25))
+                    await sidecar.start()
 
     async def _keep_registered(self) -> None:
         while True:
