@@ -284,8 +284,11 @@ def apply_outbound_mtls(
 ) -> bool:
     """Set ``cluster.transport_socket`` for mutual TLS when the destination has sidecars.
 
-    Returns True when mutual TLS was configured. Leaves the cluster untouched otherwise.
+    Returns True when mutual TLS was configured. Leaves the cluster untouched otherwise, and
+    also when it already has a transport socket (TLS an operator's policy asked for wins).
     """
+    if cluster.HasField("transport_socket"):
+        return False
     socket = outbound_transport_socket(service, endpoints, policy)
     if socket is None:
         return False

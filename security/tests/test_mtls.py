@@ -118,6 +118,14 @@ def test_permissive_inbound_serves_tls_and_plain_on_one_port() -> None:
     assert chains["tls"].filters[0] == tcp  # non-HTTP filters are kept as they are
 
 
+def test_a_transport_socket_set_by_policy_is_kept() -> None:
+    eps = [_ep("10.0.0.1", "spiffe://td/ns/shop/sa/reviews", MESHED)]
+    cluster = cluster_pb2.Cluster(name="c")
+    cluster.transport_socket.name = "operator-tls"
+    assert not mtls.apply_outbound_mtls(cluster, SVC, eps, mtls.Policy(mtls.Mode.STRICT))
+    assert cluster.transport_socket.name == "operator-tls"
+
+
 def test_off_leaves_the_listener_alone_and_policy_parsing() -> None:
     listener = _inbound([_http_filter()])
     before = listener.SerializeToString()
