@@ -5,7 +5,7 @@ for the fail-over case, also the session's: two real servers that are not peers,
 different registries, which is the realistic way a delta ends up not reconciling. The restarted
 server runs with the same argv as before (same address and port) plus a warm-up during which it
 refuses reads with 403, as a production server does until it has synced from its peers.
-Addresses: 127.0.87.6x-9x (registered only, never dialled).
+Addresses: 127.0.92.6x-9x (registered only, never dialled).
 """
 
 from __future__ import annotations
@@ -90,8 +90,8 @@ async def test_outage_keeps_last_state_then_resyncs_only_real_differences(
         monitoring = f"http://127.0.0.1:{hub.monitoring_port}"
         try:
             async with EurekaRest(server.eureka_url) as rest:
-                assert await rest.register(instance_doc(keep, "k1", "127.0.87.61", 8080)) == 204
-                assert await rest.register(instance_doc(lose, "l1", "127.0.87.62", 8080)) == 204
+                assert await rest.register(instance_doc(keep, "k1", "127.0.92.61", 8080)) == 204
+                assert await rest.register(instance_doc(lose, "l1", "127.0.92.62", 8080)) == 204
             aggregate = hub.aggregate
             await wait_for(
                 lambda: bool(aggregate.endpoints(keep)) and bool(aggregate.endpoints(lose)),
@@ -126,7 +126,7 @@ async def test_outage_keeps_last_state_then_resyncs_only_real_differences(
                 async with EurekaRest(server.eureka_url) as rest:
                     # The application comes back (its heartbeat got 404, so it re-registers);
                     # the other one does not.
-                    assert await rest.register(instance_doc(keep, "k1", "127.0.87.61", 8080)) == 204
+                    assert await rest.register(instance_doc(keep, "k1", "127.0.92.61", 8080)) == 204
                 async with (
                     aiohttp.ClientSession() as http,
                     http.get(server.eureka_url + "apps/") as response,
@@ -162,8 +162,8 @@ async def test_empty_answer_of_a_restarted_server_is_held_back_for_a_grace(
     }
     with start_eureka(tmp_path / "own") as server:
         async with EurekaRest(server.eureka_url) as rest:
-            assert await rest.register(instance_doc(keep, "k1", "127.0.87.81", 8080)) == 204
-            assert await rest.register(instance_doc(lose, "l1", "127.0.87.82", 8080)) == 204
+            assert await rest.register(instance_doc(keep, "k1", "127.0.92.81", 8080)) == 204
+            assert await rest.register(instance_doc(lose, "l1", "127.0.92.82", 8080)) == 204
         async with running_adapter({"servers": [server.eureka_url], **params}) as (
             aggregate,
             adapter,
@@ -182,7 +182,7 @@ async def test_empty_answer_of_a_restarted_server_is_held_back_for_a_grace(
             proc = await restart_same_port(server, tmp_path / "own" / "restart1.log")
             try:
                 async with EurekaRest(server.eureka_url) as rest:
-                    assert await rest.register(instance_doc(keep, "k1", "127.0.87.81", 8080)) == 204
+                    assert await rest.register(instance_doc(keep, "k1", "127.0.92.81", 8080)) == 204
                 await wait_for(lambda: aggregate.service(lose) is None, WAIT, "the resync")
                 assert adapter.counters["empty_answers_held"] >= 1
                 assert aggregate.endpoints(keep) == before[keep]
@@ -216,9 +216,9 @@ async def test_delta_from_another_server_does_not_reconcile(
         ):
             # STARTING: a status the shared server's registry is unlikely to hold, so its hash
             # code cannot match the local copy by coincidence.
-            doc = instance_doc(mine, "m1", "127.0.87.71", 8080, status="STARTING")
+            doc = instance_doc(mine, "m1", "127.0.92.71", 8080, status="STARTING")
             assert await rest_own.register(doc) == 204
-            assert await rest_shared.register(instance_doc(theirs, "t1", "127.0.87.72", 80)) == 204
+            assert await rest_shared.register(instance_doc(theirs, "t1", "127.0.92.72", 80)) == 204
             try:
                 params = {
                     "servers": [own.eureka_url, eureka_server.eureka_url],

@@ -3,7 +3,7 @@
 Instances are registered the two ways applications do it: with ``py_eureka_client`` (a real
 client library) and with plain REST calls. Each test uses its own application names, because the
 Eureka server is shared by the whole session. The adapter polls every 200 ms; every wait is
-bounded. Addresses: 127.0.87.x (instances are never dialled here, only registered).
+bounded. Addresses: 127.0.92.x (instances are never dialled here, only registered).
 
 Eureka's response cache can pin a delta computed just before a registration (its cache load
 races the invalidation) until the entry expires; tests therefore run with a 2 s
@@ -54,39 +54,39 @@ async def test_rest_register_heartbeat_out_of_service_cancel(eureka_server: Eure
         running_adapter(params(eureka_server)) as (aggregate, adapter),
     ):
         await wait_for(lambda: adapter.member.synced, WAIT, "the first full fetch")
-        assert await rest.register(instance_doc(app, "i1", "127.0.87.1", 8080)) == 204
-        assert await rest.register(instance_doc(app, "i2", "127.0.87.2", 8081)) == 204
+        assert await rest.register(instance_doc(app, "i1", "127.0.92.1", 8080)) == 204
+        assert await rest.register(instance_doc(app, "i2", "127.0.92.2", 8081)) == 204
         await wait_for(
-            lambda: healthy_addresses(aggregate, host) == {"127.0.87.1", "127.0.87.2"},
+            lambda: healthy_addresses(aggregate, host) == {"127.0.92.1", "127.0.92.2"},
             WAIT,
             "both registered instances to be healthy endpoints",
         )
         service = aggregate.service(host)
         assert service is not None and [p.name for p in service.ports] == ["http"]
         targets = {e.address: dict(e.ports) for e in aggregate.endpoints(host)}
-        assert targets == {"127.0.87.1": {"http": 8080}, "127.0.87.2": {"http": 8081}}
+        assert targets == {"127.0.92.1": {"http": 8080}, "127.0.92.2": {"http": 8081}}
 
         assert await rest.heartbeat(app, "i1") == 200
         assert await rest.set_status(app, "i2", "OUT_OF_SERVICE") == 200
         await wait_for(
-            lambda: healthy_addresses(aggregate, host) == {"127.0.87.1"},
+            lambda: healthy_addresses(aggregate, host) == {"127.0.92.1"},
             WAIT,
             "the OUT_OF_SERVICE override to take i2 out of rotation",
         )
         # Listed but unhealthy: the debug view shows why it takes no traffic.
-        assert addresses(aggregate, host) == {"127.0.87.1", "127.0.87.2"}
+        assert addresses(aggregate, host) == {"127.0.92.1", "127.0.92.2"}
         # A heartbeat reporting UP does not undo an operator's override.
         assert await rest.heartbeat(app, "i2") == 200
         assert await rest.delete_override(app, "i2") == 200
         await wait_for(
-            lambda: healthy_addresses(aggregate, host) == {"127.0.87.1", "127.0.87.2"},
+            lambda: healthy_addresses(aggregate, host) == {"127.0.92.1", "127.0.92.2"},
             WAIT,
             "removing the override to bring i2 back",
         )
 
         assert await rest.cancel(app, "i1") == 200
         await wait_for(
-            lambda: addresses(aggregate, host) == {"127.0.87.2"}, WAIT, "cancel to remove i1"
+            lambda: addresses(aggregate, host) == {"127.0.92.2"}, WAIT, "cancel to remove i1"
         )
         assert await rest.cancel(app, "i2") == 200
         await wait_for(lambda: aggregate.service(host) is None, WAIT, "the service to go away")
@@ -107,8 +107,8 @@ async def test_py_eureka_client_registration(eureka_server: EurekaServer) -> Non
         eureka_server=eureka_server.eureka_url,
         app_name=app,
         instance_id=f"{app}-1",
-        instance_host="127.0.87.11",
-        instance_ip="127.0.87.11",
+        instance_host="127.0.92.11",
+        instance_ip="127.0.92.11",
         instance_port=9090,
         instance_secure_port=9443,
         instance_secure_port_enabled=True,
@@ -123,7 +123,7 @@ async def test_py_eureka_client_registration(eureka_server: EurekaServer) -> Non
         await client.start()
         try:
             await wait_for(
-                lambda: healthy_addresses(aggregate, host) == {"127.0.87.11"},
+                lambda: healthy_addresses(aggregate, host) == {"127.0.92.11"},
                 WAIT,
                 "the py_eureka_client instance",
             )
@@ -145,7 +145,7 @@ async def test_py_eureka_client_registration(eureka_server: EurekaServer) -> Non
             await client.delete_status_override()
             await client.status_update("UP")
             await wait_for(
-                lambda: healthy_addresses(aggregate, host) == {"127.0.87.11"},
+                lambda: healthy_addresses(aggregate, host) == {"127.0.92.11"},
                 WAIT,
                 "the instance back UP",
             )
@@ -161,13 +161,13 @@ async def test_json_and_xml_adapters_see_the_same_model(eureka_server: EurekaSer
         doc = instance_doc(
             app,
             "t1",
-            "127.0.87.21",
+            "127.0.92.21",
             8080,
             secure_port=8443,
             metadata={"zone": "z", "region": "r", "secureProtocol": "tcp"},
         )
         assert await rest.register(doc) == 204
-        assert await rest.register(instance_doc(app, "t2", "127.0.87.22", 8080)) == 204
+        assert await rest.register(instance_doc(app, "t2", "127.0.92.22", 8080)) == 204
         try:
             async with (
                 running_adapter(params(eureka_server, format="json")) as (agg_json, _),
@@ -193,7 +193,7 @@ async def test_local_divergence_is_caught_by_the_hash_code(eureka_server: Eureka
     async with EurekaRest(eureka_server.eureka_url) as rest:
         # Registered before the adapter starts, so its first full fetch has it (a delta could be
         # pinned stale by the server's cache, and this test has no periodic full fetch).
-        assert await rest.register(instance_doc(app, "d1", "127.0.87.31", 8080)) == 204
+        assert await rest.register(instance_doc(app, "d1", "127.0.92.31", 8080)) == 204
         try:
             async with running_adapter(params(eureka_server, fullFetchInterval="1h")) as (
                 aggregate,
@@ -203,7 +203,7 @@ async def test_local_divergence_is_caught_by_the_hash_code(eureka_server: Eureka
                 # The local copy gains an instance the server never had: no delta will ever
                 # delete it, exactly the drift Eureka's reconcile hash code exists to catch.
                 ghost = Instance(
-                    instance_id="ghost", app=app.upper(), ip_addr="127.0.87.39", status="UP"
+                    instance_id="ghost", app=app.upper(), ip_addr="127.0.92.39", status="UP"
                 )
                 local = {name: dict(instances) for name, instances in adapter.apps.items()}
                 local[app.upper()]["ghost"] = ghost
@@ -219,7 +219,7 @@ async def test_local_divergence_is_caught_by_the_hash_code(eureka_server: Eureka
                     lambda: adapter.counters["full_fetches"] > fulls, WAIT, "the full fetch"
                 )
                 assert "ghost" not in adapter.apps[app.upper()]
-                assert {e.address for e in aggregate.endpoints(app)} == {"127.0.87.31"}
+                assert {e.address for e in aggregate.endpoints(app)} == {"127.0.92.31"}
                 assert adapter.counters["periodic_full_fetches"] == 0
         finally:
             await rest.cancel(app, "d1")
@@ -231,8 +231,8 @@ async def test_lease_expiry_removes_the_instance(eureka_server: EurekaServer) ->
         EurekaRest(eureka_server.eureka_url) as rest,
         running_adapter(params(eureka_server)) as (aggregate, _),
     ):
-        short = instance_doc(app, "l1", "127.0.87.41", 8080, lease_seconds=2, renewal_seconds=1)
-        steady = instance_doc(app, "l2", "127.0.87.42", 8080, lease_seconds=3600)
+        short = instance_doc(app, "l1", "127.0.92.41", 8080, lease_seconds=2, renewal_seconds=1)
+        steady = instance_doc(app, "l2", "127.0.92.42", 8080, lease_seconds=3600)
         assert await rest.register(short) == 204
         assert await rest.register(steady) == 204
         await wait_for(lambda: len(aggregate.endpoints(app)) == 2, WAIT, "both instances")
@@ -240,7 +240,7 @@ async def test_lease_expiry_removes_the_instance(eureka_server: EurekaServer) ->
         # this server) drops it, and the adapter follows. Eureka counts the lease twice
         # (its long-standing renew() quirk), hence a generous bound.
         await wait_for(
-            lambda: addresses(aggregate, app) == {"127.0.87.42"}, 60, "eviction of the expired l1"
+            lambda: addresses(aggregate, app) == {"127.0.92.42"}, 60, "eviction of the expired l1"
         )
         await rest.cancel(app, "l2")
 
@@ -254,7 +254,7 @@ async def test_dead_server_in_the_list_fails_over(eureka_server: EurekaServer) -
             {"servers": [dead, eureka_server.eureka_url], "fetchInterval": FAST, "timeout": "1s"}
         ) as (aggregate, adapter),
     ):
-        assert await rest.register(instance_doc(app, "f1", "127.0.87.51", 8080)) == 204
+        assert await rest.register(instance_doc(app, "f1", "127.0.92.51", 8080)) == 204
         await wait_for(lambda: len(aggregate.endpoints(app)) == 1, WAIT, "the instance")
         info = adapter.describe()
         assert info["currentServer"] == eureka_server.eureka_url

@@ -4,7 +4,7 @@ The Eureka server in the test harness speaks plain HTTP, so a real Envoy stands 
 as a TLS-terminating gateway does in production: it requires a client certificate signed by the
 test CA and checks HTTP basic auth (Envoy's ``basic_auth`` filter) before forwarding to Eureka.
 Nothing imitates Eureka; every answer the adapter parses comes from the real server.
-Addresses: the gateway on 127.0.87.91; instances on 127.0.87.9x (registered only).
+Addresses: the gateway on 127.0.93.91; instances on 127.0.93.9x (registered only).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from integration.peers.envoy import EnvoyProxy
 from integration.peers.eureka import EurekaServer
 from integration.peers.ports import free_ports
 
-GATEWAY = "127.0.87.91"
+GATEWAY = "127.0.93.91"
 USER, PASSWORD = "mesh", "s3cret-Passw0rd"
 WAIT = 20.0
 
@@ -143,7 +143,7 @@ async def test_tls_client_certificate_and_basic_auth(
     base: dict[str, Any] = {"fetchInterval": "200ms", "fullFetchInterval": "2s", "timeout": "2s"}
     app = f"vault-{uuid.uuid4().hex[:8]}"
     async with EurekaRest(eureka_server.eureka_url) as rest:
-        assert await rest.register(instance_doc(app, "v1", "127.0.87.92", 8080)) == 204
+        assert await rest.register(instance_doc(app, "v1", "127.0.93.92", 8080)) == 204
         try:
             async with (
                 running_adapter(
@@ -186,7 +186,7 @@ async def test_tls_client_certificate_and_basic_auth(
                 for aggregate in (agg_ok, agg_url):
                     await wait_for(
                         lambda a=aggregate: (
-                            {e.address for e in a.endpoints(app)} == {"127.0.87.92"}
+                            {e.address for e in a.endpoints(app)} == {"127.0.93.92"}
                         ),
                         WAIT,
                         "the instance through the TLS + basic-auth gateway",

@@ -7,7 +7,7 @@ instances that are UP, through registration, STARTING -> UP, an OUT_OF_SERVICE o
 removal, and cancellation. A second test merges one logical service from Eureka and from the
 static registry (a ServiceEntry file) and shows traffic reaching both.
 
-Hosts: 127.0.88.x. Envoy's panic threshold (it balances over every host when fewer than ~36 %
+Hosts: 127.0.93.x. Envoy's panic threshold (it balances over every host when fewer than ~36 %
 are healthy) is kept out of play: every step leaves at least half the endpoints healthy.
 """
 
@@ -24,9 +24,9 @@ from adapters.static.registry import create as create_static
 from integration.peers.eureka import EurekaServer
 from integration.pilot_helpers import eventually, running_mesh, spread
 
-CLIENT_IP = "127.0.88.2"
-INSTANCES = {"e1": "127.0.88.3", "e2": "127.0.88.4", "e3": "127.0.88.5"}
-STATIC_IP = "127.0.88.6"
+CLIENT_IP = "127.0.93.2"
+INSTANCES = {"e1": "127.0.93.3", "e2": "127.0.93.4", "e3": "127.0.93.5"}
+STATIC_IP = "127.0.93.6"
 APP_PORT = 9080
 SAMPLES = 24
 
