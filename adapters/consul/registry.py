@@ -32,8 +32,8 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Coroutine, Mapping
+from typing import Any, TypeVar
 
 import tenacity
 
@@ -53,6 +53,7 @@ from registry.model import Endpoint, Service
 
 log = logging.getLogger("meshfed.adapters.consul")
 
+T = TypeVar("T")
 ServiceKey = tuple[str, str]  # (datacenter, Consul service name)
 
 
@@ -75,6 +76,7 @@ class ConsulRegistry:
         self._synced = False
         self._stopped = asyncio.Event()
         self._setup_error: str | None = None
+        self._dc_reasons: dict[str, str] = {}
         self.started_at: float | None = None
         self.synced_at: float | None = None
 
@@ -84,7 +86,10 @@ class ConsulRegistry:
         self.started_at = time.time()
         try:
             if not self.datacenters:
-                self.datacenters = [await self._local_datacenter()]
+                local = await self._until_stopped(self._local_datacenter())
+                if local is None:
+                    return
+                self.datacenters = [local]
             for dc in self.datacenters:
                 self._start_list_watch(dc)
             await self._wait_initial_results()
@@ -115,6 +120,17 @@ class ConsulRegistry:
         await asyncio.gather(*(w.stop() for w in watches), return_exceptions=True)
         for dc in self.datacenters:
             metrics.WATCHES.labels(self.member.name, dc).set(0)
+
+    async def _until_stopped(self, work: Coroutine[Any, Any, T]) -> T | None:
+        """``work``'s result, or None if :meth:`stop` is called first (``work`` is cancelled)."""
+        task = asyncio.create_task(work)
+        stopped = asyncio.create_task(self._stopped.wait())
+        try:
+            await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            return task.result() if task.done() else None
+        finally:
+            task.cancel()
+            stopped.cancel()
 
     async def _local_datacenter(self) -> str:
         """The agent's own datacenter, retried (degraded meanwhile) until an agent answers."""
@@ -225,8 +241,11 @@ class ConsulRegistry:
         metrics.APPLY_SECONDS.labels(self.member.name).observe(time.perf_counter() - started)
 
     def _on_status(self, watch: BlockingWatch, error: BaseException | None) -> None:
+        # Per-watch failures are routine during an outage (every watch retries with backoff):
+        # debug only. The datacenter-level transition is what gets logged, once, in
+        # _update_degraded.
         if error is not None:
-            log.warning("consul %s: %s: %s", self.member.name, watch.key, watch.last_error)
+            log.debug("consul %s: %s: %s", self.member.name, watch.key, watch.last_error)
         self._update_degraded()
 
     def _failover(self, old: str, new: str) -> None:
@@ -235,6 +254,12 @@ class ConsulRegistry:
         log.warning("consul %s: %s unreachable, moving to %s", self.member.name, old, new)
 
     def _update_degraded(self) -> None:
+        """Recompute the member's degraded reason from the watches' states.
+
+        The reason for a datacenter is fixed when it starts failing (from that first error) and
+        kept until every watch there succeeds again: with a thousand watches retrying during an
+        outage, a reason that changed with each failure would re-notify (and log) every time.
+        """
         reasons = [self._setup_error] if self._setup_error else []
         for dc in self.datacenters:
             failing = [
@@ -243,12 +268,17 @@ class ConsulRegistry:
                 if w is not None and w.failing
             ]
             metrics.UNREACHABLE.labels(self.member.name, dc).set(1 if failing else 0)
-            if failing:
-                reasons.append(
-                    f"datacenter {dc}: {len(failing)} watch(es) failing, last error: "
-                    f"{failing[0].last_error} (addresses {', '.join(self.clients.addresses)}; "
-                    "last known endpoints kept)"
+            if not failing:
+                if self._dc_reasons.pop(dc, None) is not None:
+                    log.info("consul %s: datacenter %s readable again", self.member.name, dc)
+                continue
+            if dc not in self._dc_reasons:
+                self._dc_reasons[dc] = (
+                    f"datacenter {dc}: cannot read from Consul ({failing[0].key}: "
+                    f"{failing[0].last_error}; addresses {', '.join(self.clients.addresses)}); "
+                    "last known endpoints kept"
                 )
+            reasons.append(self._dc_reasons[dc])
         self.member.set_degraded("; ".join(reasons) or None)
 
     def _watches_of(self, dc: str) -> list[BlockingWatch]:
