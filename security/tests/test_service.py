@@ -145,3 +145,26 @@ def _issued_total() -> float:
         for s in m.samples
         if s.name.endswith("_total")
     )
+
+
+async def test_health_check_and_refusal_metrics(server: CAServer) -> None:
+    from prometheus_client import REGISTRY
+
+    def refused(reason: str) -> float:
+        return REGISTRY.get_sample_value("meshfed_ca_sign_refused_total", {"reason": reason}) or 0
+
+    before = refused("no-credential")
+    with pytest.raises(CARefused):
+        await _client(server).bootstrap(make_csr(generate_key()))
+    assert refused("no-credential") == before + 1
+
+    creds = grpc.ssl_channel_credentials(server.service.ca.root_pem)
+    options = [("grpc.ssl_target_name_override", "meshfed-ca")]
+    async with grpc.aio.secure_channel(server.bootstrap_target, creds, options=options) as ch:
+        check = ch.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=lambda b: b,
+            response_deserializer=lambda b: b,
+        )
+        # HealthCheckResponse{status: SERVING}, protobuf field 1 varint 1.
+        assert await check(b"", timeout=5) == b"\x08\x01"
