@@ -27,14 +27,8 @@ class RunningAdapter:
         self.adapter = adapter
         self.member = adapter.member
         self.events: list[ChangeEvent] = []
-        self.degraded_history: list[str | None] = []
         self.task: asyncio.Task[None] | None = None
         aggregate.subscribe(self.events.append)
-        aggregate.subscribe_status(lambda: self._status())
-
-    def _status(self) -> None:
-        if not self.degraded_history or self.degraded_history[-1] != self.member.degraded:
-            self.degraded_history.append(self.member.degraded)
 
     def events_for(self, hostname: str) -> list[ChangeEvent]:
         """Events that touched ``hostname``."""
@@ -57,13 +51,6 @@ class RunningAdapter:
                 return last
             await asyncio.sleep(interval)
         raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-
-    async def hold(self, check: Callable[[], Any], what: str, duration: float) -> None:
-        """Assert ``check`` stays truthy for ``duration`` seconds."""
-        deadline = time.monotonic() + duration
-        while time.monotonic() < deadline:
-            assert check(), f"{what} stopped holding"
-            await asyncio.sleep(0.05)
 
 
 @contextlib.asynccontextmanager
