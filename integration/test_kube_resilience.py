@@ -101,7 +101,8 @@ async def test_restart_then_a_real_410_relist(tmp_path: Path) -> None:
                 ).start()
                 await asyncio.to_thread(_ready, server, restarted)
                 await until(lambda: member.degraded is None, "recovered", 90)
-                core.create_namespaced_service(NS, service("after", HTTP))
+                # Headless: the restarted server's service-IP allocator may still be repairing.
+                core.create_namespaced_service(NS, service("after", HTTP, headless=True))
                 await until(
                     lambda: aggregate.service(f"after.{NS}.svc.cluster.local") is not None,
                     "a change after the restart",
@@ -116,7 +117,7 @@ async def test_restart_then_a_real_410_relist(tmp_path: Path) -> None:
                     reg.watchers[resource].pause()
                 core.delete_namespaced_service("drop", NS)
                 discovery.delete_namespaced_endpoint_slice("drop", NS)
-                core.create_namespaced_service(NS, service("new", HTTP))
+                core.create_namespaced_service(NS, service("new", HTTP, headless=True))
                 discovery.patch_namespaced_endpoint_slice(
                     "change", NS, {"endpoints": [slice_endpoint("192.0.2.41", ready=False)]}
                 )
