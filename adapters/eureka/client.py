@@ -54,7 +54,8 @@ class Answer:
     server: str
     kind: str  # "full" or "delta"
     size: int
-    seconds: float
+    http_seconds: float  # request sent to last byte read
+    parse_seconds: float
 
 
 def basic_auth(username: str, password: str) -> str:
@@ -123,6 +124,7 @@ class EurekaHttp:
             started = time.perf_counter()
             try:
                 status, body, content_type = await self._get(server, path)
+                fetched = time.perf_counter()
                 if kind == "delta" and status == 403:
                     # The server has deltas disabled (disableDelta): a full fetch will do.
                     self._switch_to(index)
@@ -137,7 +139,10 @@ class EurekaHttp:
                 errors.append((server, f"malformed answer: {exc}"))
                 continue
             self._switch_to(index)
-            return Answer(applications, server, kind, len(body), time.perf_counter() - started)
+            parsed = time.perf_counter()
+            return Answer(
+                applications, server, kind, len(body), fetched - started, parsed - fetched
+            )
         raise EurekaUnavailable(f"GET {path}", errors)
 
     def _switch_to(self, index: int) -> None:

@@ -83,6 +83,7 @@ class EurekaRegistry:
         self._full_reason = "start"
         self._failovers_seen = 0
         self._last_full = 0.0
+        self._answered_at = 0.0
         self._empty_since: float | None = None
         self._hold_reason: str | None = None  # degraded although the server answers
         self._stop = asyncio.Event()
@@ -246,10 +247,10 @@ class EurekaRegistry:
                 self._failovers_seen = self.http.failovers
         self.counters[f"{kind}_fetches"] += 1
         metrics.FETCHES.labels(self.name, kind, "ok").inc()
+        self._answered_at = time.perf_counter()
         return answer
 
     def _install(self, apps: Apps, answer: Answer, changed: bool) -> None:
-        started = time.perf_counter()
         if changed:
             model = build_model(apps, self.settings.mapping)
             event = self.member.replace(model.services, model.endpoints)
@@ -261,7 +262,9 @@ class EurekaRegistry:
         self.apps = apps
         self.server_hash = answer.applications.apps_hashcode
         self.versions_delta = answer.applications.versions_delta
-        seconds = answer.seconds + (time.perf_counter() - started)
+        # Processing: parsing, applying (delta + hash check, or indexing), mapping, replacing.
+        processing = answer.parse_seconds + (time.perf_counter() - self._answered_at)
+        seconds = answer.http_seconds + processing
         metrics.FETCH_SECONDS.labels(self.name, answer.kind).observe(seconds)
         statuses = Counter(i.status for app in apps.values() for i in app.values())
         for status in STATUSES:
@@ -271,6 +274,8 @@ class EurekaRegistry:
             "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "server": answer.server,
             "seconds": round(seconds, 4),
+            "httpSeconds": round(answer.http_seconds, 4),
+            "processingSeconds": round(processing, 4),
             "bytes": answer.size,
             "changed": changed,
         }

@@ -20,7 +20,7 @@ def adapter(grace: str):
 
 
 def answer(*instances: Instance) -> Answer:
-    return Answer(Applications(instances), SERVER, "full", 10, 0.001)
+    return Answer(Applications(instances), SERVER, "full", 10, 0.001, 0.001)
 
 
 def test_empty_answer_is_held_then_believed():
