@@ -63,7 +63,7 @@ __all__ = [
 ]
 
 CA_SERVICE_ACCOUNT = "meshfed-ca"
-SERVING_TTL = dt.timedelta(days=30)
+SERVING_TTL = dt.timedelta(hours=24)
 _HEALTH_SERVING = b"\x08\x01"
 
 
@@ -279,6 +279,7 @@ def serving_credentials(
     ca: CertificateAuthority,
     system_namespace: str,
     hosts: list[str],
+    ttl: dt.timedelta = SERVING_TTL,
 ) -> tuple[bytes, bytes]:
     """A key and certificate chain for the CA's own gRPC ports, issued by the CA itself.
 
@@ -304,7 +305,7 @@ def serving_credentials(
         spiffe_id(ca.trust_domain, system_namespace, CA_SERVICE_ACCOUNT),
         ca.signer_cert,
         ca.signer_key,
-        SERVING_TTL,
+        ttl,
         dt.datetime.now(dt.UTC),
         dns_names=names,
         ip_addresses=ips,
@@ -313,6 +314,51 @@ def serving_credentials(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     return key_pem, cert.public_bytes(serialization.Encoding.PEM) + ca.chain_pem
+
+
+class ServingCertificates:
+    """The CA's own serving certificate, re-issued at half its lifetime.
+
+    gRPC asks :meth:`fetch` before each new handshake (``dynamic_ssl_server_credentials``); it
+    answers None (keep the current one) until the certificate is half-way through its life,
+    then a new configuration, so a CA that runs for months never serves an expired certificate.
+    """
+
+    def __init__(
+        self,
+        ca: CertificateAuthority,
+        system_namespace: str,
+        hosts: list[str],
+        require_client_auth: bool,
+        ttl: dt.timedelta = SERVING_TTL,
+    ) -> None:
+        self.ca = ca
+        self.system_namespace = system_namespace
+        self.hosts = hosts
+        self.require_client_auth = require_client_auth
+        self.ttl = ttl
+        self.issued = 0
+        self._refresh_at = 0.0
+        self.current = self._issue()
+
+    def _issue(self) -> Any:
+        key_pem, chain = serving_credentials(self.ca, self.system_namespace, self.hosts, self.ttl)
+        self.issued += 1
+        self._refresh_at = time.monotonic() + self.ttl.total_seconds() / 2
+        roots = self.ca.root_pem if self.require_client_auth else None
+        return grpc.ssl_server_certificate_configuration([(key_pem, chain)], roots)
+
+    def fetch(self) -> Any:
+        if time.monotonic() < self._refresh_at:
+            return None
+        self.current = self._issue()
+        log.info("re-issued the CA's serving certificate (%d so far)", self.issued)
+        return self.current
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.dynamic_ssl_server_credentials(
+            self.current, self.fetch, require_client_authentication=self.require_client_auth
+        )
 
 
 class CAServer:
@@ -324,8 +370,11 @@ class CAServer:
         bootstrap_address: str,
         renewal_address: str,
         system_namespace: str = "meshfed-system",
+        serving_ttl: dt.timedelta = SERVING_TTL,
     ) -> None:
         self.service = service
+        self.serving_ttl = serving_ttl
+        self.serving: list[ServingCertificates] = []
         self.bootstrap_address = bootstrap_address
         self.renewal_address = renewal_address
         self.system_namespace = system_namespace
@@ -338,13 +387,13 @@ class CAServer:
         hosts = [
             a.rpartition(":")[0].strip("[]") for a in (self.bootstrap_address, self.renewal_address)
         ]
-        key_pem, chain = serving_credentials(ca, self.system_namespace, hosts)
+        self.serving = [
+            ServingCertificates(ca, self.system_namespace, hosts, False, self.serving_ttl),
+            ServingCertificates(ca, self.system_namespace, hosts, True, self.serving_ttl),
+        ]
         server = grpc.aio.server()
         server.add_generic_rpc_handlers(self.service.handlers())
-        tls = grpc.ssl_server_credentials([(key_pem, chain)])
-        mtls = grpc.ssl_server_credentials(
-            [(key_pem, chain)], root_certificates=ca.root_pem, require_client_auth=True
-        )
+        tls, mtls = (s.credentials() for s in self.serving)
         self.bootstrap_port = server.add_secure_port(self.bootstrap_address, tls)
         self.renewal_port = server.add_secure_port(self.renewal_address, mtls)
         await server.start()

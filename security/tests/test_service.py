@@ -168,3 +168,45 @@ async def test_health_check_and_refusal_metrics(server: CAServer) -> None:
         )
         # HealthCheckResponse{status: SERVING}, protobuf field 1 varint 1.
         assert await check(b"", timeout=5) == b"\x08\x01"
+
+
+async def test_serving_certificate_is_reissued_at_half_life(
+    ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    import asyncio
+    import socket
+    import ssl
+
+    srv = CAServer(
+        SigningService(ca, JoinTokenStore(tmp_path / "t.json")),
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        serving_ttl=dt.timedelta(seconds=2),
+    )
+    await srv.start()
+    try:
+
+        def presented() -> bytes:
+            ctx = ssl.create_default_context(cadata=ca.root_pem.decode())
+            ctx.check_hostname = False
+            ctx.set_alpn_protocols(["h2"])
+            host, _, port = srv.bootstrap_target.rpartition(":")
+            with (
+                socket.create_connection((host, int(port)), timeout=5) as raw,
+                ctx.wrap_socket(raw) as tls,
+            ):
+                der = tls.getpeercert(binary_form=True)
+                assert der is not None
+                return der
+
+        first = await asyncio.to_thread(presented)
+        await asyncio.sleep(1.2)  # past half of the 2 s lifetime
+        second = await asyncio.to_thread(presented)
+        assert first != second
+        assert srv.serving[0].issued >= 2
+        # ... and the service still answers (its new certificate verifies against the root).
+        token = srv.service.tokens.create("shop", "cart")  # type: ignore[union-attr]
+        ok = await _client(srv).bootstrap(make_csr(generate_key()), join_token=token)
+        assert ok.identity == CART
+    finally:
+        await srv.stop()
