@@ -25,13 +25,15 @@ import cachetools
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
+from pilot import traffic_hooks
 from pilot import xds_types as T
+from pilot.config.store import ConfigSnapshot
 from pilot.node import ProxyNode
-from pilot.translate import clusters as tc
-from pilot.translate import endpoints as te
 from pilot.translate import listeners as tl
 from pilot.translate import routes as tr
+from pilot.translate import traffic as tt
 from pilot.translate.protos import pack
+from pilot.translate.subsets import service_port_clusters
 from registry.aggregate import AggregateRegistry
 from registry.model import Endpoint, Service
 
@@ -124,6 +126,16 @@ class ConfigCache:
         self._digests: dict[str, str] = {}  # type -> version of a whole shared table
         self._routes: cachetools.LRUCache = cachetools.LRUCache(maxsize=256)
         self._proxy_parts: cachetools.LRUCache = cachetools.LRUCache(maxsize=4096)
+        # Routing config (issue 9): see pilot.translate.traffic and pilot.traffic_hooks.
+        self.traffic = tt.TrafficIndex()
+        self.config_generation = 0
+
+    # -- routing config ---------------------------------------------------------------------
+    def set_config(
+        self, snapshot: ConfigSnapshot, options: tt.TrafficOptions | None = None
+    ) -> CacheChange:
+        """Adopt a new routing-config snapshot; re-translate whatever it touches."""
+        return traffic_hooks.set_config(self, snapshot, options)
 
     # -- building ---------------------------------------------------------------------------
     def rebuild(self) -> CacheChange:
@@ -137,7 +149,9 @@ class ConfigCache:
         services_changed = False
         endpoint_names: set[str] = set()
         cluster_names: set[str] = set()
-        for host in sorted(set(hostnames)):
+        # Hosts whose subset/policy clusters change because the service set changed.
+        hostnames = traffic_hooks.hosts_to_apply(self, set(hostnames))
+        for host in sorted(hostnames):
             service = self.registry.service(host)
             endpoints = self.registry.endpoints(host) if service is not None else ()
             old_service = self._services.get(host)
@@ -184,11 +198,11 @@ class ConfigCache:
         clusters: dict[str, Resource] = {}
         assignments: dict[str, Resource] = {}
         for port in service.ports:
-            cluster = tc.outbound_cluster(service, port, endpoints)
-            clusters[cluster.name] = make_resource(cluster.name, cluster)
-            if tc.uses_eds(service):
-                cla = te.load_assignment(cluster.name, port, endpoints)
-                assignments[cluster.name] = make_resource(cluster.name, cla)
+            # The service's cluster plus its subset clusters, with destination policies applied.
+            for cluster, cla in service_port_clusters(service, port, endpoints, self.traffic):
+                clusters[cluster.name] = make_resource(cluster.name, cluster)
+                if cla is not None:
+                    assignments[cluster.name] = make_resource(cluster.name, cla)
         return clusters, assignments
 
     def _index_ips(self, host: str, endpoints: Iterable[Endpoint]) -> None:
@@ -233,11 +247,13 @@ class ConfigCache:
             found = self._digests[type_url] = digest((n, r.version) for n, r in table.items())
         return found
 
-    def route(self, namespace: str) -> Resource:
-        key = (namespace, self.services_generation)
+    def route(self, namespace: str, source: frozenset[str] = frozenset()) -> Resource:
+        """The outbound route table for ``namespace``; ``source`` names the source-matching
+        rules that apply to the asking proxy (see TrafficIndex.source_key)."""
+        key = (namespace, self.services_generation, self.config_generation, source)
         found = self._routes.get(key)
         if found is None:
-            config = tr.outbound_route_config(self._services.values(), namespace)
+            config = traffic_hooks.route_config(self, namespace, source)
             found = make_resource(config.name, config)
             self._routes[key] = found
         return found
@@ -256,7 +272,7 @@ class ConfigCache:
         self, node: ProxyNode
     ) -> tuple[dict[str, Resource], dict[str, Resource], tuple[str, ...]]:
         own = self.own_endpoints(node.ip) if node.app_ports else []
-        key = (node.view_key, self.services_generation, tuple(own))
+        key = (node.view_key, self.services_generation, self.config_generation, tuple(own))
         found = self._proxy_parts.get(key)
         if found is not None:
             return found
@@ -266,11 +282,13 @@ class ConfigCache:
         if not node.ip:
             problems.append("proxy has no IP (node metadata IP or id sidecar~IP~...): no listeners")
         else:
-            http = tl.outbound_http_listener(node)
+            http = traffic_hooks.outbound_http_listener(self, node)
             listeners[http.name] = make_resource(http.name, http)
             tcp, tcp_problems = tl.outbound_tcp_listeners(node, self._services.values())
             problems.extend(tcp_problems)
-            for listener in tcp:
+            egress, egress_problems = traffic_hooks.egress_listeners(self, node, tcp)
+            problems.extend(egress_problems)
+            for listener in [*tcp, *egress]:
                 listeners[listener.name] = make_resource(listener.name, listener)
             in_listeners, in_clusters = tl.inbound(node, own)
             for listener in in_listeners:
@@ -287,10 +305,12 @@ class ConfigCache:
 
     def view(self, node: ProxyNode) -> ProxyView:
         """What ``node`` should have now."""
+        if traffic_hooks.is_gateway(node):
+            return traffic_hooks.gateway_view(self, node)
         listeners, inbound_clusters, problems = self._proxy_part(node)
         shared = self.clusters()
         all_clusters = {**shared, **inbound_clusters} if inbound_clusters else shared
-        route = self.route(node.namespace)
+        route = self.route(node.namespace, traffic_hooks.source_key(self, node))
         cds_version = self.shared_digest(T.CLUSTER)
         if inbound_clusters:
             cds_version = digest(

@@ -6,11 +6,19 @@ implements the hub's component protocol (``start(hub)``, ``stop()``, ``routes()`
 ``not_ready()``) and can also run on its own (tests, benchmarks) with an aggregate passed in.
 
 Settings (the mesh config's ``pilot:`` section): ``debounceQuiet`` (seconds of quiet before a
-push, default 0.1), ``debounceMax`` (longest a batch waits, default 1.0).
+push, default 0.1), ``debounceMax`` (longest a batch waits, default 1.0), ``egressDnsResolvers``
+and ``gatewayCertsDir`` (see :class:`pilot.translate.traffic.TrafficOptions`).
+
+Routing config (route rules, destination policies, egress rules, gateways) comes from config
+stores: in the hub, a :class:`~pilot.config.store.FileConfigStore` over the mesh config's
+``configPaths`` plus any hub component exposing a ``store`` with the same interface (the
+Kubernetes CRD store); standalone, whatever stores are passed in. A snapshot change goes through
+the same debouncer as registry events, so a burst of rule edits costs one push.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping
@@ -21,9 +29,12 @@ from aiohttp import web
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from pilot import metrics as M
+from pilot import traffic_hooks
 from pilot.ads import DiscoveryServer
 from pilot.cache import ConfigCache
+from pilot.config.store import ConfigSnapshot, FileConfigStore
 from pilot.debounce import Batch, DebounceLoop
+from pilot.translate.traffic import TrafficOptions
 from registry.aggregate import AggregateRegistry
 from registry.events import ChangeEvent
 
@@ -31,6 +42,7 @@ log = logging.getLogger("meshfed.pilot")
 
 DEFAULT_QUIET = 0.1
 DEFAULT_MAX_DELAY = 1.0
+CONFIG_CHANGED = "\0config"  # a debouncer "hostname" no service can have: re-read the stores
 
 
 def debounce_settings(pilot_config: Mapping[str, Any]) -> tuple[float, float]:
@@ -58,8 +70,13 @@ class PilotServer:
         address: str = "127.0.0.1:15010",
         quiet: float = DEFAULT_QUIET,
         max_delay: float = DEFAULT_MAX_DELAY,
+        config_stores: list[Any] | None = None,
+        traffic_options: TrafficOptions | None = None,
     ) -> None:
         self.aggregate = aggregate
+        self.config_stores: list[Any] = list(config_stores or [])
+        self.traffic_options = traffic_options or TrafficOptions()
+        self._store_tasks: list[asyncio.Task[None]] = []
         self.address = address
         self.quiet = quiet
         self.max_delay = max_delay
@@ -76,10 +93,12 @@ class PilotServer:
             self.aggregate = hub.aggregate
             self.address = hub.mesh.discovery_address
             self.quiet, self.max_delay = debounce_settings(hub.mesh.pilot)
+            self._hub_stores(hub)
         if self.aggregate is None:
             raise ValueError("PilotServer needs an aggregate registry (or a hub)")
         # Built in full by _on_status once every registry has synced (now, if already so).
         self.cache = ConfigCache(self.aggregate)
+        self._start_stores()
         self.discovery = DiscoveryServer(self.cache)
         self._debounce = DebounceLoop(self._flush, self.quiet, self.max_delay)
         self._debounce.start()
@@ -110,6 +129,55 @@ class PilotServer:
             self.max_delay,
         )
 
+    # -- routing config ---------------------------------------------------------------------
+    def _hub_stores(self, hub: Any) -> None:
+        self.traffic_options = TrafficOptions.from_pilot_config(hub.mesh.pilot)
+        if hub.mesh.config_paths and not any(
+            isinstance(s, FileConfigStore) for s in self.config_stores
+        ):
+            store = FileConfigStore(hub.mesh.config_paths)
+            self.config_stores.append(store)
+            self._owned_stores = [store]
+        for component in getattr(hub, "components", ()):
+            store = getattr(component, "store", None)  # e.g. the Kubernetes CRD config store
+            known = store in self.config_stores
+            if store is not None and hasattr(store, "subscribe") and not known:
+                self.config_stores.append(store)
+
+    def _start_stores(self) -> None:
+        assert self.cache is not None
+        for store in self.config_stores:
+            if store in getattr(self, "_owned_stores", ()):
+                store.load()  # rules in force before the first proxy is served
+                self._store_tasks.append(asyncio.create_task(store.run()))
+            if not getattr(store, "_pilot_subscribed", False):
+                store.subscribe(self._on_config)
+                store._pilot_subscribed = True
+        self.cache.set_config(self.config_snapshot(), self.traffic_options)
+
+    def config_snapshot(self) -> ConfigSnapshot:
+        """Every store's objects as one snapshot (a single store's is used as is)."""
+        if len(self.config_stores) == 1:
+            return self.config_stores[0].snapshot
+        objects: list[Any] = []
+        for store in self.config_stores:
+            snap = store.snapshot
+            objects += [*snap.route_rules, *snap.destination_policies]
+            objects += [*snap.egress_rules, *snap.gateways]
+        return ConfigSnapshot.of(objects)
+
+    def _on_config(self, snapshot: ConfigSnapshot) -> None:
+        if self._debounce is not None:
+            self._debounce.submit({CONFIG_CHANGED})
+
+    def configz(self) -> dict[str, Any]:
+        index = self.cache.traffic if self.cache is not None else None
+        return {
+            "stores": [s.describe() for s in self.config_stores],
+            "conflicts": [str(c) for c in self.config_snapshot().conflicts],
+            "unresolved": list(index.unresolved) if index is not None else [],
+        }
+
     def _on_status(self) -> None:
         discovery = self.discovery
         if discovery is None or discovery.serving.is_set() or not self.aggregate.synced:
@@ -129,7 +197,10 @@ class PilotServer:
         assert self.cache is not None and self.discovery is not None
         M.DEBOUNCE.observe(batch.waited)
         started = time.perf_counter()
-        change = self.cache.apply(batch.hostnames)
+        change = self.cache.apply(batch.hostnames - {CONFIG_CHANGED})
+        if CONFIG_CHANGED in batch.hostnames:
+            config = self.cache.set_config(self.config_snapshot(), self.traffic_options)
+            change = traffic_hooks.merge(change, config)
         M.BUILD_TIME.observe(time.perf_counter() - started)
         if not (change.services_changed or change.endpoint_names or change.cluster_names):
             return
@@ -137,6 +208,13 @@ class PilotServer:
         await self.discovery.push_all(change, batch.first_at)
 
     async def stop(self) -> None:
+        for store in getattr(self, "_owned_stores", ()):
+            store.stop()
+        if self._store_tasks:
+            await asyncio.wait(self._store_tasks, timeout=5)
+            for task in self._store_tasks:
+                task.cancel()
+            self._store_tasks = []
         if self._debounce is not None:
             await self._debounce.stop()
             self._debounce = None
@@ -150,7 +228,10 @@ class PilotServer:
     def routes(self) -> list[web.RouteDef]:
         from pilot.status import routes
 
-        return routes(lambda: self.discovery)
+        async def configz(request: web.Request) -> web.Response:
+            return web.json_response(self.configz())
+
+        return [*routes(lambda: self.discovery), web.get("/debug/configz", configz)]
 
     def not_ready(self) -> list[str]:
         if self._grpc is None or self.discovery is None:

@@ -48,11 +48,18 @@ def _listener(name: str, ip: str, port: int, filt: lc.Filter) -> listener_pb2.Li
     )
 
 
-def outbound_http_listener(node: ProxyNode) -> listener_pb2.Listener:
+def outbound_http_listener(
+    node: ProxyNode,
+    http_filters: Sequence[hcm.HttpFilter] = (),
+    upgrade_configs: Sequence[hcm.HttpConnectionManager.UpgradeConfig] = (),
+) -> listener_pb2.Listener:
+    """``http_filters`` (before the router) and ``upgrade_configs`` come from traffic rules
+    (pilot.translate.rules / egress): inert by default, configured per route."""
     manager = hcm.HttpConnectionManager(
         stat_prefix="outbound_http",
         rds=hcm.Rds(config_source=ads_source(), route_config_name=names.OUTBOUND_HTTP_ROUTE),
-        http_filters=[_router()],
+        http_filters=[*http_filters, _router()],
+        upgrade_configs=list(upgrade_configs),
     )
     return _listener(
         names.OUTBOUND_HTTP_LISTENER,

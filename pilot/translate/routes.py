@@ -16,7 +16,7 @@ given to the first service (by hostname order) that claims it and skipped for la
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
@@ -77,10 +77,21 @@ def _route(cluster: str) -> rc.Route:
     )
 
 
+# Hook for traffic rules (pilot.translate.rules): a service port's routes given its default route.
+RoutesFor = Callable[[Service, Port, rc.Route], list[rc.Route]]
+
+
 def outbound_route_config(
-    services: Iterable[Service], namespace: str
+    services: Iterable[Service],
+    namespace: str,
+    routes_for: RoutesFor | None = None,
+    extra_vhosts: Iterable[rc.VirtualHost] = (),
 ) -> route_pb2.RouteConfiguration:
-    """The outbound HTTP route table as seen from a proxy in ``namespace``."""
+    """The outbound HTTP route table as seen from a proxy in ``namespace``.
+
+    ``routes_for`` lets route rules replace a service's single default route; ``extra_vhosts``
+    (egress rules) are added after the services, minus any domain a service already claims.
+    """
     taken: set[str] = set()
     vhosts: list[rc.VirtualHost] = []
     for service in sorted(services, key=lambda s: s.hostname):
@@ -95,13 +106,21 @@ def outbound_route_config(
             if not domains:
                 continue
             cluster = names.outbound_cluster(service.hostname, port.number)
+            default = _route(cluster)
             vhosts.append(
                 rc.VirtualHost(
                     name=f"{service.hostname}:{port.number}",
                     domains=domains,
-                    routes=[_route(cluster)],
+                    routes=routes_for(service, port, default) if routes_for else [default],
                 )
             )
+    for vhost in extra_vhosts:
+        domains = [d for d in vhost.domains if d not in taken]
+        if domains:
+            taken.update(domains)
+            del vhost.domains[:]
+            vhost.domains.extend(domains)
+            vhosts.append(vhost)
     return route_pb2.RouteConfiguration(
         name=names.OUTBOUND_HTTP_ROUTE,
         virtual_hosts=vhosts,
@@ -110,4 +129,11 @@ def outbound_route_config(
 
 
 def referenced_clusters(config: route_pb2.RouteConfiguration) -> set[str]:
-    return {r.route.cluster for vh in config.virtual_hosts for r in vh.routes if r.route.cluster}
+    out = set()
+    for vh in config.virtual_hosts:
+        for r in vh.routes:
+            if r.route.cluster:
+                out.add(r.route.cluster)
+            out.update(w.name for w in r.route.weighted_clusters.clusters)
+            out.update(m.cluster for m in r.route.request_mirror_policies if m.cluster)
+    return out

@@ -1,0 +1,255 @@
+"""Helpers for the traffic-management tests: a mesh whose Pilot reads rule files, backends that
+say which version answered and can be told to misbehave, and a loopback DNS server.
+
+Every "host" is a 127.0.0.0/8 address; each test module uses its own third octet (101..109).
+The DNS server exists so that "external" services can have real names (``api.ext.test``)
+resolved by Envoy to loopback addresses, without editing ``/etc/hosts`` and without any query
+leaving the machine: sidecars are pointed at it through Pilot's ``egressDnsResolvers``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+from aiohttp import web
+
+from integration.pilot_helpers import Mesh
+from pilot.config.store import FileConfigStore
+from pilot.translate.traffic import TrafficOptions
+from registry.model import Endpoint, Port, Protocol, Service
+
+
+def http_service(host: str, port: int = 80, protocol: Protocol = Protocol.HTTP) -> Service:
+    return Service(hostname=host, ports=(Port(port, "http", protocol),))
+
+
+def versioned(address: str, version: str, port: int = 9080, **labels: str) -> Endpoint:
+    return Endpoint(address=address, ports={"http": port}, labels={"version": version, **labels})
+
+
+class VersionBackend:
+    """An HTTP server answering with its name; it records requests and can misbehave.
+
+    ``delay``: seconds to wait before answering; ``fail_first``: answer 503 to that many
+    requests first; ``hold``: an event every request waits for (concurrency tests).
+    """
+
+    def __init__(self, name: str, address: str, port: int = 9080) -> None:
+        self.name, self.address, self.port = name, address, port
+        self.requests: list[dict[str, Any]] = []
+        self.delay = 0.0
+        self.fail_first = 0
+        self.fail_always = False
+        self.hold: asyncio.Event | None = None
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            self.requests.append(
+                {"path": request.path_qs, "host": request.host, "headers": dict(request.headers)}
+            )
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            try:
+                if self.hold is not None:
+                    await asyncio.wait_for(self.hold.wait(), 10)
+                if self.delay:
+                    await asyncio.sleep(self.delay)
+                if self.fail_always or self.fail_first > 0:
+                    self.fail_first -= 1
+                    return web.Response(status=503, text=f"{self.name} failing")
+                return web.Response(
+                    text=self.name, headers={"x-backend": self.name, "x-path": request.path_qs}
+                )
+            finally:
+                self.in_flight -= 1
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.address, self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+class RoutingMesh(Mesh):
+    """A test mesh whose Pilot reads routing config from files in ``rules_dir``."""
+
+    def __init__(self, rules_dir: Path, options: TrafficOptions | None = None, **kw: Any) -> None:
+        super().__init__(**kw)
+        rules_dir.mkdir(parents=True, exist_ok=True)
+        self.rules_dir = rules_dir
+        self.store = FileConfigStore([rules_dir])
+        self.pilot.config_stores = [self.store]
+        self.pilot.traffic_options = options or TrafficOptions()
+        self.version_backends: list[VersionBackend] = []
+        self._store_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.store.load()
+        self._store_task = asyncio.create_task(self.store.run())
+        await super().start()
+
+    async def stop(self) -> None:
+        self.store.stop()
+        if self._store_task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._store_task, 5)
+        for b in self.version_backends:
+            with contextlib.suppress(Exception):
+                await b.stop()
+        await super().stop()
+
+    async def version_backend(self, name: str, address: str, port: int = 9080) -> VersionBackend:
+        b = VersionBackend(name, address, port)
+        await b.start()
+        self.version_backends.append(b)
+        return b
+
+    def write(self, name: str, text: str) -> None:
+        """Write (or replace) a rule file; the store picks it up within a fraction of a second."""
+        tmp = self.rules_dir / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.rename(self.rules_dir / f"{name}.yaml")
+
+    def remove(self, name: str) -> None:
+        (self.rules_dir / f"{name}.yaml").unlink()
+
+    async def apply(self, name: str, text: str, timeout: float = 10.0) -> None:
+        """Write a rule file and wait until Pilot has it in its snapshot and pushed it."""
+        self.write(name, text)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.store.errors and self.pilot.cache is not None:
+                wanted = self.store.snapshot
+                if self.pilot.cache.traffic.snapshot == wanted:
+                    await asyncio.sleep(0.5)  # the push, Envoy's ACK and its worker update
+                    return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"rule file {name} not applied: {self.store.errors}")
+
+
+@contextlib.asynccontextmanager
+async def routing_mesh(
+    rules_dir: Path, options: TrafficOptions | None = None, **kw: Any
+) -> AsyncIterator[RoutingMesh]:
+    mesh = RoutingMesh(rules_dir, options, **kw)
+    try:
+        await mesh.start()
+        yield mesh
+    finally:
+        await mesh.stop()
+
+
+async def request(
+    session: aiohttp.ClientSession,
+    url: str,
+    host: str,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 10.0,
+    method: str = "GET",
+) -> tuple[int, str, Mapping[str, str]]:
+    async with session.request(
+        method,
+        url,
+        headers={"Host": host, **(headers or {})},
+        timeout=aiohttp.ClientTimeout(total=timeout),
+        allow_redirects=False,
+    ) as response:
+        return response.status, await response.text(), dict(response.headers)
+
+
+async def count(
+    session: aiohttp.ClientSession,
+    url: str,
+    host: str,
+    n: int,
+    headers: Mapping[str, str] | None = None,
+) -> dict[str, int]:
+    """``n`` requests; answers counted by body (the backend's name) or ``HTTP <status>``."""
+    out: dict[str, int] = {}
+    for _ in range(n):
+        status, body, _ = await request(session, url, host, headers)
+        key = body if status == 200 else f"HTTP {status}"
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+class LoopbackDNS:
+    """A DNS server on a loopback address answering A queries from a fixed table.
+
+    Names absent from the table get NXDOMAIN; ``*.domain`` entries answer every subdomain.
+    """
+
+    def __init__(self, address: str, port: int, records: Mapping[str, str]) -> None:
+        self.address, self.port = address, port
+        self.records = {k.lower().rstrip("."): v for k, v in records.items()}
+        self.queries: list[str] = []
+        self._transport: asyncio.DatagramTransport | None = None
+
+    def lookup(self, name: str) -> str | None:
+        name = name.lower().rstrip(".")
+        if name in self.records:
+            return self.records[name]
+        for key, value in self.records.items():
+            if key.startswith("*.") and name.endswith(key[1:]):
+                return value
+        return None
+
+    async def start(self) -> None:
+        server = self
+
+        class Protocol_(asyncio.DatagramProtocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                self.transport = transport
+
+            def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+                try:
+                    query = dns.message.from_wire(data)
+                except Exception:
+                    return
+                response = dns.message.make_response(query)
+                response.flags |= dns.flags.AA
+                for question in query.question:
+                    name = question.name.to_text()
+                    server.queries.append(name)
+                    found = server.lookup(name)
+                    if found is None:
+                        response.set_rcode(dns.rcode.NXDOMAIN)
+                    elif question.rdtype == dns.rdatatype.A:
+                        response.answer.append(
+                            dns.rrset.from_text(question.name, 5, "IN", "A", found)
+                        )
+                self.transport.sendto(response.to_wire(), addr)  # type: ignore[attr-defined]
+
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            Protocol_, local_addr=(self.address, self.port)
+        )
+        self._transport = transport  # type: ignore[assignment]
+
+    def stop(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    @property
+    def resolver(self) -> str:
+        return f"{self.address}:{self.port}"

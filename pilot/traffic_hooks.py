@@ -1,0 +1,174 @@
+"""Where routing config enters the shared cache: the few calls :mod:`pilot.cache` makes.
+
+The cache owns versions, sharing and incremental rebuilds; this module owns everything that
+route rules, destination policies, egress rules and gateways add to it, so the cache's own code
+changes by a handful of lines and the traffic features can be read in one place.
+
+Promises:
+- A new config snapshot re-translates every service through the normal diffing path
+  (:meth:`ConfigCache.apply`), so unchanged clusters keep their versions and are not re-sent.
+- A registry change that makes a rule resolve differently (a service appears or disappears)
+  also re-translates the services whose subset/policy clusters that changes.
+- Egress clusters live in the cache's cluster table under a key no hostname can take, so they
+  are diffed, versioned and shared exactly like service clusters.
+- Gateways (node id ``router~...``) get the gateway listeners and routes instead of a
+  sidecar's, plus the shared clusters and endpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import attrs
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+
+from pilot import xds_types as T
+from pilot.config.store import ConfigSnapshot
+from pilot.node import ProxyNode
+from pilot.translate import egress, gateway, rules
+from pilot.translate import listeners as tl
+from pilot.translate import routes as tr
+from pilot.translate.traffic import TrafficIndex, TrafficOptions
+
+if TYPE_CHECKING:
+    from pilot.cache import CacheChange, ConfigCache, ProxyView
+
+EGRESS_KEY = "\0egress"  # not a hostname: the egress rules' slot in the cluster table
+
+
+def set_config(
+    cache: ConfigCache, snapshot: ConfigSnapshot, options: TrafficOptions | None
+) -> CacheChange:
+    options = options or cache.traffic.options
+    cache.traffic = TrafficIndex.build(snapshot, cache._services.values(), options)
+    cache.config_generation += 1
+    egress_changed = _update_egress(cache)
+    change = cache.apply(set(cache._services))
+    names_ = set(change.cluster_names) | egress_changed
+    return attrs.evolve(change, services_changed=True, cluster_names=frozenset(names_))
+
+
+def merge(first: CacheChange, second: CacheChange) -> CacheChange:
+    """One change covering two consecutive ones (a registry batch, then a config snapshot)."""
+    return attrs.evolve(
+        second,
+        services_changed=first.services_changed or second.services_changed,
+        endpoint_names=first.endpoint_names | second.endpoint_names,
+        cluster_names=first.cluster_names | second.cluster_names,
+        full=first.full or second.full,
+    )
+
+
+def _update_egress(cache: ConfigCache) -> set[str]:
+    from pilot.cache import _changed, make_resource
+
+    index = cache.traffic
+    new = {
+        c.name: make_resource(c.name, c)
+        for c in egress.egress_clusters(index.snapshot.egress_rules, cache._services, index.options)
+    }
+    changed = _changed(cache._clusters.get(EGRESS_KEY, {}), new)
+    if changed:
+        cache._store(cache._clusters, EGRESS_KEY, new)
+        cache._flat_clusters = None
+        cache._digests.pop(T.CLUSTER, None)
+    return changed
+
+
+def hosts_to_apply(cache: ConfigCache, hosts: set[str]) -> set[str]:
+    """``hosts`` plus the hosts whose config-derived clusters change with this batch."""
+    registry = cache.registry
+    if all(registry.service(h) == cache._services.get(h) for h in hosts):
+        return hosts
+    services = dict(cache._services)
+    for host in hosts:
+        service = registry.service(host)
+        if service is None:
+            services.pop(host, None)
+        else:
+            services[host] = service
+    old = cache.traffic
+    new = TrafficIndex.build(old.snapshot, services.values(), old.options)
+    cache.traffic = new
+    touched = set(old.subsets) | set(old.policies) | set(new.subsets) | set(new.policies)
+    extra = {h for h in touched if old.cluster_signature(h) != new.cluster_signature(h)}
+    if old.snapshot.egress_rules:
+        # A registry service with an egress rule's name shadows the rule (and releases it).
+        cache._services, saved = services, cache._services
+        try:
+            _update_egress(cache)
+        finally:
+            cache._services = saved
+    return hosts | extra
+
+
+def route_config(
+    cache: ConfigCache, namespace: str, source: frozenset[str]
+) -> route_pb2.RouteConfiguration:
+    index = cache.traffic
+    applies = rules.source_filter(source)
+    return tr.outbound_route_config(
+        cache._services.values(),
+        namespace,
+        routes_for=lambda svc, port, default: rules.service_routes(
+            svc, port, default, index, applies
+        ),
+        extra_vhosts=egress.egress_virtual_hosts(index.snapshot.egress_rules, cache._services),
+    )
+
+
+def source_key(cache: ConfigCache, node: ProxyNode) -> frozenset[str]:
+    index = cache.traffic
+    if not index.has_source_rules or not node.ip:
+        return frozenset()
+    return index.source_key(cache.own_endpoints(node.ip))
+
+
+def outbound_http_listener(cache: ConfigCache, node: ProxyNode) -> listener_pb2.Listener:
+    filters = [*rules.http_filters(), *egress.http_filters(cache.traffic.options)]
+    return tl.outbound_http_listener(node, filters, rules.websocket_disabled_by_default())
+
+
+def egress_listeners(
+    cache: ConfigCache, node: ProxyNode, tcp: Sequence[listener_pb2.Listener]
+) -> tuple[list[listener_pb2.Listener], list[str]]:
+    index = cache.traffic
+    taken = set(node.reserved_ports) | {lst.address.socket_address.port_value for lst in tcp}
+    return egress.egress_listeners(
+        node, index.snapshot.egress_rules, cache._services, taken, index.options
+    )
+
+
+def is_gateway(node: ProxyNode) -> bool:
+    return gateway.is_gateway(node)
+
+
+def gateway_view(cache: ConfigCache, node: ProxyNode) -> ProxyView:
+    from pilot.cache import ProxyView, make_resource
+
+    key = ("gateway", node.view_key, cache.services_generation, cache.config_generation)
+    found = cache._proxy_parts.get(key)
+    if found is None:
+        listeners, routes, problems = gateway.gateway_resources(node, cache.traffic)
+        found = (
+            {lst.name: make_resource(lst.name, lst) for lst in listeners},
+            {r.name: make_resource(r.name, r) for r in routes},
+            (*node.problems, *problems),
+        )
+        cache._proxy_parts[key] = found
+    listener_table, route_table, problems = found
+    return ProxyView(
+        {
+            T.CLUSTER: cache.clusters(),
+            T.ENDPOINT: cache.assignments(),
+            T.LISTENER: listener_table,
+            T.ROUTE: route_table,
+        },
+        problems,
+        shared_digests={
+            T.CLUSTER: cache.shared_digest(T.CLUSTER),
+            T.ENDPOINT: cache.shared_digest(T.ENDPOINT),
+        },
+    )

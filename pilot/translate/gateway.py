@@ -1,0 +1,225 @@
+"""Ingress gateway config: Kubernetes ``Ingress`` and meshfed ``Gateway`` as Envoy listeners.
+
+A gateway is a standalone Envoy (``meshfed proxy --gateway``) whose node id starts with
+``router~``. Pilot gives it no sidecar listeners; instead, for the gateway's HTTP port (its
+``OUTBOUND_HTTP_PORT``, set by ``--gateway-port``) and, when any config asks for TLS, its HTTPS
+port (443 for port 80, otherwise HTTP port + 363, so 8080 pairs with 8443):
+
+- one listener per port, an HTTP connection manager with ``codec_type: AUTO`` so HTTP/1.1,
+  HTTP/2 and gRPC (h2c on the plain port, h2 over ALPN on the TLS port) all work;
+- routes (RDS ``gateway|<port>``): one virtual host per Ingress host (``*`` for rules without
+  a host), one route per path (longest prefix first) to the backend service port's cluster,
+  which already speaks HTTP/2 upstream when the port's protocol is grpc/http2;
+- TLS termination on the HTTPS port: one filter chain per certificate, matched by SNI
+  (``server_names``), certificate and key read by Envoy from files
+  ``<dir>/tls.crt`` and ``<dir>/tls.key`` (Kubernetes TLS secret key names), where ``<dir>``
+  is the secret name resolved against the mesh's ``gatewayCertsDir`` (Istio 0.2 mounted
+  ingress certificates at a fixed path), or the folder itself when the secret is a path
+  (relative paths: against the Ingress/Gateway file's folder). Keys never travel in xDS, and
+  ``watched_directory`` makes Envoy pick up rotated files without a push.
+
+Several Ingress/Gateway objects for the same host merge into one virtual host (objects in
+namespace/name order, paths longest first); a backend that resolves to no service port is
+skipped and reported as a problem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from envoy.config.core.v3 import base_pb2
+from envoy.config.listener.v3 import listener_components_pb2 as lc
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm,
+)
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
+
+from pilot.config.model import Gateway, IngressPath
+from pilot.node import ProxyNode
+from pilot.translate import names
+from pilot.translate.protos import ads_source, pack, seconds, socket_address
+from pilot.translate.traffic import TrafficIndex
+from registry.model import Service
+
+GATEWAY_NODE_PREFIX = "router~"
+ROUTE_TIMEOUT_S = 15.0
+
+
+def is_gateway(node: ProxyNode) -> bool:
+    return node.id.startswith(GATEWAY_NODE_PREFIX)
+
+
+def https_port(http_port: int) -> int:
+    return 443 if http_port == 80 else http_port + 363
+
+
+def route_name(port: int) -> str:
+    return f"gateway|{port}"
+
+
+def _backend_cluster(
+    path: IngressPath, gateway: Gateway, services: Mapping[str, Service]
+) -> str | None:
+    host = path.backend.resolve(services.values(), gateway.namespace)
+    service = services.get(host) if host else None
+    if service is None:
+        return None
+    if isinstance(path.port, int):
+        port = service.port_by_number(path.port)
+    else:
+        port = service.port(path.port)
+    return names.outbound_cluster(service.hostname, port.number) if port is not None else None
+
+
+def gateway_route_config(
+    port: int, gateways: Iterable[Gateway], services: Mapping[str, Service]
+) -> tuple[route_pb2.RouteConfiguration, list[str]]:
+    by_host: dict[str, list[tuple[IngressPath, str]]] = {}
+    problems = []
+    for gateway in gateways:
+        for path in gateway.paths:
+            cluster = _backend_cluster(path, gateway, services)
+            if cluster is None:
+                problems.append(
+                    f"{gateway.ref}: backend {path.backend} port {path.port} "
+                    "matches no service port"
+                )
+                continue
+            by_host.setdefault(path.host or "*", []).append((path, cluster))
+    vhosts = []
+    for host, entries in sorted(by_host.items(), key=lambda kv: (kv[0] == "*", kv[0])):
+        # Longest prefix first, stable for equal lengths (config order).
+        ordered = sorted(enumerate(entries), key=lambda ie: (-len(ie[1][0].path), ie[0]))
+        routes = []
+        for _, (path, cluster) in ordered:
+            action = rc.RouteAction(cluster=cluster, timeout=seconds(ROUTE_TIMEOUT_S))
+            if path.grpc:
+                action.timeout.CopyFrom(seconds(0))  # streams may be long; the client decides
+            routes.append(rc.Route(match=rc.RouteMatch(prefix=path.path), route=action))
+        domains = ["*"] if host == "*" else [host, f"{host}:{port}"]
+        vhosts.append(rc.VirtualHost(name=f"gateway|{host}", domains=domains, routes=routes))
+    config = route_pb2.RouteConfiguration(
+        name=route_name(port), virtual_hosts=vhosts, validate_clusters={"value": False}
+    )
+    return config, problems
+
+
+def _manager(port: int) -> hcm.HttpConnectionManager:
+    return hcm.HttpConnectionManager(
+        stat_prefix=f"gateway_{port}",
+        codec_type=hcm.HttpConnectionManager.AUTO,
+        rds=hcm.Rds(config_source=ads_source(), route_config_name=route_name(port)),
+        http_filters=[
+            hcm.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router()))
+        ],
+        # Clients connect from outside the mesh: keep their X-Forwarded-For, mark edge.
+        use_remote_address={"value": True},
+    )
+
+
+def _cert_dir(secret: str, gateway: Gateway, certs_dir: str) -> Path:
+    if "/" in secret:
+        path = Path(secret)
+        return path if path.is_absolute() else Path(gateway.file).parent / path
+    return Path(certs_dir or "/etc/meshfed/gateway-certs") / secret
+
+
+def _tls_chain(secret_dir: Path, hosts: list[str], port: int) -> lc.FilterChain:
+    context = tls_pb2.DownstreamTlsContext(
+        common_tls_context=tls_pb2.CommonTlsContext(
+            tls_certificates=[
+                common_pb2.TlsCertificate(
+                    certificate_chain=base_pb2.DataSource(filename=str(secret_dir / "tls.crt")),
+                    private_key=base_pb2.DataSource(filename=str(secret_dir / "tls.key")),
+                    watched_directory=base_pb2.WatchedDirectory(path=str(secret_dir)),
+                )
+            ],
+            alpn_protocols=["h2", "http/1.1"],
+        )
+    )
+    match = lc.FilterChainMatch()
+    if "*" not in hosts:
+        match.server_names.extend(hosts)
+    return lc.FilterChain(
+        name=f"tls|{secret_dir}",
+        filter_chain_match=match,
+        filters=[
+            lc.Filter(
+                name="envoy.filters.network.http_connection_manager",
+                typed_config=pack(_manager(port)),
+            )
+        ],
+        transport_socket=base_pb2.TransportSocket(
+            name="envoy.transport_sockets.tls", typed_config=pack(context)
+        ),
+    )
+
+
+def gateway_resources(
+    node: ProxyNode, index: TrafficIndex
+) -> tuple[list[listener_pb2.Listener], list[route_pb2.RouteConfiguration], list[str]]:
+    """Listeners and route configs for the gateway ``node``, plus problems to report."""
+    http_port = node.outbound_http_port
+    gateways = index.snapshot.gateways
+    services = index.services
+    by_port: dict[int, list[Gateway]] = {}
+    for gw in gateways:
+        by_port.setdefault(gw.port or http_port, []).append(gw)
+    by_port.setdefault(http_port, [])
+    listeners, routes, problems = [], [], []
+    for port, gws in sorted(by_port.items()):
+        config, route_problems = gateway_route_config(port, gws, services)
+        routes.append(config)
+        problems.extend(route_problems)
+        listeners.append(
+            listener_pb2.Listener(
+                name=f"gateway|{node.ip}:{port}",
+                address=socket_address(node.ip, port),
+                filter_chains=[
+                    lc.FilterChain(
+                        filters=[
+                            lc.Filter(
+                                name="envoy.filters.network.http_connection_manager",
+                                typed_config=pack(_manager(port)),
+                            )
+                        ]
+                    )
+                ],
+            )
+        )
+    tls_dirs: dict[Path, list[str]] = {}
+    tls_gateways = []
+    for gw in gateways:
+        if not gw.tls_hosts:
+            continue
+        tls_gateways.append(gw)
+        for host, secret in gw.tls_hosts:
+            hosts = tls_dirs.setdefault(_cert_dir(secret, gw, index.options.gateway_certs_dir), [])
+            if host not in hosts:
+                hosts.append(host)
+    if tls_dirs:
+        port = https_port(http_port)
+        config, route_problems = gateway_route_config(port, tls_gateways, services)
+        routes.append(config)
+        problems.extend(route_problems)
+        chains = [_tls_chain(d, hosts, port) for d, hosts in sorted(tls_dirs.items())]
+        listeners.append(
+            listener_pb2.Listener(
+                name=f"gateway|{node.ip}:{port}",
+                address=socket_address(node.ip, port),
+                listener_filters=[
+                    listener_pb2.ListenerFilter(
+                        name="envoy.filters.listener.tls_inspector",
+                        typed_config=pack(tls_inspector_pb2.TlsInspector()),
+                    )
+                ],
+                filter_chains=chains,
+            )
+        )
+    return listeners, routes, problems

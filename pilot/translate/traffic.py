@@ -1,0 +1,193 @@
+"""The routing config resolved against the registry: which rules, subsets and policies apply where.
+
+Route rules, destination policies and mirrors name services the way their authors wrote them
+(``reviews``, ``reviews.default``, an FQDN). Every translator needs the same answers: which
+registry hostname a rule is for, which label subsets of a service some rule or policy refers to
+(each becomes a subset cluster), which policy governs a cluster, and which source-matching rules
+apply to a given proxy. :class:`TrafficIndex` computes those answers once per (config snapshot,
+service set) so translators stay pure and cheap.
+
+Promises:
+- Equal inputs give equal indexes (plain sorted tuples), so an unchanged config never changes a
+  version; :attr:`TrafficIndex.signature` changes exactly when a translation could.
+- Rules for one destination keep the snapshot's application order (highest precedence first,
+  conflicts broken by namespace/name, see ``pilot.config.conflicts``).
+- A reference that resolves to no service is kept in :attr:`TrafficIndex.unresolved` (for
+  ``/debug/configz``) and otherwise ignored: a rule for a service that does not exist yet
+  simply starts to apply when the service appears.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import attrs
+
+from pilot.config.model import DestinationPolicy, RouteRule, ServiceRef
+from pilot.config.store import ConfigSnapshot
+from registry.model import Endpoint, Labels, Port, Service
+
+
+@attrs.frozen(slots=True)
+class TrafficOptions:
+    """Operator settings for traffic translation (the mesh config's ``pilot:`` section).
+
+    ``dns_resolvers``: ``ip:port`` addresses of the DNS servers sidecars use for external
+    (egress) names; empty means the host's resolver. Split-horizon setups need it, and so do
+    the tests, which name loopback "external" servers without touching ``/etc/hosts``.
+    ``gateway_certs_dir``: where a gateway finds ``<secret>/tls.crt`` and ``tls.key`` for a
+    TLS secret named by an Ingress or Gateway (Istio 0.2 mounted them at a fixed path too).
+    """
+
+    dns_resolvers: tuple[str, ...] = ()
+    gateway_certs_dir: str = ""
+
+    @classmethod
+    def from_pilot_config(cls, pilot: Mapping[str, object]) -> TrafficOptions:
+        raw = pilot.get("egressDnsResolvers") or ()
+        resolvers = tuple(str(r) for r in raw) if isinstance(raw, list | tuple) else ()
+        return cls(resolvers, str(pilot.get("gatewayCertsDir") or ""))
+
+
+def subset_name(labels: Labels) -> str:
+    """The subset part of a cluster name: canonical ``k=v`` pairs joined by commas."""
+    return ",".join(f"{k}={v}" for k, v in labels.items())
+
+
+@attrs.frozen(slots=True)
+class TrafficIndex:
+    snapshot: ConfigSnapshot = attrs.field(factory=ConfigSnapshot)
+    options: TrafficOptions = attrs.field(factory=TrafficOptions)
+    services: Mapping[str, Service] = attrs.field(factory=dict, eq=False)
+    rules: Mapping[str, tuple[RouteRule, ...]] = attrs.field(factory=dict)  # by destination host
+    subsets: Mapping[str, tuple[Labels, ...]] = attrs.field(factory=dict)
+    policies: Mapping[str, tuple[DestinationPolicy, ...]] = attrs.field(factory=dict)
+    resolved: Mapping[tuple[str, ServiceRef], str] = attrs.field(factory=dict)
+    unresolved: tuple[str, ...] = ()
+
+    @classmethod
+    def build(
+        cls,
+        snapshot: ConfigSnapshot,
+        services: Iterable[Service],
+        options: TrafficOptions | None = None,
+    ) -> TrafficIndex:
+        services_by_host = {s.hostname: s for s in services}
+        svc_list = list(services_by_host.values())
+        resolved: dict[tuple[str, ServiceRef], str] = {}
+        unresolved: list[str] = []
+
+        def resolve(ref: ServiceRef, namespace: str, what: str) -> str | None:
+            key = (namespace, attrs.evolve(ref, labels=Labels()))
+            if key not in resolved:
+                host = ref.resolve(svc_list, namespace)
+                if host is None:
+                    unresolved.append(f"{what}: no service {ref} in namespace {namespace}")
+                    return None
+                resolved[key] = host
+            return resolved[key]
+
+        rules: dict[str, list[RouteRule]] = {}
+        subsets: dict[str, set[Labels]] = {}
+        for rule in snapshot.route_rules:
+            host = resolve(rule.destination, rule.namespace, rule.ref)
+            if host is None:
+                continue
+            rules.setdefault(host, []).append(rule)
+            for dest in rule.route:
+                target = host
+                if dest.destination is not None:
+                    target = resolve(dest.destination, rule.namespace, rule.ref) or ""
+                if target and dest.labels:
+                    subsets.setdefault(target, set()).add(dest.labels)
+            if rule.mirror is not None:
+                target = resolve(rule.mirror, rule.namespace, rule.ref + " mirror")
+                if target and rule.mirror.labels:
+                    subsets.setdefault(target, set()).add(rule.mirror.labels)
+            if rule.match.source is not None:
+                resolve(rule.match.source, rule.namespace, rule.ref + " source")
+        policies: dict[str, list[DestinationPolicy]] = {}
+        for policy in snapshot.destination_policies:
+            host = resolve(policy.destination, policy.namespace, policy.ref)
+            if host is None:
+                continue
+            policies.setdefault(host, []).append(policy)
+            if policy.destination.labels:
+                subsets.setdefault(host, set()).add(policy.destination.labels)
+        return cls(
+            snapshot,
+            options or TrafficOptions(),
+            services_by_host,
+            {h: tuple(r) for h, r in sorted(rules.items())},
+            {
+                h: tuple(sorted(s, key=lambda labels: labels.items_tuple))
+                for h, s in sorted(subsets.items())
+            },
+            {h: tuple(p) for h, p in sorted(policies.items())},
+            dict(sorted(resolved.items(), key=lambda kv: (kv[0][0], str(kv[0][1])))),
+            tuple(sorted(set(unresolved))),
+        )
+
+    # -- lookups ----------------------------------------------------------------------------
+    def host_of(self, ref: ServiceRef, namespace: str) -> str | None:
+        return self.resolved.get((namespace, attrs.evolve(ref, labels=Labels())))
+
+    def cluster_signature(self, host: str) -> tuple:
+        """Everything about ``host``'s clusters that config decides (subsets, policies)."""
+        return (self.subsets.get(host, ()), self.policies.get(host, ()))
+
+    def policy_for(self, host: str, labels: Labels) -> DestinationPolicy | None:
+        """The policy for ``host``'s cluster with subset ``labels`` (empty: the whole service).
+
+        A policy naming exactly these labels wins; otherwise the service-wide policy applies
+        to every subset too, so a circuit breaker set for ``reviews`` also guards
+        ``reviews`` v2. Per-source policies are not applied yet (see docs/traffic.md).
+        """
+        candidates = [p for p in self.policies.get(host, ()) if p.source is None]
+        exact = [p for p in candidates if p.destination.labels == labels]
+        if exact:
+            return exact[0]
+        general = [p for p in candidates if not p.destination.labels]
+        return general[0] if general else None
+
+    @property
+    def has_source_rules(self) -> bool:
+        return any(r.match.source is not None for rs in self.rules.values() for r in rs)
+
+    def source_key(self, own: Sequence[tuple[Service, Endpoint]]) -> frozenset[str]:
+        """Refs of the source-matching rules that apply to a proxy fronting ``own``.
+
+        Istio 0.2 semantics: ``match.source`` names the calling service (and optionally its
+        labels); the rule applies to requests leaving a proxy of that service whose workload
+        carries those labels. The proxy's own endpoints in the registry say who it is.
+        """
+        out = set()
+        for rules in self.rules.values():
+            for rule in rules:
+                source = rule.match.source
+                if source is None:
+                    continue
+                host = self.host_of(source, rule.namespace)
+                if any(
+                    svc.hostname == host and ep.labels.matches(source.labels) for svc, ep in own
+                ):
+                    out.add(rule.ref)
+        return frozenset(out)
+
+    def cluster_for(
+        self, host: str, port: Port, labels: Labels | None = None, prefer_port: int | None = None
+    ) -> str | None:
+        """The cluster name for ``host`` (subset ``labels``) on the same port number as ``port``
+        when the service has it, else its first HTTP port; None when the host is unknown."""
+        from pilot.translate import names
+
+        service = self.services.get(host)
+        if service is None:
+            return None
+        wanted = prefer_port if prefer_port is not None else port.number
+        chosen = service.port_by_number(wanted) or next(
+            (p for p in service.ports if p.protocol.is_http), None
+        )
+        if chosen is None:
+            return None
+        return names.outbound_cluster(host, chosen.number, subset_name(labels or Labels()))
