@@ -16,9 +16,13 @@ import concurrent.futures
 import datetime as dt
 import http.server
 import json
+import os
 import socket
 import socketserver
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,6 +44,7 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from integration.peers.process import PeerProcess
 from nodeagent.agent import AgentConfig, NodeAgent
 from nodeagent.client import CAClient
 from registry.model import spiffe_id
@@ -130,6 +135,79 @@ def mesh(base: Path) -> Iterator[Mesh]:
         if m is not None:
             m.close()
         loop.close()
+
+
+# -- the CLI as real processes ----------------------------------------------------------------
+MESHFED = [sys.executable, "-m", "meshfed.cli", "--log-level", "INFO"]
+
+
+def json_line(proc: PeerProcess, key: str, timeout: float = 30.0) -> dict[str, Any]:
+    """The first JSON line carrying ``key`` that the process printed to its log."""
+    found: dict[str, Any] = {}
+
+    def check() -> bool:
+        for line in proc.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{") and key in line:
+                found.update(json.loads(line))
+                return True
+        return False
+
+    proc.wait_until(check, f"for the {key!r} line", timeout)
+    return found
+
+
+@contextmanager
+def ca_process(state: Path, host: str, ports: list[int], log: Path) -> Iterator[PeerProcess]:
+    bootstrap, renewal, monitoring = ports
+    proc = PeerProcess(
+        "meshfed-ca",
+        [
+            *MESHFED,
+            "ca",
+            "serve",
+            "--trust-domain",
+            TRUST_DOMAIN,
+            "--state-dir",
+            str(state),
+            "--listen",
+            f"{host}:{bootstrap}",
+            "--renew-listen",
+            f"{host}:{renewal}",
+            "--monitoring",
+            f"{host}:{monitoring}",
+        ],
+        log,
+    ).start()
+    try:
+        json_line(proc, "bootstrap")
+        yield proc
+    finally:
+        proc.stop()
+
+
+def create_token(state: Path, namespace: str, account: str) -> str:
+    out = subprocess.run(
+        [*MESHFED, "ca", "token", "create", "--state-dir", str(state), "-n", namespace,
+         "-s", account, "--ttl", "10m"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    return out.stdout.strip()
+
+
+def secret_file(path: Path, value: str) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value)
+    return path
+
+
+def wait_for(predicate: Any, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting {what}")
 
 
 # -- Envoy config -----------------------------------------------------------------------------

@@ -17,12 +17,8 @@ import os
 import signal
 import stat
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -31,12 +27,18 @@ from integration.peers.http import get, get_json
 from integration.peers.ports import free_ports, loopback_host
 from integration.peers.process import PeerProcess
 from integration.security_helpers import (
+    MESHFED,
     TRUST_DOMAIN,
     BackgroundLoop,
+    ca_process,
     client_sidecar,
+    create_token,
     http_echo,
+    json_line,
     mesh,
+    secret_file,
     server_sidecar,
+    wait_for,
 )
 from meshfed.config import MeshConfig
 from meshfed.hub import Hub
@@ -47,77 +49,7 @@ from security import mtls
 
 pytestmark = pytest.mark.timeout(240)
 
-MESHFED = [sys.executable, "-m", "meshfed.cli", "--log-level", "INFO"]
 HOST_NAME = "reviews.shop.svc.cluster.local"
-
-
-def _json_line(proc: PeerProcess, key: str, timeout: float = 30.0) -> dict[str, Any]:
-    """The first JSON line carrying ``key`` that the process printed to its log."""
-    found: dict[str, Any] = {}
-
-    def check() -> bool:
-        for line in proc.log_path.read_text(errors="replace").splitlines():
-            if line.startswith("{") and key in line:
-                found.update(json.loads(line))
-                return True
-        return False
-
-    proc.wait_until(check, f"for the {key!r} line", timeout)
-    return found
-
-
-@contextmanager
-def ca_process(state: Path, host: str, ports: list[int], log: Path) -> Iterator[PeerProcess]:
-    bootstrap, renewal, monitoring = ports
-    proc = PeerProcess(
-        "meshfed-ca",
-        [
-            *MESHFED,
-            "ca",
-            "serve",
-            "--trust-domain",
-            TRUST_DOMAIN,
-            "--state-dir",
-            str(state),
-            "--listen",
-            f"{host}:{bootstrap}",
-            "--renew-listen",
-            f"{host}:{renewal}",
-            "--monitoring",
-            f"{host}:{monitoring}",
-        ],
-        log,
-    ).start()
-    try:
-        _json_line(proc, "bootstrap")
-        yield proc
-    finally:
-        proc.stop()
-
-
-def _token(state: Path, namespace: str, account: str) -> str:
-    out = subprocess.run(
-        [*MESHFED, "ca", "token", "create", "--state-dir", str(state), "-n", namespace,
-         "-s", account, "--ttl", "10m"],
-        capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
-    return out.stdout.strip()
-
-
-def _secret_file(path: Path, value: str) -> Path:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(value)
-    return path
-
-
-def _wait(predicate: Any, what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting {what}")
 
 
 def test_nodeagent_joins_a_vm_and_leaves_cleanly(tmp_path: Path) -> None:
@@ -129,7 +61,7 @@ def test_nodeagent_joins_a_vm_and_leaves_cleanly(tmp_path: Path) -> None:
     with ExitStack() as stack:
         stack.callback(loop.close)
         ca = stack.enter_context(ca_process(state, host, ca_ports, tmp_path / "ca.log"))
-        info = _json_line(ca, "bootstrap")
+        info = json_line(ca, "bootstrap")
         root = Path(info["root"])
         monitoring = info["monitoring"]
         root_sha = get_json(f"http://{monitoring}/debug/ca")["root_sha256"]
@@ -152,7 +84,7 @@ def test_nodeagent_joins_a_vm_and_leaves_cleanly(tmp_path: Path) -> None:
         )
         boot_path = tmp_path / "vm-bootstrap.json"
         boot_path.write_text(json.dumps(boot))
-        token_file = _secret_file(tmp_path / "join-token", _token(state, "shop", "reviews"))
+        token_file = secret_file(tmp_path / "join-token", create_token(state, "shop", "reviews"))
         agent_argv = [
             *MESHFED, "nodeagent", "--trust-domain", TRUST_DOMAIN,
             "--ca", f"{host}:{ca_ports[0]}", "--ca-renewal", f"{host}:{ca_ports[1]}",
@@ -165,7 +97,7 @@ def test_nodeagent_joins_a_vm_and_leaves_cleanly(tmp_path: Path) -> None:
         ]  # fmt: skip
         agent = PeerProcess("nodeagent", agent_argv, tmp_path / "nodeagent.log").start()
         stack.callback(agent.stop)
-        _json_line(agent, "ready")
+        json_line(agent, "ready")
         agent.wait_until(
             lambda: get(f"http://{vm_host}:{s_admin}/ready", timeout=1)[1].strip() == b"LIVE",
             "for the sidecar to be LIVE (it has its SDS secrets)",
@@ -199,7 +131,7 @@ def test_nodeagent_joins_a_vm_and_leaves_cleanly(tmp_path: Path) -> None:
             namespace="shop",
             service_account="productpage",
             sds_socket=tmp_path / "client-agent" / "sds.sock",
-            join_token=_token(state, "shop", "productpage"),
+            join_token=create_token(state, "shop", "productpage"),
         )
         client_agent = NodeAgent(client_cfg)
         loop.run(client_agent.start())
@@ -253,7 +185,7 @@ def test_nodeagent_joins_a_vm_and_leaves_cleanly(tmp_path: Path) -> None:
         assert agent.proc.returncode == 0, agent.log_tail()  # type: ignore[union-attr]
         view = get_json(f"{hub_url}/debug/registryz?host={HOST_NAME}")
         assert view["services"] == [] or view["services"][0]["endpoints"] == []
-        _wait(lambda: get_status(f"http://{vm_host}:{s_admin}/ready") is None, "sidecar exit")
+        wait_for(lambda: get_status(f"http://{vm_host}:{s_admin}/ready") is None, "sidecar exit")
         assert not sds_socket.exists()
         assert "deregistered shop/reviews-vm" in agent.log_path.read_text()
 
@@ -294,11 +226,11 @@ def test_agent_restarts_a_crashed_sidecar_which_gets_its_secrets_again(tmp_path:
             def live() -> bool:
                 return get_status(f"http://{host}:{admin}/ready") == 200
 
-            _wait(live, "for the sidecar to be LIVE", 30)
+            wait_for(live, "for the sidecar to be LIVE", 30)
             assert agent.sidecar is not None and agent.sidecar.proc is not None
             first_pid = agent.sidecar.proc.pid
             os.killpg(first_pid, signal.SIGKILL)  # a crash, as the agent sees it
-            _wait(
+            wait_for(
                 lambda: (
                     agent.sidecar_restarts == 1
                     and agent.sidecar.proc is not None  # type: ignore[union-attr]
