@@ -19,6 +19,7 @@ the same debouncer as registry events, so a burst of rule edits costs one push.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -116,10 +117,12 @@ class PilotServer:
             ]
         )
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.discovery, self._grpc)
+        self._add_health_service(self._grpc)
         self.port = self._grpc.add_insecure_port(self.address)
         if self.port == 0:
             raise OSError(f"pilot: cannot listen on {self.address}")
         await self._grpc.start()
+        await self._set_health()
         host = self.address.rpartition(":")[0]
         log.info(
             "discovery (ADS) on %s:%d, debounce %.3fs quiet / %.3fs max",
@@ -178,6 +181,28 @@ class PilotServer:
             "unresolved": list(index.unresolved) if index is not None else [],
         }
 
+    def _add_health_service(self, server: grpc.aio.Server) -> None:
+        """gRPC health checking (``grpc.health.v1``) when ``grpcio-health-checking`` is
+        installed: SERVING once registries have synced, NOT_SERVING before."""
+        try:
+            from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+        except ImportError:
+            log.debug("grpcio-health-checking not installed: no gRPC health service")
+            return
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        self._health_status = health_pb2.HealthCheckResponse
+
+    async def _set_health(self) -> None:
+        servicer = getattr(self, "_health", None)
+        if servicer is None or self.discovery is None:
+            return
+        status = self._health_status.SERVING
+        if not self.discovery.serving.is_set():
+            status = self._health_status.NOT_SERVING
+        for service in ("", "envoy.service.discovery.v3.AggregatedDiscoveryService"):
+            await servicer.set(service, status)
+
     def _on_status(self) -> None:
         discovery = self.discovery
         if discovery is None or discovery.serving.is_set() or not self.aggregate.synced:
@@ -187,6 +212,8 @@ class PilotServer:
         self.cache.rebuild()
         discovery.serving.set()
         log.info("registries synced: serving xDS")
+        with contextlib.suppress(RuntimeError):  # no running loop: start() sets it later
+            asyncio.get_running_loop().create_task(self._set_health())
 
     def _on_event(self, event: ChangeEvent) -> None:
         if self._debounce is not None:

@@ -1,0 +1,49 @@
+"""PilotServer on its own: readiness follows registry sync, gRPC health mirrors it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from pilot.server import PilotServer, debounce_settings
+from registry.aggregate import AggregateRegistry
+
+
+def test_debounce_settings_fall_back_on_bad_values() -> None:
+    assert debounce_settings({"debounceQuiet": "0.05", "debounceMax": 2}) == (0.05, 2.0)
+    assert debounce_settings({"debounceQuiet": -1, "debounceMax": "soon"}) == (0.1, 1.0)
+
+
+async def test_not_ready_until_registries_sync() -> None:
+    agg = AggregateRegistry()
+    member = agg.add_member("m")
+    pilot = PilotServer(agg, "127.0.0.1:0")
+    await pilot.start()
+    try:
+        assert pilot.not_ready() == ["pilot: waiting for registries to sync before serving xDS"]
+        member.mark_synced()
+        assert pilot.not_ready() == []
+    finally:
+        await pilot.stop()
+
+
+async def test_grpc_health_reports_serving_after_sync() -> None:
+    pytest.importorskip("grpc_health")
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    agg = AggregateRegistry()
+    member = agg.add_member("m")
+    pilot = PilotServer(agg, "127.0.0.1:0")
+    await pilot.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{pilot.port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            request = health_pb2.HealthCheckRequest(service="")
+            assert (await stub.Check(request)).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            member.mark_synced()
+            await asyncio.sleep(0.05)
+            assert (await stub.Check(request)).status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await pilot.stop()
