@@ -31,6 +31,9 @@ Rules (each is pinned by a unit test):
   from Amazon data-centre info ``availability-zone``, else metadata ``zone`` or
   ``availability-zone``; region from metadata ``region``, else derived from an AWS zone name
   (``us-east-1a`` -> ``us-east-1``); subzone from metadata ``subzone``.
+- **Addresses.** ``ipAddr`` must be an IP address: anything else (a host name, garbage from a
+  hand-written registration) is left out and reported, because one bad address makes Envoy
+  reject the whole endpoint update it is part of.
 - **Duplicates.** Two instances with the same address and ports are one endpoint (the healthy
   one, if any), since they are the same socket.
 
@@ -40,6 +43,7 @@ registry maps to equal objects and causes no push.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -179,6 +183,14 @@ def _service(
     return service, tuple(sorted(by_socket.values(), key=lambda e: e.key))
 
 
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
 def build_model(apps: Apps, settings: MappingSettings) -> Model:
     """Translate every instance of ``apps`` into services and endpoints."""
     problems: list[str] = []
@@ -186,8 +198,11 @@ def build_model(apps: Apps, settings: MappingSettings) -> Model:
     for app in sorted(apps):
         for instance_id in sorted(apps[app]):
             instance = apps[app][instance_id]
-            if not instance.ip_addr:
-                problems.append(f"{app}/{instance_id}: no ipAddr; left out of the mesh")
+            if not _is_ip(instance.ip_addr):
+                problems.append(
+                    f"{app}/{instance_id}: ipAddr {instance.ip_addr!r} is not an IP address; "
+                    "left out of the mesh"
+                )
                 continue
             names = hostnames(instance, settings.hostname_template)
             if not names:

@@ -162,10 +162,17 @@ def test_duplicate_socket_is_one_endpoint_preferring_healthy():
     assert endpoint.healthy
 
 
-def test_instances_without_ip_are_reported_and_left_out():
-    model = model_of(inst("a", ""), inst("b", "127.0.0.3"))
-    assert [e.address for e in model.endpoints["orders"]] == ["127.0.0.3"]
-    assert any("no ipAddr" in p for p in model.problems)
+def test_instances_without_a_valid_ip_are_reported_and_left_out():
+    model = model_of(
+        inst("a", ""),
+        inst("b", "127.0.0.3"),
+        inst("c", "10.1.400.1"),
+        inst("d", "orders-1.example.com"),
+        inst("e", "::1"),
+    )
+    assert [e.address for e in model.endpoints["orders"]] == ["127.0.0.3", "::1"]
+    bad = [p for p in model.problems if "is not an IP address" in p]
+    assert len(bad) == 3
 
 
 def test_equal_inputs_give_equal_models_whatever_the_order():
