@@ -253,3 +253,136 @@ class LoopbackDNS:
     @property
     def resolver(self) -> str:
         return f"{self.address}:{self.port}"
+
+
+def make_tls_pair(folder: Path, hosts: list[str], name: str = "server") -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for ``hosts``, written as PEM files.
+
+    Returns (ca.crt, tls.crt, tls.key); the pair uses Kubernetes TLS-secret file names so the
+    folder can serve as a gateway "secret".
+    """
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(h) for h in hosts]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_path, crt_path, key_path = folder / "ca.crt", folder / "tls.crt", folder / "tls.key"
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    crt_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return ca_path, crt_path, key_path
+
+
+class TlsHttpServer:
+    """A tiny HTTPS server (its own certificate) answering every request with its name."""
+
+    def __init__(self, name: str, address: str, port: int, cert: Path, key: Path) -> None:
+        self.name, self.address, self.port = name, address, port
+        self.cert, self.key = cert, key
+        self.sni: list[str | None] = []
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        import ssl
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.cert, self.key)
+        server = self
+
+        def remember_sni(sock: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+            server.sni.append(name)
+
+        context.sni_callback = remember_sni  # type: ignore[assignment]
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+                body = self.name.encode()
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                    % (len(body), body)
+                )
+                await writer.drain()
+            writer.close()
+
+        self._server = await asyncio.start_server(handle, self.address, self.port, ssl=context)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+
+async def https_get(
+    address: str, port: int, server_name: str, ca: Path, timeout: float = 5.0
+) -> tuple[str, bytes]:
+    """GET / over TLS to ``address:port`` with SNI ``server_name``, verifying against ``ca``.
+
+    Returns (the response's last line, the server certificate in DER form).
+    """
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(ca))
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(address, port, ssl=context, server_hostname=server_name), timeout
+    )
+    try:
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        writer.write(f"GET / HTTP/1.1\r\nHost: {server_name}\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()
+    return data.decode(errors="replace").splitlines()[-1], der

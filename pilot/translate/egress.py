@@ -251,7 +251,7 @@ def egress_listeners(
                 name=names.outbound_tcp_listener(node.ip, port),
                 address=socket_address(node.ip, port),
                 listener_filters=[
-                    listener_pb2.ListenerFilter(
+                    lc.ListenerFilter(
                         name=TLS_INSPECTOR, typed_config=pack(tls_inspector_pb2.TlsInspector())
                     )
                 ],

@@ -214,7 +214,7 @@ def gateway_resources(
                 name=f"gateway|{node.ip}:{port}",
                 address=socket_address(node.ip, port),
                 listener_filters=[
-                    listener_pb2.ListenerFilter(
+                    lc.ListenerFilter(
                         name="envoy.filters.listener.tls_inspector",
                         typed_config=pack(tls_inspector_pb2.TlsInspector()),
                     )

@@ -1,0 +1,77 @@
+"""Egress rules: clusters, Host-routed virtual hosts, SNI listeners; registry services win."""
+
+from __future__ import annotations
+
+from envoy.config.cluster.v3 import cluster_pb2
+
+from pilot.config.model import EgressPort, EgressRule
+from pilot.node import ProxyNode
+from pilot.translate import egress
+from pilot.translate.traffic import TrafficOptions
+from registry.model import Protocol
+
+OPTIONS = TrafficOptions(dns_resolvers=("127.0.0.53:5353",))
+NODE = ProxyNode(id="p", ip="127.0.0.2")
+
+
+def rule(name: str, service: str, *ports: tuple[int, Protocol]) -> EgressRule:
+    return EgressRule(name, "default", "e.yaml", service, tuple(EgressPort(*p) for p in ports))
+
+
+RULES = [
+    rule("api", "api.example.com", (80, Protocol.HTTP), (8443, Protocol.TLS)),
+    rule("wild", "*.example.org", (8080, Protocol.GRPC), (8443, Protocol.TLS)),
+    rule("db", "db.example.com", (5432, Protocol.TCP)),
+    rule("wildtcp", "*.example.net", (6379, Protocol.TCP)),
+]
+
+
+def test_clusters_exact_strict_dns_and_one_dynamic_cluster() -> None:
+    clusters = {c.name: c for c in egress.egress_clusters(RULES, {}, OPTIONS)}
+    assert set(clusters) == {
+        "outbound|80||api.example.com",
+        "outbound|8443||api.example.com",
+        "outbound|5432||db.example.com",
+        egress.DFP_CLUSTER,
+    }
+    api = clusters["outbound|80||api.example.com"]
+    assert api.type == cluster_pb2.Cluster.STRICT_DNS
+    assert api.typed_dns_resolver_config.name == "envoy.network.dns_resolver.cares"
+    sock = api.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
+    assert (sock.address, sock.port_value) == ("api.example.com", 80)
+    assert clusters[egress.DFP_CLUSTER].cluster_type.name == "envoy.clusters.dynamic_forward_proxy"
+
+
+def test_http_ports_become_virtual_hosts_routed_by_host() -> None:
+    vhosts = {v.name: v for v in egress.egress_virtual_hosts(RULES, {})}
+    assert set(vhosts) == {"egress|api.example.com:80", "egress|*.example.org:8080"}
+    assert list(vhosts["egress|api.example.com:80"].domains) == [
+        "api.example.com:80",
+        "api.example.com",
+    ]
+    assert vhosts["egress|*.example.org:8080"].routes[0].route.cluster == egress.DFP_CLUSTER
+
+
+def test_tls_listener_has_one_sni_chain_per_rule_and_tcp_needs_exact_names() -> None:
+    listeners, problems = egress.egress_listeners(NODE, RULES, {}, {15000, 15001}, OPTIONS)
+    by_port = {lst.address.socket_address.port_value: lst for lst in listeners}
+    assert set(by_port) == {8443, 5432}
+    chains = by_port[8443].filter_chains
+    assert [list(c.filter_chain_match.server_names) for c in chains] == [
+        ["api.example.com"],
+        ["*.example.org"],
+    ]
+    assert [f.name for f in chains[1].filters] == [
+        "envoy.filters.network.sni_dynamic_forward_proxy",
+        "envoy.filters.network.tcp_proxy",
+    ]
+    assert any("*.example.net" in p for p in problems)
+
+
+def test_registry_service_shadows_rule_and_taken_ports_are_reported() -> None:
+    internal = {"api.example.com": object()}
+    names = {c.name for c in egress.egress_clusters(RULES, internal, OPTIONS)}
+    assert "outbound|80||api.example.com" not in names
+    listeners, problems = egress.egress_listeners(NODE, RULES, internal, {5432}, OPTIONS)
+    assert [lst.address.socket_address.port_value for lst in listeners] == [8443]
+    assert any("5432" in p for p in problems)
