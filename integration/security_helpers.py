@@ -157,7 +157,10 @@ def json_line(proc: PeerProcess, key: str, timeout: float = 30.0) -> dict[str, A
 
 
 @contextmanager
-def ca_process(state: Path, host: str, ports: list[int], log: Path) -> Iterator[PeerProcess]:
+def ca_process(
+    state: Path, host: str, ports: list[int], log: Path, extra: list[str] | None = None
+) -> Iterator[PeerProcess]:
+    """``meshfed ca serve`` on ``host`` with (bootstrap, renewal, monitoring) ``ports``."""
     bootstrap, renewal, monitoring = ports
     proc = PeerProcess(
         "meshfed-ca",
@@ -175,6 +178,7 @@ def ca_process(state: Path, host: str, ports: list[int], log: Path) -> Iterator[
             f"{host}:{renewal}",
             "--monitoring",
             f"{host}:{monitoring}",
+            *(extra or []),
         ],
         log,
     ).start()

@@ -116,3 +116,42 @@ def test_root_kept_in_a_secret_survives_a_restart(kube: tuple[Any, str]) -> None
         leaf.certificate.verify_directly_issued_by(second.signer_cert)
     finally:
         core.delete_namespace(system_ns)
+
+
+def test_ca_serve_with_kubernetes_storage_keeps_its_root_across_restarts(
+    kube_apiserver: Any, tmp_path: Any
+) -> None:
+    """``meshfed ca serve --storage kubernetes``, as a real process, twice."""
+    from kubernetes import client
+
+    from integration.peers.http import get_json
+    from integration.peers.ports import free_ports
+    from integration.security_helpers import ca_process
+
+    system_ns = f"meshfed-sys-{secrets.token_hex(3)}"
+    mesh = tmp_path / "mesh.yaml"
+    mesh.write_text(
+        "apiVersion: meshfed.io/v1alpha1\nkind: MeshConfig\nmetadata: {name: mesh}\n"
+        f"spec:\n  trustDomain: {TD}\n  systemNamespace: {system_ns}\n"
+    )
+    extra = [
+        "--config", str(mesh), "--storage", "kubernetes",
+        "--kubeconfig", str(kube_apiserver.kubeconfig),
+    ]  # fmt: skip
+    core = client.CoreV1Api(kube_apiserver.api_client())
+    host = "127.0.0.1"
+    try:
+        roots = []
+        for run in range(2):
+            ports = free_ports(3, host)
+            with ca_process(
+                tmp_path / f"state{run}", host, ports, tmp_path / f"ca{run}.log", extra
+            ) as proc:
+                info = get_json(f"http://{host}:{ports[2]}/debug/ca")
+                roots.append(info["root_sha256"])
+                assert proc.running()
+        assert roots[0] == roots[1]  # two processes, two empty state folders, one root
+        secret = core.read_namespaced_secret("meshfed-ca", system_ns)
+        assert base64.b64decode(secret.data["root-cert.pem"]).startswith(b"-----BEGIN")
+    finally:
+        core.delete_namespace(system_ns)
