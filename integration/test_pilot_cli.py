@@ -119,6 +119,12 @@ async def test_proxy_status_config_and_bootstrap_commands(tmp_path: Path) -> Non
         row = next(r for r in out.splitlines() if r.startswith(NODE_ID))
         assert row.split()[2:] == ["SYNCED", "SYNCED", "SYNCED", "SYNCED", "yes"], out
 
+        # One proxy: also compared with what its Envoy holds (admin address from metadata).
+        code, out, _ = await run_cli("proxy-status", NODE_ID, "--hub", hub_url)
+        assert code == 0, out
+        for line in ("Clusters match (1)", "Endpoints match (1)", "Listeners match (1)"):
+            assert line in out, out
+
         code, out, _ = await run_cli("proxy-config", "cluster", NODE_ID, "--hub", hub_url)
         clusters = json.loads(out)
         assert code == 0

@@ -232,6 +232,7 @@ class Connection:
                 "workload": self.node.workload,
                 "identity": self.node.identity,
                 "app_ports": [f"{a}:{b}" for a, b in self.node.app_ports],
+                "admin_port": self.node.admin_port,
                 "cluster": self.node.cluster,
             },
             "types": types,
