@@ -1,10 +1,12 @@
 """Certificate rotation under continuous traffic: 20 s certificates, real Envoys, no restart.
 
 Two node agents get 20-second certificates and renew them at half-life (with jitter) while a
-client sends a steady, bounded stream of HTTP requests through two sidecars over mutual TLS.
+client sends a steady, bounded stream of HTTP requests through two sidecars over mutual TLS,
+and pings over one long-lived TCP connection (also mutual TLS) opened before the first rotation.
 The client's sidecar opens a new upstream connection every few requests, so fresh handshakes
 keep happening with whatever certificates are current. Asserted: several rotations on both
-sides, every request answered 200, the server saw several distinct client certificates (the
+sides, every request answered 200, every ping on the long-lived connection echoed (it outlives
+the certificates it was established with), the server saw several distinct client certificates (the
 ``Hash`` in ``x-forwarded-client-cert``), both Envoys serve the agents' latest certificates, and
 neither Envoy restarted (same process, hot-restart epoch 0, uptime covering the whole run).
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import socket
 import threading
 import time
 from pathlib import Path
@@ -24,7 +27,17 @@ import pytest
 from integration.peers.envoy import EnvoyProxy, start_envoy
 from integration.peers.http import get
 from integration.peers.ports import free_ports, loopback_host
-from integration.security_helpers import client_sidecar, http_echo, mesh, server_sidecar
+from integration.security_helpers import (
+    client_sidecar,
+    http_echo,
+    listener,
+    mesh,
+    plain_cluster,
+    server_sidecar,
+    tcp_echo,
+    tcp_filter,
+    to_dict,
+)
 from security import mtls
 
 pytestmark = pytest.mark.timeout(240)
@@ -65,13 +78,32 @@ def _limit_requests_per_connection(boot: dict[str, Any], limit: int) -> dict[str
     return boot
 
 
+def _add_tcp(
+    boot: dict[str, Any], name: str, at: tuple[str, int], to: tuple[str, int], tls: Any = None
+) -> None:
+    """A TCP listener ``at`` proxying to ``to``; server side STRICT mTLS, client side ``tls``."""
+    cluster = plain_cluster(f"{name}-cluster", *to)
+    if tls is not None:
+        cluster.transport_socket.CopyFrom(tls)
+    tcp = listener(name, *at, tcp_filter(name, cluster.name))
+    if tls is None:
+        mtls.apply_inbound_mtls(tcp, mtls.Mode.STRICT)
+    boot["static_resources"]["listeners"].append(to_dict(tcp))
+    boot["static_resources"]["clusters"].append(to_dict(cluster))
+
+
 def test_rotation_under_traffic_without_failures_or_restarts(tmp_path: Path) -> None:
-    with mesh(tmp_path / "mesh") as m, http_echo(server_host := loopback_host()) as backend:
+    server_host = loopback_host()
+    with (
+        mesh(tmp_path / "mesh") as m,
+        http_echo(server_host) as backend,
+        tcp_echo(server_host) as tcp_backend,
+    ):
         server_agent = m.agent("server", "shop", "reviews", ttl=LIFETIME)
         client_agent = m.agent("client", "shop", "productpage", ttl=LIFETIME)
-        s_admin, s_port = free_ports(2, server_host)
+        s_admin, s_port, s_tcp = free_ports(3, server_host)
         client_host = loopback_host()
-        c_admin, c_port = free_ports(2, client_host)
+        c_admin, c_port, c_tcp = free_ports(3, client_host)
         server_boot = server_sidecar(
             "reviews",
             server_host,
@@ -92,6 +124,15 @@ def test_rotation_under_traffic_without_failures_or_restarts(tmp_path: Path) -> 
                 mtls.upstream_transport_socket([m.identity("shop", "reviews")]),
             ),
             REQUESTS_PER_CONNECTION,
+        )
+        # Plus one long-lived TCP connection over mTLS, opened before the first rotation.
+        _add_tcp(server_boot, "inbound_tcp", (server_host, s_tcp), (server_host, tcp_backend))
+        _add_tcp(
+            client_boot,
+            "outbound_tcp",
+            (client_host, c_tcp),
+            (server_host, s_tcp),
+            mtls.upstream_transport_socket([m.identity("shop", "reviews")]),
         )
         with (
             start_envoy(tmp_path / "server", server_boot) as server,
@@ -117,8 +158,34 @@ def test_rotation_under_traffic_without_failures_or_restarts(tmp_path: Path) -> 
                         failures.append(repr(exc))
                     time.sleep(REQUEST_INTERVAL)
 
+            conn = socket.create_connection((client_host, c_tcp), timeout=5)
+            pings: list[int] = []
+
+            def long_lived() -> None:
+                n = 0
+                while not stop.is_set():
+                    n += 1
+                    payload = f"ping-{n:06d}".encode()
+                    try:
+                        conn.sendall(payload)
+                        got = b""
+                        while len(got) < len(payload):
+                            chunk = conn.recv(len(payload) - len(got))
+                            if not chunk:
+                                raise ConnectionError("closed by the proxy")
+                            got += chunk
+                        if got != payload:
+                            raise AssertionError(f"echo {got!r} != {payload!r}")
+                        pings.append(n)
+                    except Exception as exc:
+                        failures.append(f"long-lived TCP: {exc!r}")
+                        return
+                    time.sleep(0.5)
+
             worker = threading.Thread(target=traffic, daemon=True)
             worker.start()
+            pinger = threading.Thread(target=long_lived, daemon=True)
+            pinger.start()
             try:
                 deadline = time.monotonic() + RUN_SECONDS
                 while time.monotonic() < deadline and not failures:
@@ -126,9 +193,14 @@ def test_rotation_under_traffic_without_failures_or_restarts(tmp_path: Path) -> 
             finally:
                 stop.set()
                 worker.join(15)
+                pinger.join(15)
+                conn.close()
 
             assert not failures, f"{len(failures)} failed of {len(results)}: {failures[:5]}"
             assert len(results) > RUN_SECONDS * 10  # the load really ran throughout
+            # One TCP connection kept working through every rotation, and past the expiry of
+            # the certificates its handshake used (the run is longer than their lifetime).
+            assert len(pings) >= RUN_SECONDS * 1.5, pings[-3:]
 
             # Several rotations on both sides, each pushed to and served by Envoy.
             assert server_agent.rotator.rotations >= 3, server_agent.serials
