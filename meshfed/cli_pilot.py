@@ -18,7 +18,6 @@ import json
 import signal
 import sys
 import urllib.parse
-import urllib.request
 from typing import Any
 
 from pilot import xds_types as T
@@ -43,6 +42,17 @@ def _add_proxy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--admin-port", type=int, default=DEFAULT_ADMIN_PORT)
     p.add_argument("--outbound-port", type=int, default=DEFAULT_OUTBOUND_HTTP_PORT)
     p.add_argument("--delta", action="store_true", help="use delta (incremental) xDS")
+    p.add_argument(
+        "--gateway",
+        action="store_true",
+        help="run an ingress gateway (Ingress / Gateway config) instead of a sidecar",
+    )
+    p.add_argument(
+        "--gateway-port",
+        type=int,
+        default=0,
+        help="the gateway's HTTP port (default 80); TLS is served on 443, or port+363",
+    )
     p.add_argument("--config", "-c", help="MeshConfig file (Pilot and hub addresses)")
 
 
@@ -61,8 +71,9 @@ def _spec(args: argparse.Namespace) -> Any:
         app_address=args.app_address,
         pilot=args.pilot or mesh.discovery_address,
         admin_port=args.admin_port,
-        outbound_http_port=args.outbound_port,
+        outbound_http_port=(args.gateway_port or 80) if args.gateway else args.outbound_port,
         delta=args.delta,
+        role="router" if args.gateway else "sidecar",
     )
 
 
@@ -143,31 +154,7 @@ def cmd_proxy_status(args: argparse.Namespace) -> int:
     print(format_table(rows, ["PROXY", "XDS", "CDS", "EDS", "LDS", "RDS", "READY"]))
     for error in errors:
         print(error)
-    if args.proxy and not args.no_envoy:
-        return _compare_with_envoy(args, proxies[0])
     return 0
-
-
-def _compare_with_envoy(args: argparse.Namespace, proxy: dict[str, Any]) -> int:
-    """Print, per kind, whether Envoy holds what Pilot sent (exit 2 when it does not)."""
-    from meshfed.cli import fetch_json, hub_url
-    from meshfed.proxy_compare import compare
-
-    node = proxy["node"]
-    admin = args.envoy_admin or f"http://{node['ip']}:{node['admin_port']}"
-    query = urllib.parse.urlencode({"proxy": proxy["proxy"]})
-    pilot_dump = fetch_json(f"{hub_url(args)}/debug/config_dump?{query}")
-    try:
-        with urllib.request.urlopen(f"{admin}/config_dump?include_eds", timeout=10) as response:
-            envoy_dump = json.load(response)
-    except (OSError, ValueError) as exc:
-        print(f"cannot read Envoy's config at {admin} ({exc}); use --envoy-admin or --no-envoy")
-        return 1
-    print(f"\nPilot vs Envoy ({admin}):")
-    diffs = compare(pilot_dump, envoy_dump)
-    for diff in diffs:
-        print(diff)
-    return 0 if all(d.in_sync for d in diffs) else 2
 
 
 def cmd_proxy_config(args: argparse.Namespace) -> int:
@@ -206,12 +193,6 @@ def register(sub: Any) -> None:
     status = sub.add_parser("proxy-status", help="per proxy and xDS type: sync state")
     status.add_argument("proxy", nargs="?", help="one proxy id (default: all connected)")
     status.add_argument("--output", "-o", choices=["table", "json"], default="table")
-    status.add_argument(
-        "--envoy-admin", help="Envoy admin URL for the comparison (default: from node metadata)"
-    )
-    status.add_argument(
-        "--no-envoy", action="store_true", help="with PROXY: skip comparing with Envoy's config"
-    )
     _add_hub_args(status)
     status.set_defaults(func=cmd_proxy_status)
 

@@ -57,10 +57,16 @@ class ProxySpec:
     outbound_http_port: int = DEFAULT_OUTBOUND_HTTP_PORT
     delta: bool = False
     domain: str = "svc.cluster.local"
+    # "sidecar", or "router" for an ingress gateway (``meshfed proxy --gateway``): Pilot then
+    # sends gateway listeners on ``outbound_http_port`` (and its TLS pair) instead of a
+    # sidecar's, see pilot.translate.gateway.
+    role: str = "sidecar"
 
     @property
     def node_id(self) -> str:
-        return f"sidecar~{self.ip}~{self.workload}.{self.namespace}~{self.namespace}.{self.domain}"
+        return (
+            f"{self.role}~{self.ip}~{self.workload}.{self.namespace}~{self.namespace}.{self.domain}"
+        )
 
 
 def bootstrap(spec: ProxySpec) -> dict[str, Any]:

@@ -1,0 +1,186 @@
+"""The ingress gateway (a real Envoy run as ``router~``) configured by Pilot from a meshfed
+Gateway and a Kubernetes Ingress read by the file store: host and path routing, gRPC (a grpcio
+client through the gateway to a grpcio server), TLS termination with a certificate from a
+secret folder, and live changes.
+
+Hosts: 127.0.104.x. Backends are plain servers at the services' endpoint addresses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from pathlib import Path
+
+import aiohttp
+import grpc
+import pytest
+
+from integration.routing_helpers import (
+    RoutingMesh,
+    count,
+    https_get,
+    make_tls_pair,
+    request,
+    routing_mesh,
+)
+from meshfed.proxy import EnvoyProcess, ProxySpec, wait_ready
+from pilot.translate.traffic import TrafficOptions
+from registry.model import Endpoint, Port, Protocol, Service
+
+GW_IP = "127.0.104.2"
+WEB_IP, API_IP, GRPC_IP = "127.0.104.11", "127.0.104.12", "127.0.104.13"
+HTTP_PORT, TLS_PORT = 8080, 8443
+WEB = "web.default.svc.cluster.local"
+API = "api.default.svc.cluster.local"
+GREETER = "greeter.default.svc.cluster.local"
+
+GATEWAY = """apiVersion: config.meshfed.io/v1alpha1
+kind: Gateway
+metadata: {name: front, namespace: default}
+spec:
+  rules:
+  - host: web.example.com
+    http:
+      paths:
+      - {path: /, backend: {serviceName: web, servicePort: 80}}
+      - {path: /api, backend: {serviceName: api, servicePort: http}}
+  - host: grpc.example.com
+    http:
+      paths:
+      - {path: /, grpc: true, backend: {serviceName: greeter, servicePort: 9090}}
+  tls:
+  - hosts: [web.example.com, grpc.example.com]
+    secretName: front-tls
+"""
+
+INGRESS = """apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: shop, namespace: default}
+spec:
+  rules:
+  - host: shop.example.com
+    http:
+      paths:
+      - path: /cart
+        pathType: Prefix
+        backend: {service: {name: api, port: {number: 80}}}
+"""
+
+
+class Greeter:
+    """A grpcio server with one unary method answering ``hello <request>``, raw bytes."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.calls: list[bytes] = []
+        self.server: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
+        async def say(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            self.calls.append(request)
+            return b"hello " + request
+
+        self.server = grpc.aio.server()
+        self.server.add_generic_rpc_handlers(
+            [
+                grpc.method_handlers_generic_handler(
+                    "test.Greeter", {"Say": grpc.unary_unary_rpc_method_handler(say)}
+                )
+            ]
+        )
+        self.server.add_insecure_port(self.address)
+        await self.server.start()
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop(0)
+
+
+async def gateway(mesh: RoutingMesh) -> EnvoyProcess:
+    spec = ProxySpec(
+        ip=GW_IP,
+        workload="ingress",
+        pilot=f"127.0.0.1:{mesh.pilot.port}",
+        outbound_http_port=HTTP_PORT,
+        role="router",
+    )
+    envoy = EnvoyProcess(spec)
+    mesh.envoys.append(envoy)
+    await envoy.start()
+    await wait_ready(envoy, mesh.hub_url, timeout=30)
+    return envoy
+
+
+async def say(target: str, authority: str, credentials: grpc.ChannelCredentials | None) -> bytes:
+    options = [("grpc.default_authority", authority)]
+    if credentials is None:
+        channel = grpc.aio.insecure_channel(target, options=options)
+    else:
+        options.append(("grpc.ssl_target_name_override", authority))
+        channel = grpc.aio.secure_channel(target, credentials, options=options)
+    async with channel:
+        call = channel.unary_unary("/test.Greeter/Say")
+        return await asyncio.wait_for(call(b"mesh", timeout=5), 10)
+
+
+@pytest.fixture
+async def greeter() -> object:
+    server = Greeter(f"{GRPC_IP}:9090")
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def test_gateway_routes_host_path_grpc_and_terminates_tls(
+    tmp_path: Path, greeter: Greeter
+) -> None:
+    certs = tmp_path / "certs"
+    ca, crt, _ = make_tls_pair(certs / "front-tls", ["web.example.com", "grpc.example.com"])
+    options = TrafficOptions(gateway_certs_dir=str(certs))
+    async with routing_mesh(tmp_path / "rules", options) as mesh:
+        await mesh.version_backend("web", WEB_IP)
+        api = await mesh.version_backend("api", API_IP)
+        mesh.member.replace(
+            [
+                Service(WEB, ports=(Port(80, "http", Protocol.HTTP),)),
+                Service(API, ports=(Port(80, "http", Protocol.HTTP),)),
+                Service(GREETER, ports=(Port(9090, "grpc", Protocol.GRPC),)),
+            ],
+            {
+                WEB: [Endpoint(WEB_IP, ports={"http": 9080})],
+                API: [Endpoint(API_IP, ports={"http": 9080})],
+                GREETER: [Endpoint(GRPC_IP, ports={"grpc": 9090})],
+            },
+        )
+        mesh.write("front", GATEWAY)
+        mesh.write("shop", INGRESS)
+        await mesh.apply("front", GATEWAY)
+        gw = await gateway(mesh)
+        base = f"http://{GW_IP}:{HTTP_PORT}"
+        async with aiohttp.ClientSession() as session:
+            assert await count(session, base + "/index.html", "web.example.com", 3) == {"web": 3}
+            assert await count(session, base + "/api/v1", "web.example.com", 3) == {"api": 3}
+            assert api.requests[-1]["path"] == "/api/v1"
+            # The Kubernetes Ingress from the same file store.
+            assert await count(session, base + "/cart/1", "shop.example.com", 2) == {"api": 2}
+            assert (await request(session, base + "/", "shop.example.com"))[0] == 404
+            assert (await request(session, base + "/", "unknown.example.com"))[0] == 404
+            # gRPC over h2c through the gateway to the grpcio server.
+            assert await say(f"{GW_IP}:{HTTP_PORT}", "grpc.example.com", None) == b"hello mesh"
+            # TLS terminated at the gateway with the secret's certificate.
+            line, der = await https_get(GW_IP, TLS_PORT, "web.example.com", ca)
+            assert line == "web" and der == ssl.PEM_cert_to_DER_cert(crt.read_text())
+            creds = grpc.ssl_channel_credentials(ca.read_bytes())
+            assert await say(f"{GW_IP}:{TLS_PORT}", "grpc.example.com", creds) == b"hello mesh"
+            assert len(greeter.calls) == 2
+            # Live change: move /api to web, without restarting the gateway.
+            await mesh.apply("front", GATEWAY.replace("serviceName: api", "serviceName: web"))
+            assert await count(session, base + "/api/v1", "web.example.com", 3) == {"web": 3}
+            await mesh.apply("shop", INGRESS.replace("/cart", "/basket"))
+            assert await count(session, base + "/basket", "shop.example.com", 2) == {"api": 2}
+            assert (await request(session, base + "/cart", "shop.example.com"))[0] == 404
+        state = mesh.syncz(gw.spec.node_id)
+        assert state["ready"] and not state["problems"]
