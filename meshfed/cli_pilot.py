@@ -18,6 +18,7 @@ import json
 import signal
 import sys
 import urllib.parse
+import urllib.request
 from typing import Any
 
 from pilot import xds_types as T
@@ -154,7 +155,31 @@ def cmd_proxy_status(args: argparse.Namespace) -> int:
     print(format_table(rows, ["PROXY", "XDS", "CDS", "EDS", "LDS", "RDS", "READY"]))
     for error in errors:
         print(error)
+    if args.proxy and not args.no_envoy:
+        return _compare_with_envoy(args, proxies[0])
     return 0
+
+
+def _compare_with_envoy(args: argparse.Namespace, proxy: dict[str, Any]) -> int:
+    """Print, per kind, whether Envoy holds what Pilot sent (exit 2 when it does not)."""
+    from meshfed.cli import fetch_json, hub_url
+    from meshfed.proxy_compare import compare
+
+    node = proxy["node"]
+    admin = args.envoy_admin or f"http://{node['ip']}:{node['admin_port']}"
+    query = urllib.parse.urlencode({"proxy": proxy["proxy"]})
+    pilot_dump = fetch_json(f"{hub_url(args)}/debug/config_dump?{query}")
+    try:
+        with urllib.request.urlopen(f"{admin}/config_dump?include_eds", timeout=10) as response:
+            envoy_dump = json.load(response)
+    except (OSError, ValueError) as exc:
+        print(f"cannot read Envoy's config at {admin} ({exc}); use --envoy-admin or --no-envoy")
+        return 1
+    print(f"\nPilot vs Envoy ({admin}):")
+    diffs = compare(pilot_dump, envoy_dump)
+    for diff in diffs:
+        print(diff)
+    return 0 if all(d.in_sync for d in diffs) else 2
 
 
 def cmd_proxy_config(args: argparse.Namespace) -> int:
@@ -193,6 +218,12 @@ def register(sub: Any) -> None:
     status = sub.add_parser("proxy-status", help="per proxy and xDS type: sync state")
     status.add_argument("proxy", nargs="?", help="one proxy id (default: all connected)")
     status.add_argument("--output", "-o", choices=["table", "json"], default="table")
+    status.add_argument(
+        "--envoy-admin", help="Envoy admin URL for the comparison (default: from node metadata)"
+    )
+    status.add_argument(
+        "--no-envoy", action="store_true", help="with PROXY: skip comparing with Envoy's config"
+    )
     _add_hub_args(status)
     status.set_defaults(func=cmd_proxy_status)
 
