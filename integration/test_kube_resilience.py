@@ -20,6 +20,7 @@ from kubernetes import client as k8s
 from adapters.kubernetes.testing import (
     create_namespace,
     endpoint_slice,
+    install_crds,
     running_registry,
     service,
     slice_endpoint,
@@ -28,10 +29,12 @@ from adapters.kubernetes.testing import (
 from integration.peers.kube import KubeAPIServer, start_kube_apiserver
 from integration.peers.process import PeerProcess
 from registry.aggregate import AggregateRegistry
+from registry.events import ChangeEvent
 
 HTTP = [{"name": "http", "port": 80, "targetPort": 8080}]
 SLICE_PORTS = [{"name": "http", "port": 8080}]
 NS = "resilience"
+VM_HOST = "vm.resilience.example.internal"
 
 
 def _etcd(server: KubeAPIServer, path: str, body: dict[str, object]) -> dict[str, object]:
@@ -65,7 +68,7 @@ def _state(aggregate: AggregateRegistry) -> dict[str, object]:
     return {
         host: (svc, aggregate.endpoints(host))
         for host, svc in aggregate.services().items()
-        if svc.namespace == NS
+        if svc.namespace == NS or host == VM_HOST
     }
 
 
@@ -79,15 +82,41 @@ async def test_restart_then_a_real_410_relist(tmp_path: Path) -> None:
             discovery.create_namespaced_endpoint_slice(
                 NS, endpoint_slice(name, name, SLICE_PORTS, [slice_endpoint("192.0.2.40")])
             )
+        # A ServiceEntry custom resource: after a restart the API server serves custom resources
+        # only once it has re-read their CRDs; that window must not remove the entry's service.
+        await asyncio.to_thread(install_crds, server.kubectl(), server.kubeconfig)
+        k8s.CustomObjectsApi(server.api_client()).create_namespaced_custom_object(
+            "networking.meshfed.io",
+            "v1alpha1",
+            NS,
+            "serviceentries",
+            {
+                "apiVersion": "networking.meshfed.io/v1alpha1",
+                "kind": "ServiceEntry",
+                "metadata": {"name": "vm"},
+                "spec": {
+                    "hosts": [VM_HOST],
+                    "location": "MESH_INTERNAL",
+                    "ports": [{"number": 80, "name": "http"}],
+                    "endpoints": [{"address": "127.0.89.60"}],
+                },
+            },
+        )
         aggregate = AggregateRegistry()
         member = aggregate.add_member("k8s")
         pushed: list[str] = []
-        aggregate.subscribe(lambda event: pushed.extend(event.hostnames))
+        removed: list[str] = []
+
+        def record(event: ChangeEvent) -> None:
+            pushed.extend(event.hostnames)
+            removed.extend(event.services_removed)
+
+        aggregate.subscribe(record)
         restarted: PeerProcess | None = None
         try:
-            async with running_registry(member, server.kubeconfig, serviceEntries=False) as reg:
+            async with running_registry(member, server.kubeconfig) as reg:
                 before = _state(aggregate)
-                assert len(before) == 3
+                assert len(before) == 4 and VM_HOST in before
 
                 # 1. The API server goes away: degraded, state kept.
                 await asyncio.to_thread(server.process.stop)
@@ -109,6 +138,7 @@ async def test_restart_then_a_real_410_relist(tmp_path: Path) -> None:
                     30,
                 )
                 assert sum(w.reconnects for w in reg.watchers.values()) >= 1
+                assert removed == [] and aggregate.service(VM_HOST) is not None
 
                 # 2. A real 410: changes while nobody watches, etcd compacted past our version.
                 watched = ("services", "endpointslices")

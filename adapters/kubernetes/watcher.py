@@ -24,7 +24,10 @@ Why each workaround exists (the same list kopf's ``watching.py`` documents):
   the health callback is told, and the loop retries with ``tenacity``'s jittered exponential
   backoff, resuming from the last known version. The backoff resets once a watch is open again.
 - A resource whose API does not exist (a CRD not installed yet: HTTP 404) is treated as empty and
-  re-listed with backoff, so the mesh still syncs and picks the kind up once it is installed.
+  re-listed with backoff, so the mesh still syncs and picks the kind up once it is installed. A
+  resource that *was* served and answers 404 is given a grace period first: a restarting API
+  server serves custom resources only once it has re-read their CRDs, and taking that moment for
+  "every object is gone" would empty the mesh.
 - ``stop()`` shuts the socket down for reading, which wakes the thread out of a blocking read
   at once instead of waiting for the server's timeout.
 
@@ -54,6 +57,7 @@ from adapters.kubernetes import metrics
 log = logging.getLogger("meshfed.adapters.kubernetes.watch")
 
 LIST_PAGE = 500
+ABSENT_GRACE_S = 60.0  # how long a resource that was served may answer 404 before it counts as gone
 CONNECT_TIMEOUT_S = 5.0
 
 
@@ -124,6 +128,7 @@ class Watcher:
         self._wait = tenacity.wait_random_exponential(multiplier=0.25, max=backoff_max)
         self._quick_failures = 0
         self._delivered = False  # the current stream has delivered an event or a bookmark
+        self._missing_since: float | None = None
 
     # -- lifecycle (called from the loop) ----------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -259,6 +264,8 @@ class Watcher:
                 except ApiException as exc:
                     if exc.status == 410:
                         self._start_relist("expired")
+                    elif exc.status == 404:
+                        self._need_list = True  # the list decides whether the kind is gone
                     raise
                 self._report(None)
                 return stream
@@ -296,6 +303,15 @@ class Watcher:
                 response = self._call(**kwargs)
             except ApiException as exc:
                 if exc.status == 404:
+                    if self.lists and not self.absent:
+                        now = time.monotonic()
+                        self._missing_since = self._missing_since or now
+                        if now - self._missing_since < ABSENT_GRACE_S:
+                            raise LookupError(
+                                f"{self.name} answered 404 after being served; keeping its "
+                                "objects while the API server may be restarting"
+                            ) from exc
+                    self._missing_since = None
                     if not self.absent:
                         log.info("watch %s: not served (404); treated as empty", self.name)
                     self.absent = True
@@ -308,6 +324,7 @@ class Watcher:
                 raise
             body = json.loads(response.data)
             self.absent = False
+            self._missing_since = None
             for item in body.get("items") or []:
                 if self.kind and "kind" not in item:
                     item["apiVersion"], item["kind"] = self.api_version, self.kind
