@@ -241,3 +241,72 @@ spec:
         assert kubectl(binary, kubeconfig, "delete", "-f", str(manifest)).returncode == 0
         await until(lambda: aggregate.service(host) is None, "ServiceEntry deleted")
         assert reg.custom.errors == []
+
+
+async def test_workload_entries_join_service_entries_and_services_win_a_shared_host(
+    kube_apiserver: KubeAPIServer,
+) -> None:
+    await asyncio.to_thread(install_crds, kube_apiserver.kubectl(), kube_apiserver.kubeconfig)
+    api = kube_apiserver.api_client()
+    core, custom = k8s.CoreV1Api(api), k8s.CustomObjectsApi(api)
+    ns = _ns("we")
+    create_namespace(core, ns)
+    group, version = "networking.meshfed.io", "v1alpha1"
+
+    def create(plural: str, kind: str, name: str, spec: dict[str, object]) -> None:
+        body = {"apiVersion": f"{group}/{version}", "kind": kind, "metadata": {"name": name}}
+        custom.create_namespaced_custom_object(group, version, ns, plural, {**body, "spec": spec})
+
+    vm_host = f"legacy.{ns}.example.internal"
+    create(
+        "serviceentries",
+        "ServiceEntry",
+        "legacy",
+        {
+            "hosts": [vm_host],
+            "location": "MESH_INTERNAL",
+            "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
+            "workloadSelector": {"labels": {"app": "legacy"}},
+        },
+    )
+    create(
+        "workloadentries",
+        "WorkloadEntry",
+        "vm-1",
+        {"address": "192.0.2.50", "labels": {"app": "legacy"}, "serviceAccount": "legacy"},
+    )
+    # A ServiceEntry claiming a Kubernetes Service's own hostname.
+    svc_host = f"api.{ns}.svc.cluster.local"
+    create(
+        "serviceentries",
+        "ServiceEntry",
+        "shadow",
+        {
+            "hosts": [svc_host],
+            "location": "MESH_EXTERNAL",
+            "resolution": "DNS",
+            "ports": [{"number": 443, "name": "tls", "protocol": "TLS"}],
+        },
+    )
+    core.create_namespaced_service(ns, service("api", HTTP))
+    aggregate = AggregateRegistry()
+    member = aggregate.add_member("k8s")
+    async with running_registry(member, kube_apiserver.kubeconfig, "example.org"):
+        (vm,) = aggregate.endpoints(vm_host)
+        assert (vm.address, vm.identity) == (
+            "192.0.2.50",
+            f"spiffe://example.org/ns/{ns}/sa/legacy",
+        )
+        # The Service wins its own hostname ...
+        assert [p.number for p in aggregate.service(svc_host).ports] == [80]
+        # ... and the entry takes over once the Service is gone.
+        core.delete_namespaced_service("api", ns)
+        await until(lambda: [p.number for p in aggregate.service(svc_host).ports] == [443], "entry")
+        # A second WorkloadEntry joins the selecting ServiceEntry live.
+        create(
+            "workloadentries",
+            "WorkloadEntry",
+            "vm-2",
+            {"address": "192.0.2.51", "labels": {"app": "legacy"}},
+        )
+        await until(lambda: len(aggregate.endpoints(vm_host)) == 2, "second VM")
