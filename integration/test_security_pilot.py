@@ -134,6 +134,24 @@ async def _eventually_get(
     raise AssertionError(f"no 200 from {url} (Host {host}) in {timeout}s; last: {last!r}")
 
 
+async def _eventually_echo(host: str, port: int, payload: bytes, timeout: float = 30.0) -> bytes:
+    deadline = asyncio.get_running_loop().time() + timeout
+    last: Any = None
+    while asyncio.get_running_loop().time() < deadline:
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 5)
+            try:
+                writer.write(payload)
+                await writer.drain()
+                return await asyncio.wait_for(reader.readexactly(len(payload)), 5)
+            finally:
+                writer.close()
+        except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
+            last = exc
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"no echo from {host}:{port} in {timeout}s; last: {last!r}")
+
+
 async def test_pilot_configured_mtls_http_tcp_and_plain(pilot: PilotServer, tmp_path: Path) -> None:
     ca = CertificateAuthority.load_or_create(FileStorage(tmp_path / "ca"), TRUST_DOMAIN)
     tokens = JoinTokenStore(tmp_path / "ca" / "tokens.json")
@@ -166,12 +184,9 @@ async def test_pilot_configured_mtls_http_tcp_and_plain(pilot: PilotServer, tmp_
                     ) as resp:
                         raise AssertionError(f"plain client served: {resp.status}")
 
-            # TCP over mutual TLS: A's local port for t -> T's sidecar -> T's app.
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(A_IP, 7379), 10)
-            writer.write(b"meshfed-tcp")
-            await writer.drain()
-            assert await asyncio.wait_for(reader.readexactly(11), 10) == b"meshfed-tcp"
-            writer.close()
+            # TCP over mutual TLS: A's local port for t -> T's sidecar -> T's app. T's sidecar
+            # may still be receiving its config: retry (bounded) until the echo comes back.
+            assert await _eventually_echo(A_IP, 7379, b"meshfed-tcp") == b"meshfed-tcp"
             # T's sidecar terminated TLS from A's identity (its listener's SSL stats).
             async with (
                 aiohttp.ClientSession() as session,
