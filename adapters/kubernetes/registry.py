@@ -192,6 +192,7 @@ class KubernetesRegistry:
         self._from_pods_by_ns: dict[str, set[ObjKey]] = {}  # selector-fallback Services
         self._host_owner: dict[str, ObjKey] = {}
         self._cr_hosts: dict[str, tuple[Service, tuple[Endpoint, ...]]] = {}
+        self._shadowed: set[str] = set()  # ServiceEntry hosts hidden by a Service (logged once)
         self._dirty: set[ObjKey] = set()
         self._dirty_custom = False
         self._flush_scheduled = False
@@ -458,7 +459,8 @@ class KubernetesRegistry:
         if owner is not None:
             mapped = self._mapped[owner]
             service = next(s for s in mapped.services if s.hostname == host)
-            if host in self._cr_hosts:
+            if host in self._cr_hosts and host not in self._shadowed:
+                self._shadowed.add(host)  # said once per hostname, not on every recompute
                 log.warning(
                     "kubernetes registry %s: ServiceEntry host %s is also Service %s/%s; "
                     "the Service wins",
@@ -467,6 +469,7 @@ class KubernetesRegistry:
                     *owner,
                 )
             return service, tuple(mapped.endpoints.get(host, ()))
+        self._shadowed.discard(host)
         return self._cr_hosts.get(host)
 
     def _initial_sync(self) -> None:
