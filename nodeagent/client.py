@@ -80,8 +80,9 @@ class CAClient:
         if kubernetes_token:
             metadata.append(("authorization", f"Bearer {kubernetes_token}"))
         creds = grpc.ssl_channel_credentials(root_certificates=self.root_pem)
-        # A join token is single use: retrying a call whose answer was lost would be refused
-        # as a replay, so only failures before the call reached the CA are retried.
+        # A join token is single use. UNAVAILABLE almost always means the call never reached
+        # the CA, so it is retried; if an answer was lost after the CA used the token, the retry
+        # is refused as a replay ("already used") and the operator issues a new token.
         return await self._call(self.bootstrap_target, creds, csr_pem, identity, ttl, metadata)
 
     async def renew(
