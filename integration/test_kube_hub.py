@@ -7,13 +7,16 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from pathlib import Path
 
 import aiohttp
+import yaml
 from kubernetes import client as k8s
 
 from adapters.kubernetes.configstore import kube_config_components
 from adapters.kubernetes.testing import create_namespace, install_crds, service
 from integration.peers.kube import KubeAPIServer
+from integration.peers.ports import free_ports
 from meshfed.config import MeshConfig, RegistryConfig
 from meshfed.hub import Hub
 
@@ -55,7 +58,60 @@ async def test_hub_runs_the_kubernetes_registry_and_config_store(
             async with session.get(f"{base}/debug/configz/cluster-a") as response:
                 config = await response.json()
             assert config["synced"] is True and config["namespaces"]["names"] == [ns]
+            async with session.get(f"{base}/metrics") as response:
+                metrics = await response.text()
+            assert (
+                'meshfed_kube_listed_objects{registry="cluster-a",resource="services"}' in metrics
+            )
         service_view = hub.aggregate.service(f"web.{ns}.svc.cluster.local")
         assert service_view is not None and service_view.registries == ("cluster-a",)
+    finally:
+        await hub.stop()
+
+
+async def test_hub_with_an_unreachable_cluster_is_degraded_not_crashed(tmp_path: Path) -> None:
+    """Nothing listens where the kubeconfig points: the hub runs, not ready, the member degraded."""
+    (port,) = free_ports(1, "127.0.89.70")
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": "gone",
+                        "cluster": {
+                            "server": f"https://127.0.89.70:{port}",
+                            "insecure-skip-tls-verify": True,
+                        },
+                    }
+                ],
+                "users": [{"name": "u", "user": {"token": "x"}}],
+                "contexts": [{"name": "gone", "context": {"cluster": "gone", "user": "u"}}],
+                "current-context": "gone",
+            }
+        )
+    )
+    mesh = MeshConfig(
+        monitoring_address="127.0.0.1:0",
+        registries=(RegistryConfig("gone", "kubernetes", {"kubeconfig": str(kubeconfig)}),),
+    )
+    hub = Hub(mesh, list(kube_config_components(mesh)))
+    await hub.start()
+    try:
+        member = hub.aggregate.members[0]
+        deadline = time.monotonic() + 20
+        while member.degraded is None:
+            assert time.monotonic() < deadline, "member never marked degraded"
+            await asyncio.sleep(0.1)
+        assert "refused" in member.degraded
+        base = f"http://127.0.0.1:{hub.monitoring_port}"
+        async with aiohttp.ClientSession() as session, session.get(f"{base}/healthz/ready") as r:
+            body = await r.json()
+        assert r.status == 503
+        assert "registry gone has not synced" in body["not_ready"]
+        assert "config store gone has not synced" in body["not_ready"]
+        assert body["degraded"] and "refused" in body["degraded"][0]
     finally:
         await hub.stop()
