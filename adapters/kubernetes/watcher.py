@@ -76,6 +76,10 @@ class _Stopped(Exception):
     pass
 
 
+class _Paused(Exception):
+    """:meth:`Watcher.pause` was called: wait for :meth:`Watcher.resume`, report nothing."""
+
+
 def _status_code(event: dict[str, Any]) -> int:
     obj = event.get("object")
     return int(obj.get("code") or 0) if isinstance(obj, dict) else 0
@@ -198,6 +202,8 @@ class Watcher:
                 break
             try:
                 stream = self._connect()
+            except _Paused:
+                continue
             except (_Stopped, tenacity.RetryError):
                 break
             opened = time.monotonic()
@@ -241,7 +247,7 @@ class Watcher:
         """List when needed, then open the watch; retried with jittered backoff until it works."""
         retrying = tenacity.Retrying(
             wait=tenacity.wait_random_exponential(multiplier=0.25, max=self.backoff_max),
-            retry=tenacity.retry_if_not_exception_type(_Stopped),
+            retry=tenacity.retry_if_not_exception_type((_Stopped, _Paused)),
             stop=tenacity.stop_when_event_set(self._stop),
             sleep=self._sleep,
             before_sleep=self._before_sleep,
@@ -250,6 +256,8 @@ class Watcher:
             with attempt:
                 if self._stop.is_set():
                     raise _Stopped
+                if not self._resume.is_set():
+                    raise _Paused
                 if self._override_rv is not None:
                     self.resource_version, self._override_rv = self._override_rv, None
                     self._need_list = False
@@ -362,7 +370,7 @@ class Watcher:
             self._response = response
         if self._stop.is_set() or not self._resume.is_set():
             self._close(response)
-            raise _Stopped if self._stop.is_set() else ConnectionAbortedError("paused")
+            raise _Stopped if self._stop.is_set() else _Paused
         return response
 
     def _close(self, response: Any) -> None:
