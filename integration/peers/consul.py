@@ -17,11 +17,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from integration.peers.artifacts import consul_path, require_binary
 from integration.peers.http import get_json
 from integration.peers.ports import free_ports, loopback_host, loopback_hosts
 from integration.peers.process import PeerError, PeerProcess
+
+if TYPE_CHECKING:
+    import consul
 
 START_TIMEOUT = 60.0
 
@@ -74,7 +78,7 @@ class ConsulAgent:
         """The leader's server address as this agent sees it ('' when there is none)."""
         return str(get_json(f"{self.url}/v1/status/leader", timeout=2.0) or "")
 
-    def client(self, **kwargs: object) -> object:
+    def client(self, **kwargs: Any) -> consul.Consul:
         """A ``py-consul`` client for this agent."""
         import consul
 

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -33,6 +34,9 @@ from integration.peers.certs import KubePki, make_pki
 from integration.peers.http import get
 from integration.peers.ports import free_ports, loopback_host
 from integration.peers.process import PeerProcess
+
+if TYPE_CHECKING:
+    from kubernetes.client import ApiClient
 
 ETCD_TIMEOUT = 60.0
 APISERVER_TIMEOUT = 180.0
@@ -78,7 +82,7 @@ class KubeAPIServer:
         """CA bundle that verifies the serving certificate."""
         return self.pki.ca_cert
 
-    def api_client(self) -> object:
+    def api_client(self) -> ApiClient:
         """A ``kubernetes.client.ApiClient`` built from the kubeconfig (client cert auth)."""
         from kubernetes import config
 

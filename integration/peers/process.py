@@ -9,6 +9,7 @@ never says why a server did not come up.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
@@ -18,6 +19,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 LOG_TAIL_LINES = 40
+
+# Every started peer, so that an interpreter exiting without fixture teardown (an
+# interrupted run) still kills them: they run in their own sessions, so nothing else would.
+_live: set[PeerProcess] = set()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for peer in list(_live):
+        peer.kill()
 
 
 class PeerError(RuntimeError):
@@ -67,6 +78,7 @@ class PeerProcess:
                 env={**os.environ, **(self.env or {})},
                 start_new_session=True,
             )
+        _live.add(self)
         return self
 
     @property
@@ -130,6 +142,7 @@ class PeerProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(5)
+        _live.discard(self)
 
     def kill(self) -> None:
         """Hard-kill the process group at once (a crash, as a test sees it)."""
