@@ -226,9 +226,11 @@ def _describe(adapter: Any) -> dict[str, Any]:
 
 def default_components(mesh: MeshConfig) -> list[HubComponent]:
     """The components ``meshfed up`` runs beside the registries."""
+    from nodeagent.registration_server import WorkloadRegistration
     from pilot.server import PilotServer  # reads mesh.discovery_address and mesh.pilot at start
 
-    return [PilotServer()]
+    # Registration first: its member must exist before Pilot waits for every member to sync.
+    return [WorkloadRegistration(), PilotServer()]
 
 
 async def run_hub(mesh: MeshConfig, stop: asyncio.Event) -> None:
