@@ -137,6 +137,16 @@ class ConfigCache:
         """Adopt a new routing-config snapshot; re-translate whatever it touches."""
         return traffic_hooks.set_config(self, snapshot, options)
 
+    def stage_config(
+        self, snapshot: ConfigSnapshot, options: tt.TrafficOptions | None = None
+    ) -> CacheChange:
+        """Add the clusters ``snapshot`` needs, routes unchanged (make before break)."""
+        return traffic_hooks.stage_config(self, snapshot, options)
+
+    def settle_config(self) -> CacheChange | None:
+        """Remove clusters only the previous config used (after proxies have new routes)."""
+        return traffic_hooks.settle(self)
+
     # -- building ---------------------------------------------------------------------------
     def rebuild(self) -> CacheChange:
         """Translate the whole registry (startup, or after a reconnect storm)."""

@@ -25,17 +25,20 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import attrs
 import grpc
 from aiohttp import web
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from pilot import metrics as M
 from pilot import traffic_hooks
+from pilot import xds_types as T
 from pilot.ads import DiscoveryServer
-from pilot.cache import ConfigCache
+from pilot.cache import CacheChange, ConfigCache
 from pilot.config.store import ConfigSnapshot, FileConfigStore
 from pilot.debounce import Batch, DebounceLoop
 from pilot.translate.traffic import TrafficOptions
+from pilot.watch import Status
 from registry.aggregate import AggregateRegistry
 from registry.events import ChangeEvent
 
@@ -43,6 +46,7 @@ log = logging.getLogger("meshfed.pilot")
 
 DEFAULT_QUIET = 0.1
 DEFAULT_MAX_DELAY = 1.0
+STAGE_WAIT = 2.0  # seconds a config change waits for proxies' ACKs between its two steps
 CONFIG_CHANGED = "\0config"  # a debouncer "hostname" no service can have: re-read the stores
 
 
@@ -169,6 +173,53 @@ class PilotServer:
             objects += [*snap.egress_rules, *snap.gateways]
         return ConfigSnapshot.of(objects)
 
+    async def _apply_config(self, change: CacheChange, batch: Batch) -> CacheChange:
+        """Make before break: add clusters, then switch routes, then remove old clusters.
+
+        Each step is pushed once every proxy has ACKed the previous one; waits are bounded (a
+        proxy that never ACKs delays a rule change by at most ``STAGE_WAIT`` s per step).
+        Returns what is left to push (the removal step, or the switch if it was not pushed).
+        """
+        assert self.cache is not None and self.discovery is not None
+        snapshot = self.config_snapshot()
+        await self._wait_synced(STAGE_WAIT)  # the previous routes are in place everywhere
+        staged = self.cache.stage_config(snapshot, self.traffic_options)
+        staged = traffic_hooks.merge(change, staged)
+        if staged.cluster_names or staged.endpoint_names:
+            self.pushes += 1
+            await self.discovery.push_all(staged, batch.first_at)
+            await self._wait_synced(STAGE_WAIT, (T.CLUSTER, T.ENDPOINT))
+            change = attrs.evolve(change, endpoint_names=frozenset(), cluster_names=frozenset())
+        switched = traffic_hooks.merge(
+            change, self.cache.set_config(snapshot, self.traffic_options)
+        )
+        if not (self.cache.traffic.extra_subsets or self.cache.traffic.extra_egress):
+            return switched
+        self.pushes += 1
+        await self.discovery.push_all(switched, batch.first_at)
+        await self._wait_synced(STAGE_WAIT)
+        settled = self.cache.settle_config()
+        return settled if settled is not None else attrs.evolve(switched, services_changed=False)
+
+    async def _wait_synced(self, timeout: float, types: tuple[str, ...] | None = None) -> None:
+        """Until every connected proxy has ACKed what it was sent (of ``types``), or timeout."""
+        assert self.discovery is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pending = [
+                conn
+                for conn in self.discovery.connections.values()
+                if any(
+                    w.status is not Status.SYNCED and w.status is not Status.NOT_SENT
+                    for t, w in conn.watches.items()
+                    if types is None or t in types
+                )
+            ]
+            if not pending:
+                return
+            await asyncio.sleep(0.01)
+        log.info("config change: some proxies had not ACKed after %.1fs; continuing", timeout)
+
     def _on_config(self, snapshot: ConfigSnapshot) -> None:
         if self._debounce is not None:
             self._debounce.submit({CONFIG_CHANGED})
@@ -226,8 +277,7 @@ class PilotServer:
         started = time.perf_counter()
         change = self.cache.apply(batch.hostnames - {CONFIG_CHANGED})
         if CONFIG_CHANGED in batch.hostnames:
-            config = self.cache.set_config(self.config_snapshot(), self.traffic_options)
-            change = traffic_hooks.merge(change, config)
+            change = await self._apply_config(change, batch)
         M.BUILD_TIME.observe(time.perf_counter() - started)
         if not (change.services_changed or change.endpoint_names or change.cluster_names):
             return

@@ -7,6 +7,12 @@ changes by a handful of lines and the traffic features can be read in one place.
 Promises:
 - A new config snapshot re-translates every service through the normal diffing path
   (:meth:`ConfigCache.apply`), so unchanged clusters keep their versions and are not re-sent.
+- Make before break (no 503 window while rules change, the seed's known issue): a config
+  change is applied in two steps. :func:`stage_config` adds the clusters the new rules need
+  (subsets, egress) while routes stay as they were; once proxies have them (the server waits
+  for their CDS/EDS ACKs), :func:`set_config` switches the routes, and once proxies have ACKed
+  those, :func:`settle` removes the clusters only the previous config used. No route a proxy
+  may still hold ever points to a cluster it does not have.
 - A registry change that makes a rule resolve differently (a service appears or disappears)
   also re-translates the services whose subset/policy clusters that changes.
 - Egress clusters live in the cache's cluster table under a key no hostname can take, so they
@@ -38,12 +44,65 @@ if TYPE_CHECKING:
 EGRESS_KEY = "\0egress"  # not a hostname: the egress rules' slot in the cluster table
 
 
+def _next_index(
+    cache: ConfigCache, snapshot: ConfigSnapshot, options: TrafficOptions | None
+) -> TrafficIndex:
+    current = cache.traffic
+    if snapshot == current.snapshot:
+        extra, extra_egress = current.extra_subsets, current.extra_egress
+    else:
+        extra, extra_egress = current.referenced, current.snapshot.egress_rules
+    return TrafficIndex.build(
+        snapshot,
+        cache._services.values(),
+        options or current.options,
+        extra_subsets=extra,
+        extra_egress=extra_egress,
+    )
+
+
+def stage_config(
+    cache: ConfigCache, snapshot: ConfigSnapshot, options: TrafficOptions | None
+) -> CacheChange:
+    """Step one of a config change: the new config's clusters, the old config's routes."""
+    new = _next_index(cache, snapshot, options)
+    current = cache.traffic
+    cache.traffic = attrs.evolve(
+        current,
+        subsets=new.subsets,
+        policies=new.policies,
+        options=new.options,
+        extra_subsets=new.extra_subsets,
+        extra_egress=(*current.extra_egress, *snapshot.egress_rules),
+    )
+    return _retranslate(cache)
+
+
 def set_config(
     cache: ConfigCache, snapshot: ConfigSnapshot, options: TrafficOptions | None
 ) -> CacheChange:
-    options = options or cache.traffic.options
-    cache.traffic = TrafficIndex.build(snapshot, cache._services.values(), options)
+    """Step two (or the only step, for a cache no proxy reads yet): routes follow the config."""
+    if snapshot != cache.traffic.snapshot:
+        cache.traffic = _next_index(cache, snapshot, options)
+    elif options is not None and options != cache.traffic.options:
+        cache.traffic = cache.traffic.rebuilt(cache._services.values())
+        cache.traffic = attrs.evolve(cache.traffic, options=options)
     cache.config_generation += 1
+    return _retranslate(cache)
+
+
+def settle(cache: ConfigCache) -> CacheChange | None:
+    """Step three: drop clusters kept only for the previous config (None: nothing kept)."""
+    current = cache.traffic
+    if not current.extra_subsets and not current.extra_egress:
+        return None
+    cache.traffic = attrs.evolve(current, extra_subsets={}, extra_egress=()).rebuilt(
+        cache._services.values()
+    )
+    return _retranslate(cache)
+
+
+def _retranslate(cache: ConfigCache) -> CacheChange:
     egress_changed = _update_egress(cache)
     change = cache.apply(set(cache._services))
     names_ = set(change.cluster_names) | egress_changed
@@ -65,9 +124,10 @@ def _update_egress(cache: ConfigCache) -> set[str]:
     from pilot.cache import _changed, make_resource
 
     index = cache.traffic
+    rules_ = [*index.snapshot.egress_rules, *index.extra_egress]
     new = {
         c.name: make_resource(c.name, c)
-        for c in egress.egress_clusters(index.snapshot.egress_rules, cache._services, index.options)
+        for c in egress.egress_clusters(rules_, cache._services, index.options)
     }
     changed = _changed(cache._clusters.get(EGRESS_KEY, {}), new)
     if changed:
@@ -90,7 +150,7 @@ def hosts_to_apply(cache: ConfigCache, hosts: set[str]) -> set[str]:
         else:
             services[host] = service
     old = cache.traffic
-    new = TrafficIndex.build(old.snapshot, services.values(), old.options)
+    new = old.rebuilt(services.values())
     cache.traffic = new
     touched = set(old.subsets) | set(old.policies) | set(new.subsets) | set(new.policies)
     extra = {h for h in touched if old.cluster_signature(h) != new.cluster_signature(h)}

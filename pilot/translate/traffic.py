@@ -12,6 +12,9 @@ Promises:
   version; :attr:`TrafficIndex.signature` changes exactly when a translation could.
 - Rules for one destination keep the snapshot's application order (highest precedence first,
   conflicts broken by namespace/name, see ``pilot.config.conflicts``).
+- Make before break: an index can carry ``extra_subsets`` / ``extra_egress`` (the previous
+  config's), so clusters a proxy may still route to outlive the rules that referenced them by
+  one config change (see :func:`pilot.traffic_hooks.stage_config`).
 - A reference that resolves to no service is kept in :attr:`TrafficIndex.unresolved` (for
   ``/debug/configz``) and otherwise ignored: a rule for a service that does not exist yet
   simply starts to apply when the service appears.
@@ -23,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 
-from pilot.config.model import DestinationPolicy, RouteRule, ServiceRef
+from pilot.config.model import DestinationPolicy, EgressRule, RouteRule, ServiceRef
 from pilot.config.store import ConfigSnapshot
 from registry.model import Endpoint, Labels, Port, Service
 
@@ -49,6 +52,13 @@ class TrafficOptions:
         return cls(resolvers, str(pilot.get("gatewayCertsDir") or ""))
 
 
+def _sorted_subsets(subsets: Mapping[str, set[Labels]]) -> dict[str, tuple[Labels, ...]]:
+    return {
+        h: tuple(sorted(s, key=lambda labels: labels.items_tuple))
+        for h, s in sorted(subsets.items())
+    }
+
+
 def subset_name(labels: Labels) -> str:
     """The subset part of a cluster name: canonical ``k=v`` pairs joined by commas."""
     return ",".join(f"{k}={v}" for k, v in labels.items())
@@ -64,6 +74,9 @@ class TrafficIndex:
     policies: Mapping[str, tuple[DestinationPolicy, ...]] = attrs.field(factory=dict)
     resolved: Mapping[tuple[str, ServiceRef], str] = attrs.field(factory=dict)
     unresolved: tuple[str, ...] = ()
+    referenced: Mapping[str, tuple[Labels, ...]] = attrs.field(factory=dict)  # this config's own
+    extra_subsets: Mapping[str, tuple[Labels, ...]] = attrs.field(factory=dict)
+    extra_egress: tuple[EgressRule, ...] = ()
 
     @classmethod
     def build(
@@ -71,7 +84,11 @@ class TrafficIndex:
         snapshot: ConfigSnapshot,
         services: Iterable[Service],
         options: TrafficOptions | None = None,
+        extra_subsets: Mapping[str, tuple[Labels, ...]] | None = None,
+        extra_egress: tuple[EgressRule, ...] = (),
     ) -> TrafficIndex:
+        """Resolve ``snapshot`` against ``services``; ``extra_*`` keep clusters of a previous
+        config alive (subset clusters of hosts that still exist, egress clusters)."""
         services_by_host = {s.hostname: s for s in services}
         svc_list = list(services_by_host.values())
         resolved: dict[tuple[str, ServiceRef], str] = {}
@@ -114,18 +131,28 @@ class TrafficIndex:
             policies.setdefault(host, []).append(policy)
             if policy.destination.labels:
                 subsets.setdefault(host, set()).add(policy.destination.labels)
+        referenced = _sorted_subsets(subsets)
+        for host, extra in (extra_subsets or {}).items():
+            if host in services_by_host:
+                subsets.setdefault(host, set()).update(extra)
         return cls(
             snapshot,
             options or TrafficOptions(),
             services_by_host,
             {h: tuple(r) for h, r in sorted(rules.items())},
-            {
-                h: tuple(sorted(s, key=lambda labels: labels.items_tuple))
-                for h, s in sorted(subsets.items())
-            },
+            _sorted_subsets(subsets),
             {h: tuple(p) for h, p in sorted(policies.items())},
             dict(sorted(resolved.items(), key=lambda kv: (kv[0][0], str(kv[0][1])))),
             tuple(sorted(set(unresolved))),
+            referenced,
+            dict(extra_subsets or {}),
+            extra_egress,
+        )
+
+    def rebuilt(self, services: Iterable[Service]) -> TrafficIndex:
+        """The same config (and extras) resolved against a new service set."""
+        return TrafficIndex.build(
+            self.snapshot, services, self.options, self.extra_subsets, self.extra_egress
         )
 
     # -- lookups ----------------------------------------------------------------------------
