@@ -124,6 +124,12 @@ async def test_slices_legacy_endpoints_nodes_and_external_names(
                 "192.0.2.21"
             ]
 
+            # A heartbeat-like node update (nothing the mapping reads) recomputes nothing.
+            flushes = reg.flushes
+            core.patch_node(node, {"metadata": {"annotations": {"heartbeat": "1"}}})
+            await until(lambda: reg.watchers["nodes"].events >= 1, "the node event")
+            await asyncio.sleep(0.3)
+            assert reg.flushes == flushes
             # A node's labels change: the endpoints on it move to the new zone.
             core.patch_node(
                 node, {"metadata": {"labels": {"topology.kubernetes.io/zone": "eu-1c"}}}

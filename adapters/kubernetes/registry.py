@@ -157,6 +157,11 @@ def _slim(resource: str, obj: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _without_version(obj: Mapping[str, Any]) -> dict[str, Any]:
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "resourceVersion"}
+    return {**obj, "metadata": meta}
+
+
 def _version(obj: Mapping[str, Any] | None) -> str:
     return str(((obj or {}).get("metadata") or {}).get("resourceVersion") or "")
 
@@ -346,6 +351,16 @@ class KubernetesRegistry:
 
     def _update_store(self, resource: str, key: ObjKey, obj: dict[str, Any] | None) -> None:
         store = self.stores[resource]
+        # Node heartbeats and most pod status updates change nothing the mapping reads; without
+        # this, every heartbeat would remap every Service with a pod on the node.
+        if (
+            resource in ("pods", "nodes")
+            and obj is not None
+            and key in store
+            and _without_version(store[key]) == _without_version(obj)
+        ):
+            store[key] = obj
+            return
         if obj is None:
             store.pop(key, None)
         else:
