@@ -173,7 +173,7 @@ async def request(
         timeout=aiohttp.ClientTimeout(total=timeout),
         allow_redirects=False,
     ) as response:
-        return response.status, await response.text(), dict(response.headers)
+        return response.status, await response.text(), response.headers.copy()
 
 
 async def count(

@@ -29,6 +29,7 @@ REVIEWS = "reviews.default.svc.cluster.local"
 A_IP = "127.0.101.2"
 V1, V2, V3 = "127.0.101.11", "127.0.101.12", "127.0.101.13"
 MIRROR_IP = "127.0.101.21"
+WS_TIMEOUT = aiohttp.ClientWSTimeout(ws_receive=5, ws_close=5)
 
 HEADER = "apiVersion: config.istio.io/v1alpha2\nkind: RouteRule\n"
 
@@ -368,3 +369,97 @@ redirect: {uri: /here, authority: reviews.example.org}
             status, _, headers = await request(session, a.outbound_url + "/moved", "reviews")
             assert status == 301
             assert headers["Location"] == "http://reviews.example.org/here"
+
+
+async def test_websocket_upgrade_needs_the_rule(tmp_path: Path) -> None:
+    from aiohttp import web
+
+    async def ws_echo(req: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(req)
+        async for msg in ws:
+            await ws.send_str("echo:" + msg.data)
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", ws_echo)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, V1, 9080).start()
+    try:
+        async with routing_mesh(tmp_path / "rules") as mesh:
+            mesh.member.replace([http_service(REVIEWS)], {REVIEWS: [versioned(V1, "v1")]})
+            a = await mesh.sidecar(A_IP, "productpage")
+            async with aiohttp.ClientSession() as session:
+                url = a.outbound_url + "/ws"
+                with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                    await session.ws_connect(url, headers={"Host": "reviews"}, timeout=WS_TIMEOUT)
+                assert refused.value.status == 403  # upgrades are off unless a rule allows them
+                await mesh.apply(
+                    "ws",
+                    rule(
+                        "reviews-ws",
+                        """
+destination: {name: reviews}
+match: {request: {headers: {uri: {prefix: /ws}}}}
+websocketUpgrade: true
+""",
+                    ),
+                )
+                async with session.ws_connect(
+                    url, headers={"Host": "reviews"}, timeout=WS_TIMEOUT
+                ) as ws:
+                    for text in ("one", "two"):
+                        await ws.send_str(text)
+                        msg = await asyncio.wait_for(ws.receive(), 5)
+                        assert msg.data == "echo:" + text
+    finally:
+        await runner.cleanup()
+
+
+async def test_cors_policy_answers_preflight_and_tags_responses(tmp_path: Path) -> None:
+    async with routing_mesh(tmp_path / "rules") as mesh:
+        await reviews_mesh(mesh)
+        a = await mesh.sidecar(A_IP, "productpage")
+        url = a.outbound_url + "/api"
+        await mesh.apply(
+            "cors",
+            rule(
+                "reviews-cors",
+                """
+destination: {name: reviews}
+route: [{labels: {version: v1}}]
+corsPolicy:
+  allowOrigin: [https://app.example]
+  allowMethods: [GET, PUT]
+  allowHeaders: [x-custom]
+  exposeHeaders: [x-backend]
+  maxAge: 1m
+  allowCredentials: true
+""",
+            ),
+        )
+        preflight = {
+            "Origin": "https://app.example",
+            "Access-Control-Request-Method": "PUT",
+            "Access-Control-Request-Headers": "x-custom",
+        }
+        async with aiohttp.ClientSession() as session:
+            hits = len(mesh.version_backends[0].requests)
+            status, _, headers = await request(session, url, "reviews", preflight, method="OPTIONS")
+            assert status == 200
+            assert headers["access-control-allow-origin"] == "https://app.example"
+            assert headers["access-control-allow-methods"] == "GET,PUT"
+            assert headers["access-control-allow-headers"] == "x-custom"
+            assert headers["access-control-max-age"] == "60"
+            assert headers["access-control-allow-credentials"] == "true"
+            assert len(mesh.version_backends[0].requests) == hits  # answered by the sidecar
+            origin = {"Origin": "https://app.example"}
+            status, body, headers = await request(session, url, "reviews", origin)
+            assert (status, body) == (200, "v1")
+            assert headers["access-control-allow-origin"] == "https://app.example"
+            assert headers["access-control-expose-headers"] == "x-backend"
+            status, _, headers = await request(
+                session, url, "reviews", {"Origin": "https://evil.example"}
+            )
+            assert status == 200 and "access-control-allow-origin" not in headers
