@@ -250,8 +250,20 @@ async def test_config_store_follows_kubectl_with_errors_as_events(
         split_now = next(r for r in store.snapshot.route_rules if r.name == "reviews-split")
         assert split_now == split
 
-        # kubectl delete undoes it.
+        # Fixing the object applies it again and says so on the object.
         manifest.write_text(ISTIO_02)
+        assert kubectl(binary, kubeconfig, "apply", "-n", ns, "-f", str(manifest)).returncode == 0
+        await until(lambda: store.errors == [], "the fix", 20)
+
+        def valid_event() -> bool:
+            listed = core.list_namespaced_event(
+                ns, field_selector="involvedObject.name=reviews-split,reason=Valid"
+            )
+            return bool(listed.items) and listed.items[0].type == "Normal"
+
+        await until(valid_event, "Valid event", 20)
+
+        # kubectl delete undoes it.
         assert kubectl(binary, kubeconfig, "delete", "-n", ns, "-f", str(manifest)).returncode == 0
         await until(lambda: _refs(store.snapshot, ns) == [], "deleted", 20)
         assert store.errors == []
