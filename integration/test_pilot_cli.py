@@ -20,6 +20,7 @@ import aiohttp
 
 from meshfed.config import MeshConfig, RegistryConfig
 from meshfed.hub import Hub, default_components
+from pilot.server import PilotServer
 
 ROOT = Path(__file__).resolve().parents[1]
 WEB_IP = "127.0.85.2"
@@ -81,7 +82,8 @@ async def test_proxy_status_config_and_bootstrap_commands(tmp_path: Path) -> Non
     proxy = None
     try:
         hub_url = f"http://127.0.0.1:{hub.monitoring_port}"
-        pilot = f"127.0.0.1:{hub.components[0].port}"  # type: ignore[attr-defined]
+        pilot_server = next(c for c in hub.components if isinstance(c, PilotServer))
+        pilot = f"127.0.0.1:{pilot_server.port}"
         common = ("--ip", WEB_IP, "--workload", "web", "--pilot", pilot)
 
         code, out, _ = await run_cli("bootstrap", *common, "--app-ports", "9080:8080")
@@ -113,6 +115,11 @@ async def test_proxy_status_config_and_bootstrap_commands(tmp_path: Path) -> Non
                     break
         # Ready means Pilot saw the full config ACKed, not just that Envoy started.
         assert "'cds'" in line and "'rds'" in line
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://{WEB_IP}:15021/healthz/ready") as response,
+        ):
+            assert response.status == 200 and (await response.json())["ready"] is True
 
         code, out, _ = await run_cli("proxy-status", "--hub", hub_url)
         assert code == 0

@@ -87,7 +87,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 
 def cmd_proxy(args: argparse.Namespace) -> int:
     from meshfed.cli import hub_url
-    from meshfed.proxy import EnvoyProcess, wait_ready
+    from meshfed.proxy import EnvoyProcess, ReadinessServer, wait_ready
 
     spec = _spec(args)
     hub = hub_url(args)
@@ -98,10 +98,15 @@ def cmd_proxy(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         envoy = EnvoyProcess(spec, log_level=args.envoy_log_level)
+        probe = ReadinessServer(envoy, args.status_port) if args.status_port else None
         try:
+            if probe is not None:
+                await probe.start()
             await envoy.start()
             print(f"envoy started (admin {envoy.admin_url}, log {envoy.log_path})", flush=True)
             state = await wait_ready(envoy, hub, timeout=args.ready_timeout)
+            if probe is not None:
+                probe.synced = True
             versions = {k: v["acked_version"] for k, v in state["types"].items()}
             print(f"ready: {spec.node_id} ACKed {versions}", flush=True)
             exited = asyncio.create_task(envoy.proc.wait())  # type: ignore[union-attr]
@@ -118,6 +123,8 @@ def cmd_proxy(args: argparse.Namespace) -> int:
             return 1
         finally:
             await envoy.stop()
+            if probe is not None:
+                await probe.stop()
 
     return asyncio.run(main())
 
@@ -212,6 +219,12 @@ def register(sub: Any) -> None:
     _add_proxy_args(proxy)
     proxy.add_argument("--hub", help="hub monitoring URL for readiness (default: from config)")
     proxy.add_argument("--ready-timeout", type=float, default=60.0)
+    proxy.add_argument(
+        "--status-port",
+        type=int,
+        default=15021,
+        help="readiness probe port on --ip (GET /healthz/ready); 0 disables",
+    )
     proxy.add_argument("--envoy-log-level", default="warning")
     proxy.set_defaults(func=cmd_proxy)
 

@@ -19,13 +19,13 @@ import asyncio
 import contextlib
 import signal
 import time
-from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from meshfed.config import MeshConfig, RegistryConfig, default_services_path
 from meshfed.proxy import EnvoyProcess, ProxySpec, wait_ready
+from pilot.server import PilotServer
 
 CLIENT_IP = "127.0.0.10"
 APP_PORT = 8080
@@ -96,7 +96,7 @@ async def run_demo(duration: float | None = None, interval: float = 1.0) -> int:
     started = time.monotonic()
     try:
         await hub.start()
-        pilot: Any = hub.components[0]
+        pilot = next(c for c in hub.components if isinstance(c, PilotServer))
         hub_url = f"http://127.0.0.1:{hub.monitoring_port}"
         print(f"hub: monitoring {hub_url}, Pilot ADS on 127.0.0.1:{pilot.port}", flush=True)
         for workload, ip, service in APPS:

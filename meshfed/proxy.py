@@ -274,3 +274,42 @@ async def wait_ready(envoy: EnvoyProcess, hub: str, timeout: float = 30.0) -> di
         await asyncio.sleep(0.1)
     types = {k: v.get("status") for k, v in (last or {}).get("types", {}).items()}
     raise TimeoutError(f"proxy {envoy.spec.node_id} not synced after {timeout}s: {types or last}")
+
+
+class ReadinessServer:
+    """``GET /healthz/ready`` on the proxy's address, for orchestrator probes (like Istio's
+    agent on port 15021): 503 until Pilot has seen the first full config ACKed, then 200 for
+    as long as Envoy itself says LIVE."""
+
+    def __init__(self, envoy: EnvoyProcess, port: int) -> None:
+        self.envoy = envoy
+        self.port = port
+        self.synced = False
+        self._runner: Any = None
+
+    async def start(self) -> None:
+        from aiohttp import web
+
+        async def ready(request: web.Request) -> web.Response:
+            if not self.synced:
+                return web.json_response({"ready": False, "reason": "config not ACKed"}, status=503)
+            try:
+                status, body = await self.envoy.admin("/ready", timeout=1.0)
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                return web.json_response({"ready": False, "reason": f"envoy: {exc}"}, status=503)
+            if status != 200:
+                return web.json_response(
+                    {"ready": False, "reason": f"envoy: {body.strip()}"}, status=503
+                )
+            return web.json_response({"ready": True})
+
+        app = web.Application()
+        app.router.add_get("/healthz/ready", ready)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.envoy.spec.ip, self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

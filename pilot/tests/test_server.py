@@ -47,3 +47,30 @@ async def test_grpc_health_reports_serving_after_sync() -> None:
             assert (await stub.Check(request)).status == health_pb2.HealthCheckResponse.SERVING
     finally:
         await pilot.stop()
+
+
+async def test_a_burst_of_registry_events_costs_one_push() -> None:
+    from prometheus_client import REGISTRY
+
+    from registry.model import Endpoint, Port, Protocol, Service
+
+    agg = AggregateRegistry()
+    member = agg.add_member("m")
+    member.mark_synced()
+    pilot = PilotServer(agg, "127.0.0.1:0", quiet=0.1, max_delay=2.0)
+    await pilot.start()
+    before = REGISTRY.get_sample_value("meshfed_pilot_debounce_seconds_count") or 0.0
+    try:
+        host = "b.default.svc.cluster.local"
+        member.put_service(Service(host, ports=(Port(80, "http", Protocol.HTTP),)))
+        for i in range(50):
+            member.set_endpoints(host, [Endpoint(f"10.1.0.{i + 1}")])
+        for _ in range(100):
+            if pilot.pushes:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)
+        assert pilot.pushes == 1
+        assert REGISTRY.get_sample_value("meshfed_pilot_debounce_seconds_count") == before + 1
+    finally:
+        await pilot.stop()
