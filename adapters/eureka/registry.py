@@ -48,8 +48,15 @@ import tenacity
 from adapters.eureka import metrics
 from adapters.eureka.client import Answer, EurekaHttp, EurekaUnavailable
 from adapters.eureka.config import EurekaSettings, parse_settings
-from adapters.eureka.mapping import build_model
-from adapters.eureka.reconcile import Apps, apply_delta, from_instances, hash_code, instance_count
+from adapters.eureka.mapping import IncrementalMapper
+from adapters.eureka.reconcile import (
+    Apps,
+    apply_delta,
+    changed_apps,
+    from_instances,
+    hash_code,
+    instance_count,
+)
 from adapters.eureka.wire import STATUSES
 from registry.aggregate import Member
 
@@ -72,6 +79,7 @@ class EurekaRegistry:
         self.settings = settings
         self.trust_domain = trust_domain
         self.http = EurekaHttp(settings)
+        self.mapper = IncrementalMapper(settings.mapping)
         self.apps: Apps | None = None  # the local copy of the registry, None before a full fetch
         self.server_hash = ""
         self.versions_delta = ""
@@ -184,7 +192,7 @@ class EurekaRegistry:
             log.info("eureka registry %s: %s; full fetch", self.name, reason)
             await self._full_fetch(reason)
             return
-        self._install(outcome.apps, answer, changed=bool(outcome.changed_apps))
+        self._install(outcome.apps, answer, outcome.changed_apps)
 
     async def _full_fetch(self, reason: str) -> None:
         log.debug("eureka registry %s: full fetch (%s)", self.name, reason)
@@ -193,7 +201,7 @@ class EurekaRegistry:
         apps = from_instances(answer.applications.instances)
         if self._hold_empty(apps, answer):
             return
-        self._install(apps, answer, changed=apps != self.apps)
+        self._install(apps, answer, None if self.apps is None else changed_apps(self.apps, apps))
         self._need_full = False
         self._last_full = time.monotonic()
         self.member.mark_synced()
@@ -250,9 +258,13 @@ class EurekaRegistry:
         self._answered_at = time.perf_counter()
         return answer
 
-    def _install(self, apps: Apps, answer: Answer, changed: bool) -> None:
-        if changed:
-            model = build_model(apps, self.settings.mapping)
+    def _install(self, apps: Apps, answer: Answer, changed: frozenset[str] | None) -> None:
+        """Make ``apps`` the local copy; re-map the ``changed`` applications (None: all)."""
+        if changed is None or changed:
+            if changed is None:
+                model = self.mapper.rebuild(apps)
+            else:
+                model = self.mapper.update(apps, changed)
             event = self.member.replace(model.services, model.endpoints)
             if not event.empty:
                 self.counters["pushes"] += 1
@@ -277,7 +289,7 @@ class EurekaRegistry:
             "httpSeconds": round(answer.http_seconds, 4),
             "processingSeconds": round(processing, 4),
             "bytes": answer.size,
-            "changed": changed,
+            "changed": changed is None or bool(changed),
         }
 
     # -- debug ------------------------------------------------------------------------------
