@@ -101,6 +101,9 @@ def load_mesh_config(path: Path | str | None) -> MeshConfig:
         if "paths" in params:
             paths = reg.str_list("paths")
             params["paths"] = [_resolve(base, p) for p in paths]
+        for file_key in ("kubeconfig", "caFile", "certFile", "keyFile"):
+            if params.get(file_key):
+                params[file_key] = _resolve(base, reg.str(file_key))
         registries.append(RegistryConfig(name, kind, params))
     pilot_reader = reader.reader("pilot")
     config = MeshConfig(

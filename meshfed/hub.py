@@ -127,7 +127,10 @@ class Hub:
         REGISTRY_EVENTS.inc()
 
     def _create_adapter(self, reg: RegistryConfig, member: Member) -> Any:
-        return adapter_factory(reg.kind)(member, reg.params, self.mesh.trust_domain)
+        params = dict(reg.params)
+        if reg.kind == "kubernetes":  # the control plane's own namespace comes from the mesh
+            params.setdefault("systemNamespace", self.mesh.system_namespace)
+        return adapter_factory(reg.kind)(member, params, self.mesh.trust_domain)
 
     async def start(self) -> None:
         for reg in self.mesh.registries:
@@ -226,11 +229,12 @@ def _describe(adapter: Any) -> dict[str, Any]:
 
 def default_components(mesh: MeshConfig) -> list[HubComponent]:
     """The components ``meshfed up`` runs beside the registries."""
+    from adapters.kubernetes.configstore import kube_config_components  # CRD config per cluster
     from nodeagent.registration_server import WorkloadRegistration
     from pilot.server import PilotServer  # reads mesh.discovery_address and mesh.pilot at start
 
     # Registration first: its member must exist before Pilot waits for every member to sync.
-    return [WorkloadRegistration(), PilotServer()]
+    return [WorkloadRegistration(), PilotServer(), *kube_config_components(mesh)]
 
 
 async def run_hub(mesh: MeshConfig, stop: asyncio.Event) -> None:
