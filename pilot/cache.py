@@ -282,7 +282,8 @@ class ConfigCache:
         self, node: ProxyNode
     ) -> tuple[dict[str, Resource], dict[str, Resource], tuple[str, ...]]:
         own = self.own_endpoints(node.ip) if node.app_ports else []
-        key = (node.view_key, self.services_generation, self.config_generation, tuple(own))
+        source = traffic_hooks.source_key(self, node)
+        key = (node.view_key, self.services_generation, self.config_generation, tuple(own), source)
         found = self._proxy_parts.get(key)
         if found is not None:
             return found
@@ -295,6 +296,7 @@ class ConfigCache:
             http = traffic_hooks.outbound_http_listener(self, node)
             listeners[http.name] = make_resource(http.name, http)
             tcp, tcp_problems = tl.outbound_tcp_listeners(node, self._services.values())
+            tcp = traffic_hooks.tcp_rules(self, tcp, source)
             problems.extend(tcp_problems)
             egress, egress_problems = traffic_hooks.egress_listeners(self, node, tcp)
             problems.extend(egress_problems)

@@ -36,6 +36,7 @@ from pilot.node import ProxyNode
 from pilot.translate import egress, gateway, rules
 from pilot.translate import listeners as tl
 from pilot.translate import routes as tr
+from pilot.translate import tcp_rules as tcp_rules_mod
 from pilot.translate.traffic import TrafficIndex, TrafficOptions
 
 if TYPE_CHECKING:
@@ -177,6 +178,17 @@ def route_config(
         ),
         extra_vhosts=egress.egress_virtual_hosts(index.snapshot.egress_rules, cache._services),
     )
+
+
+def tcp_rules(
+    cache: ConfigCache, listeners: Sequence[listener_pb2.Listener], source: frozenset[str]
+) -> list[listener_pb2.Listener]:
+    """Outbound TCP listeners with TCP route rules (subsets, subnets) applied."""
+    index = cache.traffic
+    if not index.rules:
+        return list(listeners)
+    applies = rules.source_filter(source)
+    return [tcp_rules_mod.apply_tcp_rules(lst, index, applies) for lst in listeners]
 
 
 def source_key(cache: ConfigCache, node: ProxyNode) -> frozenset[str]:

@@ -272,7 +272,12 @@ def service_routes(
 ) -> list[rc.Route]:
     """The routes of ``service``'s virtual host on ``port``: applicable rules, then default."""
     rules: Sequence[RouteRule] = index.rules.get(service.hostname, ())
-    out = [rule_route(r, service, port, default, index) for r in rules if applies(r)]
+    # Subnet matches are TCP-only (pilot.translate.tcp_rules): such rules never route HTTP.
+    out = [
+        rule_route(r, service, port, default, index)
+        for r in rules
+        if applies(r) and not (r.match.source_subnets or r.match.destination_subnets)
+    ]
     out.append(default)
     return out
 

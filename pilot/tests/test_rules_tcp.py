@@ -1,0 +1,59 @@
+"""TCP route rules: one filter chain per distinct subnet match, precedence decides duplicates."""
+
+from __future__ import annotations
+
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+
+from pilot.config.model import Match, RouteRule, ServiceRef, WeightedDestination
+from pilot.config.store import ConfigSnapshot
+from pilot.node import ProxyNode
+from pilot.translate import listeners as tl
+from pilot.translate.tcp_rules import apply_tcp_rules
+from pilot.translate.traffic import TrafficIndex
+from registry.model import Port, Protocol, Service
+
+HOST = "db.default.svc.cluster.local"
+SERVICE = Service(HOST, ports=(Port(5432, "tcp", Protocol.TCP),))
+
+
+def rule(name: str, precedence: int, version: str, subnets: tuple[str, ...] = ()) -> RouteRule:
+    return RouteRule(
+        name,
+        "default",
+        "r.yaml",
+        ServiceRef(name="db"),
+        precedence,
+        Match(source_subnets=subnets),
+        (WeightedDestination({"version": version}),),
+    )
+
+
+def proxy_of(chain) -> tcp_proxy_pb2.TcpProxy:  # type: ignore[no-untyped-def]
+    out = tcp_proxy_pb2.TcpProxy()
+    chain.filters[0].typed_config.Unpack(out)
+    return out
+
+
+def test_chains_per_subnet_with_precedence_and_default() -> None:
+    rules = [
+        rule("a", 5, "v2", ("10.1.0.0/16",)),
+        rule("b", 3, "v3", ("10.1.0.0/16",)),  # same match, lower precedence: no chain
+        rule("c", 1, "v1"),
+    ]
+    index = TrafficIndex.build(ConfigSnapshot.of(rules), [SERVICE])
+    (listener,), _ = tl.outbound_tcp_listeners(ProxyNode(id="p", ip="127.0.0.2"), [SERVICE])
+    out = apply_tcp_rules(listener, index)
+    assert [c.name for c in out.filter_chains] == ["RouteRule default/a", "RouteRule default/c"]
+    first = out.filter_chains[0]
+    cidr = first.filter_chain_match.source_prefix_ranges[0]
+    assert (cidr.address_prefix, cidr.prefix_len.value) == ("10.1.0.0", 16)
+    assert proxy_of(first).cluster == f"outbound|5432|version=v2|{HOST}"
+    assert proxy_of(out.filter_chains[1]).cluster == f"outbound|5432|version=v1|{HOST}"
+
+
+def test_without_a_catch_all_rule_the_service_cluster_is_the_default() -> None:
+    index = TrafficIndex.build(ConfigSnapshot.of([rule("a", 1, "v2", ("10.0.0.1/32",))]), [SERVICE])
+    (listener,), _ = tl.outbound_tcp_listeners(ProxyNode(id="p", ip="127.0.0.2"), [SERVICE])
+    out = apply_tcp_rules(listener, index)
+    assert proxy_of(out.filter_chains[-1]).cluster == f"outbound|5432||{HOST}"
+    assert not out.filter_chains[-1].HasField("filter_chain_match")

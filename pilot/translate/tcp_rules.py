@@ -1,0 +1,130 @@
+"""RouteRule for TCP services: weighted subsets and source/destination subnet matches.
+
+A TCP service port has one local listener on each sidecar (``outbound|IP:PORT``, see
+:mod:`pilot.translate.listeners`). Rules for the service turn its single filter chain into
+one chain per distinct subnet match, each a ``tcp_proxy`` to the rule's (weighted) subset
+clusters:
+
+- ``match.tcp.sourceSubnet`` -> ``source_prefix_ranges`` (the app's address as it connects);
+- ``match.tcp.destinationSubnet`` -> ``prefix_ranges`` (the address the app dialled: without
+  iptables that is the sidecar's own address, so it distinguishes sidecar IPs rather than
+  service VIPs, which is the closest equivalent);
+- ``route`` -> ``cluster`` or ``weighted_clusters`` (a connection is placed once, at connect).
+
+Envoy does not try filter chains in order; it picks the most specific match and refuses two
+chains with identical criteria. Precedence is therefore applied here: for each distinct
+(source, destination) subnet pair only the highest-precedence rule gets a chain, and the
+unmatched chain (no subnets) is the highest-precedence rule without subnets, or the service's
+own cluster. Rules with HTTP-only matches (headers, URI) never apply to TCP.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+
+from envoy.config.core.v3 import address_pb2
+from envoy.config.listener.v3 import listener_components_pb2 as lc
+from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from google.protobuf import wrappers_pb2
+
+from pilot.config.model import RouteRule
+from pilot.translate import names
+from pilot.translate.protos import pack
+from pilot.translate.traffic import TrafficIndex, subset_name
+from registry.model import Port
+
+TCP_PROXY_FILTER = "envoy.filters.network.tcp_proxy"
+
+
+def _cidr(value: str) -> address_pb2.CidrRange:
+    network = ipaddress.ip_network(value, strict=False)
+    return address_pb2.CidrRange(
+        address_prefix=str(network.network_address),
+        prefix_len=wrappers_pb2.UInt32Value(value=network.prefixlen),
+    )
+
+
+def _proxy(stat_prefix: str, clusters: list[tuple[str, int]]) -> lc.Filter:
+    proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix)
+    if len(clusters) == 1:
+        proxy.cluster = clusters[0][0]
+    else:
+        proxy.weighted_clusters.CopyFrom(
+            tcp_proxy_pb2.TcpProxy.WeightedCluster(
+                clusters=[
+                    tcp_proxy_pb2.TcpProxy.WeightedCluster.ClusterWeight(name=n, weight=w)
+                    for n, w in clusters
+                ]
+            )
+        )
+    return lc.Filter(name=TCP_PROXY_FILTER, typed_config=pack(proxy))
+
+
+def _clusters(rule: RouteRule, host: str, port: Port, index: TrafficIndex) -> list[tuple[str, int]]:
+    out: dict[str, int] = {}
+    for dest in rule.route:
+        if dest.weight == 0:
+            continue
+        if dest.destination is not None:
+            target = index.host_of(dest.destination, rule.namespace)
+            cluster = index.cluster_for(target, port, dest.labels) if target else None
+        else:
+            cluster = names.outbound_cluster(host, port.number, subset_name(dest.labels))
+        if cluster is not None:
+            out[cluster] = out.get(cluster, 0) + dest.weight
+    return list(out.items()) or [(names.outbound_cluster(host, port.number), 100)]
+
+
+def applies_to_tcp(rule: RouteRule) -> bool:
+    return not rule.match.headers
+
+
+def apply_tcp_rules(
+    listener: listener_pb2.Listener,
+    index: TrafficIndex,
+    applies: Callable[[RouteRule], bool] = lambda _rule: True,
+) -> listener_pb2.Listener:
+    """``listener`` (an outbound TCP service listener) with its service's TCP rules applied."""
+    if len(listener.filter_chains) != 1:
+        return listener
+    proxy = tcp_proxy_pb2.TcpProxy()
+    chain = listener.filter_chains[0]
+    if len(chain.filters) != 1 or chain.filters[0].name != TCP_PROXY_FILTER:
+        return listener
+    chain.filters[0].typed_config.Unpack(proxy)
+    parsed = names.parse_outbound_cluster(proxy.cluster)
+    if parsed is None:
+        return listener
+    host, number, _ = parsed
+    service = index.services.get(host)
+    port = service.port_by_number(number) if service is not None else None
+    rules = [r for r in index.rules.get(host, ()) if applies_to_tcp(r) and applies(r)]
+    if port is None or not rules:
+        return listener
+    chains: list[lc.FilterChain] = []
+    seen: set[tuple[tuple[str, ...], tuple[str, ...]]] = set()
+    for rule in rules:
+        key = (rule.match.source_subnets, rule.match.destination_subnets)
+        if key in seen:
+            continue  # a higher-precedence rule already owns exactly this match
+        seen.add(key)
+        match = lc.FilterChainMatch(
+            source_prefix_ranges=[_cidr(c) for c in rule.match.source_subnets],
+            prefix_ranges=[_cidr(c) for c in rule.match.destination_subnets],
+        )
+        chains.append(
+            lc.FilterChain(
+                name=rule.ref,
+                filter_chain_match=match,
+                filters=[_proxy(proxy.stat_prefix, _clusters(rule, host, port, index))],
+            )
+        )
+    if ((), ()) not in seen:
+        chains.append(lc.FilterChain(name="default", filters=[chain.filters[0]]))
+    out = listener_pb2.Listener()
+    out.CopyFrom(listener)
+    del out.filter_chains[:]
+    out.filter_chains.extend(chains)
+    return out
