@@ -3,7 +3,7 @@
 Registrations are made with real clients -- py-consul and the ``consul`` command line -- exactly
 as users register services; the adapter follows them with blocking queries. Assertions are on the
 aggregate's view (``service()`` / ``endpoints()``) and on the change events it emitted, so "no
-push" is checked as precisely as "the right push". Instance addresses are 127.0.85.x (data only:
+push" is checked as precisely as "the right push". Instance addresses are 127.0.95.x (data only:
 nothing listens there, nothing needs to).
 """
 
@@ -90,7 +90,7 @@ def healthy(run: RunningAdapter, host: str = WEB) -> dict[str, bool]:
 async def test_register_scale_deregister(consul_agent: ConsulAgent) -> None:
     c = client(consul_agent)
     c.agent.service.register(
-        "web", service_id="web-1", address="127.0.85.1", port=8080, tags=["protocol=http", "v=1"]
+        "web", service_id="web-1", address="127.0.95.1", port=8080, tags=["protocol=http", "v=1"]
     )
     async with running_adapter(params(consul_agent)) as run:
         service = run.aggregate.service(WEB)
@@ -98,7 +98,7 @@ async def test_register_scale_deregister(consul_agent: ConsulAgent) -> None:
         assert [(p.number, p.name, p.protocol) for p in service.ports] == [
             (8080, "http", Protocol.HTTP)
         ]
-        assert addresses(run) == ["127.0.85.1"]
+        assert addresses(run) == ["127.0.95.1"]
         endpoint = run.aggregate.endpoints(WEB)[0]
         assert dict(endpoint.labels) == {"protocol": "http", "v": "1"}
         assert endpoint.locality == Locality("dc1")
@@ -111,18 +111,18 @@ async def test_register_scale_deregister(consul_agent: ConsulAgent) -> None:
             "register",
             "-name=web",
             "-id=web-2",
-            "-address=127.0.85.2",
+            "-address=127.0.95.2",
             "-port=8080",
             "-tag=protocol=http",
             "-tag=v|2",
         )
         await run.wait_for(lambda: len(addresses(run)) == 2, "the second instance", 10)
-        assert addresses(run) == ["127.0.85.1", "127.0.85.2"]
+        assert addresses(run) == ["127.0.95.1", "127.0.95.2"]
         assert dict(run.aggregate.endpoints(WEB)[1].labels) == {"protocol": "http", "v": "2"}
 
         # Scale in with py-consul, then remove the last instance with the command line.
         c.agent.service.deregister("web-1")
-        await run.wait_for(lambda: addresses(run) == ["127.0.85.2"], "web-1 to leave", 10)
+        await run.wait_for(lambda: addresses(run) == ["127.0.95.2"], "web-1 to leave", 10)
         cli(consul_agent, "services", "deregister", "-id=web-2")
         await run.wait_for(lambda: run.aggregate.service(WEB) is None, "web to disappear", 10)
         assert run.aggregate.endpoints(WEB) == ()
@@ -136,12 +136,12 @@ async def test_register_scale_deregister(consul_agent: ConsulAgent) -> None:
 async def test_reordered_tags_cause_no_push_changed_tags_do(consul_agent: ConsulAgent) -> None:
     c = client(consul_agent)
     tags = ["protocol=http", "version=v1", "team|payments", "canary"]
-    c.agent.service.register("web", service_id="web-1", address="127.0.85.1", port=8080, tags=tags)
+    c.agent.service.register("web", service_id="web-1", address="127.0.95.1", port=8080, tags=tags)
     async with running_adapter(params(consul_agent)) as run:
         before = len(run.events)
         index = run.watch_index("dc1/web")
         c.agent.service.register(
-            "web", service_id="web-1", address="127.0.85.1", port=8080, tags=list(reversed(tags))
+            "web", service_id="web-1", address="127.0.95.1", port=8080, tags=list(reversed(tags))
         )
         # The catalog did change (a new raft index for the service)...
         await run.wait_for(lambda: run.watch_index("dc1/web") > index, "the re-registration", 10)
@@ -152,7 +152,7 @@ async def test_reordered_tags_cause_no_push_changed_tags_do(consul_agent: Consul
         c.agent.service.register(
             "web",
             service_id="web-1",
-            address="127.0.85.1",
+            address="127.0.95.1",
             port=8080,
             tags=["protocol=http", "version=v2", "team|payments"],
         )
@@ -172,28 +172,28 @@ async def test_failing_check_and_maintenance_take_endpoint_out(consul_agent: Con
         c.agent.service.register(
             "web",
             service_id=f"web-{i}",
-            address=f"127.0.85.{i}",
+            address=f"127.0.95.{i}",
             port=8080,
             check=consul.Check.ttl("300s"),
         )
         c.agent.check.ttl_pass(f"service:web-{i}")
     async with running_adapter(params(consul_agent)) as run:
-        assert healthy(run) == {"127.0.85.1": True, "127.0.85.2": True}
+        assert healthy(run) == {"127.0.95.1": True, "127.0.95.2": True}
 
         c.agent.check.ttl_fail("service:web-2", "disk full")
-        await run.wait_for(lambda: not healthy(run)["127.0.85.2"], "web-2 unhealthy", 10)
-        assert healthy(run)["127.0.85.1"] is True
+        await run.wait_for(lambda: not healthy(run)["127.0.95.2"], "web-2 unhealthy", 10)
+        assert healthy(run)["127.0.95.1"] is True
         c.agent.check.ttl_warn("service:web-2", "degraded")
         await asyncio.sleep(0.3)
-        assert healthy(run)["127.0.85.2"] is False  # warning is not passing
+        assert healthy(run)["127.0.95.2"] is False  # warning is not passing
         c.agent.check.ttl_pass("service:web-2")
-        await run.wait_for(lambda: healthy(run)["127.0.85.2"], "web-2 back", 10)
+        await run.wait_for(lambda: healthy(run)["127.0.95.2"], "web-2 back", 10)
 
         # Service maintenance (py-consul), then node maintenance (command line).
         c.agent.service.maintenance("web-1", True, "deploying")
-        await run.wait_for(lambda: not healthy(run)["127.0.85.1"], "web-1 in maintenance", 10)
+        await run.wait_for(lambda: not healthy(run)["127.0.95.1"], "web-1 in maintenance", 10)
         c.agent.service.maintenance("web-1", False)
-        await run.wait_for(lambda: healthy(run)["127.0.85.1"], "web-1 out of maintenance", 10)
+        await run.wait_for(lambda: healthy(run)["127.0.95.1"], "web-1 out of maintenance", 10)
         cli(consul_agent, "maint", "-enable", "-reason=kernel upgrade")
         await run.wait_for(
             lambda: not any(healthy(run).values()), "node maintenance on all instances", 10
@@ -213,19 +213,19 @@ async def test_tag_filter_template_node_meta_locality(consul_agent: ConsulAgent)
         catalog_register(
             c,
             f"vm-{i}",
-            f"127.0.85.{10 + i}",
+            f"127.0.95.{10 + i}",
             {"Service": "pay", "ID": f"pay-{i}", "Port": 9090, "Tags": tags},
             node_meta={"zone": zone, "rack": f"r{i}"},
         )
-    catalog_register(c, "vm-9", "127.0.85.19", {"Service": "other", "ID": "o", "Port": 1})
+    catalog_register(c, "vm-9", "127.0.95.19", {"Service": "other", "ID": "o", "Port": 1})
     opts = {"tagFilter": "mesh", "hostnameTemplate": "{service}.{datacenter}.mesh.example"}
     async with running_adapter(params(consul_agent, **opts)) as run:
         host = "pay.dc1.mesh.example"
         service = run.aggregate.service(host)
         assert service is not None and service.ports[0].protocol is Protocol.GRPC
         assert [(e.address, e.locality) for e in run.aggregate.endpoints(host)] == [
-            ("127.0.85.11", Locality("dc1", "a", "r1")),
-            ("127.0.85.12", Locality("dc1", "b", "r2")),
+            ("127.0.95.11", Locality("dc1", "a", "r1")),
+            ("127.0.95.12", Locality("dc1", "b", "r2")),
         ]
         # Services without the tag on any instance are not watched at all.
         assert set(run.adapter.describe()["watches"]) == {"dc1/services", "dc1/pay"}
@@ -235,7 +235,7 @@ async def test_tag_filter_template_node_meta_locality(consul_agent: ConsulAgent)
 async def test_idle_catalog_costs_no_queries(consul_agent: ConsulAgent) -> None:
     c = client(consul_agent)
     for i in range(20):
-        c.agent.service.register(f"svc{i}", address=f"127.0.85.{100 + i}", port=7000)
+        c.agent.service.register(f"svc{i}", address=f"127.0.95.{100 + i}", port=7000)
     async with running_adapter(params(consul_agent, wait="60s")) as run:
         assert len(run.aggregate.services()) == 20
         assert len(run.adapter.describe()["watches"]) == 21  # one per service + the list
@@ -253,9 +253,9 @@ async def test_idle_catalog_costs_no_queries(consul_agent: ConsulAgent) -> None:
         idle_start = queries()
         await asyncio.sleep(2.0)
         assert queries() == idle_start
-        c.agent.service.register("svc3", address="127.0.85.203", port=7000)
+        c.agent.service.register("svc3", address="127.0.95.203", port=7000)
         await run.wait_for(
-            lambda: run.aggregate.endpoints("svc3.service.consul")[0].address == "127.0.85.203",
+            lambda: run.aggregate.endpoints("svc3.service.consul")[0].address == "127.0.95.203",
             "the change",
             10,
         )
@@ -272,9 +272,9 @@ async def test_enterprise_namespace_on_oss_is_degraded_not_crashed(
 
 @pytest.mark.parametrize("consistency", ["default", "consistent"])
 async def test_consistency_modes(consul_agent: ConsulAgent, consistency: str) -> None:
-    client(consul_agent).agent.service.register("web", address="127.0.85.1", port=80)
+    client(consul_agent).agent.service.register("web", address="127.0.95.1", port=80)
     async with running_adapter(params(consul_agent, consistency=consistency)) as run:
-        assert addresses(run) == ["127.0.85.1"]
+        assert addresses(run) == ["127.0.95.1"]
 
 
 @contextlib.contextmanager
@@ -314,16 +314,16 @@ def two_datacenters(base: Path) -> Iterator[tuple[ConsulAgent, ConsulAgent]]:
 
 async def test_several_datacenters_through_one_agent(tmp_path: Path) -> None:
     with two_datacenters(tmp_path / "wan") as (dc1, dc2):
-        catalog_register(client(dc1), "vm-1", "127.0.85.31", {"Service": "web", "Port": 8080})
-        catalog_register(client(dc2), "vm-2", "127.0.85.32", {"Service": "web", "Port": 8080})
-        catalog_register(client(dc2), "vm-3", "127.0.85.33", {"Service": "db", "Port": 5432})
+        catalog_register(client(dc1), "vm-1", "127.0.95.31", {"Service": "web", "Port": 8080})
+        catalog_register(client(dc2), "vm-2", "127.0.95.32", {"Service": "web", "Port": 8080})
+        catalog_register(client(dc2), "vm-3", "127.0.95.33", {"Service": "db", "Port": 5432})
         # One agent (in dc1) serves both datacenters' catalogs.
         opts = {"datacenters": ["dc1", "dc2"]}
         async with running_adapter(params(dc1, **opts)) as run:
             # One hostname for both datacenters; each endpoint carries its datacenter as region.
             assert [(e.address, e.locality.region) for e in run.aggregate.endpoints(WEB)] == [
-                ("127.0.85.31", "dc1"),
-                ("127.0.85.32", "dc2"),
+                ("127.0.95.31", "dc1"),
+                ("127.0.95.32", "dc2"),
             ]
             assert [e.locality.region for e in run.aggregate.endpoints("db.service.consul")] == [
                 "dc2"
@@ -338,7 +338,7 @@ async def test_several_datacenters_through_one_agent(tmp_path: Path) -> None:
             # A change in the remote datacenter arrives through the local agent.
             client(dc2).catalog.deregister("vm-2")
             await run.wait_for(
-                lambda: addresses(run) == ["127.0.85.31"], "the dc2 deregistration", 15
+                lambda: addresses(run) == ["127.0.95.31"], "the dc2 deregistration", 15
             )
         # Per-datacenter hostnames when the template asks for them.
         template = {"hostnameTemplate": "{service}.service.{datacenter}.consul"}
@@ -356,7 +356,7 @@ async def test_more_services_than_the_agent_allows_connections_is_explained(
     """
     c = client(consul_agent)
     for i in range(230):
-        catalog_register(c, f"vm-{i}", f"127.0.85.{i % 250 + 1}", {"Service": f"s{i}", "Port": 1})
+        catalog_register(c, f"vm-{i}", f"127.0.95.{i % 250 + 1}", {"Service": f"s{i}", "Port": 1})
     async with running_adapter(params(consul_agent), sync_timeout=None) as run:
         await run.wait_for(
             lambda: "http_max_conns_per_client" in (run.member.degraded or ""),

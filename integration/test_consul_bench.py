@@ -16,6 +16,7 @@ What it measures, on a real Consul agent and a real Envoy sidecar fed by Pilot:
 
 Speed is reported, never asserted (beyond sanity), per the project's rules. The agent's per-IP
 connection limit is raised because every watched service holds one connection (docs/consul.md).
+Hosts: the sidecar on 127.0.98.2; instances are 127.9x.y.z (data only, never dialled).
 This lives here rather than under ``bench/`` only because of file ownership; it uses the
 integration harness, so it belongs to the integration tree either way.
 """
@@ -62,7 +63,7 @@ IDLE_S = float(os.environ.get("MESHFED_BENCH_IDLE_S", "30"))
 OUT = Path(
     os.environ.get("MESHFED_BENCH_OUT", Path(tempfile.gettempdir()) / "meshfed-bench/consul.json")
 )
-A_IP = "127.0.88.2"
+A_IP = "127.0.98.2"
 
 
 def instance_ip(service: int, instance: int) -> str:

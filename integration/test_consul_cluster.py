@@ -8,7 +8,7 @@ and on return the adapter resyncs and pushes only what really changed.
 
 Services are registered as external nodes through the catalog API, so their health does not
 depend on which server is up (an agent-registered service would turn critical with its agent).
-Instance addresses are 127.0.86.x (data only).
+Instance addresses are 127.0.96.x (data only).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def client(agent: ConsulAgent) -> consul.Consul:
 def register(agent: ConsulAgent, service: str, n: int, port: int = 8080) -> None:
     body = {
         "Node": f"vm-{service}-{n}",
-        "Address": f"127.0.86.{n}",
+        "Address": f"127.0.96.{n}",
         "Service": {"Service": service, "ID": f"{service}-{n}", "Port": port, "Tags": ["v=1"]},
     }
     assert client(agent).http.put(CB.boolean(), "/v1/catalog/register", data=json.dumps(body))
@@ -99,7 +99,7 @@ async def test_leader_loss_loses_no_endpoint_and_later_changes_arrive(
             "the registrations (stale reads may lag a moment)",
             10,
         )
-        assert addresses(run) == ["127.0.86.1", "127.0.86.2", "127.0.86.3"]
+        assert addresses(run) == ["127.0.96.1", "127.0.96.2", "127.0.96.3"]
         assert leader.http_addr in run.adapter.describe()["addressesInUse"]
         before = len(run.events)
         with Sampler(run, WEB) as sampler:
@@ -111,7 +111,7 @@ async def test_leader_loss_loses_no_endpoint_and_later_changes_arrive(
         assert sampler.samples > 50, sampler.samples
         assert sampler.minimum == 3, f"endpoints were lost: {run.events[before:]}"
         assert len(run.events) == before, "leader loss caused pushes"
-        assert addresses(run, API) == ["127.0.86.10"]
+        assert addresses(run, API) == ["127.0.96.10"]
         await run.wait_for(
             lambda: leader.http_addr not in run.adapter.describe()["addressesInUse"],
             "every watch to leave the dead leader",
@@ -124,7 +124,7 @@ async def test_leader_loss_loses_no_endpoint_and_later_changes_arrive(
         survivor = next(a for a in followers if a is not new_leader)
         deregister(survivor, "web", 1)
         await run.wait_for(
-            lambda: addresses(run) == ["127.0.86.2", "127.0.86.3", "127.0.86.4"],
+            lambda: addresses(run) == ["127.0.96.2", "127.0.96.3", "127.0.96.4"],
             "the post-election deregistration",
             20,
         )
@@ -138,7 +138,7 @@ async def test_quorum_loss_still_serves_stale_reads(consul_cluster: ConsulCluste
     register(leader, "web", 1)
     async with running_adapter(params([others[0].http_addr])) as run:
         # Stale reads from a follower may lag the write by a moment.
-        await run.wait_for(lambda: addresses(run) == ["127.0.86.1"], "the registration", 10)
+        await run.wait_for(lambda: addresses(run) == ["127.0.96.1"], "the registration", 10)
         before = len(run.events)
         # Two of three servers gone: no quorum, no leader. The remaining one still answers
         # stale reads, so the adapter is not even degraded, and nothing is pushed.
@@ -153,7 +153,7 @@ async def test_quorum_loss_still_serves_stale_reads(consul_cluster: ConsulCluste
             30,
             interval=0.2,
         )
-        assert addresses(run) == ["127.0.86.1"]
+        assert addresses(run) == ["127.0.96.1"]
         assert len(run.events) == before
         # Quorum back: writes work again and arrive.
         await asyncio.to_thread(consul_cluster.start_member, leader)
@@ -193,7 +193,7 @@ async def test_unreachable_consul_keeps_state_then_resyncs_in_a_real_hub(
             status, ready = await _get_json(session, f"{base}/healthz/ready")
             assert status == 200 and ready["degraded"] == []
             await run.wait_for(
-                lambda: addresses(run) == ["127.0.86.1", "127.0.86.2"] and aggregate.service(API),
+                lambda: addresses(run) == ["127.0.96.1", "127.0.96.2"] and aggregate.service(API),
                 "the registrations (stale reads may lag a moment)",
                 10,
             )
@@ -203,8 +203,8 @@ async def test_unreachable_consul_keeps_state_then_resyncs_in_a_real_hub(
             assert "datacenter dc1" in (run.member.degraded or "")
             assert follower.http_addr in (run.member.degraded or "")
             # Last known state stays in force: nothing emptied, nothing pushed.
-            assert addresses(run) == ["127.0.86.1", "127.0.86.2"]
-            assert [e.address for e in aggregate.endpoints(API)] == ["127.0.86.10"]
+            assert addresses(run) == ["127.0.96.1", "127.0.96.2"]
+            assert [e.address for e in aggregate.endpoints(API)] == ["127.0.96.10"]
             events_during_outage = len(run.events)
 
             status, ready = await _get_json(session, f"{base}/healthz/ready")
@@ -222,11 +222,11 @@ async def test_unreachable_consul_keeps_state_then_resyncs_in_a_real_hub(
             deregister(other, "web", 1)
             register(other, "web", 3)
             await asyncio.sleep(0.5)
-            assert addresses(run) == ["127.0.86.1", "127.0.86.2"]
+            assert addresses(run) == ["127.0.96.1", "127.0.96.2"]
 
             await asyncio.to_thread(consul_cluster.start_member, follower)
             await run.wait_for(
-                lambda: addresses(run) == ["127.0.86.2", "127.0.86.3"], "the resync", 30
+                lambda: addresses(run) == ["127.0.96.2", "127.0.96.3"], "the resync", 30
             )
             await run.wait_for(lambda: run.member.degraded is None, "recovery", 30)
             assert metrics.UNREACHABLE.labels("consul", "dc1")._value.get() == 0

@@ -4,6 +4,7 @@ These are the options production clusters use; each is checked both ways: config
 the catalog arrives; configured wrong, the registry is degraded with Consul's own reason and
 nothing crashes. Agents are started with the harness's agent helpers plus the security config
 (the harness has no secured-agent fixture); certificates come from the harness's PKI helper.
+Instance addresses are 127.0.99.x (data only).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def agent(base: Path, extra: dict[str, Any]) -> Iterator[ConsulAgent]:
 
 
 def register(c: consul.Consul) -> None:
-    body = {"Node": "vm-1", "Address": "127.0.89.1", "Service": {"Service": "web", "Port": 80}}
+    body = {"Node": "vm-1", "Address": "127.0.99.1", "Service": {"Service": "web", "Port": 80}}
     assert c.http.put(
         CB.boolean(), "/v1/catalog/register", data=json.dumps(body), headers=c.prepare_headers()
     )
@@ -59,7 +60,7 @@ async def test_acl_token(tmp_path: Path) -> None:
         register(consul.Consul(host=a.host, port=a.http_port, token=ROOT_TOKEN))
         base = {"address": a.http_addr, "wait": "20s"}
         async with running_adapter({**base, "token": ROOT_TOKEN}) as run:
-            assert [e.address for e in run.aggregate.endpoints(WEB)] == ["127.0.89.1"]
+            assert [e.address for e in run.aggregate.endpoints(WEB)] == ["127.0.99.1"]
             assert run.adapter.describe()["watches"]["dc1/services"]["aclFiltered"] is False
         # The anonymous token may read nothing. It cannot even ask the agent for its datacenter:
         async with running_adapter(base, sync_timeout=None) as run:
@@ -67,7 +68,7 @@ async def test_acl_token(tmp_path: Path) -> None:
             assert "agent:read" in (run.member.degraded or "")
         # A token scoped to the mesh's services: Consul filters the rest out, and says so.
         root = consul.Consul(host=a.host, port=a.http_port, token=ROOT_TOKEN)
-        body = {"Node": "vm-2", "Address": "127.0.89.2", "Service": {"Service": "vault", "Port": 1}}
+        body = {"Node": "vm-2", "Address": "127.0.99.2", "Service": {"Service": "vault", "Port": 1}}
         assert root.http.put(
             CB.boolean(),
             "/v1/catalog/register",
@@ -126,7 +127,7 @@ async def test_tls_with_client_certificate(tmp_path: Path) -> None:
             "keyFile": str(pki.admin_key),
         }
         async with running_adapter({"address": url, "tls": client_tls, "wait": "20s"}) as run:
-            assert [e.address for e in run.aggregate.endpoints(WEB)] == ["127.0.89.1"]
+            assert [e.address for e in run.aggregate.endpoints(WEB)] == ["127.0.99.1"]
             assert run.adapter.describe()["addressesInUse"] == {url: 2}
         # Without the client certificate the agent refuses the handshake.
         no_cert = {"address": url, "tls": {"caFile": str(pki.ca_cert)}}

@@ -5,7 +5,7 @@ The chain under test is the whole product path: ``consul`` CLI / py-consul regis
 queries -> the aggregate (merged with the real static registry) -> Pilot's ADS -> Envoy -> the
 backend that answers. Assertions are on which backends actually answer requests.
 
-Hosts: 127.0.87.x (sidecar .2, backends .10-.19).
+Hosts: 127.0.97.x (sidecar .2, backends .10-.19).
 """
 
 from __future__ import annotations
@@ -26,14 +26,14 @@ from integration.peers.artifacts import consul_path
 from integration.peers.consul import ConsulAgent, ConsulCluster
 from integration.pilot_helpers import Mesh, get, running_mesh, spread
 
-A_IP = "127.0.87.2"
+A_IP = "127.0.97.2"
 WEB = "web.service.consul"
 PORT = 8080
-STATIC_IP = "127.0.87.19"
+STATIC_IP = "127.0.97.19"
 
 
 def ip(n: int) -> str:
-    return f"127.0.87.{10 + n}"
+    return f"127.0.97.{10 + n}"
 
 
 def static_yaml() -> str:
