@@ -106,6 +106,7 @@ class Mesh:
         delta: bool = False,
         namespace: str = "default",
         ready: bool = True,
+        interception: str = "NONE",
     ) -> EnvoyProcess:
         spec = ProxySpec(
             ip=ip,
@@ -114,6 +115,7 @@ class Mesh:
             app_ports=app_ports,
             pilot=f"127.0.0.1:{self.pilot.port}",
             delta=delta,
+            interception=interception,
         )
         envoy = EnvoyProcess(spec)
         self.envoys.append(envoy)
@@ -187,3 +189,90 @@ async def uptime_and_epoch(envoy: EnvoyProcess) -> tuple[int, int]:
     uptime = info.get("uptime_current_epoch", "0s")
     seconds = int(float(str(uptime).rstrip("s")))
     return seconds, int(info.get("command_line_options", {}).get("restart_epoch", 0))
+
+
+INTERCEPT_RANGE = "127.0.200.0/24"  # service VIPs; only these are redirected to the sidecar
+
+
+async def interception_scenario() -> dict[str, Any]:
+    """Run inside a fresh network namespace (``unshare --net``): iptables REDIRECTs the VIP
+    range to a REDIRECT-mode sidecar; the "app" (this process) dials VIPs directly.
+
+    Returns what happened, for ``test_pilot_interception`` to assert on.
+    """
+    import subprocess
+
+    from registry.model import Endpoint, Port, Protocol, Service
+
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    subprocess.run(
+        [
+            *("iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", INTERCEPT_RANGE),
+            *("-j", "REDIRECT", "--to-ports", "15001"),
+        ],
+        check=True,
+    )
+    out: dict[str, Any] = {}
+    async with running_mesh() as mesh:
+        web = Service(
+            "web.default.svc.cluster.local",
+            ports=(Port(80, "http", Protocol.HTTP),),
+            address="127.0.200.10",
+        )
+        db = Service(
+            "db.default.svc.cluster.local",
+            ports=(Port(7379, "tcp", Protocol.TCP),),
+            address="127.0.200.11",
+        )
+        mesh.member.replace(
+            [web, db],
+            {
+                web.hostname: [Endpoint("127.0.0.3", ports={"http": 9080})],
+                db.hostname: [Endpoint("127.0.0.4", ports={"tcp": 7379})],
+            },
+        )
+        await mesh.backend("web-1", "127.0.0.3", 9080)
+
+        async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"db:" + await reader.read(100))
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(echo, "127.0.0.4", 7379)
+        try:
+            a = await mesh.sidecar("127.0.0.2", "app", interception="REDIRECT")
+            out["listeners"] = sorted(
+                n for n in (mesh.pilot.discovery.find(a.spec.node_id).sent[T_LISTENER])
+            )
+            out["status"] = {k: v["status"] for k, v in mesh.syncz(a.spec.node_id)["types"].items()}
+            async with aiohttp.ClientSession() as session:
+                out["http_by_vip"] = await get(session, "http://127.0.200.10/", "127.0.200.10")
+                out["http_by_name"] = await get(
+                    session, "http://127.0.200.10/", "web.default.svc.cluster.local"
+                )
+                # An HTTP port, but no service with this address: routed, and not found.
+                unknown = await get(session, "http://127.0.200.99/", "127.0.200.99")
+                out["http_unknown"] = unknown[0]
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection("127.0.200.11", 7379), 5
+            )
+            writer.write(b"ping")
+            await writer.drain()
+            out["tcp"] = (await asyncio.wait_for(reader.read(100), 5)).decode()
+            writer.close()
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection("127.0.200.99", 5555), 5
+                )
+                writer.write(b"hello?")
+                await writer.drain()
+                out["unknown"] = (await asyncio.wait_for(reader.read(100), 5)).decode()
+                writer.close()
+            except (OSError, TimeoutError) as exc:
+                out["unknown"] = f"error: {exc}"
+        finally:
+            server.close()
+    return out
+
+
+T_LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"

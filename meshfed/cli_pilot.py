@@ -44,6 +44,12 @@ def _add_proxy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--outbound-port", type=int, default=DEFAULT_OUTBOUND_HTTP_PORT)
     p.add_argument("--delta", action="store_true", help="use delta (incremental) xDS")
     p.add_argument(
+        "--interception",
+        choices=["none", "redirect"],
+        default="none",
+        help="redirect: iptables sends the app's traffic to 15001/15006 (docs/pilot.md)",
+    )
+    p.add_argument(
         "--gateway",
         action="store_true",
         help="run an ingress gateway (Ingress / Gateway config) instead of a sidecar",
@@ -75,6 +81,7 @@ def _spec(args: argparse.Namespace) -> Any:
         outbound_http_port=(args.gateway_port or 80) if args.gateway else args.outbound_port,
         delta=args.delta,
         role="router" if args.gateway else "sidecar",
+        interception=args.interception.upper(),
     )
 
 

@@ -61,6 +61,8 @@ class ProxySpec:
     # sends gateway listeners on ``outbound_http_port`` (and its TLS pair) instead of a
     # sidecar's, see pilot.translate.gateway.
     role: str = "sidecar"
+    # "REDIRECT" when iptables sends the app's traffic to 15001/15006 (docs/pilot.md).
+    interception: str = "NONE"
 
     @property
     def node_id(self) -> str:
@@ -85,6 +87,8 @@ def bootstrap(spec: ProxySpec) -> dict[str, Any]:
         meta["IDENTITY"] = spec.identity
     if spec.app_address:
         meta["APP_ADDRESS"] = spec.app_address
+    if spec.interception.upper() != "NONE":
+        meta["INTERCEPTION_MODE"] = spec.interception.upper()
     metadata.update(meta)
     xds = cluster_pb2.Cluster(
         name=XDS_CLUSTER,

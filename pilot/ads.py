@@ -19,12 +19,15 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import cachetools
+from envoy.config.listener.v3 import listener_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from pilot import metrics as M
 from pilot import xds_types as T
-from pilot.cache import CacheChange, ConfigCache, Resource
+from pilot.cache import CacheChange, ConfigCache, ProxyView, Resource, digest, make_resource
 from pilot.node import ProxyNode, from_proto
+from pilot.translate import interception
 from pilot.watch import Plan, RequestKind, Status, TypeWatch
 
 log = logging.getLogger("meshfed.pilot.ads")
@@ -250,9 +253,46 @@ class DiscoveryServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         # config built from half-loaded registries. After ``sync_timeout`` serve anyway.
         self.serving = asyncio.Event()
         self.sync_timeout = sync_timeout
+        self._redirect_views: cachetools.LRUCache = cachetools.LRUCache(maxsize=1024)
 
     def cache_view(self, conn: Connection) -> Any:
-        return self.cache.view(conn.node)
+        view = self.cache.view(conn.node)
+        if conn.node.interception == interception.REDIRECT:
+            return self._redirect_view(conn.node, view)
+        return view
+
+    def _redirect_view(self, node: ProxyNode, view: ProxyView) -> ProxyView:
+        """The same config with interception listeners (built once per listener version)."""
+        key = (node.view_key, view.version(T.LISTENER), view.version(T.CLUSTER))
+        found = self._redirect_views.get(key)
+        if found is not None:
+            return found
+        explicit = {}
+        for name, res in view.get(T.LISTENER).items():
+            listener = listener_pb2.Listener()
+            res.body.Unpack(listener)
+            explicit[name] = listener
+        built, problems = interception.redirect_listeners(
+            node, explicit, self.cache.services().values()
+        )
+        blackhole = make_resource(interception.BLACKHOLE, interception.blackhole_cluster())
+        found = ProxyView(
+            {
+                T.CLUSTER: {**view.get(T.CLUSTER), blackhole.name: blackhole},
+                T.ENDPOINT: view.get(T.ENDPOINT),
+                T.LISTENER: {lst.name: make_resource(lst.name, lst) for lst in built},
+                T.ROUTE: view.get(T.ROUTE),
+            },
+            [*view.problems, *problems],
+            shared_digests={
+                T.CLUSTER: digest(
+                    [("", view.version(T.CLUSTER)), (blackhole.name, blackhole.version)]
+                ),
+                T.ENDPOINT: view.version(T.ENDPOINT),
+            },
+        )
+        self._redirect_views[key] = found
+        return found
 
     # -- connection registry ----------------------------------------------------------------
     def _open(self, node_proto: Any, delta: bool, peer: str) -> Connection:

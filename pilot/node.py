@@ -12,6 +12,8 @@ A sidecar's bootstrap carries a node id and metadata. Pilot reads:
   listens (default: the proxy IP).
 - ``OUTBOUND_HTTP_PORT`` (default 15001) and ``ADMIN_PORT`` (default 15000), so Pilot never
   binds a TCP service listener on top of them.
+- ``INTERCEPTION_MODE``: ``NONE`` (default: the app addresses the sidecar) or ``REDIRECT``
+  (iptables sends the app's traffic to 15001 / 15006; see ``translate/interception.py``).
 
 Malformed metadata never crashes the server: bad entries are ignored and listed in ``problems``.
 """
@@ -26,6 +28,7 @@ from google.protobuf import struct_pb2
 
 DEFAULT_OUTBOUND_HTTP_PORT = 15001
 DEFAULT_ADMIN_PORT = 15000
+INTERCEPTION_MODES = frozenset({"NONE", "REDIRECT"})
 
 
 @attrs.frozen(slots=True)
@@ -42,6 +45,7 @@ class ProxyNode:
     app_ports: tuple[tuple[int, int], ...] = ()  # (inbound port, app port), sorted
     outbound_http_port: int = DEFAULT_OUTBOUND_HTTP_PORT
     admin_port: int = DEFAULT_ADMIN_PORT
+    interception: str = "NONE"  # or "REDIRECT": iptables sends traffic to 15001 / 15006
     problems: tuple[str, ...] = ()
 
     @property
@@ -54,6 +58,7 @@ class ProxyNode:
             self.app_ports,
             self.outbound_http_port,
             self.admin_port,
+            self.interception,
         )
 
     @property
@@ -123,6 +128,10 @@ def from_proto(node: base_pb2.Node) -> ProxyNode:
     app_ports, port_problems = parse_app_ports(str(meta.get("APP_PORTS") or ""))
     problems.extend(port_problems)
     app_address = str(meta.get("APP_ADDRESS") or "") or ip
+    interception = str(meta.get("INTERCEPTION_MODE") or "NONE").upper()
+    if interception not in INTERCEPTION_MODES:
+        problems.append(f"INTERCEPTION_MODE={interception!r}: expected NONE or REDIRECT")
+        interception = "NONE"
     return ProxyNode(
         id=node.id,
         cluster=node.cluster,
@@ -136,6 +145,7 @@ def from_proto(node: base_pb2.Node) -> ProxyNode:
             meta, "OUTBOUND_HTTP_PORT", DEFAULT_OUTBOUND_HTTP_PORT, problems
         ),
         admin_port=_int_field(meta, "ADMIN_PORT", DEFAULT_ADMIN_PORT, problems),
+        interception=interception,
         problems=tuple(problems),
     )
 
