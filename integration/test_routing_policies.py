@@ -137,3 +137,44 @@ async def test_outlier_detection_ejects_the_failing_endpoint(tmp_path: Path) -> 
             assert ejected >= 1
             status, body, _ = await request(session, url, "reviews")
             assert status == 200 and body in ("v1", "v3")
+
+
+SOURCE_BREAKER = """apiVersion: config.istio.io/v1alpha2
+kind: DestinationPolicy
+metadata: {name: reviews-from-productpage}
+spec:
+  destination: {name: reviews}
+  source: {name: productpage, labels: {version: v1}}
+  circuitBreaker:
+    simpleCb: {maxConnections: 1, httpMaxPendingRequests: 1, httpMaxRequests: 1}
+"""
+
+
+async def concurrent(session, url: str, backend, n: int = 10) -> list[int]:  # type: ignore[no-untyped-def]
+    backend.hold = asyncio.Event()
+    tasks = [asyncio.create_task(request(session, url, "reviews", timeout=15)) for _ in range(n)]
+    await asyncio.sleep(1.0)
+    backend.hold.set()
+    return [r[0] for r in await asyncio.gather(*tasks)]
+
+
+async def test_per_source_policy_guards_only_that_source(tmp_path: Path) -> None:
+    async with routing_mesh(tmp_path / "rules") as mesh:
+        await start(mesh)
+        pp = "productpage.default.svc.cluster.local"
+        mesh.member.put_service(
+            http_service(pp), [versioned(A_IP, "v1")]
+        )  # A is productpage v1; B is not in the registry
+        mesh.write("route", ROUTE_V1)
+        a = await mesh.sidecar(A_IP, "productpage")
+        b = await mesh.sidecar("127.0.102.3", "other")
+        await mesh.apply("cb", SOURCE_BREAKER)
+        v1 = mesh.version_backends[0]
+        async with aiohttp.ClientSession() as session:
+            from_a = await concurrent(session, a.outbound_url + "/", v1)
+            assert from_a.count(503) >= 8 and from_a.count(200) >= 1, from_a
+            from_b = await concurrent(session, b.outbound_url + "/", v1)
+            assert from_b == [200] * 10
+            cluster = f"cluster.outbound|80|version=v1|{REVIEWS}"
+            assert await stat(a.admin, f"{cluster}.upstream_rq_pending_overflow") >= 8
+            assert await stat(b.admin, f"{cluster}.upstream_rq_pending_overflow") == 0

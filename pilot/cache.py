@@ -320,9 +320,14 @@ class ConfigCache:
         if traffic_hooks.is_gateway(node):
             return traffic_hooks.gateway_view(self, node)
         listeners, inbound_clusters, problems = self._proxy_part(node)
+        source = traffic_hooks.source_key(self, node)
+        # Per-source DestinationPolicy: this proxy's own versions of some outbound clusters.
+        overrides = traffic_hooks.source_policy_clusters(self, source)
+        if overrides:
+            inbound_clusters = {**inbound_clusters, **overrides}
         shared = self.clusters()
         all_clusters = {**shared, **inbound_clusters} if inbound_clusters else shared
-        route = self.route(node.namespace, traffic_hooks.source_key(self, node))
+        route = self.route(node.namespace, source)
         cds_version = self.shared_digest(T.CLUSTER)
         if inbound_clusters:
             cds_version = digest(

@@ -37,10 +37,11 @@ from pilot.translate import egress, gateway, rules
 from pilot.translate import listeners as tl
 from pilot.translate import routes as tr
 from pilot.translate import tcp_rules as tcp_rules_mod
+from pilot.translate.subsets import service_port_clusters
 from pilot.translate.traffic import TrafficIndex, TrafficOptions
 
 if TYPE_CHECKING:
-    from pilot.cache import CacheChange, ConfigCache, ProxyView
+    from pilot.cache import CacheChange, ConfigCache, ProxyView, Resource
 
 EGRESS_KEY = "\0egress"  # not a hostname: the egress rules' slot in the cluster table
 
@@ -189,6 +190,31 @@ def tcp_rules(
         return list(listeners)
     applies = rules.source_filter(source)
     return [tcp_rules_mod.apply_tcp_rules(lst, index, applies) for lst in listeners]
+
+
+def source_policy_clusters(cache: ConfigCache, source: frozenset[str]) -> dict[str, Resource]:
+    """Clusters re-translated with the per-source policies that apply to a proxy (by name,
+    replacing the shared ones in that proxy's view); empty for most proxies."""
+    from pilot.cache import make_resource
+
+    index = cache.traffic
+    hosts = index.source_policy_hosts(source) if source else []
+    if not hosts:
+        return {}
+    key = ("source-policy", cache.generation, cache.config_generation, source)
+    found = cache._proxy_parts.get(key)
+    if found is None:
+        found = {}
+        for host in hosts:
+            service = cache._services.get(host)
+            if service is None:
+                continue
+            endpoints = cache.registry.endpoints(host)
+            for port in service.ports:
+                for cluster, _ in service_port_clusters(service, port, endpoints, index, source):
+                    found[cluster.name] = make_resource(cluster.name, cluster)
+        cache._proxy_parts[key] = found
+    return found
 
 
 def source_key(cache: ConfigCache, node: ProxyNode) -> frozenset[str]:

@@ -84,3 +84,24 @@ def test_version_policy_applies_to_its_subset_only_and_keeps_http2() -> None:
     v2.typed_extension_protocol_options[HTTP_OPTIONS_KEY].Unpack(options)
     assert options.explicit_http_config.HasField("http2_protocol_options")
     assert options.common_http_protocol_options.max_requests_per_connection.value == 2
+
+
+def test_per_source_policy_wins_only_for_its_source() -> None:
+    service = Service(HOST, ports=(Port(80, "http", Protocol.HTTP),))
+    client = Service("pp.default.svc.cluster.local", ports=(Port(80, "http", Protocol.HTTP),))
+    scoped = DestinationPolicy(
+        "scoped",
+        "default",
+        "p.yaml",
+        ServiceRef(name="reviews"),
+        source=ServiceRef(name="pp", labels={"version": "v1"}),
+        load_balancing=LoadBalancer.RANDOM,
+    )
+    general = policy("all", load_balancing=LoadBalancer.LEAST_CONN)
+    index = TrafficIndex.build(ConfigSnapshot.of([scoped, general]), [service, client])
+    me = [(client, Endpoint("10.0.1.1", labels={"version": "v1"}))]
+    other = [(client, Endpoint("10.0.1.2", labels={"version": "v2"}))]
+    assert index.source_key(me) == {scoped.ref} and index.source_key(other) == frozenset()
+    assert index.policy_for(HOST, Endpoint("x").labels, index.source_key(me)) is scoped
+    assert index.policy_for(HOST, Endpoint("x").labels, frozenset()) is general
+    assert index.source_policy_hosts(index.source_key(me)) == [HOST]

@@ -35,11 +35,16 @@ from registry.model import Endpoint, Labels, Port, Service
 
 
 def service_port_clusters(
-    service: Service, port: Port, endpoints: Sequence[Endpoint], index: TrafficIndex
+    service: Service,
+    port: Port,
+    endpoints: Sequence[Endpoint],
+    index: TrafficIndex,
+    sources: frozenset[str] = frozenset(),
 ) -> list[tuple[cluster_pb2.Cluster, endpoint_pb2.ClusterLoadAssignment | None]]:
     """The service port's own cluster plus one per configured subset, each with its CLA (EDS).
 
-    The first item is always the whole-service cluster ``outbound|port||host``.
+    The first item is always the whole-service cluster ``outbound|port||host``. ``sources``
+    selects per-source policies (the asking proxy's source key); the shared clusters use none.
     """
     out = []
     for labels in (Labels(), *index.subsets.get(service.hostname, ())):
@@ -52,7 +57,7 @@ def service_port_clusters(
                 cluster.eds_cluster_config.service_name = name
             elif cluster.HasField("load_assignment"):
                 cluster.load_assignment.cluster_name = name
-        apply_policy(cluster, index.policy_for(service.hostname, labels))
+        apply_policy(cluster, index.policy_for(service.hostname, labels, sources))
         cla = te.load_assignment(name, port, chosen) if tc.uses_eds(service) else None
         out.append((cluster, cla))
     return out

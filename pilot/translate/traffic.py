@@ -129,6 +129,8 @@ class TrafficIndex:
             if host is None:
                 continue
             policies.setdefault(host, []).append(policy)
+            if policy.source is not None:
+                resolve(policy.source, policy.namespace, policy.ref + " source")
             if policy.destination.labels:
                 subsets.setdefault(host, set()).add(policy.destination.labels)
         referenced = _sorted_subsets(subsets)
@@ -163,23 +165,42 @@ class TrafficIndex:
         """Everything about ``host``'s clusters that config decides (subsets, policies)."""
         return (self.subsets.get(host, ()), self.policies.get(host, ()))
 
-    def policy_for(self, host: str, labels: Labels) -> DestinationPolicy | None:
+    def policy_for(
+        self, host: str, labels: Labels, sources: frozenset[str] = frozenset()
+    ) -> DestinationPolicy | None:
         """The policy for ``host``'s cluster with subset ``labels`` (empty: the whole service).
 
         A policy naming exactly these labels wins; otherwise the service-wide policy applies
         to every subset too, so a circuit breaker set for ``reviews`` also guards
-        ``reviews`` v2. Per-source policies are not applied yet (see docs/traffic.md).
+        ``reviews`` v2. Policies with a ``source`` apply only for proxies whose
+        :meth:`source_key` (``sources``) names them, and then win over source-less ones.
         """
-        candidates = [p for p in self.policies.get(host, ()) if p.source is None]
-        exact = [p for p in candidates if p.destination.labels == labels]
-        if exact:
-            return exact[0]
-        general = [p for p in candidates if not p.destination.labels]
-        return general[0] if general else None
+        policies = self.policies.get(host, ())
+        for candidates in (
+            [p for p in policies if p.source is not None and p.ref in sources],
+            [p for p in policies if p.source is None],
+        ):
+            exact = [p for p in candidates if p.destination.labels == labels]
+            if exact:
+                return exact[0]
+            general = [p for p in candidates if not p.destination.labels]
+            if general:
+                return general[0]
+        return None
+
+    def source_policy_hosts(self, sources: frozenset[str]) -> list[str]:
+        """Destinations with a per-source policy that applies to a proxy with ``sources``."""
+        return sorted(
+            h
+            for h, ps in self.policies.items()
+            if any(p.source is not None and p.ref in sources for p in ps)
+        )
 
     @property
     def has_source_rules(self) -> bool:
-        return any(r.match.source is not None for rs in self.rules.values() for r in rs)
+        return any(r.match.source is not None for rs in self.rules.values() for r in rs) or any(
+            p.source is not None for ps in self.policies.values() for p in ps
+        )
 
     def source_key(self, own: Sequence[tuple[Service, Endpoint]]) -> frozenset[str]:
         """Refs of the source-matching rules that apply to a proxy fronting ``own``.
@@ -189,16 +210,22 @@ class TrafficIndex:
         carries those labels. The proxy's own endpoints in the registry say who it is.
         """
         out = set()
-        for rules in self.rules.values():
-            for rule in rules:
-                source = rule.match.source
-                if source is None:
-                    continue
-                host = self.host_of(source, rule.namespace)
-                if any(
-                    svc.hostname == host and ep.labels.matches(source.labels) for svc, ep in own
-                ):
-                    out.add(rule.ref)
+        with_source: list[tuple[str, ServiceRef, str]] = [
+            (rule.ref, rule.match.source, rule.namespace)
+            for rules in self.rules.values()
+            for rule in rules
+            if rule.match.source is not None
+        ]
+        with_source += [
+            (p.ref, p.source, p.namespace)
+            for ps in self.policies.values()
+            for p in ps
+            if p.source is not None
+        ]
+        for ref, source, namespace in with_source:
+            host = self.host_of(source, namespace)
+            if any(svc.hostname == host and ep.labels.matches(source.labels) for svc, ep in own):
+                out.add(ref)
         return frozenset(out)
 
     def cluster_for(
