@@ -61,7 +61,13 @@ def cmd_up(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         await run_hub(mesh, stop)
 
-    asyncio.run(main())
+    from meshfed.hub import RegistryConfigError
+
+    try:
+        asyncio.run(main())
+    except RegistryConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

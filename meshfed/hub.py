@@ -61,6 +61,10 @@ class UnknownRegistryKind(Exception):
     pass
 
 
+class RegistryConfigError(Exception):
+    """A configured registry cannot be created; the message names the file and the entry."""
+
+
 def adapter_factory(kind: str) -> Callable[..., Any]:
     found = {ep.name: ep for ep in entry_points(group="meshfed.registries")}
     if kind not in found:
@@ -133,9 +137,15 @@ class Hub:
         return adapter_factory(reg.kind)(member, params, self.mesh.trust_domain)
 
     async def start(self) -> None:
-        for reg in self.mesh.registries:
+        for index, reg in enumerate(self.mesh.registries):
             member = self.aggregate.add_member(reg.name, reg.kind)
-            self.adapters[reg.name] = self._create_adapter(reg, member)
+            try:
+                self.adapters[reg.name] = self._create_adapter(reg, member)
+            except Exception as exc:  # an adapter's own parameter check, or an unknown kind
+                raise RegistryConfigError(
+                    f"{self.mesh.source}: MeshConfig: spec.registries[{index}] "
+                    f"({reg.name}, kind {reg.kind}): {exc}"
+                ) from exc
         for name, adapter in self.adapters.items():
             member = next(m for m in self.aggregate.members if m.name == name)
             self._tasks.append(asyncio.create_task(self._supervise(adapter, member)))

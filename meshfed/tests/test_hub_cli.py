@@ -175,3 +175,20 @@ def test_meshfed_up_console_script_serves_the_embedded_default(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
+
+
+async def test_bad_registry_entry_is_named_not_a_traceback():
+    from meshfed.hub import RegistryConfigError
+
+    mesh = MeshConfig(
+        monitoring_address="127.0.0.1:0",
+        registries=(RegistryConfig("legacy", "zookeeper", {}),),
+        source="mesh.yaml",
+    )
+    hub = Hub(mesh)
+    with pytest.raises(RegistryConfigError) as caught:
+        await hub.start()
+    assert str(caught.value).startswith(
+        "mesh.yaml: MeshConfig: spec.registries[0] (legacy, kind zookeeper): unknown registry kind"
+    )
+    await hub.stop()
