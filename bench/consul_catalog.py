@@ -1,10 +1,11 @@
-"""Benchmark: a large Consul catalog followed into a real Envoy (skipped unless asked for).
+"""Benchmark: a large Consul catalog followed into a real Envoy (run by hand, not by CI).
 
-Run it explicitly; it prints figures and writes a JSON results file::
+It is a pytest module because it uses the integration harness's fixtures; ``bench/`` is outside
+the test paths, so only an explicit run executes it. It prints figures and writes a JSON file::
 
-    MESHFED_BENCH=1 .venv/bin/python -m pytest -s integration/test_consul_bench.py
+    .venv/bin/python -m pytest -s bench/consul_catalog.py
     # sizes: MESHFED_BENCH_SERVICES (1000), _INSTANCES (5), _CHANGES (100), _IDLE_S (30)
-    # results: MESHFED_BENCH_OUT (default $TMPDIR/meshfed-bench/consul.json)
+    # results: MESHFED_BENCH_OUT (default bench/results/consul_catalog.json)
 
 What it measures, on a real Consul agent and a real Envoy sidecar fed by Pilot:
 
@@ -17,8 +18,6 @@ What it measures, on a real Consul agent and a real Envoy sidecar fed by Pilot:
 Speed is reported, never asserted (beyond sanity), per the project's rules. The agent's per-IP
 connection limit is raised because every watched service holds one connection (docs/consul.md).
 Hosts: the sidecar on 127.0.98.2; instances are 127.9x.y.z (data only, never dialled).
-This lives here rather than under ``bench/`` only because of file ownership; it uses the
-integration harness, so it belongs to the integration tree either way.
 """
 
 from __future__ import annotations
@@ -29,7 +28,6 @@ import json
 import os
 import random
 import statistics
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -38,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import consul
-import pytest
 
 from adapters.consul.testing import running_adapter
 from integration.peers.consul import (
@@ -52,16 +49,12 @@ from integration.peers.ports import loopback_host
 from integration.pilot_helpers import running_mesh
 from pilot import xds_types as T
 
-pytestmark = pytest.mark.skipif(
-    not os.environ.get("MESHFED_BENCH"), reason="benchmark: set MESHFED_BENCH=1 to run"
-)
-
 SERVICES = int(os.environ.get("MESHFED_BENCH_SERVICES", "1000"))
 INSTANCES = int(os.environ.get("MESHFED_BENCH_INSTANCES", "5"))
 CHANGES = int(os.environ.get("MESHFED_BENCH_CHANGES", "100"))
 IDLE_S = float(os.environ.get("MESHFED_BENCH_IDLE_S", "30"))
 OUT = Path(
-    os.environ.get("MESHFED_BENCH_OUT", Path(tempfile.gettempdir()) / "meshfed-bench/consul.json")
+    os.environ.get("MESHFED_BENCH_OUT", Path(__file__).parent / "results" / "consul_catalog.json")
 )
 A_IP = "127.0.98.2"
 
