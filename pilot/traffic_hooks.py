@@ -77,20 +77,20 @@ def stage_config(
         extra_subsets=new.extra_subsets,
         extra_egress=(*current.extra_egress, *snapshot.egress_rules),
     )
-    return _retranslate(cache)
+    return _retranslate(cache, current)
 
 
 def set_config(
     cache: ConfigCache, snapshot: ConfigSnapshot, options: TrafficOptions | None
 ) -> CacheChange:
     """Step two (or the only step, for a cache no proxy reads yet): routes follow the config."""
-    if snapshot != cache.traffic.snapshot:
+    old = cache.traffic
+    if snapshot != old.snapshot:
         cache.traffic = _next_index(cache, snapshot, options)
-    elif options is not None and options != cache.traffic.options:
-        cache.traffic = cache.traffic.rebuilt(cache._services.values())
-        cache.traffic = attrs.evolve(cache.traffic, options=options)
+    elif options is not None and options != old.options:
+        cache.traffic = attrs.evolve(old, options=options)  # egress DNS, gateway certificates
     cache.config_generation += 1
-    return _retranslate(cache)
+    return _retranslate(cache, old)
 
 
 def settle(cache: ConfigCache) -> CacheChange | None:
@@ -101,12 +101,17 @@ def settle(cache: ConfigCache) -> CacheChange | None:
     cache.traffic = attrs.evolve(current, extra_subsets={}, extra_egress=()).rebuilt(
         cache._services.values()
     )
-    return _retranslate(cache)
+    return _retranslate(cache, current)
 
 
-def _retranslate(cache: ConfigCache) -> CacheChange:
+def _retranslate(cache: ConfigCache, old: TrafficIndex) -> CacheChange:
+    """Re-translate only the services whose config-derived clusters differ from ``old``'s
+    (subsets, policies): a rule edit for one service costs that service, not the mesh."""
     egress_changed = _update_egress(cache)
-    change = cache.apply(set(cache._services))
+    new = cache.traffic
+    touched = set(old.subsets) | set(old.policies) | set(new.subsets) | set(new.policies)
+    hosts = {h for h in touched if old.cluster_signature(h) != new.cluster_signature(h)}
+    change = cache.apply(hosts & set(cache._services))
     names_ = set(change.cluster_names) | egress_changed
     return attrs.evolve(change, services_changed=True, cluster_names=frozenset(names_))
 
