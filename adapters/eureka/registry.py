@@ -19,7 +19,6 @@ The loop (see :meth:`EurekaRegistry.run`):
    in force, and attempts continue with jittered exponential backoff (``tenacity``). The first
    success after an outage is a full fetch, and since ``member.replace`` diffs against what it
    had, only real differences reach Pilot.
-
 4. A full answer with *no* instances while the local copy has some is held back for
    ``emptyRegistryGrace`` (degraded meanwhile): a restarted server (Spring Cloud opens a
    standalone server to reads at once) answers an empty registry until its applications
@@ -27,8 +26,9 @@ The loop (see :meth:`EurekaRegistry.run`):
    for a renewal interval. Emptiness that lasts past the grace is real and is applied; a delta
    that cancels every instance is applied at once, since it names each cancellation.
 
-Nothing is pushed when an answer changes nothing the mesh can see: the model is rebuilt only
-when the local registry changed, and the aggregate emits only real differences. Outages never
+Nothing is pushed when an answer changes nothing the mesh can see: only the applications that
+changed are mapped again (:class:`~adapters.eureka.mapping.IncrementalMapper`), and the
+aggregate emits only real differences. Outages never
 raise out of :meth:`run`; a bug does, and the hub's supervisor restarts the adapter.
 """
 
