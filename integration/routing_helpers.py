@@ -25,7 +25,7 @@ import dns.rrset
 from aiohttp import web
 
 from integration.pilot_helpers import Mesh
-from pilot.config.store import FileConfigStore
+from pilot.config.store import ConfigSnapshot, FileConfigStore, parse_config_file
 from pilot.translate.traffic import TrafficOptions
 from registry.model import Endpoint, Port, Protocol, Service
 
@@ -133,17 +133,47 @@ class RoutingMesh(Mesh):
         (self.rules_dir / f"{name}.yaml").unlink()
 
     async def apply(self, name: str, text: str, timeout: float = 10.0) -> None:
-        """Write a rule file and wait until Pilot has it in its snapshot and pushed it."""
+        """Write a rule file; return once Pilot has it and every proxy has ACKed the push."""
         self.write(name, text)
+        await self.converged(timeout)
+
+    async def unapply(self, name: str, timeout: float = 10.0) -> None:
+        """Remove a rule file; return once its removal is in force everywhere."""
+        self.remove(name)
+        await self.converged(timeout)
+
+    def expected(self) -> ConfigSnapshot | None:
+        """The snapshot the rule folder's files mean now (None while one does not parse)."""
+        objects = []
+        for path in sorted(self.rules_dir.glob("*.yaml")):
+            parsed, errors = parse_config_file(path)
+            if errors or parsed is None:
+                return None
+            objects.extend(parsed)
+        return ConfigSnapshot.of(objects)
+
+    async def converged(self, timeout: float = 10.0) -> None:
+        """Wait until Pilot's config is the store's and every proxy ACKed all it was sent."""
+        from pilot.watch import Status
+
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not self.store.errors and self.pilot.cache is not None:
-                wanted = self.store.snapshot
-                if self.pilot.cache.traffic.snapshot == wanted:
-                    await asyncio.sleep(0.5)  # the push, Envoy's ACK and its worker update
-                    return
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"rule file {name} not applied: {self.store.errors}")
+            cache, discovery = self.pilot.cache, self.pilot.discovery
+            if (
+                cache is not None
+                and discovery is not None
+                and self.store.snapshot == self.expected()
+                and cache.traffic.snapshot == self.store.snapshot
+                and all(
+                    w.status in (Status.SYNCED, Status.NOT_SENT)
+                    for conn in discovery.connections.values()
+                    for w in conn.watches.values()
+                )
+            ):
+                await asyncio.sleep(0.2)  # Envoy's main thread hands the config to its worker
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"config not converged after {timeout}s: {self.store.errors}")
 
 
 @contextlib.asynccontextmanager

@@ -97,8 +97,7 @@ async def test_http_egress_needs_a_rule_exact_and_wildcard(
             }
             assert await count(session, url, "wild.ext.test:8080", 2) == {"HTTP 404": 2}
             # Removing the rule closes the door again, live.
-            mesh.remove("api")
-            await asyncio.sleep(1.5)
+            await mesh.unapply("api")
             assert await count(session, url, "api.ext.test:8080", 3) == {"HTTP 404": 3}
     assert "api.ext.test." in dns.queries
 

@@ -79,8 +79,7 @@ async def test_rule_changes_under_continuous_traffic_fail_no_request(tmp_path: P
             try:
                 for step in steps:
                     if step is None:
-                        mesh.remove("split")
-                        await asyncio.sleep(1.0)
+                        await mesh.unapply("split")
                     else:
                         await mesh.apply("split", step)
                     await asyncio.sleep(0.5)

@@ -95,8 +95,7 @@ route:
             assert 420 <= counts.get("v3", 0) <= 580, counts  # sd ~ 15.8
             up_after, epoch_after = await uptime_and_epoch(a)
             assert epoch_after == epoch == 0 and up_after >= up_before  # same Envoy process
-            mesh.remove("split")
-            await asyncio.sleep(1.5)
+            await mesh.unapply("split")
             counts = await count(session, url, "reviews", 60)
             assert set(counts) == {"v1", "v2", "v3"}, counts  # round robin over all again
 
