@@ -52,10 +52,23 @@ async def run_cli(*args: str, timeout: float = 60) -> tuple[int, str, str]:
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except TimeoutError:
-        os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
+        await stop(proc)
         raise
     return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def stop(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM first, so the CLI stops the Envoys it started; SIGKILL if it hangs."""
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), 15)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
 
 
 async def admin_answers(url: str) -> bool:
@@ -155,10 +168,8 @@ async def test_proxy_status_config_and_bootstrap_commands(tmp_path: Path) -> Non
         else:
             raise AssertionError("Envoy still answers after meshfed proxy stopped")
     finally:
-        if proxy is not None and proxy.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proxy.pid, signal.SIGKILL)
-            await proxy.wait()
+        if proxy is not None:
+            await stop(proxy)
         await hub.stop()
 
 

@@ -140,6 +140,22 @@ def _is_ip(host: str) -> bool:
     return True
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM Envoy if its parent dies, even by SIGKILL.
+
+    Envoy runs in its own session (so stopping it stops its whole group), which also means a
+    killed parent would otherwise leave it running forever. Linux only; elsewhere a no-op.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 class EnvoyProcess:
     """A real Envoy, started from a bootstrap, in its own process group."""
 
@@ -190,6 +206,7 @@ class EnvoyProcess:
             stderr=log,
             stdin=asyncio.subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
 
     @property
