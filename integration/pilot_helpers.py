@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -21,6 +22,15 @@ from pilot.server import PilotServer
 from pilot.status import routes as status_routes
 from registry.aggregate import AggregateRegistry
 from registry.model import Endpoint, Port, Protocol, Service
+
+# A per-process 127.N.0.0/16: two runs of these tests at once (two developers, or a developer
+# and CI on one machine) never bind the same address. Modules pick the third octet.
+RUN_OCTET = 100 + os.getpid() % 120
+
+
+def addr(third: int, last: int) -> str:
+    """A loopback address of this test run: ``127.<run>.<third>.<last>``."""
+    return f"127.{RUN_OCTET}.{third}.{last}"
 
 
 def http_service(host: str, port: int = 80, namespace: str = "default") -> Service:

@@ -2,7 +2,7 @@
 are added and removed (and unrelated services come and go, which re-sends clusters, listeners
 and routes), not one request fails with 404 or 503.
 
-Hosts: 127.0.83.x. Backends keep running when removed from the registry, as a draining
+Hosts: 127.<run>.83.x. Backends keep running when removed from the registry, as a draining
 workload would; the sidecar must stop sending to them without failing requests.
 """
 
@@ -14,10 +14,10 @@ import time
 
 import aiohttp
 
-from integration.pilot_helpers import endpoint, get, http_service, running_mesh
+from integration.pilot_helpers import addr, endpoint, get, http_service, running_mesh
 
-A_IP = "127.0.83.2"
-BACKEND_IPS = [f"127.0.83.{i}" for i in range(3, 7)]
+A_IP = addr(83, 2)
+BACKEND_IPS = [addr(83, i) for i in range(3, 7)]
 HOST = "b.default.svc.cluster.local"
 CHURN_SECONDS = 6.0
 

@@ -2,7 +2,7 @@
 
 ``meshfed proxy`` (ready only after the first full ACK, Envoy stopped with it),
 ``meshfed proxy-status``, ``meshfed proxy-config``, ``meshfed bootstrap`` and ``meshfed demo``,
-each run as the user runs them: a subprocess of ``python -m meshfed.cli``. Hosts: 127.0.85.x
+each run as the user runs them: a subprocess of ``python -m meshfed.cli``. Hosts: 127.<run>.85.x
 (the demo uses its fixed 127.0.0.10-13 addresses).
 """
 
@@ -18,12 +18,13 @@ from pathlib import Path
 
 import aiohttp
 
+from integration.pilot_helpers import addr
 from meshfed.config import MeshConfig, RegistryConfig
 from meshfed.hub import Hub, default_components
 from pilot.server import PilotServer
 
 ROOT = Path(__file__).resolve().parents[1]
-WEB_IP = "127.0.85.2"
+WEB_IP = addr(85, 2)
 NODE_ID = f"sidecar~{WEB_IP}~web.default~default.svc.cluster.local"
 SERVICES = """apiVersion: networking.meshfed.io/v1alpha1
 kind: ServiceEntry
@@ -34,8 +35,8 @@ spec:
   ports:
     - {number: 80, name: http, protocol: HTTP}
   endpoints:
-    - {address: 127.0.85.3, ports: {http: 9080}}
-"""
+    - {address: ENDPOINT_IP, ports: {http: 9080}}
+""".replace("ENDPOINT_IP", addr(85, 3))
 
 
 async def run_cli(*args: str, timeout: float = 60) -> tuple[int, str, str]:

@@ -1,7 +1,7 @@
 """Endpoints added to / removed from the watched static file move traffic, without restarting
 Envoy (its uptime keeps growing and its hot-restart epoch stays 0).
 
-Hosts: 127.0.82.x. The registry is the real static adapter watching a YAML file.
+Hosts: 127.<run>.82.x. The registry is the real static adapter watching a YAML file.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY
 
 from adapters.static.registry import create as create_static
 from integration.pilot_helpers import (
+    addr,
     eventually,
     get,
     running_mesh,
@@ -23,8 +24,8 @@ from integration.pilot_helpers import (
     uptime_and_epoch,
 )
 
-A_IP = "127.0.82.2"
-BACKENDS = {"b1": "127.0.82.3", "b2": "127.0.82.4"}
+A_IP = addr(82, 2)
+BACKENDS = {"b1": addr(82, 3), "b2": addr(82, 4)}
 HOST = "b.default.svc.cluster.local"
 
 

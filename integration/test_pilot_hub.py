@@ -3,7 +3,7 @@
 Envoy keeps serving its last config while the hub is gone, reconnects to the new process,
 and converges to a static-file edit made while the hub was down; Envoy itself is never
 restarted (same pid, hot-restart epoch 0). The hub's ``/metrics`` shows Pilot's metrics.
-Hosts: 127.0.87.x.
+Hosts: 127.<run>.87.x.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import aiohttp
 
-from integration.pilot_helpers import Backend, eventually, spread, uptime_and_epoch
+from integration.pilot_helpers import Backend, addr, eventually, spread, uptime_and_epoch
 from meshfed.proxy import EnvoyProcess, ProxySpec, pilot_sync_state, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
-A_IP, B1, B2 = "127.0.87.2", "127.0.87.3", "127.0.87.4"
+A_IP, B1, B2 = addr(87, 2), addr(87, 3), addr(87, 4)
 HOST = "b.default.svc.cluster.local"
 
 

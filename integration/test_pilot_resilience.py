@@ -6,7 +6,7 @@
   NACKED with Envoy's error in proxy-status and in the NACK metric; the previous config keeps
   working, later changes still apply, and a fix returns the proxy to SYNCED.
 
-Hosts: 127.0.84.x.
+Hosts: 127.<run>.84.x.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from integration.pilot_helpers import (
+    addr,
     endpoint,
     eventually,
     get,
@@ -28,8 +29,8 @@ from integration.pilot_helpers import (
 )
 from registry.model import Endpoint, Port, Protocol, Service
 
-A_IP = "127.0.84.2"
-B1, B2, D1 = "127.0.84.3", "127.0.84.4", "127.0.84.5"
+A_IP = addr(84, 2)
+B1, B2, D1 = addr(84, 3), addr(84, 4), addr(84, 5)
 HOST = "b.default.svc.cluster.local"
 
 
@@ -85,7 +86,7 @@ async def test_rejected_listener_is_nacked_and_previous_config_keeps_working(
             blocker.listen()
             acked_lds = mesh.syncz(a.spec.node_id)["types"]["lds"]["acked_version"]
             nacks_before = _nacks("lds")
-            # Envoy cannot bind 127.0.84.2:7501 for this service's local listener: it NACKs.
+            # Envoy cannot bind A_IP:7501 for this service's local listener: it NACKs.
             tcp = Service("t.default.svc.cluster.local", ports=(Port(7501, "tcp", Protocol.TCP),))
             mesh.member.put_service(tcp, [Endpoint(D1, ports={"tcp": 7501})])
 

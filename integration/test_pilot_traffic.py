@@ -1,6 +1,6 @@
 """Real Envoy sidecars get their config from Pilot and carry traffic between services.
 
-Hosts: 127.0.81.x. A (client) has a sidecar only; B has an app behind its sidecar's inbound
+Hosts: 127.<run>.81.x. A (client) has a sidecar only; B has an app behind its sidecar's inbound
 listener, reached through A's outbound HTTP listener by Host header, as an HTTP proxy, and
 over a per-service TCP port; both SotW and delta ADS are exercised.
 """
@@ -12,12 +12,12 @@ import asyncio
 import aiohttp
 import pytest
 
-from integration.pilot_helpers import endpoint, get, http_service, running_mesh
+from integration.pilot_helpers import addr, endpoint, get, http_service, running_mesh
 from meshfed.proxy import wait_ready
 from registry.model import Endpoint, Port, Protocol, Service
 
 B_HOST = "b.default.svc.cluster.local"
-A_IP, B_IP, T_IP = "127.0.81.2", "127.0.81.3", "127.0.81.4"
+A_IP, B_IP, T_IP = addr(81, 2), addr(81, 3), addr(81, 4)
 
 
 @pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])

@@ -15,7 +15,9 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -140,20 +142,16 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM Envoy if its parent dies, even by SIGKILL.
+def _die_with_parent() -> list[str]:
+    """A command prefix making the kernel SIGTERM Envoy if its parent dies, even by SIGKILL.
 
     Envoy runs in its own session (so stopping it stops its whole group), which also means a
-    killed parent would otherwise leave it running forever. Linux only; elsewhere a no-op.
+    killed parent would otherwise leave it running. ``setpriv --pdeathsig`` (util-linux) sets
+    that before exec; a Python ``preexec_fn`` cannot be used, it breaks under gRPC's threads.
+    Without ``setpriv``, nothing is prefixed.
     """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM"] if setpriv and sys.platform == "linux" else []
 
 
 class EnvoyProcess:
@@ -191,6 +189,7 @@ class EnvoyProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 (handed to the child, closed in stop)
         self._log = log
         self.proc = await asyncio.create_subprocess_exec(
+            *_die_with_parent(),
             str(envoy_binary()),
             "-c",
             str(config),
@@ -206,7 +205,6 @@ class EnvoyProcess:
             stderr=log,
             stdin=asyncio.subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
         )
 
     @property
