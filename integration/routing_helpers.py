@@ -51,13 +51,18 @@ class VersionBackend:
         self.delay = 0.0
         self.fail_first = 0
         self.fail_always = False
+        self.unhealthy = False  # GET /healthz answers 503 (active health checks)
         self.hold: asyncio.Event | None = None
         self.in_flight = 0
         self.max_in_flight = 0
+        self.health_checks = 0
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
         async def handle(request: web.Request) -> web.StreamResponse:
+            if request.path == "/healthz":
+                self.health_checks += 1
+                return web.Response(status=503 if self.unhealthy else 200, text=self.name)
             self.requests.append(
                 {"path": request.path_qs, "host": request.host, "headers": dict(request.headers)}
             )

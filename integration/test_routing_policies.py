@@ -11,6 +11,7 @@ from pathlib import Path
 
 import aiohttp
 
+from integration.pilot_helpers import eventually
 from integration.routing_helpers import count, http_service, request, routing_mesh, versioned
 
 REVIEWS = "reviews.default.svc.cluster.local"
@@ -177,3 +178,36 @@ async def test_per_source_policy_guards_only_that_source(tmp_path: Path) -> None
             cluster = f"cluster.outbound|80|version=v1|{REVIEWS}"
             assert await stat(a.admin, f"{cluster}.upstream_rq_pending_overflow") >= 8
             assert await stat(b.admin, f"{cluster}.upstream_rq_pending_overflow") == 0
+
+
+HEALTH = """apiVersion: config.meshfed.io/v1alpha1
+kind: DestinationPolicy
+metadata: {name: reviews-health}
+spec:
+  destination: {name: reviews}
+  healthCheck: {path: /healthz, interval: 0.2s, timeout: 0.5s, unhealthyThreshold: 1}
+"""
+
+
+async def test_active_health_check_takes_a_failing_endpoint_out_and_back(tmp_path: Path) -> None:
+    async with routing_mesh(tmp_path / "rules") as mesh:
+        await start(mesh)
+        v2 = mesh.version_backends[1]
+        v2.unhealthy = True  # it still answers requests: only the health check says no
+        a = await mesh.sidecar(A_IP, "productpage")
+        url = a.outbound_url + "/"
+        async with aiohttp.ClientSession() as session:
+            assert "v2" in await count(session, url, "reviews", 15)  # no policy: v2 serves
+            await mesh.apply("health", HEALTH)
+
+            async def v2_out() -> bool:
+                return v2.health_checks > 0 and "v2" not in await count(session, url, "reviews", 9)
+
+            await eventually(v2_out, 10, "the active health check to eject v2")
+            assert set(await count(session, url, "reviews", 30)) == {"v1", "v3"}
+            v2.unhealthy = False
+
+            async def v2_back() -> bool:
+                return "v2" in await count(session, url, "reviews", 9)
+
+            await eventually(v2_back, 10, "v2 to pass its health check and come back")

@@ -165,6 +165,17 @@ class CircuitBreaker:
 
 
 @attrs.frozen(slots=True)
+class HealthCheck:
+    """Active HTTP health checking (a meshfed extension; Istio 0.2 had only outlier ejection)."""
+
+    path: str = "/healthz"
+    interval: float = 5.0
+    timeout: float = 1.0
+    unhealthy_threshold: int = 2
+    healthy_threshold: int = 1
+
+
+@attrs.frozen(slots=True)
 class DestinationPolicy:
     name: str
     namespace: str
@@ -174,6 +185,7 @@ class DestinationPolicy:
     load_balancing: LoadBalancer | None = None
     circuit_breaker: CircuitBreaker | None = None
     connect_timeout: float | None = None
+    health_check: HealthCheck | None = None
 
     @property
     def ref(self) -> str:

@@ -22,6 +22,7 @@ from pilot.config.model import (
     EgressRule,
     Fault,
     Gateway,
+    HealthCheck,
     IngressPath,
     LoadBalancer,
     Match,
@@ -272,7 +273,15 @@ def parse_destination_policy(doc: Document) -> tuple[DestinationPolicy | None, l
     r = FieldReader(doc.file, doc.ref, doc.spec, "spec")
     _check_api_version(doc, r, CONFIG_API_VERSIONS)
     r.unknown_fields(
-        {"destination", "source", "loadBalancing", "circuitBreaker", "connectTimeout", "custom"}
+        {
+            "destination",
+            "source",
+            "loadBalancing",
+            "circuitBreaker",
+            "connectTimeout",
+            "custom",
+            "healthCheck",
+        }
     )
     destination = service_ref(r.reader("destination", required=True))
     source = service_ref(r.reader("source"))
@@ -308,11 +317,30 @@ def parse_destination_policy(doc: Document) -> tuple[DestinationPolicy | None, l
             )
             cb = CircuitBreaker(**values)  # type: ignore[arg-type]
     connect_timeout = parse_duration(r, "connectTimeout")
+    health = None
+    health_reader = r.reader("healthCheck")  # meshfed extension: active HTTP health checks
+    if health_reader is not None:
+        health_reader.unknown_fields(
+            {"path", "interval", "timeout", "unhealthyThreshold", "healthyThreshold"}
+        )
+        defaults = HealthCheck()
+        path = health_reader.str("path", default=defaults.path)
+        if not path.startswith("/"):
+            health_reader.error("path", f"expected a path starting with /, got {path!r}")
+        health = HealthCheck(
+            path,
+            parse_duration(health_reader, "interval") or defaults.interval,
+            parse_duration(health_reader, "timeout") or defaults.timeout,
+            health_reader.int("unhealthyThreshold", minimum=1, maximum=100)
+            or defaults.unhealthy_threshold,
+            health_reader.int("healthyThreshold", minimum=1, maximum=100)
+            or defaults.healthy_threshold,
+        )
     if r.errors or destination is None:
         return None, r.errors
     return (
         DestinationPolicy(
-            doc.name, doc.namespace, doc.file, destination, source, lb, cb, connect_timeout
+            doc.name, doc.namespace, doc.file, destination, source, lb, cb, connect_timeout, health
         ),
         [],
     )

@@ -105,3 +105,37 @@ def test_per_source_policy_wins_only_for_its_source() -> None:
     assert index.policy_for(HOST, Endpoint("x").labels, index.source_key(me)) is scoped
     assert index.policy_for(HOST, Endpoint("x").labels, frozenset()) is general
     assert index.source_policy_hosts(index.source_key(me)) == [HOST]
+
+
+def test_health_check_extension_parses_and_becomes_an_active_check(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from pilot.config.store import parse_config_file
+
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        """apiVersion: config.meshfed.io/v1alpha1
+kind: DestinationPolicy
+metadata: {name: hc}
+spec:
+  destination: {name: reviews}
+  healthCheck: {path: /ready, interval: 2s, unhealthyThreshold: 3}
+---
+apiVersion: config.meshfed.io/v1alpha1
+kind: DestinationPolicy
+metadata: {name: bad}
+spec:
+  destination: {name: reviews}
+  healthCheck: {path: ready, every: 2s}
+"""
+    )
+    objects, errors = parse_config_file(path)
+    assert objects is None
+    assert {e.field.rsplit(".", 1)[-1] for e in errors} >= {"path", "every"}
+    path.write_text(path.read_text().split("---")[0])
+    objects, errors = parse_config_file(path)
+    assert not errors and objects is not None
+    service = Service(HOST, ports=(Port(80, "http", Protocol.HTTP),))
+    cluster = clusters(service, *objects)[f"outbound|80||{HOST}"]  # type: ignore[arg-type]
+    (check,) = cluster.health_checks
+    assert check.http_health_check.path == "/ready" and check.interval.seconds == 2
+    assert check.unhealthy_threshold.value == 3 and check.healthy_threshold.value == 1
+    assert cluster.common_lb_config.ignore_new_hosts_until_first_hc

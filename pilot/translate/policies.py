@@ -5,6 +5,7 @@ cluster's default-priority ``circuit_breakers`` thresholds (overflow is answered
 ``x-envoy-overloaded`` and counted in ``upstream_rq_pending_overflow`` / ``upstream_cx_overflow``),
 and ``httpConsecutiveErrors`` / ``sleepWindow`` / ``httpDetectionInterval`` /
 ``httpMaxEjectionPercent`` become ``outlier_detection`` (consecutive 5xx ejection).
+meshfed's ``healthCheck`` extension adds an active HTTP health check to the cluster.
 
 Per-version policies work through subset clusters: a policy whose destination carries labels
 applies to the subset cluster with exactly those labels (see :mod:`pilot.translate.subsets`).
@@ -15,11 +16,11 @@ The function here only edits one cluster; choosing the policy is
 from __future__ import annotations
 
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
-from envoy.config.core.v3 import protocol_pb2
+from envoy.config.core.v3 import health_check_pb2, protocol_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo
 from google.protobuf import wrappers_pb2
 
-from pilot.config.model import DestinationPolicy, LoadBalancer
+from pilot.config.model import DestinationPolicy, HealthCheck, LoadBalancer
 from pilot.translate.clusters import HTTP_OPTIONS_KEY
 from pilot.translate.protos import pack, seconds
 
@@ -44,6 +45,11 @@ def apply_policy(cluster: cluster_pb2.Cluster, policy: DestinationPolicy | None)
         cluster.lb_policy = LB_POLICIES[policy.load_balancing]
     if policy.connect_timeout is not None:
         cluster.connect_timeout.CopyFrom(seconds(policy.connect_timeout))
+    if policy.health_check is not None:
+        cluster.health_checks.append(health_check(policy.health_check))
+        # Without this, a host that fails active checks but was never seen by EDS as
+        # unhealthy would still take traffic until the first check completes.
+        cluster.common_lb_config.ignore_new_hosts_until_first_hc = True
     cb = policy.circuit_breaker
     if cb is None:
         return
@@ -76,6 +82,20 @@ def apply_policy(cluster: cluster_pb2.Cluster, policy: DestinationPolicy | None)
         if cb.http_max_ejection_percent is not None:
             outlier.max_ejection_percent.CopyFrom(_u32(cb.http_max_ejection_percent))
         cluster.outlier_detection.CopyFrom(outlier)
+
+
+def health_check(check: HealthCheck) -> health_check_pb2.HealthCheck:
+    """An active HTTP health check: GET ``path`` on each endpoint every ``interval``; a host
+    is ejected after ``unhealthy_threshold`` failures and back after ``healthy_threshold``."""
+    return health_check_pb2.HealthCheck(
+        timeout=seconds(check.timeout),
+        interval=seconds(check.interval),
+        unhealthy_threshold=_u32(check.unhealthy_threshold),
+        healthy_threshold=_u32(check.healthy_threshold),
+        # Short first checks and no jitter: a new endpoint is judged within one interval.
+        no_traffic_interval=seconds(check.interval),
+        http_health_check=health_check_pb2.HealthCheck.HttpHealthCheck(path=check.path),
+    )
 
 
 def _set_max_requests_per_connection(cluster: cluster_pb2.Cluster, value: int) -> None:
