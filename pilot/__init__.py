@@ -2,7 +2,9 @@
 
 Layout, one job per module:
 - ``translate/``: pure functions from model objects to Envoy protos (clusters, endpoints,
-  listeners, routes). No state, no I/O.
+  listeners, routes, interception-mode listeners; routing rules, subsets, policies, egress and
+  gateways arrive through ``traffic_hooks``). No state, no I/O.
+- ``config/``: routing-rule kinds, validation and the config store.
 - ``node``: what a proxy says about itself in its bootstrap (id, namespace, IP, app ports).
 - ``cache``: resources built once per registry change and shared by every proxy, each with a
   content-hash version; per-proxy views are assembled from it.
