@@ -189,12 +189,16 @@ def route_config(
 def tcp_rules(
     cache: ConfigCache, listeners: Sequence[listener_pb2.Listener], source: frozenset[str]
 ) -> list[listener_pb2.Listener]:
-    """Outbound TCP listeners with TCP route rules (subsets, subnets) applied."""
+    """Outbound TCP listeners with TCP route rules (subsets, subnets) and protocol filters
+    (Mongo) applied."""
     index = cache.traffic
-    if not index.rules:
-        return list(listeners)
     applies = rules.source_filter(source)
-    return [tcp_rules_mod.apply_tcp_rules(lst, index, applies) for lst in listeners]
+    out = []
+    for lst in listeners:
+        if index.rules:
+            lst = tcp_rules_mod.apply_tcp_rules(lst, index, applies)
+        out.append(tcp_rules_mod.add_protocol_filters(lst, index))
+    return out
 
 
 def source_policy_clusters(cache: ConfigCache, source: frozenset[str]) -> dict[str, Resource]:

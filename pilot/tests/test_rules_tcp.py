@@ -57,3 +57,22 @@ def test_without_a_catch_all_rule_the_service_cluster_is_the_default() -> None:
     out = apply_tcp_rules(listener, index)
     assert proxy_of(out.filter_chains[-1]).cluster == f"outbound|5432||{HOST}"
     assert not out.filter_chains[-1].HasField("filter_chain_match")
+
+
+def test_mongo_port_gets_the_mongo_proxy_filter_before_tcp_proxy() -> None:
+    from pilot.translate.tcp_rules import add_protocol_filters
+
+    mongo = Service("m.default.svc.cluster.local", ports=(Port(27017, "mongo", Protocol.MONGO),))
+    index = TrafficIndex.build(ConfigSnapshot(), [mongo, SERVICE])
+    node = ProxyNode(id="p", ip="127.0.0.2")
+    listeners, _ = tl.outbound_tcp_listeners(node, [mongo, SERVICE])
+    by_port = {
+        lst.address.socket_address.port_value: add_protocol_filters(lst, index) for lst in listeners
+    }
+    assert [f.name for f in by_port[27017].filter_chains[0].filters] == [
+        "envoy.filters.network.mongo_proxy",
+        "envoy.filters.network.tcp_proxy",
+    ]
+    assert [f.name for f in by_port[5432].filter_chains[0].filters] == [
+        "envoy.filters.network.tcp_proxy"
+    ]

@@ -16,6 +16,10 @@ chains with identical criteria. Precedence is therefore applied here: for each d
 (source, destination) subnet pair only the highest-precedence rule gets a chain, and the
 unmatched chain (no subnets) is the highest-precedence rule without subnets, or the service's
 own cluster. Rules with HTTP-only matches (headers, URI) never apply to TCP.
+
+Protocol filters: a ``MONGO`` service port gets Envoy's Mongo proxy filter in front of the
+``tcp_proxy`` in every chain (:func:`add_protocol_filters`), so Mongo wire operations are
+decoded and counted (``mongo.outbound_mongo_<port>.*`` stats) while bytes pass unchanged.
 """
 
 from __future__ import annotations
@@ -75,6 +79,41 @@ def _clusters(rule: RouteRule, host: str, port: Port, index: TrafficIndex) -> li
         if cluster is not None:
             out[cluster] = out.get(cluster, 0) + dest.weight
     return list(out.items()) or [(names.outbound_cluster(host, port.number), 100)]
+
+
+def add_protocol_filters(
+    listener: listener_pb2.Listener, index: TrafficIndex
+) -> listener_pb2.Listener:
+    """``listener`` with protocol-aware filters for its service port (Mongo), if any."""
+    from envoy.extensions.filters.network.mongo_proxy.v3 import mongo_proxy_pb2
+
+    from registry.model import Protocol
+
+    if not listener.filter_chains or not listener.filter_chains[0].filters:
+        return listener
+    proxy = tcp_proxy_pb2.TcpProxy()
+    first = listener.filter_chains[0].filters[-1]
+    if first.name != TCP_PROXY_FILTER:
+        return listener
+    first.typed_config.Unpack(proxy)
+    name = proxy.cluster or (
+        proxy.weighted_clusters.clusters[0].name if proxy.weighted_clusters.clusters else ""
+    )
+    parsed = names.parse_outbound_cluster(name)
+    service = index.services.get(parsed[0]) if parsed else None
+    port = service.port_by_number(parsed[1]) if service is not None and parsed else None
+    if port is None or port.protocol is not Protocol.MONGO:
+        return listener
+    mongo = lc.Filter(
+        name="envoy.filters.network.mongo_proxy",
+        typed_config=pack(mongo_proxy_pb2.MongoProxy(stat_prefix=f"outbound_mongo_{port.number}")),
+    )
+    out = listener_pb2.Listener()
+    out.CopyFrom(listener)
+    for chain in out.filter_chains:
+        if chain.filters and chain.filters[0].name == TCP_PROXY_FILTER:
+            chain.filters.insert(0, mongo)
+    return out
 
 
 def applies_to_tcp(rule: RouteRule) -> bool:
