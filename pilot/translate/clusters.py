@@ -40,6 +40,10 @@ def outbound_cluster(
     """The cluster a client's sidecar uses to reach ``service`` on ``port``."""
     name = names.outbound_cluster(service.hostname, port.number)
     cluster = cluster_pb2.Cluster(name=name, connect_timeout=seconds(CONNECT_TIMEOUT_S))
+    # Envoy's default 50% panic threshold would balance over unhealthy endpoints once most are
+    # out of rotation (an OUT_OF_SERVICE Eureka instance, a failing Consul check); the registry's
+    # health is authoritative, so traffic goes only to healthy endpoints, however few.
+    cluster.common_lb_config.healthy_panic_threshold.value = 0
     if service.resolution is Resolution.PASSTHROUGH:
         cluster.type = cluster_pb2.Cluster.ORIGINAL_DST
         cluster.lb_policy = cluster_pb2.Cluster.CLUSTER_PROVIDED
