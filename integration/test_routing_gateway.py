@@ -184,3 +184,54 @@ async def test_gateway_routes_host_path_grpc_and_terminates_tls(
             assert (await request(session, base + "/cart", "shop.example.com"))[0] == 404
         state = mesh.syncz(gw.spec.node_id)
         assert state["ready"] and not state["problems"]
+
+
+async def test_grpc_through_sidecars_with_a_metadata_match(tmp_path: Path) -> None:
+    """gRPC end to end app -> sidecar (h2c) -> grpcio servers, a RouteRule on gRPC metadata."""
+    v1, v2 = Greeter(f"{GRPC_IP}:9090"), Greeter("127.0.104.14:9090")
+    await v1.start()
+    await v2.start()
+    try:
+        async with routing_mesh(tmp_path / "rules") as mesh:
+            mesh.member.replace(
+                [Service(GREETER, ports=(Port(9090, "grpc", Protocol.GRPC),))],
+                {
+                    GREETER: [
+                        Endpoint(GRPC_IP, ports={"grpc": 9090}, labels={"version": "v1"}),
+                        Endpoint("127.0.104.14", ports={"grpc": 9090}, labels={"version": "v2"}),
+                    ]
+                },
+            )
+            a = await mesh.sidecar("127.0.104.3", "client")
+            await mesh.apply(
+                "canary",
+                """apiVersion: config.istio.io/v1alpha2
+kind: RouteRule
+metadata: {name: greeter-canary}
+spec:
+  destination: {name: greeter}
+  precedence: 2
+  match: {request: {headers: {x-canary: {exact: "yes"}}}}
+  route: [{labels: {version: v2}}]
+---
+apiVersion: config.istio.io/v1alpha2
+kind: RouteRule
+metadata: {name: greeter-default}
+spec:
+  destination: {name: greeter}
+  route: [{labels: {version: v1}}]
+""",
+            )
+            target = f"{a.spec.ip}:{a.spec.outbound_http_port}"
+            async with grpc.aio.insecure_channel(
+                target, options=[("grpc.default_authority", "greeter:9090")]
+            ) as channel:
+                call = channel.unary_unary("/test.Greeter/Say")
+                for _ in range(4):
+                    assert await call(b"a", timeout=5) == b"hello a"
+                    canary = await call(b"b", timeout=5, metadata=(("x-canary", "yes"),))
+                    assert canary == b"hello b"
+            assert v1.calls == [b"a"] * 4 and v2.calls == [b"b"] * 4
+    finally:
+        await v1.stop()
+        await v2.stop()
