@@ -1,9 +1,7 @@
 """Mutual TLS configured by Pilot: real Pilot, node agents with Pilot-driven sidecars, traffic.
 
-Pilot builds every sidecar's config from the registry; the :mod:`security.mtls` hook turns on
-mutual TLS where the registry says a sidecar terminates it. Until ``pilot/cache.py`` calls the
-hook itself, :func:`integration.security_helpers.mtls_config_cache` applies the same two calls
-(the proposed change) to Pilot's cache, so this test pins the behaviour the change must give.
+Pilot builds every sidecar's config from the registry; its cache calls the :mod:`security.mtls`
+hook, which turns on mutual TLS where the registry says a sidecar terminates it.
 
 Hosts 127.0.91.x: A is a client with a sidecar only; B (HTTP) and T (TCP) run an app behind
 their sidecar's inbound listener; L is a legacy HTTP server without a sidecar. Mesh-wide mode
@@ -23,11 +21,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from integration.security_helpers import TRUST_DOMAIN, http_echo, mtls_config_cache, tcp_echo
+from integration.security_helpers import TRUST_DOMAIN, http_echo, tcp_echo
 from meshfed.proxy import ProxySpec
 from meshfed.proxy import bootstrap as pilot_bootstrap
 from nodeagent.agent import AgentConfig, NodeAgent
-from pilot import server as pilot_server
 from pilot.server import PilotServer
 from registry.aggregate import AggregateRegistry
 from registry.model import Endpoint, Port, Protocol, Service, spiffe_id
@@ -53,10 +50,7 @@ def _id(sa: str) -> str:
 
 
 @pytest.fixture
-async def pilot(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[PilotServer]:
-    monkeypatch.setattr(
-        pilot_server, "ConfigCache", mtls_config_cache(mtls.Policy(mtls.Mode.STRICT))
-    )
+async def pilot() -> AsyncIterator[PilotServer]:
     aggregate = AggregateRegistry()
     member = aggregate.add_member("test")
     member.replace(
@@ -73,7 +67,9 @@ async def pilot(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[PilotServer]:
         },
     )
     member.mark_synced()
-    server = PilotServer(aggregate, "127.0.0.1:0", 0.02, 0.2)
+    server = PilotServer(
+        aggregate, "127.0.0.1:0", 0.02, 0.2, mtls_policy=mtls.Policy(mtls.Mode.STRICT)
+    )
     await server.start()
     yield server
     await server.stop()

@@ -3,10 +3,9 @@
 The hub runs Pilot and the workload-registration component; the CA runs from the CLI. The VM's
 agent (a real process) obtains its identity with a join token, registers the VM's workload and
 service with the hub, and starts a Pilot-driven sidecar. A meshed client on another host then
-reaches the VM's app by service name, over mutual TLS (Pilot's config through the
-:mod:`security.mtls` hook, applied here as in the proposed ``pilot/cache.py`` change, see
-:func:`integration.security_helpers.mtls_config_cache`). When the agent stops, the VM leaves the
-registry and the client's route to it disappears.
+reaches the VM's app by service name, over mutual TLS (mesh config ``pilot: {mtls: {mode:
+STRICT}}``, applied by Pilot through the :mod:`security.mtls` hook). When the agent stops, the VM
+leaves the registry and the client's route to it disappears.
 
 Hosts 127.0.92.x.
 """
@@ -32,7 +31,6 @@ from integration.security_helpers import (
     create_token,
     http_echo,
     json_line,
-    mtls_config_cache,
     secret_file,
     wait_for,
 )
@@ -42,10 +40,8 @@ from meshfed.proxy import ProxySpec
 from meshfed.proxy import bootstrap as pilot_bootstrap
 from nodeagent.agent import AgentConfig, NodeAgent
 from nodeagent.registration_server import WorkloadRegistration
-from pilot import server as pilot_server
 from pilot.server import PilotServer
 from registry.model import spiffe_id
-from security import mtls
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -61,11 +57,8 @@ def _status(url: str, host: str) -> int | None:
 
 
 def test_vm_joins_with_one_command_and_serves_the_mesh_over_mtls(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
-    monkeypatch.setattr(
-        pilot_server, "ConfigCache", mtls_config_cache(mtls.Policy(mtls.Mode.STRICT))
-    )
     state = tmp_path / "ca-state"
     ca_ports = free_ports(3, HUB_IP)
     loop = BackgroundLoop()
@@ -79,6 +72,7 @@ def test_vm_joins_with_one_command_and_serves_the_mesh_over_mtls(
                 trust_domain=TRUST_DOMAIN,
                 monitoring_address=f"{HUB_IP}:0",
                 discovery_address=f"{HUB_IP}:0",
+                pilot={"mtls": {"mode": "STRICT"}},
             ),
             [WorkloadRegistration(root), PilotServer()],
         )

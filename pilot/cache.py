@@ -36,6 +36,7 @@ from pilot.translate.protos import pack
 from pilot.translate.subsets import service_port_clusters
 from registry.aggregate import AggregateRegistry
 from registry.model import Endpoint, Service
+from security import mtls
 
 
 @attrs.frozen(slots=True)
@@ -129,6 +130,7 @@ class ConfigCache:
         # Routing config (issue 9): see pilot.translate.traffic and pilot.traffic_hooks.
         self.traffic = tt.TrafficIndex()
         self.config_generation = 0
+        self.mtls_policy = mtls.Policy(mtls.Mode.OFF)
 
     # -- routing config ---------------------------------------------------------------------
     def set_config(
@@ -210,6 +212,7 @@ class ConfigCache:
         for port in service.ports:
             # The service's cluster plus its subset clusters, with destination policies applied.
             for cluster, cla in service_port_clusters(service, port, endpoints, self.traffic):
+                mtls.apply_outbound_mtls(cluster, service, endpoints, self.mtls_policy)
                 clusters[cluster.name] = make_resource(cluster.name, cluster)
                 if cla is not None:
                     assignments[cluster.name] = make_resource(cluster.name, cla)
@@ -303,7 +306,9 @@ class ConfigCache:
             for listener in [*tcp, *egress]:
                 listeners[listener.name] = make_resource(listener.name, listener)
             in_listeners, in_clusters = tl.inbound(node, own)
+            inbound_mode = mtls.inbound_mode_for(self.mtls_policy, own)
             for listener in in_listeners:
+                mtls.apply_inbound_mtls(listener, inbound_mode)
                 listeners[listener.name] = make_resource(listener.name, listener)
             for cluster in in_clusters:
                 inbound_clusters[cluster.name] = make_resource(cluster.name, cluster)

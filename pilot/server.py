@@ -41,6 +41,7 @@ from pilot.translate.traffic import TrafficOptions
 from pilot.watch import Status
 from registry.aggregate import AggregateRegistry
 from registry.events import ChangeEvent
+from security import mtls
 
 log = logging.getLogger("meshfed.pilot")
 
@@ -77,11 +78,15 @@ class PilotServer:
         max_delay: float = DEFAULT_MAX_DELAY,
         config_stores: list[Any] | None = None,
         traffic_options: TrafficOptions | None = None,
+        mtls_policy: mtls.Policy | None = None,
     ) -> None:
+        self.mtls_policy = mtls_policy or mtls.Policy(mtls.Mode.OFF)
         self.aggregate = aggregate
         self.config_stores: list[Any] = list(config_stores or [])
         self.traffic_options = traffic_options or TrafficOptions()
         self._store_tasks: list[asyncio.Task[None]] = []
+        self._owned_stores: list[FileConfigStore] = []  # created here, so run and stopped here
+        self._subscribed_stores: set[int] = set()  # stores have no unsubscribe; subscribe once
         self.address = address
         self.quiet = quiet
         self.max_delay = max_delay
@@ -99,10 +104,12 @@ class PilotServer:
             self.address = hub.mesh.discovery_address
             self.quiet, self.max_delay = debounce_settings(hub.mesh.pilot)
             self._hub_stores(hub)
+            self.mtls_policy = mtls.policy_from_config(hub.mesh.pilot)
         if self.aggregate is None:
             raise ValueError("PilotServer needs an aggregate registry (or a hub)")
         # Built in full by _on_status once every registry has synced (now, if already so).
         self.cache = ConfigCache(self.aggregate)
+        self.cache.mtls_policy = self.mtls_policy
         self._start_stores()
         self.discovery = DiscoveryServer(self.cache)
         self._debounce = DebounceLoop(self._flush, self.quiet, self.max_delay)
@@ -154,12 +161,12 @@ class PilotServer:
     def _start_stores(self) -> None:
         assert self.cache is not None
         for store in self.config_stores:
-            if store in getattr(self, "_owned_stores", ()):
+            if store in self._owned_stores:
                 store.load()  # rules in force before the first proxy is served
                 self._store_tasks.append(asyncio.create_task(store.run()))
-            if not getattr(store, "_pilot_subscribed", False):
+            if id(store) not in self._subscribed_stores:
                 store.subscribe(self._on_config)
-                store._pilot_subscribed = True
+                self._subscribed_stores.add(id(store))
         self.cache.set_config(self.config_snapshot(), self.traffic_options)
 
     def config_snapshot(self) -> ConfigSnapshot:
@@ -285,7 +292,7 @@ class PilotServer:
         await self.discovery.push_all(change, batch.first_at)
 
     async def stop(self) -> None:
-        for store in getattr(self, "_owned_stores", ()):
+        for store in self._owned_stores:
             store.stop()
         if self._store_tasks:
             await asyncio.wait(self._store_tasks, timeout=5)
