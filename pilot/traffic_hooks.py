@@ -23,7 +23,7 @@ Promises:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import attrs
@@ -127,14 +127,16 @@ def merge(first: CacheChange, second: CacheChange) -> CacheChange:
     )
 
 
-def _update_egress(cache: ConfigCache) -> set[str]:
+def _update_egress(cache: ConfigCache, services: Mapping[str, object] | None = None) -> set[str]:
+    """Re-translate the egress clusters; ``services`` (default: the cache's) shadow rules."""
     from pilot.cache import _changed, make_resource
 
     index = cache.traffic
     rules_ = [*index.snapshot.egress_rules, *index.extra_egress]
+    internal = cache._services if services is None else services
     new = {
         c.name: make_resource(c.name, c)
-        for c in egress.egress_clusters(rules_, cache._services, index.options)
+        for c in egress.egress_clusters(rules_, internal, index.options)
     }
     changed = _changed(cache._clusters.get(EGRESS_KEY, {}), new)
     if changed:
@@ -161,13 +163,9 @@ def hosts_to_apply(cache: ConfigCache, hosts: set[str]) -> set[str]:
     cache.traffic = new
     touched = set(old.subsets) | set(old.policies) | set(new.subsets) | set(new.policies)
     extra = {h for h in touched if old.cluster_signature(h) != new.cluster_signature(h)}
-    if old.snapshot.egress_rules:
+    if old.snapshot.egress_rules or old.extra_egress:
         # A registry service with an egress rule's name shadows the rule (and releases it).
-        cache._services, saved = services, cache._services
-        try:
-            _update_egress(cache)
-        finally:
-            cache._services = saved
+        _update_egress(cache, services)
     return hosts | extra
 
 
