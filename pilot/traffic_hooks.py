@@ -39,6 +39,7 @@ from pilot.translate import routes as tr
 from pilot.translate import tcp_rules as tcp_rules_mod
 from pilot.translate.subsets import service_port_clusters
 from pilot.translate.traffic import TrafficIndex, TrafficOptions
+from security import mtls
 
 if TYPE_CHECKING:
     from pilot.cache import CacheChange, ConfigCache, ProxyView, Resource
@@ -219,6 +220,8 @@ def source_policy_clusters(cache: ConfigCache, source: frozenset[str]) -> dict[s
             endpoints = cache.registry.endpoints(host)
             for port in service.ports:
                 for cluster, _ in service_port_clusters(service, port, endpoints, index, source):
+                    # The same transport security as the shared copy (see ConfigCache._translate).
+                    mtls.apply_outbound_mtls(cluster, service, endpoints, cache.mtls_policy)
                     found[cluster.name] = make_resource(cluster.name, cluster)
         cache._proxy_parts[key] = found
     return found
