@@ -1,12 +1,12 @@
-"""Benchmark: the Eureka adapter with 2,000 instances in a real Eureka server (skipped unless
-asked for).
+"""Benchmark: the Eureka adapter with 2,000 instances in a real Eureka server (run by hand).
 
-Run it explicitly; it prints figures and writes a JSON results file::
+A pytest module because it uses the integration harness; ``bench/`` is outside the test paths, so
+only an explicit run executes it. It prints figures and writes a JSON results file::
 
-    MESHFED_BENCH=1 .venv/bin/python -m pytest -s integration/test_eureka_bench.py
+    .venv/bin/python -m pytest -s bench/eureka_sync.py
     # sizes: MESHFED_BENCH_INSTANCES (2000), _CHANGES (20), _SAMPLES_FAST (10),
     #        _SAMPLES_DEFAULT (5)
-    # results: MESHFED_BENCH_OUT (default $TMPDIR/meshfed-bench/eureka.json)
+    # results: MESHFED_BENCH_OUT (default bench/results/eureka_sync.json)
 
 Against a real Spring Cloud Netflix Eureka server (the harness's jar, restarted with a 3 s
 delta-retention window so that a steady-state delta holds only recent changes):
@@ -20,8 +20,7 @@ delta-retention window so that a steady-state delta holds only recent changes):
    timed until a real Envoy fed by Pilot (debounce 50 ms) ACKs the EDS version carrying it,
    for ``fetchInterval`` 1 s and the default 30 s (so this part takes a few minutes).
 
-Speed is reported, never asserted. This lives here rather than under ``bench/`` only because of
-file ownership; it uses the integration harness. Instances get 10.1.x.y addresses (never
+Speed is reported, never asserted. Instances get 10.1.x.y addresses (never
 dialled); the sidecar is on 127.0.94.2.
 """
 
@@ -33,7 +32,6 @@ import os
 import platform
 import random
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -51,19 +49,13 @@ from pilot.server import PilotServer
 from pilot.watch import TypeWatch
 from registry.aggregate import AggregateRegistry
 
-pytestmark = pytest.mark.skipif(
-    not os.environ.get("MESHFED_BENCH"), reason="benchmark: set MESHFED_BENCH=1 to run"
-)
-
 INSTANCES = int(os.environ.get("MESHFED_BENCH_INSTANCES", "2000"))
 CHANGES = int(os.environ.get("MESHFED_BENCH_CHANGES", "20"))
 SAMPLES_FAST = int(os.environ.get("MESHFED_BENCH_SAMPLES_FAST", "10"))
 SAMPLES_DEFAULT = int(os.environ.get("MESHFED_BENCH_SAMPLES_DEFAULT", "5"))
 FULL_RUNS = 5
 OUT = Path(
-    os.environ.get(
-        "MESHFED_BENCH_OUT", Path(tempfile.gettempdir()) / "meshfed-bench" / "eureka.json"
-    )
+    os.environ.get("MESHFED_BENCH_OUT", Path(__file__).parent / "results" / "eureka_sync.json")
 )
 ENVOY_IP = "127.0.94.2"
 APPS_SIZE = 10
