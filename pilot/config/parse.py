@@ -38,6 +38,8 @@ from registry.model import Labels, Protocol
 
 CONFIG_API_VERSIONS = frozenset({"config.istio.io/v1alpha2", "config.meshfed.io/v1alpha1"})
 INGRESS_API_VERSIONS = frozenset({"networking.k8s.io/v1", "extensions/v1beta1"})
+# Ingress classes the meshfed gateway serves ("" = no class given; "istio" as in Istio 0.2).
+INGRESS_CLASSES = frozenset({"", "meshfed", "istio"})
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -415,6 +417,9 @@ def parse_ingress(doc: Document) -> tuple[Gateway | None, list[ConfigError]]:
     allowed = INGRESS_API_VERSIONS if doc.kind == "Ingress" else CONFIG_API_VERSIONS
     _check_api_version(doc, r, allowed)
     r.unknown_fields({"rules", "tls", "ingressClassName", "defaultBackend", "backend", "port"})
+    ingress_class = r.str("ingressClassName")
+    if doc.kind == "Ingress" and ingress_class not in INGRESS_CLASSES:
+        return None, []  # another controller's Ingress: not ours to serve, and not an error
     paths = []
     for rule in r.readers("rules", required=True):
         host = rule.str("host").lower() or "*"

@@ -75,3 +75,32 @@ def test_tls_hosts_get_an_sni_chain_with_files_from_the_secret_folder() -> None:
     assert Path(cert.certificate_chain.filename) == Path("/certs/web-tls/tls.crt")
     assert Path(cert.private_key.filename) == Path("/certs/web-tls/tls.key")
     assert list(context.common_tls_context.alpn_protocols) == ["h2", "http/1.1"]
+
+
+def test_ingress_of_another_class_is_skipped_without_error(tmp_path: Path) -> None:
+    from pilot.config.store import parse_config_file
+
+    doc = """apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {{name: {name}}}
+spec:
+  {cls}
+  rules:
+  - host: a.example.com
+    http:
+      paths:
+      - {{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}
+"""
+    path = tmp_path / "ingress.yaml"
+    path.write_text(
+        "---\n".join(
+            [
+                doc.format(name="mine", cls="ingressClassName: meshfed"),
+                doc.format(name="theirs", cls="ingressClassName: nginx"),
+                doc.format(name="unclassed", cls=""),
+            ]
+        )
+    )
+    objects, errors = parse_config_file(path)
+    assert not errors and objects is not None
+    assert sorted(o.name for o in objects) == ["mine", "unclassed"]
