@@ -104,3 +104,54 @@ spec:
     objects, errors = parse_config_file(path)
     assert not errors and objects is not None
     assert sorted(o.name for o in objects) == ["mine", "unclassed"]
+
+
+def test_meshfed_proxy_gateway_flags_make_a_router_node() -> None:
+    from meshfed.cli import build_parser
+    from meshfed.cli_pilot import _spec
+    from meshfed.proxy import bootstrap
+
+    args = build_parser().parse_args(
+        ["bootstrap", "--ip", "127.0.0.9", "--workload", "ingress", "--gateway"]
+    )
+    spec = _spec(args)
+    assert spec.role == "router" and spec.outbound_http_port == 80
+    boot = bootstrap(spec)
+    assert boot["node"]["id"].startswith("router~127.0.0.9~ingress.default")
+    assert boot["node"]["metadata"]["OUTBOUND_HTTP_PORT"] == "80"
+    args = build_parser().parse_args(
+        [
+            "bootstrap",
+            "--ip",
+            "127.0.0.9",
+            "--workload",
+            "in",
+            "--gateway",
+            "--gateway-port",
+            "8080",
+        ]
+    )
+    assert _spec(args).outbound_http_port == 8080
+    sidecar = _spec(
+        build_parser().parse_args(["bootstrap", "--ip", "127.0.0.9", "--workload", "a"])
+    )
+    assert sidecar.role == "sidecar" and sidecar.node_id.startswith("sidecar~")
+
+
+def test_configz_reports_conflicts_and_unresolved_references(tmp_path: Path) -> None:
+    from pilot.config.store import FileConfigStore
+    from pilot.server import PilotServer
+    from registry.aggregate import AggregateRegistry
+
+    rule = """apiVersion: config.istio.io/v1alpha2
+kind: RouteRule
+metadata: {{name: {name}}}
+spec: {{destination: {{name: reviews}}, precedence: 1}}
+"""
+    (tmp_path / "r.yaml").write_text(rule.format(name="a") + "---\n" + rule.format(name="b"))
+    store = FileConfigStore([tmp_path])
+    store.load()
+    server = PilotServer(AggregateRegistry(), config_stores=[store])
+    body = server.configz()
+    assert body["stores"][0]["route_rules"] == ["RouteRule default/a", "RouteRule default/b"]
+    assert len(body["conflicts"]) == 1 and "RouteRule default/a" in body["conflicts"][0]
