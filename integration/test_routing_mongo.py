@@ -50,7 +50,9 @@ def operations(address: str) -> list[dict]:
         client.close()
 
 
-async def test_mongo_operations_through_the_sidecar_are_counted(tmp_path: Path) -> None:
+# A cold first run builds FerretDB from the Go module proxy (minutes on 2 busy cores).
+@pytest.mark.timeout(900)
+async def test_mongo_operations_through_the_sidecar(tmp_path: Path) -> None:
     with running_ferretdb(DB_IP, PORT, tmp_path / "ferretdb"):
         async with routing_mesh(tmp_path / "rules") as mesh:
             service = Service(MONGO, ports=(Port(PORT, "mongo", Protocol.MONGO),))
