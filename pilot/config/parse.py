@@ -42,6 +42,7 @@ INGRESS_API_VERSIONS = frozenset({"networking.k8s.io/v1", "extensions/v1beta1"})
 INGRESS_CLASSES = frozenset({"", "meshfed", "istio"})
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_NOT_RE2 = re.compile(r"\(\?<?[=!]|\\[1-9]")  # lookaround, backreferences: not in RE2
 
 
 def parse_duration(reader: FieldReader, name: str) -> float | None:
@@ -106,6 +107,14 @@ def _string_match(reader: FieldReader) -> StringMatch | None:
             re.compile(value)
         except re.error as exc:
             reader.error("regex", f"expected a valid regular expression: {exc}")
+            return None
+        if _NOT_RE2.search(value):
+            # Envoy matches with RE2: a rule it cannot compile would be NACKed by every proxy.
+            reader.error(
+                "regex",
+                f"expected an RE2 regular expression (no lookaround or backreferences), "
+                f"got {value!r}",
+            )
             return None
     return StringMatch(kind, value)
 

@@ -75,3 +75,13 @@ def test_registry_service_shadows_rule_and_taken_ports_are_reported() -> None:
     listeners, problems = egress.egress_listeners(NODE, RULES, internal, {5432}, OPTIONS)
     assert [lst.address.socket_address.port_value for lst in listeners] == [8443]
     assert any("5432" in p for p in problems)
+
+
+def test_resolver_addresses_with_and_without_port() -> None:
+    from envoy.extensions.network.dns_resolver.cares.v3 import cares_dns_resolver_pb2 as cares
+
+    options = TrafficOptions(dns_resolvers=("127.0.0.53:5353", "127.0.0.54"))
+    config = cares.CaresDnsResolverConfig()
+    egress.dns_cache(options).typed_dns_resolver_config.typed_config.Unpack(config)
+    got = [(a.socket_address.address, a.socket_address.port_value) for a in config.resolvers]
+    assert got == [("127.0.0.53", 5353), ("127.0.0.54", 53)]

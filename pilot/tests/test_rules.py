@@ -171,3 +171,22 @@ def test_rule_for_a_service_that_appears_later_applies_then(tmp_path: Path) -> N
     change = cache.apply({host})
     assert f"outbound|80|version=v2|{host}" in change.cluster_names
     assert check_consistency(cache.view(node)) == []
+
+
+def test_regex_envoy_cannot_compile_is_rejected_at_the_edge(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        textwrap.dedent(
+            """
+            apiVersion: config.istio.io/v1alpha2
+            kind: RouteRule
+            metadata: {name: lookahead}
+            spec:
+              destination: {name: reviews}
+              match: {request: {headers: {x-user: {regex: "jason(?=-admin)"}}}}
+            """
+        )
+    )
+    objects, errors = parse_config_file(path)
+    assert objects is None and len(errors) == 1
+    assert "RE2" in str(errors[0]) and "x-user" in errors[0].field

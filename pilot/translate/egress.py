@@ -76,8 +76,10 @@ def _resolver(options: TrafficOptions) -> extension_pb2.TypedExtensionConfig | N
         return None
     addresses = []
     for raw in options.dns_resolvers:
-        host, _, port = raw.rpartition(":")
-        addresses.append(socket_address(host.strip("[]"), int(port) if port.isdigit() else 53))
+        host, sep, port = raw.rpartition(":")
+        if not sep or not port.isdigit():
+            host, port = raw, "53"  # a bare address: the DNS port
+        addresses.append(socket_address(host.strip("[]"), int(port)))
     config = cares.CaresDnsResolverConfig(
         resolvers=addresses,
         dns_resolver_options=resolver_pb2.DnsResolverOptions(no_default_search_domain=True),
