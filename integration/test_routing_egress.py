@@ -105,7 +105,7 @@ async def test_http_egress_needs_a_rule_exact_and_wildcard(
 async def test_tls_egress_passes_through_by_sni(tmp_path: Path, dns: LoopbackDNS) -> None:
     ca, crt, key = make_tls_pair(tmp_path / "secure", ["secure.ext.test"])
     other_ca, other_crt, other_key = make_tls_pair(tmp_path / "other", ["other.ext.test"])
-    options = TrafficOptions(dns_resolvers=(dns.resolver,))
+    options = TrafficOptions(dns_resolvers=(dns.resolver,), egress_ca_file=str(ca))
     secure = TlsHttpServer("secure-server", SECURE_IP, TLS_PORT, crt, key)
     other = TlsHttpServer("other-server", OTHER_IP, TLS_PORT, other_crt, other_key)
     await secure.start()
@@ -141,8 +141,14 @@ async def test_tls_egress_passes_through_by_sni(tmp_path: Path, dns: LoopbackDNS
             line, _ = await https_get(A_IP, TLS_PORT, "secure.ext.test", ca)
             assert line == "secure-server"
             async with aiohttp.ClientSession() as session:
-                # TLS rules open no plain-HTTP route.
-                status, _, _ = await request(session, a.outbound_url, f"secure.ext.test:{TLS_PORT}")
+                # Istio 0.2 style: plain HTTP to host:443-like port, TLS originated by the
+                # sidecar and the server's certificate verified (CA + SAN).
+                host = f"secure.ext.test:{TLS_PORT}"
+                status, body, _ = await request(session, a.outbound_url + "/", host)
+                assert (status, body) == (200, "secure-server")
+                assert secure.sni[-1] == "secure.ext.test"
+                # Only exact domains: the wildcard rule's names get no origination.
+                status, _, _ = await request(session, a.outbound_url, f"other.ext.test:{TLS_PORT}")
                 assert status == 404
     finally:
         await secure.stop()

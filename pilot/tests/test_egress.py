@@ -31,6 +31,7 @@ def test_clusters_exact_strict_dns_and_one_dynamic_cluster() -> None:
     assert set(clusters) == {
         "outbound|80||api.example.com",
         "outbound|8443||api.example.com",
+        "outbound|8443|tls-origination|api.example.com",
         "outbound|5432||db.example.com",
         egress.DFP_CLUSTER,
     }
@@ -40,11 +41,30 @@ def test_clusters_exact_strict_dns_and_one_dynamic_cluster() -> None:
     sock = api.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
     assert (sock.address, sock.port_value) == ("api.example.com", 80)
     assert clusters[egress.DFP_CLUSTER].cluster_type.name == "envoy.clusters.dynamic_forward_proxy"
+    from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+
+    originate = clusters["outbound|8443|tls-origination|api.example.com"]
+    context = tls_pb2.UpstreamTlsContext()
+    originate.transport_socket.typed_config.Unpack(context)
+    assert context.sni == "api.example.com"
+    validation = context.common_tls_context.validation_context
+    assert validation.trusted_ca.filename == egress.SYSTEM_CA
+    assert validation.match_typed_subject_alt_names[0].matcher.exact == "api.example.com"
+    assert not clusters["outbound|8443||api.example.com"].HasField("transport_socket")
 
 
 def test_http_ports_become_virtual_hosts_routed_by_host() -> None:
     vhosts = {v.name: v for v in egress.egress_virtual_hosts(RULES, {})}
-    assert set(vhosts) == {"egress|api.example.com:80", "egress|*.example.org:8080"}
+    # The TLS port of an exact domain also takes Istio 0.2-style http://host:8443 requests.
+    assert set(vhosts) == {
+        "egress|api.example.com:80",
+        "egress-tls|api.example.com:8443",
+        "egress|*.example.org:8080",
+    }
+    assert (
+        vhosts["egress-tls|api.example.com:8443"].routes[0].route.cluster
+        == "outbound|8443|tls-origination|api.example.com"
+    )
     assert list(vhosts["egress|api.example.com:80"].domains) == [
         "api.example.com:80",
         "api.example.com",

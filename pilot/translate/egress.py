@@ -17,6 +17,12 @@ Istio 0.2 sent egress traffic through a shared egress proxy; its release notes p
   ``server_names`` (wildcards included); the bytes go to a STRICT_DNS cluster (exact) or through
   ``sni_dynamic_forward_proxy`` (wildcard) unchanged, so the client sees the server's own
   certificate. A ClientHello for an unlisted name matches no chain and is closed.
+- **Istio 0.2's TLS origination keeps working**: for an exact-domain ``https``/``tls`` port the
+  outbound route table also has ``domain:port`` (and the bare domain on 443), so an app that
+  sends plain HTTP to ``http://api.example.com:443`` (what Istio 0.2 told apps to do) gets
+  TLS originated by its sidecar: SNI set, the server certificate verified against
+  ``egressCaFile`` (default: the system bundle) and its DNS SAN. Cluster
+  ``outbound|PORT|tls-origination|domain``.
 - **TCP** opens a local port per rule (exact domains only; a wildcard has no name to resolve
   and is reported as a problem).
 - A registry service with the same hostname wins over an egress rule (it is in the mesh).
@@ -30,7 +36,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import extension_pb2, resolver_pb2
+from envoy.config.core.v3 import base_pb2, extension_pb2, resolver_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2 as ec
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2 as lc
@@ -50,6 +56,8 @@ from envoy.extensions.filters.network.sni_dynamic_forward_proxy.v3 import (
 )
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.network.dns_resolver.cares.v3 import cares_dns_resolver_pb2 as cares
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
+from envoy.type.matcher.v3 import string_pb2
 
 from pilot.config.model import EgressRule
 from pilot.node import ProxyNode
@@ -65,6 +73,8 @@ DNS_CACHE = "meshfed_egress"
 TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
 ROUTE_TIMEOUT_S = 15.0
 _TLS = (Protocol.TLS,)
+TLS_ORIGINATION = "tls-origination"  # the subset part of a TLS-originating cluster's name
+SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"
 
 
 def _is_http(protocol: Protocol) -> bool:
@@ -168,7 +178,38 @@ def egress_clusters(
                     pack(_http2_options())
                 )
             out[name] = cluster
+            if port.protocol in _TLS:
+                originate = _tls_origination(cluster, rule.service, port.port, options)
+                out[originate.name] = originate
     return [out[n] for n in sorted(out)]
+
+
+def _tls_origination(
+    plain: cluster_pb2.Cluster, host: str, port: int, options: TrafficOptions
+) -> cluster_pb2.Cluster:
+    """``plain`` (the passthrough cluster) with upstream TLS: SNI, CA and SAN verified."""
+    cluster = cluster_pb2.Cluster()
+    cluster.CopyFrom(plain)
+    cluster.name = names.outbound_cluster(host, port, TLS_ORIGINATION)
+    cluster.load_assignment.cluster_name = cluster.name
+    context = tls_pb2.UpstreamTlsContext(
+        sni=host,
+        common_tls_context=tls_pb2.CommonTlsContext(
+            validation_context=common_pb2.CertificateValidationContext(
+                trusted_ca=base_pb2.DataSource(filename=options.egress_ca_file or SYSTEM_CA),
+                match_typed_subject_alt_names=[
+                    common_pb2.SubjectAltNameMatcher(
+                        san_type=common_pb2.SubjectAltNameMatcher.DNS,
+                        matcher=string_pb2.StringMatcher(exact=host),
+                    )
+                ],
+            )
+        ),
+    )
+    cluster.transport_socket.CopyFrom(
+        base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack(context))
+    )
+    return cluster
 
 
 def _dfp_cluster(options: TrafficOptions) -> cluster_pb2.Cluster:
@@ -190,6 +231,9 @@ def egress_virtual_hosts(
     out = []
     for rule in _active(rules, internal):
         for port in rule.ports:
+            if port.protocol in _TLS and not _wildcard(rule):
+                out.append(_origination_vhost(rule, port.port))
+                continue
             if not _is_http(port.protocol):
                 continue
             domains = [f"{rule.service}:{port.port}"]
@@ -212,6 +256,22 @@ def egress_virtual_hosts(
                 )
             )
     return out
+
+
+def _origination_vhost(rule: EgressRule, port: int) -> rc.VirtualHost:
+    domains = [f"{rule.service}:{port}"] + ([rule.service] if port == 443 else [])
+    cluster = names.outbound_cluster(rule.service, port, TLS_ORIGINATION)
+    return rc.VirtualHost(
+        name=f"egress-tls|{rule.service}:{port}",
+        domains=domains,
+        routes=[
+            rc.Route(
+                name=rule.ref,
+                match=rc.RouteMatch(prefix="/"),
+                route=rc.RouteAction(cluster=cluster, timeout=seconds(ROUTE_TIMEOUT_S)),
+            )
+        ],
+    )
 
 
 def egress_listeners(

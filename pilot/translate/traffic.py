@@ -38,18 +38,25 @@ class TrafficOptions:
     ``dns_resolvers``: ``ip:port`` addresses of the DNS servers sidecars use for external
     (egress) names; empty means the host's resolver. Split-horizon setups need it, and so do
     the tests, which name loopback "external" servers without touching ``/etc/hosts``.
+    ``egress_ca_file``: the CA bundle sidecars verify external servers against when they
+    originate TLS for Istio 0.2-style ``http://host:443`` requests (default: the system's).
     ``gateway_certs_dir``: where a gateway finds ``<secret>/tls.crt`` and ``tls.key`` for a
     TLS secret named by an Ingress or Gateway (Istio 0.2 mounted them at a fixed path too).
     """
 
     dns_resolvers: tuple[str, ...] = ()
     gateway_certs_dir: str = ""
+    egress_ca_file: str = ""  # CA bundle for TLS the sidecar originates (default: system)
 
     @classmethod
     def from_pilot_config(cls, pilot: Mapping[str, object]) -> TrafficOptions:
         raw = pilot.get("egressDnsResolvers") or ()
         resolvers = tuple(str(r) for r in raw) if isinstance(raw, list | tuple) else ()
-        return cls(resolvers, str(pilot.get("gatewayCertsDir") or ""))
+        return cls(
+            resolvers,
+            str(pilot.get("gatewayCertsDir") or ""),
+            str(pilot.get("egressCaFile") or ""),
+        )
 
 
 def _sorted_subsets(subsets: Mapping[str, set[Labels]]) -> dict[str, tuple[Labels, ...]]:
