@@ -270,3 +270,65 @@ class _started:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.mesh.stop()
+
+
+async def test_kubectl_apply_and_delete_of_a_route_rule_moves_traffic(
+    kube_apiserver: KubeAPIServer, tmp_path: Path
+) -> None:
+    """Istio 0.2's RouteRule, as written, through kubectl: Envoy follows apply and delete."""
+    from adapters.kubernetes.configstore import KubeConfigStore
+    from integration.pilot_helpers import Mesh
+
+    binary, kubeconfig = kube_apiserver.kubectl(), kube_apiserver.kubeconfig
+    await asyncio.to_thread(install_crds, binary, kubeconfig)
+    core = k8s.CoreV1Api(kube_apiserver.api_client())
+    ns = _ns("rr")
+    create_namespace(core, ns)
+    host = f"reviews.{ns}.svc.cluster.local"
+    manifest = tmp_path / "rule.yaml"
+    manifest.write_text(
+        f"""apiVersion: config.istio.io/v1alpha2
+kind: RouteRule
+metadata:
+  name: reviews-v2
+  namespace: {ns}
+spec:
+  destination:
+    name: reviews
+  precedence: 1
+  route:
+    - labels:
+        version: v2
+"""
+    )
+    store = KubeConfigStore.from_params({"kubeconfig": str(kubeconfig), "namespaces": [ns]})
+    store_task = asyncio.create_task(store.run())
+    mesh = Mesh()
+    mesh.pilot.config_stores.append(store)
+    try:
+        await store.wait_synced(30)
+        await mesh.start()
+        member = mesh.aggregate.add_member("kubernetes")
+        for version, ip in (("v1", "127.0.88.40"), ("v2", "127.0.88.41")):
+            await mesh.backend(f"reviews-{version}", ip, 8080)
+            create_pod(core, ns, f"reviews-{version}", ip, {"app": "reviews", "version": version})
+        core.create_namespaced_service(
+            ns, service("reviews", HTTP_PORT, selector={"app": "reviews"})
+        )
+        async with running_registry(member, kubeconfig):
+            client = await mesh.sidecar(CLIENT_IP, "client")
+            url = client.outbound_url
+            async with aiohttp.ClientSession() as session:
+                both = {"reviews-v1", "reviews-v2"}
+                await _wait_backends(session, url, host, both, "both versions")
+                done = kubectl(binary, kubeconfig, "apply", "-f", str(manifest))
+                assert done.returncode == 0, done.stderr
+                await _wait_backends(session, url, host, {"reviews-v2"}, "RouteRule applied")
+                assert set(await _spread(session, url, host, 30)) == {"reviews-v2"}
+                done = kubectl(binary, kubeconfig, "delete", "-f", str(manifest))
+                assert done.returncode == 0, done.stderr
+                await _wait_backends(session, url, host, both, "RouteRule deleted")
+    finally:
+        store.stop()
+        await asyncio.wait_for(store_task, 10)
+        await mesh.stop()
