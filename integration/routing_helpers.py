@@ -421,3 +421,50 @@ async def https_get(
     finally:
         writer.close()
     return data.decode(errors="replace").splitlines()[-1], der
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def start_hub(config: Path, log: Path) -> asyncio.subprocess.Process:
+    """``meshfed up -c config`` as a real process in its own session (see :func:`kill`)."""
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    with open(log, "ab") as out:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "meshfed.cli",
+            "up",
+            "-c",
+            str(config),
+            cwd=root,
+            stdout=out,
+            stderr=out,
+            stdin=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
+async def kill(proc: asyncio.subprocess.Process) -> None:
+    import os
+    import signal
+
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+
+
+async def hub_ready(url: str) -> bool:
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session,
+        session.get(url + "/healthz/ready") as response,
+    ):
+        return response.status == 200

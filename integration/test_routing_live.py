@@ -18,12 +18,15 @@ from integration.pilot_helpers import eventually, uptime_and_epoch
 from integration.routing_helpers import (
     VersionBackend,
     count,
+    free_port,
     http_service,
+    hub_ready,
+    kill,
     request,
     routing_mesh,
+    start_hub,
     versioned,
 )
-from integration.test_pilot_hub import free_port, hub_ready, kill, start_hub
 from meshfed.proxy import EnvoyProcess, ProxySpec, wait_ready
 
 REVIEWS = "reviews.default.svc.cluster.local"
