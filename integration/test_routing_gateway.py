@@ -21,7 +21,6 @@ from integration.routing_helpers import (
     count,
     https_get,
     make_tls_pair,
-    request,
     routing_mesh,
 )
 from meshfed.proxy import EnvoyProcess, ProxySpec, wait_ready
@@ -58,6 +57,8 @@ INGRESS = """apiVersion: networking.k8s.io/v1
 kind: Ingress
 metadata: {name: shop, namespace: default}
 spec:
+  ingressClassName: meshfed
+  defaultBackend: {service: {name: web, port: {number: 80}}}
   rules:
   - host: shop.example.com
     http:
@@ -166,8 +167,9 @@ async def test_gateway_routes_host_path_grpc_and_terminates_tls(
             assert api.requests[-1]["path"] == "/api/v1"
             # The Kubernetes Ingress from the same file store.
             assert await count(session, base + "/cart/1", "shop.example.com", 2) == {"api": 2}
-            assert (await request(session, base + "/", "shop.example.com"))[0] == 404
-            assert (await request(session, base + "/", "unknown.example.com"))[0] == 404
+            # Its defaultBackend answers what no path matched, for its host and any other.
+            assert await count(session, base + "/", "shop.example.com", 2) == {"web": 2}
+            assert await count(session, base + "/x", "unknown.example.com", 2) == {"web": 2}
             # gRPC over h2c through the gateway to the grpcio server.
             assert await say(f"{GW_IP}:{HTTP_PORT}", "grpc.example.com", None) == b"hello mesh"
             # TLS terminated at the gateway with the secret's certificate.
@@ -181,7 +183,7 @@ async def test_gateway_routes_host_path_grpc_and_terminates_tls(
             assert await count(session, base + "/api/v1", "web.example.com", 3) == {"web": 3}
             await mesh.apply("shop", INGRESS.replace("/cart", "/basket"))
             assert await count(session, base + "/basket", "shop.example.com", 2) == {"api": 2}
-            assert (await request(session, base + "/cart", "shop.example.com"))[0] == 404
+            assert await count(session, base + "/cart", "shop.example.com", 2) == {"web": 2}
         state = mesh.syncz(gw.spec.node_id)
         assert state["ready"] and not state["problems"]
 

@@ -223,6 +223,7 @@ class IngressPath:
     backend: ServiceRef
     port: int | str  # service port number or name
     grpc: bool = False
+    default: bool = False  # the Ingress's defaultBackend: any host, after every other path
 
 
 @attrs.frozen(slots=True)

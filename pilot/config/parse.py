@@ -430,7 +430,8 @@ def parse_ingress(doc: Document) -> tuple[Gateway | None, list[ConfigError]]:
     if doc.kind == "Ingress" and ingress_class not in INGRESS_CLASSES:
         return None, []  # another controller's Ingress: not ours to serve, and not an error
     paths = []
-    for rule in r.readers("rules", required=True):
+    default_reader = r.reader("defaultBackend") or r.reader("backend")  # v1 / v1beta1
+    for rule in r.readers("rules", required=default_reader is None):
         host = rule.str("host").lower() or "*"
         http = rule.reader("http", required=True)
         if http is None:
@@ -444,6 +445,9 @@ def parse_ingress(doc: Document) -> tuple[Gateway | None, list[ConfigError]]:
             )
             grpc = path_reader.bool("grpc")
             paths.append(IngressPath(host, path, backend, port, grpc))
+    if default_reader is not None:
+        backend, port = _ingress_backend(default_reader, doc.namespace)
+        paths.append(IngressPath("*", "/", backend, port, default=True))
     tls = []
     for tls_reader in r.readers("tls"):
         secret = tls_reader.str("secretName", required=True)

@@ -155,3 +155,41 @@ spec: {{destination: {{name: reviews}}, precedence: 1}}
     body = server.configz()
     assert body["stores"][0]["route_rules"] == ["RouteRule default/a", "RouteRule default/b"]
     assert len(body["conflicts"]) == 1 and "RouteRule default/a" in body["conflicts"][0]
+
+
+def test_default_backend_is_last_in_every_host(tmp_path: Path) -> None:
+    from pilot.config.store import parse_config_file
+
+    path = tmp_path / "ingress.yaml"
+    path.write_text(
+        """apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: shop}
+spec:
+  defaultBackend: {service: {name: greeter, port: {number: 9090}}}
+  rules:
+  - host: web.example.com
+    http:
+      paths:
+      - {path: /cart, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}
+---
+apiVersion: extensions/v1beta1
+kind: Ingress
+metadata: {name: only-default}
+spec:
+  backend: {serviceName: web, servicePort: 80}
+"""
+    )
+    objects, errors = parse_config_file(path)
+    assert not errors and objects is not None
+    _, routes, problems = gateway.gateway_resources(NODE, index(*objects))
+    assert not problems
+    (config,) = routes
+    by_name = {v.name: v for v in config.virtual_hosts}
+    web = by_name["gateway|web.example.com"]
+    assert [r.match.prefix for r in web.routes] == ["/cart", "/"]
+    assert web.routes[-1].route.cluster == f"outbound|9090||{GRPC.hostname}"
+    # Hosts of no Ingress with a default: the first default (namespace/name order) serves.
+    assert [r.route.cluster for r in by_name["gateway|*"].routes] == [
+        f"outbound|80||{WEB.hostname}"
+    ]

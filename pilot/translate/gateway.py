@@ -19,8 +19,9 @@ port (443 for port 80, otherwise HTTP port + 363, so 8080 pairs with 8443):
   ``watched_directory`` makes Envoy pick up rotated files without a push.
 
 Several Ingress/Gateway objects for the same host merge into one virtual host (objects in
-namespace/name order, paths longest first); a backend that resolves to no service port is
-skipped and reported as a problem.
+namespace/name order, paths longest first). An Ingress ``defaultBackend`` is the last route
+of every host of that object; the first default of all serves every other host (``*``). A
+backend that resolves to no service port is skipped and reported as a problem.
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ def gateway_route_config(
     port: int, gateways: Iterable[Gateway], services: Mapping[str, Service]
 ) -> tuple[route_pb2.RouteConfiguration, list[str]]:
     by_host: dict[str, list[tuple[IngressPath, str]]] = {}
+    defaults: list[tuple[IngressPath, str]] = []  # every object's, in object order
+    host_default: dict[str, tuple[IngressPath, str]] = {}  # a host's own object's default
     problems = []
     for gateway in gateways:
         for path in gateway.paths:
@@ -91,13 +94,24 @@ def gateway_route_config(
                     "matches no service port"
                 )
                 continue
-            by_host.setdefault(path.host or "*", []).append((path, cluster))
+            if path.default:
+                defaults.append((path, cluster))
+                for other in gateway.paths:
+                    if not other.default:
+                        host_default.setdefault(other.host or "*", (path, cluster))
+            else:
+                by_host.setdefault(path.host or "*", []).append((path, cluster))
+    if defaults:
+        by_host.setdefault("*", [])
     vhosts = []
     for host, entries in sorted(by_host.items(), key=lambda kv: (kv[0] == "*", kv[0])):
         # Longest prefix first, stable for equal lengths (config order).
         ordered = sorted(enumerate(entries), key=lambda ie: (-len(ie[1][0].path), ie[0]))
         routes = []
-        for _, (path, cluster) in ordered:
+        # A default backend answers what no path matched: last in every host, the host's own
+        # Ingress's default first, else the first default of all (also for unknown hosts).
+        fallback = host_default.get(host) or (defaults[0] if defaults else None)
+        for path, cluster in [*(e for _, e in ordered), *([fallback] if fallback else [])]:
             action = rc.RouteAction(cluster=cluster, timeout=seconds(ROUTE_TIMEOUT_S))
             if path.grpc:
                 action.timeout.CopyFrom(seconds(0))  # streams may be long; the client decides
