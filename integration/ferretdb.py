@@ -90,6 +90,7 @@ def running_ferretdb(address: str, port: int, state: Path) -> Iterator[str]:
                 str(build()),
                 "--handler=sqlite",
                 f"--sqlite-url=file:{state}/",
+                f"--state-dir={state}",  # else its state.json lands in the working directory
                 f"--listen-addr={address}:{port}",
                 "--telemetry=disable",
                 "--debug-addr=-",
