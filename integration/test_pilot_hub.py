@@ -8,28 +8,16 @@ Hosts: 127.<run>.87.x.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
-import signal
-import socket
-import sys
 from pathlib import Path
 
 import aiohttp
 
 from integration.pilot_helpers import Backend, addr, eventually, spread, uptime_and_epoch
+from integration.routing_helpers import free_port, hub_ready, kill, start_hub
 from meshfed.proxy import EnvoyProcess, ProxySpec, pilot_sync_state, wait_ready
 
-ROOT = Path(__file__).resolve().parents[1]
 A_IP, B1, B2 = addr(87, 2), addr(87, 3), addr(87, 4)
 HOST = "b.default.svc.cluster.local"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def services_yaml(address: str) -> str:
@@ -44,38 +32,6 @@ spec:
   endpoints:
     - {{address: {address}, ports: {{http: 9080}}}}
 """
-
-
-async def start_hub(config: Path, log: Path) -> asyncio.subprocess.Process:
-    with open(log, "ab") as out:
-        return await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "meshfed.cli",
-            "up",
-            "-c",
-            str(config),
-            cwd=ROOT,
-            stdout=out,
-            stderr=out,
-            stdin=asyncio.subprocess.DEVNULL,
-            start_new_session=True,
-        )
-
-
-async def kill(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
-
-
-async def hub_ready(url: str) -> bool:
-    async with (
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session,
-        session.get(url + "/healthz/ready") as response,
-    ):
-        return response.status == 200
 
 
 async def test_hub_sigkill_and_restart_envoy_serves_then_converges(tmp_path: Path) -> None:
