@@ -296,66 +296,20 @@ def make_tls_pair(folder: Path, hosts: list[str], name: str = "server") -> tuple
     Returns (ca.crt, tls.crt, tls.key); the pair uses Kubernetes TLS-secret file names so the
     folder can serve as a gateway "secret".
     """
-    import datetime
-
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    from integration.peers.certs import issue_leaf, new_ca, write_pem
 
     folder.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(h) for h in hosts]), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
+    ca = new_ca(f"{name} test CA")
+    cert, key = issue_leaf(
+        ca, hosts[0], None, ExtendedKeyUsageOID.SERVER_AUTH, [x509.DNSName(h) for h in hosts]
     )
     ca_path, crt_path, key_path = folder / "ca.crt", folder / "tls.crt", folder / "tls.key"
-    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    crt_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    ca_path.write_bytes(ca[0].public_bytes(serialization.Encoding.PEM))
+    write_pem(crt_path, cert, key_path, key)
     return ca_path, crt_path, key_path
 
 

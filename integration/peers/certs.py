@@ -64,12 +64,10 @@ def _builder(subject: x509.Name, issuer: x509.Name, public_key: object) -> x509.
     )
 
 
-def make_pki(directory: Path, host: str) -> KubePki:
-    """Write a CA, a serving cert for ``host`` (+ localhost, kubernetes.default names),
-    an admin client cert (O=system:masters) and a service-account RSA key pair."""
-    directory.mkdir(parents=True, exist_ok=True)
+def new_ca(common_name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A self-signed test CA (P-256, two days)."""
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = _name("meshfed-test-ca")
+    ca_name = _name(common_name)
     ca_cert = (
         _builder(ca_name, ca_name, ca_key.public_key())
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
@@ -92,23 +90,54 @@ def make_pki(directory: Path, host: str) -> KubePki:
         )
         .sign(ca_key, hashes.SHA256())
     )
+    return ca_cert, ca_key
+
+
+def issue_leaf(
+    ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
+    cn: str,
+    org: str | None,
+    usage: x509.ObjectIdentifier,
+    sans: list[x509.GeneralName],
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A leaf certificate signed by ``ca`` for one extended key usage, with its new key."""
+    ca_cert, ca_key = ca
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = (
+        _builder(_name(cn, org), ca_cert.subject, key.public_key())
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return builder.sign(ca_key, hashes.SHA256()), key
+
+
+def write_pem(
+    cert_path: Path,
+    cert: x509.Certificate,
+    key_path: Path,
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey,
+) -> None:
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(key_path, key)
+
+
+def make_pki(directory: Path, host: str) -> KubePki:
+    """Write a CA, a serving cert for ``host`` (+ localhost, kubernetes.default names),
+    an admin client cert (O=system:masters) and a service-account RSA key pair."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = new_ca("meshfed-test-ca")
+    ca_cert, ca_key = ca
 
     def leaf(
         cn: str, org: str | None, usage: x509.ObjectIdentifier, sans: list[x509.GeneralName]
     ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        builder = (
-            _builder(_name(cn, org), ca_name, key.public_key())
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                critical=False,
-            )
-        )
-        if sans:
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        return builder.sign(ca_key, hashes.SHA256()), key
+        return issue_leaf(ca, cn, org, usage, sans)
 
     dns = ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"]
     ips = {host, "127.0.0.1", "10.0.0.1"}
@@ -134,12 +163,9 @@ def make_pki(directory: Path, host: str) -> KubePki:
         sa_private=directory / "sa.key",
     )
     pem = serialization.Encoding.PEM
-    pki.ca_cert.write_bytes(ca_cert.public_bytes(pem))
-    _write_key(pki.ca_key, ca_key)
-    pki.server_cert.write_bytes(server_cert.public_bytes(pem))
-    _write_key(pki.server_key, server_key)
-    pki.admin_cert.write_bytes(admin_cert.public_bytes(pem))
-    _write_key(pki.admin_key, admin_key)
+    write_pem(pki.ca_cert, ca_cert, pki.ca_key, ca_key)
+    write_pem(pki.server_cert, server_cert, pki.server_key, server_key)
+    write_pem(pki.admin_cert, admin_cert, pki.admin_key, admin_key)
     _write_key(pki.sa_private, sa_key)
     pki.sa_public.write_bytes(
         sa_key.public_key().public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo)
