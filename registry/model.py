@@ -60,22 +60,23 @@ class Location(enum.Enum):
     MESH_EXTERNAL = "MESH_EXTERNAL"
 
 
-def _canonical_pairs(value: Mapping[str, Any] | Iterable[tuple[str, Any]] | None) -> tuple:
+def _sorted_pairs(value: Any, coerce: Any) -> tuple[tuple[str, Any], ...]:
+    """Canonical (sorted, coerced) pairs from a mapping, pairs, another frozen map, or None."""
     if value is None:
         return ()
-    if isinstance(value, Labels):
-        return value.items_tuple
+    if isinstance(value, _FrozenMap):
+        value = value.items_tuple
     items = value.items() if isinstance(value, Mapping) else value
-    return tuple(sorted((str(k), v if isinstance(v, int) else str(v)) for k, v in items))
+    return tuple(sorted((str(k), coerce(v)) for k, v in items))
 
 
-@attrs.frozen(slots=True)
-class Labels(Mapping[str, str]):
-    """An immutable, canonically ordered string-to-string mapping."""
+class _FrozenMap(Mapping[str, Any]):
+    """Read-only Mapping behaviour over a sorted ``items_tuple`` (the attrs field of subclasses)."""
 
-    items_tuple: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_canonical_pairs)
+    __slots__ = ()
+    items_tuple: tuple[tuple[str, Any], ...]
 
-    def __getitem__(self, key: str) -> str:
+    def __getitem__(self, key: str) -> Any:
         for k, v in self.items_tuple:
             if k == key:
                 return v
@@ -86,6 +87,18 @@ class Labels(Mapping[str, str]):
 
     def __len__(self) -> int:
         return len(self.items_tuple)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({dict(self.items_tuple)!r})"
+
+
+@attrs.frozen(slots=True, repr=False)
+class Labels(_FrozenMap):
+    """An immutable, canonically ordered string-to-string mapping."""
+
+    items_tuple: tuple[tuple[str, str], ...] = attrs.field(
+        default=(), converter=lambda v: _sorted_pairs(v, str)
+    )
 
     def matches(self, selector: Mapping[str, str]) -> bool:
         """True when every key of ``selector`` is present here with the same value."""
@@ -98,44 +111,18 @@ class Labels(Mapping[str, str]):
         combined.update(dict(self.items_tuple))
         return Labels(combined)
 
-    def __repr__(self) -> str:
-        return f"Labels({dict(self.items_tuple)!r})"
-
 
 def _labels(value: Any) -> Labels:
     return value if isinstance(value, Labels) else Labels(value)
 
 
-@attrs.frozen(slots=True)
-class PortMap(Mapping[str, int]):
+@attrs.frozen(slots=True, repr=False)
+class PortMap(_FrozenMap):
     """Port name to port number, canonically ordered; used for an endpoint's target ports."""
 
     items_tuple: tuple[tuple[str, int], ...] = attrs.field(
-        default=(), converter=lambda v: tuple(sorted((str(k), int(n)) for k, n in _pairs(v)))
+        default=(), converter=lambda v: _sorted_pairs(v, int)
     )
-
-    def __getitem__(self, key: str) -> int:
-        for k, v in self.items_tuple:
-            if k == key:
-                return v
-        raise KeyError(key)
-
-    def __iter__(self) -> Iterator[str]:
-        return (k for k, _ in self.items_tuple)
-
-    def __len__(self) -> int:
-        return len(self.items_tuple)
-
-    def __repr__(self) -> str:
-        return f"PortMap({dict(self.items_tuple)!r})"
-
-
-def _pairs(value: Any) -> Iterable[tuple[str, Any]]:
-    if value is None:
-        return ()
-    if isinstance(value, PortMap):
-        return value.items_tuple
-    return value.items() if isinstance(value, Mapping) else value
 
 
 def _port_map(value: Any) -> PortMap:
