@@ -1,15 +1,14 @@
 """The ``meshfed`` command: a thin layer over the hub and its HTTP debug endpoints.
 
 Subcommands that talk to a running hub read its monitoring port (from ``--hub``, or from the mesh
-config's ``listen.monitoring``), so what they print is exactly what the hub serves. Optional
-command modules (Pilot's proxy commands, the CA's) register themselves when installed.
+config's ``listen.monitoring``), so what they print is exactly what the hub serves. Pilot's proxy
+commands and the CA's live in their own modules, each adding its subcommands via ``register``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import importlib
 import json
 import logging
@@ -179,8 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(func=cmd_validate)
 
     for module_name in COMMAND_MODULES:
-        with contextlib.suppress(ModuleNotFoundError):
-            importlib.import_module(module_name).register(sub)
+        importlib.import_module(module_name).register(sub)
     return parser
 
 

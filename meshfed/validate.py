@@ -1,8 +1,8 @@
 """``meshfed validate``: check config files before they reach a running hub.
 
 Every kind meshfed knows is checked with the same parser its store uses, so a file that validates
-here is a file the hub accepts. Kinds are looked up in :data:`KIND_PARSERS`; stores that own other
-kinds add theirs through :func:`kind_parsers`.
+here is a file the hub accepts: the static registry's kinds and Pilot's routing kinds, looked up
+in :data:`KIND_PARSERS`.
 """
 
 from __future__ import annotations
@@ -14,18 +14,14 @@ from typing import Any
 from adapters.static.kinds import PARSERS as STATIC_PARSERS
 from meshfed.config import load_mesh_config
 from meshfed.resources import ConfigError, ConfigErrors, Document, load_documents
+from pilot.config import PARSERS as PILOT_PARSERS
+from pilot.config.conflicts import find_conflicts
+from pilot.config.model import RouteRule
 
 Parser = Callable[[Document], tuple[Any, list[ConfigError]]]
 
 
-def kind_parsers() -> dict[str, Parser]:
-    parsers: dict[str, Parser] = dict(STATIC_PARSERS)
-    try:
-        from pilot.config import PARSERS as PILOT_PARSERS  # routing kinds, once they exist
-    except ImportError:
-        PILOT_PARSERS = {}
-    parsers.update(PILOT_PARSERS)
-    return parsers
+KIND_PARSERS: dict[str, Parser] = {**STATIC_PARSERS, **PILOT_PARSERS}
 
 
 def validate_files(paths: Iterable[Path]) -> tuple[int, list[ConfigError], list[str]]:
@@ -34,7 +30,7 @@ def validate_files(paths: Iterable[Path]) -> tuple[int, list[ConfigError], list[
     Warnings are conflicts meshfed resolves deterministically (route rules for one destination
     with equal precedence): valid, but worth an explicit precedence.
     """
-    parsers = kind_parsers()
+    parsers = KIND_PARSERS
     count = 0
     errors: list[ConfigError] = []
     parsed: list[Any] = []
@@ -66,9 +62,4 @@ def validate_files(paths: Iterable[Path]) -> tuple[int, list[ConfigError], list[
 
 
 def rule_conflicts(objects: list[Any]) -> list[str]:
-    try:
-        from pilot.config.conflicts import find_conflicts
-        from pilot.config.model import RouteRule
-    except ImportError:
-        return []
     return [str(c) for c in find_conflicts(o for o in objects if isinstance(o, RouteRule))]
