@@ -95,6 +95,22 @@ class WeightedDestination:
 class Retry:
     attempts: int
     per_try_timeout: float | None = None
+    # A request header whose value, when the app sends it, replaces ``attempts`` for that
+    # request (Istio 0.2's ``overrideHeaderName``).
+    override_header: str = ""
+
+
+@attrs.frozen(slots=True)
+class L4Fault:
+    """Istio 0.2's ``l4Fault`` for TCP ports, applied to every connection of the rule's match.
+
+    Limits are in bits per second, as Istio 0.2 wrote them: ``downstream`` is what the proxy
+    sends back to the app, ``upstream`` what it forwards from the app to the service.
+    """
+
+    downstream_limit_bps: int | None = None
+    upstream_limit_bps: int | None = None
+    terminate_after: float | None = None  # seconds from connect
 
 
 @attrs.frozen(slots=True)
@@ -139,6 +155,7 @@ class RouteRule:
     websocket_upgrade: bool = False
     append_headers: Labels = attrs.field(factory=Labels, converter=_labels)
     cors: Cors | None = None
+    l4_fault: L4Fault | None = None
 
     @property
     def ref(self) -> str:
@@ -216,14 +233,23 @@ class EgressRule:
         return host == self.service or self.service == "*"
 
 
+class PathType(enum.Enum):
+    """How an Ingress path matches (``networking.k8s.io/v1`` ``pathType``, case-sensitive)."""
+
+    EXACT = "Exact"  # the whole path, nothing more
+    PREFIX = "Prefix"  # by ``/``-separated segments: /foo matches /foo and /foo/bar, not /foobar
+    IMPLEMENTATION_SPECIFIC = "ImplementationSpecific"  # meshfed: a plain string prefix
+
+
 @attrs.frozen(slots=True)
 class IngressPath:
     host: str  # "" or "*" for any host
-    path: str  # a prefix
+    path: str  # matched as ``path_type`` says
     backend: ServiceRef
     port: int | str  # service port number or name
     grpc: bool = False
     default: bool = False  # the Ingress's defaultBackend: any host, after every other path
+    path_type: PathType = PathType.IMPLEMENTATION_SPECIFIC
 
 
 @attrs.frozen(slots=True)

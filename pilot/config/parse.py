@@ -24,9 +24,11 @@ from pilot.config.model import (
     Gateway,
     HealthCheck,
     IngressPath,
+    L4Fault,
     LoadBalancer,
     Match,
     MatchKind,
+    PathType,
     Retry,
     Rewrite,
     RouteRule,
@@ -38,8 +40,10 @@ from registry.model import Labels, Protocol
 
 CONFIG_API_VERSIONS = frozenset({"config.istio.io/v1alpha2", "config.meshfed.io/v1alpha1"})
 INGRESS_API_VERSIONS = frozenset({"networking.k8s.io/v1", "extensions/v1beta1"})
-# Ingress classes the meshfed gateway serves ("" = no class given; "istio" as in Istio 0.2).
+# Ingress classes the meshfed gateway serves ("" = no class given; "istio" as in Istio 0.2),
+# from spec.ingressClassName or the legacy annotation below.
 INGRESS_CLASSES = frozenset({"", "meshfed", "istio"})
+INGRESS_CLASS_ANNOTATION = "kubernetes.io/ingress.class"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _NOT_RE2 = re.compile(r"\(\?<?[=!]|\\[1-9]")  # lookaround, backreferences: not in RE2
@@ -166,6 +170,61 @@ def _rewrite(reader: FieldReader | None) -> Rewrite | None:
     return rewrite
 
 
+def _whole_share(reader: FieldReader) -> None:
+    """Envoy applies a TCP fault to every connection of a filter chain: it has no per-connection
+    sampling for network filters, so a share below 100 would silently mean "all"."""
+    value = reader.data.get("percent", 100)
+    if value != 100:
+        reader.error(
+            "percent",
+            f"expected 100 (or no percent): a TCP fault applies to every connection the rule "
+            f"matches, got {value!r}; narrow the rule with match.tcp subnets instead",
+        )
+
+
+def _bits_per_second(reader: FieldReader, name: str) -> int | None:
+    value = reader.int(name, minimum=8)  # Envoy limits in whole bytes per second at least
+    return value or None
+
+
+def _l4_fault(reader: FieldReader | None) -> L4Fault | None:
+    if reader is None:
+        return None
+    reader.unknown_fields({"throttle", "terminate"})
+    down = up = after = None
+    throttle = reader.reader("throttle")
+    if throttle is not None:
+        throttle.unknown_fields(
+            {
+                "percent",
+                "downstreamLimitBps",
+                "upstreamLimitBps",
+                "throttleAfterPeriod",
+                "throttleAfterBytes",
+            }
+        )
+        _whole_share(throttle)
+        down = _bits_per_second(throttle, "downstreamLimitBps")
+        up = _bits_per_second(throttle, "upstreamLimitBps")
+        if down is None and up is None:
+            throttle.error("", "expected downstreamLimitBps or upstreamLimitBps")
+        for late in ("throttleAfterPeriod", "throttleAfterBytes"):
+            if late in throttle.data:
+                throttle.error(
+                    late, "expected none: Envoy's TCP bandwidth limit applies from the first byte"
+                )
+    terminate = reader.reader("terminate")
+    if terminate is not None:
+        terminate.unknown_fields({"percent", "terminateAfterPeriod"})
+        _whole_share(terminate)
+        after = parse_duration(terminate, "terminateAfterPeriod")
+        if after is None:
+            terminate.error("terminateAfterPeriod", "is required")
+    if throttle is None and terminate is None:
+        reader.error("", "expected throttle or terminate")
+    return L4Fault(down, up, after)
+
+
 def parse_route_rule(doc: Document) -> tuple[RouteRule | None, list[ConfigError]]:
     r = FieldReader(doc.file, doc.ref, doc.spec, "spec")
     _check_api_version(doc, r, CONFIG_API_VERSIONS)
@@ -218,9 +277,15 @@ def parse_route_rule(doc: Document) -> tuple[RouteRule | None, list[ConfigError]
         simple = retries_reader.reader("simpleRetry", required=True)
         if simple is not None:
             simple.unknown_fields({"attempts", "perTryTimeout", "overrideHeaderName"})
+            override = simple.str("overrideHeaderName").lower()
+            if override and not re.fullmatch(r"[a-z0-9!#$%&'*+.^_`|~-]+", override):
+                simple.error(
+                    "overrideHeaderName", f"expected an HTTP header name, got {override!r}"
+                )
             retry = Retry(
                 simple.int("attempts", required=True, minimum=0, maximum=100),
                 parse_duration(simple, "perTryTimeout"),
+                override,
             )
     fault = None
     fault_reader = r.reader("httpFault")
@@ -251,6 +316,7 @@ def parse_route_rule(doc: Document) -> tuple[RouteRule | None, list[ConfigError]
             parse_duration(cors_reader, "maxAge"),
             cors_reader.bool("allowCredentials"),
         )
+    l4_fault = _l4_fault(r.reader("l4Fault"))
     redirect = _rewrite(r.reader("redirect"))
     rewrite = _rewrite(r.reader("rewrite"))
     if redirect is not None and (routes or rewrite is not None):
@@ -275,6 +341,7 @@ def parse_route_rule(doc: Document) -> tuple[RouteRule | None, list[ConfigError]
             r.bool("websocketUpgrade"),
             Labels(r.str_map("appendHeaders")),
             cors,
+            l4_fault,
         ),
         r.errors,
     )
@@ -296,6 +363,10 @@ def parse_destination_policy(doc: Document) -> tuple[DestinationPolicy | None, l
     )
     destination = service_ref(r.reader("destination", required=True))
     source = service_ref(r.reader("source"))
+    if "custom" in r.data:
+        # Istio 0.2 reserved it for plug-in policies and shipped none; accepting it silently
+        # would let a user believe something is enforced.
+        r.error("custom", "expected none: meshfed implements no custom destination policies")
     lb = None
     lb_reader = r.reader("loadBalancing")
     if lb_reader is not None:
@@ -390,6 +461,15 @@ def parse_egress_rule(doc: Document) -> tuple[EgressRule | None, list[ConfigErro
             )
         elif number:
             ports.append(EgressPort(number, EGRESS_PROTOCOLS[raw]))
+    if service.startswith("*"):
+        for i, egress_port in enumerate(ports):
+            if egress_port.protocol is Protocol.TCP:
+                r.error(
+                    f"ports[{i}].protocol",
+                    f"expected http, http2, grpc, https or tls for the wildcard {service!r}: a "
+                    "TCP connection carries no name to pick a subdomain by (use tls, whose SNI "
+                    "does, or one rule per exact domain)",
+                )
     if r.bool("useEgressProxy"):
         r.error("useEgressProxy", "expected false: egress goes directly from the sidecar")
     if r.errors:
@@ -420,15 +500,50 @@ def _ingress_backend(reader: FieldReader | None, namespace: str) -> tuple[Servic
     return ServiceRef(name=name, namespace=namespace), 0
 
 
+def ingress_class(doc: Document, r: FieldReader) -> str:
+    """An Ingress's class: ``spec.ingressClassName``, else the legacy annotation (Istio 0.2
+    served ``kubernetes.io/ingress.class: istio``); "" when neither is set.
+
+    Kubernetes refuses an Ingress that sets both; here both may be set when they agree, and
+    disagreeing values are an error when either names a class meshfed serves.
+    """
+    spec_class = r.str("ingressClassName")
+    notes = FieldReader(doc.file, doc.ref, doc.annotations, "metadata.annotations", r.errors)
+    legacy = notes.str(INGRESS_CLASS_ANNOTATION)
+    if spec_class and legacy and spec_class != legacy:
+        if spec_class in INGRESS_CLASSES or legacy in INGRESS_CLASSES:
+            notes.error(
+                INGRESS_CLASS_ANNOTATION,
+                f"expected the same class as spec.ingressClassName ({spec_class!r}) or no "
+                f"annotation, got {legacy!r}",
+            )
+            return spec_class if spec_class in INGRESS_CLASSES else legacy  # ours: report it
+        return spec_class
+    return spec_class or legacy
+
+
+def _path_type(reader: FieldReader) -> PathType:
+    raw = reader.data.get("pathType")
+    if raw is None:
+        return PathType.IMPLEMENTATION_SPECIFIC
+    for path_type in PathType:
+        if raw == path_type.value:
+            return path_type
+    allowed = ", ".join(t.value for t in PathType)
+    reader.error("pathType", f"expected one of {allowed} (case-sensitive), got {raw!r}")
+    return PathType.IMPLEMENTATION_SPECIFIC
+
+
 def parse_ingress(doc: Document) -> tuple[Gateway | None, list[ConfigError]]:
     """A Kubernetes Ingress, or meshfed's Gateway kind (same shape, plus ``port``)."""
     r = FieldReader(doc.file, doc.ref, doc.spec, "spec")
     allowed = INGRESS_API_VERSIONS if doc.kind == "Ingress" else CONFIG_API_VERSIONS
     _check_api_version(doc, r, allowed)
     r.unknown_fields({"rules", "tls", "ingressClassName", "defaultBackend", "backend", "port"})
-    ingress_class = r.str("ingressClassName")
-    if doc.kind == "Ingress" and ingress_class not in INGRESS_CLASSES:
-        return None, []  # another controller's Ingress: not ours to serve, and not an error
+    if doc.kind == "Ingress":
+        cls = ingress_class(doc, r)
+        if cls not in INGRESS_CLASSES:
+            return None, []  # another controller's Ingress: not ours to serve, and not an error
     paths = []
     default_reader = r.reader("defaultBackend") or r.reader("backend")  # v1 / v1beta1
     for rule in r.readers("rules", required=default_reader is None):
@@ -444,7 +559,12 @@ def parse_ingress(doc: Document) -> tuple[Gateway | None, list[ConfigError]]:
                 path_reader.reader("backend", required=True), doc.namespace
             )
             grpc = path_reader.bool("grpc")
-            paths.append(IngressPath(host, path, backend, port, grpc))
+            path_type = _path_type(path_reader)
+            if path_type is not PathType.IMPLEMENTATION_SPECIFIC and ("?" in path or "#" in path):
+                path_reader.error(
+                    "path", f"expected a path without ? or # for pathType {path_type.value}"
+                )
+            paths.append(IngressPath(host, path, backend, port, grpc, path_type=path_type))
     if default_reader is not None:
         backend, port = _ingress_backend(default_reader, doc.namespace)
         paths.append(IngressPath("*", "/", backend, port, default=True))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo
 
 from pilot.config.model import EgressPort, EgressRule
 from pilot.node import ProxyNode
 from pilot.translate import egress
+from pilot.translate.clusters import HTTP_OPTIONS_KEY
 from pilot.translate.traffic import TrafficOptions
 from registry.model import Protocol
 
@@ -26,14 +28,15 @@ RULES = [
 ]
 
 
-def test_clusters_exact_strict_dns_and_one_dynamic_cluster() -> None:
+def test_clusters_exact_strict_dns_and_dynamic_clusters_per_upstream_protocol() -> None:
     clusters = {c.name: c for c in egress.egress_clusters(RULES, {}, OPTIONS)}
     assert set(clusters) == {
         "outbound|80||api.example.com",
         "outbound|8443||api.example.com",
         "outbound|8443|tls-origination|api.example.com",
         "outbound|5432||db.example.com",
-        egress.DFP_CLUSTER,
+        egress.DFP_CLUSTER,  # the wildcard's TLS port: bytes through the SNI forward proxy
+        egress.DFP_H2_CLUSTER,  # the wildcard's gRPC port: HTTP/2 upstream
     }
     api = clusters["outbound|80||api.example.com"]
     assert api.type == cluster_pb2.Cluster.STRICT_DNS
@@ -41,6 +44,12 @@ def test_clusters_exact_strict_dns_and_one_dynamic_cluster() -> None:
     sock = api.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
     assert (sock.address, sock.port_value) == ("api.example.com", 80)
     assert clusters[egress.DFP_CLUSTER].cluster_type.name == "envoy.clusters.dynamic_forward_proxy"
+    assert not clusters[egress.DFP_CLUSTER].typed_extension_protocol_options
+    h2 = clusters[egress.DFP_H2_CLUSTER]
+    assert h2.cluster_type.name == "envoy.clusters.dynamic_forward_proxy"
+    options = hpo.HttpProtocolOptions()
+    h2.typed_extension_protocol_options[HTTP_OPTIONS_KEY].Unpack(options)
+    assert options.explicit_http_config.HasField("http2_protocol_options")
     from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
     originate = clusters["outbound|8443|tls-origination|api.example.com"]
@@ -69,7 +78,7 @@ def test_http_ports_become_virtual_hosts_routed_by_host() -> None:
         "api.example.com:80",
         "api.example.com",
     ]
-    assert vhosts["egress|*.example.org:8080"].routes[0].route.cluster == egress.DFP_CLUSTER
+    assert vhosts["egress|*.example.org:8080"].routes[0].route.cluster == egress.DFP_H2_CLUSTER
 
 
 def test_tls_listener_has_one_sni_chain_per_rule_and_tcp_needs_exact_names() -> None:

@@ -190,3 +190,16 @@ def test_regex_envoy_cannot_compile_is_rejected_at_the_edge(tmp_path: Path) -> N
     objects, errors = parse_config_file(path)
     assert objects is None and len(errors) == 1
     assert "RE2" in str(errors[0]) and "x-user" in errors[0].field
+
+
+def test_retry_override_header_feeds_envoys_max_retries(tmp_path: Path) -> None:
+    text = RULES.replace(
+        "perTryTimeout: 0.5s}}", "perTryTimeout: 0.5s, overrideHeaderName: X-Retries}}"
+    )
+    cache = cache_with(tmp_path, text)
+    routes = reviews_routes(cache, ProxyNode(id="sidecar~10.0.1.9~x~default", ip="10.0.1.9"))
+    split = next(r for r in routes if r.name == "RouteRule default/split")
+    assert split.route.retry_policy.num_retries.value == 3
+    (added,) = split.request_headers_to_add
+    assert (added.header.key, added.header.value) == ("x-envoy-max-retries", "%REQ(x-retries)%")
+    assert not added.keep_empty_value  # no header from the app: the rule's attempts apply

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import attrs
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
-from pilot.config.model import Match, RouteRule, ServiceRef, WeightedDestination
+from pilot.config.model import L4Fault, Match, RouteRule, ServiceRef, WeightedDestination
 from pilot.config.store import ConfigSnapshot
 from pilot.node import ProxyNode
 from pilot.translate import listeners as tl
@@ -30,7 +31,7 @@ def rule(name: str, precedence: int, version: str, subnets: tuple[str, ...] = ()
 
 def proxy_of(chain) -> tcp_proxy_pb2.TcpProxy:  # type: ignore[no-untyped-def]
     out = tcp_proxy_pb2.TcpProxy()
-    chain.filters[0].typed_config.Unpack(out)
+    chain.filters[-1].typed_config.Unpack(out)
     return out
 
 
@@ -76,3 +77,40 @@ def test_mongo_port_gets_the_mongo_proxy_filter_before_tcp_proxy() -> None:
     assert [f.name for f in by_port[5432].filter_chains[0].filters] == [
         "envoy.filters.network.tcp_proxy"
     ]
+
+
+def test_l4_fault_throttles_and_terminates_the_rules_connections() -> None:
+    from xds.type.v3 import typed_struct_pb2
+
+    from pilot.translate.tcp_rules import add_protocol_filters
+
+    mongo = Service(HOST, ports=(Port(5432, "mongo", Protocol.MONGO),))
+    faulty = attrs.evolve(
+        rule("slow", 2, "v1", ("10.2.0.0/16",)),
+        l4_fault=L4Fault(downstream_limit_bps=8 * 64 * 1024, upstream_limit_bps=1000),
+    )
+    short = attrs.evolve(rule("short", 1, "v1"), l4_fault=L4Fault(terminate_after=1.5))
+    index = TrafficIndex.build(ConfigSnapshot.of([faulty, short]), [mongo])
+    (listener,), _ = tl.outbound_tcp_listeners(ProxyNode(id="p", ip="127.0.0.2"), [mongo])
+    out = add_protocol_filters(apply_tcp_rules(listener, index), index)
+    slow, terminating = out.filter_chains
+    # The Mongo decoder still sits right before the proxy, behind the bandwidth limit.
+    assert [f.name for f in slow.filters] == [
+        "envoy.filters.network.tcp_bandwidth_limit",
+        "envoy.filters.network.mongo_proxy",
+        "envoy.filters.network.tcp_proxy",
+    ]
+    typed = typed_struct_pb2.TypedStruct()
+    slow.filters[0].typed_config.Unpack(typed)
+    assert typed.type_url.endswith("tcp_bandwidth_limit.v3.TcpBandwidthLimit")
+    # 524288 bit/s is 64 KiB/s; 1000 bit/s rounds up to 1 KiB/s rather than to "no limit".
+    assert typed.value["write_limit_kbps"] == 64 and typed.value["read_limit_kbps"] == 1
+    assert not proxy_of(slow).HasField("max_downstream_connection_duration")
+    assert [f.name for f in terminating.filters] == [
+        "envoy.filters.network.mongo_proxy",
+        "envoy.filters.network.tcp_proxy",
+    ]
+    assert (
+        proxy_of(terminating).max_downstream_connection_duration.ToTimedelta().total_seconds()
+        == 1.5
+    )

@@ -10,8 +10,10 @@ Istio 0.2 sent egress traffic through a shared egress proxy; its release notes p
   a virtual host ``api.example.com:8080`` (plus the bare name on port 80) to the outbound route
   table. An exact domain gets a ``STRICT_DNS`` cluster ``outbound|8080||api.example.com`` (so it
   has its own stats and DestinationPolicy-free defaults); a wildcard ``*.example.com`` routes
-  to one dynamic-forward-proxy cluster that resolves the Host of each request, because a
-  wildcard cannot be resolved ahead of time.
+  to a dynamic-forward-proxy cluster that resolves the Host of each request, because a
+  wildcard cannot be resolved ahead of time. Upstream, ``http`` speaks HTTP/1.1 and
+  ``http2``/``grpc`` speak HTTP/2 (prior knowledge), for exact and wildcard domains alike:
+  there are two dynamic clusters, one per upstream protocol, sharing one DNS cache.
 - **TLS (https, tls) passes through by SNI, never terminated.** Each TLS port gets a listener on
   the sidecar's IP with the TLS inspector and one filter chain per rule matching its
   ``server_names`` (wildcards included); the bytes go to a STRICT_DNS cluster (exact) or through
@@ -23,8 +25,10 @@ Istio 0.2 sent egress traffic through a shared egress proxy; its release notes p
   TLS originated by its sidecar: SNI set, the server certificate verified against
   ``egressCaFile`` (default: the system bundle) and its DNS SAN. Cluster
   ``outbound|PORT|tls-origination|domain``.
-- **TCP** opens a local port per rule (exact domains only; a wildcard has no name to resolve
-  and is reported as a problem).
+- **TCP** opens a local port per rule. Only exact domains: a TCP connection carries no name, so
+  a sidecar cannot tell which subdomain a wildcard rule should reach; the parser refuses
+  ``tcp`` (and ``mongo``/``redis``) ports on a wildcard rule and suggests ``tls``, whose SNI
+  does carry the name.
 - A registry service with the same hostname wins over an egress rule (it is in the mesh).
 - DNS: sidecars use the host's resolver unless the mesh config lists ``egressDnsResolvers``.
   The HTTP dynamic-forward-proxy filter is always in the outbound listener (it does nothing for
@@ -68,7 +72,8 @@ from pilot.translate.traffic import TrafficOptions
 from registry.model import Protocol
 
 DFP_HTTP_FILTER = "envoy.filters.http.dynamic_forward_proxy"
-DFP_CLUSTER = "outbound|0||egress.dynamic"  # one dynamic cluster for every wildcard rule
+DFP_CLUSTER = "outbound|0||egress.dynamic"  # the dynamic cluster for wildcard HTTP/1.1 and TLS
+DFP_H2_CLUSTER = "outbound|0|http2|egress.dynamic"  # the same for wildcard http2 and grpc ports
 DNS_CACHE = "meshfed_egress"
 TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
 ROUTE_TIMEOUT_S = 15.0
@@ -138,6 +143,14 @@ def _wildcard(rule: EgressRule) -> bool:
     return rule.service.startswith("*")
 
 
+def _speaks_h2(protocol: Protocol) -> bool:
+    return protocol in (Protocol.HTTP2, Protocol.GRPC)
+
+
+def _dfp_cluster_for(protocol: Protocol) -> str:
+    return DFP_H2_CLUSTER if _speaks_h2(protocol) else DFP_CLUSTER
+
+
 def egress_clusters(
     rules: Iterable[EgressRule], internal: Mapping[str, object], options: TrafficOptions
 ) -> list[cluster_pb2.Cluster]:
@@ -146,7 +159,9 @@ def egress_clusters(
     resolver = _resolver(options)
     for rule in _active(rules, internal):
         if _wildcard(rule):
-            out[DFP_CLUSTER] = _dfp_cluster(options)
+            for port in rule.ports:
+                name = _dfp_cluster_for(port.protocol)
+                out[name] = _dfp_cluster(name, options, h2=_speaks_h2(port.protocol))
             continue
         for port in rule.ports:
             name = names.outbound_cluster(rule.service, port.port)
@@ -173,7 +188,7 @@ def egress_clusters(
             )
             if resolver is not None:
                 cluster.typed_dns_resolver_config.CopyFrom(resolver)
-            if port.protocol in (Protocol.HTTP2, Protocol.GRPC):
+            if _speaks_h2(port.protocol):
                 cluster.typed_extension_protocol_options[HTTP_OPTIONS_KEY].CopyFrom(
                     pack(_http2_options())
                 )
@@ -212,9 +227,9 @@ def _tls_origination(
     return cluster
 
 
-def _dfp_cluster(options: TrafficOptions) -> cluster_pb2.Cluster:
-    return cluster_pb2.Cluster(
-        name=DFP_CLUSTER,
+def _dfp_cluster(name: str, options: TrafficOptions, h2: bool = False) -> cluster_pb2.Cluster:
+    cluster = cluster_pb2.Cluster(
+        name=name,
         connect_timeout=seconds(CONNECT_TIMEOUT_S),
         lb_policy=cluster_pb2.Cluster.CLUSTER_PROVIDED,
         cluster_type=cluster_pb2.Cluster.CustomClusterType(
@@ -222,6 +237,9 @@ def _dfp_cluster(options: TrafficOptions) -> cluster_pb2.Cluster:
             typed_config=pack(dfp_cluster.ClusterConfig(dns_cache_config=dns_cache(options))),
         ),
     )
+    if h2:
+        cluster.typed_extension_protocol_options[HTTP_OPTIONS_KEY].CopyFrom(pack(_http2_options()))
+    return cluster
 
 
 def egress_virtual_hosts(
@@ -240,7 +258,9 @@ def egress_virtual_hosts(
             if port.port == 80:
                 domains.append(rule.service)
             cluster = (
-                DFP_CLUSTER if _wildcard(rule) else names.outbound_cluster(rule.service, port.port)
+                _dfp_cluster_for(port.protocol)
+                if _wildcard(rule)
+                else names.outbound_cluster(rule.service, port.port)
             )
             out.append(
                 rc.VirtualHost(

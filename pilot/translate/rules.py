@@ -18,6 +18,8 @@ What each rule field becomes:
 - ``httpReqTimeout`` -> route ``timeout``; ``httpReqRetries`` -> a retry policy on
   ``5xx,gateway-error,connect-failure,refused-stream,reset`` with ``attempts`` retries and the
   per-try timeout; without one, the default route's connection-level retries stay.
+  ``overrideHeaderName`` lets the app choose the attempts per request: the route copies that
+  header's value into Envoy's ``x-envoy-max-retries`` (only when the app sent it).
 - ``httpFault`` -> per-route config of ``envoy.filters.http.fault`` (delay and abort, each
   with its percentage, in millionths so fractional percentages survive).
 - ``rewrite`` -> ``prefix_rewrite`` (when the URI match is a prefix) or a whole-path
@@ -58,6 +60,7 @@ from registry.model import Port, Service
 
 FAULT_FILTER = "envoy.filters.http.fault"
 CORS_FILTER = "envoy.filters.http.cors"
+MAX_RETRIES_HEADER = "x-envoy-max-retries"
 RULE_RETRY_ON = "5xx,gateway-error,connect-failure,refused-stream,reset"
 PSEUDO_HEADERS = {"authority": ":authority", "method": ":method", "scheme": ":scheme"}
 
@@ -223,6 +226,18 @@ def rule_route(
             )
         )
     route.route.CopyFrom(action)
+    if rule.retry is not None and rule.retry.override_header:
+        # Envoy's router reads x-envoy-max-retries after the route's headers are added; an
+        # absent app header formats to empty and is then not added at all.
+        route.request_headers_to_add.append(
+            base_pb2.HeaderValueOption(
+                header=base_pb2.HeaderValue(
+                    key=MAX_RETRIES_HEADER, value=f"%REQ({rule.retry.override_header})%"
+                ),
+                append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+                keep_empty_value=False,
+            )
+        )
     for key, value in rule.append_headers.items():
         route.request_headers_to_add.append(
             base_pb2.HeaderValueOption(

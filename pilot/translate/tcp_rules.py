@@ -9,7 +9,14 @@ clusters:
 - ``match.tcp.destinationSubnet`` -> ``prefix_ranges`` (the address the app dialled: without
   iptables that is the sidecar's own address, so it distinguishes sidecar IPs rather than
   service VIPs, which is the closest equivalent);
-- ``route`` -> ``cluster`` or ``weighted_clusters`` (a connection is placed once, at connect).
+- ``route`` -> ``cluster`` or ``weighted_clusters`` (a connection is placed once, at connect);
+- ``l4Fault.terminate`` -> the ``tcp_proxy``'s ``max_downstream_connection_duration`` (Envoy
+  closes the connection ``terminateAfterPeriod`` after it was accepted);
+  ``l4Fault.throttle`` -> Envoy's ``tcp_bandwidth_limit`` filter in front of the proxy
+  (``upstreamLimitBps`` -> ``read_limit_kbps``, ``downstreamLimitBps`` -> ``write_limit_kbps``,
+  bits per second converted to KiB/s rounded up). Both apply to every connection the rule's
+  chain takes: Envoy cannot sample connections in a network filter chain, so the parser
+  accepts only ``percent: 100`` and the rule's subnet match is the way to narrow a fault.
 
 Envoy does not try filter chains in order; it picks the most specific match and refuses two
 chains with identical criteria. Precedence is therefore applied here: for each distinct
@@ -25,21 +32,27 @@ decoded and counted (``mongo.outbound_mongo_<port>.*`` stats) while bytes pass u
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Callable
 
 from envoy.config.core.v3 import address_pb2
 from envoy.config.listener.v3 import listener_components_pb2 as lc
 from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
-from google.protobuf import wrappers_pb2
+from google.protobuf import struct_pb2, wrappers_pb2
+from xds.type.v3 import typed_struct_pb2
 
-from pilot.config.model import RouteRule
+from pilot.config.model import L4Fault, RouteRule
 from pilot.translate import names
-from pilot.translate.protos import pack
+from pilot.translate.protos import pack, seconds
 from pilot.translate.traffic import TrafficIndex, subset_name
 from registry.model import Port
 
 TCP_PROXY_FILTER = "envoy.filters.network.tcp_proxy"
+BANDWIDTH_LIMIT_FILTER = "envoy.filters.network.tcp_bandwidth_limit"
+BANDWIDTH_LIMIT_TYPE = (
+    "type.googleapis.com/envoy.extensions.filters.network.tcp_bandwidth_limit.v3.TcpBandwidthLimit"
+)
 
 
 def _cidr(value: str) -> address_pb2.CidrRange:
@@ -50,8 +63,41 @@ def _cidr(value: str) -> address_pb2.CidrRange:
     )
 
 
-def _proxy(stat_prefix: str, clusters: list[tuple[str, int]]) -> lc.Filter:
+def _bandwidth_limit(stat_prefix: str, fault: L4Fault) -> lc.Filter:
+    """Envoy's TCP bandwidth limit (KiB/s, rounded up) for Istio's bits-per-second limits.
+
+    xds-protos does not carry this filter's message yet, so it travels as a ``TypedStruct``
+    that Envoy converts with its own descriptor (the filter is compiled into Envoy 1.40).
+    """
+    config: dict[str, object] = {"stat_prefix": stat_prefix}
+    if fault.upstream_limit_bps:  # bytes the proxy reads from the app, forwarded upstream
+        config["read_limit_kbps"] = math.ceil(fault.upstream_limit_bps / 8 / 1024)
+    if fault.downstream_limit_bps:  # bytes the proxy writes back to the app
+        config["write_limit_kbps"] = math.ceil(fault.downstream_limit_bps / 8 / 1024)
+    value = struct_pb2.Struct()
+    value.update(config)
+    return lc.Filter(
+        name=BANDWIDTH_LIMIT_FILTER,
+        typed_config=pack(typed_struct_pb2.TypedStruct(type_url=BANDWIDTH_LIMIT_TYPE, value=value)),
+    )
+
+
+def _rule_filters(
+    stat_prefix: str, clusters: list[tuple[str, int]], fault: L4Fault | None
+) -> list[lc.Filter]:
+    """A rule's chain: the optional L4 fault in front of its ``tcp_proxy``."""
+    proxy = _proxy(stat_prefix, clusters, fault.terminate_after if fault else None)
+    if fault is None or not (fault.downstream_limit_bps or fault.upstream_limit_bps):
+        return [proxy]
+    return [_bandwidth_limit(f"{stat_prefix}_l4fault", fault), proxy]
+
+
+def _proxy(
+    stat_prefix: str, clusters: list[tuple[str, int]], terminate_after: float | None = None
+) -> lc.Filter:
     proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix)
+    if terminate_after is not None:
+        proxy.max_downstream_connection_duration.CopyFrom(seconds(terminate_after))
     if len(clusters) == 1:
         proxy.cluster = clusters[0][0]
     else:
@@ -111,8 +157,9 @@ def add_protocol_filters(
     out = listener_pb2.Listener()
     out.CopyFrom(listener)
     for chain in out.filter_chains:
-        if chain.filters and chain.filters[0].name == TCP_PROXY_FILTER:
-            chain.filters.insert(0, mongo)
+        # Right before the terminal tcp_proxy, so an L4 fault in front still shapes the bytes.
+        if chain.filters and chain.filters[-1].name == TCP_PROXY_FILTER:
+            chain.filters.insert(len(chain.filters) - 1, mongo)
     return out
 
 
@@ -157,7 +204,9 @@ def apply_tcp_rules(
             lc.FilterChain(
                 name=rule.ref,
                 filter_chain_match=match,
-                filters=[_proxy(proxy.stat_prefix, _clusters(rule, host, port, index))],
+                filters=_rule_filters(
+                    proxy.stat_prefix, _clusters(rule, host, port, index), rule.l4_fault
+                ),
             )
         )
     if ((), ()) not in seen:

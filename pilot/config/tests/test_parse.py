@@ -177,3 +177,57 @@ def test_ingress_both_api_versions(tmp_path):
     assert new.paths[0].backend == ServiceRef(name="api", namespace="shop")
     assert new.paths[0].port == "http" and new.tls_hosts == (("shop.example", "shop-cert"),)
     assert old.paths[0].host == "*" and old.paths[0].port == 80
+
+
+L4_AND_EXTRAS = """
+apiVersion: config.istio.io/v1alpha2
+kind: RouteRule
+metadata: {name: db-faults}
+spec:
+  destination: {name: db}
+  route: [{labels: {version: v1}}]
+  httpReqRetries: {simpleRetry: {attempts: 2, overrideHeaderName: X-Retries}}
+  l4Fault:
+    throttle: {percent: 100, downstreamLimitBps: 64000, upstreamLimitBps: 8000}
+    terminate: {terminateAfterPeriod: 30s}
+"""
+
+
+def test_l4_fault_and_retry_override_parse(tmp_path):
+    _, objects, errors = load(tmp_path, L4_AND_EXTRAS)
+    assert errors == []
+    (rule,) = ConfigSnapshot.of(objects).route_rules
+    assert rule.retry.override_header == "x-retries"
+    fault = rule.l4_fault
+    assert (fault.downstream_limit_bps, fault.upstream_limit_bps) == (64000, 8000)
+    assert fault.terminate_after == 30
+
+
+@pytest.mark.parametrize(
+    ("text", "broken", "expected"),
+    [
+        (L4_AND_EXTRAS, "percent: 100", "spec.l4Fault.throttle.percent: expected 100"),
+        (
+            L4_AND_EXTRAS,
+            "upstreamLimitBps: 8000",
+            "spec.l4Fault.throttle.throttleAfterBytes: expected none",
+        ),
+        (L4_AND_EXTRAS, "terminateAfterPeriod: 30s", "terminateAfterPeriod: is required"),
+        (L4_AND_EXTRAS, "X-Retries", "overrideHeaderName: expected an HTTP header name"),
+        (ISTIO_02, "{port: 80, protocol: http}", "spec.ports[1].protocol: expected http, http2"),
+        (ISTIO_02, "connectTimeout: 250ms", "spec.custom: expected none"),
+    ],
+)
+def test_unsupported_l4_and_policy_fields_are_refused_clearly(tmp_path, text, broken, expected):
+    replacement = {
+        "percent: 100": "percent: 50",
+        "upstreamLimitBps: 8000": "upstreamLimitBps: 8000, throttleAfterBytes: 1000",
+        "terminateAfterPeriod: 30s": "percent: 100",
+        "X-Retries": '"bad header"',
+        "{port: 80, protocol: http}": "{port: 6379, protocol: tcp}",
+        "connectTimeout: 250ms": "connectTimeout: 250ms\n  custom: {'@type': x.Policy}",
+    }[broken]
+    assert broken in text
+    path, objects, errors = load(tmp_path, text.replace(broken, replacement))
+    assert objects is None
+    assert any(str(e).startswith(f"{path}: ") and expected in str(e) for e in errors), errors
