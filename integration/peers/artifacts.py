@@ -32,6 +32,9 @@ KUBERNETES_VERSION = "1.37.2"
 ETCD_VERSION = "3.7.0"
 SPRING_BOOT_VERSION = "3.5.7"
 SPRING_CLOUD_VERSION = "2025.0.0"
+# bwaldvogel/mongo-java-server (BSD), the legacy-wire Mongo peer; must match
+# integration/build/mongo-legacy/pom.xml (the digest below rebuilds on any pom edit).
+MONGO_JAVA_SERVER_VERSION = "1.47.0"
 
 PROVISION_CMD = "python -m integration.provision"
 
@@ -56,10 +59,11 @@ def etcd_path() -> Path:
     return BIN_DIR / f"etcd-{ETCD_VERSION}"
 
 
-def eureka_source_digest() -> str:
-    """Short digest of the Eureka build project, so an edited pom or class rebuilds."""
+def build_source_digest(project: str) -> str:
+    """Short digest of the Maven build project ``integration/build/<project>``, so an
+    edited pom or class rebuilds."""
     digest = hashlib.sha256()
-    root = REPO_BUILD_DIR / "eureka"
+    root = REPO_BUILD_DIR / project
     for path in sorted(root.rglob("*")):
         if path.is_file() and "target" not in path.relative_to(root).parts:
             digest.update(str(path.relative_to(root)).encode())
@@ -73,7 +77,17 @@ def eureka_jar_path() -> Path:
         CACHE_DIR
         / "eureka"
         / f"eureka-server-boot{SPRING_BOOT_VERSION}-cloud{SPRING_CLOUD_VERSION}-"
-        f"{eureka_source_digest()}.jar"
+        f"{build_source_digest('eureka')}.jar"
+    )
+
+
+def mongo_legacy_jar_path() -> Path:
+    """Cached legacy-wire Mongo server jar (mongo-java-server announcing MongoDB 3.4),
+    keyed by the library version and the project digest."""
+    return (
+        CACHE_DIR
+        / "mongo-legacy"
+        / f"mongo-java-server-{MONGO_JAVA_SERVER_VERSION}-{build_source_digest('mongo-legacy')}.jar"
     )
 
 
