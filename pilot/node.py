@@ -14,6 +14,9 @@ A sidecar's bootstrap carries a node id and metadata. Pilot reads:
   binds a TCP service listener on top of them.
 - ``INTERCEPTION_MODE``: ``NONE`` (default: the app addresses the sidecar) or ``REDIRECT``
   (iptables sends the app's traffic to 15001 / 15006; see ``translate/interception.py``).
+- ``SDS``: ``"true"`` when the bootstrap has the node agent's SDS cluster (``--sds-socket``),
+  so the proxy can hold a mesh certificate. Read for gateways: one without SDS gets plain
+  clusters and a problem instead of mutual-TLS clusters it could never use.
 
 Malformed metadata never crashes the server: bad entries are ignored and listed in ``problems``.
 """
@@ -46,6 +49,7 @@ class ProxyNode:
     outbound_http_port: int = DEFAULT_OUTBOUND_HTTP_PORT
     admin_port: int = DEFAULT_ADMIN_PORT
     interception: str = "NONE"  # or "REDIRECT": iptables sends traffic to 15001 / 15006
+    sds: bool = False  # the bootstrap has the node agent's SDS cluster (metadata SDS=true)
     problems: tuple[str, ...] = ()
 
     @property
@@ -59,6 +63,7 @@ class ProxyNode:
             self.outbound_http_port,
             self.admin_port,
             self.interception,
+            self.sds,
         )
 
     @property
@@ -146,6 +151,7 @@ def from_proto(node: base_pb2.Node) -> ProxyNode:
         ),
         admin_port=_int_field(meta, "ADMIN_PORT", DEFAULT_ADMIN_PORT, problems),
         interception=interception,
+        sds=str(meta.get("SDS") or "").lower() in ("true", "1"),
         problems=tuple(problems),
     )
 

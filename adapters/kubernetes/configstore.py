@@ -124,6 +124,7 @@ def document_of(obj: Mapping[str, Any], kind: ResourceKind) -> Document:
         namespace=namespace,
         labels={str(k): str(v) for k, v in (meta.get("labels") or {}).items()},
         spec=spec if isinstance(spec, Mapping) else {},
+        annotations=meta.get("annotations") or {},
     )
 
 

@@ -6,11 +6,13 @@ from pathlib import Path
 
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
-from pilot.config.model import Gateway, IngressPath, ServiceRef
+from pilot.cache import ConfigCache, ProxyView
+from pilot.config.model import Gateway, IngressPath, PathType, ServiceRef
 from pilot.config.store import ConfigSnapshot
 from pilot.node import ProxyNode
 from pilot.translate import gateway
 from pilot.translate.traffic import TrafficIndex, TrafficOptions
+from pilot.xds_types import CLUSTER as T_CLUSTER
 from registry.model import Port, Protocol, Service
 
 WEB = Service("web.default.svc.cluster.local", ports=(Port(80, "http", Protocol.HTTP),))
@@ -187,9 +189,287 @@ spec:
     (config,) = routes
     by_name = {v.name: v for v in config.virtual_hosts}
     web = by_name["gateway|web.example.com"]
-    assert [r.match.prefix for r in web.routes] == ["/cart", "/"]
+    # pathType: Prefix matches whole segments; the default backend is a plain prefix.
+    assert [r.match.path_separated_prefix or r.match.prefix for r in web.routes] == ["/cart", "/"]
     assert web.routes[-1].route.cluster == f"outbound|9090||{GRPC.hostname}"
     # Hosts of no Ingress with a default: the first default (namespace/name order) serves.
     assert [r.route.cluster for r in by_name["gateway|*"].routes] == [
         f"outbound|80||{WEB.hostname}"
     ]
+
+
+# -- pathType ---------------------------------------------------------------------------------
+def test_path_types_become_exact_segment_and_plain_prefix_matches_exact_first() -> None:
+    def p(path: str, path_type: PathType) -> IngressPath:
+        return IngressPath("web.example.com", path, ServiceRef(name="web"), 80, path_type=path_type)
+
+    g = gw(
+        "front",
+        [
+            p("/foo", PathType.PREFIX),
+            p("/", PathType.PREFIX),
+            p("/exactpath", PathType.EXACT),
+            p("/docs/", PathType.PREFIX),  # a trailing slash is ignored (Kubernetes)
+            p("/a", PathType.EXACT),
+            p("/legacy", PathType.IMPLEMENTATION_SPECIFIC),
+        ],
+    )
+    _, routes, problems = gateway.gateway_resources(NODE, index(g))
+    assert not problems
+    matches = [
+        (
+            r.match.WhichOneof("path_specifier"),
+            getattr(r.match, r.match.WhichOneof("path_specifier")),
+        )
+        for r in routes[0].virtual_hosts[0].routes
+    ]
+    assert matches == [
+        ("path", "/exactpath"),  # exact routes first, longest first
+        ("path", "/a"),
+        ("prefix", "/legacy"),  # then prefixes, longest first
+        ("path_separated_prefix", "/docs"),
+        ("path_separated_prefix", "/foo"),
+        ("prefix", "/"),  # Prefix "/" matches everything: Envoy's segment match needs a segment
+    ]
+
+
+INGRESS_DOC = """apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {{name: {name}{meta}}}
+spec:
+  {cls}
+  rules:
+  - host: a.example.com
+    http:
+      paths:
+      - {{path: {path}, {path_type}backend: {{service: {{name: web, port: {{number: 80}}}}}}}}
+"""
+
+
+def ingress(
+    name: str = "shop",
+    cls: str = "",
+    meta: str = "",
+    path: str = "/",
+    path_type: str = "pathType: Prefix, ",
+) -> str:
+    return INGRESS_DOC.format(name=name, cls=cls, meta=meta, path=path, path_type=path_type)
+
+
+def parse(tmp_path: Path, *docs: str) -> tuple[list, list[str]]:
+    from pilot.config.store import parse_config_file
+
+    path = tmp_path / "ingress.yaml"
+    path.write_text("---\n".join(docs))
+    objects, errors = parse_config_file(path)
+    return list(objects or []), [str(e) for e in errors]
+
+
+def test_path_type_is_read_and_validated_with_file_object_and_field(tmp_path: Path) -> None:
+    objects, errors = parse(
+        tmp_path,
+        ingress("exact", path="/x", path_type="pathType: Exact, "),
+        ingress("impl", path="/y", path_type="pathType: ImplementationSpecific, "),
+        ingress("none", path="/z", path_type=""),
+    )
+    assert not errors
+    by_name = {o.name: o.paths[0].path_type for o in objects}
+    assert by_name == {
+        "exact": PathType.EXACT,
+        "impl": PathType.IMPLEMENTATION_SPECIFIC,
+        "none": PathType.IMPLEMENTATION_SPECIFIC,  # no pathType: today's plain prefix
+    }
+    objects, errors = parse(tmp_path, ingress(path_type="pathType: prefix, "))
+    assert objects == [] and errors == [
+        f"{tmp_path / 'ingress.yaml'}: Ingress default/shop: "
+        "spec.rules[0].http.paths[0].pathType: expected one of Exact, Prefix, "
+        "ImplementationSpecific (case-sensitive), got 'prefix'"
+    ]
+    _, errors = parse(tmp_path, ingress(path="/a?b", path_type="pathType: Exact, "))
+    assert (
+        len(errors) == 1
+        and "spec.rules[0].http.paths[0].path: expected a path without ?" in (errors[0])
+    )
+    # meshfed's Gateway kind takes pathType too; without one a path stays a plain prefix.
+    gateway_doc = """apiVersion: config.meshfed.io/v1alpha1
+kind: Gateway
+metadata: {name: front}
+spec:
+  rules:
+  - http:
+      paths:
+      - {path: /a, backend: {serviceName: web, servicePort: 80}}
+      - {path: /b, pathType: Exact, backend: {serviceName: web, servicePort: 80}}
+"""
+    (front,), errors = parse(tmp_path, gateway_doc)
+    assert not errors
+    assert [p.path_type for p in front.paths] == [
+        PathType.IMPLEMENTATION_SPECIFIC,
+        PathType.EXACT,
+    ]
+
+
+# -- ingress class ----------------------------------------------------------------------------
+def test_ingress_class_from_the_spec_or_the_legacy_annotation(tmp_path: Path) -> None:
+    def annotated(value: str) -> str:
+        return f", annotations: {{kubernetes.io/ingress.class: {value}}}"
+
+    objects, errors = parse(
+        tmp_path,
+        ingress("istio-annotation", meta=annotated("istio")),  # Istio 0.2's way
+        ingress("meshfed-annotation", meta=annotated("meshfed")),
+        ingress("nginx-annotation", meta=annotated("nginx")),
+        ingress("istio-spec", cls="ingressClassName: istio"),
+        ingress("nginx-spec", cls="ingressClassName: nginx"),
+        ingress("both-agree", cls="ingressClassName: meshfed", meta=annotated("meshfed")),
+        # Neither is ours: another controller's business, not an error.
+        ingress("both-theirs", cls="ingressClassName: nginx", meta=annotated("traefik")),
+        ingress("unclassed"),
+        ingress("other-annotations", meta=", annotations: {example.com/team: shop}"),
+    )
+    assert not errors
+    assert sorted(o.name for o in objects) == [
+        "both-agree",
+        "istio-annotation",
+        "istio-spec",
+        "meshfed-annotation",
+        "other-annotations",
+        "unclassed",
+    ]
+
+
+def test_conflicting_ingress_classes_are_an_error_naming_the_annotation(tmp_path: Path) -> None:
+    objects, errors = parse(
+        tmp_path,
+        ingress(
+            "mixed",
+            cls="ingressClassName: nginx",
+            meta=", annotations: {kubernetes.io/ingress.class: istio}",
+        ),
+    )
+    assert objects == []
+    assert errors == [
+        f"{tmp_path / 'ingress.yaml'}: Ingress default/mixed: "
+        "metadata.annotations.kubernetes.io/ingress.class: expected the same class as "
+        "spec.ingressClassName ('nginx') or no annotation, got 'istio'"
+    ]
+
+
+def test_kubernetes_documents_carry_annotations() -> None:
+    from adapters.kubernetes.configstore import ROUTING_KINDS, document_of
+    from pilot.config.parse import parse_ingress
+
+    kind = next(k for k in ROUTING_KINDS if k.kind == "Ingress")
+    obj = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {
+            "name": "legacy",
+            "namespace": "shop",
+            "annotations": {"kubernetes.io/ingress.class": "nginx"},
+        },
+        "spec": {"defaultBackend": {"service": {"name": "web", "port": {"number": 80}}}},
+    }
+    doc = document_of(obj, kind)
+    assert doc.annotations == {"kubernetes.io/ingress.class": "nginx"}
+    assert parse_ingress(doc) == (None, [])
+    obj["metadata"]["annotations"] = {"kubernetes.io/ingress.class": "istio"}
+    served, errors = parse_ingress(document_of(obj, kind))
+    assert not errors and served is not None and served.name == "legacy"
+
+
+# -- mutual TLS -------------------------------------------------------------------------------
+def _mtls_cache() -> tuple[ConfigCache, str]:
+    from registry.aggregate import AggregateRegistry
+    from registry.model import Endpoint
+    from security import mtls
+
+    agg = AggregateRegistry()
+    member = agg.add_member("m")
+    meshed = {mtls.TLS_MODE_LABEL: mtls.TLS_MODE_MTLS}
+    member.put_service(
+        WEB,
+        [Endpoint("10.0.0.5", {"http": 9080}, meshed, identity="spiffe://td/ns/default/sa/web")],
+    )
+    member.put_service(GRPC, [Endpoint("10.0.0.6", {"grpc": 9090})])  # no sidecar: plain
+    cache = ConfigCache(agg)
+    cache.mtls_policy = mtls.Policy(mtls.Mode.STRICT)
+    cache.rebuild()
+    return cache, f"outbound|80||{WEB.hostname}"
+
+
+def _socket_name(view: ProxyView, name: str) -> str:
+    from envoy.config.cluster.v3 import cluster_pb2
+
+    cluster = cluster_pb2.Cluster()
+    view.get(T_CLUSTER)[name].body.Unpack(cluster)
+    return cluster.transport_socket.name
+
+
+def test_gateway_with_sds_gets_mtls_clusters_like_a_sidecar() -> None:
+    import attrs
+
+    from pilot.cache import check_consistency
+
+    cache, web_cluster = _mtls_cache()
+    node = attrs.evolve(NODE, sds=True)
+    view = cache.view(node)
+    sidecar = cache.view(ProxyNode(id="sidecar~10.0.0.9~a.default~x", ip="10.0.0.9"))
+    assert _socket_name(view, web_cluster) == "envoy.transport_sockets.tls"
+    assert view.get(T_CLUSTER)[web_cluster] is sidecar.get(T_CLUSTER)[web_cluster]  # shared
+    assert not view.problems and check_consistency(view) == []
+
+
+def test_gateway_without_sds_gets_plain_clusters_and_a_problem() -> None:
+    from pilot.cache import check_consistency
+
+    cache, web_cluster = _mtls_cache()
+    view = cache.view(NODE)
+    with_sds = cache.view(ProxyNode(id="router~127.0.0.8~gw.default~x", ip="127.0.0.8", sds=True))
+    assert _socket_name(view, web_cluster) == ""  # no SDS reference Envoy could not resolve
+    assert view.version(T_CLUSTER) != with_sds.version(T_CLUSTER)
+    (problem,) = view.problems
+    assert "no SDS source" in problem and web_cluster in problem and "1 cluster(s)" in problem
+    assert check_consistency(view) == []
+    # A mesh without mutual TLS: nothing to strip, no problem, the shared table as it is.
+    from security import mtls
+
+    cache.mtls_policy = mtls.Policy(mtls.Mode.OFF)
+    cache.rebuild()
+    plain = cache.view(NODE)
+    assert not plain.problems and _socket_name(plain, web_cluster) == ""
+
+
+def test_proxy_sds_socket_adds_the_sds_cluster_and_tells_pilot(tmp_path: Path) -> None:
+    from envoy.config.core.v3 import base_pb2
+    from google.protobuf import json_format
+
+    from meshfed.cli import build_parser
+    from meshfed.cli_pilot import _spec, gateway_mtls_warning
+    from meshfed.proxy import bootstrap
+    from pilot.node import from_proto
+
+    argv = ["bootstrap", "--ip", "127.0.0.9", "--workload", "ingress", "--gateway"]
+    args = build_parser().parse_args([*argv, "--sds-socket", str(tmp_path / "sds.sock")])
+    boot = bootstrap(_spec(args))
+    sds = next(c for c in boot["staticResources"]["clusters"] if c["name"] == "sds-grpc")
+    address = sds["loadAssignment"]["endpoints"][0]["lbEndpoints"][0]["endpoint"]["address"]
+    assert address == {"pipe": {"path": str(tmp_path / "sds.sock")}}
+    node = base_pb2.Node()
+    json_format.ParseDict(boot["node"], node)
+    assert from_proto(node).sds
+    plain = bootstrap(_spec(build_parser().parse_args(argv)))
+    assert [c["name"] for c in plain["staticResources"]["clusters"]] == ["xds-grpc"]
+    json_format.ParseDict(plain["node"], node := base_pb2.Node())
+    assert not from_proto(node).sds
+    # Run without SDS while the mesh config turns mutual TLS on: the operator is told.
+    mesh = tmp_path / "mesh.yaml"
+    mesh.write_text(
+        "apiVersion: meshfed.io/v1alpha1\nkind: MeshConfig\nmetadata: {name: mesh}\n"
+        "spec: {pilot: {mtls: {mode: STRICT}}}\n"
+    )
+    with_mesh = build_parser().parse_args([*argv, "--config", str(mesh)])
+    assert "--sds-socket" in gateway_mtls_warning(with_mesh)
+    with_sds = build_parser().parse_args([*argv, "--config", str(mesh), "--sds-socket", "/s"])
+    assert gateway_mtls_warning(with_sds) == ""
+    assert gateway_mtls_warning(build_parser().parse_args(argv)) == ""  # mTLS off by default

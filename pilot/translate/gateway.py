@@ -26,9 +26,12 @@ backend that resolves to no service port is skipped and reported as a problem.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_components_pb2 as lc
 from envoy.config.listener.v3 import listener_pb2
@@ -41,12 +44,15 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 
-from pilot.config.model import Gateway, IngressPath
+from pilot.config.model import Gateway, IngressPath, PathType
 from pilot.node import ProxyNode
 from pilot.translate import names
 from pilot.translate.protos import ads_source, pack, seconds, socket_address
 from pilot.translate.traffic import TrafficIndex
 from registry.model import Service
+from security import mtls
+
+log = logging.getLogger("meshfed.pilot.gateway")
 
 GATEWAY_NODE_PREFIX = "router~"
 ROUTE_TIMEOUT_S = 15.0
@@ -78,6 +84,20 @@ def _backend_cluster(
     return names.outbound_cluster(service.hostname, port.number) if port is not None else None
 
 
+def route_match(path: IngressPath) -> rc.RouteMatch:
+    """Envoy's match for an Ingress path: ``path`` for Exact, ``path_separated_prefix`` for
+    Prefix (whole segments; a trailing ``/`` is ignored, as Kubernetes specifies, and ``/``
+    alone matches everything), a plain string ``prefix`` for ImplementationSpecific."""
+    if path.path_type is PathType.EXACT:
+        return rc.RouteMatch(path=path.path)
+    if path.path_type is PathType.PREFIX:
+        segments = path.path.rstrip("/")
+        if segments:
+            return rc.RouteMatch(path_separated_prefix=segments)
+        return rc.RouteMatch(prefix="/")
+    return rc.RouteMatch(prefix=path.path)
+
+
 def gateway_route_config(
     port: int, gateways: Iterable[Gateway], services: Mapping[str, Service]
 ) -> tuple[route_pb2.RouteConfiguration, list[str]]:
@@ -105,8 +125,12 @@ def gateway_route_config(
         by_host.setdefault("*", [])
     vhosts = []
     for host, entries in sorted(by_host.items(), key=lambda kv: (kv[0] == "*", kv[0])):
-        # Longest prefix first, stable for equal lengths (config order).
-        ordered = sorted(enumerate(entries), key=lambda ie: (-len(ie[1][0].path), ie[0]))
+        # Exact paths first, then prefixes; longest first, stable for equal lengths (config
+        # order). Envoy takes the first route that matches.
+        ordered = sorted(
+            enumerate(entries),
+            key=lambda ie: (ie[1][0].path_type is not PathType.EXACT, -len(ie[1][0].path), ie[0]),
+        )
         routes = []
         # A default backend answers what no path matched: last in every host, the host's own
         # Ingress's default first, else the first default of all (also for unknown hosts).
@@ -115,7 +139,7 @@ def gateway_route_config(
             action = rc.RouteAction(cluster=cluster, timeout=seconds(ROUTE_TIMEOUT_S))
             if path.grpc:
                 action.timeout.CopyFrom(seconds(0))  # streams may be long; the client decides
-            routes.append(rc.Route(match=rc.RouteMatch(prefix=path.path), route=action))
+            routes.append(rc.Route(match=route_match(path), route=action))
         domains = ["*"] if host == "*" else [host, f"{host}:{port}"]
         vhosts.append(rc.VirtualHost(name=f"gateway|{host}", domains=domains, routes=routes))
     config = route_pb2.RouteConfiguration(
@@ -237,3 +261,68 @@ def gateway_resources(
             )
         )
     return listeners, routes, problems
+
+
+def _uses_mesh_sds(config: tls_pb2.CommonTlsContext) -> bool:
+    sds = [
+        *config.tls_certificate_sds_secret_configs,
+        config.combined_validation_context.validation_context_sds_secret_config,
+    ]
+    return any(
+        source.envoy_grpc.cluster_name == mtls.SDS_CLUSTER
+        for secret in sds
+        for source in secret.sds_config.api_config_source.grpc_services
+    )
+
+
+def without_mesh_tls(cluster: cluster_pb2.Cluster) -> bool:
+    """Remove the mesh's mutual TLS (secrets from the node agent over SDS) from ``cluster``.
+
+    For a gateway without SDS: Envoy cannot get those secrets, so the cluster would never
+    connect (or be refused outright); plain traffic at least reaches PERMISSIVE destinations,
+    and a STRICT one refuses it visibly (503 at the gateway). Other TLS (an operator's
+    DestinationPolicy, egress origination) is kept. True when something was removed.
+    """
+    if not cluster.HasField("transport_socket"):
+        return False
+    context = tls_pb2.UpstreamTlsContext()
+    if not cluster.transport_socket.typed_config.Unpack(context):
+        return False
+    if not _uses_mesh_sds(context.common_tls_context):
+        return False
+    cluster.ClearField("transport_socket")
+    return True
+
+
+def plain_clusters_for(
+    node: ProxyNode, clusters: Mapping[str, Any]
+) -> tuple[dict[str, cluster_pb2.Cluster], list[str]]:
+    """The mesh-mTLS clusters a gateway without SDS gets in plain form, plus the problem to
+    report (empty when it has SDS or nothing in the mesh uses mutual TLS).
+
+    ``clusters`` maps names to resources with a packed ``body``; only those whose bytes name
+    the SDS cluster are unpacked, so a mesh without mutual TLS costs one byte search each.
+    """
+    if node.sds:
+        return {}, []
+    marker = mtls.SDS_CLUSTER.encode()
+    plain: dict[str, cluster_pb2.Cluster] = {}
+    for name, resource in clusters.items():
+        body = resource.body
+        if marker not in body.value:
+            continue
+        cluster = cluster_pb2.Cluster()
+        body.Unpack(cluster)
+        if without_mesh_tls(cluster):
+            plain[name] = cluster
+    if not plain:
+        return {}, []
+    names = sorted(plain)
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    problem = (
+        f"gateway has no SDS source (run it with --sds-socket, the node agent's socket): "
+        f"{len(names)} cluster(s) that need mesh mutual TLS get plain traffic, which STRICT "
+        f"destinations refuse: {shown}"
+    )
+    log.warning("proxy %s: %s", node.id, problem)
+    return plain, [problem]
