@@ -22,6 +22,7 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 import dns.rrset
+import grpc
 from aiohttp import web
 
 from integration.pilot_helpers import Mesh
@@ -422,3 +423,46 @@ async def hub_ready(url: str) -> bool:
         session.get(url + "/healthz/ready") as response,
     ):
         return response.status == 200
+
+
+class Greeter:
+    """A grpcio server with one unary method, ``/test.Greeter/Say``, answering ``hello <request>``
+    (raw bytes, no generated stubs): a real HTTP/2 gRPC peer for gateway and egress tests."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.calls: list[bytes] = []
+        self.server: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
+        async def say(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            self.calls.append(request)
+            return b"hello " + request
+
+        self.server = grpc.aio.server()
+        self.server.add_generic_rpc_handlers(
+            [
+                grpc.method_handlers_generic_handler(
+                    "test.Greeter", {"Say": grpc.unary_unary_rpc_method_handler(say)}
+                )
+            ]
+        )
+        self.server.add_insecure_port(self.address)
+        await self.server.start()
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop(0)
+
+
+async def say(target: str, authority: str, credentials: grpc.ChannelCredentials | None) -> bytes:
+    """Call ``Say(b"mesh")`` on ``target`` with ``authority`` (h2c, or TLS with ``credentials``)."""
+    options = [("grpc.default_authority", authority)]
+    if credentials is None:
+        channel = grpc.aio.insecure_channel(target, options=options)
+    else:
+        options.append(("grpc.ssl_target_name_override", authority))
+        channel = grpc.aio.secure_channel(target, credentials, options=options)
+    async with channel:
+        call = channel.unary_unary("/test.Greeter/Say")
+        return await asyncio.wait_for(call(b"mesh", timeout=5), 10)

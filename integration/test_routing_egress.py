@@ -1,6 +1,7 @@
 """Egress rules on real Envoy: external services are unreachable from a sidecar without a rule and
-reached directly from the sidecar with one, by HTTP (routed by Host, exact and wildcard domains)
-and by TLS passed through untouched (the client sees the external server's own certificate).
+reached directly from the sidecar with one, by HTTP (routed by Host, exact and wildcard domains),
+by gRPC over HTTP/2 to a wildcard domain, and by TLS passed through untouched (the client sees
+the external server's own certificate).
 
 Hosts: 127.0.103.x. The "external" servers are loopback addresses outside every registry, named
 ``*.ext.test`` by a loopback DNS server the sidecars are pointed at; nothing leaves 127.0.0.0/8.
@@ -13,9 +14,11 @@ import ssl
 from pathlib import Path
 
 import aiohttp
+import grpc
 import pytest
 
 from integration.routing_helpers import (
+    Greeter,
     LoopbackDNS,
     TlsHttpServer,
     count,
@@ -23,6 +26,7 @@ from integration.routing_helpers import (
     make_tls_pair,
     request,
     routing_mesh,
+    say,
 )
 from pilot.translate.traffic import TrafficOptions
 
@@ -153,3 +157,28 @@ async def test_tls_egress_passes_through_by_sni(tmp_path: Path, dns: LoopbackDNS
     finally:
         await secure.stop()
         await other.stop()
+
+
+async def test_grpc_egress_to_a_wildcard_domain_speaks_http2(
+    tmp_path: Path, dns: LoopbackDNS
+) -> None:
+    """A grpcio server only speaks HTTP/2: the call succeeds only if the wildcard rule's dynamic
+    cluster goes upstream in HTTP/2, and fails without a rule."""
+    greeter = Greeter(f"{WILD_IP}:9090")
+    await greeter.start()
+    try:
+        options = TrafficOptions(dns_resolvers=(dns.resolver,))
+        async with routing_mesh(tmp_path / "rules", options) as mesh:
+            a = await mesh.sidecar(A_IP, "app")
+            target = f"{A_IP}:{a.spec.outbound_http_port}"
+            with pytest.raises(grpc.aio.AioRpcError):
+                await say(target, "greeter.wild.ext.test:9090", None)
+            assert greeter.calls == []
+            await mesh.apply(
+                "grpc", egress("grpc", "*.wild.ext.test", "[{port: 9090, protocol: grpc}]")
+            )
+            for name in ("greeter.wild.ext.test", "a.b.wild.ext.test"):
+                assert await say(target, f"{name}:9090", None) == b"hello mesh", name
+            assert greeter.calls == [b"mesh", b"mesh"]
+    finally:
+        await greeter.stop()

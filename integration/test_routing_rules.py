@@ -252,6 +252,24 @@ httpReqRetries: {simpleRetry: {attempts: 3, perTryTimeout: 2s}}
                 before = len(v2.requests)
                 assert (await request(session, url, "reviews"))[:2] == (200, "v2")
                 assert len(v2.requests) - before == 3  # two failures, then the answer
+            # overrideHeaderName: the app picks the attempts of one request with its header.
+            await mesh.apply(
+                "timeout",
+                rule(
+                    "reviews-v2",
+                    """
+destination: {name: reviews}
+route: [{labels: {version: v2}}]
+httpReqRetries: {simpleRetry: {attempts: 3, perTryTimeout: 2s, overrideHeaderName: x-retries}}
+""",
+                ),
+            )
+            for header, status, tries in (({"x-retries": "0"}, 503, 1), ({}, 200, 3)):
+                v2.fail_first = 2
+                before = len(v2.requests)
+                assert (await request(session, url, "reviews", header))[0] == status, header
+                assert len(v2.requests) - before == tries, header
+            v2.fail_first = 0
 
 
 async def test_fault_abort_and_delay(tmp_path: Path) -> None:

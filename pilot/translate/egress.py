@@ -238,7 +238,12 @@ def _dfp_cluster(name: str, options: TrafficOptions, h2: bool = False) -> cluste
         ),
     )
     if h2:
-        cluster.typed_extension_protocol_options[HTTP_OPTIONS_KEY].CopyFrom(pack(_http2_options()))
+        options = _http2_options()
+        # Envoy insists on these for any dynamic forward proxy cluster with protocol options:
+        # should a rule ever originate TLS here, SNI and the SAN check follow each request's Host.
+        options.upstream_http_protocol_options.auto_sni = True
+        options.upstream_http_protocol_options.auto_san_validation = True
+        cluster.typed_extension_protocol_options[HTTP_OPTIONS_KEY].CopyFrom(pack(options))
     return cluster
 
 
