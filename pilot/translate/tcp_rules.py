@@ -27,6 +27,8 @@ own cluster. Rules with HTTP-only matches (headers, URI) never apply to TCP.
 Protocol filters: a ``MONGO`` service port gets Envoy's Mongo proxy filter in front of the
 ``tcp_proxy`` in every chain (:func:`add_protocol_filters`), so Mongo wire operations are
 decoded and counted (``mongo.outbound_mongo_<port>.*`` stats) while bytes pass unchanged.
+Envoy decodes only the legacy opcodes, not OP_MSG: with a MongoDB >= 3.6 the driver speaks
+OP_MSG after its handshake and only ``decoding_error`` moves (docs/traffic.md, Mongo ports).
 """
 
 from __future__ import annotations
