@@ -327,42 +327,29 @@ def egress_listeners(
                     )
                 else:
                     tcp[port.port] = rule
-    listeners = []
+    # One listener per port: SNI-matched chains behind the TLS inspector, or one TCP chain.
+    wanted: list[tuple[int, str, list[lc.ListenerFilter], list[lc.FilterChain]]] = []
+    inspector = lc.ListenerFilter(
+        name=TLS_INSPECTOR, typed_config=pack(tls_inspector_pb2.TlsInspector())
+    )
     for port, chains in sorted(tls_chains.items()):
-        if port in used:
-            problems.append(f"egress TLS port {port} has no listener: the port is taken")
-            continue
-        used.add(port)
-        listeners.append(
-            listener_pb2.Listener(
-                name=names.outbound_tcp_listener(node.ip, port),
-                address=socket_address(node.ip, port),
-                listener_filters=[
-                    lc.ListenerFilter(
-                        name=TLS_INSPECTOR, typed_config=pack(tls_inspector_pb2.TlsInspector())
-                    )
-                ],
-                filter_chains=chains,
-            )
-        )
+        wanted.append((port, f"egress TLS port {port}", [inspector], chains))
     for port, rule in sorted(tcp.items()):
+        cluster = names.outbound_cluster(rule.service, port)
+        chain = lc.FilterChain(filters=[_tcp_proxy(f"egress_tcp_{port}", cluster)])
+        wanted.append((port, f"{rule.ref}: TCP port {port}", [], [chain]))
+    listeners = []
+    for port, owner, listener_filters, chains in wanted:
         if port in used:
-            problems.append(f"{rule.ref}: TCP port {port} has no listener: the port is taken")
+            problems.append(f"{owner} has no listener: the port is taken")
             continue
         used.add(port)
         listeners.append(
             listener_pb2.Listener(
                 name=names.outbound_tcp_listener(node.ip, port),
                 address=socket_address(node.ip, port),
-                filter_chains=[
-                    lc.FilterChain(
-                        filters=[
-                            _tcp_proxy(
-                                f"egress_tcp_{port}", names.outbound_cluster(rule.service, port)
-                            )
-                        ]
-                    )
-                ],
+                listener_filters=listener_filters,
+                filter_chains=chains,
             )
         )
     return listeners, problems
