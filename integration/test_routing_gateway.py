@@ -237,3 +237,78 @@ spec:
     finally:
         await v1.stop()
         await v2.stop()
+
+
+PATH_TYPES = """apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: paths
+  namespace: default
+  annotations: {kubernetes.io/ingress.class: istio}   # Istio 0.2's way of claiming it
+spec:
+  defaultBackend: {service: {name: web, port: {number: 80}}}
+  rules:
+  - host: paths.example.com
+    http:
+      paths:
+      - {path: /exactpath, pathType: Exact, backend: {service: {name: api, port: {number: 80}}}}
+      - {path: /foo, pathType: Prefix, backend: {service: {name: api, port: {number: 80}}}}
+      - {path: /bar, pathType: ImplementationSpecific,
+         backend: {service: {name: api, port: {number: 80}}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: theirs
+  namespace: default
+  annotations: {kubernetes.io/ingress.class: nginx}   # another controller's: not served
+spec:
+  rules:
+  - host: paths.example.com
+    http:
+      paths:
+      - {path: /foobar, pathType: Exact, backend: {service: {name: api, port: {number: 80}}}}
+"""
+
+
+async def test_path_types_exact_and_segment_prefix_through_real_envoy(tmp_path: Path) -> None:
+    """Exact answers only its path; Prefix matches whole segments (/foo, /foo/bar, not
+    /foobar); ImplementationSpecific stays a string prefix; an nginx-class Ingress is ignored."""
+    async with routing_mesh(tmp_path / "rules") as mesh:
+        await mesh.version_backend("web", WEB_IP)
+        api = await mesh.version_backend("api", API_IP)
+        mesh.member.replace(
+            [
+                Service(WEB, ports=(Port(80, "http", Protocol.HTTP),)),
+                Service(API, ports=(Port(80, "http", Protocol.HTTP),)),
+            ],
+            {
+                WEB: [Endpoint(WEB_IP, ports={"http": 9080})],
+                API: [Endpoint(API_IP, ports={"http": 9080})],
+            },
+        )
+        await mesh.apply("paths", PATH_TYPES)
+        gw = await gateway(mesh)
+        base = f"http://{GW_IP}:{HTTP_PORT}"
+        host = "paths.example.com"
+        expected = {
+            "/exactpath": "api",
+            "/exactpath?q=1": "api",  # the query string is not part of the path
+            "/exactpath/more": "web",  # not the exact path: the default backend answers
+            "/exactpathx": "web",
+            "/foo": "api",
+            "/foo/": "api",
+            "/foo/bar": "api",
+            "/foo?x=1": "api",
+            "/foobar": "web",  # not a /foo segment; and the nginx Ingress is not served
+            "/barbaz": "api",  # ImplementationSpecific: a plain string prefix
+        }
+        async with aiohttp.ClientSession() as session:
+            got = {}
+            for path in expected:
+                answers = await count(session, base + path, host, 1)
+                (got[path],) = answers
+        assert got == expected
+        assert [r["path"] for r in api.requests][:2] == ["/exactpath", "/exactpath?q=1"]
+        state = mesh.syncz(gw.spec.node_id)
+        assert state["ready"] and not state["problems"]
