@@ -26,6 +26,7 @@ import pytest
 from integration.ferretdb import running_ferretdb
 from integration.peers.mongo_legacy import start_mongo_legacy
 from integration.routing_helpers import routing_mesh
+from pilot.translate.tcp_rules import MONGO_COUNTED_COMMANDS
 from registry.model import Endpoint, Port, Protocol, Service
 
 pymongo = pytest.importorskip("pymongo")
@@ -36,10 +37,10 @@ LEGACY = "mongo-legacy.default.svc.cluster.local"
 A_IP, DB_IP, PORT = "127.0.107.2", "127.0.107.10", 27017
 B_IP, LEGACY_IP = "127.0.107.3", "127.0.107.11"
 PREFIX = f"mongo.outbound_mongo_{PORT}."
-# Commands Envoy's Mongo proxy filter counts by name (cmd.<name>.*) when its config lists none
-# (Pilot lists none); "find" is counted as a query on its collection; every other command is
-# counted as cmd.unknown_command.
-NAMED_COMMANDS = {"insert", "update", "delete"}
+# Commands Envoy's Mongo proxy filter counts by name (cmd.<name>.*): the ones Pilot lists in
+# its config; "find" is counted as a query on its collection; every other command is counted as
+# cmd.unknown_command.
+NAMED_COMMANDS = set(MONGO_COUNTED_COMMANDS)
 
 
 async def stats(envoy, prefix: str) -> dict[str, int]:  # type: ignore[no-untyped-def]

@@ -51,6 +51,19 @@ from pilot.translate.traffic import TrafficIndex, subset_name
 from registry.model import Port
 
 TCP_PROXY_FILTER = "envoy.filters.network.tcp_proxy"
+# Commands the Mongo filter counts by name (cmd.<name>.*); Envoy's default is only the three
+# writes, which would lump reads and cursors into cmd.unknown_command. Finds are counted per
+# collection (collection.<name>.query.*) either way.
+MONGO_COUNTED_COMMANDS = (
+    "insert",
+    "update",
+    "delete",
+    "findAndModify",
+    "aggregate",
+    "count",
+    "distinct",
+    "getMore",
+)
 BANDWIDTH_LIMIT_FILTER = "envoy.filters.network.tcp_bandwidth_limit"
 BANDWIDTH_LIMIT_TYPE = (
     "type.googleapis.com/envoy.extensions.filters.network.tcp_bandwidth_limit.v3.TcpBandwidthLimit"
@@ -154,7 +167,11 @@ def add_protocol_filters(
         return listener
     mongo = lc.Filter(
         name="envoy.filters.network.mongo_proxy",
-        typed_config=pack(mongo_proxy_pb2.MongoProxy(stat_prefix=f"outbound_mongo_{port.number}")),
+        typed_config=pack(
+            mongo_proxy_pb2.MongoProxy(
+                stat_prefix=f"outbound_mongo_{port.number}", commands=MONGO_COUNTED_COMMANDS
+            )
+        ),
     )
     out = listener_pb2.Listener()
     out.CopyFrom(listener)
