@@ -1,8 +1,10 @@
 """Pilot's CLI commands, registered into ``meshfed`` by ``meshfed.cli`` when present.
 
 - ``meshfed bootstrap``: print a sidecar's Envoy bootstrap (JSON).
-- ``meshfed proxy``: run a real Envoy sidecar; prints ``ready`` once Envoy has ACKed its first
-  full config from Pilot, stops Envoy (its whole process group) on Ctrl-C / SIGTERM.
+- ``meshfed proxy``: run a real Envoy sidecar (or ``--gateway``; ``--sds-socket`` for mesh mTLS);
+  prints ``ready`` once Envoy has ACKed its first full config from Pilot, stops Envoy (its
+  whole process group) on Ctrl-C / SIGTERM. A gateway without ``--sds-socket`` in a mesh whose
+  config turns mutual TLS on gets a warning on stderr (STRICT services will refuse it).
 - ``meshfed proxy-status [PROXY]``: per proxy and type, SYNCED / NOT SENT / STALE / NACKED.
 - ``meshfed proxy-config cluster|listener|route|endpoint PROXY``: what Pilot last sent.
 - ``meshfed demo``: a working mesh with real sidecars and traffic, in under a minute.

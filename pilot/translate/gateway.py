@@ -8,8 +8,13 @@ port (443 for port 80, otherwise HTTP port + 363, so 8080 pairs with 8443):
 - one listener per port, an HTTP connection manager with ``codec_type: AUTO`` so HTTP/1.1,
   HTTP/2 and gRPC (h2c on the plain port, h2 over ALPN on the TLS port) all work;
 - routes (RDS ``gateway|<port>``): one virtual host per Ingress host (``*`` for rules without
-  a host), one route per path (longest prefix first) to the backend service port's cluster,
-  which already speaks HTTP/2 upstream when the port's protocol is grpc/http2;
+  a host), one route per path to the backend service port's cluster, which already speaks
+  HTTP/2 upstream when the port's protocol is grpc/http2. ``pathType`` decides the match
+  (:func:`route_match`): ``Exact`` is Envoy's ``path``; ``Prefix`` is
+  ``path_separated_prefix``, so ``/foo`` matches ``/foo`` and ``/foo/bar`` but not
+  ``/foobar`` as Kubernetes specifies; ``ImplementationSpecific`` (and no pathType, the only
+  form Istio 0.2 knew) stays a plain string prefix. Exact routes come first, then prefixes,
+  each longest first, because Envoy takes the first route that matches;
 - TLS termination on the HTTPS port: one filter chain per certificate, matched by SNI
   (``server_names``), certificate and key read by Envoy from files
   ``<dir>/tls.crt`` and ``<dir>/tls.key`` (Kubernetes TLS secret key names), where ``<dir>``
@@ -21,7 +26,18 @@ port (443 for port 80, otherwise HTTP port + 363, so 8080 pairs with 8443):
 Several Ingress/Gateway objects for the same host merge into one virtual host (objects in
 namespace/name order, paths longest first). An Ingress ``defaultBackend`` is the last route
 of every host of that object; the first default of all serves every other host (``*``). A
-backend that resolves to no service port is skipped and reported as a problem.
+backend that resolves to no service port is skipped and reported as a problem. Which
+Ingresses are ours (class unset, ``meshfed`` or ``istio``, from ``spec.ingressClassName`` or
+the legacy ``kubernetes.io/ingress.class`` annotation) is decided by the parser.
+
+Mutual TLS: a gateway is a mesh client. It gets the same shared outbound clusters as a
+sidecar, with :func:`security.mtls.apply_outbound_mtls` already applied, so it needs the mesh
+certificate that only a node agent hands out over SDS: ``meshfed proxy --gateway
+--sds-socket PATH`` puts the SDS cluster in its bootstrap and ``SDS=true`` in its metadata
+(``ProxyNode.sds``), and its SPIFFE ID is the agent's. A gateway without SDS could never fetch
+the secrets those clusters name, so :func:`plain_clusters_for` gives it plain copies and a
+problem naming them: PERMISSIVE destinations still answer, STRICT ones refuse (503 at the
+gateway), and ``meshfed proxy-status`` says why instead of the gateway failing silently.
 """
 
 from __future__ import annotations
