@@ -269,6 +269,11 @@ class CustomResourceSet:
         if parser is None:
             return False
         parsed, errors = parser(doc)
+        if parsed is None and not errors:
+            # Not ours (an Ingress of another class): no error, no Event on another
+            # controller's object; one re-classed away is withdrawn.
+            self._errors.pop(key, None)
+            return self.good.pop(key, None) is not None
         if errors or parsed is None:
             errors = errors or [ConfigError(doc.file, doc.ref, "", "could not be parsed")]
             self._errors[key] = errors
