@@ -8,7 +8,6 @@ Hosts: 127.0.104.x. Backends are plain servers at the services' endpoint address
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 from pathlib import Path
 
@@ -17,11 +16,13 @@ import grpc
 import pytest
 
 from integration.routing_helpers import (
+    Greeter,
     RoutingMesh,
     count,
     https_get,
     make_tls_pair,
     routing_mesh,
+    say,
 )
 from meshfed.proxy import EnvoyProcess, ProxySpec, wait_ready
 from pilot.translate.traffic import TrafficOptions
@@ -69,35 +70,6 @@ spec:
 """
 
 
-class Greeter:
-    """A grpcio server with one unary method answering ``hello <request>``, raw bytes."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self.calls: list[bytes] = []
-        self.server: grpc.aio.Server | None = None
-
-    async def start(self) -> None:
-        async def say(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            self.calls.append(request)
-            return b"hello " + request
-
-        self.server = grpc.aio.server()
-        self.server.add_generic_rpc_handlers(
-            [
-                grpc.method_handlers_generic_handler(
-                    "test.Greeter", {"Say": grpc.unary_unary_rpc_method_handler(say)}
-                )
-            ]
-        )
-        self.server.add_insecure_port(self.address)
-        await self.server.start()
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            await self.server.stop(0)
-
-
 async def gateway(mesh: RoutingMesh) -> EnvoyProcess:
     spec = ProxySpec(
         ip=GW_IP,
@@ -111,18 +83,6 @@ async def gateway(mesh: RoutingMesh) -> EnvoyProcess:
     await envoy.start()
     await wait_ready(envoy, mesh.hub_url, timeout=30)
     return envoy
-
-
-async def say(target: str, authority: str, credentials: grpc.ChannelCredentials | None) -> bytes:
-    options = [("grpc.default_authority", authority)]
-    if credentials is None:
-        channel = grpc.aio.insecure_channel(target, options=options)
-    else:
-        options.append(("grpc.ssl_target_name_override", authority))
-        channel = grpc.aio.secure_channel(target, credentials, options=options)
-    async with channel:
-        call = channel.unary_unary("/test.Greeter/Say")
-        return await asyncio.wait_for(call(b"mesh", timeout=5), 10)
 
 
 @pytest.fixture

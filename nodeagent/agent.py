@@ -77,7 +77,9 @@ class AgentConfig:
 
 
 def with_sds_cluster(bootstrap: dict[str, Any], socket_path: Path | str) -> dict[str, Any]:
-    """``bootstrap`` plus the static SDS cluster for ``socket_path`` (unless it has one)."""
+    """``bootstrap`` plus the static SDS cluster for ``socket_path`` (unless it has one), and
+    the node metadata ``SDS=true`` that tells Pilot this proxy can fetch mesh certificates
+    (without it a gateway gets plain clusters, see ``pilot.translate.gateway``)."""
     from google.protobuf import json_format
 
     from security import mtls  # Envoy's cluster protos: loaded only when there is a sidecar
@@ -88,6 +90,7 @@ def with_sds_cluster(bootstrap: dict[str, Any], socket_path: Path | str) -> dict
     clusters = static.setdefault("clusters", [])
     if not any(c.get("name") == mtls.SDS_CLUSTER for c in clusters):
         clusters.append(json_format.MessageToDict(mtls.sds_cluster(str(socket_path))))
+    boot.setdefault("node", {}).setdefault("metadata", {})["SDS"] = "true"
     return boot
 
 
