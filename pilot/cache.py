@@ -25,7 +25,7 @@ import cachetools
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
-from pilot import traffic_hooks
+from pilot import sds_fallback, traffic_hooks
 from pilot import xds_types as T
 from pilot.config.store import ConfigSnapshot
 from pilot.node import ProxyNode
@@ -307,6 +307,10 @@ class ConfigCache:
                 listeners[listener.name] = make_resource(listener.name, listener)
             in_listeners, in_clusters = tl.inbound(node, own)
             inbound_mode = mtls.inbound_mode_for(self.mtls_policy, own)
+            if inbound_mode is not mtls.Mode.OFF and not node.sds:
+                # Envoy would refuse a listener naming secrets it cannot fetch.
+                inbound_mode = mtls.Mode.OFF
+                problems.append(sds_fallback.inbound_problem(node))
             for listener in in_listeners:
                 mtls.apply_inbound_mtls(listener, inbound_mode)
                 listeners[listener.name] = make_resource(listener.name, listener)
@@ -323,7 +327,36 @@ class ConfigCache:
     def view(self, node: ProxyNode) -> ProxyView:
         """What ``node`` should have now."""
         if traffic_hooks.is_gateway(node):
-            return traffic_hooks.gateway_view(self, node)
+            view = traffic_hooks.gateway_view(self, node)
+        else:
+            view = self._sidecar_view(node)
+        return view if node.sds else self._without_sds(node, view)
+
+    def _without_sds(self, node: ProxyNode, view: ProxyView) -> ProxyView:
+        """``view`` with plain copies of its mesh-mTLS clusters (:mod:`pilot.sds_fallback`)."""
+        cds_version = view.version(T.CLUSTER)
+        key = ("no-sds", cds_version)
+        found = self._proxy_parts.get(key)
+        if found is None:
+            stripped, problems = sds_fallback.plain_clusters(node, view.get(T.CLUSTER))
+            found = ({n: make_resource(n, c) for n, c in stripped.items()}, tuple(problems))
+            self._proxy_parts[key] = found
+        overrides, problems = found
+        if not overrides:
+            return view
+        clusters = {**view.get(T.CLUSTER), **overrides}
+        return ProxyView(
+            {**view.resources, T.CLUSTER: clusters},
+            (*view.problems, *problems),
+            shared_digests={
+                T.CLUSTER: digest(
+                    [("", cds_version), *((n, r.version) for n, r in overrides.items())]
+                ),
+                T.ENDPOINT: view.version(T.ENDPOINT),
+            },
+        )
+
+    def _sidecar_view(self, node: ProxyNode) -> ProxyView:
         listeners, inbound_clusters, problems = self._proxy_part(node)
         source = traffic_hooks.source_key(self, node)
         # Per-source DestinationPolicy: this proxy's own versions of some outbound clusters.

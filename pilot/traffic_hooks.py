@@ -256,7 +256,7 @@ def is_gateway(node: ProxyNode) -> bool:
 
 
 def gateway_view(cache: ConfigCache, node: ProxyNode) -> ProxyView:
-    from pilot.cache import ProxyView, digest, make_resource
+    from pilot.cache import ProxyView, make_resource
 
     key = ("gateway", node.view_key, cache.services_generation, cache.config_generation)
     found = cache._proxy_parts.get(key)
@@ -269,30 +269,17 @@ def gateway_view(cache: ConfigCache, node: ProxyNode) -> ProxyView:
         )
         cache._proxy_parts[key] = found
     listener_table, route_table, problems = found
-    # Mutual TLS applies to a gateway's clusters exactly as to a sidecar's (shared clusters);
-    # a gateway without SDS gets its own plain copies of the mTLS ones, and a problem.
-    clusters, cds_version = cache.clusters(), cache.shared_digest(T.CLUSTER)
-    plain_key = ("gateway-plain", node.id, node.sds, cds_version)
-    plain = cache._proxy_parts.get(plain_key)
-    if plain is None:
-        stripped, tls_problems = gateway.plain_clusters_for(node, clusters)
-        plain = ({n: make_resource(n, c) for n, c in stripped.items()}, tuple(tls_problems))
-        cache._proxy_parts[plain_key] = plain
-    overrides, tls_problems = plain
-    if overrides:
-        clusters = {**clusters, **overrides}
-        cds_version = digest([("", cds_version), *((n, r.version) for n, r in overrides.items())])
-        problems = (*problems, *tls_problems)
+    # Mutual TLS applies to a gateway's clusters exactly as to a sidecar's (shared clusters).
     return ProxyView(
         {
-            T.CLUSTER: clusters,
+            T.CLUSTER: cache.clusters(),
             T.ENDPOINT: cache.assignments(),
             T.LISTENER: listener_table,
             T.ROUTE: route_table,
         },
         problems,
         shared_digests={
-            T.CLUSTER: cds_version,
+            T.CLUSTER: cache.shared_digest(T.CLUSTER),
             T.ENDPOINT: cache.shared_digest(T.ENDPOINT),
         },
     )

@@ -296,6 +296,38 @@ def apply_outbound_mtls(
     return True
 
 
+def uses_mesh_sds(config: tls_pb2.CommonTlsContext) -> bool:
+    """True when ``config`` takes its certificate or trust bundle from the node agent's SDS."""
+    sds = [
+        *config.tls_certificate_sds_secret_configs,
+        config.combined_validation_context.validation_context_sds_secret_config,
+    ]
+    return any(
+        source.envoy_grpc.cluster_name == SDS_CLUSTER
+        for secret in sds
+        for source in secret.sds_config.api_config_source.grpc_services
+    )
+
+
+def strip_mesh_tls(cluster: cluster_pb2.Cluster) -> bool:
+    """Remove the mesh's mutual TLS (secrets from the node agent over SDS) from ``cluster``.
+
+    For a proxy without SDS: Envoy could never get those secrets, so it would refuse the
+    cluster; plain traffic at least reaches PERMISSIVE destinations, and a STRICT one refuses
+    it visibly. Other TLS (an operator's DestinationPolicy, egress origination) is kept. True
+    when something was removed.
+    """
+    if not cluster.HasField("transport_socket"):
+        return False
+    context = tls_pb2.UpstreamTlsContext()
+    if not cluster.transport_socket.typed_config.Unpack(context):
+        return False
+    if not uses_mesh_sds(context.common_tls_context):
+        return False
+    cluster.ClearField("transport_socket")
+    return True
+
+
 # -- inbound --------------------------------------------------------------------------------
 def apply_xfcc(manager: hcm.HttpConnectionManager) -> None:
     """Forward the verified client's SPIFFE ID to the app; drop any header a client forged."""

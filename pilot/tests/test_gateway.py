@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import attrs
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
 from pilot.cache import ConfigCache, ProxyView
@@ -414,7 +415,7 @@ def test_gateway_with_sds_gets_mtls_clusters_like_a_sidecar() -> None:
     cache, web_cluster = _mtls_cache()
     node = attrs.evolve(NODE, sds=True)
     view = cache.view(node)
-    sidecar = cache.view(ProxyNode(id="sidecar~10.0.0.9~a.default~x", ip="10.0.0.9"))
+    sidecar = cache.view(ProxyNode(id="sidecar~10.0.0.9~a.default~x", ip="10.0.0.9", sds=True))
     assert _socket_name(view, web_cluster) == "envoy.transport_sockets.tls"
     assert view.get(T_CLUSTER)[web_cluster] is sidecar.get(T_CLUSTER)[web_cluster]  # shared
     assert not view.problems and check_consistency(view) == []
@@ -473,3 +474,33 @@ def test_proxy_sds_socket_adds_the_sds_cluster_and_tells_pilot(tmp_path: Path) -
     with_sds = build_parser().parse_args([*argv, "--config", str(mesh), "--sds-socket", "/s"])
     assert gateway_mtls_warning(with_sds) == ""
     assert gateway_mtls_warning(build_parser().parse_args(argv)) == ""  # mTLS off by default
+
+
+def test_sidecar_without_sds_gets_plain_clusters_and_plain_inbound() -> None:
+    """The same rule as for gateways: no config naming secrets the proxy cannot fetch."""
+    from envoy.config.listener.v3 import listener_pb2
+
+    from pilot.cache import check_consistency
+
+    cache, web_cluster = _mtls_cache()
+    # The web workload's own sidecar, at the endpoint the registry marks as terminating mTLS.
+    node = ProxyNode(id="sidecar~10.0.0.5~web.default~x", ip="10.0.0.5", app_ports=((9080, 19080),))
+
+    def inbound_chains(view: ProxyView) -> list[str]:
+        out = []
+        for resource in view.get("type.googleapis.com/envoy.config.listener.v3.Listener").values():
+            listener = listener_pb2.Listener()
+            resource.body.Unpack(listener)
+            if listener.name.startswith("inbound"):
+                out.extend(c.name for c in listener.filter_chains)
+        return out
+
+    with_sds = cache.view(attrs.evolve(node, sds=True))
+    assert _socket_name(with_sds, web_cluster) == "envoy.transport_sockets.tls"
+    assert any(name.endswith("-mtls") for name in inbound_chains(with_sds))
+    assert not with_sds.problems
+    without = cache.view(node)
+    assert _socket_name(without, web_cluster) == ""
+    assert inbound_chains(without) and not any(n.endswith("-mtls") for n in inbound_chains(without))
+    assert len(without.problems) == 2 and all("no SDS source" in p for p in without.problems)
+    assert check_consistency(without) == []

@@ -34,10 +34,8 @@ Mutual TLS: a gateway is a mesh client. It gets the same shared outbound cluster
 sidecar, with :func:`security.mtls.apply_outbound_mtls` already applied, so it needs the mesh
 certificate that only a node agent hands out over SDS: ``meshfed proxy --gateway
 --sds-socket PATH`` puts the SDS cluster in its bootstrap and ``SDS=true`` in its metadata
-(``ProxyNode.sds``), and its SPIFFE ID is the agent's. A gateway without SDS could never fetch
-the secrets those clusters name, so :func:`plain_clusters_for` gives it plain copies and a
-problem naming them: PERMISSIVE destinations still answer, STRICT ones refuse (503 at the
-gateway), and ``meshfed proxy-status`` says why instead of the gateway failing silently.
+(``ProxyNode.sds``), and its SPIFFE ID is the agent's. Like any proxy without SDS, a gateway
+without it gets plain copies of those clusters and a problem (:mod:`pilot.sds_fallback`).
 """
 
 from __future__ import annotations
@@ -45,9 +43,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
 
-from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_components_pb2 as lc
 from envoy.config.listener.v3 import listener_pb2
@@ -66,7 +62,6 @@ from pilot.translate import names
 from pilot.translate.protos import ads_source, pack, seconds, socket_address
 from pilot.translate.traffic import TrafficIndex
 from registry.model import Service
-from security import mtls
 
 log = logging.getLogger("meshfed.pilot.gateway")
 
@@ -277,68 +272,3 @@ def gateway_resources(
             )
         )
     return listeners, routes, problems
-
-
-def _uses_mesh_sds(config: tls_pb2.CommonTlsContext) -> bool:
-    sds = [
-        *config.tls_certificate_sds_secret_configs,
-        config.combined_validation_context.validation_context_sds_secret_config,
-    ]
-    return any(
-        source.envoy_grpc.cluster_name == mtls.SDS_CLUSTER
-        for secret in sds
-        for source in secret.sds_config.api_config_source.grpc_services
-    )
-
-
-def without_mesh_tls(cluster: cluster_pb2.Cluster) -> bool:
-    """Remove the mesh's mutual TLS (secrets from the node agent over SDS) from ``cluster``.
-
-    For a gateway without SDS: Envoy cannot get those secrets, so the cluster would never
-    connect (or be refused outright); plain traffic at least reaches PERMISSIVE destinations,
-    and a STRICT one refuses it visibly (503 at the gateway). Other TLS (an operator's
-    DestinationPolicy, egress origination) is kept. True when something was removed.
-    """
-    if not cluster.HasField("transport_socket"):
-        return False
-    context = tls_pb2.UpstreamTlsContext()
-    if not cluster.transport_socket.typed_config.Unpack(context):
-        return False
-    if not _uses_mesh_sds(context.common_tls_context):
-        return False
-    cluster.ClearField("transport_socket")
-    return True
-
-
-def plain_clusters_for(
-    node: ProxyNode, clusters: Mapping[str, Any]
-) -> tuple[dict[str, cluster_pb2.Cluster], list[str]]:
-    """The mesh-mTLS clusters a gateway without SDS gets in plain form, plus the problem to
-    report (empty when it has SDS or nothing in the mesh uses mutual TLS).
-
-    ``clusters`` maps names to resources with a packed ``body``; only those whose bytes name
-    the SDS cluster are unpacked, so a mesh without mutual TLS costs one byte search each.
-    """
-    if node.sds:
-        return {}, []
-    marker = mtls.SDS_CLUSTER.encode()
-    plain: dict[str, cluster_pb2.Cluster] = {}
-    for name, resource in clusters.items():
-        body = resource.body
-        if marker not in body.value:
-            continue
-        cluster = cluster_pb2.Cluster()
-        body.Unpack(cluster)
-        if without_mesh_tls(cluster):
-            plain[name] = cluster
-    if not plain:
-        return {}, []
-    names = sorted(plain)
-    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-    problem = (
-        f"gateway has no SDS source (run it with --sds-socket, the node agent's socket): "
-        f"{len(names)} cluster(s) that need mesh mutual TLS get plain traffic, which STRICT "
-        f"destinations refuse: {shown}"
-    )
-    log.warning("proxy %s: %s", node.id, problem)
-    return plain, [problem]
