@@ -7,6 +7,8 @@ Hosts 127.0.91.x: A is a client with a sidecar only; B (HTTP) and T (TCP) run an
 their sidecar's inbound listener; L is a legacy HTTP server without a sidecar. Mesh-wide mode
 STRICT. Asserted: A reaches B over mutual TLS and B's app sees A's SPIFFE ID; A reaches T's TCP
 app over mutual TLS; A reaches L in plain text; a client without a sidecar is refused by B.
+M is a service half migrated to the mesh (B's sidecar and the legacy L behind one name): A
+reaches both of its endpoints, B over mutual TLS and L in plain text, with no failed request.
 """
 
 from __future__ import annotations
@@ -37,10 +39,11 @@ from security.tokens import JoinTokenStore
 pytestmark = pytest.mark.timeout(180)
 
 A_IP, B_IP, T_IP, L_IP = "127.0.91.2", "127.0.91.3", "127.0.91.4", "127.0.91.5"
-B_HOST, T_HOST, L_HOST = (
+B_HOST, T_HOST, L_HOST, M_HOST = (
     "b.default.svc.cluster.local",
     "t.default.svc.cluster.local",
     "legacy.default.svc.cluster.local",
+    "mixed.default.svc.cluster.local",
 )
 MESHED = {mtls.TLS_MODE_LABEL: mtls.TLS_MODE_MTLS}
 
@@ -58,12 +61,17 @@ async def pilot() -> AsyncIterator[PilotServer]:
             Service(B_HOST, ports=[Port(80, "http", Protocol.HTTP)]),
             Service(T_HOST, ports=[Port(7379, "tcp", Protocol.TCP)]),
             Service(L_HOST, ports=[Port(80, "http", Protocol.HTTP)]),
+            Service(M_HOST, ports=[Port(80, "http", Protocol.HTTP)]),
         ],
         {
             B_HOST: [Endpoint(B_IP, {"http": 9080}, MESHED, identity=_id("b"))],
             T_HOST: [Endpoint(T_IP, {"tcp": 7379}, MESHED, identity=_id("t"))],
             # A known identity (service account) but no sidecar: no tlsMode label.
             L_HOST: [Endpoint(L_IP, {"http": 9080}, identity=_id("legacy"))],
+            M_HOST: [
+                Endpoint(B_IP, {"http": 9080}, MESHED, identity=_id("b")),
+                Endpoint(L_IP, {"http": 9080}, identity=_id("legacy")),
+            ],
         },
     )
     member.mark_synced()
@@ -172,6 +180,19 @@ async def test_pilot_configured_mtls_http_tcp_and_plain(pilot: PilotServer, tmp_
                 # A meshed client reaches a server without a sidecar, in plain text.
                 _, body = await _eventually_get(session, outbound, L_HOST)
                 assert "x-forwarded-client-cert" not in json.loads(body)
+
+                # Half migrated: each endpoint gets the transport it can answer, per request.
+                await _eventually_get(session, outbound, M_HOST)  # A's config has M
+                identities = []
+                for _ in range(20):  # each request once: a refused handshake would show
+                    async with session.get(
+                        outbound, headers={"Host": M_HOST}, timeout=aiohttp.ClientTimeout(total=5)
+                    ) as resp:
+                        assert resp.status == 200, (resp.status, await resp.text())
+                        body = await resp.text()
+                    xfcc = json.loads(body).get("x-forwarded-client-cert", "")
+                    identities.append("mtls" if f"By={_id('b')}" in xfcc else xfcc or "plain")
+                assert set(identities) == {"mtls", "plain"}, identities
 
                 # STRICT: a client without a sidecar (plain HTTP to B's inbound) is refused.
                 with pytest.raises((aiohttp.ClientError, OSError, asyncio.TimeoutError)):

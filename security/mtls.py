@@ -10,16 +10,20 @@ Promises:
 - Certificates come from the node agent over SDS: secret :data:`CERT_SECRET` (``default``) and
   trust bundle :data:`ROOT_SECRET` (``ROOTCA``), through the static cluster :data:`SDS_CLUSTER`
   that points at the agent's Unix socket (:func:`sds_cluster`). No key is ever in xDS.
-- Outbound (:func:`apply_outbound_mtls`): mutual TLS only to mesh-internal destinations whose
-  every endpoint has a sidecar that terminates it: the endpoint carries a SPIFFE identity *and*
-  the label :data:`TLS_MODE_LABEL` ``=`` :data:`TLS_MODE_MTLS` (set by ``meshfed nodeagent``
-  when it registers a VM with a sidecar, by the injector for pods, or by the operator). Opt-in,
-  because registries know identities of workloads that have no sidecar (a Kubernetes pod has a
-  service account either way), and guessing wrong would break plain services. The server's
-  certificate must carry one of the SPIFFE IDs the registry knows for the service (exact URI
-  SAN matchers).
-  Destinations without a sidecar get plain traffic, which fixes the seed's "a service with auth
-  enabled can't talk to a service without the mesh".
+- Outbound (:func:`apply_outbound_mtls`): mutual TLS to exactly those endpoints of a
+  mesh-internal destination that have a sidecar terminating it: the endpoint carries a SPIFFE
+  identity *and* the label :data:`TLS_MODE_LABEL` ``=`` :data:`TLS_MODE_MTLS` (set by
+  ``meshfed nodeagent`` when it registers a VM with a sidecar, by the injector for pods, or by
+  the operator). Opt-in, because registries know identities of workloads that have no sidecar
+  (a Kubernetes pod has a service account either way), and guessing wrong would break plain
+  services. The decision is per endpoint: the cluster carries a ``transport_socket_matches``
+  entry for :data:`TRANSPORT_SOCKET_MATCH` ``{tlsMode: mtls}`` and EDS marks each sidecar
+  endpoint with that metadata (:func:`endpoint_socket_metadata`), every other endpoint gets
+  the cluster's default, plain. So a service half migrated to the mesh (some VMs with agents,
+  some not) works in every mode, and the seed's "a service with auth enabled can't talk to a
+  service without the mesh" is fixed down to the single instance. The server's certificate
+  must carry one of the SPIFFE IDs the registry knows for the service's sidecar endpoints
+  (exact URI SAN matchers).
 - Inbound (:func:`apply_inbound_mtls`): ``STRICT`` requires a client certificate from the mesh's
   trust bundle; ``PERMISSIVE`` adds the TLS inspector and two filter chains on the same port
   (``transport_protocol: tls`` -> mutual TLS, anything else -> plain); ``OFF`` changes nothing.
@@ -54,7 +58,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo
 from envoy.type.matcher.v3 import string_pb2
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, struct_pb2
 from google.protobuf.message import Message
 
 from registry.model import Endpoint, Location, Service
@@ -69,6 +73,9 @@ TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
 TLS_MODE_LABEL = "security.meshfed.io/tlsMode"
 TLS_MODE_MTLS = "mtls"  # the endpoint's sidecar terminates mesh mutual TLS
 HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+# Envoy reads an endpoint's transport-socket selector from this filter-metadata key.
+TRANSPORT_SOCKET_MATCH = "envoy.transport_socket_match"
+MTLS_MATCH = {"tlsMode": TLS_MODE_MTLS}
 
 
 class Mode(enum.Enum):
@@ -276,23 +283,46 @@ def outbound_transport_socket(
     return upstream_transport_socket(peer_identities(endpoints), sni=service.hostname)
 
 
+def endpoint_socket_metadata(endpoint: Endpoint) -> dict[str, str] | None:
+    """The :data:`TRANSPORT_SOCKET_MATCH` metadata EDS gives ``endpoint``: ``MTLS_MATCH`` when it
+    has a sidecar (so clusters with :func:`apply_outbound_mtls` reach it over mutual TLS)."""
+    return dict(MTLS_MATCH) if has_sidecar(endpoint) else None
+
+
 def apply_outbound_mtls(
     cluster: cluster_pb2.Cluster,
     service: Service,
     endpoints: Sequence[Endpoint],
     policy: Policy,
 ) -> bool:
-    """Set ``cluster.transport_socket`` for mutual TLS when the destination has sidecars.
+    """Give ``cluster`` mutual TLS towards those of ``endpoints`` that have a sidecar.
 
-    Returns True when mutual TLS was configured. Leaves the cluster untouched otherwise, and
-    also when it already has a transport socket (TLS an operator's policy asked for wins).
+    Adds one ``transport_socket_matches`` entry (mesh mTLS for endpoints whose EDS metadata is
+    :data:`MTLS_MATCH`); the cluster's default stays plain for the others. Returns True when
+    mutual TLS was configured. Leaves the cluster untouched when the destination is OFF or
+    outside the mesh, when no endpoint has a sidecar, and when it already has a transport
+    socket (TLS an operator's policy asked for wins).
     """
-    if cluster.HasField("transport_socket"):
+    if cluster.HasField("transport_socket") or cluster.transport_socket_matches:
         return False
-    socket = outbound_transport_socket(service, endpoints, policy)
-    if socket is None:
+    if policy.mode_for(service.hostname) is Mode.OFF:
         return False
-    cluster.transport_socket.CopyFrom(socket)
+    if service.location is Location.MESH_EXTERNAL:
+        return False
+    meshed = [e for e in endpoints if has_sidecar(e)]
+    if not meshed:
+        return False
+    match = struct_pb2.Struct()
+    match.update(MTLS_MATCH)
+    cluster.transport_socket_matches.append(
+        cluster_pb2.Cluster.TransportSocketMatch(
+            name=TLS_MODE_MTLS,
+            match=match,
+            transport_socket=upstream_transport_socket(
+                peer_identities(meshed), sni=service.hostname
+            ),
+        )
+    )
     return True
 
 
@@ -309,6 +339,11 @@ def uses_mesh_sds(config: tls_pb2.CommonTlsContext) -> bool:
     )
 
 
+def _is_mesh_socket(socket: base_pb2.TransportSocket) -> bool:
+    context = tls_pb2.UpstreamTlsContext()
+    return socket.typed_config.Unpack(context) and uses_mesh_sds(context.common_tls_context)
+
+
 def strip_mesh_tls(cluster: cluster_pb2.Cluster) -> bool:
     """Remove the mesh's mutual TLS (secrets from the node agent over SDS) from ``cluster``.
 
@@ -317,15 +352,16 @@ def strip_mesh_tls(cluster: cluster_pb2.Cluster) -> bool:
     it visibly. Other TLS (an operator's DestinationPolicy, egress origination) is kept. True
     when something was removed.
     """
-    if not cluster.HasField("transport_socket"):
-        return False
-    context = tls_pb2.UpstreamTlsContext()
-    if not cluster.transport_socket.typed_config.Unpack(context):
-        return False
-    if not uses_mesh_sds(context.common_tls_context):
-        return False
-    cluster.ClearField("transport_socket")
-    return True
+    removed = False
+    if cluster.HasField("transport_socket") and _is_mesh_socket(cluster.transport_socket):
+        cluster.ClearField("transport_socket")
+        removed = True
+    kept = [m for m in cluster.transport_socket_matches if not _is_mesh_socket(m.transport_socket)]
+    if len(kept) != len(cluster.transport_socket_matches):
+        del cluster.transport_socket_matches[:]
+        cluster.transport_socket_matches.extend(kept)
+        removed = True
+    return removed
 
 
 # -- inbound --------------------------------------------------------------------------------

@@ -404,7 +404,10 @@ def _socket_name(view: ProxyView, name: str) -> str:
 
     cluster = cluster_pb2.Cluster()
     view.get(T_CLUSTER)[name].body.Unpack(cluster)
-    return cluster.transport_socket.name
+    sockets = {cluster.transport_socket.name} | {
+        m.transport_socket.name for m in cluster.transport_socket_matches
+    }
+    return ",".join(sorted(sockets - {""}))
 
 
 def test_gateway_with_sds_gets_mtls_clusters_like_a_sidecar() -> None:

@@ -109,3 +109,21 @@ def test_inbound_listener_forwards_to_app_port() -> None:
     assert [lst.address.socket_address.port_value for lst in lsts] == [9080]
     target = clus[0].load_assignment.endpoints[0].lb_endpoints[0].endpoint.address
     assert (target.socket_address.address, target.socket_address.port_value) == ("127.0.0.3", 8080)
+
+
+def test_eds_marks_sidecar_endpoints_for_the_mtls_transport_socket() -> None:
+    from pilot.translate.endpoints import lb_endpoints
+    from security import mtls
+
+    port = Port(80, "http", Protocol.HTTP)
+    meshed = Endpoint(
+        "10.0.0.1", {"http": 9080}, {mtls.TLS_MODE_LABEL: mtls.TLS_MODE_MTLS}, identity="spiffe://x"
+    )
+    legacy = Endpoint("10.0.0.2", {"http": 9080}, identity="spiffe://y")
+    (group,) = lb_endpoints(port, [legacy, meshed])
+    metadata = {
+        lb.endpoint.address.socket_address.address: lb.metadata.filter_metadata
+        for lb in group.lb_endpoints
+    }
+    assert dict(metadata["10.0.0.1"][mtls.TRANSPORT_SOCKET_MATCH]) == mtls.MTLS_MATCH
+    assert mtls.TRANSPORT_SOCKET_MATCH not in metadata["10.0.0.2"]

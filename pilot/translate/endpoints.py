@@ -2,7 +2,9 @@
 
 Unhealthy endpoints are sent with ``UNHEALTHY`` status rather than dropped, so Envoy's view
 matches the registry's and ``proxy-config endpoint`` shows them. Endpoint identity and labels
-travel as ``meshfed`` filter metadata for later policy (mTLS SAN checks, subsets).
+travel as ``meshfed`` filter metadata for later policy (mTLS SAN checks, subsets); an endpoint
+with a sidecar also gets Envoy's ``envoy.transport_socket_match`` metadata, which selects the
+mutual-TLS transport socket of its cluster (:func:`security.mtls.apply_outbound_mtls`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from google.protobuf import struct_pb2, wrappers_pb2
 
 from pilot.translate.protos import socket_address
 from registry.model import Endpoint, Locality, Port
+from security import mtls
 
 
 def lb_endpoints(port: Port, endpoints: Iterable[Endpoint]) -> list[ec.LocalityLbEndpoints]:
@@ -29,6 +32,10 @@ def lb_endpoints(port: Port, endpoints: Iterable[Endpoint]) -> list[ec.LocalityL
         if ep.registry:
             fields["registry"] = ep.registry
         meta.update(fields)
+        metadata = base_pb2.Metadata(filter_metadata={"meshfed": meta})
+        socket_match = mtls.endpoint_socket_metadata(ep)
+        if socket_match is not None:
+            metadata.filter_metadata[mtls.TRANSPORT_SOCKET_MATCH].update(socket_match)
         lb = ec.LbEndpoint(
             endpoint=ec.Endpoint(
                 address=socket_address(ep.address, ep.target_port(port)),
@@ -40,7 +47,7 @@ def lb_endpoints(port: Port, endpoints: Iterable[Endpoint]) -> list[ec.LocalityL
                 else health_check_pb2.HealthStatus.UNHEALTHY
             ),
             load_balancing_weight=wrappers_pb2.UInt32Value(value=max(1, ep.weight)),
-            metadata=base_pb2.Metadata(filter_metadata={"meshfed": meta}),
+            metadata=metadata,
         )
         groups.setdefault(ep.locality, []).append(lb)
     return [

@@ -31,8 +31,11 @@ def test_outbound_mtls_to_sidecars_verifies_the_known_identities() -> None:
     cluster = cluster_pb2.Cluster(name="outbound|9080||reviews")
     assert mtls.apply_outbound_mtls(cluster, SVC, eps, mtls.Policy(mtls.Mode.PERMISSIVE))
     ctx = tls_pb2.UpstreamTlsContext()
-    assert cluster.transport_socket.name == mtls.TLS_SOCKET
-    cluster.transport_socket.typed_config.Unpack(ctx)
+    assert not cluster.HasField("transport_socket")  # the default, for endpoints without one
+    (match,) = cluster.transport_socket_matches
+    assert dict(match.match) == mtls.MTLS_MATCH
+    assert match.transport_socket.name == mtls.TLS_SOCKET
+    match.transport_socket.typed_config.Unpack(ctx)
     assert ctx.sni == SVC.hostname
     common = ctx.common_tls_context
     assert [c.name for c in common.tls_certificate_sds_secret_configs] == [mtls.CERT_SECRET]
@@ -53,12 +56,6 @@ def test_outbound_mtls_to_sidecars_verifies_the_known_identities() -> None:
     [
         # endpoints without a sidecar (identity known, but no tlsMode label) -> plain
         (SVC, [_ep("10.0.0.1", "spiffe://td/ns/shop/sa/reviews")], mtls.Policy(mtls.Mode.STRICT)),
-        # one endpoint of several without a sidecar -> plain for the whole cluster
-        (
-            SVC,
-            [_ep("10.0.0.1", "spiffe://td/ns/a/sa/b", MESHED), _ep("10.0.0.2")],
-            mtls.Policy(mtls.Mode.STRICT),
-        ),
         # mesh-external destinations -> plain
         (
             Service("api.example.com", location=Location.MESH_EXTERNAL),
@@ -80,7 +77,25 @@ def test_plain_traffic_to_destinations_without_sidecar_or_with_mtls_off(
 ) -> None:
     cluster = cluster_pb2.Cluster(name="c")
     assert not mtls.apply_outbound_mtls(cluster, service, endpoints, policy)
-    assert not cluster.HasField("transport_socket")
+    assert not cluster.HasField("transport_socket") and not cluster.transport_socket_matches
+
+
+def test_mixed_service_gets_mtls_per_endpoint() -> None:
+    """Half migrated: only the endpoints with a sidecar are selected for mutual TLS."""
+    meshed = _ep("10.0.0.1", "spiffe://td/ns/shop/sa/reviews", MESHED)
+    legacy = _ep("10.0.0.2", "spiffe://td/ns/shop/sa/legacy")  # identity, but no sidecar
+    cluster = cluster_pb2.Cluster(name="c")
+    assert mtls.apply_outbound_mtls(cluster, SVC, [meshed, legacy], mtls.Policy(mtls.Mode.STRICT))
+    (match,) = cluster.transport_socket_matches
+    ctx = tls_pb2.UpstreamTlsContext()
+    match.transport_socket.typed_config.Unpack(ctx)
+    sans = ctx.common_tls_context.combined_validation_context.default_validation_context
+    assert [m.matcher.exact for m in sans.match_typed_subject_alt_names] == [meshed.identity]
+    assert mtls.endpoint_socket_metadata(meshed) == mtls.MTLS_MATCH
+    assert mtls.endpoint_socket_metadata(legacy) is None
+    # Without SDS the proxy gets the cluster back plain (pilot.sds_fallback).
+    assert mtls.strip_mesh_tls(cluster) and not cluster.transport_socket_matches
+    assert not mtls.strip_mesh_tls(cluster)
 
 
 def _inbound(filters: list[lc.Filter]) -> listener_pb2.Listener:
