@@ -153,12 +153,15 @@ def cmd_proxy(args: argparse.Namespace) -> int:
             print(f"ready: {spec.node_id} ACKed {versions}", flush=True)
             exited = asyncio.create_task(envoy.proc.wait())  # type: ignore[union-attr]
             stopping = asyncio.create_task(stop.wait())
-            await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            if exited.done():
+            try:
+                await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopping.cancel()
+                if not exited.done():
+                    exited.cancel()
+            if exited.done() and not exited.cancelled():
                 print(f"envoy exited with {exited.result()}:\n{envoy.tail()}", file=sys.stderr)
                 return 1
-            stopping.cancel()
-            exited.cancel()
             return 0
         except (TimeoutError, RuntimeError) as exc:
             print(f"error: {exc}", file=sys.stderr)

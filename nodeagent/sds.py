@@ -143,10 +143,14 @@ class SDSServer(sds_pb2_grpc.SecretDiscoveryServiceServicer):
                     continue
                 get = asyncio.ensure_future(requests.get())
                 wait = asyncio.ensure_future(self._changed.wait())
-                done, _ = await asyncio.wait({get, wait}, return_when=asyncio.FIRST_COMPLETED)
-                wait.cancel()
+                try:
+                    done, _ = await asyncio.wait({get, wait}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    # Also when the stream itself is cancelled: no waiter may outlive it.
+                    wait.cancel()
+                    if not get.done():
+                        get.cancel()  # a cancelled get() has taken nothing from the queue
                 if get not in done:
-                    get.cancel()  # a cancelled get() has taken nothing from the queue
                     continue
                 request = get.result()
                 if request is None:

@@ -154,6 +154,7 @@ class ConsulRegistry:
 
     async def _wait_initial_results(self) -> None:
         stopped = asyncio.create_task(self._stopped.wait())
+        waits: list[asyncio.Task[Any]] = []
         try:
             while not self._stopped.is_set():
                 pending = [
@@ -168,7 +169,10 @@ class ConsulRegistry:
                 for task in waits:
                     task.cancel()
         finally:
+            # Also when this coroutine is cancelled mid-wait: no waiter may outlive it.
             stopped.cancel()
+            for task in waits:
+                task.cancel()
 
     # -- watches ----------------------------------------------------------------------------
     def _observer(self, dc: str, kind: str) -> Any:
