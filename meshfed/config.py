@@ -106,6 +106,15 @@ def load_mesh_config(path: Path | str | None) -> MeshConfig:
                 params[file_key] = _resolve(base, reg.str(file_key))
         registries.append(RegistryConfig(name, kind, params))
     pilot_reader = reader.reader("pilot")
+    if pilot_reader is not None:
+        # Checked here so a typo stops `meshfed up` (and fails `meshfed validate`) with the
+        # field named, instead of quietly serving a different set of Ingresses.
+        pilot_reader.str("ingressClass")
+        mode = pilot_reader.str("ingressControllerMode")
+        if mode and mode.upper() not in ("OFF", "DEFAULT", "STRICT"):
+            pilot_reader.error(
+                "ingressControllerMode", f"expected one of OFF, DEFAULT, STRICT, got {mode!r}"
+            )
     config = MeshConfig(
         trust_domain=reader.str("trustDomain", default=defaults.trust_domain),
         system_namespace=reader.str("systemNamespace", default=defaults.system_namespace),

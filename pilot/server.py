@@ -35,6 +35,7 @@ from pilot import traffic_hooks
 from pilot import xds_types as T
 from pilot.ads import DiscoveryServer
 from pilot.cache import CacheChange, ConfigCache
+from pilot.config.parse import IngressSelection, routing_parsers
 from pilot.config.store import ConfigSnapshot, FileConfigStore
 from pilot.debounce import Batch, DebounceLoop
 from pilot.translate.traffic import TrafficOptions
@@ -149,7 +150,10 @@ class PilotServer:
         if hub.mesh.config_paths and not any(
             isinstance(s, FileConfigStore) for s in self.config_stores
         ):
-            store = FileConfigStore(hub.mesh.config_paths)
+            store = FileConfigStore(
+                hub.mesh.config_paths,
+                routing_parsers(IngressSelection.from_pilot_config(hub.mesh.pilot)),
+            )
             self.config_stores.append(store)
             self._owned_stores = [store]
         for component in getattr(hub, "components", ()):

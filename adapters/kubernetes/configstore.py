@@ -44,6 +44,7 @@ from adapters.kubernetes.namespaces import DEFAULT_SYSTEM_NAMESPACE, NamespaceFi
 from adapters.kubernetes.watcher import Watcher, WatchEvent
 from meshfed.resources import ConfigError, Document
 from pilot.config.parse import PARSERS as ROUTING_PARSERS
+from pilot.config.parse import IngressSelection, routing_parsers
 from pilot.config.store import ConfigSnapshot
 
 log = logging.getLogger("meshfed.adapters.kubernetes.config")
@@ -327,6 +328,7 @@ class KubeConfigStore:
         name: str = "kubernetes",
         kinds: Iterable[ResourceKind] = ROUTING_KINDS,
         record_events: bool = True,
+        parsers: Mapping[str, Parser] = ROUTING_PARSERS,
     ) -> None:
         # A factory is resolved in run(), so a bad kubeconfig is a logged, retried error of this
         # store (it stays not-ready) rather than an exception while the hub is being built.
@@ -336,9 +338,7 @@ class KubeConfigStore:
         self.namespaces = namespaces or NamespaceFilter()
         self.record_events = record_events
         self.recorder: EventRecorder | None = None
-        self.resources = CustomResourceSet(
-            kinds, ROUTING_PARSERS, self.namespaces, None, "routing config"
-        )
+        self.resources = CustomResourceSet(kinds, parsers, self.namespaces, None, "routing config")
         self.snapshot = ConfigSnapshot()
         self.watchers: dict[str, Watcher] = {}
         self._subscribers: list[Callable[[ConfigSnapshot], None]] = []
@@ -348,7 +348,10 @@ class KubeConfigStore:
 
     @classmethod
     def from_params(
-        cls, params: Mapping[str, Any], system_namespace: str = DEFAULT_SYSTEM_NAMESPACE
+        cls,
+        params: Mapping[str, Any],
+        parsers: Mapping[str, Parser] = ROUTING_PARSERS,
+        system_namespace: str = DEFAULT_SYSTEM_NAMESPACE,
     ) -> KubeConfigStore:
         """A store for the cluster a ``kind: kubernetes`` registry entry names (same params)."""
         namespaces = NamespaceFilter(
@@ -360,7 +363,7 @@ class KubeConfigStore:
         def api() -> k8s.ApiClient:
             return load_api_client(params.get("kubeconfig"), params.get("context"))
 
-        return cls(api, namespaces, name=str(params.get("name") or "kubernetes"))
+        return cls(api, namespaces, name=str(params.get("name") or "kubernetes"), parsers=parsers)
 
     @property
     def api_client(self) -> k8s.ApiClient:
@@ -527,7 +530,8 @@ def kube_config_components(mesh: Any) -> list[KubeConfigComponent]:
     out = []
     for reg in mesh.registries:
         if reg.kind == "kubernetes" and reg.params.get("configStore", True):
-            store = KubeConfigStore.from_params({**reg.params, "name": reg.name})
+            parsers = routing_parsers(IngressSelection.from_pilot_config(mesh.pilot))
+            store = KubeConfigStore.from_params({**reg.params, "name": reg.name}, parsers)
             if not reg.params.get("systemNamespace"):
                 store.namespaces.system_namespace = mesh.system_namespace
             out.append(KubeConfigComponent(store))

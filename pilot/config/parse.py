@@ -8,9 +8,13 @@ and never raises on bad input.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
 
 from meshfed.resources import ConfigError, Document, FieldReader
 from pilot.config.model import (
@@ -40,10 +44,40 @@ from registry.model import Labels, Protocol
 
 CONFIG_API_VERSIONS = frozenset({"config.istio.io/v1alpha2", "config.meshfed.io/v1alpha1"})
 INGRESS_API_VERSIONS = frozenset({"networking.k8s.io/v1", "extensions/v1beta1"})
-# Ingress classes the meshfed gateway serves ("" = no class given; "istio" as in Istio 0.2),
-# from spec.ingressClassName or the legacy annotation below.
-INGRESS_CLASSES = frozenset({"", "meshfed", "istio"})
 INGRESS_CLASS_ANNOTATION = "kubernetes.io/ingress.class"
+INGRESS_MODES = ("OFF", "DEFAULT", "STRICT")  # Istio's ingressControllerMode values
+
+
+@attrs.frozen(slots=True)
+class IngressSelection:
+    """Which Kubernetes Ingresses the meshfed gateway serves, as Istio's mesh config said it.
+
+    ``ingressClass`` (default: ``meshfed`` and ``istio``, Istio 0.2's class) is compared with
+    ``spec.ingressClassName`` or the legacy ``kubernetes.io/ingress.class`` annotation;
+    ``ingressControllerMode`` ``DEFAULT`` also serves Ingresses that name no class, ``STRICT``
+    only those of the class (right when the cluster's default IngressClass is another
+    controller's), ``OFF`` none. An Ingress not served is never parsed further: another
+    controller's object gets no error and no Event from meshfed.
+    """
+
+    classes: frozenset[str] = frozenset({"meshfed", "istio"})
+    unset: bool = True
+
+    def serves(self, ingress_class: str) -> bool:
+        return ingress_class in self.classes if ingress_class else self.unset
+
+    @classmethod
+    def from_pilot_config(cls, pilot: Mapping[str, Any]) -> IngressSelection:
+        """From the mesh config's ``pilot:`` section (validated by ``meshfed.config``)."""
+        mode = str(pilot.get("ingressControllerMode") or "DEFAULT").upper()
+        if mode == "OFF":
+            return cls(frozenset(), False)
+        name = str(pilot.get("ingressClass") or "")
+        classes = frozenset({name}) if name else cls().classes
+        return cls(classes, mode != "STRICT")
+
+
+DEFAULT_INGRESS = IngressSelection()
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _NOT_RE2 = re.compile(r"\(\?<?[=!]|\\[1-9]")  # lookaround, backreferences: not in RE2
@@ -500,24 +534,24 @@ def _ingress_backend(reader: FieldReader | None, namespace: str) -> tuple[Servic
     return ServiceRef(name=name, namespace=namespace), 0
 
 
-def ingress_class(doc: Document, r: FieldReader) -> str:
+def ingress_class(doc: Document, r: FieldReader, selection: IngressSelection) -> str:
     """An Ingress's class: ``spec.ingressClassName``, else the legacy annotation (Istio 0.2
     served ``kubernetes.io/ingress.class: istio``); "" when neither is set.
 
     Kubernetes refuses an Ingress that sets both; here both may be set when they agree, and
-    disagreeing values are an error when either names a class meshfed serves.
+    disagreeing values are an error when either names a class ``selection`` serves.
     """
     spec_class = r.str("ingressClassName")
     notes = FieldReader(doc.file, doc.ref, doc.annotations, "metadata.annotations", r.errors)
     legacy = notes.str(INGRESS_CLASS_ANNOTATION)
     if spec_class and legacy and spec_class != legacy:
-        if spec_class in INGRESS_CLASSES or legacy in INGRESS_CLASSES:
+        if selection.serves(spec_class) or selection.serves(legacy):
             notes.error(
                 INGRESS_CLASS_ANNOTATION,
                 f"expected the same class as spec.ingressClassName ({spec_class!r}) or no "
                 f"annotation, got {legacy!r}",
             )
-            return spec_class if spec_class in INGRESS_CLASSES else legacy  # ours: report it
+            return spec_class if selection.serves(spec_class) else legacy  # ours: report it
         return spec_class
     return spec_class or legacy
 
@@ -534,16 +568,17 @@ def _path_type(reader: FieldReader) -> PathType:
     return PathType.IMPLEMENTATION_SPECIFIC
 
 
-def parse_ingress(doc: Document) -> tuple[Gateway | None, list[ConfigError]]:
-    """A Kubernetes Ingress, or meshfed's Gateway kind (same shape, plus ``port``)."""
+def parse_ingress(
+    doc: Document, selection: IngressSelection = DEFAULT_INGRESS
+) -> tuple[Gateway | None, list[ConfigError]]:
+    """A Kubernetes Ingress (when ``selection`` serves its class), or meshfed's Gateway kind
+    (same shape, plus ``port``; always served)."""
     r = FieldReader(doc.file, doc.ref, doc.spec, "spec")
     allowed = INGRESS_API_VERSIONS if doc.kind == "Ingress" else CONFIG_API_VERSIONS
     _check_api_version(doc, r, allowed)
     r.unknown_fields({"rules", "tls", "ingressClassName", "defaultBackend", "backend", "port"})
-    if doc.kind == "Ingress":
-        cls = ingress_class(doc, r)
-        if cls not in INGRESS_CLASSES:
-            return None, []  # another controller's Ingress: not ours to serve, and not an error
+    if doc.kind == "Ingress" and not selection.serves(ingress_class(doc, r, selection)):
+        return None, []  # another controller's Ingress: not ours to serve, and not an error
     paths = []
     default_reader = r.reader("defaultBackend") or r.reader("backend")  # v1 / v1beta1
     for rule in r.readers("rules", required=default_reader is None):
@@ -588,3 +623,10 @@ PARSERS: dict[str, Parser] = {
     "Gateway": parse_ingress,
     "Ingress": parse_ingress,
 }
+
+
+def routing_parsers(selection: IngressSelection = DEFAULT_INGRESS) -> dict[str, Parser]:
+    """:data:`PARSERS` with the mesh's Ingress selection (what every config store uses)."""
+    if selection == DEFAULT_INGRESS:
+        return PARSERS
+    return {**PARSERS, "Ingress": functools.partial(parse_ingress, selection=selection)}

@@ -9,8 +9,9 @@ snapshot really changed.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from meshfed.filestore import WatchedFiles
 from meshfed.resources import ConfigError, load_documents
 from pilot.config.conflicts import RuleConflict, find_conflicts, ordered_rules
 from pilot.config.model import ConfigObject, DestinationPolicy, EgressRule, Gateway, RouteRule
-from pilot.config.parse import PARSERS
+from pilot.config.parse import PARSERS, Parser
 
 log = logging.getLogger("meshfed.pilot.config")
 
@@ -52,11 +53,13 @@ class ConfigSnapshot:
         )
 
 
-def parse_config_file(path: Path) -> tuple[tuple[ConfigObject, ...] | None, list[ConfigError]]:
+def parse_config_file(
+    path: Path, parsers: Mapping[str, Parser] = PARSERS
+) -> tuple[tuple[ConfigObject, ...] | None, list[ConfigError]]:
     docs, errors = load_documents(path)
     objects = []
     for doc in docs:
-        parser = PARSERS.get(doc.kind)
+        parser = parsers.get(doc.kind)
         if parser is None:
             continue
         parsed, doc_errors = parser(doc)
@@ -69,8 +72,15 @@ def parse_config_file(path: Path) -> tuple[tuple[ConfigObject, ...] | None, list
 class FileConfigStore:
     """Routing config from files and folders, applied live."""
 
-    def __init__(self, paths: Iterable[Path | str]) -> None:
-        self.files = WatchedFiles(paths, parse_config_file, self._apply, what="routing config")
+    def __init__(
+        self, paths: Iterable[Path | str], parsers: Mapping[str, Parser] = PARSERS
+    ) -> None:
+        self.files = WatchedFiles(
+            paths,
+            functools.partial(parse_config_file, parsers=parsers),
+            self._apply,
+            what="routing config",
+        )
         self.snapshot = ConfigSnapshot()
         self._subscribers: list[Callable[[ConfigSnapshot], None]] = []
 

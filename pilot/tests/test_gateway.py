@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import attrs
+import pytest
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
 from pilot.cache import ConfigCache, ProxyView
@@ -507,3 +508,54 @@ def test_sidecar_without_sds_gets_plain_clusters_and_plain_inbound() -> None:
     assert inbound_chains(without) and not any(n.endswith("-mtls") for n in inbound_chains(without))
     assert len(without.problems) == 2 and all("no SDS source" in p for p in without.problems)
     assert check_consistency(without) == []
+
+
+@pytest.mark.parametrize(
+    ("pilot", "served"),
+    [
+        ({}, ["istio-class", "meshfed-class", "unclassed"]),  # DEFAULT, meshfed + istio
+        ({"ingressControllerMode": "STRICT"}, ["istio-class", "meshfed-class"]),
+        ({"ingressClass": "edge"}, ["edge-class", "unclassed"]),
+        ({"ingressClass": "edge", "ingressControllerMode": "strict"}, ["edge-class"]),
+        ({"ingressControllerMode": "OFF"}, []),
+    ],
+)
+def test_mesh_config_chooses_the_ingresses_served_like_istio(
+    tmp_path: Path, pilot: dict, served: list[str]
+) -> None:
+    """Istio's ingressClass / ingressControllerMode, through the store the hub builds."""
+    from pilot.config.parse import IngressSelection, routing_parsers
+    from pilot.config.store import FileConfigStore
+
+    path = tmp_path / "ingress.yaml"
+    path.write_text(
+        "---\n".join(
+            [
+                ingress("istio-class", cls="ingressClassName: istio"),
+                ingress("meshfed-class", cls="ingressClassName: meshfed"),
+                ingress("edge-class", meta=", annotations: {kubernetes.io/ingress.class: edge}"),
+                ingress("nginx-class", cls="ingressClassName: nginx"),
+                ingress("unclassed"),
+            ]
+        )
+    )
+    store = FileConfigStore([path], routing_parsers(IngressSelection.from_pilot_config(pilot)))
+    store.load()
+    assert not store.errors
+    assert sorted(g.name for g in store.snapshot.gateways) == served
+
+
+def test_bad_ingress_controller_mode_stops_the_mesh_config(tmp_path: Path) -> None:
+    from meshfed.config import load_mesh_config
+    from meshfed.resources import ConfigErrors
+
+    mesh = tmp_path / "mesh.yaml"
+    mesh.write_text(
+        "apiVersion: meshfed.io/v1alpha1\nkind: MeshConfig\nmetadata: {name: mesh}\n"
+        "spec: {pilot: {ingressControllerMode: STRICTLY}}\n"
+    )
+    with pytest.raises(ConfigErrors) as raised:
+        load_mesh_config(mesh)
+    assert "spec.pilot.ingressControllerMode: expected one of OFF, DEFAULT, STRICT" in str(
+        raised.value
+    )

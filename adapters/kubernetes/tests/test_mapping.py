@@ -296,3 +296,28 @@ def test_params_are_checked() -> None:
     ):
         with pytest.raises(ValueError, match=message):
             parse_params(bad)
+
+
+def test_crd_config_store_serves_the_ingresses_the_mesh_config_chooses() -> None:
+    """The hub's Kubernetes config store parses Ingresses with the mesh's selection."""
+    from adapters.kubernetes.configstore import kube_config_components
+    from meshfed.config import MeshConfig, RegistryConfig
+    from meshfed.resources import Document
+
+    mesh = MeshConfig(
+        registries=(RegistryConfig("k8s", "kubernetes", {"kubeconfig": "/nonexistent"}),),
+        pilot={"ingressControllerMode": "STRICT"},
+    )
+    (component,) = kube_config_components(mesh)
+    parse = component.store.resources.parsers["Ingress"]
+    backend = {"service": {"name": "web", "port": {"number": 80}}}
+    spec = {"rules": [{"host": "a", "http": {"paths": [{"path": "/", "backend": backend}]}}]}
+
+    def doc(spec_class: str) -> Document:
+        body = {**spec, "ingressClassName": spec_class} if spec_class else spec
+        return Document("k8s", 0, "networking.k8s.io/v1", "Ingress", "x", "default", {}, body)
+
+    assert parse(doc("")) == (None, [])  # STRICT: an Ingress naming no class is not ours
+    assert parse(doc("nginx")) == (None, [])
+    served, errors = parse(doc("istio"))
+    assert errors == [] and served.name == "x" and served.paths[0].host == "a"
