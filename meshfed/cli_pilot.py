@@ -3,7 +3,7 @@
 - ``meshfed bootstrap``: print a sidecar's Envoy bootstrap (JSON).
 - ``meshfed proxy``: run a real Envoy sidecar (or ``--gateway``; ``--sds-socket`` for mesh mTLS);
   prints ``ready`` once Envoy has ACKed its first full config from Pilot, stops Envoy (its
-  whole process group) on Ctrl-C / SIGTERM. A gateway without ``--sds-socket`` in a mesh whose
+  whole process group) on Ctrl-C / SIGTERM. A proxy without ``--sds-socket`` in a mesh whose
   config turns mutual TLS on gets a warning on stderr (STRICT services will refuse it).
 - ``meshfed proxy-status [PROXY]``: per proxy and type, SYNCED / NOT SENT / STALE / NACKED.
 - ``meshfed proxy-config cluster|listener|route|endpoint PROXY``: what Pilot last sent.
@@ -66,7 +66,7 @@ def _add_proxy_args(p: argparse.ArgumentParser) -> None:
         "--sds-socket",
         default="",
         help="the node agent's SDS socket (meshfed nodeagent --sds-socket): the proxy holds a "
-        "mesh certificate for mutual TLS; a gateway needs it when pilot.mtls is on",
+        "mesh certificate for mutual TLS (needed to reach STRICT services when pilot.mtls is on)",
     )
     p.add_argument("--config", "-c", help="MeshConfig file (Pilot and hub addresses)")
 
@@ -97,11 +97,11 @@ def _spec(args: argparse.Namespace) -> Any:
     )
 
 
-def gateway_mtls_warning(args: argparse.Namespace) -> str:
-    """What to tell the operator of a gateway run without SDS in a mesh with mutual TLS on
+def mtls_warning(args: argparse.Namespace) -> str:
+    """What to tell the operator of a proxy run without SDS in a mesh with mutual TLS on
     ("" when there is nothing to say): it would reach STRICT services in plain text and be
-    refused. Pilot also lists the affected clusters under the gateway's problems."""
-    if not args.gateway or args.sds_socket:
+    refused. Pilot also lists the affected clusters under the proxy's problems."""
+    if args.sds_socket:
         return ""
     from meshfed.config import load_mesh_config
     from security import mtls
@@ -110,8 +110,9 @@ def gateway_mtls_warning(args: argparse.Namespace) -> str:
     modes = {policy.mode, *policy.overrides.values()}
     if modes == {mtls.Mode.OFF}:
         return ""
+    what = "gateway" if args.gateway else "proxy"
     return (
-        "warning: the mesh runs mutual TLS (pilot.mtls) but this gateway has no --sds-socket: "
+        f"warning: the mesh runs mutual TLS (pilot.mtls) but this {what} has no --sds-socket: "
         "it cannot hold a mesh certificate, so STRICT services refuse it (503). Run "
         "`meshfed nodeagent --sds-socket PATH ...` beside it and pass --sds-socket PATH."
     )
@@ -130,7 +131,7 @@ def cmd_proxy(args: argparse.Namespace) -> int:
 
     spec = _spec(args)
     hub = hub_url(args)
-    warning = gateway_mtls_warning(args)
+    warning = mtls_warning(args)
     if warning:
         print(warning, file=sys.stderr, flush=True)
 

@@ -15,8 +15,8 @@ A sidecar's bootstrap carries a node id and metadata. Pilot reads:
 - ``INTERCEPTION_MODE``: ``NONE`` (default: the app addresses the sidecar) or ``REDIRECT``
   (iptables sends the app's traffic to 15001 / 15006; see ``translate/interception.py``).
 - ``SDS``: ``"true"`` when the bootstrap has the node agent's SDS cluster (``--sds-socket``),
-  so the proxy can hold a mesh certificate. Read for gateways: one without SDS gets plain
-  clusters and a problem instead of mutual-TLS clusters it could never use.
+  so the proxy can hold a mesh certificate. A proxy without it gets plain clusters and a
+  problem instead of mutual-TLS config it could never use (``pilot/sds_fallback.py``).
 
 Malformed metadata never crashes the server: bad entries are ignored and listed in ``problems``.
 """

@@ -450,7 +450,7 @@ def test_proxy_sds_socket_adds_the_sds_cluster_and_tells_pilot(tmp_path: Path) -
     from google.protobuf import json_format
 
     from meshfed.cli import build_parser
-    from meshfed.cli_pilot import _spec, gateway_mtls_warning
+    from meshfed.cli_pilot import _spec, mtls_warning
     from meshfed.proxy import bootstrap
     from pilot.node import from_proto
 
@@ -474,10 +474,10 @@ def test_proxy_sds_socket_adds_the_sds_cluster_and_tells_pilot(tmp_path: Path) -
         "spec: {pilot: {mtls: {mode: STRICT}}}\n"
     )
     with_mesh = build_parser().parse_args([*argv, "--config", str(mesh)])
-    assert "--sds-socket" in gateway_mtls_warning(with_mesh)
+    assert "--sds-socket" in mtls_warning(with_mesh)
     with_sds = build_parser().parse_args([*argv, "--config", str(mesh), "--sds-socket", "/s"])
-    assert gateway_mtls_warning(with_sds) == ""
-    assert gateway_mtls_warning(build_parser().parse_args(argv)) == ""  # mTLS off by default
+    assert mtls_warning(with_sds) == ""
+    assert mtls_warning(build_parser().parse_args(argv)) == ""  # mTLS off by default
 
 
 def test_sidecar_without_sds_gets_plain_clusters_and_plain_inbound() -> None:

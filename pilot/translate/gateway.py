@@ -27,8 +27,9 @@ Several Ingress/Gateway objects for the same host merge into one virtual host (o
 namespace/name order, paths longest first). An Ingress ``defaultBackend`` is the last route
 of every host of that object; the first default of all serves every other host (``*``). A
 backend that resolves to no service port is skipped and reported as a problem. Which
-Ingresses are ours (class unset, ``meshfed`` or ``istio``, from ``spec.ingressClassName`` or
-the legacy ``kubernetes.io/ingress.class`` annotation) is decided by the parser.
+Ingresses are ours (``spec.ingressClassName`` or the legacy ``kubernetes.io/ingress.class``
+annotation against the mesh config's ``ingressClass`` / ``ingressControllerMode``) is decided
+by the parser (:class:`pilot.config.parse.IngressSelection`).
 
 Mutual TLS: a gateway is a mesh client. It gets the same shared outbound clusters as a
 sidecar, with :func:`security.mtls.apply_outbound_mtls` already applied, so it needs the mesh
@@ -40,7 +41,6 @@ without it gets plain copies of those clusters and a problem (:mod:`pilot.sds_fa
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -62,8 +62,6 @@ from pilot.translate import names
 from pilot.translate.protos import ads_source, pack, seconds, socket_address
 from pilot.translate.traffic import TrafficIndex
 from registry.model import Service
-
-log = logging.getLogger("meshfed.pilot.gateway")
 
 GATEWAY_NODE_PREFIX = "router~"
 ROUTE_TIMEOUT_S = 15.0
