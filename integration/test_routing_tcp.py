@@ -181,7 +181,8 @@ async def test_l4_fault_throttles_and_terminates_connections(tmp_path: Path) -> 
             unthrottled = await echo_seconds(size)
             assert unthrottled < 1.0, unthrottled
             assert await seconds_until_closed(2.5) is None
-            # 32 KiB/s back to the app: 96 KiB need at least 2 s even after a full bucket.
+            # 32 KiB/s back to the app: 96 KiB take about 1.8 s here (3 s of rate, less what
+            # the full bucket lets through at once); unthrottled they take about 1 ms.
             await mesh.apply(
                 "slow",
                 rule(
@@ -193,7 +194,7 @@ l4Fault: {{throttle: {{percent: 100, downstreamLimitBps: {8 * 32 * 1024}}}}}
                 ),
             )
             throttled = await echo_seconds(size)
-            assert throttled >= 1.8, (unthrottled, throttled)
+            assert throttled >= 1.2, (unthrottled, throttled)
             await mesh.apply(
                 "slow",
                 rule(
