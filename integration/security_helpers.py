@@ -80,6 +80,35 @@ class BackgroundLoop:
         self.loop.close()
 
 
+def agent_config(
+    base: Path,
+    ca: CAServer,
+    tokens: JoinTokenStore,
+    namespace: str,
+    account: str,
+    *,
+    name: str = "",
+    bootstrap: dict[str, Any] | None = None,
+    ttl: dt.timedelta | None = None,
+) -> AgentConfig:
+    """A node agent's config for ns/sa against an in-process CA, joined with a fresh token;
+    its SDS socket (and sidecar workdir when ``bootstrap`` is given) under ``base``."""
+    name = name or account
+    return AgentConfig(
+        ca_address=ca.bootstrap_target,
+        ca_renewal_address=ca.renewal_target,
+        ca_root_pem=ca.service.ca.root_pem,
+        trust_domain=TRUST_DOMAIN,
+        namespace=namespace,
+        service_account=account,
+        sds_socket=base / f"agent-{name}" / "sds.sock",
+        join_token=tokens.create(namespace, account),
+        ttl=ttl,
+        sidecar_bootstrap=bootstrap,
+        workdir=base / f"sidecar-{name}" if bootstrap is not None else None,
+    )
+
+
 class Mesh:
     """A CA (self-signed root in ``base``) and the node agents started against it."""
 
@@ -99,16 +128,8 @@ class Mesh:
         self, name: str, namespace: str, service_account: str, ttl: dt.timedelta | None = None
     ) -> NodeAgent:
         """A started node agent for ns/sa (joined with a fresh token), serving SDS."""
-        config = AgentConfig(
-            ca_address=self.server.bootstrap_target,
-            ca_renewal_address=self.server.renewal_target,
-            ca_root_pem=self.ca.root_pem,
-            trust_domain=TRUST_DOMAIN,
-            namespace=namespace,
-            service_account=service_account,
-            sds_socket=self.base / f"agent-{name}" / "sds.sock",
-            join_token=self.tokens.create(namespace, service_account),
-            ttl=ttl,
+        config = agent_config(
+            self.base, self.server, self.tokens, namespace, service_account, name=name, ttl=ttl
         )
         client = CAClient(
             config.ca_address, config.ca_renewal_address, config.ca_root_pem, timeout=5

@@ -29,10 +29,10 @@ import aiohttp
 import pytest
 
 from integration.routing_helpers import RoutingMesh, VersionBackend, https_get, make_tls_pair
-from integration.security_helpers import TRUST_DOMAIN
+from integration.security_helpers import TRUST_DOMAIN, agent_config
 from meshfed.proxy import ProxySpec
 from meshfed.proxy import bootstrap as pilot_bootstrap
-from nodeagent.agent import AgentConfig, NodeAgent
+from nodeagent.agent import NodeAgent
 from pilot.translate.traffic import TrafficOptions
 from registry.model import Endpoint, Port, Protocol, Service, spiffe_id
 from security import mtls
@@ -140,24 +140,6 @@ async def strict_mesh(tmp_path: Path) -> AsyncIterator[tuple[RoutingMesh, CAServ
         await ca_server.stop()
 
 
-def agent_config(
-    base: Path, ca: CAServer, account: str, bootstrap: dict | None = None
-) -> AgentConfig:
-    tokens = JoinTokenStore(base / "ca" / "tokens.json")
-    return AgentConfig(
-        ca_address=ca.bootstrap_target,
-        ca_renewal_address=ca.renewal_target,
-        ca_root_pem=ca.service.ca.root_pem,
-        trust_domain=TRUST_DOMAIN,
-        namespace="default",
-        service_account=account,
-        sds_socket=base / f"agent-{account}" / "sds.sock",
-        join_token=tokens.create("default", account),
-        sidecar_bootstrap=bootstrap,
-        workdir=base / f"sidecar-{account}",
-    )
-
-
 async def get(
     session: aiohttp.ClientSession, url: str, host: str, headers: dict[str, str] | None = None
 ) -> tuple[int, str]:
@@ -197,11 +179,20 @@ async def test_gateway_reaches_strict_backend_with_its_own_identity_only_with_sd
         web_spec = ProxySpec(
             ip=WEB_IP, workload="web", identity=_id("web"), app_ports="9080:8080", pilot=pilot
         )
-        web_agent = NodeAgent(agent_config(tmp_path, ca, "web", pilot_bootstrap(web_spec)))
+        web_agent = NodeAgent(
+            agent_config(
+                tmp_path,
+                ca,
+                ca.service.tokens,
+                "default",
+                "web",
+                bootstrap=pilot_bootstrap(web_spec),
+            )
+        )
         await web_agent.start()
         stack.push_async_callback(web_agent.stop)
         # The gateway's node agent only serves SDS; the gateway is `meshfed proxy --gateway`.
-        gw_agent = NodeAgent(agent_config(tmp_path, ca, "ingress"))
+        gw_agent = NodeAgent(agent_config(tmp_path, ca, ca.service.tokens, "default", "ingress"))
         await gw_agent.start()
         stack.push_async_callback(gw_agent.stop)
         common = ["--gateway", "--gateway-port", str(HTTP_PORT), "--pilot", pilot]

@@ -23,10 +23,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from integration.security_helpers import TRUST_DOMAIN, http_echo, tcp_echo
+from integration.security_helpers import TRUST_DOMAIN, agent_config, http_echo, tcp_echo
 from meshfed.proxy import ProxySpec
 from meshfed.proxy import bootstrap as pilot_bootstrap
-from nodeagent.agent import AgentConfig, NodeAgent
+from nodeagent.agent import NodeAgent
 from pilot.server import PilotServer
 from registry.aggregate import AggregateRegistry
 from registry.model import Endpoint, Port, Protocol, Service, spiffe_id
@@ -101,18 +101,7 @@ async def _agent(
         app_ports=app_ports,
         pilot=f"127.0.0.1:{pilot.port}",
     )
-    config = AgentConfig(
-        ca_address=ca.bootstrap_target,
-        ca_renewal_address=ca.renewal_target,
-        ca_root_pem=ca.service.ca.root_pem,
-        trust_domain=TRUST_DOMAIN,
-        namespace="default",
-        service_account=account,
-        sds_socket=base / f"agent-{account}" / "sds.sock",
-        join_token=tokens.create("default", account),
-        sidecar_bootstrap=pilot_bootstrap(spec),
-        workdir=base / f"sidecar-{account}",
-    )
+    config = agent_config(base, ca, tokens, "default", account, bootstrap=pilot_bootstrap(spec))
     agent = NodeAgent(config)
     await agent.start()
     stack.push_async_callback(agent.stop)
