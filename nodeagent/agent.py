@@ -232,7 +232,9 @@ class NodeAgent:
             workload = attrs.evolve(
                 workload, labels=workload.labels.merged({TLS_MODE_LABEL: TLS_MODE_MTLS})
             )
-        body = registration.registration_body(workload, list(cfg.services), cfg.definitions)
+        body = registration.registration_body(
+            workload, list(cfg.services), cfg.definitions, cfg.register_interval
+        )
         await registration.register(cfg.hub_url, body, self.key, self.chain_pem)
         if not self.registered:
             log.info("registered %s/%s with %s", cfg.namespace, cfg.workload.name, cfg.hub_url)

@@ -46,6 +46,7 @@ log = logging.getLogger("meshfed.nodeagent.registration")
 
 MAX_SKEW = 60.0
 MEMBER_NAME = "workloads"
+DEFAULT_RENEWAL_INTERVAL = 30.0  # seconds between an agent's re-registrations
 
 
 class RegistrationRefused(Exception):
@@ -131,13 +132,19 @@ class Registration:
     workload: Workload
     services: tuple[str, ...]
     definitions: tuple[Service, ...] = ()
+    # How often the agent re-registers; the hub's lease is a multiple of it.
+    renewal_interval: float = DEFAULT_RENEWAL_INTERVAL
 
 
 def registration_body(
-    workload: Workload, services: list[str], definitions: list[dict[str, Any]] | None = None
+    workload: Workload,
+    services: list[str],
+    definitions: list[dict[str, Any]] | None = None,
+    renewal_interval: float = DEFAULT_RENEWAL_INTERVAL,
 ) -> dict[str, Any]:
     """The JSON body of ``POST /v1/workloads``."""
     return {
+        "renewalIntervalSeconds": renewal_interval,
         "workload": {
             "name": workload.name,
             "namespace": workload.namespace,
@@ -194,7 +201,10 @@ def parse_registration(body: dict[str, Any]) -> Registration:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"definitions[{i}]: expected hostname and ports ({exc!r})") from None
-    return Registration(workload, tuple(services), tuple(definitions))
+    interval = body.get("renewalIntervalSeconds", DEFAULT_RENEWAL_INTERVAL)
+    if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
+        raise ValueError("renewalIntervalSeconds: expected a positive number of seconds")
+    return Registration(workload, tuple(services), tuple(definitions), float(interval))
 
 
 async def register(

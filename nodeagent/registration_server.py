@@ -8,13 +8,25 @@ Promises: registrations are accepted only when signed by a currently valid SVID 
 bundle (``$MESHFED_TRUST_BUNDLE``, else ``~/.meshfed/ca/root-cert.pem``, the file
 ``meshfed ca serve`` publishes; re-read on each request) whose namespace and service account are
 the workload's own; the member is synced from the start (a push registry has no backlog).
+
+Leases, as Eureka does it: a registration lives :data:`LEASE_RENEWALS` renewal intervals (the
+agent states its interval; 3 x 30 s by default) unless renewed. A VM that dies without
+deregistering (power loss, a crashed agent) leaves the mesh when its lease runs out instead of
+staying an endpoint forever. With a state file (``$MESHFED_WORKLOAD_STATE``, or the
+constructor's ``state_file``) the registrations and their expiry times survive a hub restart:
+a restarted hub serves its VMs at once instead of dropping them until every agent has
+re-registered. The file is written atomically (0600) after every change; one that cannot be
+read is logged and ignored (the agents re-register within an interval anyway).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,25 +48,43 @@ log = logging.getLogger("meshfed.nodeagent.registration")
 
 TRUST_BUNDLE_ENV = "MESHFED_TRUST_BUNDLE"
 DEFAULT_TRUST_BUNDLE = Path("~/.meshfed/ca/root-cert.pem")
+STATE_FILE_ENV = "MESHFED_WORKLOAD_STATE"
+LEASE_RENEWALS = 3  # renewal intervals a registration outlives its last renewal by
+MIN_LEASE = 5.0  # seconds, whatever interval an agent claims
+SWEEP_INTERVAL = 1.0  # seconds between expiry checks
 
 
 class WorkloadRegistration:
     """Hub component: signed workload registration into the ``workloads`` registry member."""
 
-    def __init__(self, trust_bundle: Path | str | None = None) -> None:
+    def __init__(
+        self, trust_bundle: Path | str | None = None, state_file: Path | str | None = None
+    ) -> None:
         configured = trust_bundle or os.environ.get(TRUST_BUNDLE_ENV) or DEFAULT_TRUST_BUNDLE
         self.trust_bundle = Path(configured).expanduser()
+        state = state_file or os.environ.get(STATE_FILE_ENV)
+        self.state_file = Path(state).expanduser() if state else None
         self.registrations: dict[tuple[str, str], Registration] = {}
+        self.expires: dict[tuple[str, str], float] = {}  # wall-clock seconds
+        self._bodies: dict[tuple[str, str], dict[str, Any]] = {}  # as received, for the file
+        self.expired = 0
         self._member: Any = None
         self._trust_domain = ""
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self, hub: Any) -> None:
         self._trust_domain = hub.mesh.trust_domain
         self._member = hub.aggregate.add_member(MEMBER_NAME, "nodeagent")
-        self._member.mark_synced()  # a push registry: empty is its complete initial state
+        self._load_state()
+        self._member.mark_synced()  # a push registry: what it holds now is complete
+        self._sweeper = asyncio.create_task(self._sweep())
 
     async def stop(self) -> None:
-        return None
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -99,13 +129,95 @@ class WorkloadRegistration:
             log.warning("refused workload registration from %s: %s", request.remote, message)
             raise web.HTTPForbidden(text=message + "\n")
         key = (w.namespace, w.name)
+        renewed = key in self.registrations
+        self._put(key, reg, json.loads(body), time.time() + self._lease(reg))
+        self._save_state()
+        if not renewed:
+            log.info("registered workload %s/%s at %s for %s", *key, w.address, list(reg.services))
+        return web.json_response({"registered": f"{w.namespace}/{w.name}"})
+
+    def _put(
+        self, key: tuple[str, str], reg: Registration, body: dict[str, Any], expires: float
+    ) -> None:
         previous = self.registrations.get(key)
         self.registrations[key] = reg
+        self.expires[key] = expires
+        self._bodies[key] = body
         for service in reg.definitions:
             self._member.put_service(service)
         self._refresh({*reg.services, *(previous.services if previous else ())})
-        log.info("registered workload %s/%s at %s for %s", *key, w.address, list(reg.services))
-        return web.json_response({"registered": f"{w.namespace}/{w.name}"})
+
+    def _remove(self, key: tuple[str, str]) -> None:
+        reg = self.registrations.pop(key)
+        self.expires.pop(key, None)
+        self._bodies.pop(key, None)
+        self._refresh(set(reg.services))
+        for service in reg.definitions:
+            if not any(service in r.definitions for r in self.registrations.values()):
+                self._member.delete_service(service.hostname)
+
+    @staticmethod
+    def _lease(reg: Registration) -> float:
+        return max(MIN_LEASE, LEASE_RENEWALS * reg.renewal_interval)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            self.expire(time.time())
+
+    def expire(self, now: float) -> list[tuple[str, str]]:
+        """Drop registrations whose lease ran out before ``now``; the keys dropped."""
+        gone = sorted(k for k, t in self.expires.items() if t <= now)
+        for key in gone:
+            self._remove(key)
+            self.expired += 1
+            log.warning(
+                "workload %s/%s: lease expired (no renewal from its node agent); removed", *key
+            )
+        if gone:
+            self._save_state()
+        return gone
+
+    def _save_state(self) -> None:
+        if self.state_file is None:
+            return
+        entries = [
+            {"expires": self.expires[k], "registration": self._bodies[k]}
+            for k in sorted(self.registrations)
+        ]
+        try:
+            self.state_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.state_file.with_name(self.state_file.name + ".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                json.dump({"workloads": entries}, out)
+            os.replace(tmp, self.state_file)
+        except OSError as exc:
+            log.error("cannot write workload state %s: %s", self.state_file, exc)
+
+    def _load_state(self) -> None:
+        if self.state_file is None or not self.state_file.exists():
+            return
+        now = time.time()
+        try:
+            entries = json.loads(self.state_file.read_text())["workloads"]
+            loaded = []
+            for entry in entries:
+                reg = parse_registration(entry["registration"])
+                expires = float(entry["expires"])
+                if expires > now:
+                    loaded.append((reg, entry["registration"], expires))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.error(
+                "workload state %s unreadable (%s): starting empty; agents re-register",
+                self.state_file,
+                exc,
+            )
+            return
+        for reg, body, expires in loaded:
+            key = (reg.workload.namespace, reg.workload.name)
+            self._put(key, reg, body, expires)
+        log.info("restored %d workload registration(s) from %s", len(loaded), self.state_file)
 
     async def _delete(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -116,19 +228,20 @@ class WorkloadRegistration:
             raise web.HTTPNotFound(text=f"no workload {key[0]}/{key[1]}\n")
         if (ns, sa) != (reg.workload.namespace, reg.workload.service_account):
             raise web.HTTPForbidden(text=f"spiffe://{domain}/ns/{ns}/sa/{sa} does not own {key}\n")
-        del self.registrations[key]
-        self._refresh(set(reg.services))
-        for service in reg.definitions:
-            if not any(service in r.definitions for r in self.registrations.values()):
-                self._member.delete_service(service.hostname)
+        self._remove(key)
+        self._save_state()
         log.info("deregistered workload %s/%s", *key)
         return web.json_response({"deregistered": f"{key[0]}/{key[1]}"})
 
     async def _list(self, request: web.Request) -> web.Response:
         return web.json_response(
             [
-                {**registration_body(r.workload, list(r.services)), "identity": self._id(r)}
-                for r in self.registrations.values()
+                {
+                    **registration_body(r.workload, list(r.services), None, r.renewal_interval),
+                    "identity": self._id(r),
+                    "expiresInSeconds": round(self.expires[k] - time.time(), 1),
+                }
+                for k, r in self.registrations.items()
             ]
         )
 

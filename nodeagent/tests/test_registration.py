@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -112,3 +113,85 @@ def test_verify_request_checks_signature_and_time(ca: CertificateAuthority) -> N
             roots,
             now=float(headers["x-meshfed-timestamp"]) + 600,
         )
+
+
+CART = [{"hostname": "cart.shop", "ports": [{"name": "http", "number": 80}]}]
+
+
+async def _hub_with(
+    ca: CertificateAuthority, tmp_path: Path, state: Path | None
+) -> tuple[Hub, WorkloadRegistration]:
+    bundle = tmp_path / "root.pem"
+    bundle.write_bytes(ca.root_pem)
+    component = WorkloadRegistration(bundle, state_file=state)
+    hub = Hub(MeshConfig(trust_domain=TD, monitoring_address="127.0.0.1:0"), [component])
+    await hub.start()
+    return hub, component
+
+
+async def test_a_registration_not_renewed_expires_like_a_eureka_lease(
+    ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    """A VM that vanishes without deregistering leaves after its lease (3 intervals)."""
+    hub, component = await _hub_with(ca, tmp_path, None)
+    try:
+        url = f"http://127.0.0.1:{hub.monitoring_port}"
+        key, chain = _svid(ca, "shop", "cart")
+        body = registration.registration_body(_vm(), ["cart.shop"], CART, renewal_interval=10)
+        before = time.time()
+        await registration.register(url, body, key, chain)
+        assert len(hub.aggregate.endpoints("cart.shop")) == 1
+        lease_end = component.expires[("shop", "vm-1")]
+        assert 30 <= lease_end - before <= 31  # 3 x 10 s
+        assert component.expire(lease_end - 1) == []  # still leased
+        await registration.register(url, body, key, chain)  # a renewal moves the lease on
+        assert component.expires[("shop", "vm-1")] > lease_end - 1
+        assert component.expire(component.expires[("shop", "vm-1")]) == [("shop", "vm-1")]
+        assert hub.aggregate.endpoints("cart.shop") == () and component.expired == 1
+    finally:
+        await hub.stop()
+
+
+async def test_registrations_survive_a_hub_restart_with_a_state_file(
+    ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    state = tmp_path / "hub" / "workloads.json"
+    hub, _ = await _hub_with(ca, tmp_path, state)
+    url = f"http://127.0.0.1:{hub.monitoring_port}"
+    key, chain = _svid(ca, "shop", "cart")
+    await registration.register(
+        url, registration.registration_body(_vm(), ["cart.shop"], CART), key, chain
+    )
+    await hub.stop()
+    assert oct(state.stat().st_mode & 0o777) == "0o600"
+    # The restarted hub serves the VM before its agent renews.
+    hub, component = await _hub_with(ca, tmp_path, state)
+    try:
+        (endpoint,) = hub.aggregate.endpoints("cart.shop")
+        assert endpoint.address == "127.0.0.9" and endpoint.identity.endswith("/sa/cart")
+        # A lease that ran out while the hub was down is not restored.
+        component.expires[("shop", "vm-1")] = time.time() - 1
+        component._save_state()
+    finally:
+        await hub.stop()
+    hub, _ = await _hub_with(ca, tmp_path, state)
+    try:
+        assert hub.aggregate.endpoints("cart.shop") == ()
+    finally:
+        await hub.stop()
+    # An unreadable file is reported and ignored: the hub starts, empty.
+    state.write_text("{not json")
+    hub, component = await _hub_with(ca, tmp_path, state)
+    try:
+        assert component.registrations == {}
+    finally:
+        await hub.stop()
+
+
+def test_the_agent_states_its_renewal_interval() -> None:
+    body = registration.registration_body(_vm(), ["cart.shop"], renewal_interval=12.5)
+    assert registration.parse_registration(body).renewal_interval == 12.5
+    del body["renewalIntervalSeconds"]  # an older agent: the default interval
+    assert registration.parse_registration(body).renewal_interval == 30.0
+    with pytest.raises(ValueError, match="renewalIntervalSeconds"):
+        registration.parse_registration({**body, "renewalIntervalSeconds": -1})
