@@ -74,6 +74,16 @@ def adapter_factory(kind: str) -> Callable[..., Any]:
     return found[kind].load()
 
 
+def create_adapter(mesh: MeshConfig, reg: RegistryConfig, member: Member) -> Any:
+    """The adapter for one ``spec.registries`` entry; raises the adapter's own parameter
+    error (or :class:`UnknownRegistryKind`). Constructing one does no I/O: it is also how
+    ``meshfed validate`` checks registry parameters exactly as the hub will."""
+    params = dict(reg.params)
+    if reg.kind == "kubernetes":  # the control plane's own namespace comes from the mesh
+        params.setdefault("systemNamespace", mesh.system_namespace)
+    return adapter_factory(reg.kind)(member, params, mesh.trust_domain)
+
+
 class AggregateCollector:
     """Prometheus collector reading the aggregate at scrape time (no state to keep in sync)."""
 
@@ -130,17 +140,11 @@ class Hub:
     def _count_event(event: ChangeEvent) -> None:
         REGISTRY_EVENTS.inc()
 
-    def _create_adapter(self, reg: RegistryConfig, member: Member) -> Any:
-        params = dict(reg.params)
-        if reg.kind == "kubernetes":  # the control plane's own namespace comes from the mesh
-            params.setdefault("systemNamespace", self.mesh.system_namespace)
-        return adapter_factory(reg.kind)(member, params, self.mesh.trust_domain)
-
     async def start(self) -> None:
         for index, reg in enumerate(self.mesh.registries):
             member = self.aggregate.add_member(reg.name, reg.kind)
             try:
-                self.adapters[reg.name] = self._create_adapter(reg, member)
+                self.adapters[reg.name] = create_adapter(self.mesh, reg, member)
             except Exception as exc:  # an adapter's own parameter check, or an unknown kind
                 raise RegistryConfigError(
                     f"{self.mesh.source}: MeshConfig: spec.registries[{index}] "

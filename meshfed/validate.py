@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.static.kinds import PARSERS as STATIC_PARSERS
-from meshfed.config import load_mesh_config
+from meshfed.config import MeshConfig, load_mesh_config
 from meshfed.resources import ConfigError, ConfigErrors, Document, load_documents
 from pilot.config import PARSERS as PILOT_PARSERS
 from pilot.config.conflicts import find_conflicts
@@ -41,7 +41,7 @@ def validate_files(paths: Iterable[Path]) -> tuple[int, list[ConfigError], list[
             count += 1
             if doc.kind == "MeshConfig":
                 try:
-                    load_mesh_config(path)
+                    errors.extend(registry_errors(load_mesh_config(path), doc))
                 except ConfigErrors as exc:
                     errors.extend(exc.errors)
                 continue
@@ -59,6 +59,23 @@ def validate_files(paths: Iterable[Path]) -> tuple[int, list[ConfigError], list[
             if obj is not None:
                 parsed.append(obj)
     return count, errors, rule_conflicts(parsed)
+
+
+def registry_errors(mesh: MeshConfig, doc: Document) -> list[ConfigError]:
+    """Each registry entry's parameters, checked by constructing its adapter as the hub does
+    (no I/O: nothing is contacted, no file is read)."""
+    from meshfed.hub import create_adapter
+    from registry.aggregate import AggregateRegistry
+
+    out = []
+    for index, reg in enumerate(mesh.registries):
+        member = AggregateRegistry().add_member(reg.name, reg.kind)
+        try:
+            create_adapter(mesh, reg, member)
+        except Exception as exc:  # the adapter's own parameter error, or an unknown kind
+            where = f"spec.registries[{index}] ({reg.name}, kind {reg.kind})"
+            out.append(ConfigError(doc.file, doc.ref, where, str(exc)))
+    return out
 
 
 def rule_conflicts(objects: list[Any]) -> list[str]:

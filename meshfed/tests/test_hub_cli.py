@@ -192,3 +192,39 @@ async def test_bad_registry_entry_is_named_not_a_traceback():
         "mesh.yaml: MeshConfig: spec.registries[0] (legacy, kind zookeeper): unknown registry kind"
     )
     await hub.stop()
+
+
+def test_validate_checks_registry_parameters_as_the_hub_would(tmp_path, capsys):
+    """`meshfed validate` constructs each registry's adapter (no I/O), so a typo in a Consul
+    or Eureka entry fails here, before `meshfed up` would refuse it."""
+    mesh = tmp_path / "mesh.yaml"
+    mesh.write_text(
+        textwrap.dedent(
+            """
+            apiVersion: meshfed.io/v1alpha1
+            kind: MeshConfig
+            metadata: {name: mesh}
+            spec:
+              registries:
+                - {name: vms, kind: static, paths: [services]}
+                - {name: dc1, kind: consul, adress: "127.0.0.1:8500"}
+                - {name: eu, kind: eureka}
+                - {name: zk, kind: zookeeper}
+            """
+        )
+    )
+    assert main(["validate", str(mesh)]) == 1
+    err = capsys.readouterr().err
+    assert "spec.registries[1] (dc1, kind consul): registries[dc1].adress: unknown key" in err
+    assert "spec.registries[2] (eu, kind eureka)" in err and "servers: is required" in err
+    assert "spec.registries[3] (zk, kind zookeeper): unknown registry kind 'zookeeper'" in err
+    assert "registries[0]" not in err  # the static entry is fine
+    fixed = [
+        line.replace("adress", "address").replace(
+            "kind: eureka}", "kind: eureka, servers: [http://127.0.0.1:8761/eureka]}"
+        )
+        for line in mesh.read_text().splitlines()
+        if "zookeeper" not in line
+    ]
+    mesh.write_text("\n".join(fixed) + "\n")
+    assert main(["validate", str(mesh)]) == 0, capsys.readouterr().err
