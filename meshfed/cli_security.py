@@ -10,6 +10,9 @@ once on stdout and stores only its hash.
   ``--state-dir`` (or a Kubernetes Secret with ``--storage kubernetes``), or comes from the
   operator's ``--cacerts`` folder; either way the trust bundle is published as
   ``<state-dir>/root-cert.pem`` for node agents and the hub.
+- ``meshfed ca rotate-root``: start a root rotation (:mod:`security.rotation`) in the CA's
+  storage; running CAs pick it up within ``--reload-interval``. ``meshfed ca status`` shows the
+  phase, the signer and the trust bundle.
 - ``meshfed ca token create|list``: join tokens in ``<state-dir>/tokens.json``.
 - ``meshfed nodeagent``: join this machine (see :mod:`nodeagent.agent`).
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -63,25 +67,28 @@ def _state_dir(args: argparse.Namespace) -> Path:
 
 
 # -- ca serve --------------------------------------------------------------------------------
+def ca_storage(args: argparse.Namespace) -> Any:
+    """The self-signed CA's storage: files in ``--state-dir``, or a Secret (``--storage``)."""
+    from security.storage import FileStorage, KubernetesSecretStorage
+
+    if args.storage == "kubernetes":
+        from kubernetes import client, config
+
+        api_client = config.new_client_from_config(config_file=args.kubeconfig)
+        return KubernetesSecretStorage(
+            client.CoreV1Api(api_client), _system_namespace(args), args.secret_name
+        )
+    return FileStorage(_state_dir(args))
+
+
 def build_ca(args: argparse.Namespace) -> Any:
     from security.ca import CertificateAuthority
-    from security.storage import FileStorage, KubernetesSecretStorage
 
     trust_domain = _trust_domain(args)
     ttl_kwargs = {"default_ttl": args.default_ttl, "max_ttl": args.max_ttl}
     if args.cacerts:
         return CertificateAuthority.from_cacerts(args.cacerts, trust_domain, **ttl_kwargs)
-    if args.storage == "kubernetes":
-        from kubernetes import client, config
-
-        api_client = config.new_client_from_config(config_file=args.kubeconfig)
-        storage = KubernetesSecretStorage(
-            client.CoreV1Api(api_client), _system_namespace(args), args.secret_name
-        )
-        return CertificateAuthority.load_or_create(storage, trust_domain, **ttl_kwargs)
-    return CertificateAuthority.load_or_create(
-        FileStorage(_state_dir(args)), trust_domain, **ttl_kwargs
-    )
+    return CertificateAuthority.load_or_create(ca_storage(args), trust_domain, **ttl_kwargs)
 
 
 def publish_root(state_dir: Path, root_pem: bytes) -> Path:
@@ -118,6 +125,22 @@ async def serve_ca(args: argparse.Namespace, stop: asyncio.Event) -> None:
     server = CAServer(service, args.listen, args.renew_listen, _system_namespace(args))
     await server.start()
 
+    async def follow_rotation() -> None:
+        """Re-read the storage (a rotation the operator started) and republish the bundle.
+
+        Phases change by the clock, so the signer switches on time at every signing; this loop
+        only has to notice a *new* rotation and keep ``root-cert.pem`` equal to the bundle.
+        """
+        while True:
+            await asyncio.sleep(args.reload_interval.total_seconds())
+            try:
+                await asyncio.to_thread(ca.reload)
+                publish_root(state_dir, ca.root_pem)
+            except Exception as exc:  # a full disk must not stop the CA; try again later
+                log.warning("could not refresh the CA material or bundle: %s", exc)
+
+    follower = asyncio.create_task(follow_rotation()) if ca.storage is not None else None
+
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(REGISTRY), content_type="text/plain")
 
@@ -133,6 +156,7 @@ async def serve_ca(args: argparse.Namespace, stop: asyncio.Event) -> None:
                 "bootstrap": server.bootstrap_target,
                 "renewal": server.renewal_target,
                 "root_file": str(root_path),
+                **ca.status(),
             }
         )
 
@@ -165,6 +189,10 @@ async def serve_ca(args: argparse.Namespace, stop: asyncio.Event) -> None:
     try:
         await stop.wait()
     finally:
+        if follower is not None:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
         await server.stop()
         await runner.cleanup()
 
@@ -183,6 +211,61 @@ def _run(main: Any) -> int:
 
 def cmd_ca_serve(args: argparse.Namespace) -> int:
     return _run(lambda stop: serve_ca(args, stop))
+
+
+def _storage_for_rotation(args: argparse.Namespace) -> Any:
+    if args.cacerts:
+        raise SystemExit(
+            "error: bring-your-own CA (--cacerts): meshfed does not hold your root's key, so it "
+            "cannot rotate it. Rotate by handing the CA new cacerts material whose "
+            "root-cert.pem holds both the old and the new root, then the new root alone."
+        )
+    return ca_storage(args)
+
+
+def cmd_ca_rotate_root(args: argparse.Namespace) -> int:
+    from security import rotation
+    from security.ca import CAConfigError, CertificateAuthority, start_root_rotation
+    from security.storage import StorageError
+
+    storage = _storage_for_rotation(args)
+    trust_domain = _trust_domain(args)
+    add, switch = rotation.default_durations(args.max_ttl, args.margin)
+    add = args.add_phase or add
+    switch = args.switch_phase or switch
+    problems = rotation.check_durations(add, switch, args.max_ttl)
+    if problems and not args.force:
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        print("error: lengthen the phases, or pass --force", file=sys.stderr)
+        return 2
+    try:
+        start_root_rotation(storage, trust_domain, add, switch)
+        ca = CertificateAuthority.load_or_create(storage, trust_domain, max_ttl=args.max_ttl)
+    except (CAConfigError, StorageError) as exc:  # includes a rotation already running
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(ca.status(), indent=1))
+    return 0
+
+
+def cmd_ca_status(args: argparse.Namespace) -> int:
+    from security.ca import CertificateAuthority
+
+    trust_domain = _trust_domain(args)
+    if args.cacerts:
+        ca = CertificateAuthority.from_cacerts(args.cacerts, trust_domain, max_ttl=args.max_ttl)
+    else:
+        storage = ca_storage(args)
+        material = storage.load()
+        if material is None:
+            print(f"error: no CA root in {storage.describe()}", file=sys.stderr)
+            return 1
+        ca = CertificateAuthority.from_storage(
+            storage, material, trust_domain, max_ttl=args.max_ttl
+        )
+    print(json.dumps(ca.status(), indent=1))
+    return 0
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
@@ -368,25 +451,60 @@ def register(sub: Any) -> None:
     ca = sub.add_parser("ca", help="the certificate authority")
     ca_sub = ca.add_subparsers(dest="ca_command", required=True)
 
+    def storage_options(p: argparse.ArgumentParser) -> None:
+        _common(p)
+        p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="root, tokens (0700)")
+        p.add_argument("--cacerts", help="bring-your-own CA folder (cacerts layout)")
+        p.add_argument("--storage", choices=["file", "kubernetes"], default="file")
+        p.add_argument("--kubeconfig", help="for --storage kubernetes")
+        p.add_argument("--secret-name", default="meshfed-ca")
+        p.add_argument(
+            "--max-ttl",
+            type=parse_duration,
+            default=parse_duration("7d"),
+            help="the longest leaf lifetime the CA issues",
+        )
+
     serve = ca_sub.add_parser("serve", help="run the CA's signing service")
-    _common(serve)
-    serve.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="root, tokens (0700)")
-    serve.add_argument("--cacerts", help="bring-your-own CA folder (cacerts layout)")
-    serve.add_argument("--storage", choices=["file", "kubernetes"], default="file")
-    serve.add_argument("--kubeconfig", help="for --storage kubernetes")
-    serve.add_argument("--secret-name", default="meshfed-ca")
+    storage_options(serve)
     serve.add_argument("--listen", default="127.0.0.1:15012", help="bootstrap port (TLS)")
     serve.add_argument(
         "--renew-listen", default="127.0.0.1:15013", help="renewal port (mutual TLS)"
     )
     serve.add_argument("--monitoring", default="127.0.0.1:15016")
     serve.add_argument("--default-ttl", type=parse_duration, default=parse_duration("1h"))
-    serve.add_argument("--max-ttl", type=parse_duration, default=parse_duration("7d"))
+    serve.add_argument(
+        "--reload-interval",
+        type=parse_duration,
+        default=parse_duration("10s"),
+        help="how often to re-read the storage for a root rotation",
+    )
     serve.add_argument(
         "--tokenreview-kubeconfig", help="accept Kubernetes service-account tokens (TokenReview)"
     )
     serve.add_argument("--token-audience", action="append", default=[])
     serve.set_defaults(func=cmd_ca_serve)
+
+    rotate = ca_sub.add_parser(
+        "rotate-root",
+        help="start a root rotation: add the new root, switch to it, retire the old one",
+    )
+    storage_options(rotate)
+    rotate.add_argument(
+        "--add-phase", type=parse_duration, help="default: --max-ttl plus the margin"
+    )
+    rotate.add_argument(
+        "--switch-phase", type=parse_duration, help="default: --max-ttl plus the margin"
+    )
+    rotate.add_argument(
+        "--margin", type=parse_duration, help="added to each phase (default: 10%%, min 1m)"
+    )
+    rotate.add_argument("--force", action="store_true", help="allow phases shorter than --max-ttl")
+    rotate.set_defaults(func=cmd_ca_rotate_root)
+
+    status = ca_sub.add_parser("status", help="the root rotation phase, signer and trust bundle")
+    storage_options(status)
+    status.set_defaults(func=cmd_ca_status)
 
     token = ca_sub.add_parser("token", help="join tokens for VMs")
     token_sub = token.add_subparsers(dest="token_command", required=True)

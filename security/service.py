@@ -46,7 +46,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from registry.model import parse_spiffe_id, spiffe_id
 from security import identity, metrics
-from security.ca import CertificateAuthority
+from security.ca import CertificateAuthority, SigningState
 from security.tokens import JoinTokenStore, TokenError
 from security.wire import CA_SERVER_NAME, JOIN_TOKEN_HEADER, SERVICE_NAME, SIGN_METHOD
 
@@ -184,6 +184,7 @@ class SigningService:
             )
         issued = self.ca.sign(csr, credential.allowed, ttl)
         metrics.ISSUED.labels(credential.kind).inc()
+        metrics.ROOT_EXPIRY.set(self.ca.signer_cert.not_valid_after_utc.timestamp())
         log.info(
             "issued %s to %s via %s (%s), serial %x, until %s",
             credential.allowed,
@@ -280,6 +281,7 @@ def serving_credentials(
     system_namespace: str,
     hosts: list[str],
     ttl: dt.timedelta = SERVING_TTL,
+    state: SigningState | None = None,
 ) -> tuple[bytes, bytes]:
     """A key and certificate chain for the CA's own gRPC ports, issued by the CA itself.
 
@@ -288,6 +290,7 @@ def serving_credentials(
     """
     import ipaddress
 
+    state = state or ca.state()
     key = ec.generate_private_key(ec.SECP256R1())
     csr = (
         x509.CertificateSigningRequestBuilder()
@@ -303,8 +306,8 @@ def serving_credentials(
     cert = identity.issue_svid(
         csr,
         spiffe_id(ca.trust_domain, system_namespace, CA_SERVICE_ACCOUNT),
-        ca.signer_cert,
-        ca.signer_key,
+        state.signer_cert,
+        state.signer_key,
         ttl,
         dt.datetime.now(dt.UTC),
         dns_names=names,
@@ -313,15 +316,16 @@ def serving_credentials(
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    return key_pem, cert.public_bytes(serialization.Encoding.PEM) + ca.chain_pem
+    return key_pem, cert.public_bytes(serialization.Encoding.PEM) + state.chain_pem
 
 
 class ServingCertificates:
-    """The CA's own serving certificate, re-issued at half its lifetime.
+    """The CA's own serving certificate, re-issued at half its lifetime and on a root change.
 
     gRPC asks :meth:`fetch` before each new handshake (``dynamic_ssl_server_credentials``); it
     answers None (keep the current one) until the certificate is half-way through its life,
     then a new configuration, so a CA that runs for months never serves an expired certificate.
+    When a root rotation changes the signer or the trust bundle it answers a new one at once.
     """
 
     def __init__(
@@ -339,20 +343,32 @@ class ServingCertificates:
         self.ttl = ttl
         self.issued = 0
         self._refresh_at = 0.0
+        self._issued_for: tuple[int, bytes] | None = None
         self.current = self._issue()
 
     def _issue(self) -> Any:
-        key_pem, chain = serving_credentials(self.ca, self.system_namespace, self.hosts, self.ttl)
+        state = self.ca.state()
+        key_pem, chain = serving_credentials(
+            self.ca, self.system_namespace, self.hosts, self.ttl, state
+        )
         self.issued += 1
         self._refresh_at = time.monotonic() + self.ttl.total_seconds() / 2
-        roots = self.ca.root_pem if self.require_client_auth else None
+        self._issued_for = state.fingerprint
+        roots = state.root_pem if self.require_client_auth else None
         return grpc.ssl_server_certificate_configuration([(key_pem, chain)], roots)
 
     def fetch(self) -> Any:
-        if time.monotonic() < self._refresh_at:
+        # A root rotation changes the signer or the bundle: re-issue at once, so the CA's own
+        # certificate chains to the root that signs and the renewal port trusts the new bundle.
+        rotated = self.ca.state().fingerprint != self._issued_for
+        if time.monotonic() < self._refresh_at and not rotated:
             return None
         self.current = self._issue()
-        log.info("re-issued the CA's serving certificate (%d so far)", self.issued)
+        log.info(
+            "re-issued the CA's serving certificate (%d so far%s)",
+            self.issued,
+            ", root rotation" if rotated else "",
+        )
         return self.current
 
     def credentials(self) -> grpc.ServerCredentials:
