@@ -451,3 +451,44 @@ def tcp_roundtrip(host: str, port: int, payload: bytes, timeout: float = 5.0) ->
 
 
 # -- Pilot with the proposed hook ------------------------------------------------------------
+
+
+# -- root rotation ---------------------------------------------------------------------------
+def limit_requests_per_connection(
+    boot: dict[str, Any], limit: int, cluster_name: str = "upstream"
+) -> dict[str, Any]:
+    """Make the sidecar open a new upstream connection (a new handshake) every ``limit``
+    requests, so traffic keeps exercising whatever certificates and roots are current."""
+    for cluster in boot["static_resources"]["clusters"]:
+        if cluster["name"] == cluster_name:
+            cluster["typed_extension_protocol_options"] = {
+                mtls.HTTP_OPTIONS_KEY: {
+                    "@type": "type.googleapis.com/"
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "common_http_protocol_options": {"max_requests_per_connection": limit},
+                    "explicit_http_config": {"http_protocol_options": {}},
+                }
+            }
+    return boot
+
+
+def envoy_secret_pems(admin_url: str, name: str) -> bytes:
+    """The PEM an Envoy currently holds for SDS secret ``name``: the trust bundle for a
+    validation context, the certificate chain for a TLS certificate (keys are redacted)."""
+    import base64
+    import urllib.request
+
+    url = f"{admin_url}/config_dump?resource=dynamic_active_secrets"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        dump = json.loads(resp.read())
+    for entry in dump.get("configs", []):
+        if entry.get("name") != name:
+            continue
+        secret = entry.get("secret", {})
+        source = secret.get("validation_context", {}).get("trusted_ca") or secret.get(
+            "tls_certificate", {}
+        ).get("certificate_chain", {})
+        if "inline_bytes" in source:
+            return base64.b64decode(source["inline_bytes"])
+        return source.get("inline_string", "").encode()
+    return b""

@@ -378,6 +378,7 @@ def agent_config(args: argparse.Namespace) -> Any:
         services=tuple(args.service),
         definitions=definitions,
         register_interval=args.register_interval,
+        bundle_refresh=args.bundle_refresh.total_seconds(),
         sidecar_bootstrap=bootstrap,
         workdir=Path(args.workdir).expanduser() if args.workdir else None,
     )
@@ -543,6 +544,12 @@ def register(sub: Any) -> None:
         help="HOST=name:number:PROTOCOL,... also define the service itself",
     )
     agent.add_argument("--register-interval", type=float, default=30.0)
+    agent.add_argument(
+        "--bundle-refresh",
+        type=parse_duration,
+        default=parse_duration("60s"),
+        help="poll the CA's trust bundle this often (0: learn it only at renewal)",
+    )
     agent.add_argument("--envoy-bootstrap", help="run Envoy with this bootstrap (+ SDS cluster)")
     agent.add_argument("--pilot", help="run Envoy with an ADS bootstrap to this Pilot")
     agent.add_argument("--app-ports", default="", help="for --pilot: INBOUND:APP,...")

@@ -12,6 +12,8 @@ Promises:
   new certificate pushed over SDS, so it never restarts.
 - The hub registration is signed with the workload's own SVID (:mod:`nodeagent.registration`)
   and repeated every ``register_interval`` seconds, so a restarted hub learns the VM again.
+- The trust bundle is polled every ``bundle_refresh`` seconds and pushed to Envoy when it
+  changes (a root rotation), besides arriving with every renewal.
 - A sidecar that exits on its own is restarted (jittered backoff); SDS still has its secrets.
 - ``stop()`` deregisters first (so traffic stops arriving), then stops the sidecar and SDS.
 """
@@ -70,6 +72,7 @@ class AgentConfig:
     workdir: Path | None = None
     renew_fraction: float = 0.5
     renew_jitter: float = 0.1
+    bundle_refresh: float = 60.0  # seconds between trust-bundle polls; 0 = only at renewal
 
     @property
     def identity(self) -> str:
@@ -162,6 +165,7 @@ class NodeAgent:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.registered = False
         self.sidecar_restarts = 0
+        self.bundle_updates = 0  # bundle changes pushed between renewals
 
     async def start(self) -> None:
         cfg = self.config
@@ -191,6 +195,8 @@ class NodeAgent:
                 self._tasks.append(asyncio.create_task(self._supervise_sidecar()))
             assert self.not_after is not None
             self._tasks.append(asyncio.create_task(self.rotator.run(self.not_after)))
+            if cfg.bundle_refresh > 0:
+                self._tasks.append(asyncio.create_task(self._follow_bundle()))
         except BaseException:
             await self.stop()
             raise
@@ -222,6 +228,27 @@ class NodeAgent:
         self._install(new_key, response)
         log.info("renewed %s (valid until %s)", response.identity, response.not_after)
         return response.not_after
+
+    def update_bundle(self, root_pem: bytes) -> bool:
+        """Hand Envoy a changed trust bundle (a root rotation) without a new certificate."""
+        if root_pem == self.root_pem or self.key is None:
+            return False
+        self.root_pem = root_pem
+        self.client.root_pem = root_pem
+        self.bundle_updates += 1
+        self.sds.update(self.chain_pem, keys.key_pem(self.key), root_pem)
+        log.info("trust bundle changed: %d root(s) pushed to Envoy", root_pem.count(b"BEGIN"))
+        return True
+
+    async def _follow_bundle(self) -> None:
+        """Poll the CA's trust bundle, so a root rotation reaches Envoy before renewal is due."""
+        interval = self.config.bundle_refresh
+        while True:
+            await asyncio.sleep(interval * random.uniform(0.9, 1.1))
+            try:
+                self.update_bundle(await self.client.trust_bundle())
+            except Exception as exc:  # the CA may be restarting: renewal still carries it
+                log.warning("trust bundle poll failed: %s", exc)
 
     async def register(self) -> None:
         cfg = self.config

@@ -4,6 +4,8 @@ Why: the node agent's only ways to get an identity are "first time, with a token
 with the certificate I have"; this module is those two calls and nothing else.
 
 Promises:
+- ``trust_bundle()`` fetches the CA's current roots (no credential), so an agent learns a root
+  rotation before its own certificate is due.
 - Only a CSR is ever sent; the private key stays in the caller's memory.
 - The CA is authenticated by the trust bundle the agent was given (``--ca-root``) on the first
   call, and by the mesh's current roots afterwards; the server name checked is the CA's DNS SAN
@@ -23,7 +25,7 @@ import attrs
 import grpc
 import tenacity
 
-from security.wire import CA_SERVER_NAME, JOIN_TOKEN_HEADER, SIGN_METHOD
+from security.wire import BUNDLE_METHOD, CA_SERVER_NAME, JOIN_TOKEN_HEADER, SIGN_METHOD
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
@@ -99,6 +101,24 @@ class CAClient:
             root_certificates=self.root_pem, private_key=key_pem, certificate_chain=chain_pem
         )
         return await self._call(self.renewal_target, creds, csr_pem, identity, ttl, [])
+
+    async def trust_bundle(self) -> bytes:
+        """The CA's current trust bundle (public; the CA is authenticated by our bundle)."""
+        creds = grpc.ssl_channel_credentials(root_certificates=self.root_pem)
+        options = [("grpc.ssl_target_name_override", self.server_name)]
+        try:
+            async with grpc.aio.secure_channel(
+                self.bootstrap_target, creds, options=options
+            ) as channel:
+                call = channel.unary_unary(
+                    BUNDLE_METHOD,
+                    request_serializer=lambda b: b,
+                    response_deserializer=lambda b: b,
+                )
+                raw = await call(b"{}", timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise CARefused(exc.code(), exc.details() or "") from None
+        return json.loads(raw)["root_certificates"].encode()
 
     async def _call(
         self,

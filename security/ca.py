@@ -185,6 +185,11 @@ class CertificateAuthority:
     ) -> CertificateAuthority:
         """The CA for stored material plus the stored rotation record, if any."""
         record = storage.load_rotation()
+        if record is not None:
+            # The stored root file doubles as the published bundle (``root-cert.pem`` in the
+            # state folder), which during a rotation holds both roots or only the new one;
+            # the old root the material belongs to is in the record.
+            material = attrs.evolve(material, root_pem=record.old_cert_pem)
         try:
             return cls.from_material(
                 material, trust_domain, rotation=record, storage=storage, **kwargs

@@ -12,6 +12,9 @@ payload instead of protobuf; :mod:`nodeagent.client` is its client.
   request ``{"csr": PEM, "identity": "spiffe://..." (optional), "ttl_seconds": int (optional)}``
   response ``{"certificate_chain": PEM (leaf first), "root_certificates": PEM, "identity": ...,
   "not_after": RFC 3339}``
+- ``/meshfed.security.v1.CertificateService/TrustBundle``: request ``{}``, response
+  ``{"root_certificates": PEM}``, no credential (the bundle is public; the caller authenticates
+  the CA). Agents poll it, so a root rotation reaches Envoy before their leaf is due.
 - ``/grpc.health.v1.Health/Check`` (the standard health protocol; its one-field protobuf
   response is written by hand: ``status=SERVING`` is the two bytes ``08 01``).
 
@@ -259,6 +262,9 @@ class SigningService:
             "no credential: expected a join token, a Kubernetes token or a client certificate",
         )
 
+    async def trust_bundle(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return json.dumps({"root_certificates": self.ca.root_pem.decode()}).encode()
+
     async def health(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return _HEALTH_SERVING
 
@@ -270,8 +276,15 @@ class SigningService:
         health = grpc.unary_unary_rpc_method_handler(
             self.health, request_deserializer=identity_bytes, response_serializer=identity_bytes
         )
+        bundle = grpc.unary_unary_rpc_method_handler(
+            self.trust_bundle,
+            request_deserializer=identity_bytes,
+            response_serializer=identity_bytes,
+        )
         return [
-            grpc.method_handlers_generic_handler(SERVICE_NAME, {"Sign": sign}),
+            grpc.method_handlers_generic_handler(
+                SERVICE_NAME, {"Sign": sign, "TrustBundle": bundle}
+            ),
             grpc.method_handlers_generic_handler("grpc.health.v1.Health", {"Check": health}),
         ]
 

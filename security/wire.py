@@ -8,5 +8,6 @@ from __future__ import annotations
 
 SERVICE_NAME = "meshfed.security.v1.CertificateService"
 SIGN_METHOD = f"/{SERVICE_NAME}/Sign"
+BUNDLE_METHOD = f"/{SERVICE_NAME}/TrustBundle"  # public: the current trust bundle
 JOIN_TOKEN_HEADER = "x-meshfed-join-token"
 CA_SERVER_NAME = "meshfed-ca"  # the DNS SAN clients check (grpc.ssl_target_name_override)

@@ -205,3 +205,18 @@ def test_rotate_root_and_status_on_the_command_line(
 def test_rotate_root_refuses_bring_your_own_material(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="bring-your-own"):
         main(["ca", "rotate-root", "--cacerts", str(tmp_path), "--trust-domain", TD])
+
+
+def test_a_published_bundle_in_the_state_folder_does_not_confuse_the_store(
+    tmp_path: Path,
+) -> None:
+    """``meshfed ca serve`` publishes the bundle as root-cert.pem in the state folder, the file
+    the store also reads: after retirement it holds only the new root."""
+    storage = FileStorage(tmp_path / "ca")
+    CertificateAuthority.load_or_create(storage, TD)
+    past = dt.datetime.now(dt.UTC) - 3 * H
+    record = start_root_rotation(storage, TD, add=H, switch=H, now=past)
+    (tmp_path / "ca" / "root-cert.pem").write_bytes(record.new_cert_pem)
+    ca = CertificateAuthority.load_or_create(storage, TD)
+    assert ca.phase() is Phase.RETIRED
+    assert ca.status()["phase"] == "retired"
