@@ -347,20 +347,27 @@ async def test_several_datacenters_through_one_agent(tmp_path: Path) -> None:
             assert run.adapter.describe()["datacenters"] == ["dc2"]  # the agent's own
 
 
-async def test_more_services_than_the_agent_allows_connections_is_explained(
+async def test_more_services_than_the_agent_allows_connections(
     consul_agent: ConsulAgent,
 ) -> None:
-    """Each watched service holds a connection; Consul allows 200 per client IP by default.
+    """Each per-service watch holds a connection; Consul allows 200 per client IP by default.
 
-    Past that the adapter must say so (and what to change), not crash or spin.
+    With the default ``maxWatches`` (128) 230 services are followed catalog-wide and sync without
+    a single 429; with ``maxWatches`` set past the agent's limit the adapter must say so (and what
+    to change), not crash or spin.
     """
     c = client(consul_agent)
     for i in range(230):
         catalog_register(c, f"vm-{i}", f"127.0.95.{i % 250 + 1}", {"Service": f"s{i}", "Port": 1})
-    async with running_adapter(params(consul_agent), sync_timeout=None) as run:
+    async with running_adapter(params(consul_agent)) as run:
+        assert len(run.aggregate.services()) == 230
+        assert run.adapter.describe()["modes"] == {"dc1": "catalog"}
+        assert run.member.degraded is None
+    async with running_adapter(params(consul_agent, maxWatches=1000), sync_timeout=None) as run:
         await run.wait_for(
             lambda: "http_max_conns_per_client" in (run.member.degraded or ""),
             "the connection-limit explanation",
             30,
         )
+        assert "maxWatches" in (run.member.degraded or "")
         assert not run.task.done()  # type: ignore[union-attr]

@@ -164,8 +164,9 @@ class ConsulClients:
                 self.failed(route, position)  # another agent may have connections to spare
                 raise TooManyConnections(
                     f"{address} refused the query: too many concurrent connections from this "
-                    "host (each watched service holds one; raise the agents' "
-                    "limits.http_max_conns_per_client, default 200, or configure more addresses)"
+                    "host (each per-service watch holds one; lower maxWatches below the agents' "
+                    "limits.http_max_conns_per_client, default 200, minus other clients on this "
+                    "host)"
                 ) from exc
             # 5xx: the agent is up but cannot serve (no leader, RPC error), another may; other
             # 4xx (bad filter, ACL denied) would be the same everywhere, so stay put.
@@ -217,6 +218,17 @@ class ConsulClients:
             extra.append(("filter", self.params.filter))
         path = f"/v1/health/service/{service}"
         return self._get(path, self._params(datacenter, index, wait_s, extra), route)
+
+    def checks(
+        self,
+        datacenter: str,
+        index: int = 0,
+        wait_s: float | None = None,
+        route: Route | None = None,
+    ) -> QueryResult:
+        """``/v1/health/state/any``: every check of the datacenter (node, id, status, service)."""
+        params = self._params(datacenter, index, wait_s, ())
+        return self._get("/v1/health/state/any", params, route)
 
     def local_datacenter(self) -> str:
         """The datacenter of the agent we talk to (what an unset ``datacenters`` means)."""

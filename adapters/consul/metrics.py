@@ -13,13 +13,14 @@ from prometheus_client import Counter, Gauge, Histogram
 
 WATCHES = Gauge(
     "meshfed_consul_watches",
-    "Blocking-query watches running (one per service plus one on the service list)",
+    "Blocking queries running (the service list, plus one per service or one on all checks)",
     ["registry", "datacenter"],
 )
 QUERIES = Counter(
     "meshfed_consul_queries_total",
-    "Consul queries by watch kind and outcome (change, unchanged, error, behind: an answer older\n"
-    "than what was applied, from a lagging server, held back until it catches up)",
+    "Consul queries by kind (list, service, checks, fetch) and outcome (change, unchanged,\n"
+    "error, behind: an answer older than what was applied, from a lagging server, held back\n"
+    "until it catches up)",
     ["registry", "datacenter", "kind", "outcome"],
 )
 UNREACHABLE = Gauge(
@@ -42,4 +43,16 @@ APPLY_SECONDS = Histogram(
     "Time to map one service's health entries and apply them to the aggregate",
     ["registry"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+)
+CATALOG_MODE = Gauge(
+    "meshfed_consul_catalog_mode",
+    "1 while a datacenter is followed catalog-wide (more services than maxWatches), 0 while\n"
+    "each service has its own blocking query",
+    ["registry", "datacenter"],
+)
+SWEEPS = Counter(
+    "meshfed_consul_sweeps_total",
+    "Catalog-wide mode: reads of every service (reason: unexplained, a catalog change no check\n"
+    "or list difference accounts for; reconcile, the periodic safety net)",
+    ["registry", "datacenter", "reason"],
 )

@@ -19,6 +19,9 @@ Keys (all optional)::
     wait: 5m                         # blocking query wait (Consul adds up to wait/16 jitter)
     timeout: 10s                     # connect/read timeout on top of wait + jitter
     rateLimit: 10                    # blocking queries per second, per watch, at most
+    maxWatches: 128                  # per-service blocking queries in all, at most (0: none)
+    reconcile: 60s                   # catalog-wide mode: read every service this often
+    fetchRate: 500                   # catalog-wide mode: non-blocking reads per second, at most
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ KNOWN_KEYS = frozenset(
         "wait",
         "timeout",
         "rateLimit",
+        "maxWatches",
+        "reconcile",
+        "fetchRate",
     }
 )
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
@@ -82,6 +88,9 @@ class ConsulParams:
     wait_s: float = 300.0
     timeout_s: float = 10.0
     rate_limit: float = 10.0
+    max_watches: int = 128
+    reconcile_s: float = 60.0
+    fetch_rate: float = 500.0
 
     @property
     def mesh_namespace(self) -> str:
@@ -173,7 +182,7 @@ def parse_params(params: Mapping[str, Any], where: str = "consul") -> ConsulPara
         err("consistency", "stale, default or consistent")
 
     durations = {}
-    for key, default in (("wait", 300.0), ("timeout", 10.0)):
+    for key, default in (("wait", 300.0), ("timeout", 10.0), ("reconcile", 60.0)):
         value = parse_duration(params.get(key, default))
         if value is None or value <= 0:
             err(key, "a positive duration such as 30s or 5m")
@@ -186,6 +195,16 @@ def parse_params(params: Mapping[str, Any], where: str = "consul") -> ConsulPara
     if isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0:
         err("rateLimit", "a positive number of queries per second")
         rate = 10.0
+
+    fetch_rate = params.get("fetchRate", 500.0)
+    if isinstance(fetch_rate, bool) or not isinstance(fetch_rate, int | float) or fetch_rate <= 0:
+        err("fetchRate", "a positive number of reads per second")
+        fetch_rate = 500.0
+
+    max_watches = params.get("maxWatches", 128)
+    if isinstance(max_watches, bool) or not isinstance(max_watches, int) or max_watches < 0:
+        err("maxWatches", "a whole number >= 0")
+        max_watches = 128
 
     for key in ("token", "namespace", "filter"):
         if key in params and not isinstance(params[key], str):
@@ -206,4 +225,7 @@ def parse_params(params: Mapping[str, Any], where: str = "consul") -> ConsulPara
         wait_s=durations["wait"],
         timeout_s=durations["timeout"],
         rate_limit=float(rate),
+        max_watches=max_watches,
+        reconcile_s=durations["reconcile"],
+        fetch_rate=float(fetch_rate),
     )

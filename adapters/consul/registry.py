@@ -2,12 +2,19 @@
 
 Shape (one set per configured datacenter):
 
-- a watch on ``/v1/catalog/services`` (the list of services), which starts a watch for each
-  service that appears and stops the watch of each one that disappears;
-- a watch on ``/v1/health/service/<name>`` per service, whose result is mapped
-  (:mod:`adapters.consul.mapping`) and applied to this adapter's member of the aggregate.
+- a watch on ``/v1/catalog/services`` (the list of services);
+- while the datacenter has no more services than fit in ``maxWatches`` (per-service mode): a
+  watch on ``/v1/health/service/<name>`` per service, started and stopped as services come and
+  go, whose result is mapped (:mod:`adapters.consul.mapping`) and applied to this adapter's member
+  of the aggregate -- the lowest latency, one connection per service;
+- past that (catalog-wide mode, :mod:`adapters.consul.catalog`): one watch on all checks and
+  non-blocking reads of just the services that changed, so any number of services costs three
+  connections. Consul refuses more than ``limits.http_max_conns_per_client`` (default 200)
+  connections per client IP, which is why the per-service mode cannot simply grow. A datacenter
+  switches back once its services fit in half the room left (no flapping at the boundary).
 
-Everything event-driven: no timer anywhere, only blocking queries (:mod:`adapters.consul.watch`).
+Event-driven: blocking queries (:mod:`adapters.consul.watch`); the only timer is catalog-wide
+mode's periodic reconcile, for the changes Consul's indexes do not announce.
 
 Promises:
 - Synced once: ``member.mark_synced()`` is called after every datacenter's service list *and*
@@ -38,6 +45,7 @@ from typing import Any, TypeVar
 import tenacity
 
 from adapters.consul import metrics
+from adapters.consul.catalog import CatalogFollower
 from adapters.consul.client import ConsulClients, QueryResult
 from adapters.consul.mapping import (
     IGNORED_SERVICES,
@@ -71,6 +79,7 @@ class ConsulRegistry:
         self.datacenters: list[str] = list(params.datacenters)
         self._list_watches: dict[str, BlockingWatch] = {}
         self._service_watches: dict[ServiceKey, BlockingWatch] = {}
+        self._followers: dict[str, CatalogFollower] = {}  # datacenters in catalog-wide mode
         self._instances: dict[ServiceKey, tuple[Instance, ...]] = {}
         self._hosts: dict[str, set[ServiceKey]] = {}
         self._synced = False
@@ -115,11 +124,14 @@ class ConsulRegistry:
 
     async def _stop_watches(self) -> None:
         watches = [*self._list_watches.values(), *self._service_watches.values()]
+        followers = list(self._followers.values())
         self._list_watches.clear()
         self._service_watches.clear()
-        await asyncio.gather(*(w.stop() for w in watches), return_exceptions=True)
+        self._followers.clear()
+        await asyncio.gather(*(w.stop() for w in (*watches, *followers)), return_exceptions=True)
         for dc in self.datacenters:
             metrics.WATCHES.labels(self.member.name, dc).set(0)
+            metrics.CATALOG_MODE.labels(self.member.name, dc).set(0)
 
     async def _until_stopped(self, work: Coroutine[Any, Any, T]) -> T | None:
         """``work``'s result, or None if :meth:`stop` is called first (``work`` is cancelled)."""
@@ -159,7 +171,11 @@ class ConsulRegistry:
             while not self._stopped.is_set():
                 pending = [
                     w
-                    for w in (*self._list_watches.values(), *self._service_watches.values())
+                    for w in (
+                        *self._list_watches.values(),
+                        *self._service_watches.values(),
+                        *self._followers.values(),
+                    )
                     if not w.first_result.is_set()
                 ]
                 if not pending:
@@ -200,8 +216,18 @@ class ConsulRegistry:
         self._count_watches(dc)
 
     def _count_watches(self, dc: str) -> None:
-        count = (dc in self._list_watches) + sum(1 for d, _ in self._service_watches if d == dc)
+        count = (
+            (dc in self._list_watches)
+            + (dc in self._followers)
+            + sum(1 for d, _ in self._service_watches if d == dc)
+        )
         metrics.WATCHES.labels(self.member.name, dc).set(count)
+        metrics.CATALOG_MODE.labels(self.member.name, dc).set(1 if dc in self._followers else 0)
+
+    def _room(self, dc: str) -> int:
+        """Per-service watches ``dc`` may hold: ``maxWatches`` less other datacenters' ones."""
+        others = sum(1 for d, _ in self._service_watches if d != dc)
+        return max(0, self.params.max_watches - others)
 
     def _wanted(self, name: str, tags: Any) -> bool:
         if name in IGNORED_SERVICES:
@@ -211,8 +237,23 @@ class ConsulRegistry:
         return set(self.params.tag_filter) <= set(tags or ())
 
     def _on_service_list(self, dc: str, result: QueryResult) -> None:
-        listed = result.data or {}
-        names = {name for name, tags in listed.items() if self._wanted(name, tags)}
+        listed = {
+            name: tuple(sorted({str(t) for t in tags or ()}))
+            for name, tags in (result.data or {}).items()
+            if self._wanted(name, tags)
+        }
+        follower = self._followers.get(dc)
+        if follower is None and len(listed) > self._room(dc):
+            follower = self._to_catalog_mode(dc, len(listed))
+            self._drop_unlisted(dc, listed)
+        elif follower is not None and len(listed) <= self._room(dc) // 2:
+            self._to_watch_mode(dc, len(listed))
+            self._drop_unlisted(dc, listed)
+            follower = None
+        if follower is not None:
+            follower.update_list(listed, result.index)
+            return
+        names = set(listed)
         current = {name for d, name in self._service_watches if d == dc}
         for name in sorted(current - names):
             self._service_watches.pop((dc, name)).cancel()
@@ -237,6 +278,65 @@ class ConsulRegistry:
             # A stopped watch may have been the only failing one.
             self._update_degraded()
 
+    def _to_catalog_mode(self, dc: str, count: int) -> CatalogFollower:
+        log.info(
+            "consul %s: datacenter %s has %d services, more than maxWatches allows (%d): "
+            "following it catalog-wide",
+            self.member.name,
+            dc,
+            count,
+            self._room(dc),
+        )
+        for key in [k for k in self._service_watches if k[0] == dc]:
+            # Their instances stay: the follower's first reads compare against them, and only
+            # real differences are pushed.
+            self._service_watches.pop(key).cancel()
+        follower = CatalogFollower(
+            dc,
+            self.clients,
+            self.params,
+            lambda name, result: self._on_fetched(dc, name, result),
+            lambda node: self._services_on_node(dc, node),
+            self._on_status,
+            lambda kind, outcome: self._observer(dc, kind)(outcome),
+        )
+        self._followers[dc] = follower
+        follower.start()
+        self._count_watches(dc)
+        self._update_degraded()
+        return follower
+
+    def _to_watch_mode(self, dc: str, count: int) -> None:
+        log.info(
+            "consul %s: datacenter %s has %d services: one blocking query per service again",
+            self.member.name,
+            dc,
+            count,
+        )
+        self._followers.pop(dc).cancel()
+        # The caller starts a watch per listed service; instances stay until those answer.
+        self._count_watches(dc)
+
+    def _drop_unlisted(self, dc: str, listed: Mapping[str, Any]) -> None:
+        """On a mode switch: services that left the list with the switching update go now."""
+        for key in sorted(k for k in self._instances if k[0] == dc and k[1] not in listed):
+            self._set_instances(key, ())
+
+    def _services_on_node(self, dc: str, node: str) -> set[str]:
+        return {
+            name
+            for (d, name), instances in self._instances.items()
+            if d == dc and any(i.node == node for i in instances)
+        }
+
+    def _on_fetched(self, dc: str, name: str, result: QueryResult | None) -> None:
+        if self._followers.get(dc) is None:
+            return  # switched back to per-service watches meanwhile
+        started = time.perf_counter()
+        entries = result.data if result is not None else ()
+        self._set_instances((dc, name), instances_from_entries(entries or (), dc))
+        metrics.APPLY_SECONDS.labels(self.member.name).observe(time.perf_counter() - started)
+
     def _on_health(self, key: ServiceKey, result: QueryResult) -> None:
         if key not in self._service_watches:
             return  # the service left the list while this read was in flight
@@ -244,7 +344,7 @@ class ConsulRegistry:
         self._set_instances(key, instances_from_entries(result.data or (), key[0]))
         metrics.APPLY_SECONDS.labels(self.member.name).observe(time.perf_counter() - started)
 
-    def _on_status(self, watch: BlockingWatch, error: BaseException | None) -> None:
+    def _on_status(self, watch: Any, error: BaseException | None) -> None:
         # Per-watch failures are routine during an outage (every watch retries with backoff):
         # debug only. The datacenter-level transition is what gets logged, once, in
         # _update_degraded.
@@ -285,8 +385,11 @@ class ConsulRegistry:
             reasons.append(self._dc_reasons[dc])
         self.member.set_degraded("; ".join(reasons) or None)
 
-    def _watches_of(self, dc: str) -> list[BlockingWatch]:
-        return [w for (d, _), w in self._service_watches.items() if d == dc]
+    def _watches_of(self, dc: str) -> list[Any]:
+        """Everything reading ``dc`` besides its list watch (each has failing/key/last_error)."""
+        follower = self._followers.get(dc)
+        extra = [follower.checks_watch, follower] if follower is not None else []
+        return [*(w for (d, _), w in self._service_watches.items() if d == dc), *extra]
 
     # -- applying ---------------------------------------------------------------------------
     def _hostname(self, key: ServiceKey) -> str:
@@ -335,7 +438,11 @@ class ConsulRegistry:
         """What ``/debug/registryz`` shows for this registry."""
         watches = {w.key: w.describe() for w in self._list_watches.values()}
         watches.update({w.key: w.describe() for w in self._service_watches.values()})
+        watches.update(
+            {f.checks_watch.key: f.checks_watch.describe() for f in self._followers.values()}
+        )
         in_use = Counter(w["address"] for w in watches.values() if w["address"])
+        in_use.update(f.address for f in self._followers.values() if f.address)
         return {
             "addresses": list(self.clients.addresses),
             "addressesInUse": dict(sorted(in_use.items())),
@@ -348,6 +455,11 @@ class ConsulRegistry:
             "waitSeconds": self.params.wait_s,
             "requestTimeoutSeconds": self.clients.request_timeout(1),
             "tls": self.params.tls is not None,
+            "maxWatches": self.params.max_watches,
+            "modes": {
+                dc: "catalog" if dc in self._followers else "per-service" for dc in self.datacenters
+            },
+            "catalog": {dc: f.describe() for dc, f in sorted(self._followers.items())},
             "synced": self._synced,
             "degraded": self.member.degraded,
             "services": len(self._hosts),

@@ -148,10 +148,16 @@ def _wait_leader(agent: ConsulAgent, timeout: float) -> str:
 
 
 @contextmanager
-def start_dev_agent(base: Path, host: str | None = None) -> Iterator[ConsulAgent]:
-    """A single in-memory ``consul agent -dev`` server, ready (leader elected, node synced)."""
+def start_dev_agent(
+    base: Path, host: str | None = None, extra_config: dict[str, object] | None = None
+) -> Iterator[ConsulAgent]:
+    """A single in-memory ``consul agent -dev`` server, ready (leader elected, node synced).
+
+    ``extra_config`` is merged into the agent's JSON config, e.g.
+    ``{"limits": {"http_max_conns_per_client": 20}}``.
+    """
     agent = _new_agent("dev", host or loopback_host(), base)
-    _write_config(agent, {})
+    _write_config(agent, dict(extra_config or {}))
     _launch(agent, dev=True)
     try:
         assert agent.process is not None

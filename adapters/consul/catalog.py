@@ -1,0 +1,374 @@
+"""Catalog-wide following of one datacenter: any number of services on three connections.
+
+Why this exists: a blocking query per service holds one HTTP connection per service, and Consul
+refuses more than ``limits.http_max_conns_per_client`` (default 200) per client IP with 429. Past
+``maxWatches`` services the adapter follows a datacenter with this instead:
+
+- the service-list watch the registry already runs (``/v1/catalog/services``), whose index moves
+  on *every* write to any service instance (registration, deregistration, address, port, meta,
+  tags) -- measured on Consul 1.16: not on check updates, node-only updates or KV writes;
+- one blocking query on ``/v1/health/state/any`` (every check with Node, CheckID, Status,
+  ServiceID, ServiceName), whose index moves on every check write;
+- non-blocking reads of ``/v1/health/service/<name>`` (one keep-alive connection, paced by
+  ``fetchRate``) for just the services that need one.
+
+What needs a read, and why:
+
+- a name that appears, or whose tag union changes, in the service list; a name that disappears is
+  removed without one;
+- a service with a check that appeared, disappeared or changed status or owner (output-only
+  updates change nothing the mesh uses, so they are ignored); a node-level check (``serfHealth``,
+  node maintenance) means every service with an instance on that node;
+- a move of the service-list index that nothing above explains -- an instance without checks
+  registered, moved or removed, a re-registration that kept its checks: no bulk public endpoint
+  says *which* service that was (the bexpr filter cannot compare indexes), so the adapter reads
+  them all (a *sweep*). The move counts as explained when a read made for the reasons above
+  answers with exactly the list's new index (that read saw the write that moved it);
+- every ``reconcile`` interval, a sweep anyway: node address and node meta changes move neither
+  index (only the node's services' own indexes), so this is the bound for them.
+
+A read whose ``X-Consul-Index`` equals the one last applied for that service is skipped (nothing
+changed); one *below* it came from a lagging server and is held back and retried, for at most
+``CATCH_UP_S``, exactly as a blocking watch does (:mod:`adapters.consul.watch`). Reads start only
+after the first check list arrived, so no check change can fall between a read and the baseline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import tenacity
+
+from adapters.consul.client import ConsulClients, QueryResult
+from adapters.consul.params import ConsulParams
+from adapters.consul.watch import (
+    BACKOFF_MULTIPLIER_S,
+    CATCH_UP_S,
+    BlockingWatch,
+    RateLimiter,
+    run_blocking,
+)
+
+log = logging.getLogger("meshfed.adapters.consul")
+
+# After an unexplained move of the service-list index, how long to wait for the check list to
+# reach that index (a registration with checks writes both in one Raft entry) before sweeping.
+SETTLE_S = 0.3
+# A read held back because its server lags is retried after this long.
+BEHIND_RETRY_S = 0.5
+
+CheckKey = tuple[str, str]  # (node, check id)
+CheckState = tuple[str, str, str]  # (status, service id, service name)
+
+
+def check_states(checks: Iterable[dict[str, Any]] | None) -> dict[CheckKey, CheckState]:
+    """``/v1/health/state/any`` entries -> what the mesh derives health from, per check."""
+    return {
+        (str(c.get("Node", "")), str(c.get("CheckID", ""))): (
+            str(c.get("Status", "")),
+            str(c.get("ServiceID") or ""),
+            str(c.get("ServiceName") or ""),
+        )
+        for c in checks or ()
+    }
+
+
+def changed_checks(
+    old: dict[CheckKey, CheckState], new: dict[CheckKey, CheckState]
+) -> tuple[set[str], set[str]]:
+    """(service names, nodes of node-level checks) touched between two check lists."""
+    services: set[str] = set()
+    nodes: set[str] = set()
+    for key in old.keys() | new.keys():
+        before, after = old.get(key), new.get(key)
+        if before == after:
+            continue
+        for state in (before, after):
+            if state is None:
+                continue
+            if state[2]:
+                services.add(state[2])
+            else:
+                nodes.add(key[0])
+    return services, nodes
+
+
+class CatalogFollower:
+    """Follows one datacenter catalog-wide (see the module docstring); never raises."""
+
+    def __init__(
+        self,
+        dc: str,
+        clients: ConsulClients,
+        params: ConsulParams,
+        apply: Callable[[str, QueryResult | None], None],
+        services_on_node: Callable[[str], set[str]],
+        on_status: Callable[[Any, BaseException | None], None],
+        observe: Callable[[str, str], None],
+    ) -> None:
+        self.dc = dc
+        self.key = f"{dc}/fetch"
+        self.clients = clients
+        self.params = params
+        self.apply = apply  # (name, result or None = gone)
+        self.services_on_node = services_on_node
+        self.on_status = on_status
+        self.observe = observe  # (kind, outcome)
+        checks_route = clients.route(f"{dc}/checks")
+        self.checks_watch = BlockingWatch(
+            f"{dc}/checks",
+            lambda index, wait: clients.checks(dc, index, wait, checks_route),
+            self._on_checks,
+            on_status,
+            params.rate_limit,
+            observe=lambda outcome: observe("checks", outcome),
+        )
+        self.route = clients.route(self.key)
+        self.limiter = RateLimiter(params.fetch_rate)
+        self.names: dict[str, tuple[str, ...]] = {}  # wanted service -> union of its tags
+        self.applied: dict[str, int] = {}  # service -> index of the last applied read
+        self.checks: dict[CheckKey, CheckState] | None = None
+        self.first_result = asyncio.Event()
+        self._listed = False
+        self._initial: set[str] = set()
+        self._targeted: dict[str, None] = {}  # ordered sets
+        self._sweep: dict[str, None] = {}
+        self._behind_since: dict[str, float] = {}
+        self._unexplained = 0  # list index no read has accounted for yet (0: none)
+        # Indexes recent reads answered with: the check list may deliver (and its reads finish)
+        # before the service list reports the same write.
+        self._recent: deque[int] = deque(maxlen=64)
+        self._unexplained_at = 0.0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._next_reconcile = time.monotonic() + params.reconcile_s
+        # Debug/metrics state.
+        self.reads = 0
+        self.skipped = 0
+        self.behind = 0
+        self.sweeps = {"unexplained": 0, "reconcile": 0}
+        self.last_sweep_seconds: float | None = None
+        self._sweep_started: float | None = None
+        self.errors = 0
+        self.last_error: str | None = None
+        self.address = ""
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        self.checks_watch.start()
+        self._task = asyncio.create_task(self._run(), name=f"consul-catalog {self.dc}")
+
+    def cancel(self) -> list[asyncio.Task[None]]:
+        self.first_result.set()
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        tasks = [t for t in (self.checks_watch.cancel(), self._task) if t is not None]
+        self._task = None
+        for task in tasks:
+            task.cancel()
+        return tasks
+
+    async def stop(self) -> None:
+        await asyncio.gather(*self.cancel(), return_exceptions=True)
+
+    @property
+    def failing(self) -> bool:
+        return self.last_error is not None
+
+    # -- inputs -----------------------------------------------------------------------------
+    def update_list(self, listed: dict[str, tuple[str, ...]], index: int) -> None:
+        """A new service list (name -> tag union) at ``index``, from the registry's list watch."""
+        first = not self._listed
+        self._listed = True
+        removed = self.names.keys() - listed.keys()
+        for name in sorted(removed):
+            self._forget(name)
+            self.apply(name, None)
+        for name in sorted(listed):
+            if self.names.get(name) != listed[name]:
+                self._enqueue(name)
+        self.names = dict(listed)
+        if first:
+            self._initial = set(listed)
+            self._maybe_first()
+        elif not removed and index not in self._recent:
+            # Something changed in some service; unless a read shows what, sweep.
+            self._unexplained = index
+            self._unexplained_at = time.monotonic()
+        self._wake.set()
+
+    def _on_checks(self, result: QueryResult) -> None:
+        new = check_states(result.data)
+        old, self.checks = self.checks, new
+        if old is None:
+            self._wake.set()  # the baseline: reads may start
+            return
+        services, nodes = changed_checks(old, new)
+        for node in sorted(nodes):
+            services |= self.services_on_node(node)
+        for name in sorted(services):
+            if name in self.names:
+                self._enqueue(name)
+        self._wake.set()
+
+    def _enqueue(self, name: str) -> None:
+        self._targeted[name] = None
+        self._wake.set()
+
+    def _forget(self, name: str) -> None:
+        self.applied.pop(name, None)
+        self._targeted.pop(name, None)
+        self._sweep.pop(name, None)
+        self._behind_since.pop(name, None)
+        self._initial.discard(name)
+
+    def _maybe_first(self) -> None:
+        if self._listed and not self._initial and self.checks is not None:
+            self.first_result.set()
+
+    # -- the read loop ----------------------------------------------------------------------
+    def _start_sweep(self, reason: str) -> None:
+        # Recently changed services first: a rolling deploy keeps touching the same few.
+        order = sorted(self.names, key=lambda n: -self.applied.get(n, 0))
+        self._sweep = dict.fromkeys(order)
+        self.sweeps[reason] += 1
+        self._sweep_started = time.monotonic()
+        self.observe("sweep", reason)
+
+    def _next(self) -> str | None:
+        for queue in (self._targeted, self._sweep):
+            while queue:
+                name = next(iter(queue))
+                del queue[name]
+                if name in self.names:
+                    return name
+        if self._sweep_started is not None:
+            self.last_sweep_seconds = round(time.monotonic() - self._sweep_started, 3)
+            self._sweep_started = None
+        return None
+
+    def _idle_timeout(self) -> float:
+        """Seconds until something must happen without an input (a settled move, a reconcile)."""
+        now = time.monotonic()
+        if self._unexplained:
+            checks_index = self.checks_watch.applied_index
+            if checks_index >= self._unexplained:
+                settle = 0.0  # the check list has caught up: anything it explains is queued
+            else:
+                settle = max(0.0, self._unexplained_at + SETTLE_S - now)
+            if settle <= 0:
+                self._unexplained = 0
+                self._start_sweep("unexplained")
+                return 0.0
+            return settle
+        if now >= self._next_reconcile:
+            self._next_reconcile = now + self.params.reconcile_s
+            self._start_sweep("reconcile")
+            return 0.0
+        return self._next_reconcile - now
+
+    async def _run(self) -> None:
+        await self.checks_watch.first_result.wait()
+        while True:
+            # The check baseline must exist before any read (see the module docstring).
+            name = self._next() if self.checks is not None else None
+            if name is None:
+                self._maybe_first()
+                timeout = self._idle_timeout() if self.checks is not None else 1.0
+                if timeout > 0:
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), timeout)
+                continue
+            await self.limiter.wait()
+            result = await self._read(name)
+            try:
+                self._handle(name, result)
+            except Exception:
+                log.exception("consul %s: applying %s failed", self.key, name)
+
+    async def _read(self, name: str) -> QueryResult:
+        retrying = tenacity.AsyncRetrying(
+            wait=tenacity.wait_random_exponential(multiplier=BACKOFF_MULTIPLIER_S, max=10.0),
+            retry=tenacity.retry_if_exception_type(Exception),
+            before_sleep=self._failed,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                result = await run_blocking(
+                    self.clients.health, self.dc, name, 0, None, self.route, name=self.key
+                )
+                self.reads += 1
+                self.address = result.address
+                if self.last_error is not None:
+                    self.last_error = None
+                    self.on_status(self, None)
+                return result
+        raise AssertionError("unreachable: retries never stop")
+
+    def _failed(self, state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        self.errors += 1
+        self.last_error = f"{type(exc).__name__}: {exc}" if exc else "unknown error"
+        self.observe("fetch", "error")
+        self.on_status(self, exc)
+
+    def _handle(self, name: str, result: QueryResult) -> None:
+        if name not in self.names:
+            return  # left the list while the read was in flight
+        self._recent.append(result.index)
+        if self._unexplained and result.index == self._unexplained:
+            self._unexplained = 0  # this read saw the write that moved the list
+        applied = self.applied.get(name)
+        if applied is not None and result.index < applied:
+            since = self._behind_since.setdefault(name, time.monotonic())
+            if time.monotonic() - since < CATCH_UP_S or not result.known_leader:
+                # A lagging server: never step back; ask again shortly.
+                self.behind += 1
+                self.observe("fetch", "behind")
+                loop = asyncio.get_running_loop()
+                timer = loop.call_later(BEHIND_RETRY_S, lambda: self._retry(name, timer))
+                self._timers.add(timer)
+                return
+            self.observe("reset", "reset")
+            log.info("consul %s: index of %s went backwards; reset", self.key, name)
+        self._behind_since.pop(name, None)
+        self._initial.discard(name)
+        if applied is not None and result.index == applied:
+            self.skipped += 1
+            self.observe("fetch", "unchanged")
+            return
+        self.applied[name] = result.index
+        self.observe("fetch", "change")
+        self.apply(name, result)
+
+    def _retry(self, name: str, timer: asyncio.TimerHandle) -> None:
+        self._timers.discard(timer)
+        if name in self.names:
+            self._enqueue(name)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "services": len(self.names),
+            "checks": len(self.checks or {}),
+            "pending": len(self._targeted) + len(self._sweep),
+            "reads": self.reads,
+            "unchangedReads": self.skipped,
+            "heldBack": self.behind,
+            "sweeps": dict(self.sweeps),
+            "lastSweepSeconds": self.last_sweep_seconds,
+            "reconcileSeconds": self.params.reconcile_s,
+            "fetchRate": self.params.fetch_rate,
+            "address": self.address,
+            "errors": self.errors,
+            "lastError": self.last_error,
+        }
