@@ -350,3 +350,57 @@ def _run_rotation(
             }
         )
     )
+
+
+def test_rotation_kept_in_a_kubernetes_secret_is_shared_by_replicas(kube_apiserver: Any) -> None:
+    """The Secret backend against a real kube-apiserver: a rotation stored by one CA is seen by
+    another replica, a concurrent second start is refused, and a retired one is folded in."""
+    import secrets as pysecrets
+
+    from kubernetes import client
+
+    from security.ca import (
+        CertificateAuthority,
+        RotationInProgress,
+        complete_root_rotation,
+        start_root_rotation,
+    )
+    from security.rotation import Phase
+    from security.storage import KubernetesSecretStorage
+
+    core = client.CoreV1Api(kube_apiserver.api_client())
+    ns = f"rot-{pysecrets.token_hex(3)}"
+    hour = dt.timedelta(hours=1)
+    try:
+        storage = KubernetesSecretStorage(core, ns)
+        first = CertificateAuthority.load_or_create(storage, TRUST_DOMAIN)
+        old_root = first.signer_cert
+        past = dt.datetime.now(dt.UTC) - 90 * dt.timedelta(minutes=1)  # in the switch phase
+        record = start_root_rotation(storage, TRUST_DOMAIN, hour, hour, now=past)
+        with pytest.raises(RotationInProgress):
+            start_root_rotation(KubernetesSecretStorage(core, ns), TRUST_DOMAIN, hour, hour)
+        secret = core.read_namespaced_secret("meshfed-ca", ns)
+        assert {"rotation.json", "next-ca-key.pem"} <= set(secret.data)
+
+        assert first.reload() is True  # the running CA picks it up
+        replica = CertificateAuthority.load_or_create(
+            KubernetesSecretStorage(core, ns), TRUST_DOMAIN
+        )
+        new_root = x509.load_pem_x509_certificate(record.new_cert_pem)
+        for ca in (first, replica):
+            assert ca.phase() is Phase.SWITCH
+            assert ca.roots == [old_root, new_root]
+            assert ca.signer_cert == new_root
+            assert ca.phase(past + 2 * hour) is Phase.RETIRED
+            assert ca.state(past + 2 * hour).roots == (new_root,)
+
+        # Once retired, the rotation is folded into the four stored keys.
+        assert complete_root_rotation(storage, TRUST_DOMAIN, now=past + 2 * hour) is True
+        secret = core.read_namespaced_secret("meshfed-ca", ns)
+        assert set(secret.data) == {"ca-key.pem", "ca-cert.pem", "root-cert.pem", "cert-chain.pem"}
+        folded = CertificateAuthority.load_or_create(
+            KubernetesSecretStorage(core, ns), TRUST_DOMAIN
+        )
+        assert folded.phase() is None and folded.roots == [new_root]
+    finally:
+        core.delete_namespace(ns)
