@@ -5,7 +5,11 @@ the test paths, so only an explicit run executes it. It prints figures and write
 
     .venv/bin/python -m pytest -s bench/consul_catalog.py
     # sizes: MESHFED_BENCH_SERVICES (1000), _INSTANCES (5), _CHANGES (100), _IDLE_S (30)
-    # results: MESHFED_BENCH_OUT (default bench/results/consul_catalog.json)
+    # MESHFED_BENCH_MODE: per-service (every service its own blocking query; the agent's
+    #   connection limit raised to 4096) or catalog (the default maxWatches, the agent's default
+    #   limit of 200: followed catalog-wide)
+    # MESHFED_BENCH_CHECKS=1: every instance (and every change) registers with a passing check
+    # results: MESHFED_BENCH_OUT (default bench/results/consul_catalog_<mode>[_checks].json)
 
 What it measures, on a real Consul agent and a real Envoy sidecar fed by Pilot:
 
@@ -15,8 +19,10 @@ What it measures, on a real Consul agent and a real Envoy sidecar fed by Pilot:
 - **idle cost**: CPU seconds and resident memory of this process (the hub: adapter + Pilot)
   while it idle-watches the whole catalog, and the Consul agent's CPU over the same time.
 
-Speed is reported, never asserted (beyond sanity), per the project's rules. The agent's per-IP
-connection limit is raised because every watched service holds one connection (docs/consul.md).
+Speed is reported, never asserted (beyond sanity), per the project's rules. In per-service mode
+the agent's per-IP connection limit is raised because every watched service holds one connection;
+catalog mode runs against the agent's defaults (docs/consul.md). Without checks every change is
+one only a sweep finds in catalog mode (its worst case); with checks, the check list names it.
 Hosts: the sidecar on 127.0.98.2; instances are 127.9x.y.z (data only, never dialled).
 """
 
@@ -53,8 +59,15 @@ SERVICES = int(os.environ.get("MESHFED_BENCH_SERVICES", "1000"))
 INSTANCES = int(os.environ.get("MESHFED_BENCH_INSTANCES", "5"))
 CHANGES = int(os.environ.get("MESHFED_BENCH_CHANGES", "100"))
 IDLE_S = float(os.environ.get("MESHFED_BENCH_IDLE_S", "30"))
+MODE = os.environ.get("MESHFED_BENCH_MODE", "per-service")
+CHECKS = os.environ.get("MESHFED_BENCH_CHECKS", "") == "1"
 OUT = Path(
-    os.environ.get("MESHFED_BENCH_OUT", Path(__file__).parent / "results" / "consul_catalog.json")
+    os.environ.get(
+        "MESHFED_BENCH_OUT",
+        Path(__file__).parent
+        / "results"
+        / f"consul_catalog_{MODE.replace('-', '_')}{'_checks' if CHECKS else ''}.json",
+    )
 )
 A_IP = "127.0.98.2"
 
@@ -67,7 +80,8 @@ def instance_ip(service: int, instance: int) -> str:
 @contextlib.contextmanager
 def agent_with_room(base: Path) -> Iterator[ConsulAgent]:
     agent = _new_agent("bench", loopback_host(), base)
-    _write_config(agent, {"limits": {"http_max_conns_per_client": 4096}})
+    room = {"limits": {"http_max_conns_per_client": 4096}} if MODE == "per-service" else {}
+    _write_config(agent, room)
     _launch(agent, dev=True)
     try:
         _wait_leader(agent, 60)
@@ -79,15 +93,13 @@ def agent_with_room(base: Path) -> Iterator[ConsulAgent]:
 
 def register(c: consul.Consul, service: int, instance: int) -> None:
     name = f"svc{service:04d}"
+    sid = f"{name}-{instance}"
+    check = {"CheckID": f"check-{sid}", "Name": "http", "ServiceID": sid, "Status": "passing"}
     assert c.catalog.register(
         f"node-{service}-{instance}",
         instance_ip(service, instance),
-        service={
-            "Service": name,
-            "ID": f"{name}-{instance}",
-            "Port": 8080,
-            "Tags": ["protocol=http"],
-        },
+        service={"Service": name, "ID": sid, "Port": 8080, "Tags": ["protocol=http"]},
+        check=check if CHECKS else None,
     )
 
 
@@ -120,7 +132,10 @@ async def test_consul_catalog_to_envoy_ack(tmp_path: Path) -> None:
                 )
             )
         registered_s = time.monotonic() - started
-        params = {"address": agent.http_addr}  # the defaults users get: wait 5m, stale reads
+        # The defaults users get (wait 5m, stale reads, maxWatches 128), but for the mode.
+        params: dict[str, Any] = {"address": agent.http_addr}
+        if MODE == "per-service":
+            params["maxWatches"] = SERVICES + 1
         # Pilot with its default debounce (what `meshfed up` runs).
         async with running_mesh(quiet=0.1, max_delay=1.0) as mesh:
             started = time.monotonic()
@@ -170,8 +185,12 @@ async def test_consul_catalog_to_envoy_ack(tmp_path: Path) -> None:
                     to_model.append(arrived[host] - sent)
                     await asyncio.sleep(rng.uniform(0.05, 0.15))
                 assert run.member.degraded is None
+                assert run.adapter.describe()["modes"]["dc1"] == MODE
+                described = run.adapter.describe()
 
         results: dict[str, Any] = {
+            "mode": MODE,
+            "checks": CHECKS,
             "catalog": {"services": SERVICES, "instances_per_service": INSTANCES},
             "registration_seconds": round(registered_s, 2),
             "adapter_initial_sync_seconds": round(synced_s, 2),
@@ -188,6 +207,8 @@ async def test_consul_catalog_to_envoy_ack(tmp_path: Path) -> None:
                 "p99": round(percentile(to_model, 0.99) * 1000, 1),
             },
             "pilot_debounce_s": {"quiet": 0.1, "max": 1.0},
+            "blocking_queries": len(described["watches"]),
+            "catalog_mode": described["catalog"].get("dc1"),
             "idle": {
                 "seconds": round(idle_wall, 1),
                 "hub_cpu_seconds": round(idle_cpu, 3),

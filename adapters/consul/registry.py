@@ -193,7 +193,9 @@ class ConsulRegistry:
     # -- watches ----------------------------------------------------------------------------
     def _observer(self, dc: str, kind: str) -> Any:
         def observe(outcome: str) -> None:
-            if outcome == "reset":
+            if kind == "sweep":
+                metrics.SWEEPS.labels(self.member.name, dc, outcome).inc()
+            elif outcome == "reset":
                 metrics.INDEX_RESETS.labels(self.member.name, dc).inc()
             else:
                 metrics.QUERIES.labels(self.member.name, dc, kind, outcome).inc()
