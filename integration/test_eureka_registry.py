@@ -205,9 +205,10 @@ async def test_local_divergence_is_caught_by_the_hash_code(eureka_server: Eureka
                 ghost = Instance(
                     instance_id="ghost", app=app.upper(), ip_addr="127.0.92.39", status="UP"
                 )
-                local = {name: dict(instances) for name, instances in adapter.apps.items()}
+                copy = adapter.local.apps
+                local = {name: dict(instances) for name, instances in copy.items()}
                 local[app.upper()]["ghost"] = ghost
-                adapter.apps = local
+                adapter.local.apps = local
                 mismatches = adapter.counters["hash_mismatches"]
                 fulls = adapter.counters["full_fetches"]
                 await wait_for(

@@ -150,15 +150,15 @@ class EurekaHttp:
             self.failovers += 1
             self._index = index
 
-    async def fetch_full(self) -> Answer:
-        """The whole registry (``GET apps/``)."""
-        answer = await self._fetch("apps/", "full")
+    async def fetch_full(self, regions: str = "") -> Answer:
+        """The whole registry (``GET apps/``, ``apps/?regions=...`` with ``regions``)."""
+        answer = await self._fetch("apps/" + _query(regions), "full")
         assert answer is not None  # only deltas may be refused
         return answer
 
-    async def fetch_delta(self) -> Answer | None:
+    async def fetch_delta(self, regions: str = "") -> Answer | None:
         """Recent changes (``GET apps/delta``), or None when the server serves no deltas."""
-        return await self._fetch("apps/delta", "delta")
+        return await self._fetch("apps/delta" + _query(regions), "delta")
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -169,6 +169,11 @@ class EurekaHttp:
             "tls": self.settings.tls is not None,
             "failovers": self.failovers,
         }
+
+
+def _query(regions: str) -> str:
+    # Region names are checked by config (letters, digits, '.', '_', '-'): nothing to escape.
+    return f"?regions={regions}" if regions else ""
 
 
 def _error_text(exc: BaseException) -> str:

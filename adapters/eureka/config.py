@@ -8,7 +8,8 @@ silently polls every 30 s or never authenticates. Every problem is reported at o
 Keys (see ``docs/eureka.md``): ``servers`` (required), ``fetchInterval``, ``fullFetchInterval``,
 ``emptyRegistryGrace``, ``timeout``,
 ``maxBackoff``, ``format``, ``auth {username, password}``, ``tls {caFile, certFile, keyFile}``,
-``hostnameTemplate``, ``namespace``, ``servicePort``, ``secureServicePort``.
+``hostnameTemplate``, ``namespace``, ``servicePort``, ``secureServicePort``, ``region``,
+``remoteRegions``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ KNOWN_KEYS = {
     "namespace",
     "servicePort",
     "secureServicePort",
+    "region",
+    "remoteRegions",
 }
 DEFAULT_FETCH_INTERVAL = 30.0  # Eureka's own client default (registryFetchIntervalSeconds)
 # A full fetch at least this often bounds how long a stale cached delta can hide a change: the
@@ -51,6 +54,9 @@ DEFAULT_TIMEOUT = 5.0
 DEFAULT_MAX_BACKOFF = 30.0
 FORMATS = ("json", "xml")
 
+# A region as Eureka names it in ``remote-region-urls-with-name.<region>``: the server lower-cases
+# the ``regions=`` it is asked for and splits it at commas, so a name holds neither.
+_REGION = re.compile(r"^[a-z0-9](?:[a-z0-9._-]*[a-z0-9])?$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
@@ -89,6 +95,10 @@ class EurekaSettings:
     username: str = ""
     password: str = attrs.field(default="", repr=False)
     tls: TLSSettings | None = None
+    # The region this Eureka cluster serves ("" = not said: local-only fetches are not possible,
+    # see docs/eureka.md "Remote regions") and the remote regions to fetch through it.
+    region: str = ""
+    remote_regions: tuple[str, ...] = ()
 
 
 def split_credentials(url: str) -> tuple[str, str, str]:
@@ -164,6 +174,7 @@ def parse_settings(
         )
         if bool(tls.cert_file) != bool(tls.key_file):
             tls_reader.error("certFile", "expected certFile and keyFile together (client cert)")
+    region, remote_regions = _regions(reader)
     template = reader.str("hostnameTemplate", default="{vip}")
     try:
         template.format(vip="vip", app="app")
@@ -193,4 +204,46 @@ def parse_settings(
         username=username,
         password=password,
         tls=tls,
+        region=region,
+        remote_regions=remote_regions,
     )
+
+
+def _regions(reader: FieldReader) -> tuple[str, tuple[str, ...]]:
+    """``region`` and ``remoteRegions``, lower-cased (as Eureka treats them) and checked."""
+
+    def check(field: str, name: str) -> str | None:
+        value = name.strip().lower()
+        if not _REGION.match(value):
+            reader.error(
+                field,
+                f"expected a region name as configured in Eureka's "
+                f"remote-region-urls-with-name (letters, digits, '.', '_', '-'), got {name!r}",
+            )
+            return None
+        return value
+
+    raw_region = reader.str("region")
+    region = (check("region", raw_region) or "") if raw_region else ""
+    remote: list[str] = []
+    for i, name in enumerate(reader.str_list("remoteRegions")):
+        value = check(f"remoteRegions[{i}]", name)
+        if value is None:
+            continue
+        if value in remote:
+            reader.error(f"remoteRegions[{i}]", f"expected each region once, got {name!r} again")
+        elif region and value == region:
+            reader.error(
+                f"remoteRegions[{i}]",
+                f"expected regions other than this cluster's own region {region!r}",
+            )
+        else:
+            remote.append(value)
+    if remote and not raw_region:
+        reader.error(
+            "region",
+            "is required with remoteRegions: the name of the region this Eureka cluster serves "
+            "(local instances get it as locality, and are told apart from remote ones by asking "
+            "for regions=<region>)",
+        )
+    return region, tuple(remote)

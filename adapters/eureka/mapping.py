@@ -29,8 +29,9 @@ Rules (each is pinned by a unit test):
   instances disagree the most common value wins (ties by name), so one instance cannot flip it.
 - **Labels and locality.** Metadata entries become endpoint labels as they are. Locality: zone
   from Amazon data-centre info ``availability-zone``, else metadata ``zone`` or
-  ``availability-zone``; region from metadata ``region``, else derived from an AWS zone name
-  (``us-east-1a`` -> ``us-east-1``); subzone from metadata ``subzone``.
+  ``availability-zone``; region from the region the instance was fetched from (``region`` /
+  ``remoteRegions``, when configured), else metadata ``region``, else derived from an AWS zone
+  name (``us-east-1a`` -> ``us-east-1``); subzone from metadata ``subzone``.
 - **Addresses.** ``ipAddr`` must be an IP address: anything else (a host name, garbage from a
   hand-written registration) is left out and reported, because one bad address makes Envoy
   reject the whole endpoint update it is part of.
@@ -110,7 +111,9 @@ def locality(instance: Instance) -> Locality:
     if instance.data_center.name == AMAZON_DATA_CENTER:
         zone = instance.data_center.get("availability-zone")
     zone = zone or instance.meta("zone") or instance.meta("availability-zone")
-    region = instance.meta("region")
+    # The region the adapter fetched the instance from (the cluster's own ``region`` or a
+    # ``remoteRegions`` entry) is the cluster topology, which the registrant cannot misstate.
+    region = instance.region or instance.meta("region")
     if not region and (match := _AWS_ZONE.match(zone)):
         region = match.group(1)
     return Locality(region=region, zone=zone, subzone=instance.meta("subzone"))

@@ -20,7 +20,7 @@ Promises:
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 
@@ -100,3 +100,57 @@ def changed_apps(before: Apps, after: Apps) -> frozenset[str]:
     """The applications whose instances differ between two copies (for logging and metrics)."""
     names = set(before) | set(after)
     return frozenset(n for n in names if before.get(n) != after.get(n))
+
+
+def _tagged(instance: Instance, region: str) -> Instance:
+    if not region or instance.region == region:
+        return instance
+    return attrs.evolve(instance, region=region)
+
+
+def merge_app(
+    app: str, local: tuple[str, Apps], remotes: Sequence[tuple[str, Apps]]
+) -> dict[str, Instance]:
+    """One application's instances across regions, each tagged with the region it came from.
+
+    ``local`` is the local-only copy (``regions=<own region>``) and its region; each of
+    ``remotes`` is the copy of ``regions=<remote>`` (the server's local instances *plus* that
+    region's) and its region. Eureka's answers do not say where an instance lives, so an
+    instance is remote exactly when the local-only copy does not have it. The local copy wins an
+    instance id present in both; among remote regions, the first listed wins.
+    """
+    region, apps = local
+    out = {iid: _tagged(i, region) for iid, i in apps.get(app, {}).items()}
+    for region, apps in remotes:
+        for iid, instance in apps.get(app, {}).items():
+            if iid not in out:
+                out[iid] = _tagged(instance, region)
+    return out
+
+
+def merge_regions(
+    local: tuple[str, Apps],
+    remotes: Sequence[tuple[str, Apps]],
+    base: Apps | None = None,
+    apps: Iterable[str] | None = None,
+) -> dict[str, Mapping[str, Instance]]:
+    """``base`` with ``apps`` merged again from every region's copy (all apps when None).
+
+    With no remote region and no local region name the local copy is returned as it is: the
+    adapter then behaves exactly as it did before regions existed.
+    """
+    if not remotes and not local[0]:
+        return dict(local[1])
+    if base is None or apps is None:
+        out: dict[str, Mapping[str, Instance]] = {}
+        names: Iterable[str] = set(local[1]).union(*(set(r[1]) for r in remotes))
+    else:
+        out = dict(base)
+        names = apps
+    for name in names:
+        merged = merge_app(name, local, remotes)
+        if merged:
+            out[name] = merged
+        else:
+            out.pop(name, None)
+    return out

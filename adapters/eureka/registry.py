@@ -26,6 +26,18 @@ The loop (see :meth:`EurekaRegistry.run`):
    for a renewal interval. Emptiness that lasts past the grace is real and is applied; a delta
    that cancels every instance is applied at once, since it names each cancellation.
 
+Remote regions (``region`` + ``remoteRegions``, see ``docs/eureka.md``): the loop above runs
+per *view*, one ``regions=`` query each, every view with its own local copy and its own hash
+check, because the server computes ``apps__hashcode`` over exactly what that query returns (its
+local instances plus the regions asked for). Eureka's answers do not say which region an
+instance came from, so the views are: ``regions=<remote>`` per remote region, and
+``regions=<own region>`` last, which names no remote registry and so returns local instances
+only (a plain ``apps/`` would not: with transparent fallback, on by default, it already mixes in
+every remote region, untagged, and its delta hash disagrees with its full one). An instance is
+remote when the local-only view lacks it (:func:`~adapters.eureka.reconcile.merge_regions`).
+The local view is fetched last so that a local instance registered between the two requests is
+never taken for a remote one.
+
 Nothing is pushed when an answer changes nothing the mesh can see: only the applications that
 changed are mapped again (:class:`~adapters.eureka.mapping.IncrementalMapper`), and the
 aggregate emits only real differences. Outages never
@@ -43,6 +55,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import attrs
 import tenacity
 
 from adapters.eureka import metrics
@@ -56,6 +69,7 @@ from adapters.eureka.reconcile import (
     from_instances,
     hash_code,
     instance_count,
+    merge_regions,
 )
 from adapters.eureka.wire import STATUSES
 from registry.aggregate import Member
@@ -63,6 +77,30 @@ from registry.aggregate import Member
 log = logging.getLogger("meshfed.adapters.eureka")
 
 MAX_PROBLEMS_SHOWN = 20
+
+
+@attrs.define
+class View:
+    """One ``regions=`` query and the local copy of what it answers."""
+
+    region: str  # the region of the instances this view contributes ("" = not known)
+    regions: str  # the ``regions=`` value ("" = a plain apps/, as without region config)
+    apps: Apps | None = None
+    server_hash: str = ""
+    versions_delta: str = ""
+    need_full: bool = True
+    reason: str = "start"
+    empty_since: float | None = None
+
+    def describe(self) -> dict[str, Any]:
+        apps = self.apps or {}
+        return {
+            "region": self.region,
+            "query": f"regions={self.regions}" if self.regions else "",
+            "appsHashcode": hash_code(apps),
+            "serverHashcode": self.server_hash,
+            "instances": instance_count(apps),
+        }
 
 
 class _Stopped(Exception):
@@ -80,9 +118,12 @@ class EurekaRegistry:
         self.trust_domain = trust_domain
         self.http = EurekaHttp(settings)
         self.mapper = IncrementalMapper(settings.mapping)
-        self.apps: Apps | None = None  # the local copy of the registry, None before a full fetch
-        self.server_hash = ""
-        self.versions_delta = ""
+        # What the mesh sees: every view merged, instances tagged with their region; None
+        # before every view has had a full fetch.
+        self.apps: Apps | None = None
+        self.local = View(settings.region, settings.region)
+        self.remotes = [View(region, region) for region in settings.remote_regions]
+        self.views = [*self.remotes, self.local]  # local last (see the module docstring)
         self.problems: tuple[str, ...] = ()
         # Plain counters for /debug/registryz and tests; the Prometheus series mirror them.
         self.counters: Counter[str] = Counter()
@@ -91,8 +132,6 @@ class EurekaRegistry:
         self._full_reason = "start"
         self._failovers_seen = 0
         self._last_full = 0.0
-        self._answered_at = 0.0
-        self._empty_since: float | None = None
         self._hold_reason: str | None = None  # degraded although the server answers
         self._stop = asyncio.Event()
 
@@ -159,90 +198,138 @@ class EurekaRegistry:
 
     # -- one round --------------------------------------------------------------------------
     async def sync_once(self) -> None:
-        """One fetch: full when needed (start, after an error, on mismatch), else a delta.
+        """One round: per view a full fetch when needed (start, after an error, on mismatch,
+        periodically), else a delta; then the views are merged and installed.
 
-        Raises EurekaUnavailable when no server answered; the local state is then unchanged.
+        Raises EurekaUnavailable when no server answered; the mesh's state is then unchanged.
         """
         if self._stop.is_set():
             raise _Stopped
-        if self.apps is None or self._need_full:
-            await self._full_fetch(self._full_reason)
-            return
-        if time.monotonic() - self._last_full >= self.settings.full_fetch_interval:
+        started = time.perf_counter()
+        periodic = (
+            self.apps is not None
+            and not self._need_full
+            and time.monotonic() - self._last_full >= self.settings.full_fetch_interval
+        )
+        full_round = self.apps is None or self._need_full or periodic
+        if full_round:
+            reason = "periodic" if periodic else self._full_reason
+            for view in self.views:
+                view.need_full, view.reason = True, reason
+        if periodic:
             self.counters["periodic_full_fetches"] += 1
-            before = self.apps
-            await self._full_fetch("periodic")
-            if self.apps != before:
-                self.counters["drift_repaired"] += 1
-                log.info("eureka registry %s: periodic full fetch repaired drift", self.name)
-            return
-        answer = await self._fetch("delta")
+        before = self.apps
+        self._hold_reason = None
+        answers: list[Answer] = []
+        changed: set[str] | None = set()
+        for view in self.views:
+            view_changed = await self._sync_view(view, answers)
+            if view_changed is None or changed is None:
+                changed = None
+            else:
+                changed |= view_changed
+        if any(view.apps is None for view in self.views):
+            return  # defensive: every view answered, so each has a copy
+        if full_round:
+            self._need_full = False
+            self._last_full = time.monotonic()
+        if changed is None or self.apps is None:
+            apps = merge_regions(self._local_pair(), self._remote_pairs())
+            changed = None if self.apps is None else changed_apps(self.apps, apps)
+        else:
+            apps = merge_regions(self._local_pair(), self._remote_pairs(), self.apps, changed)
+            changed = frozenset(changed)
+        self._install(apps, answers, changed, started)
+        if periodic and self.apps != before:
+            self.counters["drift_repaired"] += 1
+            log.info("eureka registry %s: periodic full fetch repaired drift", self.name)
+        self.member.mark_synced()
+
+    def _local_pair(self) -> tuple[str, Apps]:
+        return self.local.region, self.local.apps or {}
+
+    def _remote_pairs(self) -> list[tuple[str, Apps]]:
+        return [(view.region, view.apps or {}) for view in self.remotes]
+
+    async def _sync_view(self, view: View, answers: list[Answer]) -> frozenset[str] | None:
+        """Bring one view up to date; the applications that changed in it (None: all)."""
+        if view.apps is None or view.need_full:
+            return await self._view_full(view, view.reason, answers)
+        answer = await self._fetch("delta", view)
         if answer is None:
             self.counters["deltas_refused"] += 1
-            await self._full_fetch("the server serves no deltas")
-            return
-        outcome = apply_delta(self.apps, answer.applications)
+            return await self._view_full(view, "the server serves no deltas", answers)
+        answers.append(answer)
+        outcome = apply_delta(view.apps, answer.applications)
         if not outcome.matches:
             self.counters["hash_mismatches"] += 1
             metrics.HASH_MISMATCHES.labels(self.name).inc()
+            where = f" (regions={view.regions})" if view.regions else ""
             reason = (
-                f"hash mismatch after delta from {answer.server}: local {outcome.local_hash!r}, "
-                f"server {outcome.remote_hash!r}"
+                f"hash mismatch after delta from {answer.server}{where}: local "
+                f"{outcome.local_hash!r}, server {outcome.remote_hash!r}"
             )
             log.info("eureka registry %s: %s; full fetch", self.name, reason)
-            await self._full_fetch(reason)
-            return
-        self._install(outcome.apps, answer, outcome.changed_apps)
+            return await self._view_full(view, reason, answers)
+        view.apps = outcome.apps
+        view.server_hash = answer.applications.apps_hashcode
+        view.versions_delta = answer.applications.versions_delta
+        return outcome.changed_apps
 
-    async def _full_fetch(self, reason: str) -> None:
-        log.debug("eureka registry %s: full fetch (%s)", self.name, reason)
-        answer = await self._fetch("full")
+    async def _view_full(
+        self, view: View, reason: str, answers: list[Answer]
+    ) -> frozenset[str] | None:
+        log.debug("eureka registry %s: full fetch of %r (%s)", self.name, view.regions, reason)
+        answer = await self._fetch("full", view)
         assert answer is not None
+        answers.append(answer)
         apps = from_instances(answer.applications.instances)
-        if self._hold_empty(apps, answer):
-            return
-        self._install(apps, answer, None if self.apps is None else changed_apps(self.apps, apps))
-        self._need_full = False
-        self._last_full = time.monotonic()
-        self.member.mark_synced()
+        if self._hold_empty(view, apps, answer):
+            return frozenset()
+        changed = None if view.apps is None else changed_apps(view.apps, apps)
+        view.apps = apps
+        view.server_hash = answer.applications.apps_hashcode
+        view.versions_delta = answer.applications.versions_delta
+        view.need_full = False
+        return changed
 
-    def _hold_empty(self, apps: Apps, answer: Answer) -> bool:
-        """True when an empty full answer must not replace a non-empty local copy yet."""
+    def _hold_empty(self, view: View, apps: Apps, answer: Answer) -> bool:
+        """True when an empty full answer must not replace a non-empty copy of ``view`` yet."""
         grace = self.settings.empty_registry_grace
-        if apps or not self.apps or grace <= 0:
-            self._empty_since, self._hold_reason = None, None
+        if apps or not view.apps or grace <= 0:
+            view.empty_since = None
             return False
         now = time.monotonic()
-        if self._empty_since is None:
-            self._empty_since = now
+        if view.empty_since is None:
+            view.empty_since = now
             log.warning(
                 "eureka registry %s: %s answered an empty registry; keeping %d instances for "
                 "up to %gs (a restarted server fills up as applications re-register)",
                 self.name,
                 answer.server,
-                instance_count(self.apps),
+                instance_count(view.apps),
                 grace,
             )
-        if now - self._empty_since >= grace:
+        if now - view.empty_since >= grace:
             log.warning("eureka registry %s: registry still empty after %gs", self.name, grace)
-            self._empty_since, self._hold_reason = None, None
+            view.empty_since = None
             return False
         self.counters["empty_answers_held"] += 1
         self._hold_reason = (
             f"{answer.server} answered an empty registry; keeping the last "
-            f"{instance_count(self.apps)} instances for up to {grace:g}s"
+            f"{instance_count(view.apps)} instances for up to {grace:g}s"
         )
         # Keep asking for full answers: a delta from a server that lost its registry means
         # nothing for ours.
-        self._need_full, self._full_reason = True, "empty answer held"
+        view.need_full, view.reason = True, "empty answer held"
         return True
 
-    async def _fetch(self, kind: str) -> Answer | None:
+    async def _fetch(self, kind: str, view: View) -> Answer | None:
         try:
             if kind == "full":
-                answer: Answer | None = await self.http.fetch_full()
+                answer: Answer | None = await self.http.fetch_full(view.regions)
             else:
-                answer = await self.http.fetch_delta()
+                answer = await self.http.fetch_delta(view.regions)
         except EurekaUnavailable:
             self.counters["errors"] += 1
             metrics.FETCHES.labels(self.name, kind, "error").inc()
@@ -255,11 +342,12 @@ class EurekaRegistry:
                 self._failovers_seen = self.http.failovers
         self.counters[f"{kind}_fetches"] += 1
         metrics.FETCHES.labels(self.name, kind, "ok").inc()
-        self._answered_at = time.perf_counter()
         return answer
 
-    def _install(self, apps: Apps, answer: Answer, changed: frozenset[str] | None) -> None:
-        """Make ``apps`` the local copy; re-map the ``changed`` applications (None: all)."""
+    def _install(
+        self, apps: Apps, answers: list[Answer], changed: frozenset[str] | None, started: float
+    ) -> None:
+        """Make ``apps`` the mesh's view; re-map the ``changed`` applications (None: all)."""
         if changed is None or changed:
             if changed is None:
                 model = self.mapper.rebuild(apps)
@@ -272,23 +360,25 @@ class EurekaRegistry:
                 log.warning("eureka registry %s: %s", self.name, problem)
             self.problems = model.problems
         self.apps = apps
-        self.server_hash = answer.applications.apps_hashcode
-        self.versions_delta = answer.applications.versions_delta
-        # Processing: parsing, applying (delta + hash check, or indexing), mapping, replacing.
-        processing = answer.parse_seconds + (time.perf_counter() - self._answered_at)
-        seconds = answer.http_seconds + processing
-        metrics.FETCH_SECONDS.labels(self.name, answer.kind).observe(seconds)
+        # Processing: parsing, applying (delta + hash check, or indexing), merging, mapping,
+        # replacing: the whole round but the time spent waiting for HTTP answers.
+        seconds = time.perf_counter() - started
+        http_seconds = sum(a.http_seconds for a in answers)
+        processing = max(0.0, seconds - http_seconds)
+        kind = "full" if any(a.kind == "full" for a in answers) else "delta"
+        metrics.FETCH_SECONDS.labels(self.name, kind).observe(seconds)
         statuses = Counter(i.status for app in apps.values() for i in app.values())
         for status in STATUSES:
             metrics.INSTANCES.labels(self.name, status).set(statuses.get(status, 0))
         self.last_fetch = {
-            "kind": answer.kind,
+            "kind": kind,
             "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            "server": answer.server,
+            "server": answers[-1].server if answers else self.http.current_server,
+            "requests": len(answers),
             "seconds": round(seconds, 4),
-            "httpSeconds": round(answer.http_seconds, 4),
+            "httpSeconds": round(http_seconds, 4),
             "processingSeconds": round(processing, 4),
-            "bytes": answer.size,
+            "bytes": sum(a.size for a in answers),
             "changed": changed is None or bool(changed),
         }
 
@@ -300,9 +390,13 @@ class EurekaRegistry:
             "fetchIntervalSeconds": self.settings.fetch_interval,
             "fullFetchIntervalSeconds": self.settings.full_fetch_interval,
             "hostnameTemplate": self.settings.mapping.hostname_template,
-            "appsHashcode": hash_code(apps),
-            "serverHashcode": self.server_hash,
-            "versionsDelta": self.versions_delta,
+            "region": self.settings.region,
+            "remoteRegions": list(self.settings.remote_regions),
+            # The local view's reconcile data (the whole registry without region config).
+            "appsHashcode": hash_code(self.local.apps or {}),
+            "serverHashcode": self.local.server_hash,
+            "versionsDelta": self.local.versions_delta,
+            "views": [view.describe() for view in self.views] if self.remotes else [],
             "applications": len(apps),
             "instances": instance_count(apps),
             "lastFetch": self.last_fetch,

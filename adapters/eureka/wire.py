@@ -84,7 +84,8 @@ class Instance:
     """One registered instance, as much of it as the mesh uses, in canonical form.
 
     ``action_type`` only matters inside a delta; it takes no part in equality, so an instance
-    learnt from a delta equals the same instance learnt from a full fetch.
+    learnt from a delta equals the same instance learnt from a full fetch. ``region`` is never
+    parsed: Eureka's answers do not say which region an instance came from.
     """
 
     instance_id: str
@@ -100,6 +101,9 @@ class Instance:
     metadata: Pairs = attrs.field(default=(), converter=_pairs)
     data_center: DataCenter = attrs.field(factory=DataCenter)
     action_type: str = attrs.field(default="", eq=False)
+    # Not on the wire: the region the adapter learnt the instance from ("" = not known), set
+    # when views of several regions are merged (see reconcile.merge_regions).
+    region: str = ""
 
     def meta(self, key: str) -> str:
         return dict(self.metadata).get(key, "")

@@ -9,7 +9,7 @@ server per session; tests use distinct application names.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +43,15 @@ class EurekaServer:
 
 
 @contextmanager
-def start_eureka(base: Path, host: str | None = None) -> Iterator[EurekaServer]:
-    """Start the Eureka server and yield once ``GET /eureka/apps`` answers 200."""
+def start_eureka(
+    base: Path, host: str | None = None, properties: Mapping[str, str] | None = None
+) -> Iterator[EurekaServer]:
+    """Start the Eureka server and yield once ``GET /eureka/apps`` answers 200.
+
+    ``properties`` are extra Spring properties passed as ``--key=value`` arguments (they win over
+    ``application.properties`` without changing the jar), e.g.
+    ``{"eureka.server.remote-region-urls-with-name.us-west": "http://127.0.0.9:8761/eureka/"}``.
+    """
     java = require_binary(
         Path(shutil.which("java") or "/nonexistent/java"), "java", "java", "eureka"
     )
@@ -66,6 +73,7 @@ def start_eureka(base: Path, host: str | None = None) -> Iterator[EurekaServer]:
         f"--server.address={host}",
         f"--eureka.instance.hostname={host}",
         f"--eureka.client.service-url.defaultZone=http://{host}:{port}/eureka/",
+        *(f"--{key}={value}" for key, value in (properties or {}).items()),
     ]
     proc = PeerProcess(f"eureka@{host}:{port}", argv, workdir / "eureka.log", cwd=workdir)
     proc.start()

@@ -104,3 +104,43 @@ def test_basic_auth_header():
 
     # RFC 7617's example.
     assert basic_auth("Aladdin", "open sesame") == "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
+
+
+def test_regions_are_lower_cased_and_kept_in_order():
+    settings = parse_settings(
+        {
+            "servers": ["http://127.0.0.1:8761/eureka"],
+            "region": "US-East",
+            "remoteRegions": ["us-west", "EU-Central"],
+        },
+        "eu",
+    )
+    assert settings.region == "us-east"
+    assert settings.remote_regions == ("us-west", "eu-central")
+
+
+def test_region_errors_name_the_field():
+    with pytest.raises(ConfigErrors) as info:
+        parse_settings(
+            {
+                "servers": ["http://127.0.0.1:8761/eureka"],
+                "remoteRegions": ["us-west", "us-west", "a,b", "x"],
+            },
+            "eu",
+        )
+    text = str(info.value)
+    for expected in (
+        "registry eu: region: is required with remoteRegions",
+        "remoteRegions[1]: expected each region once",
+        "remoteRegions[2]: expected a region name",
+    ):
+        assert expected in text
+    with pytest.raises(ConfigErrors, match="remoteRegions\\[0\\]: expected regions other than"):
+        parse_settings(
+            {"servers": ["http://h/eureka"], "region": "us-east", "remoteRegions": ["US-EAST"]},
+            "eu",
+        )
+    with pytest.raises(ConfigErrors, match="region: expected a region name"):
+        parse_settings({"servers": ["http://h/eureka"], "region": "us east"}, "eu")
+    with pytest.raises(ConfigErrors, match="remoteRegions: expected a list of strings"):
+        parse_settings({"servers": ["http://h/eureka"], "remoteRegions": "us-west"}, "eu")

@@ -15,7 +15,7 @@ def adapter(grace: str):
     member = AggregateRegistry().add_member("eu", "eureka")
     params = {"servers": [SERVER], "emptyRegistryGrace": grace}
     registry = create(member, params, "cluster.local")
-    registry.apps = from_instances([Instance("i1", "A", ip_addr="127.0.0.9", status="UP")])
+    registry.local.apps = from_instances([Instance("i1", "A", ip_addr="127.0.0.9", status="UP")])
     return registry
 
 
@@ -25,24 +25,25 @@ def answer(*instances: Instance) -> Answer:
 
 def test_empty_answer_is_held_then_believed():
     registry = adapter("0.2s")
-    assert registry._hold_empty({}, answer())
+    assert registry._hold_empty(registry.local, {}, answer())
     assert "answered an empty registry" in registry._hold_reason
     assert registry.counters["empty_answers_held"] == 1
     time.sleep(0.25)
-    assert not registry._hold_empty({}, answer())
-    assert registry._hold_reason is None
+    assert not registry._hold_empty(registry.local, {}, answer())
+    assert registry.local.empty_since is None
 
 
 def test_non_empty_answer_ends_the_hold():
     registry = adapter("30s")
-    assert registry._hold_empty({}, answer())
+    assert registry._hold_empty(registry.local, {}, answer())
     apps = from_instances([Instance("i2", "A", ip_addr="127.0.0.8", status="UP")])
-    assert not registry._hold_empty(apps, answer())
-    assert registry._hold_reason is None and registry._empty_since is None
+    assert not registry._hold_empty(registry.local, apps, answer())
+    assert registry.local.empty_since is None
 
 
 def test_nothing_to_protect_or_disabled():
     registry = adapter("30s")
-    registry.apps = {}
-    assert not registry._hold_empty({}, answer())
-    assert not adapter("0s")._hold_empty({}, answer())
+    registry.local.apps = {}
+    assert not registry._hold_empty(registry.local, {}, answer())
+    disabled = adapter("0s")
+    assert not disabled._hold_empty(disabled.local, {}, answer())

@@ -89,3 +89,39 @@ def test_unchanged_apps_are_shared_not_copied():
 def test_stored_instances_drop_the_action_type():
     outcome = apply_delta({}, Applications((inst("a1", action=ADDED),), "UP_1_"))
     assert outcome.apps["A"]["a1"].action_type == ""
+
+
+def test_merge_regions_tags_each_instance_with_the_region_only_its_view_has():
+    from adapters.eureka.reconcile import merge_regions
+
+    def inst(app, iid, ip):
+        return Instance(iid, app, ip_addr=ip, status=UP)
+
+    local = from_instances([inst("A", "a1", "127.0.0.1"), inst("S", "s-e", "127.0.0.2")])
+    # regions=us-west answers the local instances plus us-west's.
+    west = from_instances(
+        [
+            *(i for app in local.values() for i in app.values()),
+            inst("S", "s-w", "127.0.0.3"),
+            inst("W", "w1", "127.0.0.4"),
+            inst("A", "a1", "127.0.0.99"),  # the same id as the local a1
+        ]
+    )
+    eu = from_instances([inst("W", "w1", "127.0.0.5"), inst("E", "e1", "127.0.0.6")])
+    merged = merge_regions(("us-east", local), [("us-west", west), ("eu", eu)])
+    regions = {(app, iid): i.region for app, insts in merged.items() for iid, i in insts.items()}
+    assert regions == {
+        ("A", "a1"): "us-east",
+        ("S", "s-e"): "us-east",
+        ("S", "s-w"): "us-west",
+        ("W", "w1"): "us-west",  # first listed remote region wins an id in several
+        ("E", "e1"): "eu",
+    }
+    assert merged["A"]["a1"].ip_addr == "127.0.0.1"  # the local copy wins a shared id
+    # Incremental: only the named applications are merged again.
+    west2 = {k: v for k, v in west.items() if k != "W"}
+    again = merge_regions(("us-east", local), [("us-west", west2), ("eu", eu)], merged, {"W"})
+    assert again["W"]["w1"].region == "eu" and again["S"] is merged["S"]
+    assert again == merge_regions(("us-east", local), [("us-west", west2), ("eu", eu)])
+    # Without any region configuration the local copy is the answer, untouched.
+    assert merge_regions(("", local), []) == local
