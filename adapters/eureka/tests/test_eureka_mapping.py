@@ -151,6 +151,11 @@ def test_locality_sources():
         "", "z2"
     )
     assert locality(inst("a", "127.0.0.2")) == Locality()
+    # The region the adapter fetched an instance from beats what metadata or the zone claim.
+    fetched = attrs.evolve(inst("a", "127.0.0.2", data_center=amazon), region="us-west")
+    assert locality(fetched) == Locality("us-west", "eu-west-1c")
+    claimed = attrs.evolve(inst("a", "127.0.0.2", metadata={"region": "r"}), region="us-east")
+    assert locality(claimed).region == "us-east"
 
 
 def test_duplicate_socket_is_one_endpoint_preferring_healthy():
