@@ -140,6 +140,12 @@ class CatalogFollower:
         self._targeted: dict[str, None] = {}  # ordered sets
         self._sweep: dict[str, None] = {}
         self._behind_since: dict[str, float] = {}
+        # Why a service is being read, when the reason says what index its answer must exceed:
+        # name -> (an index the answer must be above, the list index that announced the name or
+        # 0, when). See _answer_predates.
+        self._floor: dict[str, tuple[int, int, float]] = {}
+        self._list_index = 0
+        self._checks_index = 0
         self._unexplained = 0  # list index no read has accounted for yet (0: none)
         # Indexes recent reads answered with: the check list may deliver (and its reads finish)
         # before the service list reports the same write.
@@ -194,20 +200,31 @@ class CatalogFollower:
             self.apply(name, None)
         for name in sorted(listed):
             if self.names.get(name) != listed[name]:
+                # New here or its tags changed: that write lies in (previous list, index].
+                self._floor[name] = (self._list_index, index, time.monotonic())
                 self._enqueue(name)
         self.names = dict(listed)
+        self._list_index = index
         if first:
             self._initial = set(listed)
             self._maybe_first()
         elif not removed and index not in self._recent:
             # Something changed in some service; unless a read shows what, sweep.
+            if not self._unexplained:
+                # The settle window runs from the *first* pending move. Restarting it on every
+                # move meant writes spaced closer than SETTLE_S (a steady stream of check-less
+                # registrations, as during a deploy) postponed the sweep -- and the reconcile,
+                # which waits for it -- for as long as they went on, so none of those changes
+                # arrived (seen against a three-server cluster, integration/
+                # test_consul_catalog_cluster.py). A sweep reads everything, later moves included.
+                self._unexplained_at = time.monotonic()
             self._unexplained = index
-            self._unexplained_at = time.monotonic()
         self._wake.set()
 
     def _on_checks(self, result: QueryResult) -> None:
         new = check_states(result.data)
         old, self.checks = self.checks, new
+        previous, self._checks_index = self._checks_index, result.index
         if old is None:
             self._wake.set()  # the baseline: reads may start
             return
@@ -216,6 +233,10 @@ class CatalogFollower:
             services |= self.services_on_node(node)
         for name in sorted(services):
             if name in self.names:
+                # The check write lies in (previous check list, result.index]; Consul bumps the
+                # service's own index with its checks' (and its node's), so a read that saw the
+                # write answers above ``previous``.
+                self._floor[name] = (previous, 0, time.monotonic())
                 self._enqueue(name)
         self._wake.set()
 
@@ -228,6 +249,7 @@ class CatalogFollower:
         self._targeted.pop(name, None)
         self._sweep.pop(name, None)
         self._behind_since.pop(name, None)
+        self._floor.pop(name, None)
         self._initial.discard(name)
 
     def _maybe_first(self) -> None:
@@ -343,6 +365,7 @@ class CatalogFollower:
             log.info("consul %s: index of %s went backwards; reset", self.key, name)
         self._behind_since.pop(name, None)
         self._initial.discard(name)
+        self._answer_predates(name, result)
         if applied is not None and result.index == applied:
             self.skipped += 1
             self.observe("fetch", "unchanged")
@@ -350,6 +373,40 @@ class CatalogFollower:
         self.applied[name] = result.index
         self.observe("fetch", "change")
         self.apply(name, result)
+
+    def _answer_predates(self, name: str, result: QueryResult) -> None:
+        """Read ``name`` again shortly if this answer came from a server that has not applied the
+        write that made us read it.
+
+        Why: reads go to their own route, so the server answering may lag the one whose list or
+        check list announced the change by a few Raft entries (always so right after a fail-over,
+        often in a cluster). Such an answer is no older than what is applied (that case is held
+        back above), so it is applied, but it does not show the change; and since nothing else
+        would read the service again, the change stayed missing until the next sweep or
+        reconcile (60 s) -- seen against a three-server cluster in
+        integration/test_consul_catalog_cluster.py: an instance registered with a check, and at
+        the first sync a whole service, missing for a minute. The tell: an answer at or below
+        the index before the announcing one; or, for a name the list announced, no instance at
+        all and an index below the list's (what a server that lacks the service answers; on the
+        first list, where nothing came before, this is the only tell). Retried for at most
+        ``CATCH_UP_S``, then the answer stands (a filter may really leave a service empty).
+        Sweeps have no such tell per service; the reconcile bounds what they miss.
+        """
+        floor = self._floor.get(name)
+        if floor is None:
+            return
+        above, listed_at, since = floor
+        lagging = result.index <= above or (
+            listed_at > 0 and not result.data and result.index < listed_at
+        )
+        if not lagging or time.monotonic() - since >= CATCH_UP_S:
+            del self._floor[name]
+            return
+        self.behind += 1
+        self.observe("fetch", "behind")
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(BEHIND_RETRY_S, lambda: self._retry(name, timer))
+        self._timers.add(timer)
 
     def _retry(self, name: str, timer: asyncio.TimerHandle) -> None:
         self._timers.discard(timer)

@@ -1,0 +1,173 @@
+"""The node agent's trust-bundle poll, against a real in-process CA and the agent's real SDS.
+
+A root rotation must reach Envoy before the agent's certificate is due: the agent polls the CA's
+public ``TrustBundle`` RPC every ``bundle_refresh`` seconds and pushes a changed bundle over SDS
+with the *same* certificate. Here the leaf lives an hour and the poll runs every 0.2 s; the
+ROOTCA secret is read the way Envoy reads it (a gRPC SDS client on the agent's Unix socket).
+
+What the agent checks about a bundle: the poll's TLS handshake authenticates the CA with the
+roots the agent trusts now, so a server that cannot prove it is the mesh's CA (its serving
+certificate does not chain to those roots) is refused and changes nothing. The bundle's
+contents themselves are taken from an authenticated CA as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+from envoy.service.secret.v3 import sds_pb2_grpc
+
+from nodeagent.agent import AgentConfig, NodeAgent
+from nodeagent.client import CAClient, CARefused
+from nodeagent.sds import CERT_NAME, ROOT_NAME
+from security.ca import CertificateAuthority, start_root_rotation
+from security.service import CAServer, SigningService
+from security.storage import FileStorage
+from security.tokens import JoinTokenStore
+
+TRUST_DOMAIN = "cluster.local"
+REFRESH = 0.2
+HOUR = dt.timedelta(hours=1)
+
+
+async def start_ca(folder: Path) -> tuple[CAServer, FileStorage, JoinTokenStore]:
+    storage = FileStorage(folder)
+    ca = CertificateAuthority.load_or_create(storage, TRUST_DOMAIN)
+    tokens = JoinTokenStore(folder / "tokens.json")
+    server = CAServer(SigningService(ca, tokens), "127.0.0.1:0", "127.0.0.1:0")
+    await server.start()
+    return server, storage, tokens
+
+
+@pytest.fixture
+async def ca(tmp_path: Path) -> AsyncIterator[tuple[CAServer, FileStorage, JoinTokenStore]]:
+    started = await start_ca(tmp_path / "ca")
+    yield started
+    await started[0].stop()
+
+
+async def fetch(socket_path: Path) -> dict[str, secret_pb2.Secret]:
+    """Both secrets as Envoy would get them (a unary SDS fetch on the agent's socket)."""
+    async with grpc.aio.insecure_channel(f"unix:{socket_path}") as channel:
+        stub = sds_pb2_grpc.SecretDiscoveryServiceStub(channel)
+        response = await stub.FetchSecrets(
+            discovery_pb2.DiscoveryRequest(resource_names=[CERT_NAME, ROOT_NAME]), timeout=5
+        )
+    out = {}
+    for resource in response.resources:
+        secret = secret_pb2.Secret()
+        resource.Unpack(secret)
+        out[secret.name] = secret
+    return out
+
+
+def roots(secrets: dict[str, secret_pb2.Secret]) -> list[x509.Certificate]:
+    pem = secrets[ROOT_NAME].validation_context.trusted_ca.inline_bytes
+    return x509.load_pem_x509_certificates(pem)
+
+
+def leaf_serial(secrets: dict[str, secret_pb2.Secret]) -> int:
+    chain = secrets[CERT_NAME].tls_certificate.certificate_chain.inline_bytes
+    return x509.load_pem_x509_certificates(chain)[0].serial_number
+
+
+async def until(check, what: str, timeout: float) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def test_rotation_reaches_sds_between_renewals_and_an_unauthenticated_ca_is_refused(
+    tmp_path: Path,
+    ca: tuple[CAServer, FileStorage, JoinTokenStore],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server, storage, tokens = ca
+    authority = server.service.ca
+    config = AgentConfig(
+        ca_address=server.bootstrap_target,
+        ca_renewal_address=server.renewal_target,
+        ca_root_pem=authority.root_pem,
+        trust_domain=TRUST_DOMAIN,
+        namespace="shop",
+        service_account="web",
+        sds_socket=tmp_path / "agent" / "sds.sock",
+        join_token=tokens.create("shop", "web"),
+        ttl=HOUR,  # renewal is half an hour away: anything new in the bundle came by the poll
+        bundle_refresh=REFRESH,
+    )
+    client = CAClient(config.ca_address, config.ca_renewal_address, config.ca_root_pem, timeout=5)
+    agent = NodeAgent(config, client)
+    await agent.start()
+    try:
+        before = await fetch(config.sds_socket)
+        old_root = authority.roots[0]
+        assert roots(before) == [old_root]
+        serial = leaf_serial(before)
+        assert agent.not_after is not None
+        assert agent.not_after - dt.datetime.now(dt.UTC) > dt.timedelta(minutes=50)
+        # Polls of an unchanged bundle push nothing.
+        await asyncio.sleep(REFRESH * 4)
+        assert agent.bundle_updates == 0
+        version = agent.sds.version
+
+        # The operator starts a rotation in the CA's storage; the running CA picks it up.
+        record = start_root_rotation(storage, TRUST_DOMAIN, HOUR, HOUR)
+        assert authority.reload() is True
+        new_root = x509.load_pem_x509_certificate(record.new_cert_pem)
+        assert set(authority.roots) == {old_root, new_root}
+
+        async def has_new_root() -> bool:
+            return new_root in roots(await fetch(config.sds_socket))
+
+        await until(has_new_root, "the new root in the agent's ROOTCA secret", REFRESH * 5)
+        after = await fetch(config.sds_socket)
+        assert set(roots(after)) == {old_root, new_root}  # the add phase: both trusted
+        assert leaf_serial(after) == serial  # no renewal: the same certificate...
+        assert agent.serials == [serial]
+        assert after[CERT_NAME] == before[CERT_NAME]  # ...and the same key
+        assert agent.bundle_updates == 1
+        assert agent.sds.version == version + 1
+        # The agent now authenticates the CA with the new bundle, too.
+        assert client.root_pem == authority.root_pem
+
+        # A server at the CA's address that cannot prove it is this mesh's CA: its own
+        # self-signed root, the right server name. Its bundle is refused (TLS fails).
+        imposter, _, _ = await start_ca(tmp_path / "imposter")
+        try:
+            with pytest.raises(CARefused) as refused:
+                await CAClient(
+                    imposter.bootstrap_target, imposter.renewal_target, client.root_pem, timeout=2
+                ).trust_bundle()
+            assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+            client.bootstrap_target = imposter.bootstrap_target
+            caplog.set_level(logging.WARNING, logger="meshfed.nodeagent")
+            caplog.clear()
+
+            async def poll_failed() -> bool:
+                return "trust bundle poll failed" in caplog.text
+
+            await until(poll_failed, "a refused poll", REFRESH * 10 + 5)
+            await asyncio.sleep(REFRESH * 3)  # more polls, all refused
+            held = await fetch(config.sds_socket)
+            assert set(roots(held)) == {old_root, new_root}
+            assert imposter.service.ca.roots[0] not in roots(held)
+            assert agent.bundle_updates == 1
+            assert agent.sds.version == version + 1
+            assert agent.serials == [serial]
+        finally:
+            await imposter.stop()
+    finally:
+        await agent.stop()
