@@ -30,6 +30,7 @@ from integration.peers.ports import free_ports, loopback_host
 from integration.security_helpers import (
     client_sidecar,
     http_echo,
+    limit_requests_per_connection,
     listener,
     mesh,
     plain_cluster,
@@ -62,20 +63,6 @@ def _served_serials(envoy: EnvoyProxy) -> set[int]:
         for cert in entry.get("cert_chain", []):
             serials.add(int(cert["serial_number"], 16))
     return serials
-
-
-def _limit_requests_per_connection(boot: dict[str, Any], limit: int) -> dict[str, Any]:
-    for cluster in boot["static_resources"]["clusters"]:
-        if cluster["name"] == "upstream":
-            cluster["typed_extension_protocol_options"] = {
-                mtls.HTTP_OPTIONS_KEY: {
-                    "@type": "type.googleapis.com/"
-                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                    "common_http_protocol_options": {"max_requests_per_connection": limit},
-                    "explicit_http_config": {"http_protocol_options": {}},
-                }
-            }
-    return boot
 
 
 def _add_tcp(
@@ -113,7 +100,7 @@ def test_rotation_under_traffic_without_failures_or_restarts(tmp_path: Path) -> 
             server_agent.config.sds_socket,
             mtls.Mode.STRICT,
         )
-        client_boot = _limit_requests_per_connection(
+        client_boot = limit_requests_per_connection(
             client_sidecar(
                 "productpage",
                 client_host,
