@@ -117,6 +117,7 @@ class Mesh:
         namespace: str = "default",
         ready: bool = True,
         interception: str = "NONE",
+        locality: str = "",
     ) -> EnvoyProcess:
         spec = ProxySpec(
             ip=ip,
@@ -126,6 +127,7 @@ class Mesh:
             pilot=f"127.0.0.1:{self.pilot.port}",
             delta=delta,
             interception=interception,
+            locality=locality,
         )
         envoy = EnvoyProcess(spec)
         self.envoys.append(envoy)

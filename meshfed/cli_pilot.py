@@ -52,6 +52,12 @@ def _add_proxy_args(p: argparse.ArgumentParser) -> None:
         help="redirect: iptables sends the app's traffic to 15001/15006 (docs/pilot.md)",
     )
     p.add_argument(
+        "--locality",
+        default="",
+        help="region/zone/subzone this proxy runs in: Pilot prefers endpoints there and fails "
+        "over to the next closest (default: the locality the registry gives this IP)",
+    )
+    p.add_argument(
         "--gateway",
         action="store_true",
         help="run an ingress gateway (Ingress / Gateway config) instead of a sidecar",
@@ -93,6 +99,7 @@ def _spec(args: argparse.Namespace) -> Any:
         delta=args.delta,
         role="router" if args.gateway else "sidecar",
         interception=args.interception.upper(),
+        locality=args.locality,
         sds_socket=sds,
     )
 

@@ -74,6 +74,9 @@ class ProxySpec:
     # the static SDS cluster, so Envoy holds the mesh certificate for mutual TLS (a gateway
     # needs it to reach STRICT services; see security.mtls and pilot.translate.gateway).
     sds_socket: str = ""
+    # Where the proxy runs, ``region/zone/subzone`` (any suffix may be left out): Envoy's
+    # node.locality, from which Pilot orders endpoints nearest first (locality failover).
+    locality: str = ""
 
     @property
     def node_id(self) -> str:
@@ -127,6 +130,10 @@ def bootstrap(spec: ProxySpec) -> dict[str, Any]:
     boot.node.id = spec.node_id
     boot.node.cluster = f"{spec.workload}.{spec.namespace}"
     boot.node.metadata.CopyFrom(metadata)
+    if spec.locality:
+        region, zone, subzone = [*spec.locality.split("/"), "", ""][:3]
+        boot.node.locality.region, boot.node.locality.zone = region, zone
+        boot.node.locality.sub_zone = subzone
     boot.admin.address.CopyFrom(socket_address(spec.ip, spec.admin_port))
     ads = boot.dynamic_resources.ads_config
     ads.api_type = (

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 
 import attrs
 import cachetools
+from envoy.config.endpoint.v3 import endpoint_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
@@ -32,10 +33,11 @@ from pilot.node import ProxyNode
 from pilot.translate import listeners as tl
 from pilot.translate import routes as tr
 from pilot.translate import traffic as tt
+from pilot.translate.endpoints import prioritized
 from pilot.translate.protos import pack
 from pilot.translate.subsets import service_port_clusters
 from registry.aggregate import AggregateRegistry
-from registry.model import Endpoint, Service
+from registry.model import Endpoint, Locality, Service
 from security import mtls
 
 
@@ -127,6 +129,8 @@ class ConfigCache:
         self._digests: dict[str, str] = {}  # type -> version of a whole shared table
         self._routes: cachetools.LRUCache = cachetools.LRUCache(maxsize=256)
         self._proxy_parts: cachetools.LRUCache = cachetools.LRUCache(maxsize=4096)
+        # Per proxy locality: assignment name -> (shared version, prioritized resource).
+        self._locality_tables: cachetools.LRUCache = cachetools.LRUCache(maxsize=64)
         # Routing config (issue 9): see pilot.translate.traffic and pilot.traffic_hooks.
         self.traffic = tt.TrafficIndex()
         self.config_generation = 0
@@ -330,7 +334,49 @@ class ConfigCache:
             view = traffic_hooks.gateway_view(self, node)
         else:
             view = self._sidecar_view(node)
+        locality = self.locality_of(node)
+        if locality.region:
+            view = self._with_locality(view, locality)
         return view if node.sds else self._without_sds(node, view)
+
+    def locality_of(self, node: ProxyNode) -> Locality:
+        """Where ``node`` runs: its own ``node.locality``, else the one locality every registry
+        endpoint at its IP agrees on (a VM registered in Consul is in its datacenter)."""
+        if node.locality.region:
+            return node.locality
+        found = {e.locality for _, e in self.own_endpoints(node.ip)} if node.ip else set()
+        return found.pop() if len(found) == 1 else Locality()
+
+    def _with_locality(self, view: ProxyView, locality: Locality) -> ProxyView:
+        """``view`` whose assignments prefer ``locality`` (:func:`endpoints.prioritized`); one
+        table per locality and assignments version, shared by every proxy there."""
+        shared = self.shared_digest(T.ENDPOINT)
+        key = ("eds", locality, shared)
+        found = self._proxy_parts.get(key)
+        if found is None:
+            # Reuse what did not change since this locality's last table: only new or changed
+            # assignments are unpacked and re-prioritized.
+            previous = self._locality_tables.get(locality, {})
+            table: dict[str, tuple[str, Resource]] = {}
+            for name, res in self.assignments().items():
+                before = previous.get(name)
+                if before is None or before[0] != res.version:
+                    cla = endpoint_pb2.ClusterLoadAssignment()
+                    res.body.Unpack(cla)
+                    before = (res.version, make_resource(name, prioritized(cla, locality)))
+                table[name] = before
+            self._locality_tables[locality] = table
+            found = (
+                {n: r for n, (_, r) in table.items()},
+                digest([("", shared), ("locality", str(locality))]),
+            )
+            self._proxy_parts[key] = found
+        assignments, version = found
+        return ProxyView(
+            {**view.resources, T.ENDPOINT: assignments},
+            view.problems,
+            shared_digests={T.CLUSTER: view.version(T.CLUSTER), T.ENDPOINT: version},
+        )
 
     def _without_sds(self, node: ProxyNode, view: ProxyView) -> ProxyView:
         """``view`` with plain copies of its mesh-mTLS clusters (:mod:`pilot.sds_fallback`)."""

@@ -14,6 +14,8 @@ A sidecar's bootstrap carries a node id and metadata. Pilot reads:
   binds a TCP service listener on top of them.
 - ``INTERCEPTION_MODE``: ``NONE`` (default: the app addresses the sidecar) or ``REDIRECT``
   (iptables sends the app's traffic to 15001 / 15006; see ``translate/interception.py``).
+- ``node.locality`` (not metadata: Envoy's own field): where the proxy runs, for locality-aware
+  failover (``pilot/translate/endpoints.py``, :func:`prioritized`).
 - ``SDS``: ``"true"`` when the bootstrap has the node agent's SDS cluster (``--sds-socket``),
   so the proxy can hold a mesh certificate. A proxy without it gets plain clusters and a
   problem instead of mutual-TLS config it could never use (``pilot/sds_fallback.py``).
@@ -28,6 +30,8 @@ import ipaddress
 import attrs
 from envoy.config.core.v3 import base_pb2
 from google.protobuf import struct_pb2
+
+from registry.model import Locality
 
 DEFAULT_OUTBOUND_HTTP_PORT = 15001
 DEFAULT_ADMIN_PORT = 15000
@@ -50,6 +54,9 @@ class ProxyNode:
     admin_port: int = DEFAULT_ADMIN_PORT
     interception: str = "NONE"  # or "REDIRECT": iptables sends traffic to 15001 / 15006
     sds: bool = False  # the bootstrap has the node agent's SDS cluster (metadata SDS=true)
+    # Where the proxy runs (Envoy's node.locality, ``meshfed proxy --locality``); empty: Pilot
+    # takes the locality of the registry endpoints at the proxy's IP, if they agree on one.
+    locality: Locality = attrs.field(factory=Locality)
     problems: tuple[str, ...] = ()
 
     @property
@@ -64,6 +71,7 @@ class ProxyNode:
             self.admin_port,
             self.interception,
             self.sds,
+            self.locality,
         )
 
     @property
@@ -152,6 +160,7 @@ def from_proto(node: base_pb2.Node) -> ProxyNode:
         admin_port=_int_field(meta, "ADMIN_PORT", DEFAULT_ADMIN_PORT, problems),
         interception=interception,
         sds=str(meta.get("SDS") or "").lower() in ("true", "1"),
+        locality=Locality(node.locality.region, node.locality.zone, node.locality.sub_zone),
         problems=tuple(problems),
     )
 

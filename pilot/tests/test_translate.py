@@ -127,3 +127,86 @@ def test_eds_marks_sidecar_endpoints_for_the_mtls_transport_socket() -> None:
     }
     assert dict(metadata["10.0.0.1"][mtls.TRANSPORT_SOCKET_MATCH]) == mtls.MTLS_MATCH
     assert mtls.TRANSPORT_SOCKET_MATCH not in metadata["10.0.0.2"]
+
+
+def test_assignments_are_prioritized_by_closeness_to_the_proxy() -> None:
+    from pilot.translate.endpoints import load_assignment, prioritized
+
+    port = Port(80, "http", Protocol.HTTP)
+    places = {
+        "10.0.0.1": Locality("us-east", "a", "rack1"),
+        "10.0.0.2": Locality("us-east", "a", "rack2"),
+        "10.0.0.3": Locality("us-east", "b"),
+        "10.0.0.4": Locality("us-west", "a"),
+        "10.0.0.5": Locality(),
+    }
+    cla = load_assignment(
+        "c", port, [Endpoint(ip, {"http": 80}, locality=loc) for ip, loc in places.items()]
+    )
+
+    def priorities(proxy: Locality) -> dict[str, int]:
+        out = prioritized(cla, proxy)
+        return {
+            lb.endpoint.address.socket_address.address: group.priority
+            for group in out.endpoints
+            for lb in group.lb_endpoints
+        }
+
+    assert priorities(Locality("us-east", "a", "rack1")) == {
+        "10.0.0.1": 0,
+        "10.0.0.2": 1,
+        "10.0.0.3": 2,
+        "10.0.0.4": 3,
+        "10.0.0.5": 3,
+    }
+    # Dense: a proxy in us-west has the west endpoint first and everything else next.
+    assert priorities(Locality("us-west")) == {
+        "10.0.0.1": 1,
+        "10.0.0.2": 1,
+        "10.0.0.3": 1,
+        "10.0.0.4": 0,
+        "10.0.0.5": 1,
+    }
+    assert all(g.priority == 0 for g in cla.endpoints)  # the shared assignment is untouched
+
+
+def test_proxy_locality_from_its_node_or_its_registry_endpoints() -> None:
+    from envoy.config.endpoint.v3 import endpoint_pb2
+
+    from pilot import xds_types as T
+    from pilot.cache import ConfigCache
+    from pilot.node import ProxyNode
+    from registry.aggregate import AggregateRegistry
+
+    agg = AggregateRegistry()
+    member = agg.add_member("m")
+    api = Service("api.default.svc.cluster.local", ports=(Port(80, "http", Protocol.HTTP),))
+    member.put_service(
+        api,
+        [
+            Endpoint("10.0.0.1", {"http": 80}, locality=Locality("east")),
+            Endpoint("10.0.0.2", {"http": 80}, locality=Locality("west")),
+        ],
+    )
+    cache = ConfigCache(agg)
+    cache.rebuild()
+    at_west = ProxyNode(id="sidecar~10.0.0.2~api.default~x", ip="10.0.0.2")
+    assert cache.locality_of(at_west) == Locality("west")
+    named = ProxyNode(id="sidecar~10.9.9.9~c.default~x", ip="10.9.9.9", locality=Locality("east"))
+    assert cache.locality_of(named) == Locality("east")
+    nowhere = ProxyNode(id="sidecar~10.9.9.8~c.default~x", ip="10.9.9.8")
+    assert cache.locality_of(nowhere) == Locality()
+
+    def first(view) -> str:  # type: ignore[no-untyped-def]
+        cla = endpoint_pb2.ClusterLoadAssignment()
+        view.get(T.ENDPOINT)["outbound|80||api.default.svc.cluster.local"].body.Unpack(cla)
+        group = next(g for g in cla.endpoints if g.priority == 0)
+        return group.lb_endpoints[0].endpoint.address.socket_address.address
+
+    assert first(cache.view(at_west)) == "10.0.0.2" and first(cache.view(named)) == "10.0.0.1"
+    # Two proxies in one locality share one table; a proxy with none gets the shared one.
+    again = cache.view(
+        ProxyNode(id="sidecar~10.9.9.7~c.default~x", ip="10.9.9.7", locality=Locality("east"))
+    )
+    assert again.get(T.ENDPOINT) is cache.view(named).get(T.ENDPOINT)
+    assert cache.view(nowhere).get(T.ENDPOINT) is cache.assignments()
