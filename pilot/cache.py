@@ -131,6 +131,7 @@ class ConfigCache:
         self._proxy_parts: cachetools.LRUCache = cachetools.LRUCache(maxsize=4096)
         # Per proxy locality: assignment name -> (shared version, prioritized resource).
         self._locality_tables: cachetools.LRUCache = cachetools.LRUCache(maxsize=64)
+        self._own: cachetools.LRUCache = cachetools.LRUCache(maxsize=4096)  # (ip, generation)
         # Routing config (issue 9): see pilot.translate.traffic and pilot.traffic_hooks.
         self.traffic = tt.TrafficIndex()
         self.config_generation = 0
@@ -275,22 +276,29 @@ class ConfigCache:
             self._routes[key] = found
         return found
 
-    def own_endpoints(self, ip: str) -> list[tuple[Service, Endpoint]]:
-        """(service, endpoint) pairs for endpoints at ``ip``: the workload a proxy fronts."""
-        out = []
-        for host in sorted(self._by_ip.get(ip, ())):
-            service = self._services.get(host)
-            if service is None:
-                continue
-            out.extend((service, e) for e in self.registry.endpoints(host) if e.address == ip)
-        return out
+    def own_endpoints(self, ip: str) -> tuple[tuple[Service, Endpoint], ...]:
+        """(service, endpoint) pairs for endpoints at ``ip``: the workload a proxy fronts.
+
+        Asked several times per view (inbound listeners, source rules, locality) on every push,
+        so it is kept per IP until the next applied change."""
+        key = (ip, self.generation)
+        found = self._own.get(key)
+        if found is None:
+            out: list[tuple[Service, Endpoint]] = []
+            for host in sorted(self._by_ip.get(ip, ())):
+                service = self._services.get(host)
+                if service is None:
+                    continue
+                out.extend((service, e) for e in self.registry.endpoints(host) if e.address == ip)
+            found = self._own[key] = tuple(out)
+        return found
 
     def _proxy_part(
         self, node: ProxyNode
     ) -> tuple[dict[str, Resource], dict[str, Resource], tuple[str, ...]]:
-        own = self.own_endpoints(node.ip) if node.app_ports else []
+        own = self.own_endpoints(node.ip) if node.app_ports else ()
         source = traffic_hooks.source_key(self, node)
-        key = (node.view_key, self.services_generation, self.config_generation, tuple(own), source)
+        key = (node.view_key, self.services_generation, self.config_generation, own, source)
         found = self._proxy_parts.get(key)
         if found is not None:
             return found
