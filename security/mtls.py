@@ -269,18 +269,30 @@ def peer_identities(endpoints: Iterable[Endpoint]) -> list[str]:
     return sorted({e.identity for e in endpoints if e.identity})
 
 
-def outbound_transport_socket(
+def _mesh_socket(
     service: Service, endpoints: Sequence[Endpoint], policy: Policy
 ) -> base_pb2.TransportSocket | None:
-    """The client sidecar's transport socket towards ``service``, or None for plain traffic."""
+    """Mutual TLS towards the endpoints of ``service`` that have a sidecar (None: no such
+    endpoint, the destination is OFF, or it is outside the mesh)."""
     if policy.mode_for(service.hostname) is Mode.OFF:
         return None
     if service.location is Location.MESH_EXTERNAL:
         return None
-    if not endpoints or not all(has_sidecar(e) for e in endpoints):
+    meshed = [e for e in endpoints if has_sidecar(e)]
+    if not meshed:
+        return None
+    return upstream_transport_socket(peer_identities(meshed), sni=service.hostname)
+
+
+def outbound_transport_socket(
+    service: Service, endpoints: Sequence[Endpoint], policy: Policy
+) -> base_pb2.TransportSocket | None:
+    """One transport socket for *all* of ``endpoints`` (a static bootstrap's cluster), or None
+    for plain traffic: mutual TLS only when every endpoint has a sidecar."""
+    if not all(has_sidecar(e) for e in endpoints):
         # A destination (or part of one) without a sidecar cannot answer mutual TLS.
         return None
-    return upstream_transport_socket(peer_identities(endpoints), sni=service.hostname)
+    return _mesh_socket(service, endpoints, policy)
 
 
 def endpoint_socket_metadata(endpoint: Endpoint) -> dict[str, str] | None:
@@ -305,12 +317,8 @@ def apply_outbound_mtls(
     """
     if cluster.HasField("transport_socket") or cluster.transport_socket_matches:
         return False
-    if policy.mode_for(service.hostname) is Mode.OFF:
-        return False
-    if service.location is Location.MESH_EXTERNAL:
-        return False
-    meshed = [e for e in endpoints if has_sidecar(e)]
-    if not meshed:
+    socket = _mesh_socket(service, endpoints, policy)
+    if socket is None:
         return False
     match = struct_pb2.Struct()
     match.update(MTLS_MATCH)
@@ -318,9 +326,7 @@ def apply_outbound_mtls(
         cluster_pb2.Cluster.TransportSocketMatch(
             name=TLS_MODE_MTLS,
             match=match,
-            transport_socket=upstream_transport_socket(
-                peer_identities(meshed), sni=service.hostname
-            ),
+            transport_socket=socket,
         )
     )
     return True
