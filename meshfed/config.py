@@ -111,9 +111,12 @@ def load_mesh_config(path: Path | str | None) -> MeshConfig:
         # field named, instead of quietly serving a different set of Ingresses.
         pilot_reader.str("ingressClass")
         mode = pilot_reader.str("ingressControllerMode")
-        if mode and mode.upper() not in ("OFF", "DEFAULT", "STRICT"):
+        from pilot.config.parse import INGRESS_MODES  # Pilot owns the setting's meaning
+
+        if mode and mode.upper() not in INGRESS_MODES:
             pilot_reader.error(
-                "ingressControllerMode", f"expected one of OFF, DEFAULT, STRICT, got {mode!r}"
+                "ingressControllerMode",
+                f"expected one of {', '.join(INGRESS_MODES)}, got {mode!r}",
             )
     config = MeshConfig(
         trust_domain=reader.str("trustDomain", default=defaults.trust_domain),
