@@ -32,13 +32,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nodeagent.client import CAClient  # noqa: E402
-from nodeagent.keys import generate_key, key_pem, make_csr  # noqa: E402
-from security import identity  # noqa: E402
-from security.ca import CertificateAuthority  # noqa: E402
-from security.storage import FileStorage  # noqa: E402
-from security.tokens import JoinTokenStore  # noqa: E402
-from security.wire import CA_SERVER_NAME, SIGN_METHOD  # noqa: E402
+from meshfed.nodeagent.client import CAClient  # noqa: E402
+from meshfed.nodeagent.keys import generate_key, key_pem, make_csr  # noqa: E402
+from meshfed.security import identity  # noqa: E402
+from meshfed.security.ca import CertificateAuthority  # noqa: E402
+from meshfed.security.storage import FileStorage  # noqa: E402
+from meshfed.security.tokens import JoinTokenStore  # noqa: E402
+from meshfed.security.wire import CA_SERVER_NAME, SIGN_METHOD  # noqa: E402
 
 MESHFED = [sys.executable, "-m", "meshfed.cli", "--log-level", "WARNING"]
 ID = "spiffe://cluster.local/ns/bench/sa/bench"

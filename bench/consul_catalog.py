@@ -43,7 +43,6 @@ from typing import Any
 
 import consul
 
-from adapters.consul.testing import running_adapter
 from integration.peers.consul import (
     ConsulAgent,
     _launch,
@@ -53,7 +52,8 @@ from integration.peers.consul import (
 )
 from integration.peers.ports import loopback_host
 from integration.pilot_helpers import running_mesh
-from pilot import xds_types as T
+from meshfed.adapters.consul.testing import running_adapter
+from meshfed.pilot import xds_types as T
 
 SERVICES = int(os.environ.get("MESHFED_BENCH_SERVICES", "1000"))
 INSTANCES = int(os.environ.get("MESHFED_BENCH_INSTANCES", "5"))

@@ -39,15 +39,15 @@ from typing import Any
 import aiohttp
 import pytest
 
-from adapters.eureka.registry import create
-from adapters.eureka.testing import EurekaRest, instance_doc
 from integration.peers.eureka import start_eureka
 from integration.peers.process import PeerProcess
+from meshfed.adapters.eureka.registry import create
+from meshfed.adapters.eureka.testing import EurekaRest, instance_doc
+from meshfed.pilot import xds_types as T
+from meshfed.pilot.server import PilotServer
+from meshfed.pilot.watch import TypeWatch
 from meshfed.proxy import EnvoyProcess, ProxySpec
-from pilot import xds_types as T
-from pilot.server import PilotServer
-from pilot.watch import TypeWatch
-from registry.aggregate import AggregateRegistry
+from meshfed.registry.aggregate import AggregateRegistry
 
 INSTANCES = int(os.environ.get("MESHFED_BENCH_INSTANCES", "2000"))
 CHANGES = int(os.environ.get("MESHFED_BENCH_CHANGES", "20"))

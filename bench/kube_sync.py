@@ -37,13 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kubernetes import client as k8s
 
-from adapters.kubernetes.registry import KubernetesRegistry, parse_params
 from integration.peers.kube import KubeAPIServer, start_kube_apiserver
+from meshfed.adapters.kubernetes.registry import KubernetesRegistry, parse_params
+from meshfed.pilot import xds_types as T
+from meshfed.pilot.server import PilotServer
+from meshfed.pilot.watch import TypeWatch
 from meshfed.proxy import EnvoyProcess, ProxySpec
-from pilot import xds_types as T
-from pilot.server import PilotServer
-from pilot.watch import TypeWatch
-from registry.aggregate import AggregateRegistry
+from meshfed.registry.aggregate import AggregateRegistry
 
 RESULTS = Path(__file__).resolve().parent / "results" / "kube_sync.json"
 NAMESPACES = 10

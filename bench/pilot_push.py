@@ -32,13 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from pilot import xds_types as T
-from pilot.ads import Connection, DiscoveryServer
-from pilot.cache import ConfigCache
-from pilot.server import PilotServer
-from pilot.watch import TypeWatch
-from registry.aggregate import AggregateRegistry
-from registry.model import Endpoint, Port, Protocol, Service
+from meshfed.pilot import xds_types as T
+from meshfed.pilot.ads import Connection, DiscoveryServer
+from meshfed.pilot.cache import ConfigCache
+from meshfed.pilot.server import PilotServer
+from meshfed.pilot.watch import TypeWatch
+from meshfed.registry.aggregate import AggregateRegistry
+from meshfed.registry.model import Endpoint, Port, Protocol, Service
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pilot_push.json"
 
@@ -191,7 +191,7 @@ def pct(values: list[float], p: float) -> float:
 
 
 async def convergence(services: int, endpoints: int, changes: int) -> dict:
-    from adapters.static.registry import create as create_static
+    from meshfed.adapters.static.registry import create as create_static
     from meshfed.proxy import EnvoyProcess, ProxySpec
 
     agg = AggregateRegistry()

@@ -26,9 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pilot import xds_types as T
-from pilot.cache import ConfigCache
-from pilot.config.model import (
+from meshfed.pilot import xds_types as T
+from meshfed.pilot.cache import ConfigCache
+from meshfed.pilot.config.model import (
     CircuitBreaker,
     DestinationPolicy,
     Fault,
@@ -39,10 +39,10 @@ from pilot.config.model import (
     StringMatch,
     WeightedDestination,
 )
-from pilot.config.store import ConfigSnapshot
-from pilot.node import ProxyNode
-from registry.aggregate import AggregateRegistry
-from registry.model import Endpoint, Port, Protocol, Service
+from meshfed.pilot.config.store import ConfigSnapshot
+from meshfed.pilot.node import ProxyNode
+from meshfed.registry.aggregate import AggregateRegistry
+from meshfed.registry.model import Endpoint, Port, Protocol, Service
 
 
 def registry(services: int, endpoints: int) -> AggregateRegistry:

@@ -17,11 +17,11 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from meshfed.pilot.server import PilotServer
+from meshfed.pilot.status import routes as status_routes
 from meshfed.proxy import EnvoyProcess, ProxySpec, wait_ready
-from pilot.server import PilotServer
-from pilot.status import routes as status_routes
-from registry.aggregate import AggregateRegistry
-from registry.model import Endpoint, Port, Protocol, Service
+from meshfed.registry.aggregate import AggregateRegistry
+from meshfed.registry.model import Endpoint, Port, Protocol, Service
 
 # A per-process 127.N.0.0/16: two runs of these tests at once (two developers, or a developer
 # and CI on one machine) never bind the same address. Modules pick the third octet.
@@ -214,7 +214,7 @@ async def interception_scenario() -> dict[str, Any]:
     """
     import subprocess
 
-    from registry.model import Endpoint, Port, Protocol, Service
+    from meshfed.registry.model import Endpoint, Port, Protocol, Service
 
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     subprocess.run(

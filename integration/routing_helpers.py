@@ -26,9 +26,9 @@ import grpc
 from aiohttp import web
 
 from integration.pilot_helpers import Mesh
-from pilot.config.store import ConfigSnapshot, FileConfigStore, parse_config_file
-from pilot.translate.traffic import TrafficOptions
-from registry.model import Endpoint, Port, Protocol, Service
+from meshfed.pilot.config.store import ConfigSnapshot, FileConfigStore, parse_config_file
+from meshfed.pilot.translate.traffic import TrafficOptions
+from meshfed.registry.model import Endpoint, Port, Protocol, Service
 
 
 def http_service(host: str, port: int = 80, protocol: Protocol = Protocol.HTTP) -> Service:
@@ -160,7 +160,7 @@ class RoutingMesh(Mesh):
 
     async def converged(self, timeout: float = 10.0) -> None:
         """Wait until Pilot's config is the store's and every proxy ACKed all it was sent."""
-        from pilot.watch import Status
+        from meshfed.pilot.watch import Status
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

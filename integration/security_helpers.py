@@ -45,14 +45,14 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from integration.peers.process import PeerProcess
-from nodeagent.agent import AgentConfig, NodeAgent
-from nodeagent.client import CAClient
-from registry.model import spiffe_id
-from security import mtls
-from security.ca import CertificateAuthority
-from security.service import CAServer, SigningService
-from security.storage import FileStorage
-from security.tokens import JoinTokenStore
+from meshfed.nodeagent.agent import AgentConfig, NodeAgent
+from meshfed.nodeagent.client import CAClient
+from meshfed.registry.model import spiffe_id
+from meshfed.security import mtls
+from meshfed.security.ca import CertificateAuthority
+from meshfed.security.service import CAServer, SigningService
+from meshfed.security.storage import FileStorage
+from meshfed.security.tokens import JoinTokenStore
 
 T = TypeVar("T")
 TRUST_DOMAIN = "cluster.local"

@@ -21,8 +21,6 @@ import consul
 import pytest
 from consul.callback import CB
 
-from adapters.consul import metrics
-from adapters.consul.testing import RunningAdapter, running_adapter
 from integration.peers.artifacts import consul_path
 from integration.peers.consul import (
     ConsulAgent,
@@ -32,7 +30,9 @@ from integration.peers.consul import (
     _write_config,
 )
 from integration.peers.ports import loopback_host
-from registry.model import Locality, Protocol
+from meshfed.adapters.consul import metrics
+from meshfed.adapters.consul.testing import RunningAdapter, running_adapter
+from meshfed.registry.model import Locality, Protocol
 
 WEB = "web.service.consul"
 

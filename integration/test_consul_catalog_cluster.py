@@ -29,8 +29,8 @@ import consul
 import pytest
 from consul.callback import CB
 
-from adapters.consul.testing import RunningAdapter, running_adapter
 from integration.peers.consul import ConsulAgent, ConsulCluster
+from meshfed.adapters.consul.testing import RunningAdapter, running_adapter
 
 WEB = "web.service.consul"
 API = "api.service.consul"

@@ -23,10 +23,10 @@ import consul
 import pytest
 from consul.callback import CB
 
-from adapters.consul import metrics
-from adapters.consul.testing import RunningAdapter, running_adapter
 from integration.peers.consul import ConsulAgent, start_dev_agent
 from integration.pilot_helpers import running_mesh, spread
+from meshfed.adapters.consul import metrics
+from meshfed.adapters.consul.testing import RunningAdapter, running_adapter
 
 LIMIT = 20
 SERVICES = 60

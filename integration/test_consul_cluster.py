@@ -22,9 +22,9 @@ import aiohttp
 import consul
 from consul.callback import CB
 
-from adapters.consul import metrics
-from adapters.consul.testing import RunningAdapter, running_adapter
 from integration.peers.consul import ConsulAgent, ConsulCluster
+from meshfed.adapters.consul import metrics
+from meshfed.adapters.consul.testing import RunningAdapter, running_adapter
 from meshfed.config import MeshConfig, RegistryConfig
 from meshfed.hub import Hub
 

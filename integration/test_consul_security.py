@@ -18,10 +18,10 @@ from typing import Any
 import consul
 from consul.callback import CB
 
-from adapters.consul.testing import running_adapter
 from integration.peers.certs import make_pki
 from integration.peers.consul import ConsulAgent, _launch, _new_agent, _wait_leader, _write_config
 from integration.peers.ports import free_port, loopback_host
+from meshfed.adapters.consul.testing import running_adapter
 
 ROOT_TOKEN = "2b8f5a1e-6f0c-4c55-9d7e-7c1a4f3e9b10"
 SCOPED_TOKEN = "7d0c1f9a-3b52-4e8e-a6f4-0f2d9c8b7e61"

@@ -20,11 +20,11 @@ from pathlib import Path
 import aiohttp
 import consul
 
-from adapters.consul.testing import running_adapter
-from adapters.static.registry import create as create_static
 from integration.peers.artifacts import consul_path
 from integration.peers.consul import ConsulAgent, ConsulCluster
 from integration.pilot_helpers import Mesh, get, running_mesh, spread
+from meshfed.adapters.consul.testing import running_adapter
+from meshfed.adapters.static.registry import create as create_static
 
 A_IP = "127.0.97.2"
 WEB = "web.service.consul"

@@ -18,12 +18,12 @@ from pathlib import Path
 import aiohttp
 from prometheus_client import REGISTRY
 
-from adapters.eureka.testing import EurekaRest, instance_doc, running_adapter, wait_for
 from integration.peers.eureka import EurekaServer, start_eureka
 from integration.peers.process import PeerProcess
+from meshfed.adapters.eureka.testing import EurekaRest, instance_doc, running_adapter, wait_for
 from meshfed.config import MeshConfig, RegistryConfig
 from meshfed.hub import Hub
-from registry.events import ChangeEvent
+from meshfed.registry.events import ChangeEvent
 
 WAIT = 30.0
 

@@ -24,11 +24,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from adapters.eureka.testing import EurekaRest, instance_doc, running_adapter, wait_for
 from integration.peers.eureka import EurekaServer, start_eureka
 from integration.peers.ports import loopback_host
 from integration.pilot_helpers import eventually, running_mesh, spread
-from registry.aggregate import AggregateRegistry
+from meshfed.adapters.eureka.testing import EurekaRest, instance_doc, running_adapter, wait_for
+from meshfed.registry.aggregate import AggregateRegistry
 
 REMOTE_FETCH_SECONDS = 1
 CACHE_EXPIRY_SECONDS = 2

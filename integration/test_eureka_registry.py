@@ -16,10 +16,10 @@ import uuid
 
 import py_eureka_client.eureka_client as eureka_client
 
-from adapters.eureka.testing import EurekaRest, instance_doc, running_adapter, wait_for
-from adapters.eureka.wire import Instance
 from integration.peers.eureka import EurekaServer
-from registry.aggregate import AggregateRegistry
+from meshfed.adapters.eureka.testing import EurekaRest, instance_doc, running_adapter, wait_for
+from meshfed.adapters.eureka.wire import Instance
+from meshfed.registry.aggregate import AggregateRegistry
 
 WAIT = 20.0
 FAST = "200ms"

@@ -16,11 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from adapters.eureka.testing import EurekaRest, instance_doc, running_adapter, wait_for
 from integration.peers.certs import KubePki, make_pki
 from integration.peers.envoy import EnvoyProxy
 from integration.peers.eureka import EurekaServer
 from integration.peers.ports import free_ports
+from meshfed.adapters.eureka.testing import EurekaRest, instance_doc, running_adapter, wait_for
 
 GATEWAY = "127.0.93.91"
 USER, PASSWORD = "mesh", "s3cret-Passw0rd"

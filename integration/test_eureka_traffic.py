@@ -19,10 +19,10 @@ from pathlib import Path
 
 import aiohttp
 
-from adapters.eureka.testing import EurekaRest, instance_doc, running_adapter
-from adapters.static.registry import create as create_static
 from integration.peers.eureka import EurekaServer
 from integration.pilot_helpers import eventually, running_mesh, spread
+from meshfed.adapters.eureka.testing import EurekaRest, instance_doc, running_adapter
+from meshfed.adapters.static.registry import create as create_static
 
 CLIENT_IP = "127.0.93.2"
 INSTANCES = {"e1": "127.0.93.3", "e2": "127.0.93.4", "e3": "127.0.93.5"}

@@ -14,11 +14,11 @@ from pathlib import Path
 
 from kubernetes import client as k8s
 
-from adapters.kubernetes.configstore import KubeConfigStore
-from adapters.kubernetes.namespaces import NamespaceFilter
-from adapters.kubernetes.testing import create_namespace, install_crds, kubectl, until
 from integration.peers.kube import KubeAPIServer
-from pilot.config.model import PathType
+from meshfed.adapters.kubernetes.configstore import KubeConfigStore
+from meshfed.adapters.kubernetes.namespaces import NamespaceFilter
+from meshfed.adapters.kubernetes.testing import create_namespace, install_crds, kubectl, until
+from meshfed.pilot.config.model import PathType
 
 INGRESSES = """apiVersion: networking.k8s.io/v1
 kind: Ingress

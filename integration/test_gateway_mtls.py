@@ -30,16 +30,16 @@ import pytest
 
 from integration.routing_helpers import RoutingMesh, VersionBackend, https_get, make_tls_pair
 from integration.security_helpers import TRUST_DOMAIN, agent_config
+from meshfed.nodeagent.agent import NodeAgent
+from meshfed.pilot.translate.traffic import TrafficOptions
 from meshfed.proxy import ProxySpec
 from meshfed.proxy import bootstrap as pilot_bootstrap
-from nodeagent.agent import NodeAgent
-from pilot.translate.traffic import TrafficOptions
-from registry.model import Endpoint, Port, Protocol, Service, spiffe_id
-from security import mtls
-from security.ca import CertificateAuthority
-from security.service import CAServer, SigningService
-from security.storage import FileStorage
-from security.tokens import JoinTokenStore
+from meshfed.registry.model import Endpoint, Port, Protocol, Service, spiffe_id
+from meshfed.security import mtls
+from meshfed.security.ca import CertificateAuthority
+from meshfed.security.service import CAServer, SigningService
+from meshfed.security.storage import FileStorage
+from meshfed.security.tokens import JoinTokenStore
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -14,17 +14,17 @@ from pathlib import Path
 
 from kubernetes import client as k8s
 
-from adapters.kubernetes.configstore import KubeConfigStore, error_text
-from adapters.kubernetes.namespaces import NamespaceFilter
-from adapters.kubernetes.testing import (
+from integration.peers.kube import KubeAPIServer
+from meshfed.adapters.kubernetes.configstore import KubeConfigStore, error_text
+from meshfed.adapters.kubernetes.namespaces import NamespaceFilter
+from meshfed.adapters.kubernetes.testing import (
     MANIFESTS,
     create_namespace,
     install_crds,
     kubectl,
     until,
 )
-from integration.peers.kube import KubeAPIServer
-from pilot.config.store import ConfigSnapshot, parse_config_file
+from meshfed.pilot.config.store import ConfigSnapshot, parse_config_file
 
 ISTIO_02 = """apiVersion: config.istio.io/v1alpha2
 kind: RouteRule

@@ -14,8 +14,9 @@ from pathlib import Path
 import yaml
 from kubernetes import client as k8s
 
-from adapters.kubernetes.configstore import error_text
-from adapters.kubernetes.testing import (
+from integration.peers.kube import KubeAPIServer
+from meshfed.adapters.kubernetes.configstore import error_text
+from meshfed.adapters.kubernetes.testing import (
     create_namespace,
     create_pod,
     endpoint_slice,
@@ -26,11 +27,10 @@ from adapters.kubernetes.testing import (
     slice_endpoint,
     until,
 )
-from adapters.static.kinds import parse_service_entry
-from integration.peers.kube import KubeAPIServer
-from meshfed.resources import parse_documents
-from registry.aggregate import AggregateRegistry
-from registry.model import Locality, Location, Resolution
+from meshfed.adapters.static.kinds import parse_service_entry
+from meshfed.core.resources import parse_documents
+from meshfed.registry.aggregate import AggregateRegistry
+from meshfed.registry.model import Locality, Location, Resolution
 
 HTTP = [{"name": "http", "port": 80, "targetPort": 8080}]
 SLICE_PORTS = [{"name": "http", "port": 8080}]

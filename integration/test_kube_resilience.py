@@ -17,7 +17,9 @@ from pathlib import Path
 
 from kubernetes import client as k8s
 
-from adapters.kubernetes.testing import (
+from integration.peers.kube import KubeAPIServer, start_kube_apiserver
+from integration.peers.process import PeerProcess
+from meshfed.adapters.kubernetes.testing import (
     create_namespace,
     endpoint_slice,
     install_crds,
@@ -26,10 +28,8 @@ from adapters.kubernetes.testing import (
     slice_endpoint,
     until,
 )
-from integration.peers.kube import KubeAPIServer, start_kube_apiserver
-from integration.peers.process import PeerProcess
-from registry.aggregate import AggregateRegistry
-from registry.events import ChangeEvent
+from meshfed.registry.aggregate import AggregateRegistry
+from meshfed.registry.events import ChangeEvent
 
 HTTP = [{"name": "http", "port": 80, "targetPort": 8080}]
 SLICE_PORTS = [{"name": "http", "port": 8080}]

@@ -18,7 +18,9 @@ from pathlib import Path
 import aiohttp
 from kubernetes import client as k8s
 
-from adapters.kubernetes.testing import (
+from integration.peers.kube import KubeAPIServer
+from integration.pilot_helpers import Mesh, eventually, get, running_mesh
+from meshfed.adapters.kubernetes.testing import (
     create_namespace,
     create_pod,
     install_crds,
@@ -27,9 +29,7 @@ from adapters.kubernetes.testing import (
     service,
     set_pod_ready,
 )
-from adapters.static.registry import StaticRegistry
-from integration.peers.kube import KubeAPIServer
-from integration.pilot_helpers import Mesh, eventually, get, running_mesh
+from meshfed.adapters.static.registry import StaticRegistry
 
 CLIENT_IP = "127.0.88.2"
 HTTP_PORT = [{"name": "http", "port": 80, "targetPort": 8080}]
@@ -276,8 +276,8 @@ async def test_kubectl_apply_and_delete_of_a_route_rule_moves_traffic(
     kube_apiserver: KubeAPIServer, tmp_path: Path
 ) -> None:
     """Istio 0.2's RouteRule, as written, through kubectl: Envoy follows apply and delete."""
-    from adapters.kubernetes.configstore import KubeConfigStore
     from integration.pilot_helpers import Mesh
+    from meshfed.adapters.kubernetes.configstore import KubeConfigStore
 
     binary, kubeconfig = kube_apiserver.kubectl(), kube_apiserver.kubeconfig
     await asyncio.to_thread(install_crds, binary, kubeconfig)

@@ -21,7 +21,7 @@ import aiohttp
 from integration.pilot_helpers import addr
 from meshfed.config import MeshConfig, RegistryConfig
 from meshfed.hub import Hub, default_components
-from pilot.server import PilotServer
+from meshfed.pilot.server import PilotServer
 
 ROOT = Path(__file__).resolve().parents[1]
 WEB_IP = addr(85, 2)

@@ -14,7 +14,6 @@ import aiohttp
 import pytest
 from prometheus_client import REGISTRY
 
-from adapters.static.registry import create as create_static
 from integration.pilot_helpers import (
     addr,
     eventually,
@@ -23,6 +22,7 @@ from integration.pilot_helpers import (
     spread,
     uptime_and_epoch,
 )
+from meshfed.adapters.static.registry import create as create_static
 
 A_IP = addr(82, 2)
 BACKENDS = {"b1": addr(82, 3), "b2": addr(82, 4)}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import aiohttp
 
 from integration.routing_helpers import count, http_service, routing_mesh
-from registry.model import Endpoint, Locality
+from meshfed.registry.model import Endpoint, Locality
 
 HOST = "api.default.svc.cluster.local"
 EAST_A, EAST_B, WEST = "127.0.112.11", "127.0.112.12", "127.0.112.13"

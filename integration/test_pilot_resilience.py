@@ -27,7 +27,7 @@ from integration.pilot_helpers import (
     spread,
     uptime_and_epoch,
 )
-from registry.model import Endpoint, Port, Protocol, Service
+from meshfed.registry.model import Endpoint, Port, Protocol, Service
 
 A_IP = addr(84, 2)
 B1, B2, D1 = addr(84, 3), addr(84, 4), addr(84, 5)

@@ -14,7 +14,7 @@ import pytest
 
 from integration.pilot_helpers import addr, endpoint, get, http_service, running_mesh
 from meshfed.proxy import wait_ready
-from registry.model import Endpoint, Port, Protocol, Service
+from meshfed.registry.model import Endpoint, Port, Protocol, Service
 
 B_HOST = "b.default.svc.cluster.local"
 A_IP, B_IP, T_IP = addr(81, 2), addr(81, 3), addr(81, 4)

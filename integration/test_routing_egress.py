@@ -28,7 +28,7 @@ from integration.routing_helpers import (
     routing_mesh,
     say,
 )
-from pilot.translate.traffic import TrafficOptions
+from meshfed.pilot.translate.traffic import TrafficOptions
 
 A_IP = "127.0.103.2"
 DNS_IP = "127.0.103.53"

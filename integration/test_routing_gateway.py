@@ -24,9 +24,9 @@ from integration.routing_helpers import (
     routing_mesh,
     say,
 )
+from meshfed.pilot.translate.traffic import TrafficOptions
 from meshfed.proxy import EnvoyProcess, ProxySpec, wait_ready
-from pilot.translate.traffic import TrafficOptions
-from registry.model import Endpoint, Port, Protocol, Service
+from meshfed.registry.model import Endpoint, Port, Protocol, Service
 
 GW_IP = "127.0.104.2"
 WEB_IP, API_IP, GRPC_IP = "127.0.104.11", "127.0.104.12", "127.0.104.13"

@@ -26,8 +26,8 @@ import pytest
 from integration.ferretdb import running_ferretdb
 from integration.peers.mongo_legacy import start_mongo_legacy
 from integration.routing_helpers import routing_mesh
-from pilot.translate.tcp_rules import MONGO_COUNTED_COMMANDS
-from registry.model import Endpoint, Port, Protocol, Service
+from meshfed.pilot.translate.tcp_rules import MONGO_COUNTED_COMMANDS
+from meshfed.registry.model import Endpoint, Port, Protocol, Service
 
 pymongo = pytest.importorskip("pymongo")
 from pymongo import monitoring  # noqa: E402

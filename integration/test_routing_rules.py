@@ -23,7 +23,7 @@ from integration.routing_helpers import (
     routing_mesh,
     versioned,
 )
-from registry.model import Endpoint
+from meshfed.registry.model import Endpoint
 
 REVIEWS = "reviews.default.svc.cluster.local"
 A_IP = "127.0.101.2"

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from integration.routing_helpers import routing_mesh
-from registry.model import Endpoint, Port, Protocol, Service
+from meshfed.registry.model import Endpoint, Port, Protocol, Service
 
 ECHO = "echo.default.svc.cluster.local"
 PORT = 7400

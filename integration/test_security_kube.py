@@ -15,12 +15,12 @@ from typing import Any
 import grpc
 import pytest
 
-from nodeagent.client import CAClient, CARefused
-from nodeagent.keys import generate_key, make_csr
-from security import identity
-from security.ca import CertificateAuthority
-from security.service import CAServer, KubernetesTokenReviewer, SigningService
-from security.storage import KubernetesSecretStorage
+from meshfed.nodeagent.client import CAClient, CARefused
+from meshfed.nodeagent.keys import generate_key, make_csr
+from meshfed.security import identity
+from meshfed.security.ca import CertificateAuthority
+from meshfed.security.service import CAServer, KubernetesTokenReviewer, SigningService
+from meshfed.security.storage import KubernetesSecretStorage
 
 pytestmark = pytest.mark.timeout(300)
 TD = "cluster.local"
@@ -55,7 +55,7 @@ def _sa_token(api_client: Any, ns: str, sa: str) -> str:
 
 @pytest.fixture
 async def ca_server(kube: tuple[Any, str], tmp_path: Any) -> AsyncIterator[CAServer]:
-    from security.storage import FileStorage
+    from meshfed.security.storage import FileStorage
 
     api_client, _ = kube
     ca = CertificateAuthority.load_or_create(FileStorage(tmp_path / "ca"), TD)

@@ -28,8 +28,8 @@ from integration.security_helpers import (
     tcp_echo,
     tcp_roundtrip,
 )
-from registry.model import Endpoint, Location, Port, Protocol, Service
-from security import mtls
+from meshfed.registry.model import Endpoint, Location, Port, Protocol, Service
+from meshfed.security import mtls
 
 pytestmark = pytest.mark.timeout(180)
 

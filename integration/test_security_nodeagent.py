@@ -42,10 +42,10 @@ from integration.security_helpers import (
 )
 from meshfed.config import MeshConfig
 from meshfed.hub import Hub
-from nodeagent.agent import AgentConfig, NodeAgent
-from nodeagent.registration_server import WorkloadRegistration
-from registry.model import spiffe_id
-from security import mtls
+from meshfed.nodeagent.agent import AgentConfig, NodeAgent
+from meshfed.nodeagent.registration_server import WorkloadRegistration
+from meshfed.registry.model import spiffe_id
+from meshfed.security import mtls
 
 pytestmark = pytest.mark.timeout(240)
 

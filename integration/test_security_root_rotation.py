@@ -50,11 +50,11 @@ from integration.security_helpers import (
     limit_requests_per_connection,
     server_sidecar,
 )
-from nodeagent import keys
-from nodeagent.agent import AgentConfig, NodeAgent
-from nodeagent.client import CAClient
-from registry.model import spiffe_id
-from security import identity, mtls
+from meshfed.nodeagent import keys
+from meshfed.nodeagent.agent import AgentConfig, NodeAgent
+from meshfed.nodeagent.client import CAClient
+from meshfed.registry.model import spiffe_id
+from meshfed.security import identity, mtls
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -359,14 +359,14 @@ def test_rotation_kept_in_a_kubernetes_secret_is_shared_by_replicas(kube_apiserv
 
     from kubernetes import client
 
-    from security.ca import (
+    from meshfed.security.ca import (
         CertificateAuthority,
         RotationInProgress,
         complete_root_rotation,
         start_root_rotation,
     )
-    from security.rotation import Phase
-    from security.storage import KubernetesSecretStorage
+    from meshfed.security.rotation import Phase
+    from meshfed.security.storage import KubernetesSecretStorage
 
     core = client.CoreV1Api(kube_apiserver.api_client())
     ns = f"rot-{pysecrets.token_hex(3)}"

@@ -39,7 +39,7 @@ from integration.security_helpers import (
     tcp_filter,
     to_dict,
 )
-from security import mtls
+from meshfed.security import mtls
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -36,12 +36,12 @@ from integration.security_helpers import (
 )
 from meshfed.config import MeshConfig
 from meshfed.hub import Hub
+from meshfed.nodeagent.agent import AgentConfig, NodeAgent
+from meshfed.nodeagent.registration_server import WorkloadRegistration
+from meshfed.pilot.server import PilotServer
 from meshfed.proxy import ProxySpec
 from meshfed.proxy import bootstrap as pilot_bootstrap
-from nodeagent.agent import AgentConfig, NodeAgent
-from nodeagent.registration_server import WorkloadRegistration
-from pilot.server import PilotServer
-from registry.model import spiffe_id
+from meshfed.registry.model import spiffe_id
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from meshfed.config import load_mesh_config
-from meshfed.resources import ConfigErrors
+from meshfed.core.resources import ConfigErrors
 
 COMMAND_MODULES = ("meshfed.cli_pilot", "meshfed.cli_security")
 

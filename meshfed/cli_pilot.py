@@ -23,8 +23,8 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from pilot import xds_types as T
-from pilot.node import DEFAULT_ADMIN_PORT, DEFAULT_OUTBOUND_HTTP_PORT
+from meshfed.pilot import xds_types as T
+from meshfed.pilot.node import DEFAULT_ADMIN_PORT, DEFAULT_OUTBOUND_HTTP_PORT
 
 
 def _add_hub_args(p: argparse.ArgumentParser) -> None:
@@ -82,7 +82,7 @@ def _spec(args: argparse.Namespace) -> Any:
 
     from meshfed.config import load_mesh_config
     from meshfed.proxy import ProxySpec
-    from registry.model import spiffe_id
+    from meshfed.registry.model import spiffe_id
 
     mesh = load_mesh_config(args.config)
     sds = os.path.abspath(os.path.expanduser(args.sds_socket)) if args.sds_socket else ""
@@ -111,7 +111,7 @@ def mtls_warning(args: argparse.Namespace) -> str:
     if args.sds_socket:
         return ""
     from meshfed.config import load_mesh_config
-    from security import mtls
+    from meshfed.security import mtls
 
     policy = mtls.policy_from_config(load_mesh_config(args.config).pilot)
     modes = {policy.mode, *policy.overrides.values()}

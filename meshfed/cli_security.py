@@ -69,7 +69,7 @@ def _state_dir(args: argparse.Namespace) -> Path:
 # -- ca serve --------------------------------------------------------------------------------
 def ca_storage(args: argparse.Namespace) -> Any:
     """The self-signed CA's storage: files in ``--state-dir``, or a Secret (``--storage``)."""
-    from security.storage import FileStorage, KubernetesSecretStorage
+    from meshfed.security.storage import FileStorage, KubernetesSecretStorage
 
     if args.storage == "kubernetes":
         from kubernetes import client, config
@@ -82,7 +82,7 @@ def ca_storage(args: argparse.Namespace) -> Any:
 
 
 def build_ca(args: argparse.Namespace) -> Any:
-    from security.ca import CertificateAuthority
+    from meshfed.security.ca import CertificateAuthority
 
     trust_domain = _trust_domain(args)
     ttl_kwargs = {"default_ttl": args.default_ttl, "max_ttl": args.max_ttl}
@@ -93,7 +93,7 @@ def build_ca(args: argparse.Namespace) -> Any:
 
 def publish_root(state_dir: Path, root_pem: bytes) -> Path:
     """Write the trust bundle (public) where node agents and the hub look for it."""
-    from security.storage import write_private
+    from meshfed.security.storage import write_private
 
     path = state_dir / "root-cert.pem"
     if not path.exists() or path.read_bytes() != root_pem:
@@ -107,8 +107,8 @@ async def serve_ca(args: argparse.Namespace, stop: asyncio.Event) -> None:
     from aiohttp import web
     from prometheus_client import REGISTRY, generate_latest
 
-    from security.service import CAServer, KubernetesTokenReviewer, SigningService
-    from security.tokens import JoinTokenStore
+    from meshfed.security.service import CAServer, KubernetesTokenReviewer, SigningService
+    from meshfed.security.tokens import JoinTokenStore
 
     ca = await asyncio.to_thread(build_ca, args)
     state_dir = _state_dir(args)
@@ -224,9 +224,9 @@ def _storage_for_rotation(args: argparse.Namespace) -> Any:
 
 
 def cmd_ca_rotate_root(args: argparse.Namespace) -> int:
-    from security import rotation
-    from security.ca import CAConfigError, CertificateAuthority, start_root_rotation
-    from security.storage import StorageError
+    from meshfed.security import rotation
+    from meshfed.security.ca import CAConfigError, CertificateAuthority, start_root_rotation
+    from meshfed.security.storage import StorageError
 
     storage = _storage_for_rotation(args)
     trust_domain = _trust_domain(args)
@@ -250,7 +250,7 @@ def cmd_ca_rotate_root(args: argparse.Namespace) -> int:
 
 
 def cmd_ca_status(args: argparse.Namespace) -> int:
-    from security.ca import CertificateAuthority
+    from meshfed.security.ca import CertificateAuthority
 
     trust_domain = _trust_domain(args)
     if args.cacerts:
@@ -269,7 +269,7 @@ def cmd_ca_status(args: argparse.Namespace) -> int:
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
-    from security.tokens import JoinTokenStore
+    from meshfed.security.tokens import JoinTokenStore
 
     store = JoinTokenStore(_state_dir(args) / "tokens.json")
     token = store.create(args.namespace, args.service_account, args.ttl)
@@ -278,7 +278,7 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 
 
 def cmd_token_list(args: argparse.Namespace) -> int:
-    from security.tokens import JoinTokenStore
+    from meshfed.security.tokens import JoinTokenStore
 
     for record in JoinTokenStore(_state_dir(args) / "tokens.json").list():
         print(json.dumps(record))
@@ -305,8 +305,8 @@ def _ports(values: list[str]) -> dict[str, int]:
 def agent_config(args: argparse.Namespace) -> Any:
     import yaml
 
-    from nodeagent.agent import AgentConfig
-    from registry.model import Workload
+    from meshfed.nodeagent.agent import AgentConfig
+    from meshfed.registry.model import Workload
 
     trust_domain = _trust_domain(args)
     token = _read_secret(args.token_file, "MESHFED_JOIN_TOKEN")
@@ -334,7 +334,7 @@ def agent_config(args: argparse.Namespace) -> Any:
     elif args.pilot:
         from meshfed.proxy import ProxySpec
         from meshfed.proxy import bootstrap as pilot_bootstrap
-        from registry.model import spiffe_id
+        from meshfed.registry.model import spiffe_id
 
         bootstrap = pilot_bootstrap(
             ProxySpec(
@@ -385,8 +385,8 @@ def agent_config(args: argparse.Namespace) -> Any:
 
 
 async def run_agent(args: argparse.Namespace, stop: asyncio.Event) -> int:
-    from nodeagent.agent import NodeAgent
-    from nodeagent.client import CARefused
+    from meshfed.nodeagent.agent import NodeAgent
+    from meshfed.nodeagent.client import CARefused
 
     agent = NodeAgent(agent_config(args))
     try:

@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 
-from meshfed.resources import ConfigError, ConfigErrors, FieldReader, load_documents
+from meshfed.core.resources import ConfigError, ConfigErrors, FieldReader, load_documents
 
 MESH_API_VERSIONS = frozenset({"meshfed.io/v1alpha1"})
 DEFAULT_SERVICES = "services.yaml"
@@ -111,7 +111,7 @@ def load_mesh_config(path: Path | str | None) -> MeshConfig:
         # field named, instead of quietly serving a different set of Ingresses.
         pilot_reader.str("ingressClass")
         mode = pilot_reader.str("ingressControllerMode")
-        from pilot.config.parse import INGRESS_MODES  # Pilot owns the setting's meaning
+        from meshfed.pilot.config.parse import INGRESS_MODES  # Pilot owns the setting's meaning
 
         if mode and mode.upper() not in INGRESS_MODES:
             pilot_reader.error(

@@ -24,8 +24,8 @@ import aiohttp
 from aiohttp import web
 
 from meshfed.config import MeshConfig, RegistryConfig, default_services_path
+from meshfed.pilot.server import PilotServer
 from meshfed.proxy import EnvoyProcess, ProxySpec, wait_ready
-from pilot.server import PilotServer
 
 CLIENT_IP = "127.0.0.10"
 APP_PORT = 8080

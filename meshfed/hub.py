@@ -29,9 +29,9 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, generate_lat
 from prometheus_client.core import GaugeMetricFamily
 
 from meshfed.config import MeshConfig, RegistryConfig, split_address
+from meshfed.registry.aggregate import AggregateRegistry, Member
+from meshfed.registry.events import ChangeEvent
 from meshfed.registryview import registry_view
-from registry.aggregate import AggregateRegistry, Member
-from registry.events import ChangeEvent
 
 log = logging.getLogger("meshfed.hub")
 
@@ -243,9 +243,13 @@ def _describe(adapter: Any) -> dict[str, Any]:
 
 def default_components(mesh: MeshConfig) -> list[HubComponent]:
     """The components ``meshfed up`` runs beside the registries."""
-    from adapters.kubernetes.configstore import kube_config_components  # CRD config per cluster
-    from nodeagent.registration_server import WorkloadRegistration
-    from pilot.server import PilotServer  # reads mesh.discovery_address and mesh.pilot at start
+    from meshfed.adapters.kubernetes.configstore import (
+        kube_config_components,  # CRD config per cluster
+    )
+    from meshfed.nodeagent.registration_server import WorkloadRegistration
+    from meshfed.pilot.server import (
+        PilotServer,  # reads mesh.discovery_address and mesh.pilot at start
+    )
 
     # Registration first: its member must exist before Pilot waits for every member to sync.
     return [WorkloadRegistration(), PilotServer(), *kube_config_components(mesh)]

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from registry.aggregate import AggregateRegistry
-from registry.model import Endpoint, Service
+from meshfed.registry.aggregate import AggregateRegistry
+from meshfed.registry.model import Endpoint, Service
 
 
 def service_json(service: Service) -> dict[str, Any]:

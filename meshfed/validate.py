@@ -12,12 +12,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from adapters.static.kinds import PARSERS as STATIC_PARSERS
+from meshfed.adapters.static.kinds import PARSERS as STATIC_PARSERS
 from meshfed.config import MeshConfig, load_mesh_config
-from meshfed.resources import ConfigError, ConfigErrors, Document, load_documents
-from pilot.config import PARSERS as PILOT_PARSERS
-from pilot.config.conflicts import find_conflicts
-from pilot.config.model import RouteRule
+from meshfed.core.resources import ConfigError, ConfigErrors, Document, load_documents
+from meshfed.pilot.config import PARSERS as PILOT_PARSERS
+from meshfed.pilot.config.conflicts import find_conflicts
+from meshfed.pilot.config.model import RouteRule
 
 Parser = Callable[[Document], tuple[Any, list[ConfigError]]]
 
@@ -66,7 +66,7 @@ def registry_errors(mesh: MeshConfig, doc: Document) -> list[ConfigError]:
     """Each registry entry's parameters, checked by constructing its adapter as the hub does
     (no I/O: nothing is contacted, no file is read)."""
     from meshfed.hub import create_adapter
-    from registry.aggregate import AggregateRegistry
+    from meshfed.registry.aggregate import AggregateRegistry
 
     out = []
     for index, reg in enumerate(mesh.registries):

@@ -35,11 +35,11 @@ from typing import Any
 import attrs
 import tenacity
 
-from nodeagent import keys, registration
-from nodeagent.client import CAClient, SignResponse
-from nodeagent.rotation import Rotator
-from nodeagent.sds import SDSServer
-from registry.model import Workload, spiffe_id
+from meshfed.nodeagent import keys, registration
+from meshfed.nodeagent.client import CAClient, SignResponse
+from meshfed.nodeagent.rotation import Rotator
+from meshfed.nodeagent.sds import SDSServer
+from meshfed.registry.model import Workload, spiffe_id
 
 # Mirrors security.mtls.TLS_MODE_LABEL / TLS_MODE_MTLS without loading Envoy's protos here.
 TLS_MODE_LABEL = "security.meshfed.io/tlsMode"
@@ -85,7 +85,7 @@ def with_sds_cluster(bootstrap: dict[str, Any], socket_path: Path | str) -> dict
     (without it a gateway gets plain clusters, see ``pilot.translate.gateway``)."""
     from google.protobuf import json_format
 
-    from security import mtls  # Envoy's cluster protos: loaded only when there is a sidecar
+    from meshfed.security import mtls  # Envoy's cluster protos: loaded only when there is a sidecar
 
     boot = json.loads(json.dumps(bootstrap))
     key = "staticResources" if "staticResources" in boot else "static_resources"

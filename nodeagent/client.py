@@ -25,7 +25,7 @@ import attrs
 import grpc
 import tenacity
 
-from security.wire import BUNDLE_METHOD, CA_SERVER_NAME, JOIN_TOKEN_HEADER, SIGN_METHOD
+from meshfed.security.wire import BUNDLE_METHOD, CA_SERVER_NAME, JOIN_TOKEN_HEADER, SIGN_METHOD
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 

@@ -39,8 +39,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509 import verification
 
-from registry.model import Locality, Port, Protocol, Service, Workload
-from security.identity import load_pem_chain, spiffe_id_of
+from meshfed.registry.model import Locality, Port, Protocol, Service, Workload
+from meshfed.security.identity import load_pem_chain, spiffe_id_of
 
 log = logging.getLogger("meshfed.nodeagent.registration")
 

@@ -33,7 +33,7 @@ from typing import Any
 from aiohttp import web
 from cryptography import x509
 
-from nodeagent.registration import (
+from meshfed.nodeagent.registration import (
     MEMBER_NAME,
     Registration,
     RegistrationRefused,
@@ -41,8 +41,8 @@ from nodeagent.registration import (
     registration_body,
     verify_request,
 )
-from registry.model import parse_spiffe_id
-from security.identity import load_pem_chain
+from meshfed.registry.model import parse_spiffe_id
+from meshfed.security.identity import load_pem_chain
 
 log = logging.getLogger("meshfed.nodeagent.registration")
 

@@ -23,12 +23,12 @@ import cachetools
 from envoy.config.listener.v3 import listener_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
-from pilot import metrics as M
-from pilot import xds_types as T
-from pilot.cache import CacheChange, ConfigCache, ProxyView, Resource, digest, make_resource
-from pilot.node import ProxyNode, from_proto
-from pilot.translate import interception
-from pilot.watch import Plan, RequestKind, Status, TypeWatch
+from meshfed.pilot import metrics as M
+from meshfed.pilot import xds_types as T
+from meshfed.pilot.cache import CacheChange, ConfigCache, ProxyView, Resource, digest, make_resource
+from meshfed.pilot.node import ProxyNode, from_proto
+from meshfed.pilot.translate import interception
+from meshfed.pilot.watch import Plan, RequestKind, Status, TypeWatch
 
 log = logging.getLogger("meshfed.pilot.ads")
 

@@ -26,19 +26,19 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
-from pilot import sds_fallback, traffic_hooks
-from pilot import xds_types as T
-from pilot.config.store import ConfigSnapshot
-from pilot.node import ProxyNode
-from pilot.translate import listeners as tl
-from pilot.translate import routes as tr
-from pilot.translate import traffic as tt
-from pilot.translate.endpoints import prioritized
-from pilot.translate.protos import pack
-from pilot.translate.subsets import service_port_clusters
-from registry.aggregate import AggregateRegistry
-from registry.model import Endpoint, Locality, Service
-from security import mtls
+from meshfed.pilot import sds_fallback, traffic_hooks
+from meshfed.pilot import xds_types as T
+from meshfed.pilot.config.store import ConfigSnapshot
+from meshfed.pilot.node import ProxyNode
+from meshfed.pilot.translate import listeners as tl
+from meshfed.pilot.translate import routes as tr
+from meshfed.pilot.translate import traffic as tt
+from meshfed.pilot.translate.endpoints import prioritized
+from meshfed.pilot.translate.protos import pack
+from meshfed.pilot.translate.subsets import service_port_clusters
+from meshfed.registry.aggregate import AggregateRegistry
+from meshfed.registry.model import Endpoint, Locality, Service
+from meshfed.security import mtls
 
 
 @attrs.frozen(slots=True)

@@ -31,7 +31,7 @@ import attrs
 from envoy.config.core.v3 import base_pb2
 from google.protobuf import struct_pb2
 
-from registry.model import Locality
+from meshfed.registry.model import Locality
 
 DEFAULT_OUTBOUND_HTTP_PORT = 15001
 DEFAULT_ADMIN_PORT = 15000

@@ -23,8 +23,8 @@ from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
 
-from pilot.node import ProxyNode
-from security import mtls
+from meshfed.pilot.node import ProxyNode
+from meshfed.security import mtls
 
 log = logging.getLogger("meshfed.pilot.sds")
 

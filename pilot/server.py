@@ -30,19 +30,19 @@ import grpc
 from aiohttp import web
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
-from pilot import metrics as M
-from pilot import traffic_hooks
-from pilot import xds_types as T
-from pilot.ads import DiscoveryServer
-from pilot.cache import CacheChange, ConfigCache
-from pilot.config.parse import IngressSelection, routing_parsers
-from pilot.config.store import ConfigSnapshot, FileConfigStore
-from pilot.debounce import Batch, DebounceLoop
-from pilot.translate.traffic import TrafficOptions
-from pilot.watch import Status
-from registry.aggregate import AggregateRegistry
-from registry.events import ChangeEvent
-from security import mtls
+from meshfed.pilot import metrics as M
+from meshfed.pilot import traffic_hooks
+from meshfed.pilot import xds_types as T
+from meshfed.pilot.ads import DiscoveryServer
+from meshfed.pilot.cache import CacheChange, ConfigCache
+from meshfed.pilot.config.parse import IngressSelection, routing_parsers
+from meshfed.pilot.config.store import ConfigSnapshot, FileConfigStore
+from meshfed.pilot.debounce import Batch, DebounceLoop
+from meshfed.pilot.translate.traffic import TrafficOptions
+from meshfed.pilot.watch import Status
+from meshfed.registry.aggregate import AggregateRegistry
+from meshfed.registry.events import ChangeEvent
+from meshfed.security import mtls
 
 log = logging.getLogger("meshfed.pilot")
 
@@ -314,7 +314,7 @@ class PilotServer:
                 self.discovery._close(conn)
 
     def routes(self) -> list[web.RouteDef]:
-        from pilot.status import routes
+        from meshfed.pilot.status import routes
 
         async def configz(request: web.Request) -> web.Response:
             return web.json_response(self.configz())

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from aiohttp import web
 from google.protobuf import json_format
 
-from pilot import xds_types as T
-from pilot.ads import DiscoveryServer
+from meshfed.pilot import xds_types as T
+from meshfed.pilot.ads import DiscoveryServer
 
 
 def syncz(discovery: DiscoveryServer | None, proxy: str | None = None) -> dict:

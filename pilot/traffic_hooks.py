@@ -32,19 +32,19 @@ import attrs
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 
-from pilot import xds_types as T
-from pilot.config.store import ConfigSnapshot
-from pilot.node import ProxyNode
-from pilot.translate import egress, gateway, rules
-from pilot.translate import listeners as tl
-from pilot.translate import routes as tr
-from pilot.translate import tcp_rules as tcp_rules_mod
-from pilot.translate.subsets import service_port_clusters
-from pilot.translate.traffic import TrafficIndex, TrafficOptions
-from security import mtls
+from meshfed.pilot import xds_types as T
+from meshfed.pilot.config.store import ConfigSnapshot
+from meshfed.pilot.node import ProxyNode
+from meshfed.pilot.translate import egress, gateway, rules
+from meshfed.pilot.translate import listeners as tl
+from meshfed.pilot.translate import routes as tr
+from meshfed.pilot.translate import tcp_rules as tcp_rules_mod
+from meshfed.pilot.translate.subsets import service_port_clusters
+from meshfed.pilot.translate.traffic import TrafficIndex, TrafficOptions
+from meshfed.security import mtls
 
 if TYPE_CHECKING:
-    from pilot.cache import CacheChange, ConfigCache, ProxyView, Resource
+    from meshfed.pilot.cache import CacheChange, ConfigCache, ProxyView, Resource
 
 EGRESS_KEY = "\0egress"  # not a hostname: the egress rules' slot in the cluster table
 
@@ -132,7 +132,7 @@ def merge(first: CacheChange, second: CacheChange) -> CacheChange:
 
 def _update_egress(cache: ConfigCache, services: Mapping[str, object] | None = None) -> set[str]:
     """Re-translate the egress clusters; ``services`` (default: the cache's) shadow rules."""
-    from pilot.cache import _changed, make_resource
+    from meshfed.pilot.cache import _changed, make_resource
 
     index = cache.traffic
     rules_ = [*index.snapshot.egress_rules, *index.extra_egress]
@@ -205,7 +205,7 @@ def tcp_rules(
 def source_policy_clusters(cache: ConfigCache, source: frozenset[str]) -> dict[str, Resource]:
     """Clusters re-translated with the per-source policies that apply to a proxy (by name,
     replacing the shared ones in that proxy's view); empty for most proxies."""
-    from pilot.cache import make_resource
+    from meshfed.pilot.cache import make_resource
 
     index = cache.traffic
     hosts = index.source_policy_hosts(source) if source else []
@@ -256,7 +256,7 @@ def is_gateway(node: ProxyNode) -> bool:
 
 
 def gateway_view(cache: ConfigCache, node: ProxyNode) -> ProxyView:
-    from pilot.cache import ProxyView, make_resource
+    from meshfed.pilot.cache import ProxyView, make_resource
 
     key = ("gateway", node.view_key, cache.services_generation, cache.config_generation)
     found = cache._proxy_parts.get(key)

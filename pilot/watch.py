@@ -26,8 +26,8 @@ from collections.abc import Iterable, Mapping
 
 import attrs
 
-from pilot import xds_types as T
-from pilot.cache import ProxyView, Resource
+from meshfed.pilot import xds_types as T
+from meshfed.pilot.cache import ProxyView, Resource
 
 
 class Status(enum.Enum):

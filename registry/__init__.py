@@ -3,9 +3,9 @@
 Read this package first: every adapter writes into it and every consumer reads from it.
 """
 
-from registry.aggregate import AggregateRegistry, Conflict, Member
-from registry.events import ChangeEvent, EndpointChange
-from registry.model import (
+from meshfed.registry.aggregate import AggregateRegistry, Conflict, Member
+from meshfed.registry.events import ChangeEvent, EndpointChange
+from meshfed.registry.model import (
     Endpoint,
     Labels,
     Locality,

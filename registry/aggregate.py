@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterable, Mapping
 
 import attrs
 
-from registry.events import ChangeEvent, diff_views
-from registry.model import Endpoint, Labels, Port, Service
+from meshfed.registry.events import ChangeEvent, diff_views
+from meshfed.registry.model import Endpoint, Labels, Port, Service
 
 log = logging.getLogger("meshfed.registry")
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 
 import attrs
 
-from registry.model import Endpoint, Service
+from meshfed.registry.model import Endpoint, Service
 
 
 @attrs.frozen(slots=True)

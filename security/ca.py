@@ -33,10 +33,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from security import identity
-from security.identity import SigningKey
-from security.rotation import Phase, Schedule
-from security.storage import (
+from meshfed.security import identity
+from meshfed.security.identity import SigningKey
+from meshfed.security.rotation import Phase, Schedule
+from meshfed.security.storage import (
     AlreadyStored,
     CAMaterial,
     CAStorage,

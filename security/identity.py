@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from registry.model import SPIFFE_PREFIX, parse_spiffe_id
+from meshfed.registry.model import SPIFFE_PREFIX, parse_spiffe_id
 
 # Accept small clock differences between the CA and its peers: a certificate is valid a little
 # before it was issued. The lifetime (notAfter) is still counted from the moment of issuance.

@@ -61,7 +61,7 @@ from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import any_pb2, struct_pb2
 from google.protobuf.message import Message
 
-from registry.model import Endpoint, Location, Service
+from meshfed.registry.model import Endpoint, Location, Service
 
 log = logging.getLogger("meshfed.security.mtls")
 

@@ -47,11 +47,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from registry.model import parse_spiffe_id, spiffe_id
-from security import identity, metrics
-from security.ca import CertificateAuthority, SigningState
-from security.tokens import JoinTokenStore, TokenError
-from security.wire import CA_SERVER_NAME, JOIN_TOKEN_HEADER, SERVICE_NAME, SIGN_METHOD
+from meshfed.registry.model import parse_spiffe_id, spiffe_id
+from meshfed.security import identity, metrics
+from meshfed.security.ca import CertificateAuthority, SigningState
+from meshfed.security.tokens import JoinTokenStore, TokenError
+from meshfed.security.wire import CA_SERVER_NAME, JOIN_TOKEN_HEADER, SERVICE_NAME, SIGN_METHOD
 
 log = logging.getLogger("meshfed.security.service")
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import attrs
 
-from security.storage import write_private
+from meshfed.security.storage import write_private
 
 TOKEN_PREFIX = "mfjt"
 DEFAULT_TOKEN_TTL = dt.timedelta(hours=1)

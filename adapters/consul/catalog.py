@@ -45,9 +45,9 @@ from typing import Any
 
 import tenacity
 
-from adapters.consul.client import ConsulClients, QueryResult
-from adapters.consul.params import ConsulParams
-from adapters.consul.watch import (
+from meshfed.adapters.consul.client import ConsulClients, QueryResult
+from meshfed.adapters.consul.params import ConsulParams
+from meshfed.adapters.consul.watch import (
     BACKOFF_MULTIPLIER_S,
     CATCH_UP_S,
     BlockingWatch,

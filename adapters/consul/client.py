@@ -28,7 +28,7 @@ import consul
 import consul.std
 from consul.callback import CB
 
-from adapters.consul.params import ConsulParams, go_duration
+from meshfed.adapters.consul.params import ConsulParams, go_duration
 
 # Idle blocking queries each hold a connection; the pool must be able to keep them all, or
 # urllib3 discards (and later re-opens) every connection above its default of 10.

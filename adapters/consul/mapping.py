@@ -33,7 +33,7 @@ from typing import Any
 
 import attrs
 
-from registry.model import Endpoint, Labels, Locality, Port, Protocol, Resolution, Service
+from meshfed.registry.model import Endpoint, Labels, Locality, Port, Protocol, Resolution, Service
 
 log = logging.getLogger("meshfed.adapters.consul")
 

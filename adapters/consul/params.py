@@ -32,7 +32,11 @@ from typing import Any
 
 import attrs
 
-from adapters.consul.mapping import DEFAULT_HOSTNAME_TEMPLATE, HOSTNAME_FIELDS, template_fields
+from meshfed.adapters.consul.mapping import (
+    DEFAULT_HOSTNAME_TEMPLATE,
+    HOSTNAME_FIELDS,
+    template_fields,
+)
 
 DEFAULT_ADDRESS = "127.0.0.1:8500"
 KNOWN_KEYS = frozenset(

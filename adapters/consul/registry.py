@@ -44,20 +44,20 @@ from typing import Any, TypeVar
 
 import tenacity
 
-from adapters.consul import metrics
-from adapters.consul.catalog import CatalogFollower
-from adapters.consul.client import ConsulClients, QueryResult
-from adapters.consul.mapping import (
+from meshfed.adapters.consul import metrics
+from meshfed.adapters.consul.catalog import CatalogFollower
+from meshfed.adapters.consul.client import ConsulClients, QueryResult
+from meshfed.adapters.consul.mapping import (
     IGNORED_SERVICES,
     Instance,
     build_service,
     hostname_for,
     instances_from_entries,
 )
-from adapters.consul.params import ConsulParams, parse_params
-from adapters.consul.watch import BACKOFF_MAX_S, BlockingWatch, run_blocking
-from registry.aggregate import Member
-from registry.model import Endpoint, Service
+from meshfed.adapters.consul.params import ConsulParams, parse_params
+from meshfed.adapters.consul.watch import BACKOFF_MAX_S, BlockingWatch, run_blocking
+from meshfed.registry.aggregate import Member
+from meshfed.registry.model import Endpoint, Service
 
 log = logging.getLogger("meshfed.adapters.consul")
 

@@ -14,9 +14,9 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-from adapters.consul.registry import ConsulRegistry, create
-from registry.aggregate import AggregateRegistry
-from registry.events import ChangeEvent
+from meshfed.adapters.consul.registry import ConsulRegistry, create
+from meshfed.registry.aggregate import AggregateRegistry
+from meshfed.registry.events import ChangeEvent
 
 
 class RunningAdapter:

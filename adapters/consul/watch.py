@@ -47,7 +47,7 @@ from typing import Any, TypeVar
 
 import tenacity
 
-from adapters.consul.client import QueryResult
+from meshfed.adapters.consul.client import QueryResult
 
 log = logging.getLogger("meshfed.adapters.consul")
 

@@ -27,8 +27,8 @@ from typing import Any
 import aiohttp
 import attrs
 
-from adapters.eureka.config import EurekaSettings
-from adapters.eureka.wire import Applications, WireError, parse
+from meshfed.adapters.eureka.config import EurekaSettings
+from meshfed.adapters.eureka.wire import Applications, WireError, parse
 
 ACCEPT = {"json": "application/json", "xml": "application/xml"}
 

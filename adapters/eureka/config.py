@@ -21,8 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 
-from adapters.eureka.mapping import MappingSettings
-from meshfed.resources import ConfigErrors, FieldReader
+from meshfed.adapters.eureka.mapping import MappingSettings
+from meshfed.core.resources import ConfigErrors, FieldReader
 
 KNOWN_KEYS = {
     "servers",

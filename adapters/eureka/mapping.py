@@ -51,9 +51,9 @@ from collections.abc import Iterable
 
 import attrs
 
-from adapters.eureka.reconcile import Apps
-from adapters.eureka.wire import AMAZON_DATA_CENTER, UNKNOWN, UP, Instance
-from registry.model import Endpoint, Locality, Port, Protocol, Service
+from meshfed.adapters.eureka.reconcile import Apps
+from meshfed.adapters.eureka.wire import AMAZON_DATA_CENTER, UNKNOWN, UP, Instance
+from meshfed.registry.model import Endpoint, Locality, Port, Protocol, Service
 
 HTTP_PORT_NAME = "http"
 SECURE_PORT_NAME = "https"

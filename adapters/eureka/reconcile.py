@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 
-from adapters.eureka.wire import DELETED, Applications, Instance
+from meshfed.adapters.eureka.wire import DELETED, Applications, Instance
 
 # app name (upper case) -> instance id -> instance
 Apps = Mapping[str, Mapping[str, Instance]]

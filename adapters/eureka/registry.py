@@ -58,11 +58,11 @@ from typing import Any
 import attrs
 import tenacity
 
-from adapters.eureka import metrics
-from adapters.eureka.client import Answer, EurekaHttp, EurekaUnavailable
-from adapters.eureka.config import EurekaSettings, parse_settings
-from adapters.eureka.mapping import IncrementalMapper
-from adapters.eureka.reconcile import (
+from meshfed.adapters.eureka import metrics
+from meshfed.adapters.eureka.client import Answer, EurekaHttp, EurekaUnavailable
+from meshfed.adapters.eureka.config import EurekaSettings, parse_settings
+from meshfed.adapters.eureka.mapping import IncrementalMapper
+from meshfed.adapters.eureka.reconcile import (
     Apps,
     apply_delta,
     changed_apps,
@@ -71,8 +71,8 @@ from adapters.eureka.reconcile import (
     instance_count,
     merge_regions,
 )
-from adapters.eureka.wire import STATUSES
-from registry.aggregate import Member
+from meshfed.adapters.eureka.wire import STATUSES
+from meshfed.registry.aggregate import Member
 
 log = logging.getLogger("meshfed.adapters.eureka")
 

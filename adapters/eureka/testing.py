@@ -19,8 +19,8 @@ from urllib.parse import quote
 
 import aiohttp
 
-from adapters.eureka.registry import EurekaRegistry, create
-from registry.aggregate import AggregateRegistry
+from meshfed.adapters.eureka.registry import EurekaRegistry, create
+from meshfed.registry.aggregate import AggregateRegistry
 
 DEFAULT_DC = {"@class": "com.netflix.appinfo.InstanceInfo$DefaultDataCenterInfo", "name": "MyOwn"}
 

@@ -1,8 +1,9 @@
 """Mesh config as Kubernetes custom resources, managed with ``kubectl``.
 
 Two consumers share one mechanism (:class:`CustomResourceSet`): watch some custom resource kinds,
-turn each object into the same :class:`~meshfed.resources.Document` a YAML file would give, parse
-it with the *same* parsers the file stores use, and keep per object the last version that parsed.
+turn each object into the same :class:`~meshfed.core.resources.Document` a YAML file would
+give, parse it with the *same* parsers the file stores use, and keep per object the last
+version that parsed.
 
 - :class:`KubeConfigStore` holds the routing kinds (RouteRule, DestinationPolicy, EgressRule,
   Gateway, in ``config.meshfed.io/v1alpha1`` and Istio 0.2's ``config.istio.io/v1alpha2``, plus
@@ -38,14 +39,14 @@ import attrs
 import tenacity
 from kubernetes import client as k8s
 
-from adapters.kubernetes import metrics
-from adapters.kubernetes.client import load_api_client
-from adapters.kubernetes.namespaces import DEFAULT_SYSTEM_NAMESPACE, NamespaceFilter
-from adapters.kubernetes.watcher import Watcher, WatchEvent
-from meshfed.resources import ConfigError, Document
-from pilot.config.parse import PARSERS as ROUTING_PARSERS
-from pilot.config.parse import IngressSelection, routing_parsers
-from pilot.config.store import ConfigSnapshot
+from meshfed.adapters.kubernetes import metrics
+from meshfed.adapters.kubernetes.client import load_api_client
+from meshfed.adapters.kubernetes.namespaces import DEFAULT_SYSTEM_NAMESPACE, NamespaceFilter
+from meshfed.adapters.kubernetes.watcher import Watcher, WatchEvent
+from meshfed.core.resources import ConfigError, Document
+from meshfed.pilot.config.parse import PARSERS as ROUTING_PARSERS
+from meshfed.pilot.config.parse import IngressSelection, routing_parsers
+from meshfed.pilot.config.store import ConfigSnapshot
 
 log = logging.getLogger("meshfed.adapters.kubernetes.config")
 

@@ -41,7 +41,7 @@ from typing import Any
 
 import attrs
 
-from registry.model import (
+from meshfed.registry.model import (
     Endpoint,
     Locality,
     Location,

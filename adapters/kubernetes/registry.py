@@ -45,17 +45,23 @@ from typing import Any
 import attrs
 from kubernetes import client as k8s
 
-from adapters.kubernetes import metrics
-from adapters.kubernetes.client import load_api_client
-from adapters.kubernetes.configstore import REGISTRY_KINDS, CustomResourceSet, EventRecorder
-from adapters.kubernetes.mapping import SERVICE_NAME_LABEL, Mapped, ObjKey, map_service, obj_key
-from adapters.kubernetes.namespaces import DEFAULT_SYSTEM_NAMESPACE, NamespaceFilter
-from adapters.kubernetes.watcher import Watcher, WatchEvent
-from adapters.static.kinds import PARSERS as STATIC_PARSERS
-from adapters.static.kinds import ServiceEntrySpec, WorkloadSpec
-from adapters.static.translate import translate
-from registry.aggregate import Member
-from registry.model import Endpoint, Service
+from meshfed.adapters.kubernetes import metrics
+from meshfed.adapters.kubernetes.client import load_api_client
+from meshfed.adapters.kubernetes.configstore import REGISTRY_KINDS, CustomResourceSet, EventRecorder
+from meshfed.adapters.kubernetes.mapping import (
+    SERVICE_NAME_LABEL,
+    Mapped,
+    ObjKey,
+    map_service,
+    obj_key,
+)
+from meshfed.adapters.kubernetes.namespaces import DEFAULT_SYSTEM_NAMESPACE, NamespaceFilter
+from meshfed.adapters.kubernetes.watcher import Watcher, WatchEvent
+from meshfed.adapters.static.kinds import PARSERS as STATIC_PARSERS
+from meshfed.adapters.static.kinds import ServiceEntrySpec, WorkloadSpec
+from meshfed.adapters.static.translate import translate
+from meshfed.registry.aggregate import Member
+from meshfed.registry.model import Endpoint, Service
 
 log = logging.getLogger("meshfed.adapters.kubernetes")
 

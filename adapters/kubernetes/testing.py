@@ -22,8 +22,8 @@ from typing import Any
 
 from kubernetes import client as k8s
 
-from adapters.kubernetes.registry import KubernetesRegistry, parse_params
-from registry.aggregate import Member
+from meshfed.adapters.kubernetes.registry import KubernetesRegistry, parse_params
+from meshfed.registry.aggregate import Member
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 CRD_DIR = MANIFESTS / "crds"

@@ -52,7 +52,7 @@ import tenacity
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
-from adapters.kubernetes import metrics
+from meshfed.adapters.kubernetes import metrics
 
 log = logging.getLogger("meshfed.adapters.kubernetes.watch")
 

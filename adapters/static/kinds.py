@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import attrs
 
-from meshfed.resources import ConfigError, Document, FieldReader
-from registry.model import Labels, Locality, Location, Port, Protocol, Resolution
+from meshfed.core.resources import ConfigError, Document, FieldReader
+from meshfed.registry.model import Labels, Locality, Location, Port, Protocol, Resolution
 
 API_VERSIONS = frozenset(
     {

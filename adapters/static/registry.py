@@ -17,11 +17,11 @@ from typing import Any
 
 import attrs
 
-from adapters.static.kinds import PARSERS, ServiceEntrySpec, WorkloadSpec
-from adapters.static.translate import translate
-from meshfed.filestore import WatchedFiles
-from meshfed.resources import ConfigError, load_documents
-from registry.aggregate import Member
+from meshfed.adapters.static.kinds import PARSERS, ServiceEntrySpec, WorkloadSpec
+from meshfed.adapters.static.translate import translate
+from meshfed.core.filestore import WatchedFiles
+from meshfed.core.resources import ConfigError, load_documents
+from meshfed.registry.aggregate import Member
 
 log = logging.getLogger("meshfed.adapters.static")
 

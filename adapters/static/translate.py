@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from adapters.static.kinds import ServiceEntrySpec, WorkloadSpec
-from meshfed.resources import ConfigError
-from registry.model import Endpoint, Service, spiffe_id
+from meshfed.adapters.static.kinds import ServiceEntrySpec, WorkloadSpec
+from meshfed.core.resources import ConfigError
+from meshfed.registry.model import Endpoint, Service, spiffe_id
 
 
 def endpoint_for(

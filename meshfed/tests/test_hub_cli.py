@@ -15,8 +15,8 @@ import pytest
 
 from meshfed.cli import main
 from meshfed.config import MeshConfig, RegistryConfig, load_mesh_config
+from meshfed.core.resources import ConfigErrors
 from meshfed.hub import Hub
-from meshfed.resources import ConfigErrors
 
 HOST = "web.default.svc.cluster.local"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from envoy.config.core.v3 import base_pb2
 from google.protobuf import json_format
 
-from nodeagent.agent import with_sds_cluster
-from pilot.node import from_proto
-from security import mtls
+from meshfed.nodeagent.agent import with_sds_cluster
+from meshfed.pilot.node import from_proto
+from meshfed.security import mtls
 
 
 def test_sds_cluster_added_once_and_announced_to_pilot() -> None:

@@ -26,13 +26,13 @@ from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.secret.v3 import sds_pb2_grpc
 
-from nodeagent.agent import AgentConfig, NodeAgent
-from nodeagent.client import CAClient, CARefused
-from nodeagent.sds import CERT_NAME, ROOT_NAME
-from security.ca import CertificateAuthority, start_root_rotation
-from security.service import CAServer, SigningService
-from security.storage import FileStorage
-from security.tokens import JoinTokenStore
+from meshfed.nodeagent.agent import AgentConfig, NodeAgent
+from meshfed.nodeagent.client import CAClient, CARefused
+from meshfed.nodeagent.sds import CERT_NAME, ROOT_NAME
+from meshfed.security.ca import CertificateAuthority, start_root_rotation
+from meshfed.security.service import CAServer, SigningService
+from meshfed.security.storage import FileStorage
+from meshfed.security.tokens import JoinTokenStore
 
 TRUST_DOMAIN = "cluster.local"
 REFRESH = 0.2

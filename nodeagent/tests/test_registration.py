@@ -11,13 +11,13 @@ import pytest
 
 from meshfed.config import MeshConfig
 from meshfed.hub import Hub
-from nodeagent import registration
-from nodeagent.keys import generate_key, make_csr
-from nodeagent.registration_server import WorkloadRegistration
-from registry.model import Workload
-from security import identity
-from security.ca import CertificateAuthority
-from security.storage import FileStorage
+from meshfed.nodeagent import registration
+from meshfed.nodeagent.keys import generate_key, make_csr
+from meshfed.nodeagent.registration_server import WorkloadRegistration
+from meshfed.registry.model import Workload
+from meshfed.security import identity
+from meshfed.security.ca import CertificateAuthority
+from meshfed.security.storage import FileStorage
 
 TD = "example.org"
 

@@ -13,8 +13,8 @@ from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.secret.v3 import sds_pb2_grpc
 
-from nodeagent.rotation import Rotator, renewal_delay
-from nodeagent.sds import CERT_NAME, ROOT_NAME, SECRET_TYPE, SDSServer
+from meshfed.nodeagent.rotation import Rotator, renewal_delay
+from meshfed.nodeagent.sds import CERT_NAME, ROOT_NAME, SECRET_TYPE, SDSServer
 
 
 def _secrets(response: discovery_pb2.DiscoveryResponse) -> dict[str, secret_pb2.Secret]:

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import attrs
 
-from pilot.config.model import RouteRule
+from meshfed.pilot.config.model import RouteRule
 
 
 @attrs.frozen(slots=True)

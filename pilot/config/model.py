@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import attrs
 
-from registry.model import Labels, Protocol, Service
+from meshfed.registry.model import Labels, Protocol, Service
 
 
 def _labels(value: object) -> Labels:

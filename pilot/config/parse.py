@@ -16,8 +16,8 @@ from typing import Any
 
 import attrs
 
-from meshfed.resources import ConfigError, Document, FieldReader
-from pilot.config.model import (
+from meshfed.core.resources import ConfigError, Document, FieldReader
+from meshfed.pilot.config.model import (
     CircuitBreaker,
     ConfigObject,
     Cors,
@@ -40,7 +40,7 @@ from pilot.config.model import (
     StringMatch,
     WeightedDestination,
 )
-from registry.model import Labels, Protocol
+from meshfed.registry.model import Labels, Protocol
 
 CONFIG_API_VERSIONS = frozenset({"config.istio.io/v1alpha2", "config.meshfed.io/v1alpha1"})
 INGRESS_API_VERSIONS = frozenset({"networking.k8s.io/v1", "extensions/v1beta1"})

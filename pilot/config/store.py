@@ -1,7 +1,7 @@
 """The file config store: traffic-management kinds read from watched YAML files.
 
 A snapshot of every valid RouteRule, DestinationPolicy, EgressRule and Gateway/Ingress, rebuilt on
-each change, is what Pilot translates. Files are handled by :mod:`meshfed.filestore`, so a file
+each change, is what Pilot translates. Files are handled by :mod:`meshfed.core.filestore`, so a file
 with an error keeps its last good objects in force. Kinds owned by other stores (ServiceEntry and
 WorkloadEntry belong to the static registry) are skipped here. Subscribers are told only when the
 snapshot really changed.
@@ -17,11 +17,17 @@ from typing import Any
 
 import attrs
 
-from meshfed.filestore import WatchedFiles
-from meshfed.resources import ConfigError, load_documents
-from pilot.config.conflicts import RuleConflict, find_conflicts, ordered_rules
-from pilot.config.model import ConfigObject, DestinationPolicy, EgressRule, Gateway, RouteRule
-from pilot.config.parse import PARSERS, Parser
+from meshfed.core.filestore import WatchedFiles
+from meshfed.core.resources import ConfigError, load_documents
+from meshfed.pilot.config.conflicts import RuleConflict, find_conflicts, ordered_rules
+from meshfed.pilot.config.model import (
+    ConfigObject,
+    DestinationPolicy,
+    EgressRule,
+    Gateway,
+    RouteRule,
+)
+from meshfed.pilot.config.parse import PARSERS, Parser
 
 log = logging.getLogger("meshfed.pilot.config")
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from pilot import xds_types as T
-from pilot.cache import ConfigCache, check_consistency
-from pilot.node import ProxyNode
-from registry.aggregate import AggregateRegistry, Member
-from registry.model import Endpoint, Port, Protocol, Service
+from meshfed.pilot import xds_types as T
+from meshfed.pilot.cache import ConfigCache, check_consistency
+from meshfed.pilot.node import ProxyNode
+from meshfed.registry.aggregate import AggregateRegistry, Member
+from meshfed.registry.model import Endpoint, Port, Protocol, Service
 
 HTTP = Port(80, "http", Protocol.HTTP)
 

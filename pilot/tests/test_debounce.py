@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from pilot.debounce import Batch, DebounceLoop, Debouncer
+from meshfed.pilot.debounce import Batch, DebounceLoop, Debouncer
 
 
 def test_quiet_period_extends_until_max_delay() -> None:

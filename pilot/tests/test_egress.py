@@ -5,12 +5,12 @@ from __future__ import annotations
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo
 
-from pilot.config.model import EgressPort, EgressRule
-from pilot.node import ProxyNode
-from pilot.translate import egress
-from pilot.translate.clusters import HTTP_OPTIONS_KEY
-from pilot.translate.traffic import TrafficOptions
-from registry.model import Protocol
+from meshfed.pilot.config.model import EgressPort, EgressRule
+from meshfed.pilot.node import ProxyNode
+from meshfed.pilot.translate import egress
+from meshfed.pilot.translate.clusters import HTTP_OPTIONS_KEY
+from meshfed.pilot.translate.traffic import TrafficOptions
+from meshfed.registry.model import Protocol
 
 OPTIONS = TrafficOptions(dns_resolvers=("127.0.0.53:5353",))
 NODE = ProxyNode(id="p", ip="127.0.0.2")

@@ -8,14 +8,14 @@ import attrs
 import pytest
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
-from pilot.cache import ConfigCache, ProxyView
-from pilot.config.model import Gateway, IngressPath, PathType, ServiceRef
-from pilot.config.store import ConfigSnapshot
-from pilot.node import ProxyNode
-from pilot.translate import gateway
-from pilot.translate.traffic import TrafficIndex, TrafficOptions
-from pilot.xds_types import CLUSTER as T_CLUSTER
-from registry.model import Port, Protocol, Service
+from meshfed.pilot.cache import ConfigCache, ProxyView
+from meshfed.pilot.config.model import Gateway, IngressPath, PathType, ServiceRef
+from meshfed.pilot.config.store import ConfigSnapshot
+from meshfed.pilot.node import ProxyNode
+from meshfed.pilot.translate import gateway
+from meshfed.pilot.translate.traffic import TrafficIndex, TrafficOptions
+from meshfed.pilot.xds_types import CLUSTER as T_CLUSTER
+from meshfed.registry.model import Port, Protocol, Service
 
 WEB = Service("web.default.svc.cluster.local", ports=(Port(80, "http", Protocol.HTTP),))
 GRPC = Service("greeter.default.svc.cluster.local", ports=(Port(9090, "grpc", Protocol.GRPC),))
@@ -82,7 +82,7 @@ def test_tls_hosts_get_an_sni_chain_with_files_from_the_secret_folder() -> None:
 
 
 def test_ingress_of_another_class_is_skipped_without_error(tmp_path: Path) -> None:
-    from pilot.config.store import parse_config_file
+    from meshfed.pilot.config.store import parse_config_file
 
     doc = """apiVersion: networking.k8s.io/v1
 kind: Ingress
@@ -143,9 +143,9 @@ def test_meshfed_proxy_gateway_flags_make_a_router_node() -> None:
 
 
 def test_configz_reports_conflicts_and_unresolved_references(tmp_path: Path) -> None:
-    from pilot.config.store import FileConfigStore
-    from pilot.server import PilotServer
-    from registry.aggregate import AggregateRegistry
+    from meshfed.pilot.config.store import FileConfigStore
+    from meshfed.pilot.server import PilotServer
+    from meshfed.registry.aggregate import AggregateRegistry
 
     rule = """apiVersion: config.istio.io/v1alpha2
 kind: RouteRule
@@ -162,7 +162,7 @@ spec: {{destination: {{name: reviews}}, precedence: 1}}
 
 
 def test_default_backend_is_last_in_every_host(tmp_path: Path) -> None:
-    from pilot.config.store import parse_config_file
+    from meshfed.pilot.config.store import parse_config_file
 
     path = tmp_path / "ingress.yaml"
     path.write_text(
@@ -259,7 +259,7 @@ def ingress(
 
 
 def parse(tmp_path: Path, *docs: str) -> tuple[list, list[str]]:
-    from pilot.config.store import parse_config_file
+    from meshfed.pilot.config.store import parse_config_file
 
     path = tmp_path / "ingress.yaml"
     path.write_text("---\n".join(docs))
@@ -358,8 +358,8 @@ def test_conflicting_ingress_classes_are_an_error_naming_the_annotation(tmp_path
 
 
 def test_kubernetes_documents_carry_annotations() -> None:
-    from adapters.kubernetes.configstore import ROUTING_KINDS, document_of
-    from pilot.config.parse import parse_ingress
+    from meshfed.adapters.kubernetes.configstore import ROUTING_KINDS, document_of
+    from meshfed.pilot.config.parse import parse_ingress
 
     kind = next(k for k in ROUTING_KINDS if k.kind == "Ingress")
     obj = {
@@ -382,9 +382,9 @@ def test_kubernetes_documents_carry_annotations() -> None:
 
 # -- mutual TLS -------------------------------------------------------------------------------
 def _mtls_cache() -> tuple[ConfigCache, str]:
-    from registry.aggregate import AggregateRegistry
-    from registry.model import Endpoint
-    from security import mtls
+    from meshfed.registry.aggregate import AggregateRegistry
+    from meshfed.registry.model import Endpoint
+    from meshfed.security import mtls
 
     agg = AggregateRegistry()
     member = agg.add_member("m")
@@ -414,7 +414,7 @@ def _socket_name(view: ProxyView, name: str) -> str:
 def test_gateway_with_sds_gets_mtls_clusters_like_a_sidecar() -> None:
     import attrs
 
-    from pilot.cache import check_consistency
+    from meshfed.pilot.cache import check_consistency
 
     cache, web_cluster = _mtls_cache()
     node = attrs.evolve(NODE, sds=True)
@@ -426,7 +426,7 @@ def test_gateway_with_sds_gets_mtls_clusters_like_a_sidecar() -> None:
 
 
 def test_gateway_without_sds_gets_plain_clusters_and_a_problem() -> None:
-    from pilot.cache import check_consistency
+    from meshfed.pilot.cache import check_consistency
 
     cache, web_cluster = _mtls_cache()
     view = cache.view(NODE)
@@ -437,7 +437,7 @@ def test_gateway_without_sds_gets_plain_clusters_and_a_problem() -> None:
     assert "no SDS source" in problem and web_cluster in problem and "1 cluster(s)" in problem
     assert check_consistency(view) == []
     # A mesh without mutual TLS: nothing to strip, no problem, the shared table as it is.
-    from security import mtls
+    from meshfed.security import mtls
 
     cache.mtls_policy = mtls.Policy(mtls.Mode.OFF)
     cache.rebuild()
@@ -451,8 +451,8 @@ def test_proxy_sds_socket_adds_the_sds_cluster_and_tells_pilot(tmp_path: Path) -
 
     from meshfed.cli import build_parser
     from meshfed.cli_pilot import _spec, mtls_warning
+    from meshfed.pilot.node import from_proto
     from meshfed.proxy import bootstrap
-    from pilot.node import from_proto
 
     argv = ["bootstrap", "--ip", "127.0.0.9", "--workload", "ingress", "--gateway"]
     args = build_parser().parse_args([*argv, "--sds-socket", str(tmp_path / "sds.sock")])
@@ -484,7 +484,7 @@ def test_sidecar_without_sds_gets_plain_clusters_and_plain_inbound() -> None:
     """The same rule as for gateways: no config naming secrets the proxy cannot fetch."""
     from envoy.config.listener.v3 import listener_pb2
 
-    from pilot.cache import check_consistency
+    from meshfed.pilot.cache import check_consistency
 
     cache, web_cluster = _mtls_cache()
     # The web workload's own sidecar, at the endpoint the registry marks as terminating mTLS.
@@ -524,8 +524,8 @@ def test_mesh_config_chooses_the_ingresses_served_like_istio(
     tmp_path: Path, pilot: dict, served: list[str]
 ) -> None:
     """Istio's ingressClass / ingressControllerMode, through the store the hub builds."""
-    from pilot.config.parse import IngressSelection, routing_parsers
-    from pilot.config.store import FileConfigStore
+    from meshfed.pilot.config.parse import IngressSelection, routing_parsers
+    from meshfed.pilot.config.store import FileConfigStore
 
     path = tmp_path / "ingress.yaml"
     path.write_text(
@@ -547,7 +547,7 @@ def test_mesh_config_chooses_the_ingresses_served_like_istio(
 
 def test_bad_ingress_controller_mode_stops_the_mesh_config(tmp_path: Path) -> None:
     from meshfed.config import load_mesh_config
-    from meshfed.resources import ConfigErrors
+    from meshfed.core.resources import ConfigErrors
 
     mesh = tmp_path / "mesh.yaml"
     mesh.write_text(

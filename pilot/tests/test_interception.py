@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from pilot.node import ProxyNode
-from pilot.translate import interception
-from pilot.translate import listeners as tl
-from registry.model import Endpoint, Port, Protocol, Service
+from meshfed.pilot.node import ProxyNode
+from meshfed.pilot.translate import interception
+from meshfed.pilot.translate import listeners as tl
+from meshfed.registry.model import Endpoint, Port, Protocol, Service
 
 WEB = Service("web.default.svc.cluster.local", ports=(Port(80, "http", Protocol.HTTP),))
 DB = Service(

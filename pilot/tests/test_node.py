@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from envoy.config.core.v3 import base_pb2
 
-from pilot.node import from_proto
+from meshfed.pilot.node import from_proto
 
 
 def test_metadata_and_id_fallbacks() -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo
 
-from pilot.config.model import CircuitBreaker, DestinationPolicy, LoadBalancer, ServiceRef
-from pilot.config.store import ConfigSnapshot
-from pilot.translate.clusters import HTTP_OPTIONS_KEY
-from pilot.translate.subsets import service_port_clusters
-from pilot.translate.traffic import TrafficIndex
-from registry.model import Endpoint, Port, Protocol, Service
+from meshfed.pilot.config.model import CircuitBreaker, DestinationPolicy, LoadBalancer, ServiceRef
+from meshfed.pilot.config.store import ConfigSnapshot
+from meshfed.pilot.translate.clusters import HTTP_OPTIONS_KEY
+from meshfed.pilot.translate.subsets import service_port_clusters
+from meshfed.pilot.translate.traffic import TrafficIndex
+from meshfed.registry.model import Endpoint, Port, Protocol, Service
 
 HOST = "reviews.default.svc.cluster.local"
 
@@ -108,7 +108,7 @@ def test_per_source_policy_wins_only_for_its_source() -> None:
 
 
 def test_health_check_extension_parses_and_becomes_an_active_check(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from pilot.config.store import parse_config_file
+    from meshfed.pilot.config.store import parse_config_file
 
     path = tmp_path / "p.yaml"
     path.write_text(

@@ -8,13 +8,13 @@ from pathlib import Path
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 
-from pilot import xds_types as T
-from pilot.cache import ConfigCache, check_consistency
-from pilot.config.store import ConfigSnapshot, parse_config_file
-from pilot.node import ProxyNode
-from pilot.translate import rules
-from registry.aggregate import AggregateRegistry
-from registry.model import Endpoint, Port, Protocol, Service
+from meshfed.pilot import xds_types as T
+from meshfed.pilot.cache import ConfigCache, check_consistency
+from meshfed.pilot.config.store import ConfigSnapshot, parse_config_file
+from meshfed.pilot.node import ProxyNode
+from meshfed.pilot.translate import rules
+from meshfed.registry.aggregate import AggregateRegistry
+from meshfed.registry.model import Endpoint, Port, Protocol, Service
 
 REVIEWS = "reviews.default.svc.cluster.local"
 PRODUCTPAGE = "productpage.default.svc.cluster.local"

@@ -5,13 +5,13 @@ from __future__ import annotations
 import attrs
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
-from pilot.config.model import L4Fault, Match, RouteRule, ServiceRef, WeightedDestination
-from pilot.config.store import ConfigSnapshot
-from pilot.node import ProxyNode
-from pilot.translate import listeners as tl
-from pilot.translate.tcp_rules import apply_tcp_rules
-from pilot.translate.traffic import TrafficIndex
-from registry.model import Port, Protocol, Service
+from meshfed.pilot.config.model import L4Fault, Match, RouteRule, ServiceRef, WeightedDestination
+from meshfed.pilot.config.store import ConfigSnapshot
+from meshfed.pilot.node import ProxyNode
+from meshfed.pilot.translate import listeners as tl
+from meshfed.pilot.translate.tcp_rules import apply_tcp_rules
+from meshfed.pilot.translate.traffic import TrafficIndex
+from meshfed.registry.model import Port, Protocol, Service
 
 HOST = "db.default.svc.cluster.local"
 SERVICE = Service(HOST, ports=(Port(5432, "tcp", Protocol.TCP),))
@@ -61,7 +61,7 @@ def test_without_a_catch_all_rule_the_service_cluster_is_the_default() -> None:
 
 
 def test_mongo_port_gets_the_mongo_proxy_filter_before_tcp_proxy() -> None:
-    from pilot.translate.tcp_rules import add_protocol_filters
+    from meshfed.pilot.translate.tcp_rules import add_protocol_filters
 
     mongo = Service("m.default.svc.cluster.local", ports=(Port(27017, "mongo", Protocol.MONGO),))
     index = TrafficIndex.build(ConfigSnapshot(), [mongo, SERVICE])
@@ -82,7 +82,7 @@ def test_mongo_port_gets_the_mongo_proxy_filter_before_tcp_proxy() -> None:
 def test_l4_fault_throttles_and_terminates_the_rules_connections() -> None:
     from xds.type.v3 import typed_struct_pb2
 
-    from pilot.translate.tcp_rules import add_protocol_filters
+    from meshfed.pilot.translate.tcp_rules import add_protocol_filters
 
     mongo = Service(HOST, ports=(Port(5432, "mongo", Protocol.MONGO),))
     faulty = attrs.evolve(

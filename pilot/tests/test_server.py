@@ -7,8 +7,8 @@ import asyncio
 import grpc
 import pytest
 
-from pilot.server import PilotServer, debounce_settings
-from registry.aggregate import AggregateRegistry
+from meshfed.pilot.server import PilotServer, debounce_settings
+from meshfed.registry.aggregate import AggregateRegistry
 
 
 def test_debounce_settings_fall_back_on_bad_values() -> None:
@@ -52,7 +52,7 @@ async def test_grpc_health_reports_serving_after_sync() -> None:
 async def test_a_burst_of_registry_events_costs_one_push() -> None:
     from prometheus_client import REGISTRY
 
-    from registry.model import Endpoint, Port, Protocol, Service
+    from meshfed.registry.model import Endpoint, Port, Protocol, Service
 
     agg = AggregateRegistry()
     member = agg.add_member("m")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import health_check_pb2
 
-from pilot.node import ProxyNode
-from pilot.translate import clusters, endpoints, listeners, names, routes
-from registry.model import Endpoint, Locality, Port, Protocol, Resolution, Service
+from meshfed.pilot.node import ProxyNode
+from meshfed.pilot.translate import clusters, endpoints, listeners, names, routes
+from meshfed.registry.model import Endpoint, Locality, Port, Protocol, Resolution, Service
 
 HTTP = Port(80, "http", Protocol.HTTP)
 GRPC = Port(9090, "grpc", Protocol.GRPC)
@@ -112,8 +112,8 @@ def test_inbound_listener_forwards_to_app_port() -> None:
 
 
 def test_eds_marks_sidecar_endpoints_for_the_mtls_transport_socket() -> None:
-    from pilot.translate.endpoints import lb_endpoints
-    from security import mtls
+    from meshfed.pilot.translate.endpoints import lb_endpoints
+    from meshfed.security import mtls
 
     port = Port(80, "http", Protocol.HTTP)
     meshed = Endpoint(
@@ -130,7 +130,7 @@ def test_eds_marks_sidecar_endpoints_for_the_mtls_transport_socket() -> None:
 
 
 def test_assignments_are_prioritized_by_closeness_to_the_proxy() -> None:
-    from pilot.translate.endpoints import load_assignment, prioritized
+    from meshfed.pilot.translate.endpoints import load_assignment, prioritized
 
     port = Port(80, "http", Protocol.HTTP)
     places = {
@@ -173,10 +173,10 @@ def test_assignments_are_prioritized_by_closeness_to_the_proxy() -> None:
 def test_proxy_locality_from_its_node_or_its_registry_endpoints() -> None:
     from envoy.config.endpoint.v3 import endpoint_pb2
 
-    from pilot import xds_types as T
-    from pilot.cache import ConfigCache
-    from pilot.node import ProxyNode
-    from registry.aggregate import AggregateRegistry
+    from meshfed.pilot import xds_types as T
+    from meshfed.pilot.cache import ConfigCache
+    from meshfed.pilot.node import ProxyNode
+    from meshfed.registry.aggregate import AggregateRegistry
 
     agg = AggregateRegistry()
     member = agg.add_member("m")

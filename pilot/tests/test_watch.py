@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from pilot import xds_types as T
-from pilot.cache import ProxyView, make_resource
-from pilot.translate.protos import seconds
-from pilot.watch import RequestKind, Status, TypeWatch
+from meshfed.pilot import xds_types as T
+from meshfed.pilot.cache import ProxyView, make_resource
+from meshfed.pilot.translate.protos import seconds
+from meshfed.pilot.watch import RequestKind, Status, TypeWatch
 
 
 def res(name: str, value: float):

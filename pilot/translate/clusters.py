@@ -17,10 +17,10 @@ from envoy.config.endpoint.v3 import endpoint_components_pb2 as ec
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo
 
-from pilot.translate import names
-from pilot.translate.endpoints import load_assignment
-from pilot.translate.protos import ads_source, pack, seconds, socket_address
-from registry.model import Endpoint, Port, Protocol, Resolution, Service
+from meshfed.pilot.translate import names
+from meshfed.pilot.translate.endpoints import load_assignment
+from meshfed.pilot.translate.protos import ads_source, pack, seconds, socket_address
+from meshfed.registry.model import Endpoint, Port, Protocol, Resolution, Service
 
 CONNECT_TIMEOUT_S = 2.0
 HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"

@@ -63,13 +63,13 @@ from envoy.extensions.network.dns_resolver.cares.v3 import cares_dns_resolver_pb
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.type.matcher.v3 import string_pb2
 
-from pilot.config.model import EgressRule
-from pilot.node import ProxyNode
-from pilot.translate import names
-from pilot.translate.clusters import CONNECT_TIMEOUT_S, HTTP_OPTIONS_KEY, _http2_options
-from pilot.translate.protos import pack, seconds, socket_address
-from pilot.translate.traffic import TrafficOptions
-from registry.model import Protocol
+from meshfed.pilot.config.model import EgressRule
+from meshfed.pilot.node import ProxyNode
+from meshfed.pilot.translate import names
+from meshfed.pilot.translate.clusters import CONNECT_TIMEOUT_S, HTTP_OPTIONS_KEY, _http2_options
+from meshfed.pilot.translate.protos import pack, seconds, socket_address
+from meshfed.pilot.translate.traffic import TrafficOptions
+from meshfed.registry.model import Protocol
 
 DFP_HTTP_FILTER = "envoy.filters.http.dynamic_forward_proxy"
 DFP_CLUSTER = "outbound|0||egress.dynamic"  # the dynamic cluster for wildcard HTTP/1.1 and TLS

@@ -23,9 +23,9 @@ from envoy.config.endpoint.v3 import endpoint_components_pb2 as ec
 from envoy.config.endpoint.v3 import endpoint_pb2
 from google.protobuf import struct_pb2, wrappers_pb2
 
-from pilot.translate.protos import socket_address
-from registry.model import Endpoint, Locality, Port
-from security import mtls
+from meshfed.pilot.translate.protos import socket_address
+from meshfed.registry.model import Endpoint, Locality, Port
+from meshfed.security import mtls
 
 
 def lb_endpoints(port: Port, endpoints: Iterable[Endpoint]) -> list[ec.LocalityLbEndpoints]:

@@ -56,12 +56,12 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 
-from pilot.config.model import Gateway, IngressPath, PathType
-from pilot.node import ProxyNode
-from pilot.translate import names
-from pilot.translate.protos import ads_source, pack, seconds, socket_address
-from pilot.translate.traffic import TrafficIndex
-from registry.model import Service
+from meshfed.pilot.config.model import Gateway, IngressPath, PathType
+from meshfed.pilot.node import ProxyNode
+from meshfed.pilot.translate import names
+from meshfed.pilot.translate.protos import ads_source, pack, seconds, socket_address
+from meshfed.pilot.translate.traffic import TrafficIndex
+from meshfed.registry.model import Service
 
 GATEWAY_NODE_PREFIX = "router~"
 ROUTE_TIMEOUT_S = 15.0

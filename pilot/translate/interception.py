@@ -29,10 +29,10 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
-from pilot.node import ProxyNode
-from pilot.translate import names
-from pilot.translate.protos import pack, seconds, socket_address
-from registry.model import Service
+from meshfed.pilot.node import ProxyNode
+from meshfed.pilot.translate import names
+from meshfed.pilot.translate.protos import pack, seconds, socket_address
+from meshfed.registry.model import Service
 
 REDIRECT = "REDIRECT"
 VIRTUAL_OUTBOUND = "virtualOutbound"

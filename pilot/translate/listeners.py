@@ -26,11 +26,11 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
-from pilot.node import ProxyNode
-from pilot.translate import names
-from pilot.translate.clusters import inbound_cluster
-from pilot.translate.protos import ads_source, pack, socket_address
-from registry.model import Endpoint, Protocol, Resolution, Service
+from meshfed.pilot.node import ProxyNode
+from meshfed.pilot.translate import names
+from meshfed.pilot.translate.clusters import inbound_cluster
+from meshfed.pilot.translate.protos import ads_source, pack, socket_address
+from meshfed.registry.model import Endpoint, Protocol, Resolution, Service
 
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
 TCP_PROXY_FILTER = "envoy.filters.network.tcp_proxy"

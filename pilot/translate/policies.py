@@ -20,9 +20,9 @@ from envoy.config.core.v3 import health_check_pb2, protocol_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo
 from google.protobuf import wrappers_pb2
 
-from pilot.config.model import DestinationPolicy, HealthCheck, LoadBalancer
-from pilot.translate.clusters import HTTP_OPTIONS_KEY
-from pilot.translate.protos import pack, seconds
+from meshfed.pilot.config.model import DestinationPolicy, HealthCheck, LoadBalancer
+from meshfed.pilot.translate.clusters import HTTP_OPTIONS_KEY
+from meshfed.pilot.translate.protos import pack, seconds
 
 LB_POLICIES = {
     LoadBalancer.ROUND_ROBIN: cluster_pb2.Cluster.ROUND_ROBIN,

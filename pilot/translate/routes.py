@@ -22,9 +22,9 @@ from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 
-from pilot.translate import names
-from pilot.translate.protos import pack, seconds
-from registry.model import Port, Service
+from meshfed.pilot.translate import names
+from meshfed.pilot.translate.protos import pack, seconds
+from meshfed.registry.model import Port, Service
 
 # Retries on connection-level failures only: this is what keeps an endpoint removed mid-request
 # from surfacing as a 503 (the seed's "periodic 404/503" known issue), without replaying

@@ -52,11 +52,11 @@ from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.v3 import percent_pb2
 from google.protobuf import wrappers_pb2
 
-from pilot.config.model import Cors, Fault, Match, MatchKind, RouteRule, StringMatch
-from pilot.translate import names
-from pilot.translate.protos import pack, seconds
-from pilot.translate.traffic import TrafficIndex, subset_name
-from registry.model import Port, Service
+from meshfed.pilot.config.model import Cors, Fault, Match, MatchKind, RouteRule, StringMatch
+from meshfed.pilot.translate import names
+from meshfed.pilot.translate.protos import pack, seconds
+from meshfed.pilot.translate.traffic import TrafficIndex, subset_name
+from meshfed.registry.model import Port, Service
 
 FAULT_FILTER = "envoy.filters.http.fault"
 CORS_FILTER = "envoy.filters.http.cors"

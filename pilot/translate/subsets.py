@@ -26,12 +26,12 @@ from collections.abc import Sequence
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 
-from pilot.translate import clusters as tc
-from pilot.translate import endpoints as te
-from pilot.translate import names
-from pilot.translate.policies import apply_policy
-from pilot.translate.traffic import TrafficIndex, subset_name
-from registry.model import Endpoint, Labels, Port, Service
+from meshfed.pilot.translate import clusters as tc
+from meshfed.pilot.translate import endpoints as te
+from meshfed.pilot.translate import names
+from meshfed.pilot.translate.policies import apply_policy
+from meshfed.pilot.translate.traffic import TrafficIndex, subset_name
+from meshfed.registry.model import Endpoint, Labels, Port, Service
 
 
 def service_port_clusters(

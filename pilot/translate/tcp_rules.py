@@ -44,11 +44,11 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf import struct_pb2, wrappers_pb2
 from xds.type.v3 import typed_struct_pb2
 
-from pilot.config.model import L4Fault, RouteRule
-from pilot.translate import names
-from pilot.translate.protos import pack, seconds
-from pilot.translate.traffic import TrafficIndex, subset_name
-from registry.model import Port
+from meshfed.pilot.config.model import L4Fault, RouteRule
+from meshfed.pilot.translate import names
+from meshfed.pilot.translate.protos import pack, seconds
+from meshfed.pilot.translate.traffic import TrafficIndex, subset_name
+from meshfed.registry.model import Port
 
 TCP_PROXY_FILTER = "envoy.filters.network.tcp_proxy"
 # Commands the Mongo filter counts by name (cmd.<name>.*); Envoy's default is only the three
@@ -148,7 +148,7 @@ def add_protocol_filters(
     """``listener`` with protocol-aware filters for its service port (Mongo), if any."""
     from envoy.extensions.filters.network.mongo_proxy.v3 import mongo_proxy_pb2
 
-    from registry.model import Protocol
+    from meshfed.registry.model import Protocol
 
     if not listener.filter_chains or not listener.filter_chains[0].filters:
         return listener

@@ -26,9 +26,9 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 
-from pilot.config.model import DestinationPolicy, EgressRule, RouteRule, ServiceRef
-from pilot.config.store import ConfigSnapshot
-from registry.model import Endpoint, Labels, Port, Service
+from meshfed.pilot.config.model import DestinationPolicy, EgressRule, RouteRule, ServiceRef
+from meshfed.pilot.config.store import ConfigSnapshot
+from meshfed.registry.model import Endpoint, Labels, Port, Service
 
 
 @attrs.frozen(slots=True)
@@ -240,7 +240,7 @@ class TrafficIndex:
     ) -> str | None:
         """The cluster name for ``host`` (subset ``labels``) on the same port number as ``port``
         when the service has it, else its first HTTP port; None when the host is unknown."""
-        from pilot.translate import names
+        from meshfed.pilot.translate import names
 
         service = self.services.get(host)
         if service is None:

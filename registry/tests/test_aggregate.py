@@ -2,7 +2,15 @@
 
 import pytest
 
-from registry import AggregateRegistry, Endpoint, Labels, Port, Protocol, Resolution, Service
+from meshfed.registry import (
+    AggregateRegistry,
+    Endpoint,
+    Labels,
+    Port,
+    Protocol,
+    Resolution,
+    Service,
+)
 
 HOST = "reviews.default.svc.cluster.local"
 

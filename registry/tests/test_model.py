@@ -2,8 +2,8 @@
 
 import pytest
 
-from registry import Endpoint, Labels, Locality, Port, PortMap, Protocol, Service
-from registry.model import parse_spiffe_id, spiffe_id
+from meshfed.registry import Endpoint, Labels, Locality, Port, PortMap, Protocol, Service
+from meshfed.registry.model import parse_spiffe_id, spiffe_id
 
 
 def test_labels_are_order_independent_and_hashable():

@@ -5,7 +5,7 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from registry import AggregateRegistry, Endpoint, Labels, Port, Protocol, Service
+from meshfed.registry import AggregateRegistry, Endpoint, Labels, Port, Protocol, Service
 
 names = st.text(alphabet="abcdefgh-", min_size=1, max_size=6)
 label_maps = st.dictionaries(names, names, max_size=4)

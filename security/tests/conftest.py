@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from security.ca import CertificateAuthority
-from security.storage import FileStorage
+from meshfed.security.ca import CertificateAuthority
+from meshfed.security.storage import FileStorage
 
 TRUST_DOMAIN = "example.org"
 

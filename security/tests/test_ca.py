@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from nodeagent.keys import generate_key, make_csr
-from security import identity
-from security.ca import CAConfigError, CertificateAuthority
-from security.storage import FileStorage, StorageError
+from meshfed.nodeagent.keys import generate_key, make_csr
+from meshfed.security import identity
+from meshfed.security.ca import CAConfigError, CertificateAuthority
+from meshfed.security.storage import FileStorage, StorageError
 
 TD = "example.org"
 ID = "spiffe://example.org/ns/shop/sa/cart"

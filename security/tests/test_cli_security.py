@@ -10,7 +10,7 @@ import pytest
 
 from meshfed.cli import main
 from meshfed.cli_security import parse_duration
-from security.tokens import JoinTokenStore
+from meshfed.security.tokens import JoinTokenStore
 
 
 def test_durations() -> None:

@@ -12,9 +12,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from nodeagent.keys import generate_key, make_csr
-from security import identity
-from security.ca import CertificateAuthority
+from meshfed.nodeagent.keys import generate_key, make_csr
+from meshfed.security import identity
+from meshfed.security.ca import CertificateAuthority
 
 ID = "spiffe://example.org/ns/shop/sa/cart"
 

@@ -12,8 +12,8 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
-from registry.model import Endpoint, Location, Port, Protocol, Service
-from security import mtls
+from meshfed.registry.model import Endpoint, Location, Port, Protocol, Service
+from meshfed.security import mtls
 
 SVC = Service("reviews.shop.svc.cluster.local", "shop", [Port(9080, "http", Protocol.HTTP)])
 MESHED = {mtls.TLS_MODE_LABEL: mtls.TLS_MODE_MTLS}

@@ -13,16 +13,22 @@ import pytest
 from cryptography import x509
 
 from meshfed.cli import main
-from nodeagent.keys import generate_key, make_csr
-from security import identity
-from security.ca import (
+from meshfed.nodeagent.keys import generate_key, make_csr
+from meshfed.security import identity
+from meshfed.security.ca import (
     CertificateAuthority,
     RotationInProgress,
     complete_root_rotation,
     start_root_rotation,
 )
-from security.rotation import Phase, Schedule, check_durations, default_durations, default_margin
-from security.storage import FileStorage
+from meshfed.security.rotation import (
+    Phase,
+    Schedule,
+    check_durations,
+    default_durations,
+    default_margin,
+)
+from meshfed.security.storage import FileStorage
 
 TD = "example.org"
 ID = "spiffe://example.org/ns/shop/sa/cart"

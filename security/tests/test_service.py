@@ -10,12 +10,12 @@ from pathlib import Path
 import grpc
 import pytest
 
-from nodeagent.client import CAClient, CARefused
-from nodeagent.keys import generate_key, key_pem, make_csr
-from security import identity
-from security.ca import CertificateAuthority
-from security.service import CAServer, SigningService
-from security.tokens import JoinTokenStore
+from meshfed.nodeagent.client import CAClient, CARefused
+from meshfed.nodeagent.keys import generate_key, key_pem, make_csr
+from meshfed.security import identity
+from meshfed.security.ca import CertificateAuthority
+from meshfed.security.service import CAServer, SigningService
+from meshfed.security.tokens import JoinTokenStore
 
 CART = "spiffe://example.org/ns/shop/sa/cart"
 PAYMENTS = "spiffe://example.org/ns/shop/sa/payments"
@@ -126,7 +126,7 @@ async def test_no_credential_and_bad_csr_are_refused(server: CAServer) -> None:
 async def test_a_client_that_does_not_trust_the_root_is_refused(
     server: CAServer, tmp_path: Path
 ) -> None:
-    from security.storage import FileStorage
+    from meshfed.security.storage import FileStorage
 
     other = CertificateAuthority.load_or_create(FileStorage(tmp_path / "other"), "example.org")
     client = CAClient(server.bootstrap_target, server.renewal_target, other.root_pem, attempts=1)

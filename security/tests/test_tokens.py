@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from security.tokens import JoinTokenStore, TokenError
+from meshfed.security.tokens import JoinTokenStore, TokenError
 
 
 def test_token_grants_its_identity_once(tmp_path: Path) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from adapters.consul.catalog import changed_checks, check_states
-from adapters.consul.params import ConsulParamsError, parse_params
+from meshfed.adapters.consul.catalog import changed_checks, check_states
+from meshfed.adapters.consul.params import ConsulParamsError, parse_params
 
 
 def test_budget_parameters_defaults_and_errors():

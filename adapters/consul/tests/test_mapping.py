@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from adapters.consul.mapping import (
+from meshfed.adapters.consul.mapping import (
     build_service,
     check_health,
     hostname_for,
@@ -16,7 +16,7 @@ from adapters.consul.mapping import (
     split_tag,
     tag_labels,
 )
-from registry.model import Locality, Protocol
+from meshfed.registry.model import Locality, Protocol
 
 
 def entry(

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from adapters.consul.params import ConsulParamsError, go_duration, parse_duration, parse_params
+from meshfed.adapters.consul.params import (
+    ConsulParamsError,
+    go_duration,
+    parse_duration,
+    parse_params,
+)
 
 
 def test_defaults():

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from adapters.consul.client import ConsulClients, QueryResult, parse_index, split_address
-from adapters.consul.params import parse_params
-from adapters.consul.watch import BlockingWatch, RateLimiter, next_index, run_blocking
+from meshfed.adapters.consul.client import ConsulClients, QueryResult, parse_index, split_address
+from meshfed.adapters.consul.params import parse_params
+from meshfed.adapters.consul.watch import BlockingWatch, RateLimiter, next_index, run_blocking
 
 
 def test_index_is_an_integer_and_garbage_is_zero():

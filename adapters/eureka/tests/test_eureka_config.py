@@ -2,10 +2,10 @@
 
 import pytest
 
-from adapters.eureka.config import parse_duration, parse_settings, split_credentials
-from adapters.eureka.registry import create
-from meshfed.resources import ConfigErrors
-from registry import AggregateRegistry
+from meshfed.adapters.eureka.config import parse_duration, parse_settings, split_credentials
+from meshfed.adapters.eureka.registry import create
+from meshfed.core.resources import ConfigErrors
+from meshfed.registry import AggregateRegistry
 
 
 def test_defaults_and_normalised_servers():
@@ -100,7 +100,7 @@ def test_create_is_the_entry_point_contract():
 
 
 def test_basic_auth_header():
-    from adapters.eureka.client import basic_auth
+    from meshfed.adapters.eureka.client import basic_auth
 
     # RFC 7617's example.
     assert basic_auth("Aladdin", "open sesame") == "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="

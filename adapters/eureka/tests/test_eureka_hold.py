@@ -2,11 +2,11 @@
 
 import time
 
-from adapters.eureka.client import Answer
-from adapters.eureka.reconcile import from_instances
-from adapters.eureka.registry import create
-from adapters.eureka.wire import Applications, Instance
-from registry import AggregateRegistry
+from meshfed.adapters.eureka.client import Answer
+from meshfed.adapters.eureka.reconcile import from_instances
+from meshfed.adapters.eureka.registry import create
+from meshfed.adapters.eureka.wire import Applications, Instance
+from meshfed.registry import AggregateRegistry
 
 SERVER = "http://127.0.0.1:1/eureka/"
 

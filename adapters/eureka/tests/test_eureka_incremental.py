@@ -4,9 +4,9 @@ import random
 
 import attrs
 
-from adapters.eureka.mapping import IncrementalMapper, MappingSettings, build_model
-from adapters.eureka.reconcile import apply_delta, changed_apps, from_instances
-from adapters.eureka.wire import ADDED, DELETED, MODIFIED, Applications, Instance, PortSpec
+from meshfed.adapters.eureka.mapping import IncrementalMapper, MappingSettings, build_model
+from meshfed.adapters.eureka.reconcile import apply_delta, changed_apps, from_instances
+from meshfed.adapters.eureka.wire import ADDED, DELETED, MODIFIED, Applications, Instance, PortSpec
 
 SETTINGS = MappingSettings(registry="eureka", hostname_template="{vip}.eureka")
 APPS = [f"APP{i}" for i in range(6)]

@@ -5,9 +5,15 @@ from pathlib import Path
 import attrs
 import pytest
 
-from adapters.eureka.mapping import MappingSettings, build_model, dns_name, hostnames, locality
-from adapters.eureka.reconcile import from_instances
-from adapters.eureka.wire import (
+from meshfed.adapters.eureka.mapping import (
+    MappingSettings,
+    build_model,
+    dns_name,
+    hostnames,
+    locality,
+)
+from meshfed.adapters.eureka.reconcile import from_instances
+from meshfed.adapters.eureka.wire import (
     DOWN,
     OUT_OF_SERVICE,
     STARTING,
@@ -18,7 +24,7 @@ from adapters.eureka.wire import (
     PortSpec,
     parse_json,
 )
-from registry.model import Locality, Port, Protocol
+from meshfed.registry.model import Locality, Port, Protocol
 
 DATA = Path(__file__).parent / "data"
 SETTINGS = MappingSettings(registry="eureka")

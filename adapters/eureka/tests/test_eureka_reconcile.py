@@ -4,8 +4,8 @@ from pathlib import Path
 
 import attrs
 
-from adapters.eureka.reconcile import apply_delta, changed_apps, from_instances, hash_code
-from adapters.eureka.wire import (
+from meshfed.adapters.eureka.reconcile import apply_delta, changed_apps, from_instances, hash_code
+from meshfed.adapters.eureka.wire import (
     ADDED,
     DELETED,
     DOWN,
@@ -92,7 +92,7 @@ def test_stored_instances_drop_the_action_type():
 
 
 def test_merge_regions_tags_each_instance_with_the_region_only_its_view_has():
-    from adapters.eureka.reconcile import merge_regions
+    from meshfed.adapters.eureka.reconcile import merge_regions
 
     def inst(app, iid, ip):
         return Instance(iid, app, ip_addr=ip, status=UP)

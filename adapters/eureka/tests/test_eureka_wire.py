@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.eureka.wire import (
+from meshfed.adapters.eureka.wire import (
     DELETED,
     MODIFIED,
     OUT_OF_SERVICE,

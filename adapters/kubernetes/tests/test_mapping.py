@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from adapters.kubernetes.mapping import map_service, protocol_for, selector_endpoints
-from adapters.kubernetes.namespaces import NamespaceFilter, SelectorError, parse_selector
-from adapters.kubernetes.registry import parse_params
-from registry.model import Locality, Location, Port, Protocol, Resolution
+from meshfed.adapters.kubernetes.mapping import map_service, protocol_for, selector_endpoints
+from meshfed.adapters.kubernetes.namespaces import NamespaceFilter, SelectorError, parse_selector
+from meshfed.adapters.kubernetes.registry import parse_params
+from meshfed.registry.model import Locality, Location, Port, Protocol, Resolution
 
 NS = "shop"
 
@@ -300,9 +300,9 @@ def test_params_are_checked() -> None:
 
 def test_crd_config_store_serves_the_ingresses_the_mesh_config_chooses() -> None:
     """The hub's Kubernetes config store parses Ingresses with the mesh's selection."""
-    from adapters.kubernetes.configstore import kube_config_components
+    from meshfed.adapters.kubernetes.configstore import kube_config_components
     from meshfed.config import MeshConfig, RegistryConfig
-    from meshfed.resources import Document
+    from meshfed.core.resources import Document
 
     mesh = MeshConfig(
         registries=(RegistryConfig("k8s", "kubernetes", {"kubeconfig": "/nonexistent"}),),

@@ -3,9 +3,9 @@
 import textwrap
 from pathlib import Path
 
-from adapters.static.registry import parse_file
-from adapters.static.translate import translate
-from registry import Locality, Location, Port, Protocol, Resolution
+from meshfed.adapters.static.registry import parse_file
+from meshfed.adapters.static.translate import translate
+from meshfed.registry import Locality, Location, Port, Protocol, Resolution
 
 
 def write(tmp_path: Path, text: str, name: str = "svc.yaml") -> Path:

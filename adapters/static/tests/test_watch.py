@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from adapters.static.registry import StaticRegistry
-from registry import AggregateRegistry
+from meshfed.adapters.static.registry import StaticRegistry
+from meshfed.registry import AggregateRegistry
 
 HOST = "web.default.svc.cluster.local"
 

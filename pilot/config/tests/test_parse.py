@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from meshfed.cli import main
-from pilot.config.model import LoadBalancer, MatchKind, ServiceRef
-from pilot.config.store import ConfigSnapshot, parse_config_file
-from registry import Protocol, Service
+from meshfed.pilot.config.model import LoadBalancer, MatchKind, ServiceRef
+from meshfed.pilot.config.store import ConfigSnapshot, parse_config_file
+from meshfed.registry import Protocol, Service
 
 ISTIO_02 = """
 apiVersion: config.istio.io/v1alpha2

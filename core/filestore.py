@@ -17,9 +17,9 @@ from typing import Generic, TypeVar
 
 import watchfiles
 
-from meshfed.resources import ConfigError
+from meshfed.core.resources import ConfigError
 
-log = logging.getLogger("meshfed.filestore")
+log = logging.getLogger("meshfed.core.filestore")
 
 T = TypeVar("T")
 YAML_SUFFIXES = (".yaml", ".yml")
