@@ -122,8 +122,6 @@ class ConfigCache:
         self._services: dict[str, Service] = {}
         self._clusters: dict[str, dict[str, Resource]] = {}
         self._assignments: dict[str, dict[str, Resource]] = {}
-        self._ips: dict[str, frozenset[str]] = {}  # host -> endpoint addresses
-        self._by_ip: dict[str, set[str]] = {}  # endpoint address -> hosts
         self._flat_clusters: dict[str, Resource] | None = None
         self._flat_assignments: dict[str, Resource] | None = None
         self._digests: dict[str, str] = {}  # type -> version of a whole shared table
@@ -183,7 +181,6 @@ class ConfigCache:
             endpoint_names |= _changed(self._assignments.get(host, {}), new_assignments)
             self._store(self._clusters, host, new_clusters)
             self._store(self._assignments, host, new_assignments)
-            self._index_ips(host, endpoints)
         if cluster_names:
             self._flat_clusters = None
             self._digests.pop(T.CLUSTER, None)
@@ -222,24 +219,6 @@ class ConfigCache:
                 if cla is not None:
                     assignments[cluster.name] = make_resource(cluster.name, cla)
         return clusters, assignments
-
-    def _index_ips(self, host: str, endpoints: Iterable[Endpoint]) -> None:
-        new = frozenset(e.address for e in endpoints)
-        old = self._ips.get(host, frozenset())
-        if new == old:
-            return
-        for ip in old - new:
-            hosts = self._by_ip.get(ip)
-            if hosts is not None:
-                hosts.discard(host)
-                if not hosts:
-                    del self._by_ip[ip]
-        for ip in new - old:
-            self._by_ip.setdefault(ip, set()).add(host)
-        if new:
-            self._ips[host] = new
-        else:
-            self._ips.pop(host, None)
 
     # -- reading ----------------------------------------------------------------------------
     def services(self) -> dict[str, Service]:
@@ -284,13 +263,11 @@ class ConfigCache:
         key = (ip, self.generation)
         found = self._own.get(key)
         if found is None:
-            out: list[tuple[Service, Endpoint]] = []
-            for host in sorted(self._by_ip.get(ip, ())):
-                service = self._services.get(host)
-                if service is None:
-                    continue
-                out.extend((service, e) for e in self.registry.endpoints(host) if e.address == ip)
-            found = self._own[key] = tuple(out)
+            found = self._own[key] = tuple(
+                (service, e)
+                for service, e in self.registry.at_address(ip)
+                if service.hostname in self._services
+            )
         return found
 
     def _proxy_part(

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 import attrs
 
 from meshfed.registry.events import ChangeEvent, diff_views
+from meshfed.registry.index import AddressIndex
 from meshfed.registry.model import Endpoint, Labels, Port, Service
 
 log = logging.getLogger("meshfed.registry")
@@ -143,6 +144,7 @@ class AggregateRegistry:
         self._services: dict[str, Service] = {}
         self._endpoints: dict[str, tuple[Endpoint, ...]] = {}
         self._conflicts: dict[str, tuple[Conflict, ...]] = {}
+        self._by_address = AddressIndex()
         self._subscribers: list[Subscriber] = []
         self._status_subscribers: list[Callable[[], None]] = []
 
@@ -174,6 +176,19 @@ class AggregateRegistry:
     def endpoints(self, hostname: str) -> tuple[Endpoint, ...]:
         return self._endpoints.get(hostname, ())
 
+    def at_address(self, address: str) -> tuple[tuple[Service, Endpoint], ...]:
+        """Every (service, endpoint) pair whose endpoint is at ``address``, by hostname: the
+        workload at an IP, whichever registries described it."""
+        out: list[tuple[Service, Endpoint]] = []
+        for host in self._by_address.hosts(address):
+            service = self._services[host]
+            out.extend((service, e) for e in self._endpoints.get(host, ()) if e.address == address)
+        return tuple(out)
+
+    def hosts_at(self, address: str) -> tuple[str, ...]:
+        """The hostnames with an endpoint at ``address``, sorted."""
+        return self._by_address.hosts(address)
+
     def conflicts(self) -> tuple[Conflict, ...]:
         return tuple(c for host in sorted(self._conflicts) for c in self._conflicts[host])
 
@@ -200,12 +215,14 @@ class AggregateRegistry:
             if service is None:
                 self._services.pop(host, None)
                 self._endpoints.pop(host, None)
+                self._by_address.update(host, ())
             else:
                 self._services[host] = service
                 if endpoints:
                     self._endpoints[host] = endpoints
                 else:
                     self._endpoints.pop(host, None)
+                self._by_address.update(host, endpoints)
             self._record_conflicts(host, conflicts)
         event = diff_views(before_s, self._services, before_e, self._endpoints, hostnames)
         if not event.empty:

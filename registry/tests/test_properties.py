@@ -66,3 +66,27 @@ def test_merge_is_independent_of_report_order(states):
         merged = [(h, agg.service(h), agg.endpoints(h)) for h in sorted(agg.services())]
         views.add((tuple(merged), agg.conflicts()))
     assert len(views) == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(member_states, min_size=1, max_size=4))
+def test_address_index_equals_a_scan_of_the_merged_view(history):
+    # Apply successive states to the same members: the incrementally kept index must always
+    # answer what a full scan of the merged view answers.
+    agg = AggregateRegistry()
+    members = [agg.add_member(f"r{i}") for i in range(3)]
+    for states in history:
+        for member, (svcs, eps) in zip(members, states, strict=False):
+            by_host: dict = {}
+            for host, ep in eps:
+                by_host.setdefault(host, []).append(ep)
+            member.replace({s.hostname: s for s in svcs}.values(), by_host)
+        for ip in [f"127.0.0.{i}" for i in range(1, 6)]:
+            scan = tuple(
+                (agg.service(h), e)
+                for h in sorted(agg.services())
+                for e in agg.endpoints(h)
+                if e.address == ip
+            )
+            assert agg.at_address(ip) == scan
+            assert agg.hosts_at(ip) == tuple(sorted({s.hostname for s, _ in scan}))
