@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import subprocess
 import time
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -222,3 +224,58 @@ async def test_traffic_keeps_flowing_while_the_leader_is_lost(
         assert total > 200, statuses
         assert set(statuses) == {200}, f"failed requests during leader loss: {statuses}"
         assert set(answered) == {"web-1", "web-2", "web-3", "web-4"}, answered
+
+
+async def test_istio_0_2_node_meta_protocol_gives_http_routing_by_host(
+    consul_agent: ConsulAgent,
+) -> None:
+    # Istio 0.2's Consul platform read the protocol from the node's meta; a catalog registered
+    # that way (no protocol tag or service meta) must route by Host as HTTP. A node without it
+    # stays TCP: by Host through the HTTP listener it is unknown (404).
+    legacy, plain = "legacy.service.consul", "plain.service.consul"
+    # py-consul's catalog.register sends node_meta as query parameters, which Consul ignores on
+    # register; the API's own body field is NodeMeta.
+    for node, n, name, meta in (
+        ("istio-vm", 5, "legacy", {"protocol": "http"}),
+        ("vm", 6, "plain", {}),
+    ):
+        body = {
+            "Node": node,
+            "Address": ip(n),
+            "NodeMeta": meta,
+            "Service": {"Service": name, "ID": f"{name}-1", "Port": PORT},
+        }
+        request = urllib.request.Request(
+            f"http://{consul_agent.http_addr}/v1/catalog/register",
+            data=json.dumps(body).encode(),
+            method="PUT",
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert answer.status == 200
+    params = {"address": consul_agent.http_addr, "wait": "20s", "rateLimit": 50}
+    async with (
+        running_mesh(quiet=0.01, max_delay=0.1) as mesh,
+        running_adapter(params, aggregate=mesh.aggregate) as run,
+    ):
+        await mesh.backend("legacy-1", ip(5), PORT)
+        await mesh.backend("plain-1", ip(6), PORT)
+        await run.wait_for(
+            lambda: (
+                bool(mesh.aggregate.endpoints(legacy)) and bool(mesh.aggregate.endpoints(plain))
+            ),
+            "both services",
+        )
+        service = mesh.aggregate.service(legacy)
+        assert service is not None and [p.protocol.value for p in service.ports] == ["HTTP"]
+        a = await mesh.sidecar(A_IP, "a")
+        url = a.outbound_url + "/"
+        async with aiohttp.ClientSession() as session:
+            deadline = time.monotonic() + 20
+            counts: dict[str, int] = {}
+            while time.monotonic() < deadline:
+                counts = await spread(session, url, legacy, 10)
+                if counts == {"legacy-1": 10}:
+                    break
+                await asyncio.sleep(0.1)
+            assert counts == {"legacy-1": 10}, counts
+            assert await spread(session, url, plain, 3) == {"HTTP 404": 3}

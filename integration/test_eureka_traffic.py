@@ -18,11 +18,14 @@ import uuid
 from pathlib import Path
 
 import aiohttp
+import grpc
 
 from integration.peers.eureka import EurekaServer
 from integration.pilot_helpers import eventually, running_mesh, spread
+from integration.routing_helpers import Greeter, say
 from meshfed.adapters.eureka.testing import EurekaRest, instance_doc, running_adapter
 from meshfed.adapters.static.registry import create as create_static
+from meshfed.registry.model import Protocol
 
 CLIENT_IP = "127.0.93.2"
 INSTANCES = {"e1": "127.0.93.3", "e2": "127.0.93.4", "e3": "127.0.93.5"}
@@ -152,3 +155,47 @@ async def test_one_service_from_eureka_and_static_gets_traffic_on_both(
         finally:
             await static.stop()
             await asyncio.wait_for(static_task, 10)
+
+
+async def test_istio_0_2_protocol_metadata_makes_a_grpc_service(
+    eureka_server: EurekaServer,
+) -> None:
+    # An instance registered for Istio 0.2 says `istio.protocol: grpc`. Its server speaks only
+    # HTTP/2, so a call through the sidecar succeeds only if the service is GRPC (HTTP/2
+    # upstream); read as the default HTTP, Envoy would speak HTTP/1.1 to it and the call fail.
+    app = f"greet-{uuid.uuid4().hex[:8]}"
+    host = f"{app}.eureka"
+    greeter = Greeter(f"{INSTANCES['e2']}:{APP_PORT}")
+    await greeter.start()
+    async with (
+        running_mesh() as mesh,
+        EurekaRest(eureka_server.eureka_url) as rest,
+        running_adapter(eureka_params(eureka_server), mesh.aggregate) as (aggregate, _),
+    ):
+        doc = instance_doc(
+            app, "g1", INSTANCES["e2"], APP_PORT, metadata={"istio.protocol": "grpc"}
+        )
+        assert await rest.register(doc) == 204
+        try:
+
+            async def known() -> bool:
+                return aggregate.service(host) is not None and bool(aggregate.endpoints(host))
+
+            await eventually(known, 30, "the Eureka instance in the mesh")
+            service = aggregate.service(host)
+            assert service is not None
+            assert [p.protocol for p in service.ports] == [Protocol.GRPC]
+            client = await mesh.sidecar(CLIENT_IP, "client")
+            target = client.outbound_url.removeprefix("http://").rstrip("/")
+            answer = b""
+            for _ in range(50):
+                try:
+                    answer = await say(target, host, None)
+                    break
+                except grpc.aio.AioRpcError:
+                    await asyncio.sleep(0.2)
+            assert answer == b"hello mesh"
+            assert greeter.calls and set(greeter.calls) == {b"mesh"}
+        finally:
+            await rest.cancel(app, "g1")
+            await greeter.stop()

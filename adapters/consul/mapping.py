@@ -13,8 +13,10 @@ Promises:
   older ``key|value`` (the separator that appears first wins), plus the instance's service meta,
   which overrides a tag with the same key. Tags of neither form (``primary``) are not labels: Istio
   ignored them too, because a bare word has no value to match a selector against.
-- Protocol from a ``protocol`` service meta entry, else a ``protocol`` tag; absent or unknown means
-  TCP (as Istio did) -- never an error, since a Consul catalog is not ours to validate.
+- Protocol from a ``protocol`` service meta entry, else a ``protocol`` tag, else the node's
+  ``protocol`` meta entry (where Istio 0.2's Consul platform read it, so catalogs set up for it
+  keep working); the more specific declaration wins. Absent or unknown means TCP -- never an
+  error, since a Consul catalog is not ours to validate.
 - Locality: region is the datacenter, zone and subzone come from node meta (``zone`` /
   ``subzone``, with ``availability-zone`` / ``rack`` as aliases).
 - Health: an instance is healthy only when every check that applies to it (its node's checks and
@@ -112,12 +114,21 @@ def parse_protocol(value: str | None) -> Protocol | None:
         return None
 
 
-def instance_protocol(tags: Iterable[str], meta: Mapping[str, Any] | None) -> Protocol | None:
-    """Protocol declared by service meta, else by a ``protocol`` tag; None when undeclared."""
-    declared = (meta or {}).get(PROTOCOL_KEY)
-    if declared is None:
-        declared = tag_labels(tags).get(PROTOCOL_KEY)
-    return parse_protocol(str(declared)) if declared is not None else None
+def instance_protocol(
+    tags: Iterable[str],
+    meta: Mapping[str, Any] | None,
+    node_meta: Mapping[str, Any] | None = None,
+) -> Protocol | None:
+    """Protocol declared by service meta, else by a ``protocol`` tag, else by node meta (Istio
+    0.2's convention); None when undeclared or unknown."""
+    for declared in (
+        (meta or {}).get(PROTOCOL_KEY),
+        tag_labels(tags).get(PROTOCOL_KEY),
+        (node_meta or {}).get(PROTOCOL_KEY),
+    ):
+        if declared is not None:
+            return parse_protocol(str(declared))
+    return None
 
 
 def node_locality(datacenter: str, node_meta: Mapping[str, Any] | None) -> Locality:
@@ -173,7 +184,7 @@ def instance_from_entry(entry: Mapping[str, Any], datacenter: str) -> Instance |
         port=port,
         tags=tags,
         labels=instance_labels(tags, meta),
-        protocol=instance_protocol(tags, meta),
+        protocol=instance_protocol(tags, meta, node.get("Meta")),
         locality=node_locality(datacenter, node.get("Meta")),
         healthy=healthy,
         maintenance=maintenance,

@@ -22,10 +22,12 @@ Rules (each is pinned by a unit test):
   own port. A port is declared only when *every* instance of the service enables it: the model
   sends an endpoint to every service port, and a port an instance disabled must never get traffic.
   A port left out that way is reported as a problem.
-- **Protocol.** The ``protocol`` metadata key sets the plain port's protocol (default HTTP: by
-  Eureka convention ``port`` is the instance's HTTP port, its ``homePageUrl``); ``secureProtocol``
-  sets the secure port's (default TLS: the instance terminates TLS itself on ``securePort``, so
-  the mesh can only route the encrypted stream by SNI and must not parse it as HTTP). When
+- **Protocol.** The ``protocol`` metadata key sets the plain port's protocol, else Istio 0.2's
+  ``istio.protocol`` key (so instances registered for Istio 0.2 keep their protocol); default
+  HTTP: by Eureka convention ``port`` is the instance's HTTP port, its ``homePageUrl``.
+  ``secureProtocol`` sets the secure port's (default TLS: the instance terminates TLS itself on
+  ``securePort``, so the mesh can only route the encrypted stream by SNI and must not parse it
+  as HTTP). When
   instances disagree the most common value wins (ties by name), so one instance cannot flip it.
 - **Labels and locality.** Metadata entries become endpoint labels as they are. Locality: zone
   from Amazon data-centre info ``availability-zone``, else metadata ``zone`` or
@@ -58,6 +60,7 @@ from meshfed.registry.model import Endpoint, Locality, Port, Protocol, Service
 HTTP_PORT_NAME = "http"
 SECURE_PORT_NAME = "https"
 PROTOCOL_KEY = "protocol"
+ISTIO_PROTOCOL_KEY = "istio.protocol"  # Istio 0.2's Eureka platform read the protocol here
 SECURE_PROTOCOL_KEY = "secureProtocol"
 
 _NOT_DNS = re.compile(r"[^a-z0-9.-]+")
@@ -120,11 +123,15 @@ def locality(instance: Instance) -> Locality:
 
 
 def _protocol(
-    instances: Iterable[Instance], key: str, default: Protocol, host: str, problems: list[str]
+    instances: Iterable[Instance],
+    keys: tuple[str, ...],
+    default: Protocol,
+    host: str,
+    problems: list[str],
 ) -> Protocol:
     votes: Counter[Protocol] = Counter()
     for instance in instances:
-        value = instance.meta(key)
+        key, value = next(((k, v) for k in keys if (v := instance.meta(k))), (keys[0], ""))
         if not value:
             votes[default] += 1
             continue
@@ -155,10 +162,12 @@ def _service(
             )
     ports: list[Port] = []
     if plain:
-        protocol = _protocol(instances, PROTOCOL_KEY, Protocol.HTTP, host, problems)
+        protocol = _protocol(
+            instances, (PROTOCOL_KEY, ISTIO_PROTOCOL_KEY), Protocol.HTTP, host, problems
+        )
         ports.append(Port(settings.service_port, HTTP_PORT_NAME, protocol))
     if secure:
-        protocol = _protocol(instances, SECURE_PROTOCOL_KEY, Protocol.TLS, host, problems)
+        protocol = _protocol(instances, (SECURE_PROTOCOL_KEY,), Protocol.TLS, host, problems)
         ports.append(Port(settings.secure_service_port, SECURE_PORT_NAME, protocol))
     service = Service(
         hostname=host,

@@ -93,6 +93,17 @@ def test_protocol_from_meta_then_tag_default_none():
     assert instance_protocol(["protocol=carrier-pigeon"], {}) is None
 
 
+def test_protocol_from_node_meta_as_istio_0_2_read_it():
+    # A node registered with meta protocol=http (Istio 0.2's Consul convention) gives an HTTP
+    # service; a declaration on the service itself (meta, then tag) is more specific and wins.
+    service, _ = build([entry(node_meta={"protocol": "http"})])
+    assert [p.protocol for p in service.ports] == [Protocol.HTTP]
+    assert instance_protocol([], {}, {"protocol": "grpc"}) is Protocol.GRPC
+    assert instance_protocol(["protocol=tcp"], {}, {"protocol": "http"}) is Protocol.TCP
+    assert instance_protocol([], {"protocol": "http2"}, {"protocol": "http"}) is Protocol.HTTP2
+    assert instance_protocol([], None, None) is None
+
+
 def test_locality_from_datacenter_and_node_meta():
     assert node_locality("dc1", {"zone": "a", "rack": "r7"}) == Locality("dc1", "a", "r7")
     assert node_locality("dc2", {"availability-zone": "b"}) == Locality("dc2", "b", "")

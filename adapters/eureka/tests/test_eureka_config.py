@@ -11,7 +11,7 @@ from meshfed.registry import AggregateRegistry
 def test_defaults_and_normalised_servers():
     settings = parse_settings({"servers": ["http://127.0.0.1:8761/eureka"]}, "eu")
     assert settings.servers == ("http://127.0.0.1:8761/eureka/",)
-    assert settings.fetch_interval == 30.0 and settings.timeout == 5.0
+    assert settings.fetch_interval == 5.0 and settings.timeout == 5.0
     assert settings.format == "json"
     assert settings.mapping.hostname_template == "{vip}"
     assert settings.mapping.registry == "eu"

@@ -113,6 +113,17 @@ def test_protocol_metadata_majority_and_bad_values():
     assert any("carrier-pigeon" in p for p in model.problems)
 
 
+def test_istio_0_2_protocol_metadata_key():
+    # Instances registered for Istio 0.2 carry istio.protocol; meshfed's own key wins over it.
+    model = model_of(inst("a", "127.0.0.2", metadata={"istio.protocol": "grpc"}))
+    assert model.services[0].ports == (Port(80, "http", Protocol.GRPC),)
+    both = model_of(inst("a", "127.0.0.2", metadata={"istio.protocol": "grpc", "protocol": "tcp"}))
+    assert both.services[0].ports == (Port(80, "http", Protocol.TCP),)
+    bad = model_of(inst("a", "127.0.0.2", metadata={"istio.protocol": "carrier-pigeon"}))
+    assert bad.services[0].ports == (Port(80, "http", Protocol.HTTP),)
+    assert any("istio.protocol='carrier-pigeon'" in p for p in bad.problems)
+
+
 def test_secure_protocol_metadata():
     secure = PortSpec(8443, True)
     model = model_of(inst("a", "127.0.0.2", secure_port=secure, metadata={"secureProtocol": "tcp"}))
