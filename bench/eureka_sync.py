@@ -41,6 +41,7 @@ import pytest
 
 from integration.peers.eureka import start_eureka
 from integration.peers.process import PeerProcess
+from meshfed.adapters.contract import AdapterContext
 from meshfed.adapters.eureka.registry import create
 from meshfed.adapters.eureka.testing import EurekaRest, instance_doc
 from meshfed.pilot import xds_types as T
@@ -124,7 +125,7 @@ async def full_fetches(url: str, runs: int) -> tuple[dict[str, Any], Any]:
     adapter = None
     for _ in range(runs):
         aggregate = AggregateRegistry()
-        adapter = create(aggregate.add_member("eureka", "eureka"), params(url), "cluster.local")
+        adapter = create(AdapterContext(aggregate.add_member("eureka", "eureka"), params(url)))
         t0 = time.perf_counter()
         await adapter.sync_once()
         totals.append(time.perf_counter() - t0)
@@ -146,7 +147,7 @@ async def full_fetches(url: str, runs: int) -> tuple[dict[str, Any], Any]:
 
 async def deltas(url: str, instances: int, changes: int) -> dict[str, Any]:
     aggregate = AggregateRegistry()
-    adapter = create(aggregate.add_member("eureka", "eureka"), params(url), "cluster.local")
+    adapter = create(AdapterContext(aggregate.add_member("eureka", "eureka"), params(url)))
     await adapter.sync_once()  # full
     await asyncio.sleep(6)  # let the population leave the 3 s delta window
     idle, changed, idle_http, changed_http = [], [], [], []
@@ -193,7 +194,7 @@ async def registration_to_ack(url: str, interval: str, samples: int, base: int) 
     aggregate = AggregateRegistry()
     member = aggregate.add_member("eureka", "eureka")
     params_ = {"servers": [url], "fetchInterval": interval}
-    adapter = create(member, params_, "cluster.local")
+    adapter = create(AdapterContext(member, params_))
     task = asyncio.create_task(adapter.run())
     pilot = PilotServer(aggregate, "127.0.0.1:0", quiet=0.05, max_delay=0.5)
     await pilot.start()

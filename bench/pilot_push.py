@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from envoy.service.discovery.v3 import discovery_pb2
 
+from meshfed.adapters.contract import AdapterContext
 from meshfed.pilot import xds_types as T
 from meshfed.pilot.ads import Connection, DiscoveryServer
 from meshfed.pilot.cache import ConfigCache
@@ -202,7 +203,7 @@ async def convergence(services: int, endpoints: int, changes: int) -> dict:
         path = Path(tmp) / "services.yaml"
         moved: dict[int, int] = {}
         path.write_text(static_yaml(services, endpoints, moved))
-        static = create_static(member, {"paths": [str(path)]}, "cluster.local")
+        static = create_static(AdapterContext(member, {"paths": [str(path)]}))
         watcher = asyncio.create_task(static.run())
         pilot = PilotServer(agg, "127.0.0.1:0", quiet=0.05, max_delay=0.5)
         envoy = None

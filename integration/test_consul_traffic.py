@@ -26,6 +26,7 @@ from integration.peers.artifacts import consul_path
 from integration.peers.consul import ConsulAgent, ConsulCluster
 from integration.pilot_helpers import Mesh, get, running_mesh, spread
 from meshfed.adapters.consul.testing import running_adapter
+from meshfed.adapters.contract import AdapterContext
 from meshfed.adapters.static.registry import create as create_static
 
 A_IP = "127.0.97.2"
@@ -86,7 +87,7 @@ def register_catalog(agent: ConsulAgent, n: int) -> None:
 async def static_registry(mesh: Mesh, tmp_path: Path) -> AsyncIterator[None]:
     path = tmp_path / "web.yaml"
     path.write_text(static_yaml())
-    static = create_static(mesh.member, {"paths": [str(path)]}, "cluster.local")
+    static = create_static(AdapterContext(mesh.member, {"paths": [str(path)]}))
     task = asyncio.create_task(static.run())
     try:
         yield

@@ -23,6 +23,7 @@ import grpc
 from integration.peers.eureka import EurekaServer
 from integration.pilot_helpers import eventually, running_mesh, spread
 from integration.routing_helpers import Greeter, say
+from meshfed.adapters.contract import AdapterContext
 from meshfed.adapters.eureka.testing import EurekaRest, instance_doc, running_adapter
 from meshfed.adapters.static.registry import create as create_static
 from meshfed.registry.model import Protocol
@@ -129,7 +130,7 @@ async def test_one_service_from_eureka_and_static_gets_traffic_on_both(
         EurekaRest(eureka_server.eureka_url) as rest,
     ):
         # The static registry is the mesh's first member (highest precedence), Eureka second.
-        static = create_static(mesh.member, {"paths": [str(path)]}, "cluster.local")
+        static = create_static(AdapterContext(mesh.member, {"paths": [str(path)]}))
         static_task = asyncio.create_task(static.run())
         try:
             async with running_adapter(eureka_params(eureka_server), mesh.aggregate) as (

@@ -15,9 +15,9 @@ from pathlib import Path
 from kubernetes import client as k8s
 
 from integration.peers.kube import KubeAPIServer
-from meshfed.adapters.kubernetes.configstore import KubeConfigStore
 from meshfed.adapters.kubernetes.namespaces import NamespaceFilter
 from meshfed.adapters.kubernetes.testing import create_namespace, install_crds, kubectl, until
+from meshfed.configstores import routing_kube_store
 from meshfed.pilot.config.model import PathType
 
 INGRESSES = """apiVersion: networking.k8s.io/v1
@@ -53,7 +53,7 @@ async def test_kubectl_applied_ingresses_are_served_by_class_with_path_types(
     api = kube_apiserver.api_client()
     ns = f"ingress-{uuid.uuid4().hex[:6]}"
     create_namespace(k8s.CoreV1Api(api), ns)
-    store = KubeConfigStore(api, NamespaceFilter(names=[ns]))
+    store = routing_kube_store(api, NamespaceFilter(names=[ns]))
     task = asyncio.create_task(store.run())
     try:
         await store.wait_synced(30)

@@ -15,7 +15,7 @@ from pathlib import Path
 from kubernetes import client as k8s
 
 from integration.peers.kube import KubeAPIServer
-from meshfed.adapters.kubernetes.configstore import KubeConfigStore, error_text
+from meshfed.adapters.kubernetes.configstore import error_text
 from meshfed.adapters.kubernetes.namespaces import NamespaceFilter
 from meshfed.adapters.kubernetes.testing import (
     MANIFESTS,
@@ -24,6 +24,7 @@ from meshfed.adapters.kubernetes.testing import (
     kubectl,
     until,
 )
+from meshfed.configstores import routing_kube_store
 from meshfed.pilot.config.store import ConfigSnapshot, parse_config_file
 
 ISTIO_02 = """apiVersion: config.istio.io/v1alpha2
@@ -188,7 +189,7 @@ async def test_config_store_follows_kubectl_with_errors_as_events(
     core = k8s.CoreV1Api(api)
     ns = _ns("cfg")
     create_namespace(core, ns)
-    store = KubeConfigStore(api, NamespaceFilter(names=[ns]))
+    store = routing_kube_store(api, NamespaceFilter(names=[ns]))
     snapshots: list[ConfigSnapshot] = []
     store.subscribe(snapshots.append)
     task = asyncio.create_task(store.run())

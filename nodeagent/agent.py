@@ -107,7 +107,7 @@ class SidecarProcess:
         self.log_path = workdir / "envoy.log"
 
     async def start(self) -> None:
-        from meshfed.proxy import envoy_binary
+        from meshfed.core.envoy import envoy_binary
 
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "envoy-bootstrap.json"

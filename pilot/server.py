@@ -11,9 +11,12 @@ and ``gatewayCertsDir`` (see :class:`pilot.translate.traffic.TrafficOptions`).
 
 Routing config (route rules, destination policies, egress rules, gateways) comes from config
 stores: in the hub, a :class:`~pilot.config.store.FileConfigStore` over the mesh config's
-``configPaths`` plus any hub component exposing a ``store`` with the same interface (the
-Kubernetes CRD store); standalone, whatever stores are passed in. A snapshot change goes through
-the same debouncer as registry events, so a burst of rule edits costs one push.
+``configPaths`` plus every store the hub's components declare for the routing topic
+(``hub.config_stores(ROUTING)``: the Kubernetes CRD stores); standalone, whatever stores are
+passed in. The file store this server creates runs under the hub's supervisor (standalone, a
+supervisor of its own): a store that fails is restarted and shown as failing, never lost. A
+snapshot change goes through the same debouncer as registry events, so a burst of rule edits
+costs one push.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ import grpc
 from aiohttp import web
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
+from meshfed.core.component import HubContext
+from meshfed.core.configstore import ROUTING
+from meshfed.core.supervisor import Supervisor
 from meshfed.pilot import metrics as M
 from meshfed.pilot import traffic_hooks
 from meshfed.pilot import xds_types as T
@@ -85,7 +91,9 @@ class PilotServer:
         self.aggregate = aggregate
         self.config_stores: list[Any] = list(config_stores or [])
         self.traffic_options = traffic_options or TrafficOptions()
-        self._store_tasks: list[asyncio.Task[None]] = []
+        self._supervisor: Supervisor | None = None
+        self._own_supervisor = False
+        self._store_tasks: list[str] = []  # supervised task names of the owned stores
         self._owned_stores: list[FileConfigStore] = []  # created here, so run and stopped here
         self._subscribed_stores: set[int] = set()  # stores have no unsubscribe; subscribe once
         self.address = address
@@ -99,8 +107,9 @@ class PilotServer:
         self._subscribed = False
         self.pushes = 0
 
-    async def start(self, hub: Any = None) -> None:
+    async def start(self, hub: HubContext | None = None) -> None:
         if hub is not None:
+            self._supervisor = hub.supervisor
             self.aggregate = hub.aggregate
             self.address = hub.mesh.discovery_address
             self.quiet, self.max_delay = debounce_settings(hub.mesh.pilot)
@@ -108,6 +117,8 @@ class PilotServer:
             self.mtls_policy = mtls.policy_from_config(hub.mesh.pilot)
         if self.aggregate is None:
             raise ValueError("PilotServer needs an aggregate registry (or a hub)")
+        if self._supervisor is None:
+            self._supervisor, self._own_supervisor = Supervisor(), True
         # Built in full by _on_status once every registry has synced (now, if already so).
         self.cache = ConfigCache(self.aggregate)
         self.cache.mtls_policy = self.mtls_policy
@@ -145,7 +156,7 @@ class PilotServer:
         )
 
     # -- routing config ---------------------------------------------------------------------
-    def _hub_stores(self, hub: Any) -> None:
+    def _hub_stores(self, hub: HubContext) -> None:
         self.traffic_options = TrafficOptions.from_pilot_config(hub.mesh.pilot)
         if hub.mesh.config_paths and not any(
             isinstance(s, FileConfigStore) for s in self.config_stores
@@ -156,18 +167,19 @@ class PilotServer:
             )
             self.config_stores.append(store)
             self._owned_stores = [store]
-        for component in getattr(hub, "components", ()):
-            store = getattr(component, "store", None)  # e.g. the Kubernetes CRD config store
-            known = store in self.config_stores
-            if store is not None and hasattr(store, "subscribe") and not known:
+        for store in hub.config_stores(ROUTING):  # e.g. the Kubernetes CRD config stores
+            if store not in self.config_stores:
                 self.config_stores.append(store)
 
     def _start_stores(self) -> None:
         assert self.cache is not None
-        for store in self.config_stores:
+        assert self._supervisor is not None
+        for index, store in enumerate(self.config_stores):
             if store in self._owned_stores:
                 store.load()  # rules in force before the first proxy is served
-                self._store_tasks.append(asyncio.create_task(store.run()))
+                name = f"pilot config files {index}"
+                self._store_tasks.append(name)
+                self._supervisor.spawn(name, store.run)
             if id(store) not in self._subscribed_stores:
                 store.subscribe(self._on_config)
                 self._subscribed_stores.add(id(store))
@@ -298,11 +310,13 @@ class PilotServer:
     async def stop(self) -> None:
         for store in self._owned_stores:
             store.stop()
-        if self._store_tasks:
-            await asyncio.wait(self._store_tasks, timeout=5)
-            for task in self._store_tasks:
-                task.cancel()
-            self._store_tasks = []
+        if self._supervisor is not None:
+            for name in self._store_tasks:
+                await self._supervisor.retire(name)
+        self._store_tasks = []
+        if self._own_supervisor and self._supervisor is not None:
+            await self._supervisor.stop(grace=5.0)
+            self._supervisor, self._own_supervisor = None, False
         if self._debounce is not None:
             await self._debounce.stop()
             self._debounce = None

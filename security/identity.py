@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from meshfed.core.svid import load_pem_chain, spiffe_id_of, uri_sans
 from meshfed.registry.model import SPIFFE_PREFIX, parse_spiffe_id
 
 # Accept small clock differences between the CA and its peers: a certificate is valid a little
@@ -200,23 +201,6 @@ def self_signed_root(
     )
 
 
-def uri_sans(cert: x509.Certificate) -> list[str]:
-    """The certificate's URI SANs (an SVID has exactly one: its SPIFFE ID)."""
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    return san.get_values_for_type(x509.UniformResourceIdentifier)
-
-
-def spiffe_id_of(cert: x509.Certificate) -> str:
-    """The SPIFFE ID of a leaf SVID; ValueError when it does not carry exactly one."""
-    uris = [u for u in uri_sans(cert) if u.startswith(SPIFFE_PREFIX)]
-    if len(uris) != 1 or len(uri_sans(cert)) != 1:
-        raise ValueError(f"expected exactly one SPIFFE URI SAN, found {uri_sans(cert)}")
-    return uris[0]
-
-
 def svid_problems(cert: x509.Certificate) -> list[str]:
     """Ways in which ``cert`` is not a valid leaf X.509-SVID (empty when it is one)."""
     problems: list[str] = []
@@ -256,7 +240,5 @@ def chain_pem(certs: Sequence[x509.Certificate]) -> bytes:
     return b"".join(c.public_bytes(Encoding.PEM) for c in certs)
 
 
-def load_pem_chain(data: bytes | str) -> list[x509.Certificate]:
-    """Every certificate in a PEM bundle, in file order."""
-    raw = data.encode() if isinstance(data, str) else data
-    return x509.load_pem_x509_certificates(raw)
+__all__ = ["chain_pem", "issue_svid", "load_pem_chain", "self_signed_root", "spiffe_id_of"]
+__all__ += ["svid_problems", "trust_domain_id", "uri_sans"]

@@ -56,6 +56,7 @@ from meshfed.adapters.consul.mapping import (
 )
 from meshfed.adapters.consul.params import ConsulParams, parse_params
 from meshfed.adapters.consul.watch import BACKOFF_MAX_S, BlockingWatch, run_blocking
+from meshfed.adapters.contract import AdapterContext
 from meshfed.registry.aggregate import Member
 from meshfed.registry.model import Endpoint, Service
 
@@ -117,6 +118,10 @@ class ConsulRegistry:
             await self._stopped.wait()
         finally:
             await self._stop_watches()
+
+    @property
+    def synced(self) -> bool:
+        return self._synced
 
     async def stop(self) -> None:
         self._stopped.set()
@@ -469,9 +474,11 @@ class ConsulRegistry:
         }
 
 
-def create(member: Member, params: Mapping[str, Any], trust_domain: str) -> ConsulRegistry:
+def create(context: AdapterContext) -> ConsulRegistry:
     """Entry point for the ``consul`` registry kind (keys: see :mod:`adapters.consul.params`).
 
     Raises :class:`~adapters.consul.params.ConsulParamsError` naming every bad key.
     """
-    return ConsulRegistry(member, parse_params(params, f"registries[{member.name}]"), trust_domain)
+    member = context.member
+    params = parse_params(context.params, f"registries[{member.name}]")
+    return ConsulRegistry(member, params, context.trust_domain)

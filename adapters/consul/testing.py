@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from meshfed.adapters.consul.registry import ConsulRegistry, create
+from meshfed.adapters.contract import AdapterContext
 from meshfed.registry.aggregate import AggregateRegistry
 from meshfed.registry.events import ChangeEvent
 
@@ -63,7 +64,7 @@ async def running_adapter(
     """Start a Consul adapter; wait until it synced (unless ``sync_timeout`` is None); stop it."""
     aggregate = aggregate if aggregate is not None else AggregateRegistry()
     member = aggregate.add_member(name, "consul")
-    running = RunningAdapter(aggregate, create(member, params, "cluster.local"))
+    running = RunningAdapter(aggregate, create(AdapterContext(member, params)))
     running.task = asyncio.create_task(running.adapter.run())
     try:
         if sync_timeout is not None:

@@ -51,13 +51,13 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import attrs
 import tenacity
 
+from meshfed.adapters.contract import AdapterContext
 from meshfed.adapters.eureka import metrics
 from meshfed.adapters.eureka.client import Answer, EurekaHttp, EurekaUnavailable
 from meshfed.adapters.eureka.config import EurekaSettings, parse_settings
@@ -150,6 +150,10 @@ class EurekaRegistry:
             pass
         finally:
             await self.http.close()
+
+    @property
+    def synced(self) -> bool:
+        return self.member.synced
 
     async def stop(self) -> None:
         self._stop.set()
@@ -407,6 +411,7 @@ class EurekaRegistry:
         }
 
 
-def create(member: Member, params: Mapping[str, Any], trust_domain: str) -> EurekaRegistry:
+def create(context: AdapterContext) -> EurekaRegistry:
     """Entry point for the ``eureka`` registry kind; raises ConfigErrors for bad parameters."""
-    return EurekaRegistry(member, parse_settings(params, member.name), trust_domain)
+    member = context.member
+    return EurekaRegistry(member, parse_settings(context.params, member.name), context.trust_domain)

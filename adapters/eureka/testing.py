@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from meshfed.adapters.contract import AdapterContext
 from meshfed.adapters.eureka.registry import EurekaRegistry, create
 from meshfed.registry.aggregate import AggregateRegistry
 
@@ -123,7 +124,7 @@ async def running_adapter(
 ) -> AsyncIterator[tuple[AggregateRegistry, EurekaRegistry]]:
     """An aggregate with one running Eureka adapter; stopped (and its task awaited) on exit."""
     aggregate = aggregate or AggregateRegistry()
-    adapter = create(aggregate.add_member(name, "eureka"), params, "cluster.local")
+    adapter = create(AdapterContext(aggregate.add_member(name, "eureka"), params))
     task = asyncio.create_task(adapter.run(), name=f"eureka-adapter-{name}")
     try:
         yield aggregate, adapter

@@ -5,11 +5,14 @@ turn each object into the same :class:`~meshfed.core.resources.Document` a YAML 
 give, parse it with the *same* parsers the file stores use, and keep per object the last
 version that parsed.
 
-- :class:`KubeConfigStore` holds the routing kinds (RouteRule, DestinationPolicy, EgressRule,
-  Gateway, in ``config.meshfed.io/v1alpha1`` and Istio 0.2's ``config.istio.io/v1alpha2``, plus
-  ``networking.k8s.io/v1`` Ingress) and offers :class:`~pilot.config.store.FileConfigStore`'s
-  interface: ``snapshot``, ``subscribe(cb)``, ``errors``, ``async run()``, ``stop()``,
-  ``describe()``. Subscribers hear only about real changes of the snapshot.
+- :class:`KubeConfigStore` is the CRD source of the config-store interface
+  (:class:`~core.configstore.ConfigStore`): ``snapshot``, ``subscribe(cb)``, ``errors``,
+  ``async run()``, ``stop()``, ``describe()``. It knows no feature: the composition root hands
+  it the kinds to watch (:data:`ROUTING_KINDS` for Pilot: RouteRule, DestinationPolicy,
+  EgressRule, Gateway in ``config.meshfed.io/v1alpha1`` and Istio 0.2's
+  ``config.istio.io/v1alpha2``, plus ``networking.k8s.io/v1`` Ingress), the feature's parsers
+  and its :class:`~core.configstore.Snapshots`. Subscribers hear only about real changes of the
+  snapshot.
 - The Kubernetes registry adapter (:mod:`adapters.kubernetes.registry`) holds ServiceEntry and
   WorkloadEntry (``networking.meshfed.io/v1alpha1``) and feeds them, translated by the static
   registry's own :func:`~adapters.static.translate.translate`, into *its* member of the aggregate,
@@ -28,7 +31,6 @@ Fixing the object records a ``Normal`` ``Valid`` event.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import logging
 import socket
@@ -37,16 +39,17 @@ from typing import Any
 
 import attrs
 import tenacity
+from aiohttp import web
 from kubernetes import client as k8s
 
 from meshfed.adapters.kubernetes import metrics
 from meshfed.adapters.kubernetes.client import load_api_client
 from meshfed.adapters.kubernetes.namespaces import DEFAULT_SYSTEM_NAMESPACE, NamespaceFilter
 from meshfed.adapters.kubernetes.watcher import Watcher, WatchEvent
+from meshfed.core.component import HubContext
+from meshfed.core.configstore import ROUTING, ConfigStore, Snapshots
 from meshfed.core.resources import ConfigError, Document
-from meshfed.pilot.config.parse import PARSERS as ROUTING_PARSERS
-from meshfed.pilot.config.parse import IngressSelection, routing_parsers
-from meshfed.pilot.config.store import ConfigSnapshot
+from meshfed.core.supervisor import Supervisor
 
 log = logging.getLogger("meshfed.adapters.kubernetes.config")
 
@@ -319,17 +322,18 @@ def _version(obj: Mapping[str, Any]) -> str:
 
 
 class KubeConfigStore:
-    """Routing config from custom resources, applied live (FileConfigStore's interface)."""
+    """Config objects from custom resources, applied live (a :class:`ConfigStore`)."""
 
     def __init__(
         self,
         api_client: k8s.ApiClient | Callable[[], k8s.ApiClient],
         namespaces: NamespaceFilter | None = None,
         *,
+        parsers: Mapping[str, Parser],
+        snapshots: Snapshots[Any],
         name: str = "kubernetes",
         kinds: Iterable[ResourceKind] = ROUTING_KINDS,
         record_events: bool = True,
-        parsers: Mapping[str, Parser] = ROUTING_PARSERS,
     ) -> None:
         # A factory is resolved in run(), so a bad kubeconfig is a logged, retried error of this
         # store (it stays not-ready) rather than an exception while the hub is being built.
@@ -339,10 +343,11 @@ class KubeConfigStore:
         self.namespaces = namespaces or NamespaceFilter()
         self.record_events = record_events
         self.recorder: EventRecorder | None = None
-        self.resources = CustomResourceSet(kinds, parsers, self.namespaces, None, "routing config")
-        self.snapshot = ConfigSnapshot()
+        self.resources = CustomResourceSet(kinds, parsers, self.namespaces, None, "config")
+        self.snapshots = snapshots
+        self.snapshot: Any = snapshots.empty()
         self.watchers: dict[str, Watcher] = {}
-        self._subscribers: list[Callable[[ConfigSnapshot], None]] = []
+        self._subscribers: list[Callable[[Any], None]] = []
         self._stopped = asyncio.Event()
         self._synced = asyncio.Event()
         self.errors_by_watch: dict[str, str] = {}
@@ -351,7 +356,9 @@ class KubeConfigStore:
     def from_params(
         cls,
         params: Mapping[str, Any],
-        parsers: Mapping[str, Parser] = ROUTING_PARSERS,
+        *,
+        parsers: Mapping[str, Parser],
+        snapshots: Snapshots[Any],
         system_namespace: str = DEFAULT_SYSTEM_NAMESPACE,
     ) -> KubeConfigStore:
         """A store for the cluster a ``kind: kubernetes`` registry entry names (same params)."""
@@ -364,7 +371,8 @@ class KubeConfigStore:
         def api() -> k8s.ApiClient:
             return load_api_client(params.get("kubeconfig"), params.get("context"))
 
-        return cls(api, namespaces, name=str(params.get("name") or "kubernetes"), parsers=parsers)
+        name = str(params.get("name") or "kubernetes")
+        return cls(api, namespaces, name=name, parsers=parsers, snapshots=snapshots)
 
     @property
     def api_client(self) -> k8s.ApiClient:
@@ -381,15 +389,15 @@ class KubeConfigStore:
     def synced(self) -> bool:
         return self._synced.is_set()
 
-    def subscribe(self, callback: Callable[[ConfigSnapshot], None]) -> None:
+    def subscribe(self, callback: Callable[[Any], None]) -> None:
         self._subscribers.append(callback)
 
     def _publish(self) -> None:
-        snapshot = ConfigSnapshot.of(self.resources.objects())
+        snapshot = self.snapshots.of(self.resources.objects())
         if snapshot == self.snapshot:
             return
-        for conflict in set(snapshot.conflicts) - set(self.snapshot.conflicts):
-            log.warning("routing config conflict: %s", conflict)
+        for warning in self.snapshots.warnings(self.snapshot, snapshot):
+            log.warning("config store %s: %s", self.name, warning)
         self.snapshot = snapshot
         for callback in list(self._subscribers):
             callback(snapshot)
@@ -482,16 +490,11 @@ class KubeConfigStore:
             watcher.stop()
 
     def describe(self) -> dict[str, Any]:
-        snap = self.snapshot
         return {
             "source": f"kubernetes ({self.name})",
             "synced": self.synced,
             "namespaces": self.namespaces.describe(),
-            "route_rules": [r.ref for r in snap.route_rules],
-            "destination_policies": [p.ref for p in snap.destination_policies],
-            "egress_rules": [e.ref for e in snap.egress_rules],
-            "gateways": [g.ref for g in snap.gateways],
-            "conflicts": [str(c) for c in snap.conflicts],
+            **self.snapshots.describe(self.snapshot),
             "errors": [str(e) for e in self.errors],
             "watch_errors": dict(self.errors_by_watch),
             "watches": {name: w.describe() for name, w in self.watchers.items()},
@@ -499,24 +502,31 @@ class KubeConfigStore:
 
 
 class KubeConfigComponent:
-    """The config store as a hub component: runs beside the registries, reports readiness."""
+    """A config store as a hub component: runs under the hub's supervisor, reports readiness,
+    and declares its store for its topic (:data:`~core.configstore.ROUTING` by default)."""
 
-    def __init__(self, store: KubeConfigStore) -> None:
+    def __init__(self, store: KubeConfigStore, topic: str = ROUTING) -> None:
         self.store = store
-        self._task: asyncio.Task[None] | None = None
+        self.topic = topic
+        self._supervisor: Supervisor | None = None
 
-    async def start(self, hub: Any) -> None:
-        self._task = asyncio.create_task(self.store.run())
+    @property
+    def task_name(self) -> str:
+        return f"config store {self.store.name}"
+
+    def config_stores_for(self, topic: str) -> list[ConfigStore[Any]]:
+        return [self.store] if topic == self.topic else []
+
+    async def start(self, hub: HubContext) -> None:
+        self._supervisor = hub.supervisor
+        hub.supervisor.spawn(self.task_name, self.store.run)
 
     async def stop(self) -> None:
         self.store.stop()
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(self._task, 10)
+        if self._supervisor is not None:
+            await self._supervisor.retire(self.task_name, grace=10.0)
 
-    def routes(self) -> list[Any]:
-        from aiohttp import web
-
+    def routes(self) -> list[web.RouteDef]:
         async def configz(request: web.Request) -> web.Response:
             return web.json_response(self.store.describe())
 
@@ -524,16 +534,3 @@ class KubeConfigComponent:
 
     def not_ready(self) -> list[str]:
         return [] if self.store.synced else [f"config store {self.store.name} has not synced"]
-
-
-def kube_config_components(mesh: Any) -> list[KubeConfigComponent]:
-    """One config-store component per ``kind: kubernetes`` registry of the mesh config."""
-    out = []
-    for reg in mesh.registries:
-        if reg.kind == "kubernetes" and reg.params.get("configStore", True):
-            parsers = routing_parsers(IngressSelection.from_pilot_config(mesh.pilot))
-            store = KubeConfigStore.from_params({**reg.params, "name": reg.name}, parsers)
-            if not reg.params.get("systemNamespace"):
-                store.namespaces.system_namespace = mesh.system_namespace
-            out.append(KubeConfigComponent(store))
-    return out

@@ -45,6 +45,7 @@ from typing import Any
 import attrs
 from kubernetes import client as k8s
 
+from meshfed.adapters.contract import AdapterContext
 from meshfed.adapters.kubernetes import metrics
 from meshfed.adapters.kubernetes.client import load_api_client
 from meshfed.adapters.kubernetes.configstore import REGISTRY_KINDS, CustomResourceSet, EventRecorder
@@ -81,7 +82,9 @@ class KubeParams:
     selector_endpoints: bool = True
 
 
-def parse_params(params: Mapping[str, Any]) -> KubeParams:
+def parse_params(
+    params: Mapping[str, Any], system_namespace: str = DEFAULT_SYSTEM_NAMESPACE
+) -> KubeParams:
     """The registry entry's parameters; raises ValueError naming the field and what was expected."""
     known = {
         "kubeconfig",
@@ -120,7 +123,7 @@ def parse_params(params: Mapping[str, Any]) -> KubeParams:
         cluster_domain=str(params.get("clusterDomain") or "cluster.local").strip("."),
         namespaces=tuple(namespaces) if namespaces is not None else None,
         namespace_selector=params.get("namespaceSelector") or None,
-        system_namespace=params.get("systemNamespace") or DEFAULT_SYSTEM_NAMESPACE,
+        system_namespace=params.get("systemNamespace") or system_namespace,
         service_entries=params.get("serviceEntries", True),
         legacy_endpoints=params.get("legacyEndpoints", True),
         selector_endpoints=params.get("selectorEndpoints", True),
@@ -575,6 +578,7 @@ class _NodesByName(Mapping[str, Mapping[str, Any]]):
         return len(self._store)
 
 
-def create(member: Member, params: Mapping[str, Any], trust_domain: str) -> KubernetesRegistry:
+def create(context: AdapterContext) -> KubernetesRegistry:
     """Entry point for the ``kubernetes`` registry kind (see the module doc for parameters)."""
-    return KubernetesRegistry(member, parse_params(params), trust_domain)
+    params = parse_params(context.params, context.system_namespace)
+    return KubernetesRegistry(context.member, params, context.trust_domain)

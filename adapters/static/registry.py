@@ -11,12 +11,13 @@ to their own stores.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+from meshfed.adapters.contract import AdapterContext
 from meshfed.adapters.static.kinds import PARSERS, ServiceEntrySpec, WorkloadSpec
 from meshfed.adapters.static.translate import translate
 from meshfed.core.filestore import WatchedFiles
@@ -89,6 +90,10 @@ class StaticRegistry:
     async def stop(self) -> None:
         self.files.stop()
 
+    @property
+    def synced(self) -> bool:
+        return self.member.synced
+
     def describe(self) -> dict[str, Any]:
         return {
             "paths": [str(p) for p in self.files.paths],
@@ -97,6 +102,6 @@ class StaticRegistry:
         }
 
 
-def create(member: Member, params: Mapping[str, Any], trust_domain: str) -> StaticRegistry:
+def create(context: AdapterContext) -> StaticRegistry:
     """Entry point for the ``static`` registry kind (params: ``paths``)."""
-    return StaticRegistry(member, params.get("paths", []), trust_domain)
+    return StaticRegistry(context.member, context.params.get("paths", []), context.trust_domain)

@@ -2,6 +2,7 @@
 
 import pytest
 
+from meshfed.adapters.contract import AdapterContext
 from meshfed.adapters.eureka.config import parse_duration, parse_settings, split_credentials
 from meshfed.adapters.eureka.registry import create
 from meshfed.core.resources import ConfigErrors
@@ -92,7 +93,7 @@ def test_all_errors_reported_at_once():
 
 def test_create_is_the_entry_point_contract():
     member = AggregateRegistry().add_member("eu", "eureka")
-    adapter = create(member, {"servers": ["http://127.0.0.1:1/eureka"]}, "cluster.local")
+    adapter = create(AdapterContext(member, {"servers": ["http://127.0.0.1:1/eureka"]}))
     info = adapter.describe()
     assert info["servers"] == ["http://127.0.0.1:1/eureka/"]
     assert info["currentServer"] == "http://127.0.0.1:1/eureka/"

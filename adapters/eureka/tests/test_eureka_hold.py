@@ -2,6 +2,7 @@
 
 import time
 
+from meshfed.adapters.contract import AdapterContext
 from meshfed.adapters.eureka.client import Answer
 from meshfed.adapters.eureka.reconcile import from_instances
 from meshfed.adapters.eureka.registry import create
@@ -14,7 +15,7 @@ SERVER = "http://127.0.0.1:1/eureka/"
 def adapter(grace: str):
     member = AggregateRegistry().add_member("eu", "eureka")
     params = {"servers": [SERVER], "emptyRegistryGrace": grace}
-    registry = create(member, params, "cluster.local")
+    registry = create(AdapterContext(member, params))
     registry.local.apps = from_instances([Instance("i1", "A", ip_addr="127.0.0.9", status="UP")])
     return registry
 

@@ -300,8 +300,8 @@ def test_params_are_checked() -> None:
 
 def test_crd_config_store_serves_the_ingresses_the_mesh_config_chooses() -> None:
     """The hub's Kubernetes config store parses Ingresses with the mesh's selection."""
-    from meshfed.adapters.kubernetes.configstore import kube_config_components
     from meshfed.config import MeshConfig, RegistryConfig
+    from meshfed.configstores import kube_config_components
     from meshfed.core.resources import Document
 
     mesh = MeshConfig(

@@ -1,8 +1,12 @@
-"""The hub side of workload registration: a ``HubComponent`` owning the ``workloads`` member.
+"""The hub side of workload registration: the registry adapter of the ``workloads`` member.
 
 Why a module of its own: it needs aiohttp's server (the hub's monitoring port), which the node
 agent never loads; the agent only needs :mod:`nodeagent.registration` (signing and a stdlib
-client). Add it to the hub with ``WorkloadRegistration()`` in ``meshfed.hub.default_components``.
+client). It is both a registry adapter (:class:`~adapters.contract.RegistryAdapter`: its
+``run()`` expires leases) and a hub component (:class:`~core.component.HubComponent`: it adds
+its member at start, serves its routes on the monitoring port and runs ``run()`` under the
+hub's supervisor), because a push registry is fed by requests, not by a platform to follow.
+The composition root adds it with ``WorkloadRegistration()``.
 
 Promises: registrations are accepted only when signed by a currently valid SVID from the trust
 bundle (``$MESHFED_TRUST_BUNDLE``, else ``~/.meshfed/ca/root-cert.pem``, the file
@@ -22,7 +26,6 @@ read is logged and ignored (the agents re-register within an interval anyway).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -33,7 +36,7 @@ from typing import Any
 from aiohttp import web
 from cryptography import x509
 
-from meshfed.nodeagent.registration import (
+from meshfed.adapters.workloads.protocol import (
     MEMBER_NAME,
     Registration,
     RegistrationRefused,
@@ -41,10 +44,13 @@ from meshfed.nodeagent.registration import (
     registration_body,
     verify_request,
 )
+from meshfed.core.component import HubContext
+from meshfed.core.supervisor import Supervisor
+from meshfed.core.svid import load_pem_chain
+from meshfed.registry.aggregate import Member
 from meshfed.registry.model import parse_spiffe_id
-from meshfed.security.identity import load_pem_chain
 
-log = logging.getLogger("meshfed.nodeagent.registration")
+log = logging.getLogger("meshfed.adapters.workloads")
 
 TRUST_BUNDLE_ENV = "MESHFED_TRUST_BUNDLE"
 DEFAULT_TRUST_BUNDLE = Path("~/.meshfed/ca/root-cert.pem")
@@ -52,6 +58,7 @@ STATE_FILE_ENV = "MESHFED_WORKLOAD_STATE"
 LEASE_RENEWALS = 3  # renewal intervals a registration outlives its last renewal by
 MIN_LEASE = 5.0  # seconds, whatever interval an agent claims
 SWEEP_INTERVAL = 1.0  # seconds between expiry checks
+TASK = "registry workloads"  # its supervised task
 
 
 class WorkloadRegistration:
@@ -68,23 +75,52 @@ class WorkloadRegistration:
         self.expires: dict[tuple[str, str], float] = {}  # wall-clock seconds
         self._bodies: dict[tuple[str, str], dict[str, Any]] = {}  # as received, for the file
         self.expired = 0
-        self._member: Any = None
+        self._member: Member | None = None
         self._trust_domain = ""
-        self._sweeper: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+        self._supervisor: Supervisor | None = None
 
-    async def start(self, hub: Any) -> None:
+    # -- the hub component -------------------------------------------------------------------
+    async def start(self, hub: HubContext) -> None:
         self._trust_domain = hub.mesh.trust_domain
         self._member = hub.aggregate.add_member(MEMBER_NAME, "nodeagent")
         self._load_state()
-        self._member.mark_synced()  # a push registry: what it holds now is complete
-        self._sweeper = asyncio.create_task(self._sweep())
+        self.member.mark_synced()  # a push registry: what it holds now is complete
+        self._stopped.clear()
+        self._supervisor = hub.supervisor
+        hub.supervisor.spawn(TASK, self.run)
 
     async def stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
+        self._stopped.set()
+        if self._supervisor is not None:
+            await self._supervisor.retire(TASK)
+
+    # -- the registry adapter ----------------------------------------------------------------
+    @property
+    def member(self) -> Member:
+        if self._member is None:
+            raise RuntimeError("the workload registration has not started")
+        return self._member
+
+    @property
+    def synced(self) -> bool:
+        return self._member is not None and self.member.synced
+
+    async def run(self) -> None:
+        """Expire leases every :data:`SWEEP_INTERVAL` until :meth:`stop`."""
+        while not self._stopped.is_set():
+            try:
+                await asyncio.wait_for(self._stopped.wait(), SWEEP_INTERVAL)
+            except TimeoutError:
+                self.expire(time.time())
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "trust_bundle": str(self.trust_bundle),
+            "state_file": str(self.state_file) if self.state_file else None,
+            "registrations": len(self.registrations),
+            "expired": self.expired,
+        }
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -144,7 +180,7 @@ class WorkloadRegistration:
         self.expires[key] = expires
         self._bodies[key] = body
         for service in reg.definitions:
-            self._member.put_service(service)
+            self.member.put_service(service)
         self._refresh({*reg.services, *(previous.services if previous else ())})
 
     def _remove(self, key: tuple[str, str]) -> None:
@@ -154,16 +190,11 @@ class WorkloadRegistration:
         self._refresh(set(reg.services))
         for service in reg.definitions:
             if not any(service in r.definitions for r in self.registrations.values()):
-                self._member.delete_service(service.hostname)
+                self.member.delete_service(service.hostname)
 
     @staticmethod
     def _lease(reg: Registration) -> float:
         return max(MIN_LEASE, LEASE_RENEWALS * reg.renewal_interval)
-
-    async def _sweep(self) -> None:
-        while True:
-            await asyncio.sleep(SWEEP_INTERVAL)
-            self.expire(time.time())
 
     def expire(self, now: float) -> list[tuple[str, str]]:
         """Drop registrations whose lease ran out before ``now``; the keys dropped."""
@@ -255,4 +286,4 @@ class WorkloadRegistration:
                 for r in self.registrations.values()
                 if host in r.services
             ]
-            self._member.set_endpoints(host, endpoints)
+            self.member.set_endpoints(host, endpoints)

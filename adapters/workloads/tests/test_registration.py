@@ -9,11 +9,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from meshfed.adapters.workloads.server import WorkloadRegistration
 from meshfed.config import MeshConfig
 from meshfed.hub import Hub
 from meshfed.nodeagent import registration
 from meshfed.nodeagent.keys import generate_key, make_csr
-from meshfed.nodeagent.registration_server import WorkloadRegistration
 from meshfed.registry.model import Workload
 from meshfed.security import identity
 from meshfed.security.ca import CertificateAuthority
