@@ -5,8 +5,9 @@ line (where ``ps`` shows them): the join token is read from ``--token-file`` or 
 ``MESHFED_JOIN_TOKEN`` environment variable, and ``meshfed ca token create`` prints the token
 once on stdout and stores only its hash.
 
-- ``meshfed ca serve``: the CA with its bootstrap (TLS) and renewal (mutual TLS) gRPC ports and a
-  monitoring port (``/metrics``, ``/healthz/ready``, ``/debug/ca``). Its root is created once in
+- ``meshfed ca serve``: the CA (:class:`security.server.CAComponent`) with its bootstrap (TLS)
+  and renewal (mutual TLS) gRPC ports and a monitoring port (``/metrics``, ``/healthz/ready``,
+  ``/debug/ca``), in one lifecycle. Its root is created once in
   ``--state-dir`` (or a Kubernetes Secret with ``--storage kubernetes``), or comes from the
   operator's ``--cacerts`` folder; either way the trust bundle is published as
   ``<state-dir>/root-cert.pem`` for node agents and the hub.
@@ -21,14 +22,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
 import re
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -91,28 +89,13 @@ def build_ca(args: argparse.Namespace) -> Any:
     return CertificateAuthority.load_or_create(ca_storage(args), trust_domain, **ttl_kwargs)
 
 
-def publish_root(state_dir: Path, root_pem: bytes) -> Path:
-    """Write the trust bundle (public) where node agents and the hub look for it."""
-    from meshfed.security.storage import write_private
+async def serve_ca(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    from meshfed.core.lifecycle import Lifecycle, StartFailed, Step
+    from meshfed.core.monitoring import MonitoringServer
+    from meshfed.core.supervisor import Supervisor
+    from meshfed.security.server import CAComponent, CASettings
+    from meshfed.security.service import KubernetesTokenReviewer
 
-    path = state_dir / "root-cert.pem"
-    if not path.exists() or path.read_bytes() != root_pem:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(state_dir, 0o700)
-        write_private(path, root_pem, 0o644)
-    return path
-
-
-async def serve_ca(args: argparse.Namespace, stop: asyncio.Event) -> None:
-    from aiohttp import web
-    from prometheus_client import REGISTRY, generate_latest
-
-    from meshfed.security.service import CAServer, KubernetesTokenReviewer, SigningService
-    from meshfed.security.tokens import JoinTokenStore
-
-    ca = await asyncio.to_thread(build_ca, args)
-    state_dir = _state_dir(args)
-    root_path = publish_root(state_dir, ca.root_pem)
     reviewer = None
     if args.tokenreview_kubeconfig:
         from kubernetes import config
@@ -121,89 +104,65 @@ async def serve_ca(args: argparse.Namespace, stop: asyncio.Event) -> None:
             config.new_client_from_config(config_file=args.tokenreview_kubeconfig),
             audiences=args.token_audience or None,
         )
-    service = SigningService(ca, JoinTokenStore(state_dir / "tokens.json"), reviewer)
-    server = CAServer(service, args.listen, args.renew_listen, _system_namespace(args))
-    await server.start()
-
-    async def follow_rotation() -> None:
-        """Re-read the storage (a rotation the operator started) and republish the bundle.
-
-        Phases change by the clock, so the signer switches on time at every signing; this loop
-        only has to notice a *new* rotation and keep ``root-cert.pem`` equal to the bundle.
-        """
-        while True:
-            await asyncio.sleep(args.reload_interval.total_seconds())
-            try:
-                await asyncio.to_thread(ca.reload)
-                publish_root(state_dir, ca.root_pem)
-            except Exception as exc:  # a full disk must not stop the CA; try again later
-                log.warning("could not refresh the CA material or bundle: %s", exc)
-
-    follower = asyncio.create_task(follow_rotation()) if ca.storage is not None else None
-
-    async def metrics(request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(REGISTRY), content_type="text/plain")
-
-    async def ready(request: web.Request) -> web.Response:
-        return web.json_response({"ready": True})
-
-    async def debug(request: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                "trust_domain": ca.trust_domain,
-                "root_sha256": hashlib.sha256(ca.root_pem).hexdigest(),
-                "signer_not_after": ca.signer_cert.not_valid_after_utc.isoformat(),
-                "bootstrap": server.bootstrap_target,
-                "renewal": server.renewal_target,
-                "root_file": str(root_path),
-                **ca.status(),
-            }
-        )
-
-    app = web.Application()
-    app.add_routes(
-        [
-            web.get("/metrics", metrics),
-            web.get("/healthz/ready", ready),
-            web.get("/debug/ca", debug),
-        ]
+    settings = CASettings(
+        state_dir=_state_dir(args),
+        listen=args.listen,
+        renew_listen=args.renew_listen,
+        system_namespace=_system_namespace(args),
+        reload_interval=args.reload_interval,
     )
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    host, _, port = args.monitoring.rpartition(":")
-    site = web.TCPSite(runner, host, int(port))
-    await site.start()
-    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    # One machine-readable line, so scripts and tests learn the ports (0 = kernel-chosen).
-    print(
-        json.dumps(
-            {
-                "bootstrap": server.bootstrap_target,
-                "renewal": server.renewal_target,
-                "monitoring": f"{host}:{bound}",
-                "root": str(root_path),
-            }
-        ),
-        flush=True,
-    )
+    supervisor = Supervisor()
+    ca = CAComponent(lambda: build_ca(args), settings, supervisor, reviewer)
+    monitoring = MonitoringServer(args.monitoring, name="meshfed.ca")
+    monitoring.add_routes(ca.routes())
+    monitoring.add_readiness(ca.not_ready, lambda: ca.degraded() + _failing(supervisor))
+    life = Lifecycle()
+    life.add("supervisor", Step(_nothing, supervisor.stop))
+    life.add("ca", ca)
+    life.add("monitoring server", monitoring)
     try:
+        await life.start()
+    except StartFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        assert ca.server is not None and ca.root_path is not None
+        # One machine-readable line, so scripts and tests learn the ports (0 = kernel-chosen).
+        print(
+            json.dumps(
+                {
+                    "bootstrap": ca.server.bootstrap_target,
+                    "renewal": ca.server.renewal_target,
+                    "monitoring": monitoring.bound,
+                    "root": str(ca.root_path),
+                }
+            ),
+            flush=True,
+        )
         await stop.wait()
     finally:
-        if follower is not None:
-            follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await follower
-        await server.stop()
-        await runner.cleanup()
+        await life.stop()
+    return 0
+
+
+def _failing(supervisor: Any) -> list[str]:
+    return [f"{task} failing (restarting): {why}" for task, why in supervisor.failures().items()]
+
+
+async def _nothing() -> None:
+    return None
 
 
 def _run(main: Any) -> int:
+    from meshfed.core.lifecycle import handle_stop_signals
+
     async def runner() -> int:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        result = await main(stop)
+        restore = handle_stop_signals(stop)
+        try:
+            result = await main(stop)
+        finally:
+            restore()
         return int(result or 0)
 
     return asyncio.run(runner())
@@ -394,46 +353,28 @@ async def run_agent(args: argparse.Namespace, stop: asyncio.Event) -> int:
     except CARefused as exc:
         print(f"error: the CA refused: {exc}", file=sys.stderr)
         return 1
-    runner = None
+    monitoring = None
     try:
         if args.monitoring:
             # aiohttp is loaded only for the optional monitoring port: the agent stays small.
             from aiohttp import web
-            from prometheus_client import REGISTRY, generate_latest
+
+            from meshfed.core.monitoring import MonitoringServer
 
             async def debug(request: web.Request) -> web.Response:
-                return web.json_response(
-                    {
-                        "identity": agent.config.identity,
-                        "not_after": agent.not_after.isoformat() if agent.not_after else None,
-                        "serials": [f"{s:x}" for s in agent.serials],
-                        "rotations": agent.rotator.rotations,
-                        "registered": agent.registered,
-                        "sds": agent.sds.describe(),
-                        "sidecar_pid": agent.sidecar.proc.pid
-                        if agent.sidecar and agent.sidecar.proc
-                        else None,
-                    }
-                )
+                return web.json_response(agent.describe())
 
-            async def metrics(request: web.Request) -> web.Response:
-                return web.Response(body=generate_latest(REGISTRY), content_type="text/plain")
-
-            app = web.Application()
-            app.add_routes([web.get("/debug/nodeagent", debug), web.get("/metrics", metrics)])
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            host, _, port = args.monitoring.rpartition(":")
-            site = web.TCPSite(runner, host, int(port))
-            await site.start()
-            bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            print(json.dumps({"monitoring": f"{host}:{bound}"}), flush=True)
+            monitoring = MonitoringServer(args.monitoring, name="meshfed.nodeagent")
+            monitoring.add_routes([web.get("/debug/nodeagent", debug)])
+            monitoring.add_readiness(agent.not_ready, agent.degraded)
+            await monitoring.start()
+            print(json.dumps({"monitoring": monitoring.bound}), flush=True)
         print(json.dumps({"identity": agent.config.identity, "ready": True}), flush=True)
         await stop.wait()
         return 0
     finally:
-        if runner is not None:
-            await runner.cleanup()
+        if monitoring is not None:
+            await monitoring.stop()
         await agent.stop()
 
 

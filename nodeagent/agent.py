@@ -35,6 +35,7 @@ from typing import Any
 import attrs
 import tenacity
 
+from meshfed.core.supervisor import Supervisor
 from meshfed.nodeagent import keys, registration
 from meshfed.nodeagent.client import CAClient, SignResponse
 from meshfed.nodeagent.rotation import Rotator
@@ -161,7 +162,7 @@ class NodeAgent:
         self.not_after: dt.datetime | None = None
         self.serials: list[int] = []  # every certificate this agent has served, in order
         self.sidecar: SidecarProcess | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self.supervisor = Supervisor()
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.registered = False
         self.sidecar_restarts = 0
@@ -183,7 +184,7 @@ class NodeAgent:
         try:
             if cfg.hub_url and cfg.workload is not None:
                 await self.register()
-                self._tasks.append(asyncio.create_task(self._keep_registered()))
+                self.supervisor.spawn("nodeagent registration", self._keep_registered)
             if cfg.sidecar_bootstrap is not None:
                 workdir = cfg.workdir
                 if workdir is None:
@@ -192,14 +193,47 @@ class NodeAgent:
                 boot = with_sds_cluster(cfg.sidecar_bootstrap, cfg.sds_socket)
                 self.sidecar = SidecarProcess(boot, workdir)
                 await self.sidecar.start()
-                self._tasks.append(asyncio.create_task(self._supervise_sidecar()))
-            assert self.not_after is not None
-            self._tasks.append(asyncio.create_task(self.rotator.run(self.not_after)))
+                self.supervisor.spawn(
+                    "nodeagent sidecar", self._supervise_sidecar, restart_on_exit=False
+                )
+            self.supervisor.spawn("nodeagent rotation", self._rotate)
             if cfg.bundle_refresh > 0:
-                self._tasks.append(asyncio.create_task(self._follow_bundle()))
+                self.supervisor.spawn("nodeagent trust bundle", self._follow_bundle)
         except BaseException:
             await self.stop()
             raise
+
+    async def _rotate(self) -> None:
+        # From the certificate in force now: a restarted rotation loop renews on time.
+        assert self.not_after is not None
+        await self.rotator.run(self.not_after)
+
+    def describe(self) -> dict[str, Any]:
+        """What ``/debug/nodeagent`` shows."""
+        proc = self.sidecar.proc if self.sidecar else None
+        return {
+            "identity": self.config.identity,
+            "not_after": self.not_after.isoformat() if self.not_after else None,
+            "serials": [f"{s:x}" for s in self.serials],
+            "rotations": self.rotator.rotations,
+            "registered": self.registered,
+            "sds": self.sds.describe(),
+            "sidecar_pid": proc.pid if proc else None,
+            "tasks": self.supervisor.describe(),
+        }
+
+    def not_ready(self) -> list[str]:
+        if self.not_after is None:
+            return ["nodeagent: no certificate yet"]
+        not_after = self.not_after
+        if not_after.tzinfo is None:
+            not_after = not_after.replace(tzinfo=dt.UTC)
+        if not_after <= dt.datetime.now(dt.UTC):
+            return [f"nodeagent: the certificate expired at {self.not_after.isoformat()}"]
+        return []
+
+    def degraded(self) -> list[str]:
+        return [f"{t} failing (restarting): {why}" for t, why in self.supervisor.failures().items()]
 
     def _install(self, key: keys.PrivateKey, response: SignResponse) -> None:
         from cryptography import x509
@@ -301,10 +335,8 @@ class NodeAgent:
                 log.warning("re-registration with %s failed: %s", self.config.hub_url, exc)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        await self.supervisor.stop()
+        self.supervisor = Supervisor()
         cfg = self.config
         if self.registered and cfg.hub_url and cfg.workload is not None and self.key:
             try:
