@@ -2,11 +2,12 @@
 
 Why: a store, watcher or adapter that dies on one bad input must not take its feature down
 silently. Every such task runs here: an exception (or an unexpected return) is logged once,
-counted, shown as a failure (:meth:`Supervisor.failures`, which the monitoring server's readiness
-answer lists), and the task is started again after a jittered exponential backoff (tenacity's
-``wait_random_exponential``). A restarted task that stays up for ``stable_after`` seconds counts
-as recovered: its failure is withdrawn, the ``on_recover`` callback runs (the hub clears a
-registry's ``degraded`` there) and its backoff starts from the beginning again.
+counted, shown as a failure (:meth:`Supervisor.failures`, which the readiness answer lists), and
+the task is started again after a jittered exponential backoff (full jitter, as tenacity's
+``wait_random_exponential`` that the adapters' own retries use). A restarted task that stays up
+for ``stable_after`` seconds counts as recovered: its failure is withdrawn, the ``on_recover``
+callback runs (the hub clears a registry's ``degraded`` there) and its backoff starts from the
+beginning again.
 
 Promises: :meth:`Supervisor.retire` ends one task for good (its owner stopped it: the exit that
 follows is not a failure); :meth:`Supervisor.stop` ends them all, giving them a grace period
@@ -18,11 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 
 import attrs
-import tenacity
 from prometheus_client import Counter, Gauge
 
 log = logging.getLogger("meshfed.core.supervisor")
@@ -55,10 +56,8 @@ class Supervised:
 
 
 def _backoff(failures: int, multiplier: float, maximum: float) -> float:
-    wait = tenacity.wait_random_exponential(multiplier=multiplier, max=maximum)
-    state = tenacity.RetryCallState(None, None, (), {})
-    state.attempt_number = failures
-    return float(wait(state))
+    """Full jitter over an exponential bound, as tenacity's ``wait_random_exponential``."""
+    return random.uniform(0, min(maximum, multiplier * 2 ** min(failures, 32)))
 
 
 class Supervisor:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -66,7 +66,11 @@ class RegistryConfigError(Exception):
     """A configured registry cannot be created; the message names the file and the entry."""
 
 
-def adapter_factory(kind: str) -> AdapterFactory:
+def adapter_factory(kind: str, extra: Mapping[str, AdapterFactory] | None = None) -> AdapterFactory:
+    """The factory of a registry kind: ``extra`` first (an embedding program's own kinds),
+    then the ``meshfed.registries`` entry points."""
+    if extra and kind in extra:
+        return extra[kind]
     found = {ep.name: ep for ep in entry_points(group="meshfed.registries")}
     if kind not in found:
         raise UnknownRegistryKind(
@@ -76,12 +80,17 @@ def adapter_factory(kind: str) -> AdapterFactory:
     return factory
 
 
-def create_adapter(mesh: MeshConfig, reg: RegistryConfig, member: Member) -> RegistryAdapter:
+def create_adapter(
+    mesh: MeshConfig,
+    reg: RegistryConfig,
+    member: Member,
+    factories: Mapping[str, AdapterFactory] | None = None,
+) -> RegistryAdapter:
     """The adapter for one ``spec.registries`` entry; raises the adapter's own parameter
     error (or :class:`UnknownRegistryKind`). Constructing one does no I/O: it is also how
     ``meshfed validate`` checks registry parameters exactly as the hub will."""
     context = AdapterContext(member, dict(reg.params), mesh.trust_domain, mesh.system_namespace)
-    return adapter_factory(reg.kind)(context)
+    return adapter_factory(reg.kind, factories)(context)
 
 
 class AggregateCollector:
@@ -134,12 +143,14 @@ class Hub:
     adapters: dict[str, RegistryAdapter] = attrs.field(factory=dict)
     metrics: CollectorRegistry = attrs.field(factory=CollectorRegistry)
     supervisor: Supervisor = attrs.field(factory=Supervisor)
+    # Registry kinds of an embedding program (or a test), beside the installed entry points.
+    factories: dict[str, AdapterFactory] = attrs.field(factory=dict)
     monitoring: MonitoringServer | None = None
     _lifecycle: Lifecycle = attrs.field(factory=Lifecycle)
     _adapter_tasks: set[str] = attrs.field(factory=set)
 
     def __attrs_post_init__(self) -> None:
-        self.metrics.register(AggregateCollector(self.aggregate))  # type: ignore[arg-type]
+        self.metrics.register(AggregateCollector(self.aggregate))
         self.aggregate.subscribe(self._count_event)
 
     @staticmethod
@@ -161,7 +172,7 @@ class Hub:
         for index, reg in enumerate(self.mesh.registries):
             member = self.aggregate.add_member(reg.name, reg.kind)
             try:
-                self.adapters[reg.name] = create_adapter(self.mesh, reg, member)
+                self.adapters[reg.name] = create_adapter(self.mesh, reg, member, self.factories)
             except Exception as exc:  # an adapter's own parameter check, or an unknown kind
                 raise RegistryConfigError(
                     f"{self.mesh.source}: MeshConfig: spec.registries[{index}] "

@@ -161,12 +161,12 @@ class PilotServer:
         if hub.mesh.config_paths and not any(
             isinstance(s, FileConfigStore) for s in self.config_stores
         ):
-            store = FileConfigStore(
+            files = FileConfigStore(
                 hub.mesh.config_paths,
                 routing_parsers(IngressSelection.from_pilot_config(hub.mesh.pilot)),
             )
-            self.config_stores.append(store)
-            self._owned_stores = [store]
+            self.config_stores.append(files)
+            self._owned_stores = [files]
         for store in hub.config_stores(ROUTING):  # e.g. the Kubernetes CRD config stores
             if store not in self.config_stores:
                 self.config_stores.append(store)
@@ -279,7 +279,8 @@ class PilotServer:
 
     def _on_status(self) -> None:
         discovery = self.discovery
-        if discovery is None or discovery.serving.is_set() or not self.aggregate.synced:
+        aggregate = self.aggregate
+        if discovery is None or discovery.serving.is_set() or not aggregate or not aggregate.synced:
             return
         assert self.cache is not None
         # Everything the registries loaded so far, without waiting for the debouncer.

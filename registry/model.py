@@ -70,6 +70,14 @@ def _sorted_pairs(value: Any, coerce: Any) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted((str(k), coerce(v)) for k, v in items))
 
 
+def _str_pairs(value: Any) -> tuple[tuple[str, str], ...]:
+    return _sorted_pairs(value, str)
+
+
+def _int_pairs(value: Any) -> tuple[tuple[str, int], ...]:
+    return _sorted_pairs(value, int)
+
+
 class _FrozenMap(Mapping[str, Any]):
     """Read-only Mapping behaviour over a sorted ``items_tuple`` (the attrs field of subclasses)."""
 
@@ -96,9 +104,7 @@ class _FrozenMap(Mapping[str, Any]):
 class Labels(_FrozenMap):
     """An immutable, canonically ordered string-to-string mapping."""
 
-    items_tuple: tuple[tuple[str, str], ...] = attrs.field(
-        default=(), converter=lambda v: _sorted_pairs(v, str)
-    )
+    items_tuple: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_str_pairs)
 
     def matches(self, selector: Mapping[str, str]) -> bool:
         """True when every key of ``selector`` is present here with the same value."""
@@ -120,9 +126,7 @@ def _labels(value: Any) -> Labels:
 class PortMap(_FrozenMap):
     """Port name to port number, canonically ordered; used for an endpoint's target ports."""
 
-    items_tuple: tuple[tuple[str, int], ...] = attrs.field(
-        default=(), converter=lambda v: _sorted_pairs(v, int)
-    )
+    items_tuple: tuple[tuple[str, int], ...] = attrs.field(default=(), converter=_int_pairs)
 
 
 def _port_map(value: Any) -> PortMap:
@@ -213,7 +217,7 @@ class Endpoint:
         return (self.registry, self.address, self.ports.items_tuple)
 
     def target_port(self, port: Port) -> int:
-        return self.ports.get(port.name, port.number)
+        return int(self.ports.get(port.name, port.number))
 
 
 @attrs.frozen(slots=True)
