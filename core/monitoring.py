@@ -74,7 +74,7 @@ class _RequestLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
             self._skipped += 1
             return
         self._logged += 1
-        detail = f"{exc.code} {exc.message}".replace("\n", " ")
+        detail = " ".join(f"{exc.code} {exc.message}".split())
         if len(detail) > MAX_LOGGED_CHARS:
             detail = detail[:MAX_LOGGED_CHARS] + "..."
         self.logger.warning(f"{msg}: malformed request: %s", *args, detail)
