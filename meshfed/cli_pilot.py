@@ -17,12 +17,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import sys
 import urllib.parse
 import urllib.request
 from typing import Any
 
+from meshfed.core.lifecycle import handle_stop_signals
 from meshfed.pilot import xds_types as T
 from meshfed.pilot.node import DEFAULT_ADMIN_PORT, DEFAULT_OUTBOUND_HTTP_PORT
 
@@ -144,9 +144,7 @@ def cmd_proxy(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        restore = handle_stop_signals(stop)
         envoy = EnvoyProcess(spec, log_level=args.envoy_log_level)
         probe = ReadinessServer(envoy, args.status_port) if args.status_port else None
         try:
@@ -178,6 +176,7 @@ def cmd_proxy(args: argparse.Namespace) -> int:
             await envoy.stop()
             if probe is not None:
                 await probe.stop()
+            restore()
 
     return asyncio.run(main())
 
