@@ -96,3 +96,49 @@ async def test_a_cancelled_start_unwinds_and_stays_cancelled() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert log == ["start a", "start slow", "stop slow", "stop a"]
+
+
+SCRIPT = """
+import asyncio, sys, time
+from meshfed.core.lifecycle import handle_stop_signals
+
+async def main():
+    stop = asyncio.Event()
+    handle_stop_signals(stop, hard_exit_after=float(sys.argv[1]))
+    print("ready", flush=True)
+    if sys.argv[2] == "frozen":
+        time.sleep(60)  # the loop is blocked (a read that never returns)
+    else:
+        await stop.wait()
+        print("stopped cleanly", flush=True)
+
+asyncio.run(main())
+"""
+
+
+async def _signalled(mode: str, hard_exit_after: float) -> tuple[int, str, float]:
+    import signal
+    import sys
+    import time
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", SCRIPT, str(hard_exit_after), mode,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    assert (await asyncio.wait_for(proc.stdout.readline(), 20)).strip() == b"ready"
+    proc.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    out, _ = await asyncio.wait_for(proc.communicate(), 20)
+    return proc.returncode or 0, out.decode(), time.monotonic() - sent
+
+
+async def test_sigterm_sets_the_stop_event() -> None:
+    code, out, _ = await _signalled("normal", 30)
+    assert code == 0 and "stopped cleanly" in out
+
+
+async def test_sigterm_ends_a_process_whose_loop_is_blocked() -> None:
+    code, _, took = await _signalled("frozen", 0.5)
+    assert code == 128 + 15
+    assert took < 10  # not the 60 s the blocked call would have taken
