@@ -111,7 +111,7 @@ class PilotServer:
         # Built in full by _on_status once every registry has synced (now, if already so).
         self.cache = ConfigCache(self.aggregate)
         self.cache.mtls_policy = self.mtls_policy
-        self._start_stores()
+        await self._start_stores()
         self.discovery = DiscoveryServer(self.cache)
         self._debounce = DebounceLoop(self._flush, self.quiet, self.max_delay)
         self._debounce.start()
@@ -162,11 +162,11 @@ class PilotServer:
             if store is not None and hasattr(store, "subscribe") and not known:
                 self.config_stores.append(store)
 
-    def _start_stores(self) -> None:
+    async def _start_stores(self) -> None:
         assert self.cache is not None
         for store in self.config_stores:
             if store in self._owned_stores:
-                store.load()  # rules in force before the first proxy is served
+                await store.refresh()  # rules in force before the first proxy is served
                 self._store_tasks.append(asyncio.create_task(store.run()))
             if id(store) not in self._subscribed_stores:
                 store.subscribe(self._on_config)
