@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -134,3 +137,25 @@ def test_load_documents_reports_refusals_as_file_errors(tmp_path: Path) -> None:
     bad.write_bytes(b"\xff\xfe")
     _, errors = load_documents(bad)
     assert [str(e) for e in errors] == [f"{bad}: file: not valid UTF-8 at byte 0 (line 1)"]
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs util-linux setpriv")
+def test_unreadable_file_is_refused_cleanly(tmp_path: Path) -> None:
+    # Root reads a mode 000 file anyway; without the DAC override capabilities it cannot, as an
+    # unprivileged hub could not.
+    path = tmp_path / "secret.yaml"
+    path.write_text("kind: X\n")
+    path.chmod(0)
+    code = (
+        "import sys; from meshfed.core.files import FileRefused, read_config_file\n"
+        "try: read_config_file(sys.argv[1])\n"
+        "except FileRefused as exc: print(exc.reason)\n"
+    )
+    drop = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    done = subprocess.run(
+        [*drop, sys.executable, "-c", code, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.stdout.strip() == "cannot read: Permission denied", done.stderr

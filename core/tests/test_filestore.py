@@ -182,6 +182,59 @@ def test_per_object_apply_matches_its_model(tmp_path_factory, edits: list[list[D
         assert len(store.errors()) == sum(1 for _, ok, _ in edit if not ok)
 
 
+SLOT_STATES = st.one_of(
+    st.tuples(st.just("good"), st.integers(0, 9)),
+    st.sampled_from(["bad", "fifo", "device", "directory", "absent", "not-utf8", "yaml-error"]).map(
+        lambda s: (s, 0)
+    ),
+)
+
+
+def put(path: Path, state: str, value: int) -> None:
+    if path.is_dir() and not path.is_symlink():
+        path.rmdir()
+    elif os.path.lexists(path):
+        path.unlink()
+    if state == "good":
+        path.write_text(thing(path.stem, value))
+    elif state == "bad":
+        path.write_text(thing(path.stem, "oops"))
+    elif state == "fifo":
+        os.mkfifo(path)
+    elif state == "device":
+        path.symlink_to("/dev/zero")
+    elif state == "directory":
+        path.mkdir()
+    elif state == "not-utf8":
+        path.write_bytes(thing(path.stem, 1).encode() + b"# \xff\n")
+    elif state == "yaml-error":
+        path.write_text(thing(path.stem, 1) + "  : [\n")
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["p", "q", "r"]), SLOT_STATES), min_size=1, max_size=12))
+def test_any_sequence_of_file_faults_keeps_last_good_objects(
+    tmp_path_factory, steps: list[tuple[str, tuple[str, int]]]
+) -> None:
+    """Files of a folder turned into anything, in any order: each object is its file's latest
+    good version, kept while the file is broken and removed with the file; nothing raises."""
+    folder = tmp_path_factory.mktemp("faults")
+    store = Store([folder])
+    model: dict[str, int] = {}
+    states: dict[str, str] = {}
+    for slot, (state, value) in steps:
+        put(folder / f"{slot}.yaml", state, value)
+        states[slot] = state
+        if state == "good":
+            model[slot] = value
+        elif state == "absent":
+            model.pop(slot, None)
+        store.files.reload()
+        assert store.state == model
+        broken = sum(1 for s in states.values() if s not in ("good", "absent"))
+        assert len(store.errors()) == broken
+
+
 # -- watching ----------------------------------------------------------------------------------
 
 
