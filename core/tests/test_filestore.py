@@ -379,3 +379,25 @@ async def test_a_failing_apply_does_not_end_watching(tmp_path: Path, caplog) -> 
     await eventually(lambda: not files.errors, "failure cleared once watching works")
     files.stop()
     await asyncio.wait_for(task, 5)
+
+
+async def test_configmap_style_folder_follows_its_atomic_swaps(tmp_path: Path) -> None:
+    """A Kubernetes ConfigMap volume: x.yaml -> ..data/x.yaml, ..data -> a timestamped folder,
+    updated by writing a new folder and renaming a new ..data link over the old one."""
+
+    def publish(version: str, value: int) -> None:
+        payload = tmp_path / f"..{version}"
+        payload.mkdir()
+        (payload / "a.yaml").write_text(thing("a", value))
+        (tmp_path / "..data_tmp").symlink_to(payload.name)
+        os.replace(tmp_path / "..data_tmp", tmp_path / "..data")
+
+    publish("2026_01_01_00_00_00.1", 1)
+    (tmp_path / "a.yaml").symlink_to("..data/a.yaml")
+    w = await watching([tmp_path])
+    assert w.store.state == {"a": 1} and w.store.errors() == []
+    publish("2026_01_01_00_00_01.2", 2)
+    shutil.rmtree(tmp_path / "..2026_01_01_00_00_00.1")
+    await eventually(lambda: w.store.state == {"a": 2}, "swapped ConfigMap payload read")
+    assert w.store.errors() == []
+    await w.stop()
