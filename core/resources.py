@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 import attrs
 import yaml
 
+from meshfed.core.files import FileRefused, read_config_text
+
 E = TypeVar("E", bound=enum.Enum)
 
 # libyaml's loader parses ~8x faster (a 1,000-service file: 0.56 s instead of 4-5 s); the pure
@@ -73,12 +75,16 @@ class Document:
 def load_documents(
     path: Path, default_namespace: str = "default"
 ) -> tuple[list[Document], list[ConfigError]]:
-    """Read every resource document of a YAML file; return the documents and the errors."""
+    """Read every resource document of a YAML file; return the documents and the errors.
+
+    The file is read by :func:`meshfed.core.files.read_config_file` (regular files only, size
+    limit); like any file read it blocks, so code on an event loop calls this in a worker thread.
+    """
     file = str(path)
     try:
-        raw_docs = list(yaml.load_all(path.read_text(encoding="utf-8"), Loader=SAFE_LOADER))
-    except OSError as exc:
-        return [], [ConfigError(file, "file", "", f"cannot read: {exc.strerror or exc}")]
+        raw_docs = list(yaml.load_all(read_config_text(path), Loader=SAFE_LOADER))
+    except FileRefused as exc:
+        return [], [ConfigError(file, "file", "", exc.reason)]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "document"

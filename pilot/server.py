@@ -122,7 +122,7 @@ class PilotServer:
         # Built in full by _on_status once every registry has synced (now, if already so).
         self.cache = ConfigCache(self.aggregate)
         self.cache.mtls_policy = self.mtls_policy
-        self._start_stores()
+        await self._start_stores()
         self.discovery = DiscoveryServer(self.cache)
         self._debounce = DebounceLoop(self._flush, self.quiet, self.max_delay)
         self._debounce.start()
@@ -171,12 +171,12 @@ class PilotServer:
             if store not in self.config_stores:
                 self.config_stores.append(store)
 
-    def _start_stores(self) -> None:
+    async def _start_stores(self) -> None:
         assert self.cache is not None
         assert self._supervisor is not None
         for index, store in enumerate(self.config_stores):
             if store in self._owned_stores:
-                store.load()  # rules in force before the first proxy is served
+                await store.refresh()  # rules in force before the first proxy is served
                 name = f"pilot config files {index}"
                 self._store_tasks.append(name)
                 self._supervisor.spawn(name, store.run)

@@ -29,6 +29,7 @@ import attrs
 
 from meshfed.adapters.eureka.config import EurekaSettings
 from meshfed.adapters.eureka.wire import Applications, WireError, parse
+from meshfed.core.files import read_config_file, read_config_text
 
 ACCEPT = {"json": "application/json", "xml": "application/xml"}
 
@@ -65,12 +66,19 @@ def basic_auth(username: str, password: str) -> str:
 
 
 def ssl_context(settings: EurekaSettings) -> ssl.SSLContext | None:
-    """The client TLS context (custom CA and/or client certificate), or None for the default."""
+    """The client TLS context (custom CA and/or client certificate), or None for the default.
+
+    It reads files: callers on an event loop run it in a worker thread. Every file goes through
+    meshfed's config reader first, so a FIFO or device named here is refused, never opened.
+    """
     tls = settings.tls
     if tls is None:
         return None
-    context = ssl.create_default_context(cafile=tls.ca_file or None)
+    ca = read_config_text(tls.ca_file) if tls.ca_file else None
+    context = ssl.create_default_context(cadata=ca)
     if tls.cert_file:
+        for path in filter(None, (tls.cert_file, tls.key_file)):
+            read_config_file(path)
         context.load_cert_chain(tls.cert_file, tls.key_file or None)
     return context
 
@@ -90,17 +98,19 @@ class EurekaHttp:
         return self.servers[self._index]
 
     async def _open(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            headers = {"Accept": ACCEPT[self.settings.format]}
-            if self.settings.username:
-                headers["Authorization"] = basic_auth(
-                    self.settings.username, self.settings.password
-                )
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
-                headers=headers,
-                connector=aiohttp.TCPConnector(ssl=ssl_context(self.settings) or True, limit=4),
-            )
+        if self._session is not None and not self._session.closed:
+            return self._session
+        context = await asyncio.to_thread(ssl_context, self.settings)
+        if self._session is not None and not self._session.closed:  # another caller opened one
+            return self._session
+        headers = {"Accept": ACCEPT[self.settings.format]}
+        if self.settings.username:
+            headers["Authorization"] = basic_auth(self.settings.username, self.settings.password)
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
+            headers=headers,
+            connector=aiohttp.TCPConnector(ssl=context or True, limit=4),
+        )
         return self._session
 
     async def close(self) -> None:

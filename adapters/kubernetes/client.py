@@ -6,6 +6,10 @@ kubeconfig. Rules, in order: an explicit ``kubeconfig`` path (and optional ``con
 given; otherwise the in-cluster service-account config when the process runs in a pod; otherwise
 the default kubeconfig (``$KUBECONFIG`` or ``~/.kube/config``). Each call builds a *new* client,
 so two registries pointing at two clusters never share credentials or connection pools.
+
+Building a client reads files (the kubeconfig, certificates), so callers on an event loop run
+:func:`load_api_client` in a worker thread. An explicit kubeconfig is first checked by meshfed's
+config reader, so a FIFO or device there is refused at once instead of blocking that thread.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import os
 
 from kubernetes import client, config
 
+from meshfed.core.files import read_config_file
+
 
 def load_api_client(
     kubeconfig: str | None = None, context: str | None = None, pool_size: int = 16
@@ -21,6 +27,7 @@ def load_api_client(
     """An ``ApiClient`` for the cluster named by ``kubeconfig`` / ``context`` (see module doc)."""
     configuration = client.Configuration()
     if kubeconfig:
+        read_config_file(os.path.expanduser(kubeconfig))  # raises FileRefused: not a file
         config.load_kube_config(
             config_file=os.path.expanduser(kubeconfig),
             context=context or None,

@@ -468,7 +468,7 @@ class KubeConfigStore:
             with attempt:
                 if self._stopped.is_set():
                     return
-                api = self.api_client
+                api = await asyncio.to_thread(lambda: self.api_client)  # reads files
         if self.record_events:
             self.recorder = EventRecorder(api)
             self.resources.recorder = self.recorder

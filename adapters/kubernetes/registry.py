@@ -280,6 +280,10 @@ class KubernetesRegistry:
         """List everything, ``mark_synced``, then follow changes until :meth:`stop`."""
         self.started_at = time.time()
         self._loop = asyncio.get_running_loop()
+        if self._api_client is None:  # reads the kubeconfig: off the event loop
+            self._api_client = await asyncio.to_thread(
+                load_api_client, self.params.kubeconfig, self.params.context
+            )
         self.watchers = self._make_watchers()
         for watcher in self.watchers.values():
             watcher.start(self._loop)

@@ -2,8 +2,9 @@
 
 It reads ServiceEntry and WorkloadEntry documents from files and directories, feeds the result to
 its member of the aggregate, and watches the paths: an edit applies without a restart. Errors are
-kept per file: a file that fails to parse or validate keeps its last good documents in force (and
-the errors are logged and shown in ``/debug/registryz``), while the other files update normally.
+kept per object (see :mod:`meshfed.core.filestore`): a document that fails to parse or validate
+keeps its object's last good version in force (and the errors are logged and shown in
+``/debug/registryz``), while the other documents and files update normally.
 Documents of kinds this registry does not own (routing rules living in the same folder) are left
 to their own stores.
 """
@@ -20,8 +21,9 @@ import attrs
 from meshfed.adapters.contract import AdapterContext
 from meshfed.adapters.static.kinds import PARSERS, ServiceEntrySpec, WorkloadSpec
 from meshfed.adapters.static.translate import translate
+from meshfed.core import filestore
 from meshfed.core.filestore import WatchedFiles
-from meshfed.core.resources import ConfigError, load_documents
+from meshfed.core.resources import ConfigError
 from meshfed.registry.aggregate import Member
 
 log = logging.getLogger("meshfed.adapters.static")
@@ -34,22 +36,16 @@ class FileState:
 
 
 def parse_file(path: Path) -> tuple[FileState | None, list[ConfigError]]:
-    """Parse one file; None when it has errors (its last good state should stay)."""
-    docs, errors = load_documents(path)
-    entries, workloads = [], []
-    for doc in docs:
-        parser = PARSERS.get(doc.kind)
-        if parser is None:
-            continue
-        parsed, doc_errors = parser(doc)
-        errors.extend(doc_errors)
-        if isinstance(parsed, ServiceEntrySpec):
-            entries.append(parsed)
-        elif isinstance(parsed, WorkloadSpec):
-            workloads.append(parsed)
-    if errors:
-        return None, errors
-    return FileState(tuple(entries), tuple(workloads)), []
+    """One file's entries on their own (None when any document has an error); the registry
+    itself applies files per object (:mod:`meshfed.core.filestore`)."""
+    parsed = filestore.parse_file(path, PARSERS)
+    if parsed.errors:
+        return None, list(parsed.errors)
+    objects = [obj for _, obj in parsed.objects]
+    return FileState(
+        tuple(o for o in objects if isinstance(o, ServiceEntrySpec)),
+        tuple(o for o in objects if isinstance(o, WorkloadSpec)),
+    ), []
 
 
 class StaticRegistry:
@@ -60,17 +56,19 @@ class StaticRegistry:
     def __init__(self, member: Member, paths: Iterable[Path | str], trust_domain: str) -> None:
         self.member = member
         self.trust_domain = trust_domain
-        self.files = WatchedFiles(paths, parse_file, self._apply, what="static registry config")
+        self.files: WatchedFiles[ServiceEntrySpec | WorkloadSpec] = WatchedFiles(
+            paths, PARSERS, self._apply, what="static registry config"
+        )
 
     @property
     def errors(self) -> list[ConfigError]:
         return self.files.errors
 
     def _apply(self) -> None:
-        states = self.files.content.values()
+        objects = list(self.files.objects())
         services, endpoints, translate_errors = translate(
-            [e for s in states for e in s.entries],
-            [w for s in states for w in s.workloads],
+            [o for o in objects if isinstance(o, ServiceEntrySpec)],
+            [o for o in objects if isinstance(o, WorkloadSpec)],
             self.trust_domain,
             self.member.name,
         )

@@ -45,6 +45,7 @@ from meshfed.adapters.workloads.protocol import (
     verify_request,
 )
 from meshfed.core.component import HubContext
+from meshfed.core.files import FileRefused, read_config_file, read_config_text
 from meshfed.core.supervisor import Supervisor
 from meshfed.core.svid import load_pem_chain
 from meshfed.registry.aggregate import Member
@@ -84,7 +85,7 @@ class WorkloadRegistration:
     async def start(self, hub: HubContext) -> None:
         self._trust_domain = hub.mesh.trust_domain
         self._member = hub.aggregate.add_member(MEMBER_NAME, "nodeagent")
-        self._load_state()
+        self._restore(await asyncio.to_thread(self._read_state))
         self.member.mark_synced()  # a push registry: what it holds now is complete
         self._stopped.clear()
         self._supervisor = hub.supervisor
@@ -135,15 +136,16 @@ class WorkloadRegistration:
     def _roots(self) -> list[x509.Certificate]:
         # Read on every request: the CA may start after the hub, and the bundle may be rotated.
         try:
-            return load_pem_chain(self.trust_bundle.read_bytes())
-        except (OSError, ValueError) as exc:
+            return load_pem_chain(read_config_file(self.trust_bundle))
+        except FileRefused as exc:
+            raise RegistrationRefused(f"no trust bundle: {exc}") from None
+        except ValueError as exc:
             raise RegistrationRefused(f"no trust bundle at {self.trust_bundle}: {exc}") from None
 
     async def _authenticate(self, request: web.Request, body: bytes) -> tuple[str, str, str]:
         try:
-            signer = verify_request(
-                request.method, request.path, request.headers, body, self._roots()
-            )
+            roots = await asyncio.to_thread(self._roots)  # a file read: off the event loop
+            signer = verify_request(request.method, request.path, request.headers, body, roots)
             return parse_spiffe_id(signer)
         except (RegistrationRefused, ValueError) as exc:
             log.warning("refused workload registration from %s: %s", request.remote, exc)
@@ -226,29 +228,34 @@ class WorkloadRegistration:
         except OSError as exc:
             log.error("cannot write workload state %s: %s", self.state_file, exc)
 
-    def _load_state(self) -> None:
+    def _read_state(self) -> list[tuple[Registration, dict[str, Any], float]]:
+        """The unexpired registrations in the state file (a file read: run in a worker thread)."""
         if self.state_file is None or not self.state_file.exists():
-            return
+            return []
         now = time.time()
         try:
-            entries = json.loads(self.state_file.read_text())["workloads"]
+            entries = json.loads(read_config_text(self.state_file))["workloads"]
             loaded = []
             for entry in entries:
                 reg = parse_registration(entry["registration"])
                 expires = float(entry["expires"])
                 if expires > now:
                     loaded.append((reg, entry["registration"], expires))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (FileRefused, ValueError, KeyError, TypeError) as exc:
             log.error(
                 "workload state %s unreadable (%s): starting empty; agents re-register",
                 self.state_file,
                 exc,
             )
-            return
+            return []
+        return loaded
+
+    def _restore(self, loaded: list[tuple[Registration, dict[str, Any], float]]) -> None:
         for reg, body, expires in loaded:
             key = (reg.workload.namespace, reg.workload.name)
             self._put(key, reg, body, expires)
-        log.info("restored %d workload registration(s) from %s", len(loaded), self.state_file)
+        if loaded:
+            log.info("restored %d workload registration(s) from %s", len(loaded), self.state_file)
 
     async def _delete(self, request: web.Request) -> web.Response:
         body = await request.read()

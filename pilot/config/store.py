@@ -1,15 +1,15 @@
 """The file config store: traffic-management kinds read from watched YAML files.
 
 A snapshot of every valid RouteRule, DestinationPolicy, EgressRule and Gateway/Ingress, rebuilt on
-each change, is what Pilot translates. Files are handled by :mod:`meshfed.core.filestore`, so a file
-with an error keeps its last good objects in force. Kinds owned by other stores (ServiceEntry and
-WorkloadEntry belong to the static registry) are skipped here. Subscribers are told only when the
+each change, is what Pilot translates. Files are handled by :mod:`meshfed.core.filestore`, so a
+document with an error keeps its object's last good version in force while the file's other
+documents apply. Kinds owned by other stores (ServiceEntry and WorkloadEntry belong to the static
+registry) are skipped here. Subscribers are told only when the
 snapshot really changed.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -17,8 +17,8 @@ from typing import Any
 
 import attrs
 
-from meshfed.core.filestore import WatchedFiles
-from meshfed.core.resources import ConfigError, load_documents
+from meshfed.core.filestore import WatchedFiles, parse_file
+from meshfed.core.resources import ConfigError
 from meshfed.pilot.config.conflicts import RuleConflict, find_conflicts, ordered_rules
 from meshfed.pilot.config.model import (
     ConfigObject,
@@ -62,17 +62,12 @@ class ConfigSnapshot:
 def parse_config_file(
     path: Path, parsers: Mapping[str, Parser] = PARSERS
 ) -> tuple[tuple[ConfigObject, ...] | None, list[ConfigError]]:
-    docs, errors = load_documents(path)
-    objects = []
-    for doc in docs:
-        parser = parsers.get(doc.kind)
-        if parser is None:
-            continue
-        parsed, doc_errors = parser(doc)
-        errors.extend(doc_errors)
-        if parsed is not None:
-            objects.append(parsed)
-    return (None, errors) if errors else (tuple(objects), [])
+    """One file's routing objects on their own (None when any document has an error); the
+    store itself applies files per object (:mod:`meshfed.core.filestore`)."""
+    parsed = parse_file(path, parsers)
+    if parsed.errors:
+        return None, list(parsed.errors)
+    return tuple(obj for _, obj in parsed.objects), []
 
 
 class FileConfigStore:
@@ -81,11 +76,8 @@ class FileConfigStore:
     def __init__(
         self, paths: Iterable[Path | str], parsers: Mapping[str, Parser] = PARSERS
     ) -> None:
-        self.files = WatchedFiles(
-            paths,
-            functools.partial(parse_config_file, parsers=parsers),
-            self._apply,
-            what="routing config",
+        self.files: WatchedFiles[ConfigObject] = WatchedFiles(
+            paths, parsers, self._apply, what="routing config"
         )
         self.snapshot = ConfigSnapshot()
         self._subscribers: list[Callable[[ConfigSnapshot], None]] = []
@@ -98,8 +90,7 @@ class FileConfigStore:
         self._subscribers.append(callback)
 
     def _apply(self) -> None:
-        objects = [o for objs in self.files.content.values() for o in objs]
-        snapshot = ConfigSnapshot.of(objects)
+        snapshot = ConfigSnapshot.of(self.files.objects())
         if snapshot == self.snapshot:
             return
         for conflict in set(snapshot.conflicts) - set(self.snapshot.conflicts):
@@ -109,7 +100,12 @@ class FileConfigStore:
             callback(snapshot)
 
     def load(self) -> None:
+        """Read every file now (blocking: for callers without an event loop)."""
         self.files.reload()
+
+    async def refresh(self) -> None:
+        """Read every file in a worker thread and apply the result (for callers on the loop)."""
+        await self.files.refresh()
 
     async def run(self) -> None:
         await self.files.watch()
