@@ -33,7 +33,8 @@ class NoopKind:
 
     def parse_params(self, reader: FieldReader) -> dict[str, object] | None:
         before = len(reader.errors)
-        reader.unknown_fields(set())
+        for key in reader.data:
+            reader.error(str(key), "unknown field (noop takes no params)")
         return None if len(reader.errors) > before else {}
 
     async def build(self, params: object, env: HandlerEnv) -> Noop:

@@ -4,8 +4,9 @@ Istio 0.2's prometheus adapter. Each entry of ``metrics`` names the instance it 
 (``instanceName``), the exported name (prefixed ``istio_`` as Istio's were, so its dashboards'
 ``istio_request_count`` works), the kind, the label names (filled from the instance's dimensions
 of the same names) and, for a DISTRIBUTION, its buckets. They are registered in the registry the
-runtime hands over (``env.metrics``), which Mixer serves on its monitoring port, and unregistered
-when the handler is closed, so a new config can define them again.
+runtime hands over (``env.metrics``), which Mixer serves on its monitoring port. Handlers of
+successive config snapshots that define the same metric share one collector, so counts survive
+a config change; the last handler using it unregisters it when closed.
 
 Values: a COUNTER adds the instance's value (a negative one is dropped: counters only go up), a
 GAUGE is set to it, a DISTRIBUTION observes it; durations count in seconds. A dimension missing
@@ -19,6 +20,7 @@ import datetime as dt
 import enum
 import math
 import re
+import weakref
 from collections.abc import Sequence
 
 import attrs
@@ -77,20 +79,48 @@ def _number(value: Value) -> float | None:
     return None
 
 
+@attrs.define
+class _Shared:
+    spec: MetricSpec
+    collector: MetricWrapperBase
+    users: int = 0
+
+
+# registry -> exported name -> the collector handlers share. A new config snapshot is built
+# while the old one still serves, so a handler rebuilt with the same metric must reuse the
+# registered collector (its counts go on, as Prometheus expects of a counter) rather than
+# register the name a second time; one whose shape changed replaces it in the registry at once.
+_SHARED: weakref.WeakKeyDictionary[prometheus_client.CollectorRegistry, dict[str, _Shared]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _shape(spec: MetricSpec) -> tuple[object, ...]:
+    return (spec.kind, spec.label_names, spec.buckets, spec.description, spec.instance_name)
+
+
 class Prometheus:
     def __init__(self, params: PrometheusParams, env: HandlerEnv) -> None:
         self._registry = env.metrics
         self._env = env
-        self._collectors: list[MetricWrapperBase] = []
+        self._held: list[_Shared] = []
+        shared = _SHARED.setdefault(self._registry, {})
         entries: list[tuple[str, tuple[MetricSpec, MetricWrapperBase]]] = []
         try:
             for spec in params.metrics:
-                collector = self._make(spec)
-                self._collectors.append(collector)
-                entries.append((spec.instance_name, (spec, collector)))
+                entry = shared.get(spec.exported)
+                if entry is None or _shape(entry.spec) != _shape(spec):
+                    if entry is not None:
+                        self._registry.unregister(entry.collector)
+                        del shared[spec.exported]
+                    entry = _Shared(spec, self._make(spec))
+                    shared[spec.exported] = entry
+                entry.users += 1
+                self._held.append(entry)
+                entries.append((spec.instance_name, (spec, entry.collector)))
         except ValueError:
-            # e.g. the name is taken in the registry: undo what was registered, then fail build
-            self._unregister()
+            # the name is taken by a collector that is not a handler's: release, fail the build
+            self._release()
             raise
         self._index = InstanceIndex(entries)
         self._dropped = 0
@@ -148,14 +178,19 @@ class Prometheus:
                 instance.value,
             )
 
-    def _unregister(self) -> None:
-        for collector in self._collectors:
-            with contextlib.suppress(KeyError):
-                self._registry.unregister(collector)
-        self._collectors.clear()
+    def _release(self) -> None:
+        shared = _SHARED.get(self._registry, {})
+        for entry in self._held:
+            entry.users -= 1
+            current = shared.get(entry.spec.exported)
+            if entry.users == 0 and current is entry:
+                del shared[entry.spec.exported]
+                with contextlib.suppress(KeyError):
+                    self._registry.unregister(entry.collector)
+        self._held.clear()
 
     async def close(self) -> None:
-        self._unregister()
+        self._release()
 
 
 def _buckets(reader: FieldReader) -> tuple[float, ...]:
