@@ -29,6 +29,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Mapping, Sequence
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
@@ -123,6 +124,7 @@ class HandlerKind(Protocol):
 
 
 ENTRY_POINT_GROUP = "meshfed.mixer.handlers"
+BUILT_IN_DISTRIBUTION = "meshfed"
 
 
 def load_kinds(logger: logging.Logger | None = None) -> Mapping[str, HandlerKind]:
@@ -131,16 +133,26 @@ def load_kinds(logger: logging.Logger | None = None) -> Mapping[str, HandlerKind
     A plugin is someone else's code: one whose entry point fails to import, raises while
     loading, does not satisfy :class:`HandlerKind`, or publishes under a name other than its
     own ``name`` is logged and skipped, so a broken ``pip install`` never takes Mixer down.
-    When two distributions publish the same name the first one found wins and the clash is
-    logged (importlib.metadata's order: the order of ``sys.path``).
+    When two distributions publish the same name, meshfed's own kind wins (a plugin cannot
+    shadow a built-in); between two plugins the first found (``sys.path`` order) does. Either
+    way the clash is logged.
     """
-    from importlib.metadata import entry_points
-
     log = logger or logging.getLogger(__name__)
     kinds: dict[str, HandlerKind] = {}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+    origins: dict[str, str] = {}
+    # meshfed's own first (the sort is stable), so a clashing plugin is refused before its
+    # module is even imported
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: not _built_in(e)):
         dist = getattr(ep, "dist", None)
         origin = f"{ep.value} ({dist.name if dist else 'unknown distribution'})"
+        if ep.name in kinds:
+            log.error(
+                "mixer handler kind %r from %s skipped: the name is taken by %s",
+                ep.name,
+                origin,
+                origins[ep.name],
+            )
+            continue
         try:
             kind = ep.load()
         except Exception as exc:  # any failure of foreign code at import time
@@ -150,11 +162,14 @@ def load_kinds(logger: logging.Logger | None = None) -> Mapping[str, HandlerKind
         if problem:
             log.error("mixer handler kind %r from %s skipped: %s", ep.name, origin, problem)
             continue
-        if ep.name in kinds:
-            log.error("mixer handler kind %r from %s skipped: the name is taken", ep.name, origin)
-            continue
         kinds[ep.name] = kind
+        origins[ep.name] = origin
     return kinds
+
+
+def _built_in(ep: EntryPoint) -> bool:
+    dist = getattr(ep, "dist", None)
+    return dist is not None and dist.name == BUILT_IN_DISTRIBUTION
 
 
 def _kind_problem(published: str, kind: object) -> str:
