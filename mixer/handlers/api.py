@@ -155,7 +155,7 @@ def load_kinds(logger: logging.Logger | None = None) -> Mapping[str, HandlerKind
             continue
         try:
             kind = ep.load()
-        except Exception as exc:  # any failure of foreign code at import time
+        except (Exception, SystemExit) as exc:  # any failure of foreign code at import time
             log.error("mixer handler kind %r from %s failed to load: %r", ep.name, origin, exc)
             continue
         problem = _kind_problem(ep.name, kind)

@@ -64,6 +64,7 @@ def broken_plugins(tmp_path, monkeypatch):
         )
     )
     (tmp_path / "raisesonimport.py").write_text("raise ImportError('needs libfoo')\n")
+    (tmp_path / "exitsonimport.py").write_text("import sys\nsys.exit(3)\n")
     dist = tmp_path / "brokenplug-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: brokenplug\nVersion: 1.0\n")
@@ -74,6 +75,7 @@ def broken_plugins(tmp_path, monkeypatch):
             missingmodule = brokenplug_nope:KIND
             missingattr = brokenplug:NOPE
             raises = raisesonimport:KIND
+            exits = exitsonimport:KIND
             notakind = brokenplug:not_a_kind
             renamed = brokenplug:renamed
             badtemplates = brokenplug:bad_templates
@@ -85,7 +87,7 @@ def broken_plugins(tmp_path, monkeypatch):
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     yield
-    for mod in ("brokenplug", "raisesonimport"):
+    for mod in ("brokenplug", "raisesonimport", "exitsonimport"):
         sys.modules.pop(mod, None)
 
 
@@ -93,11 +95,20 @@ def test_broken_entry_points_are_logged_and_skipped(broken_plugins, caplog):
     caplog.set_level(logging.ERROR)
     kinds = load_kinds()
     assert set(kinds) >= BUILT_IN
-    for bad in ("missingmodule", "missingattr", "raises", "notakind", "renamed", "badtemplates"):
+    for bad in (
+        "exits",
+        "missingmodule",
+        "missingattr",
+        "raises",
+        "notakind",
+        "renamed",
+        "badtemplates",
+    ):
         assert bad not in kinds
     assert "exploding" not in kinds
     text = caplog.text
     assert "'raises'" in text and "needs libfoo" in text
+    assert "'exits'" in text and "SystemExit(3)" in text
     assert "'renamed'" in text and "something-else" in text
     assert "nosuchtemplate" in text
     assert "'exploding'" in text and "boom" in text
