@@ -55,11 +55,12 @@ class DenierKind:
     templates = frozenset({"checknothing", "listentry", "quota"})
 
     def parse_params(self, reader: FieldReader) -> DenierParams | None:
+        reader = p.message(reader)
         before = len(reader.errors)
         reader.unknown_fields(FIELDS)
         defaults = DenierParams()
         code, message = defaults.code, defaults.message
-        status = reader.reader("status")
+        status = p.sub_message(reader, "status")
         if status is not None:
             status.unknown_fields({"code", "message", "details"})
             code = p.rpc_code(status, "code", default=defaults.code)

@@ -283,6 +283,7 @@ class ListCheckerKind:
     templates = frozenset({"listentry"})
 
     def parse_params(self, reader: FieldReader) -> ListParams | None:
+        reader = p.message(reader)
         before = len(reader.errors)
         reader.unknown_fields(FIELDS)
         d = ListParams()

@@ -180,6 +180,7 @@ class MemQuotaKind:
         self._clock = clock
 
     def parse_params(self, reader: FieldReader) -> MemQuotaParams | None:
+        reader = p.message(reader)
         before = len(reader.errors)
         reader.unknown_fields({"quotas", "minDeduplicationDuration"})
         quotas = parse_quotas(reader, rate_only=False, with_algorithm=False)

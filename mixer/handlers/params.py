@@ -1,8 +1,10 @@
 """Field readers for the value types handler params share: durations, rpc statuses, enums.
 
-Istio 0.2's handler params are protobuf messages written as YAML, so durations are written the
-way protobuf's JSON mapping and Go print them (``1s``, ``500ms``, ``1m30s``, ``1.5s``), and
-``google.rpc.Status`` codes may be numbers or names (``PERMISSION_DENIED``). Every reader here
+Istio 0.2's handler params are protobuf messages written as YAML, so a field may be written in
+lowerCamelCase or as its proto name (``instanceName`` or ``instance_name``; Istio's own default
+config uses both), durations are written the way protobuf's JSON mapping and Go print them
+(``1s``, ``500ms``, ``1m30s``, ``1.5s``), and ``google.rpc.Status`` codes may be numbers or
+names (``PERMISSION_DENIED``). Every reader here
 records a field-named error on the :class:`FieldReader` and returns a usable default, so one
 bad field never hides the others.
 """
@@ -11,6 +13,8 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Iterator
+from typing import Any
 
 from meshfed.core.resources import FieldReader
 
@@ -37,6 +41,40 @@ RPC_CODES = {
     "DATA_LOSS": 15,
     "UNAUTHENTICATED": 16,
 }
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def message(reader: FieldReader) -> FieldReader:
+    """The same fields with proto (snake_case) names read as their JSON (lowerCamel) names.
+
+    Only for message levels: map keys (dimensions, instance names) are user data and stay as
+    written. A field written both ways is an error, the camelCase one is used.
+    """
+    data: dict[str, Any] = {}
+    for key, value in reader.data.items():
+        name = _camel(key) if isinstance(key, str) and "_" in key.strip("_") else key
+        if name in data:
+            reader.error(str(key), f"the field is written twice (as {name} too)")
+            if name != key:
+                continue
+        data[name] = value
+    return FieldReader(reader.file, reader.obj, data, reader.path, reader.errors)
+
+
+def messages(reader: FieldReader, name: str, required: bool = False) -> Iterator[FieldReader]:
+    """``reader.readers(name)``, each item read by :func:`message`."""
+    for item in reader.readers(name, required):
+        yield message(item)
+
+
+def sub_message(reader: FieldReader, name: str, required: bool = False) -> FieldReader | None:
+    """``reader.reader(name)`` read by :func:`message`."""
+    sub = reader.reader(name, required)
+    return None if sub is None else message(sub)
 
 
 def parse_duration_text(text: str) -> dt.timedelta | None:

@@ -28,6 +28,7 @@ import prometheus_client
 from prometheus_client.metrics import MetricWrapperBase
 
 from meshfed.core.resources import FieldReader
+from meshfed.mixer.handlers import params as p
 from meshfed.mixer.handlers.api import CheckResult, HandlerEnv
 from meshfed.mixer.handlers.names import InstanceIndex
 from meshfed.mixer.handlers.quotas import dimension_text
@@ -194,7 +195,7 @@ class Prometheus:
 
 
 def _buckets(reader: FieldReader) -> tuple[float, ...]:
-    b = reader.reader("buckets")
+    b = p.sub_message(reader, "buckets")
     if b is None:
         return ()
     b.unknown_fields({"linearBuckets", "exponentialBuckets", "explicitBuckets"})
@@ -202,7 +203,7 @@ def _buckets(reader: FieldReader) -> tuple[float, ...]:
     if len(chosen) != 1:
         b.error("", "expected exactly one of linearBuckets, exponentialBuckets, explicitBuckets")
         return ()
-    inner = b.reader(chosen[0], required=True)
+    inner = p.sub_message(b, chosen[0], required=True)
     if inner is None:
         return ()
     if chosen[0] == "explicitBuckets":
@@ -255,12 +256,13 @@ class PrometheusKind:
     templates = frozenset({"metric"})
 
     def parse_params(self, reader: FieldReader) -> PrometheusParams | None:
+        reader = p.message(reader)
         before = len(reader.errors)
         reader.unknown_fields({"metrics"})
         specs: list[MetricSpec] = []
         names: set[str] = set()
         fields = {"name", "instanceName", "kind", "labelNames", "description", "buckets"}
-        for m in reader.readers("metrics"):
+        for m in p.messages(reader, "metrics"):
             m.unknown_fields(fields)
             name = m.str("name", required=True)
             if name and not _NAME.match(f"{NAMESPACE}_{name}"):

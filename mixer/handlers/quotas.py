@@ -77,7 +77,7 @@ def parse_quotas(
     if with_algorithm:
         fields |= {"bucketDuration", "rateLimitAlgorithm"}
     minimum = dt.timedelta(milliseconds=1) if rate_only else dt.timedelta(0)
-    for q in reader.readers("quotas"):
+    for q in p.messages(reader, "quotas"):
         q.unknown_fields(fields)
         name = q.str("name", required=True)
         if name in seen:
@@ -95,7 +95,7 @@ def parse_quotas(
                 elif bucket > valid:
                     q.error("bucketDuration", f"expected at most validDuration ({valid})")
         overrides: list[Override] = []
-        for o in q.readers("overrides"):
+        for o in p.messages(q, "overrides"):
             o.unknown_fields({"dimensions", "maxAmount", "validDuration"})
             dims = o.str_map("dimensions")
             if not dims and not o.data.get("dimensions"):

@@ -29,6 +29,7 @@ import attrs
 import redis.asyncio as aioredis
 
 from meshfed.core.resources import FieldReader
+from meshfed.mixer.handlers import params as p
 from meshfed.mixer.handlers.api import HandlerEnv, QuotaRequest, QuotaResult
 from meshfed.mixer.handlers.names import InstanceIndex
 from meshfed.mixer.handlers.quotas import Algorithm, QuotaSpec, parse_quotas, quota_key
@@ -194,6 +195,7 @@ class RedisQuotaKind:
     templates = frozenset({"quota"})
 
     def parse_params(self, reader: FieldReader) -> RedisQuotaParams | None:
+        reader = p.message(reader)
         before = len(reader.errors)
         reader.unknown_fields({"redisServerUrl", "connectionPoolSize", "quotas"})
         url = _url(reader)

@@ -210,6 +210,7 @@ class StatsdKind:
         self._sample = sample
 
     def parse_params(self, reader: FieldReader) -> StatsdParams | None:
+        reader = p.message(reader)
         before = len(reader.errors)
         reader.unknown_fields(
             {"address", "prefix", "flushDuration", "flushBytes", "samplingRate", "metrics"}
@@ -226,7 +227,7 @@ class StatsdKind:
         m = reader.reader("metrics")
         if m is not None:
             for instance_name in m.data:
-                info = m.reader(str(instance_name), required=True)
+                info = p.sub_message(m, str(instance_name), required=True)
                 if info is None:
                     continue
                 info.unknown_fields({"type", "nameTemplate"})

@@ -31,6 +31,7 @@ from typing import IO, Any
 import attrs
 
 from meshfed.core.resources import FieldReader
+from meshfed.mixer.handlers import params as p
 from meshfed.mixer.handlers.api import CheckResult, HandlerEnv
 from meshfed.mixer.templates import Instance, LogEntry, Metric, Value
 
@@ -190,6 +191,7 @@ class StdioKind:
     templates = frozenset({"logentry", "metric"})
 
     def parse_params(self, reader: FieldReader) -> StdioParams | None:
+        reader = p.message(reader)
         before = len(reader.errors)
         reader.unknown_fields(
             {"logStream", "outputPath", "severityLevels", "metricLevel", "outputAsJson"}

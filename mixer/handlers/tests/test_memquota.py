@@ -169,3 +169,24 @@ def test_bad_params_name_fields():
         "quotas[2].name",
         "minDeduplicationDuration",
     }
+
+
+def test_proto_field_names_and_map_keys_kept_as_written():
+    spec = {
+        "quotas": [
+            {
+                "name": "q",
+                "max_amount": 2,
+                "valid_duration": "1s",
+                "overrides": [{"dimensions": {"source_service": "a"}, "max_amount": 1}],
+            }
+        ],
+        "min_deduplication_duration": "5s",
+    }
+    params = parse_ok(memquota.KIND, spec)
+    assert params.min_dedup == dt.timedelta(seconds=5)
+    assert params.quotas[0].overrides[0].dimensions == {"source_service": "a"}
+    h = memquota.MemQuota(params, Clock())
+    take = lambda dims: sum(h.alloc(Quota("q", dims), QuotaRequest(1)).granted for _ in range(5))  # noqa: E731
+    assert take({"source_service": "a"}) == 1
+    assert take({"source_service": "b"}) == 2

@@ -165,3 +165,53 @@ def test_bad_params_name_fields():
         "metrics[4].instanceName",
         "metrics[4].buckets",
     }
+
+
+async def test_proto_field_names_as_istio_0_2_shipped_them():
+    # Istio 0.2's default config writes proto names (instance_name, explicit_buckets) and
+    # JSON names (exponentialBuckets) side by side; both must load without edits.
+    labels = ["source_service", "destination_service", "response_code"]
+    spec = {
+        "metrics": [
+            {
+                "name": "request_count",
+                "instance_name": "requestcount.metric.istio-system",
+                "kind": "COUNTER",
+                "label_names": labels,
+            },
+            {
+                "name": "request_duration",
+                "instance_name": "requestduration.metric.istio-system",
+                "kind": "DISTRIBUTION",
+                "label_names": labels,
+                "buckets": {"explicit_buckets": {"bounds": [0.005, 0.01, 0.1, 1, 10]}},
+            },
+            {
+                "name": "request_size",
+                "instance_name": "requestsize.metric.istio-system",
+                "kind": "DISTRIBUTION",
+                "label_names": labels,
+                "buckets": {
+                    "exponentialBuckets": {"numFiniteBuckets": 8, "scale": 1, "growthFactor": 10}
+                },
+            },
+        ]
+    }
+    params = parse_ok(prometheus.KIND, spec)
+    assert params.metrics[0].label_names == tuple(labels)
+    assert params.metrics[1].buckets == (0.005, 0.01, 0.1, 1, 10)
+    assert params.metrics[2].buckets == tuple(10.0**i for i in range(9))
+    e = env()
+    h = await prometheus.KIND.build(params, e)
+    dims = {"source_service": "a", "destination_service": "b", "response_code": 200}
+    await h.report([Metric("requestsize.metric.istio-system", 1500, dims)])
+    got = e.metrics.get_sample_value(
+        "istio_request_size_bucket", {**{k: str(v) for k, v in dims.items()}, "le": "10000.0"}
+    )
+    assert got == 1
+    await h.close()
+    both = field_errors(
+        prometheus.KIND,
+        {"metrics": [{"name": "x", "instanceName": "a", "instance_name": "b", "kind": "GAUGE"}]},
+    )
+    assert list(both) == ["metrics[0].instance_name"]
