@@ -1,8 +1,9 @@
 """``memquota``: quotas counted in this process's memory (one Mixer, no HA), as in Istio 0.2.
 
 A quota with ``validDuration`` > 0 is a rate limit over a rolling window: what was granted in the
-last ``validDuration`` counts against ``maxAmount``. The window slides in ticks of a tenth of it
-(at least 1 ms), Istio's granularity, so what a tick granted is returned to the pool together.
+last ``validDuration`` counts against ``maxAmount``. The window slides in ticks of 100 ms, Istio's
+granularity (ticks grow past one minute windows so that a window never has more than 600), and
+what a tick granted returns to the pool together.
 A quota with ``validDuration`` 0 is an allocation: what was granted is never replenished (Istio's
 release call is not part of the Check API).
 
@@ -30,8 +31,8 @@ from meshfed.mixer.handlers.names import InstanceIndex
 from meshfed.mixer.handlers.quotas import QuotaSpec, parse_quotas, quota_key
 from meshfed.mixer.templates import Instance, Quota
 
-TICKS_PER_WINDOW = 10
-MIN_TICK = 0.001
+TICK = 0.1  # seconds
+MAX_TICKS = 600  # per window: bounds the memory of one counter
 SWEEP_EVERY = 4096  # allocations between sweeps of idle counters
 MAX_DEDUP_ENTRIES = 1_000_000  # bounds memory under a flood of distinct ids
 
@@ -50,7 +51,7 @@ class RollingWindow:
     def __init__(self, max_amount: int, window: float) -> None:
         self.max_amount = max_amount
         self.window = window
-        self.tick = max(window / TICKS_PER_WINDOW, MIN_TICK)
+        self.tick = max(TICK, window / MAX_TICKS)
         self.ticks: collections.deque[list[int]] = collections.deque()  # [tick index, granted]
         self.total = 0
 

@@ -190,3 +190,17 @@ def test_proto_field_names_and_map_keys_kept_as_written():
     take = lambda dims: sum(h.alloc(Quota("q", dims), QuotaRequest(1)).granted for _ in range(5))  # noqa: E731
     assert take({"source_service": "a"}) == 1
     assert take({"source_service": "b"}) == 2
+
+
+def test_rolling_window_returns_grants_tick_by_tick():
+    clock = Clock(0.0)
+    h = handler({"quotas": [{"name": "q", "maxAmount": 10, "validDuration": "10s"}]}, clock)
+    assert h.alloc(Quota("q", {}), QuotaRequest(6)).granted == 6  # tick [0, 0.1)
+    clock.now = 5.0
+    assert h.alloc(Quota("q", {}), QuotaRequest(4)).granted == 4  # tick [5.0, 5.1)
+    clock.now = 9.95
+    assert h.alloc(Quota("q", {}), QuotaRequest(1)).granted == 0
+    clock.now = 10.0  # the first tick left the window: its 6 are back, the later 4 are not
+    assert h.alloc(Quota("q", {}), QuotaRequest(7, best_effort=True)).granted == 6
+    clock.now = 15.0
+    assert h.alloc(Quota("q", {}), QuotaRequest(10, best_effort=True)).granted == 4
