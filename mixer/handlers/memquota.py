@@ -46,18 +46,19 @@ class MemQuotaParams:
 class RollingWindow:
     """Grants within the last ``window`` seconds, kept per tick."""
 
-    __slots__ = ("max_amount", "tick", "ticks", "total", "window")
+    __slots__ = ("max_amount", "span", "tick_us", "ticks", "total")
 
     def __init__(self, max_amount: int, window: float) -> None:
         self.max_amount = max_amount
-        self.window = window
-        self.tick = max(TICK, window / MAX_TICKS)
+        # integer microseconds: with float seconds 10.0 // 0.1 is 99, and a tick would linger
+        self.tick_us = round(max(TICK, window / MAX_TICKS) * 1e6)
+        self.span = max(1, -(-round(window * 1e6) // self.tick_us))  # ticks in a window
         self.ticks: collections.deque[list[int]] = collections.deque()  # [tick index, granted]
         self.total = 0
 
     def _expire(self, now: float) -> int:
-        current = int(now // self.tick)
-        oldest_alive = current - round(self.window / self.tick) + 1
+        current = round(now * 1e6) // self.tick_us
+        oldest_alive = current - self.span + 1
         while self.ticks and self.ticks[0][0] < oldest_alive:
             self.total -= self.ticks.popleft()[1]
         return current
