@@ -12,9 +12,10 @@ bad field never hides the others.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import re
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeVar
 
 from meshfed.core.resources import FieldReader
 
@@ -135,6 +136,23 @@ def rpc_code(reader: FieldReader, name: str, default: int) -> int:
     if isinstance(raw, str) and raw.strip().upper() in RPC_CODES:
         return RPC_CODES[raw.strip().upper()]
     return reader.int(name, default=default, minimum=0, maximum=16)
+
+
+E = TypeVar("E", bound=enum.Enum)
+
+
+def proto_enum(
+    reader: FieldReader, name: str, enum_type: type[E], default: E, numbers: Sequence[E]
+) -> E:
+    """An enum written by name or, as protobuf allows, by number (``numbers[i]`` is value i)."""
+    raw = reader.data.get(name)
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        if 0 <= raw < len(numbers):
+            return numbers[raw]
+        names = ", ".join(f"{i} ({m.value})" for i, m in enumerate(numbers))
+        reader.error(name, f"expected one of {names}, got {raw}")
+        return default
+    return reader.enum(name, enum_type, default)
 
 
 def positive_float(reader: FieldReader, name: str, default: float, maximum: float) -> float:

@@ -50,6 +50,10 @@ class Stream(enum.Enum):
     FILE = "FILE"
 
 
+LEVEL_NUMBERS = (Level.INFO, Level.WARNING, Level.ERROR)  # the proto's enum values
+STREAM_NUMBERS = (Stream.STDOUT, Stream.STDERR, Stream.FILE)
+
+
 @attrs.frozen
 class StdioParams:
     stream: Stream = Stream.STDERR
@@ -196,17 +200,19 @@ class StdioKind:
         reader.unknown_fields(
             {"logStream", "outputPath", "severityLevels", "metricLevel", "outputAsJson"}
         )
-        raw_stream = reader.str("logStream", default="STDERR").strip()
+        raw_stream = reader.data.get("logStream")
         path = reader.str("outputPath").strip()
-        if raw_stream.upper() in Stream.__members__:
-            stream = Stream(raw_stream.upper())
-        elif "/" in raw_stream or raw_stream.endswith(".log"):
-            stream, path = Stream.FILE, raw_stream
-        else:
-            reader.error(
-                "logStream", f"expected STDOUT, STDERR, FILE or a path, got {raw_stream!r}"
-            )
-            stream = Stream.STDERR
+        stream = Stream.STDERR
+        if isinstance(raw_stream, int) and not isinstance(raw_stream, bool):
+            stream = p.proto_enum(reader, "logStream", Stream, Stream.STDERR, STREAM_NUMBERS)
+        elif raw_stream is not None:
+            text = reader.str("logStream").strip()  # records its own error for a non-string
+            if text.upper() in Stream.__members__:
+                stream = Stream(text.upper())
+            elif "/" in text or text.endswith(".log"):
+                stream, path = Stream.FILE, text
+            elif isinstance(raw_stream, str):
+                reader.error("logStream", f"expected STDOUT, STDERR, FILE or a path, got {text!r}")
         if stream is Stream.FILE and not path:
             reader.error("outputPath", "is required when logStream is FILE")
         levels: dict[str, Level] = {}
@@ -217,8 +223,8 @@ class StdioKind:
             sub = reader.reader("severityLevels")
             assert sub is not None
             for key in raw_levels:
-                levels[str(key)] = sub.enum(str(key), Level, Level.INFO)
-        metric_level = reader.enum("metricLevel", Level, Level.INFO)
+                levels[str(key)] = p.proto_enum(sub, str(key), Level, Level.INFO, LEVEL_NUMBERS)
+        metric_level = p.proto_enum(reader, "metricLevel", Level, Level.INFO, LEVEL_NUMBERS)
         as_json = reader.bool("outputAsJson", default=True)
         if len(reader.errors) > before:
             return None

@@ -99,3 +99,16 @@ def test_bad_params_name_fields():
         "outputAsJson",
     }
     assert list(field_errors(stdio.KIND, {"logStream": "FILE"})) == ["outputPath"]
+
+
+def test_levels_and_streams_by_proto_number_as_istio_docs_wrote_them():
+    params = parse_ok(
+        stdio.KIND,
+        {"severity_levels": {"warning": 1, "info": 0}, "log_stream": 0, "metric_level": 2},
+    )
+    assert params.severity_levels == {"warning": stdio.Level.WARNING, "info": stdio.Level.INFO}
+    assert params.stream is stdio.Stream.STDOUT and params.metric_level is stdio.Level.ERROR
+    assert parse_ok(stdio.KIND, {"outputAsJson": True}).stream is stdio.Stream.STDERR
+    errors = field_errors(stdio.KIND, {"severityLevels": {"x": 7}, "logStream": 9})
+    assert set(errors) == {"severityLevels.x", "logStream"}
+    assert "1 (WARNING)" in errors["severityLevels.x"]
