@@ -300,7 +300,7 @@ class ListCheckerKind:
             reader.error("ttl", f"expected at least refreshInterval ({refresh}), got {ttl}")
         caching = p.duration(reader, "cachingInterval", d.caching_interval)
         use_count = reader.int("cachingUseCount", default=d.caching_use_count, minimum=0)
-        entry_type = reader.enum("entryType", EntryType, d.entry_type)
+        entry_type = p.proto_enum(reader, "entryType", EntryType, d.entry_type, list(EntryType))
         overrides = reader.str_list("overrides")
         for i, entry in enumerate(overrides):
             try:

@@ -87,7 +87,9 @@ def parse_quotas(
         valid = p.duration(q, "validDuration", dt.timedelta(0), minimum, required=rate_only)
         algorithm, bucket = Algorithm.FIXED_WINDOW, dt.timedelta(0)
         if with_algorithm:
-            algorithm = q.enum("rateLimitAlgorithm", Algorithm, Algorithm.FIXED_WINDOW)
+            algorithm = p.proto_enum(
+                q, "rateLimitAlgorithm", Algorithm, Algorithm.FIXED_WINDOW, list(Algorithm)
+            )
             bucket = p.duration(q, "bucketDuration", dt.timedelta(0))
             if algorithm is Algorithm.ROLLING_WINDOW:
                 if bucket <= dt.timedelta(0):

@@ -204,3 +204,9 @@ async def test_provider_document_with_a_bad_entry_is_refused_whole():
             assert result.code == UNAVAILABLE and "'300.1.1.1'" in result.message
         finally:
             await h.close()
+
+
+def test_entry_type_by_proto_number():
+    assert parse_ok(lc.KIND, {"entryType": 2}).entry_type is lc.EntryType.IP_ADDRESSES
+    assert parse_ok(lc.KIND, {"entry_type": 3}).entry_type is lc.EntryType.REGEX
+    assert list(field_errors(lc.KIND, {"entryType": 4})) == ["entryType"]
