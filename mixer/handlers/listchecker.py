@@ -44,6 +44,7 @@ from meshfed.mixer.templates import Instance, ListEntry
 NOT_FOUND = 5
 MAX_LIST_BYTES = 64 * 1024 * 1024  # a provider answering more is refused, not read into memory
 FETCH_TIMEOUT = 30.0
+BUILD_FETCH_TIMEOUT = 5.0  # the first fetch, while a config snapshot waits for the handler
 # A failure is not cached as long as a verdict: the provider may be back any moment.
 UNAVAILABLE_VALIDITY = dt.timedelta(seconds=1)
 
@@ -188,7 +189,15 @@ class ListChecker:
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT), trust_env=False
         )
-        await self.refresh()
+        try:
+            # bounded: a hanging provider must not hold up the activation of a whole config
+            await asyncio.wait_for(self.refresh(), BUILD_FETCH_TIMEOUT)
+        except TimeoutError:
+            self._problem = (
+                f"the list from {self._params.provider_url} did not arrive within "
+                f"{BUILD_FETCH_TIMEOUT:g}s; retrying every {self._params.refresh_interval}"
+            )
+            self._env.logger.warning("listchecker %s: %s", self._env.name, self._problem)
         self._task = asyncio.create_task(self._refresher(), name=f"listchecker {self._env.name}")
 
     async def refresh(self) -> None:

@@ -113,9 +113,12 @@ class Provider:
         self.body = "v1\n"
         self.status = 200
         self.hits = 0
+        self.gate: asyncio.Event | None = None  # when set: answer only once it is released
 
     async def handle(self, request):
         self.hits += 1
+        if self.gate is not None:
+            await self.gate.wait()
         return web.Response(text=self.body, status=self.status)
 
     async def __aenter__(self):
@@ -210,3 +213,25 @@ def test_entry_type_by_proto_number():
     assert parse_ok(lc.KIND, {"entryType": 2}).entry_type is lc.EntryType.IP_ADDRESSES
     assert parse_ok(lc.KIND, {"entry_type": 3}).entry_type is lc.EntryType.REGEX
     assert list(field_errors(lc.KIND, {"entryType": 4})) == ["entryType"]
+
+
+async def test_hanging_provider_does_not_hold_up_build(monkeypatch):
+    monkeypatch.setattr(lc, "BUILD_FETCH_TIMEOUT", 0.5)
+    release = asyncio.Event()
+    async with Provider() as provider:
+        provider.gate = release
+        started = asyncio.get_running_loop().time()
+        h = await build({"providerUrl": provider.url, "refreshInterval": "1s"})
+        try:
+            assert asyncio.get_running_loop().time() - started < 2
+            result = await h.check(ListEntry("x", "v1"))
+            assert result.code == UNAVAILABLE and "did not arrive" in result.message
+            release.set()  # the provider answers: the refresher loads the list
+
+            async def loaded():
+                return await code(h, "v1") == 0
+
+            await wait_for(loaded, timeout=5)
+        finally:
+            release.set()
+            await h.close()
