@@ -215,7 +215,7 @@ class ListChecker:
             self._last_success = self._clock()
             self._problem = ""
         except (aiohttp.ClientError, TimeoutError, EntryError, UnicodeDecodeError, OSError) as exc:
-            self._problem = f"could not fetch the list from {url}: {_describe(exc)}"
+            self._problem = f"could not load the list from {url}: {_describe(exc)}"
             self._env.logger.warning("listchecker %s: %s", self._env.name, self._problem)
         if self._matcher is not None and self._clock() - self._last_success > _secs(
             self._params.ttl

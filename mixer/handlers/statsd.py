@@ -90,7 +90,7 @@ class StatsdParams:
     metrics: Mapping[str, MetricInfo] = attrs.field(factory=dict)
 
 
-def _number(value: Value, kind: Type) -> float | None:
+def _number(value: Value) -> float | None:
     if isinstance(value, dt.timedelta):
         return value.total_seconds() * 1000.0
     if isinstance(value, bool):
@@ -136,7 +136,7 @@ class Statsd:
         info = self._index.get(instance.name)
         if info is None:
             return None
-        number = _number(instance.value, info.type)
+        number = _number(instance.value)
         if number is None:
             return None
         name = info.template.render(instance.dimensions) if info.template else instance.name
