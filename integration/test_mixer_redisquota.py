@@ -167,3 +167,12 @@ async def test_redis_down_fails_calls_and_recovery_needs_no_rebuild(tmp_path):
             assert (await a.quota(q(), QuotaRequest(10))).granted == 10
     finally:
         await a.close()
+
+
+async def test_quota_without_a_limit_fails_the_call_naming_it(redis_server: RedisServer):
+    (a,) = await replicas(redis_server, "FIXED_WINDOW", n=1)
+    try:
+        with pytest.raises(LookupError, match=r"no limit for quota 'other\.quota\.default'"):
+            await a.quota(Quota("other.quota.default", {}), QuotaRequest(1))
+    finally:
+        await a.close()

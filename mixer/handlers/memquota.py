@@ -28,7 +28,7 @@ from meshfed.core.resources import FieldReader
 from meshfed.mixer.handlers import params as p
 from meshfed.mixer.handlers.api import HandlerEnv, QuotaRequest, QuotaResult
 from meshfed.mixer.handlers.names import InstanceIndex
-from meshfed.mixer.handlers.quotas import QuotaSpec, parse_quotas, quota_key
+from meshfed.mixer.handlers.quotas import QuotaSpec, UnknownQuota, parse_quotas, quota_key
 from meshfed.mixer.templates import Instance, Quota
 
 TICK = 0.1  # seconds
@@ -106,7 +106,13 @@ def _grant(available: int, amount: int, best_effort: bool) -> int:
 
 
 class MemQuota:
-    def __init__(self, params: MemQuotaParams, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        params: MemQuotaParams,
+        clock: Callable[[], float] = time.monotonic,
+        name: str = "memquota",
+    ) -> None:
+        self._name = name
         self._specs = InstanceIndex((q.name, q) for q in params.quotas)
         self._dedup_for = params.min_dedup.total_seconds()
         self._clock = clock
@@ -124,8 +130,7 @@ class MemQuota:
         """Synchronous, hence atomic on the event loop: no await between read and update."""
         spec = self._specs.get(instance.name)
         if spec is None:
-            # A quota the handler was not configured for: Istio grants it unlimited.
-            return QuotaResult(request.amount)
+            raise UnknownQuota(self._name, instance.name, [q.name for q in self._specs.values()])
         now = self._clock()
         key = quota_key(spec.name, instance.dimensions)
         dedup_key = (request.deduplication_id, key)
@@ -197,7 +202,7 @@ class MemQuotaKind:
         return MemQuotaParams(quotas, dedup)
 
     async def build(self, params: MemQuotaParams, env: HandlerEnv) -> MemQuota:
-        return MemQuota(params, self._clock)
+        return MemQuota(params, self._clock, env.name)
 
 
 KIND = MemQuotaKind()

@@ -19,6 +19,21 @@ from meshfed.mixer.handlers import params as p
 from meshfed.mixer.templates import Value
 
 
+class UnknownQuota(LookupError):
+    """A quota instance the handler has no limit for: a config mistake, surfaced per call.
+
+    Istio refused such a handler at build, knowing the instances it would receive; here the
+    handler learns them per call, so the call fails (counted and logged by the runtime, the
+    rule's fail policy applies) rather than letting the quota pass unlimited.
+    """
+
+    def __init__(self, handler: str, quota: str, known: list[str]) -> None:
+        super().__init__(
+            f"handler {handler} has no limit for quota {quota!r} "
+            f"(its quotas: {', '.join(sorted(known)) or 'none'})"
+        )
+
+
 class Algorithm(enum.Enum):
     FIXED_WINDOW = "FIXED_WINDOW"
     ROLLING_WINDOW = "ROLLING_WINDOW"

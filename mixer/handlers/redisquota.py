@@ -32,7 +32,13 @@ from meshfed.core.resources import FieldReader
 from meshfed.mixer.handlers import params as p
 from meshfed.mixer.handlers.api import HandlerEnv, QuotaRequest, QuotaResult
 from meshfed.mixer.handlers.names import InstanceIndex
-from meshfed.mixer.handlers.quotas import Algorithm, QuotaSpec, parse_quotas, quota_key
+from meshfed.mixer.handlers.quotas import (
+    Algorithm,
+    QuotaSpec,
+    UnknownQuota,
+    parse_quotas,
+    quota_key,
+)
 from meshfed.mixer.templates import Instance, Quota
 
 KEY_PREFIX = "meshfed:quota:"
@@ -132,7 +138,10 @@ def _ms(value: dt.timedelta) -> int:
 
 
 class RedisQuota:
-    def __init__(self, params: RedisQuotaParams, client: aioredis.Redis) -> None:
+    def __init__(
+        self, params: RedisQuotaParams, client: aioredis.Redis, name: str = "redisquota"
+    ) -> None:
+        self._name = name
         self._specs = InstanceIndex((q.name, q) for q in params.quotas)
         self._client = client
         self._fixed = client.register_script(FIXED_WINDOW_LUA)
@@ -141,7 +150,7 @@ class RedisQuota:
     async def quota(self, instance: Quota, request: QuotaRequest) -> QuotaResult:
         spec = self._specs.get(instance.name)
         if spec is None:
-            return QuotaResult(request.amount)  # not configured here: not limited
+            raise UnknownQuota(self._name, instance.name, [s.name for s in self._specs.values()])
         max_amount, valid = spec.limit(instance.dimensions)
         rolling = spec.algorithm is Algorithm.ROLLING_WINDOW
         # Hashed: dimension values are the caller's text; a key of bounded size whatever they are
@@ -217,7 +226,7 @@ class RedisQuotaKind:
             socket_timeout=SOCKET_TIMEOUT,
             socket_connect_timeout=SOCKET_TIMEOUT,
         )
-        return RedisQuota(params, aioredis.Redis.from_pool(pool))
+        return RedisQuota(params, aioredis.Redis.from_pool(pool), env.name)
 
 
 KIND = RedisQuotaKind()

@@ -1,10 +1,12 @@
 import datetime as dt
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshfed.mixer.handlers import memquota
 from meshfed.mixer.handlers.api import QuotaRequest
+from meshfed.mixer.handlers.quotas import UnknownQuota
 from meshfed.mixer.handlers.tests.helpers import field_errors, parse_ok
 from meshfed.mixer.templates import Quota
 
@@ -105,11 +107,12 @@ def test_allocation_quota_never_replenishes():
     assert h.alloc(Quota("conns", {}), QuotaRequest(2, best_effort=True)).granted == 1
 
 
-def test_short_instance_name_matches_and_unknown_quota_is_not_limited():
+def test_short_instance_name_matches_and_unknown_quota_fails_the_call():
     clock = Clock()
     h = handler(RATE, clock)
     assert sum(h.alloc(Quota("requestcount", {}), QuotaRequest(1)).granted for _ in range(9)) == 5
-    assert h.alloc(Quota("other.quota.default", {}), QuotaRequest(99)).granted == 99
+    with pytest.raises(UnknownQuota, match=r"'other\.quota\.default'.*requestcount\.quota"):
+        h.alloc(Quota("other.quota.default", {}), QuotaRequest(99))
 
 
 def test_idle_counters_are_swept():
