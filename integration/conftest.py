@@ -21,6 +21,7 @@ from integration.peers.envoy import EnvoyProxy, start_envoy, start_static_envoy
 from integration.peers.eureka import EurekaServer, start_eureka
 from integration.peers.kube import KubeAPIServer, start_kube_apiserver
 from integration.peers.redis import RedisServer, start_redis
+from integration.peers.statsd import StatsdServer, start_statsd
 
 
 @pytest.fixture
@@ -59,6 +60,13 @@ def eureka_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EurekaSe
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A fresh ``redis-server`` without persistence."""
     with start_redis(tmp_path / "redis") as server:
+        yield server
+
+
+@pytest.fixture
+def statsd_server(tmp_path: Path) -> Iterator[StatsdServer]:
+    """Etsy's statsd daemon on loopback, read back through its management interface."""
+    with start_statsd(tmp_path / "statsd") as server:
         yield server
 
 

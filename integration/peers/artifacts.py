@@ -35,6 +35,8 @@ SPRING_CLOUD_VERSION = "2025.0.0"
 # bwaldvogel/mongo-java-server (BSD), the legacy-wire Mongo peer; must match
 # integration/build/mongo-legacy/pom.xml (the digest below rebuilds on any pom edit).
 MONGO_JAVA_SERVER_VERSION = "1.47.0"
+# Etsy's statsd daemon (MIT), from the npm registry: the statsd peer of Mixer's statsd handler.
+STATSD_VERSION = "0.9.0"
 
 PROVISION_CMD = "python -m integration.provision"
 
@@ -89,6 +91,16 @@ def mongo_legacy_jar_path() -> Path:
         / "mongo-legacy"
         / f"mongo-java-server-{MONGO_JAVA_SERVER_VERSION}-{build_source_digest('mongo-legacy')}.jar"
     )
+
+
+def statsd_dir() -> Path:
+    """Where ``npm install statsd`` put the daemon (its own ``node_modules``)."""
+    return CACHE_DIR / f"statsd-{STATSD_VERSION}"
+
+
+def statsd_script() -> Path:
+    """The statsd daemon's entry script, run with ``node stats.js config.js``."""
+    return statsd_dir() / "node_modules" / "statsd" / "stats.js"
 
 
 def envoy_path() -> Path | None:

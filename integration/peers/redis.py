@@ -42,12 +42,14 @@ def _ping(host: str, port: int) -> bool:
 
 
 @contextmanager
-def start_redis(base: Path, host: str | None = None) -> Iterator[RedisServer]:
-    """Start ``redis-server`` and yield once it answers PING."""
+def start_redis(
+    base: Path, host: str | None = None, port: int | None = None
+) -> Iterator[RedisServer]:
+    """Start ``redis-server`` and yield once it answers PING (``port``: to restart one)."""
     found = shutil.which("redis-server") or "/usr/bin/redis-server"
     binary = require_binary(Path(found), "redis-server", "apt", "redis")
     host = host or loopback_host()
-    port = free_port(host)
+    port = port or free_port(host)
     workdir = base / f"redis-{port}"
     workdir.mkdir(parents=True, exist_ok=True)
     argv = [

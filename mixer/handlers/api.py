@@ -29,13 +29,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Mapping, Sequence
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
 import prometheus_client
 
 from meshfed.core.resources import FieldReader
-from meshfed.mixer.templates import Instance, Quota
+from meshfed.mixer.templates import TEMPLATES, Instance, Quota
 
 OK = 0  # google.rpc.Code values used by handlers
 INVALID_ARGUMENT = 3
@@ -123,14 +124,67 @@ class HandlerKind(Protocol):
 
 
 ENTRY_POINT_GROUP = "meshfed.mixer.handlers"
+BUILT_IN_DISTRIBUTION = "meshfed"
 
 
-def load_kinds() -> Mapping[str, HandlerKind]:
-    """Every installed handler kind by name (built-in and third-party alike)."""
-    from importlib.metadata import entry_points
+def load_kinds(logger: logging.Logger | None = None) -> Mapping[str, HandlerKind]:
+    """Every installed handler kind by name (built-in and third-party alike).
 
+    A plugin is someone else's code: one whose entry point fails to import, raises while
+    loading, does not satisfy :class:`HandlerKind`, or publishes under a name other than its
+    own ``name`` is logged and skipped, so a broken ``pip install`` never takes Mixer down.
+    When two distributions publish the same name, meshfed's own kind wins (a plugin cannot
+    shadow a built-in); between two plugins the first found (``sys.path`` order) does. Either
+    way the clash is logged.
+    """
+    log = logger or logging.getLogger(__name__)
     kinds: dict[str, HandlerKind] = {}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        kind = ep.load()
+    origins: dict[str, str] = {}
+    # meshfed's own first (the sort is stable), so a clashing plugin is refused before its
+    # module is even imported
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: not _built_in(e)):
+        dist = getattr(ep, "dist", None)
+        origin = f"{ep.value} ({dist.name if dist else 'unknown distribution'})"
+        if ep.name in kinds:
+            log.error(
+                "mixer handler kind %r from %s skipped: the name is taken by %s",
+                ep.name,
+                origin,
+                origins[ep.name],
+            )
+            continue
+        try:
+            kind = ep.load()
+        except (Exception, SystemExit) as exc:  # any failure of foreign code at import time
+            log.error("mixer handler kind %r from %s failed to load: %r", ep.name, origin, exc)
+            continue
+        problem = _kind_problem(ep.name, kind)
+        if problem:
+            log.error("mixer handler kind %r from %s skipped: %s", ep.name, origin, problem)
+            continue
         kinds[ep.name] = kind
+        origins[ep.name] = origin
     return kinds
+
+
+def _built_in(ep: EntryPoint) -> bool:
+    dist = getattr(ep, "dist", None)
+    return dist is not None and dist.name == BUILT_IN_DISTRIBUTION
+
+
+def _kind_problem(published: str, kind: object) -> str:
+    """Why ``kind`` cannot be used as the handler kind ``published`` ("" when it can)."""
+    try:
+        if not isinstance(kind, HandlerKind):
+            return "not a HandlerKind (needs name, templates, parse_params and build)"
+        name, templates = kind.name, kind.templates
+    except Exception as exc:  # a property of foreign code raising
+        return f"reading its name or templates raised {exc!r}"
+    if name != published:
+        return f"its name is {name!r}, but it is published as {published!r}"
+    if not isinstance(templates, frozenset | set) or not templates:
+        return "templates must be a non-empty set of template kinds"
+    unknown = sorted(str(t) for t in templates if t not in TEMPLATES)
+    if unknown:
+        return f"unknown templates {', '.join(unknown)} (known: {', '.join(sorted(TEMPLATES))})"
+    return ""
