@@ -93,12 +93,11 @@ def build_ca(args: argparse.Namespace) -> Any:
 
 def publish_root(state_dir: Path, root_pem: bytes) -> Path:
     """Write the trust bundle (public) where node agents and the hub look for it."""
-    from meshfed.security.storage import write_private
+    from meshfed.security.storage import private_dir, write_private
 
     path = state_dir / "root-cert.pem"
     if not path.exists() or path.read_bytes() != root_pem:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(state_dir, 0o700)
+        private_dir(state_dir)
         write_private(path, root_pem, 0o644)
     return path
 
