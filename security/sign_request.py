@@ -139,13 +139,18 @@ def check_identity(value: str) -> str:
             "'.', '-' or '_'",
         )
     for segment in (parts[1], parts[3]):
-        if not _SEGMENT.fullmatch(segment) or segment in (".", ".."):
+        if not valid_segment(segment):
             raise BadRequest(
                 "bad-identity",
                 f"identity {shown(value)}: namespace and account must be letters, digits, "
                 "'.', '-' or '_' (not '.' or '..')",
             )
     return value
+
+
+def valid_segment(value: str) -> bool:
+    """Whether ``value`` may be a namespace or service account in a SPIFFE ID."""
+    return bool(_SEGMENT.fullmatch(value)) and value not in (".", "..")
 
 
 def _identity(value: object) -> str | None:

@@ -35,6 +35,7 @@ from typing import Any
 
 import attrs
 
+from meshfed.security.sign_request import shown, valid_segment
 from meshfed.security.storage import private_dir, write_private
 
 TOKEN_PREFIX = "mfjt"
@@ -94,8 +95,13 @@ class JoinTokenStore:
         now: dt.datetime | None = None,
     ) -> str:
         """Create a token for ``namespace``/``service_account``; returns it (shown only once)."""
-        if not namespace or not service_account or "/" in namespace + service_account:
-            raise ValueError("expected a namespace and a service account without '/'")
+        # The CA will issue spiffe://<td>/ns/<namespace>/sa/<account>: refuse what it cannot.
+        for what, value in (("namespace", namespace), ("service account", service_account)):
+            if not valid_segment(value):
+                raise ValueError(
+                    f"{what} {shown(value)}: expected letters, digits, '.', '-' or '_' "
+                    "(not '.' or '..')"
+                )
         now = now or _now()
         token_id = secrets.token_hex(6)
         secret = secrets.token_urlsafe(32)

@@ -72,3 +72,14 @@ def test_token_create_makes_its_state_folder_0700_whatever_the_umask(
     loose.chmod(0o777)
     assert main(["ca", "token", "create", "--state-dir", str(loose), "-n", "a", "-s", "b"]) == 0
     assert stat.S_IMODE(loose.stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("namespace", ["a/b", "", "..", "shop ns", "ns\x00", "é"])
+def test_token_create_refuses_an_identity_the_ca_could_not_issue(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], namespace: str
+) -> None:
+    state = str(tmp_path / "ca")
+    assert main(["ca", "token", "create", "--state-dir", state, "-n", namespace, "-s", "b"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("error: namespace")
+    assert "Traceback" not in captured.err
