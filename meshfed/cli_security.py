@@ -231,7 +231,11 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     from meshfed.security.tokens import JoinTokenStore
 
     store = JoinTokenStore(_state_dir(args) / "tokens.json")
-    token = store.create(args.namespace, args.service_account, args.ttl)
+    try:
+        token = store.create(args.namespace, args.service_account, args.ttl)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(token)
     return 0
 

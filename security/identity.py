@@ -23,6 +23,7 @@ import ipaddress
 from collections.abc import Sequence
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -44,6 +45,14 @@ SigningKey = (
 )
 
 
+_ACCEPTED_KEYS = (
+    rsa.RSAPublicKey,
+    ec.EllipticCurvePublicKey,
+    ed25519.Ed25519PublicKey,
+    ed448.Ed448PublicKey,
+)
+
+
 class InvalidCSR(ValueError):
     """The CSR cannot be parsed, its signature does not verify, or its key is unacceptable."""
 
@@ -61,15 +70,26 @@ def _hash_for(key: SigningKey) -> hashes.HashAlgorithm | None:
 
 
 def load_csr(pem: bytes | str) -> x509.CertificateSigningRequest:
-    """Parse a PEM CSR and verify its self-signature (proof the requester holds the key)."""
+    """Parse a PEM CSR and verify its self-signature (proof the requester holds the key).
+
+    Raises :class:`InvalidCSR` with a short reason for anything else, including CSRs with key
+    or signature algorithms the CA does not sign for (the parser's own text is not repeated:
+    it describes ASN.1 internals, not what the caller should change).
+    """
     data = pem.encode() if isinstance(pem, str) else pem
     try:
         csr = x509.load_pem_x509_csr(data)
-    except ValueError as exc:
-        raise InvalidCSR(f"not a PEM certificate signing request: {exc}") from None
-    if not csr.is_signature_valid:
+    except ValueError:
+        raise InvalidCSR("not a PEM certificate signing request") from None
+    try:
+        key = csr.public_key()
+        valid = csr.is_signature_valid
+    except (ValueError, UnsupportedAlgorithm):
+        raise InvalidCSR("the CSR's key or signature algorithm is not supported") from None
+    if not isinstance(key, _ACCEPTED_KEYS):
+        raise InvalidCSR("the CSR's key is not RSA, EC, Ed25519 or Ed448")
+    if not valid:
         raise InvalidCSR("the CSR's signature does not verify")
-    key = csr.public_key()
     if isinstance(key, rsa.RSAPublicKey) and key.key_size < 2048:
         raise InvalidCSR(f"RSA key of {key.key_size} bits; expected at least 2048")
     if isinstance(key, ec.EllipticCurvePublicKey) and key.curve.key_size < 256:

@@ -18,7 +18,6 @@ import asyncio
 import datetime as dt
 import hashlib
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from aiohttp import web
 from meshfed.core.supervisor import Supervisor
 from meshfed.security.ca import CertificateAuthority
 from meshfed.security.service import CAServer, KubernetesTokenReviewer, SigningService
-from meshfed.security.storage import write_private
+from meshfed.security.storage import private_dir, write_private
 from meshfed.security.tokens import JoinTokenStore
 
 log = logging.getLogger("meshfed.security.server")
@@ -50,8 +49,7 @@ def publish_root(state_dir: Path, root_pem: bytes) -> Path:
     """Write the trust bundle (public) where node agents and the hub look for it (blocking)."""
     path = state_dir / "root-cert.pem"
     if not path.exists() or path.read_bytes() != root_pem:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(state_dir, 0o700)
+        private_dir(state_dir)
         write_private(path, root_pem, 0o644)
     return path
 

@@ -29,7 +29,10 @@ Credentials, one per request:
   here so the refusal is logged with its reason).
 
 Asking for an identity other than the credential allows is refused (PERMISSION_DENIED) and
-logged with the caller's address, the credential and both identities.
+logged with the caller's address, the credential and both identities. A malformed request is
+refused (INVALID_ARGUMENT, a short reason from :mod:`security.sign_request`) before any
+credential is looked at, so it never consumes a join token; no request makes the service
+answer UNKNOWN or log a traceback (a fault inside the CA answers INTERNAL, without its text).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from meshfed.registry.model import parse_spiffe_id, spiffe_id
 from meshfed.security import identity, metrics
 from meshfed.security.ca import CertificateAuthority, SigningState
+from meshfed.security.sign_request import BadRequest, parse_sign_request, shown
 from meshfed.security.tokens import JoinTokenStore, TokenError
 from meshfed.security.wire import CA_SERVER_NAME, JOIN_TOKEN_HEADER, SERVICE_NAME, SIGN_METHOD
 
@@ -68,6 +72,7 @@ __all__ = [
 CA_SERVICE_ACCOUNT = "meshfed-ca"
 SERVING_TTL = dt.timedelta(hours=24)
 _HEALTH_SERVING = b"\x08\x01"
+MAX_MESSAGE_BYTES = 1024 * 1024
 
 
 class Refused(Exception):
@@ -101,7 +106,15 @@ class KubernetesTokenReviewer:
 
     async def review(self, token: str) -> tuple[str, str]:
         """The (namespace, service account) the token belongs to; Refused otherwise."""
-        result = await asyncio.to_thread(self._review, token)
+        try:
+            result = await asyncio.to_thread(self._review, token)
+        except Exception as exc:  # the API server is down or refuses the CA's own credential
+            log.warning("TokenReview with the Kubernetes API server failed: %s", shown(exc))
+            raise Refused(
+                grpc.StatusCode.UNAVAILABLE,
+                "kubernetes-token",
+                "token review with the Kubernetes API server failed",
+            ) from None
         status = result.status
         if not status or not status.authenticated:
             error = (status.error if status else None) or "not authenticated"
@@ -148,34 +161,28 @@ class SigningService:
             metrics.REFUSED.labels(exc.reason).inc()
             log.warning("refused signing request from %s: %s", peer, exc)
             await context.abort(exc.code, str(exc))
+        except Exception:
+            # A fault of the CA itself, not of the request: the caller learns only that, the
+            # log keeps the traceback for the operator.
+            metrics.REFUSED.labels("internal").inc()
+            log.exception("signing request from %s failed inside the CA", peer)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error in the CA")
         metrics.SIGN_SECONDS.observe(time.perf_counter() - started)
         return response
 
     async def _sign(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
-            body = json.loads(request)
-            csr_pem = body["csr"]
-            wanted = body.get("identity") or None
-            ttl_s = body.get("ttl_seconds")
-            ttl = dt.timedelta(seconds=float(ttl_s)) if ttl_s else None
-        except (ValueError, KeyError, TypeError) as exc:
-            raise Refused(
-                grpc.StatusCode.INVALID_ARGUMENT, "bad-request", f"malformed request: {exc!r}"
-            ) from None
-        try:
-            csr = identity.load_csr(csr_pem)
-        except ValueError as exc:
-            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "bad-csr", str(exc)) from None
+            parsed = parse_sign_request(request)
+        except BadRequest as exc:
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, exc.reason, str(exc)) from None
+        csr, wanted, ttl = parsed.csr, parsed.identity, parsed.ttl
         if wanted is not None:
-            try:
-                domain, _, _ = parse_spiffe_id(wanted)
-            except ValueError as exc:
-                raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "bad-identity", str(exc)) from None
+            domain, _, _ = parse_spiffe_id(wanted)
             if domain != self.ca.trust_domain:
                 raise Refused(
                     grpc.StatusCode.PERMISSION_DENIED,
                     "wrong-trust-domain",
-                    f"{wanted} is outside trust domain {self.ca.trust_domain!r}",
+                    f"{shown(wanted)} is outside trust domain {self.ca.trust_domain!r}",
                 )
         credential = await self.authenticate(context, wanted)
         if wanted is not None and wanted != credential.allowed:
@@ -183,7 +190,7 @@ class SigningService:
                 grpc.StatusCode.PERMISSION_DENIED,
                 "identity-not-allowed",
                 f"{credential.kind} credential ({credential.detail}) allows "
-                f"{credential.allowed}, not {wanted}",
+                f"{credential.allowed}, not {shown(wanted)}",
             )
         issued = self.ca.sign(csr, credential.allowed, ttl)
         metrics.ISSUED.labels(credential.kind).inc()
@@ -420,7 +427,9 @@ class CAServer:
             ServingCertificates(ca, self.system_namespace, hosts, False, self.serving_ttl),
             ServingCertificates(ca, self.system_namespace, hosts, True, self.serving_ttl),
         ]
-        server = grpc.aio.server()
+        # Every message here is small; a caller's oversized one ends at the transport
+        # (RESOURCE_EXHAUSTED) before it costs memory, instead of gRPC's default 4 MB.
+        server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
         server.add_generic_rpc_handlers(self.service.handlers())
         tls, mtls = (s.credentials() for s in self.serving)
         self.bootstrap_port = server.add_secure_port(self.bootstrap_address, tls)

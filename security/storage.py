@@ -134,9 +134,34 @@ class CAStorage(Protocol):
     def complete_rotation(self, material: CAMaterial) -> None: ...
 
 
+def private_dir(folder: Path) -> Path:
+    """Make sure ``folder`` exists and is 0700, whatever the process's umask; return it.
+
+    Missing folders (parents included) are created 0700 one by one: ``mkdir -p`` would create
+    the parents with the umask's mode, and a umask of 000 would leave them world-writable, so
+    another user could swap the state folder. An existing folder of ours that is open to
+    group or others is tightened to 0700 (it holds keys and tokens); one we do not own is left
+    alone (``--state-dir`` may be a folder the operator manages).
+    """
+    missing = []
+    here = folder
+    while not os.path.lexists(here):
+        missing.append(here)
+        here = here.parent
+    for part in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another process made it meanwhile
+            os.mkdir(part, 0o700)
+        os.chmod(part, 0o700)  # a umask such as 0o277 would even remove our own bits
+    info = os.stat(folder)
+    if info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) & 0o077:
+        os.chmod(folder, 0o700)
+    return folder
+
+
 def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Write ``data`` to ``path`` atomically; the file never exists with a looser ``mode``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.exists():
+        private_dir(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # created 0600
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -185,8 +210,7 @@ class FileStorage:
     def save(self, material: CAMaterial) -> None:
         if self.read_only:
             raise StorageError(f"{self.folder} is read-only (bring-your-own CA)")
-        self.folder.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.folder, 0o700)
+        private_dir(self.folder)
         if (self.folder / KEY_FILE).exists():
             raise AlreadyStored(f"{self.folder / KEY_FILE} exists")
         # Certificates first, the key last: load() treats the key as "material is complete".
@@ -200,7 +224,7 @@ class FileStorage:
     def _locked(self) -> Any:
         if self.read_only:
             raise StorageError(f"{self.folder} is read-only (bring-your-own CA)")
-        self.folder.mkdir(parents=True, exist_ok=True)
+        private_dir(self.folder)
         fd = os.open(self.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)

@@ -27,6 +27,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,9 +35,11 @@ from typing import Any
 
 import attrs
 
-from meshfed.security.storage import write_private
+from meshfed.security.sign_request import shown, valid_segment
+from meshfed.security.storage import private_dir, write_private
 
 TOKEN_PREFIX = "mfjt"
+_TOKEN_ID = re.compile(r"[0-9a-f]{12}")  # secrets.token_hex(6)
 DEFAULT_TOKEN_TTL = dt.timedelta(hours=1)
 
 
@@ -69,7 +72,7 @@ class JoinTokenStore:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, Any]]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         lock_path = self.path.with_name(self.path.name + ".lock")
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -92,8 +95,13 @@ class JoinTokenStore:
         now: dt.datetime | None = None,
     ) -> str:
         """Create a token for ``namespace``/``service_account``; returns it (shown only once)."""
-        if not namespace or not service_account or "/" in namespace + service_account:
-            raise ValueError("expected a namespace and a service account without '/'")
+        # The CA will issue spiffe://<td>/ns/<namespace>/sa/<account>: refuse what it cannot.
+        for what, value in (("namespace", namespace), ("service account", service_account)):
+            if not valid_segment(value):
+                raise ValueError(
+                    f"{what} {shown(value)}: expected letters, digits, '.', '-' or '_' "
+                    "(not '.' or '..')"
+                )
         now = now or _now()
         token_id = secrets.token_hex(6)
         secret = secrets.token_urlsafe(32)
@@ -127,7 +135,8 @@ class JoinTokenStore:
         now = now or _now()
         prefix, _, rest = token.partition(".")
         token_id, _, secret = rest.partition(".")
-        if prefix != TOKEN_PREFIX or not token_id or not secret:
+        # The id is echoed in refusals, so only the shape create() makes is looked up.
+        if prefix != TOKEN_PREFIX or not _TOKEN_ID.fullmatch(token_id) or not secret:
             raise TokenError("malformed join token")
         with self._locked() as data:
             record = data["tokens"].get(token_id)

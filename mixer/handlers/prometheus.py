@@ -128,13 +128,15 @@ class Prometheus:
 
     def _make(self, spec: MetricSpec) -> MetricWrapperBase:
         doc = spec.description or f"{spec.name} from the {spec.instance_name} metric instance"
-        common = {"labelnames": spec.label_names, "registry": self._registry}
+        labels, registry = spec.label_names, self._registry
         if spec.kind is Kind.COUNTER:
-            return prometheus_client.Counter(spec.exported, doc, **common)
+            return prometheus_client.Counter(spec.exported, doc, labels, registry=registry)
         if spec.kind is Kind.GAUGE:
-            return prometheus_client.Gauge(spec.exported, doc, **common)
+            return prometheus_client.Gauge(spec.exported, doc, labels, registry=registry)
         buckets = spec.buckets or prometheus_client.Histogram.DEFAULT_BUCKETS
-        return prometheus_client.Histogram(spec.exported, doc, buckets=buckets, **common)
+        return prometheus_client.Histogram(
+            spec.exported, doc, labels, registry=registry, buckets=buckets
+        )
 
     async def check(self, instance: Instance) -> CheckResult:
         return CheckResult()
@@ -212,7 +214,7 @@ def _buckets(reader: FieldReader) -> tuple[float, ...]:
         if not isinstance(raw, list) or not raw or len(raw) > MAX_BUCKETS:
             inner.error("bounds", f"expected a list of 1..{MAX_BUCKETS} increasing numbers")
             return ()
-        bounds = []
+        bounds: list[float] = []
         for i, v in enumerate(raw):
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
                 inner.error(f"bounds[{i}]", f"expected a number, got {v!r}")
@@ -274,7 +276,7 @@ class PrometheusKind:
             kind = m.enum("kind", Kind, Kind.COUNTER)
             if "kind" not in m.data:
                 m.error("kind", "is required (COUNTER, GAUGE or DISTRIBUTION)")
-            labels = m.str_list("labelNames")
+            labels: list[str] = list(m.str_list("labelNames"))
             for i, label in enumerate(labels):
                 if not _LABEL.match(label) or label.startswith("__") or label == "le":
                     m.error(f"labelNames[{i}]", f"expected a Prometheus label name, got {label!r}")

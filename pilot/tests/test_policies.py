@@ -7,7 +7,14 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo
 
 from meshfed.pilot.config.model import CircuitBreaker, DestinationPolicy, LoadBalancer, ServiceRef
 from meshfed.pilot.config.store import ConfigSnapshot
-from meshfed.pilot.translate.clusters import HTTP_OPTIONS_KEY
+from meshfed.pilot.translate.clusters import (
+    HTTP_OPTIONS_KEY,
+    LOCAL_ORIGIN_FAILURES,
+    MAX_EJECTION_PERCENT,
+    UNBOUNDED,
+    default_circuit_breakers,
+    default_outlier_detection,
+)
 from meshfed.pilot.translate.subsets import service_port_clusters
 from meshfed.pilot.translate.traffic import TrafficIndex
 from meshfed.registry.model import Endpoint, Port, Protocol, Service
@@ -56,12 +63,16 @@ def test_service_policy_sets_balancer_breaker_outlier_and_timeout() -> None:
     cluster = found[f"outbound|80||{HOST}"]
     assert cluster.lb_policy == cluster_pb2.Cluster.LEAST_REQUEST
     assert cluster.connect_timeout.ToMilliseconds() == 250
-    t = cluster.circuit_breakers.thresholds[0]
+    (t,) = cluster.circuit_breakers.thresholds
     assert (t.max_connections.value, t.max_pending_requests.value) == (10, 5)
-    assert (t.max_requests.value, t.max_retries.value) == (20, 3)
+    assert (t.max_requests.value, t.max_retries.value) == (20, 3)  # the policy's cap wins
     od = cluster.outlier_detection
     assert od.consecutive_5xx.value == 4 and od.interval.seconds == 2
+    assert od.enforcing_consecutive_5xx.value == 100
     assert od.base_ejection_time.seconds == 30 and od.max_ejection_percent.value == 40
+    # Connect failures still eject a dead endpoint, as without the policy.
+    assert od.consecutive_local_origin_failure.value == LOCAL_ORIGIN_FAILURES
+    assert od.split_external_local_origin_errors
     options = hpo.HttpProtocolOptions()
     cluster.typed_extension_protocol_options[HTTP_OPTIONS_KEY].Unpack(options)
     assert options.common_http_protocol_options.max_requests_per_connection.value == 1
@@ -77,8 +88,11 @@ def test_version_policy_applies_to_its_subset_only_and_keeps_http2() -> None:
     )
     whole = found[f"outbound|9090||{HOST}"]
     v2 = found[f"outbound|9090|version=v2|{HOST}"]
-    assert whole.lb_policy == cluster_pb2.Cluster.RANDOM and not whole.HasField("circuit_breakers")
-    assert v2.circuit_breakers.thresholds[0].max_connections.value == 1
+    # The whole service keeps the defaults: only the uncapped retries, no other limit.
+    assert whole.lb_policy == cluster_pb2.Cluster.RANDOM
+    assert whole.circuit_breakers == default_circuit_breakers()
+    (limits,) = v2.circuit_breakers.thresholds
+    assert limits.max_connections.value == 1 and limits.max_retries.value == UNBOUNDED
     assert v2.eds_cluster_config.service_name == v2.name
     options = hpo.HttpProtocolOptions()
     v2.typed_extension_protocol_options[HTTP_OPTIONS_KEY].Unpack(options)
@@ -139,3 +153,50 @@ spec:
     assert check.http_health_check.path == "/ready" and check.interval.seconds == 2
     assert check.unhealthy_threshold.value == 3 and check.healthy_threshold.value == 1
     assert cluster.common_lb_config.ignore_new_hosts_until_first_hc
+
+
+def test_defaults_uncap_retries_and_eject_only_on_local_origin_failures() -> None:
+    service = Service(HOST, ports=(Port(80, "http", Protocol.HTTP),))
+    found = clusters(service)
+    for cluster in found.values():
+        (t,) = cluster.circuit_breakers.thresholds
+        # Only retries are uncapped; connections/requests keep Envoy's own defaults.
+        assert t.max_retries.value == UNBOUNDED
+        assert not (t.HasField("max_connections") or t.HasField("max_requests"))
+        od = cluster.outlier_detection
+        assert od == default_outlier_detection()
+        assert od.split_external_local_origin_errors
+        assert od.consecutive_local_origin_failure.value == LOCAL_ORIGIN_FAILURES
+        assert od.enforcing_consecutive_local_origin_failure.value == 100
+        # An application's own 5xx/502-504 answers, or its success rate, eject nothing.
+        for field in (
+            "enforcing_consecutive_5xx",
+            "enforcing_consecutive_gateway_failure",
+            "enforcing_success_rate",
+            "enforcing_local_origin_success_rate",
+        ):
+            assert getattr(od, field).value == 0, field
+        # Below 100%: a one-endpoint cluster never loses its only endpoint; at 50% a cluster
+        # of two can still eject one (Envoy's default 10% ejects nobody below ten).
+        assert 50 <= od.max_ejection_percent.value == MAX_EJECTION_PERCENT < 100
+
+
+def test_a_policy_without_retry_or_ejection_settings_keeps_those_defaults() -> None:
+    service = Service(HOST, ports=(Port(80, "http", Protocol.HTTP),))
+    cb = CircuitBreaker(http_max_pending_requests=7, sleep_window=5.0)
+    cluster = clusters(service, policy("all", circuit_breaker=cb))[f"outbound|80||{HOST}"]
+    (t,) = cluster.circuit_breakers.thresholds
+    assert t.max_pending_requests.value == 7 and t.max_retries.value == UNBOUNDED
+    # sleepWindow alone is part of httpConsecutiveErrors in Istio 0.2: without it, no change.
+    assert cluster.outlier_detection == default_outlier_detection()
+
+
+def test_passthrough_and_logical_dns_clusters_have_no_outlier_detection() -> None:
+    from meshfed.pilot.translate.clusters import outbound_cluster
+    from meshfed.registry.model import Resolution
+
+    port = Port(80, "http", Protocol.HTTP)
+    for resolution in (Resolution.PASSTHROUGH, Resolution.DNS):
+        cluster = outbound_cluster(Service(HOST, ports=(port,), resolution=resolution), port, ())
+        assert not cluster.HasField("outlier_detection"), resolution
+        assert cluster.circuit_breakers == default_circuit_breakers()

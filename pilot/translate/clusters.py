@@ -4,6 +4,30 @@ Discovery type follows the service's resolution: STATIC registries become EDS cl
 endpoint change re-sends one ClusterLoadAssignment, never the cluster), DNS becomes STRICT_DNS
 over the listed endpoint hostnames (or LOGICAL_DNS over the service hostname when none are
 listed), PASSTHROUGH becomes ORIGINAL_DST. HTTP2 and GRPC ports get HTTP/2 upstream options.
+
+Every outbound cluster also carries the defaults that make an instance's death cost no request
+(a DestinationPolicy overrides them field by field, :mod:`pilot.translate.policies`):
+
+- **No cap on concurrent retries** (``max_retries`` = 2^32-1, what Istio sets). Envoy's default
+  of 3 retries in flight per cluster is what fails requests when an instance dies: every
+  request it held fails at once, plus those sent to it before the push, and all but three of
+  their retries are refused (``upstream_rq_retry_overflow``, answered 503). A retry *budget*
+  (Envoy's ``retry_budget``, default 20% of the requests in flight, at least 3) is the modern
+  form of the same cap and fails the same way: one dead instance out of N holds 1/N of the
+  requests in flight, so below five endpoints its failures alone exceed a 20% budget (through
+  real Envoy, with one instance killed every 200 ms, even a 100% budget refused retries). What a
+  budget guards against, a retry storm, is bounded here per request instead: the default route
+  retries only connection-level failures, at most :data:`routes.NUM_RETRIES` times, each on
+  another host, and outlier detection (next) stops retries from being spent on a dead host.
+  Operators who want a cap set ``httpMaxRetries``.
+- **Outlier detection on local-origin failures**: :data:`LOCAL_ORIGIN_FAILURES` consecutive
+  connect failures or resets from one endpoint eject it (an instance that died without
+  deregistering, e.g. a Eureka lease that has not expired yet), so it is out of rotation
+  long before the registry's next push. An application's own 5xx answers eject nothing unless
+  a policy asks (``httpConsecutiveErrors``). At most :data:`MAX_EJECTION_PERCENT` of a
+  cluster's endpoints are ejected: Envoy's default of 10% would eject nobody below ten
+  endpoints, and under 100% the last endpoint of a one-endpoint cluster is never ejected
+  (with the panic threshold at 0, that would refuse every request).
 """
 
 from __future__ import annotations
@@ -11,11 +35,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import attrs
-from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2 as ec
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo
+from google.protobuf import wrappers_pb2
 
 from meshfed.pilot.translate import names
 from meshfed.pilot.translate.endpoints import load_assignment
@@ -24,6 +49,34 @@ from meshfed.registry.model import Endpoint, Port, Protocol, Resolution, Service
 
 CONNECT_TIMEOUT_S = 2.0
 HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+UNBOUNDED = 2**32 - 1
+LOCAL_ORIGIN_FAILURES = 3
+MAX_EJECTION_PERCENT = 50
+
+
+def _u32(value: int) -> wrappers_pb2.UInt32Value:
+    return wrappers_pb2.UInt32Value(value=value)
+
+
+def default_circuit_breakers() -> circuit_breaker_pb2.CircuitBreakers:
+    """Envoy's limits, except concurrent retries: not capped (see the module docstring)."""
+    return circuit_breaker_pb2.CircuitBreakers(
+        thresholds=[circuit_breaker_pb2.CircuitBreakers.Thresholds(max_retries=_u32(UNBOUNDED))]
+    )
+
+
+def default_outlier_detection() -> outlier_detection_pb2.OutlierDetection:
+    """Eject an endpoint after consecutive local-origin failures, and for nothing else."""
+    return outlier_detection_pb2.OutlierDetection(
+        split_external_local_origin_errors=True,
+        consecutive_local_origin_failure=_u32(LOCAL_ORIGIN_FAILURES),
+        enforcing_consecutive_local_origin_failure=_u32(100),
+        enforcing_consecutive_5xx=_u32(0),
+        enforcing_consecutive_gateway_failure=_u32(0),
+        enforcing_success_rate=_u32(0),
+        enforcing_local_origin_success_rate=_u32(0),
+        max_ejection_percent=_u32(MAX_EJECTION_PERCENT),
+    )
 
 
 def _http2_options() -> hpo.HttpProtocolOptions:
@@ -80,6 +133,10 @@ def outbound_cluster(
         cluster.lb_policy = cluster_pb2.Cluster.ROUND_ROBIN
         cluster.eds_cluster_config.eds_config.CopyFrom(ads_source())
         cluster.eds_cluster_config.service_name = name
+    cluster.circuit_breakers.CopyFrom(default_circuit_breakers())
+    # ORIGINAL_DST and LOGICAL_DNS clusters have one host per destination: nothing to eject to.
+    if cluster.type in (cluster_pb2.Cluster.EDS, cluster_pb2.Cluster.STRICT_DNS):
+        cluster.outlier_detection.CopyFrom(default_outlier_detection())
     if port.protocol in (Protocol.HTTP2, Protocol.GRPC):
         cluster.typed_extension_protocol_options[HTTP_OPTIONS_KEY].CopyFrom(pack(_http2_options()))
     return cluster

@@ -4,7 +4,9 @@ Istio 0.2's ``simpleCb`` maps onto two Envoy mechanisms: connection/request limi
 cluster's default-priority ``circuit_breakers`` thresholds (overflow is answered 503 with
 ``x-envoy-overloaded`` and counted in ``upstream_rq_pending_overflow`` / ``upstream_cx_overflow``),
 and ``httpConsecutiveErrors`` / ``sleepWindow`` / ``httpDetectionInterval`` /
-``httpMaxEjectionPercent`` become ``outlier_detection`` (consecutive 5xx ejection).
+``httpMaxEjectionPercent`` become ``outlier_detection`` (consecutive 5xx ejection). A policy
+overrides the cluster's defaults (:mod:`pilot.translate.clusters`) field by field: a policy
+that only limits connections keeps the uncapped retries and the local-origin ejection.
 meshfed's ``healthCheck`` extension adds an active HTTP health check to the cluster.
 
 Per-version policies work through subset clusters: a policy whose destination carries labels
@@ -15,8 +17,8 @@ The function here only edits one cluster; choosing the policy is
 
 from __future__ import annotations
 
-from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
-from envoy.config.core.v3 import health_check_pb2, protocol_pb2
+from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2
+from envoy.config.core.v3 import base_pb2, health_check_pb2, protocol_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo
 from google.protobuf import wrappers_pb2
 
@@ -53,7 +55,7 @@ def apply_policy(cluster: cluster_pb2.Cluster, policy: DestinationPolicy | None)
     cb = policy.circuit_breaker
     if cb is None:
         return
-    thresholds = circuit_breaker_pb2.CircuitBreakers.Thresholds()
+    thresholds = _default_priority_thresholds(cluster)
     if cb.max_connections is not None:
         thresholds.max_connections.CopyFrom(_u32(cb.max_connections))
     if cb.http_max_pending_requests is not None:
@@ -62,26 +64,31 @@ def apply_policy(cluster: cluster_pb2.Cluster, policy: DestinationPolicy | None)
         thresholds.max_requests.CopyFrom(_u32(cb.http_max_requests))
     if cb.http_max_retries is not None:
         thresholds.max_retries.CopyFrom(_u32(cb.http_max_retries))
-    if thresholds.ByteSize():
-        cluster.circuit_breakers.CopyFrom(
-            circuit_breaker_pb2.CircuitBreakers(thresholds=[thresholds])
-        )
     if cb.http_max_requests_per_connection is not None:
         _set_max_requests_per_connection(cluster, cb.http_max_requests_per_connection)
     if cb.http_consecutive_errors is not None:
-        outlier = outlier_detection_pb2.OutlierDetection(
-            consecutive_5xx=_u32(cb.http_consecutive_errors),
-            # Only consecutive errors were Istio 0.2's signal; keep the others from ejecting.
-            enforcing_success_rate=_u32(0),
-            enforcing_consecutive_gateway_failure=_u32(0),
-        )
+        outlier = cluster.outlier_detection  # the default's local-origin ejection stays
+        outlier.consecutive_5xx.CopyFrom(_u32(cb.http_consecutive_errors))
+        outlier.enforcing_consecutive_5xx.CopyFrom(_u32(100))
+        # Only consecutive errors were Istio 0.2's signal; keep the others from ejecting.
+        outlier.enforcing_success_rate.CopyFrom(_u32(0))
+        outlier.enforcing_consecutive_gateway_failure.CopyFrom(_u32(0))
         if cb.http_detection_interval is not None:
             outlier.interval.CopyFrom(seconds(cb.http_detection_interval))
         if cb.sleep_window is not None:
             outlier.base_ejection_time.CopyFrom(seconds(cb.sleep_window))
         if cb.http_max_ejection_percent is not None:
             outlier.max_ejection_percent.CopyFrom(_u32(cb.http_max_ejection_percent))
-        cluster.outlier_detection.CopyFrom(outlier)
+
+
+def _default_priority_thresholds(
+    cluster: cluster_pb2.Cluster,
+) -> circuit_breaker_pb2.CircuitBreakers.Thresholds:
+    """The cluster's DEFAULT-priority thresholds (Envoy uses the first), added when missing."""
+    for thresholds in cluster.circuit_breakers.thresholds:
+        if thresholds.priority == base_pb2.RoutingPriority.DEFAULT:
+            return thresholds
+    return cluster.circuit_breakers.thresholds.add()
 
 
 def health_check(check: HealthCheck) -> health_check_pb2.HealthCheck:

@@ -46,3 +46,40 @@ def test_nodeagent_refuses_to_start_without_a_credential(
     root.write_text("")
     with pytest.raises(SystemExit, match="no credential"):
         main(["nodeagent", "--ca-root", str(root), "-n", "shop", "-s", "cart"])
+
+
+def test_token_create_makes_its_state_folder_0700_whatever_the_umask(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+    import stat
+
+    state = tmp_path / "fresh" / "deeper" / "ca"
+    old = os.umask(0)
+    try:
+        assert main(["ca", "token", "create", "--state-dir", str(state), "-n", "a", "-s", "b"]) == 0
+    finally:
+        os.umask(old)
+    assert capsys.readouterr().out.startswith("mfjt.")
+    for folder in (state, state.parent, state.parent.parent):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    for name in ("tokens.json", "tokens.json.lock"):
+        assert stat.S_IMODE((state / name).stat().st_mode) == 0o600, name
+
+    # A state folder that exists but is open to others (made under umask 000) is tightened.
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    loose.chmod(0o777)
+    assert main(["ca", "token", "create", "--state-dir", str(loose), "-n", "a", "-s", "b"]) == 0
+    assert stat.S_IMODE(loose.stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("namespace", ["a/b", "", "..", "shop ns", "ns\x00", "é"])
+def test_token_create_refuses_an_identity_the_ca_could_not_issue(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], namespace: str
+) -> None:
+    state = str(tmp_path / "ca")
+    assert main(["ca", "token", "create", "--state-dir", state, "-n", namespace, "-s", "b"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("error: namespace")
+    assert "Traceback" not in captured.err
