@@ -36,6 +36,7 @@ from meshfed.adapters.contract import AdapterContext
 from meshfed.pilot import xds_types as T
 from meshfed.pilot.ads import Connection, DiscoveryServer
 from meshfed.pilot.cache import ConfigCache
+from meshfed.pilot.mtls_plugin import MtlsPlugin
 from meshfed.pilot.server import PilotServer
 from meshfed.pilot.watch import TypeWatch
 from meshfed.registry.aggregate import AggregateRegistry
@@ -68,9 +69,7 @@ def populate(services: int, endpoints: int) -> tuple[AggregateRegistry, object]:
 
 
 def drain(conn: Connection) -> tuple[list, int]:
-    out = []
-    while not conn.queue.empty():
-        out.append(conn.queue.get_nowait())
+    out = conn.take_responses()
     return out, sum(len(r.SerializeToString()) for r in out)
 
 
@@ -116,7 +115,7 @@ def connect(server: DiscoveryServer, index: int) -> tuple[Connection, int, float
 
 def push_figures(services: int, endpoints: int, proxies: int) -> dict:
     agg, member = populate(services, endpoints)
-    cache = ConfigCache(agg)
+    cache = ConfigCache(agg, [MtlsPlugin()])  # as the hub runs it
     t0 = time.perf_counter()
     cache.rebuild()
     build_s = time.perf_counter() - t0

@@ -40,6 +40,7 @@ from meshfed.pilot.config.model import (
     WeightedDestination,
 )
 from meshfed.pilot.config.store import ConfigSnapshot
+from meshfed.pilot.mtls_plugin import MtlsPlugin
 from meshfed.pilot.node import ProxyNode
 from meshfed.registry.aggregate import AggregateRegistry
 from meshfed.registry.model import Endpoint, Port, Protocol, Service
@@ -113,7 +114,7 @@ def main() -> None:
     parser.add_argument("--endpoints", type=int, default=10)
     parser.add_argument("--rules", type=int, default=500)
     args = parser.parse_args()
-    cache = ConfigCache(registry(args.services, args.endpoints))
+    cache = ConfigCache(registry(args.services, args.endpoints), [MtlsPlugin()])  # as the hub
     _, plain = timed(cache.rebuild)
     plain_clusters = len(cache.clusters())
     snapshot = ConfigSnapshot.of(objects(args.rules))

@@ -283,10 +283,15 @@ def default_components(mesh: MeshConfig) -> list[HubComponent]:
     """The components ``meshfed up`` runs beside the registries."""
     from meshfed.adapters.workloads.server import WorkloadRegistration
     from meshfed.configstores import kube_config_components  # CRD config per cluster
+    from meshfed.pilot.mtls_plugin import MtlsPlugin
     from meshfed.pilot.server import PilotServer  # reads mesh.discovery_address, mesh.pilot
+    from meshfed.security.mtls import policy_from_config
 
+    # Pilot's listener plugins, in order: mutual TLS first, so later plugins' filters run
+    # behind it.
+    pilot = PilotServer(plugins=[MtlsPlugin(policy_from_config(mesh.pilot))])
     # Registration first: its member must exist before Pilot waits for every member to sync.
-    return [WorkloadRegistration(), PilotServer(), *kube_config_components(mesh)]
+    return [WorkloadRegistration(), pilot, *kube_config_components(mesh)]
 
 
 async def run_hub(mesh: MeshConfig, stop: asyncio.Event) -> None:

@@ -7,7 +7,11 @@ requests, asks the watch what to send, turns plans into ``DiscoveryResponse`` /
 routes).
 
 Everything runs on the event loop; there are no locks because nothing here is shared with
-another thread. A stream's writer drains a queue, so a slow proxy delays only itself.
+another thread. A stream's writer drains its :class:`~pilot.push_queue.PushQueue`, which holds
+at most one response per type (a newer one is merged in), so a slow proxy delays only itself
+and never piles up stale responses. What each proxy should have is the view pipeline's answer
+(:mod:`pilot.views`, through the cache); a NACK is logged within bounds
+(:mod:`pilot.nacklog`).
 """
 
 from __future__ import annotations
@@ -19,15 +23,15 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import cachetools
-from envoy.config.listener.v3 import listener_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from meshfed.pilot import metrics as M
 from meshfed.pilot import xds_types as T
-from meshfed.pilot.cache import CacheChange, ConfigCache, ProxyView, Resource, digest, make_resource
+from meshfed.pilot.cache import ConfigCache
+from meshfed.pilot.nacklog import ERROR_LIMIT, NackLog, bounded
 from meshfed.pilot.node import ProxyNode, from_proto
-from meshfed.pilot.translate import interception
+from meshfed.pilot.push_queue import PushQueue
+from meshfed.pilot.resources import CacheChange, ProxyView, Resource
 from meshfed.pilot.watch import Plan, RequestKind, Status, TypeWatch
 
 log = logging.getLogger("meshfed.pilot.ads")
@@ -35,10 +39,44 @@ log = logging.getLogger("meshfed.pilot.ads")
 _conn_ids = itertools.count(1)
 
 
+def render(plan: Plan, delta: bool) -> Any:
+    """The response message for ``plan`` on a delta or state-of-the-world stream."""
+    if delta:
+        return discovery_pb2.DeltaDiscoveryResponse(
+            system_version_info=plan.version,
+            type_url=plan.type_url,
+            nonce=plan.nonce,
+            removed_resources=list(plan.removed),
+            resources=[
+                discovery_pb2.Resource(name=r.name, version=r.version, resource=r.body)
+                for r in plan.resources
+            ],
+        )
+    return discovery_pb2.DiscoveryResponse(
+        version_info=plan.version,
+        type_url=plan.type_url,
+        nonce=plan.nonce,
+        resources=[r.body for r in plan.resources],
+    )
+
+
+def new_outbox(delta: bool) -> PushQueue:
+    """A stream's queue: state-of-the-world clusters and listeners are sent whole."""
+    whole = frozenset() if delta else T.FULL_STATE
+    return PushQueue(whole, lambda plan: render(plan, delta))
+
+
 class Connection:
     """One proxy's ADS stream."""
 
-    def __init__(self, server: DiscoveryServer, node: ProxyNode, delta: bool, peer: str) -> None:
+    def __init__(
+        self,
+        server: DiscoveryServer,
+        node: ProxyNode,
+        delta: bool,
+        peer: str,
+        outbox: PushQueue | None = None,
+    ) -> None:
         self.server = server
         self.node = node
         self.delta = delta
@@ -46,7 +84,7 @@ class Connection:
         self.id = f"{node.id}-{next(_conn_ids)}"
         self.connected_at = time.time()
         self.watches: dict[str, TypeWatch] = {}
-        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.outbox = outbox if outbox is not None else new_outbox(delta)
         self.sent: dict[str, dict[str, Resource]] = {}
         self.problems: tuple[str, ...] = ()
         self.first_ready_at: float | None = None
@@ -78,6 +116,7 @@ class Connection:
         error = request.error_detail.message if request.HasField("error_detail") else ""
         if error == "" and request.HasField("error_detail"):
             error = f"rejected (code {request.error_detail.code}, no message)"
+        error = bounded(error, ERROR_LIMIT)  # the proxy chooses this text, and its length
         now = time.monotonic()
         event_time = watch.sent_event_time
         subscribed_before = set(watch.subscribed)
@@ -104,12 +143,8 @@ class Connection:
         short = T.short(type_url)
         if kind is RequestKind.NACK:
             M.NACKS.labels(short).inc()
-            log.warning(
-                "proxy %s rejected %s version %s: %s",
-                self.node.id,
-                short,
-                watch.last_nack.version if watch.last_nack else "?",
-                error,
+            self.server.nack_log.nack(
+                self.node.id, short, watch.last_nack.version if watch.last_nack else "?", error
             )
         elif kind is RequestKind.ACK:
             if event_time is not None:
@@ -159,7 +194,7 @@ class Connection:
 
     def _send_type(
         self,
-        view: Any,
+        view: ProxyView,
         watch: TypeWatch,
         only: Any = None,
         force: set[str] | frozenset[str] = frozenset(),
@@ -173,8 +208,9 @@ class Connection:
         self.problems = view.problems
         watch.sent_event_time = event_time
         self._remember(plan)
-        self.queue.put_nowait(self._response(plan))
         short = T.short(plan.type_url)
+        if self.outbox.put(plan):
+            M.PUSHES_MERGED.labels(short).inc()
         M.PUSHES.labels(short).inc()
         M.PUSH_RESOURCES.labels(short).inc(len(plan.resources))
         M.PUSH_TIME.labels(short).observe(time.perf_counter() - started)
@@ -195,24 +231,9 @@ class Connection:
             for name in [n for n in table if n not in watch.subscribed]:
                 del table[name]
 
-    def _response(self, plan: Plan) -> Any:
-        if self.delta:
-            return discovery_pb2.DeltaDiscoveryResponse(
-                system_version_info=plan.version,
-                type_url=plan.type_url,
-                nonce=plan.nonce,
-                removed_resources=list(plan.removed),
-                resources=[
-                    discovery_pb2.Resource(name=r.name, version=r.version, resource=r.body)
-                    for r in plan.resources
-                ],
-            )
-        return discovery_pb2.DiscoveryResponse(
-            version_info=plan.version,
-            type_url=plan.type_url,
-            nonce=plan.nonce,
-            resources=[r.body for r in plan.resources],
-        )
+    def take_responses(self) -> list[Any]:
+        """Every pending response, in push order (tests and benchmarks read the stream so)."""
+        return self.outbox.drain()
 
     def describe(self) -> dict[str, Any]:
         types = {}
@@ -239,6 +260,8 @@ class Connection:
                 "cluster": self.node.cluster,
             },
             "types": types,
+            "pending": sorted(T.short(t) for t in self.outbox.pending()),
+            "merged_pushes": self.outbox.merged,
             "problems": list(self.problems),
         }
 
@@ -253,50 +276,16 @@ class DiscoveryServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         # config built from half-loaded registries. After ``sync_timeout`` serve anyway.
         self.serving = asyncio.Event()
         self.sync_timeout = sync_timeout
-        self._redirect_views: cachetools.LRUCache = cachetools.LRUCache(maxsize=1024)
+        self.nack_log = NackLog(log)
 
-    def cache_view(self, conn: Connection) -> Any:
-        view = self.cache.view(conn.node)
-        if conn.node.interception == interception.REDIRECT:
-            return self._redirect_view(conn.node, view)
-        return view
-
-    def _redirect_view(self, node: ProxyNode, view: ProxyView) -> ProxyView:
-        """The same config with interception listeners (built once per listener version)."""
-        key = (node.view_key, view.version(T.LISTENER), view.version(T.CLUSTER))
-        found = self._redirect_views.get(key)
-        if found is not None:
-            return found
-        explicit = {}
-        for name, res in view.get(T.LISTENER).items():
-            listener = listener_pb2.Listener()
-            res.body.Unpack(listener)
-            explicit[name] = listener
-        built, problems = interception.redirect_listeners(
-            node, explicit, self.cache.services().values()
-        )
-        blackhole = make_resource(interception.BLACKHOLE, interception.blackhole_cluster())
-        found = ProxyView(
-            {
-                T.CLUSTER: {**view.get(T.CLUSTER), blackhole.name: blackhole},
-                T.ENDPOINT: view.get(T.ENDPOINT),
-                T.LISTENER: {lst.name: make_resource(lst.name, lst) for lst in built},
-                T.ROUTE: view.get(T.ROUTE),
-            },
-            [*view.problems, *problems],
-            shared_digests={
-                T.CLUSTER: digest(
-                    [("", view.version(T.CLUSTER)), (blackhole.name, blackhole.version)]
-                ),
-                T.ENDPOINT: view.version(T.ENDPOINT),
-            },
-        )
-        self._redirect_views[key] = found
-        return found
+    def cache_view(self, conn: Connection) -> ProxyView:
+        return self.cache.view(conn.node)
 
     # -- connection registry ----------------------------------------------------------------
-    def _open(self, node_proto: Any, delta: bool, peer: str) -> Connection:
-        conn = Connection(self, from_proto(node_proto), delta, peer)
+    def _open(
+        self, node_proto: Any, delta: bool, peer: str, outbox: PushQueue | None = None
+    ) -> Connection:
+        conn = Connection(self, from_proto(node_proto), delta, peer, outbox)
         self.connections[conn.id] = conn
         M.CONNECTED.labels("delta" if delta else "sotw").inc()
         log.info("proxy %s connected (%s, %s)", conn.node.id, "delta" if delta else "sotw", peer)
@@ -357,16 +346,14 @@ class DiscoveryServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self, request_iterator: AsyncIterator[Any], context: Any, delta: bool
     ) -> AsyncIterator[Any]:
         holder: dict[str, Connection] = {}
-        outbox: asyncio.Queue[Any] = asyncio.Queue()
-        done = object()
+        outbox = new_outbox(delta)
 
         async def read() -> None:
             try:
                 async for request in request_iterator:
                     conn = holder.get("conn")
                     if conn is None:
-                        conn = self._open(request.node, delta, context.peer())
-                        conn.queue = outbox
+                        conn = self._open(request.node, delta, context.peer(), outbox)
                         holder["conn"] = conn
                     conn.on_request(request)
             except asyncio.CancelledError:
@@ -376,7 +363,7 @@ class DiscoveryServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 log.exception("ADS stream from %s failed", context.peer())
                 raise
             finally:
-                outbox.put_nowait(done)
+                outbox.close()
 
         if not self.serving.is_set():
             try:
@@ -391,7 +378,7 @@ class DiscoveryServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         try:
             while True:
                 item = await outbox.get()
-                if item is done:
+                if item is None:
                     break
                 yield item
             if reader.done() and reader.exception() is not None:

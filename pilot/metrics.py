@@ -21,6 +21,11 @@ PUSH_TIME = Histogram(
     ["type"],
     buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
 )
+PUSHES_MERGED = Counter(
+    "meshfed_pilot_xds_pushes_merged_total",
+    "xDS responses merged into a newer one of the same type before the stream took them",
+    ["type"],
+)
 NACKS = Counter("meshfed_pilot_xds_nacks_total", "Responses rejected by proxies", ["type"])
 CONVERGENCE = Histogram(
     "meshfed_pilot_proxy_convergence_seconds",

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -44,6 +44,8 @@ from meshfed.pilot.cache import CacheChange, ConfigCache
 from meshfed.pilot.config.parse import IngressSelection, routing_parsers
 from meshfed.pilot.config.store import ConfigSnapshot, FileConfigStore
 from meshfed.pilot.debounce import Batch, DebounceLoop
+from meshfed.pilot.mtls_plugin import MtlsPlugin
+from meshfed.pilot.plugins import ListenerPlugin
 from meshfed.pilot.translate.traffic import TrafficOptions
 from meshfed.pilot.watch import Status
 from meshfed.registry.aggregate import AggregateRegistry
@@ -56,6 +58,7 @@ DEFAULT_QUIET = 0.1
 DEFAULT_MAX_DELAY = 1.0
 STAGE_WAIT = 2.0  # seconds a config change waits for proxies' ACKs between its two steps
 CONFIG_CHANGED = "\0config"  # a debouncer "hostname" no service can have: re-read the stores
+PLUGINS_CHANGED = "\0plugins"  # likewise: a listener plugin's config changed
 
 
 def debounce_settings(pilot_config: Mapping[str, Any]) -> tuple[float, float]:
@@ -86,8 +89,14 @@ class PilotServer:
         config_stores: list[Any] | None = None,
         traffic_options: TrafficOptions | None = None,
         mtls_policy: mtls.Policy | None = None,
+        plugins: Sequence[ListenerPlugin] | None = None,
     ) -> None:
+        """``plugins`` shape every listener and cluster (:mod:`pilot.plugins`), in order. When
+        None, Pilot runs mutual TLS alone (:class:`~pilot.mtls_plugin.MtlsPlugin`) with
+        ``mtls_policy`` or, inside a hub, the mesh config's ``pilot.mtls``."""
         self.mtls_policy = mtls_policy or mtls.Policy(mtls.Mode.OFF)
+        self._mtls_from_hub = mtls_policy is None
+        self.plugins: list[ListenerPlugin] | None = list(plugins) if plugins is not None else None
         self.aggregate = aggregate
         self.config_stores: list[Any] = list(config_stores or [])
         self.traffic_options = traffic_options or TrafficOptions()
@@ -114,14 +123,15 @@ class PilotServer:
             self.address = hub.mesh.discovery_address
             self.quiet, self.max_delay = debounce_settings(hub.mesh.pilot)
             self._hub_stores(hub)
-            self.mtls_policy = mtls.policy_from_config(hub.mesh.pilot)
+            if self._mtls_from_hub:
+                self.mtls_policy = mtls.policy_from_config(hub.mesh.pilot)
         if self.aggregate is None:
             raise ValueError("PilotServer needs an aggregate registry (or a hub)")
         if self._supervisor is None:
             self._supervisor, self._own_supervisor = Supervisor(), True
+        plugins = self.plugins if self.plugins is not None else [MtlsPlugin(self.mtls_policy)]
         # Built in full by _on_status once every registry has synced (now, if already so).
-        self.cache = ConfigCache(self.aggregate)
-        self.cache.mtls_policy = self.mtls_policy
+        self.cache = ConfigCache(self.aggregate, plugins)
         await self._start_stores()
         self.discovery = DiscoveryServer(self.cache)
         self._debounce = DebounceLoop(self._flush, self.quiet, self.max_delay)
@@ -243,6 +253,13 @@ class PilotServer:
             await asyncio.sleep(0.01)
         log.info("config change: some proxies had not ACKed after %.1fs; continuing", timeout)
 
+    def plugins_changed(self) -> None:
+        """Call after changing a listener plugin's config: the next push re-sends only the
+        listeners and clusters whose bytes changed (nothing, if the plugin's version did not
+        move). Goes through the debouncer, so a burst of changes costs one push."""
+        if self._debounce is not None:
+            self._debounce.submit({PLUGINS_CHANGED})
+
     def _on_config(self, snapshot: ConfigSnapshot) -> None:
         if self._debounce is not None:
             self._debounce.submit({CONFIG_CHANGED})
@@ -299,7 +316,11 @@ class PilotServer:
         assert self.cache is not None and self.discovery is not None
         M.DEBOUNCE.observe(batch.waited)
         started = time.perf_counter()
-        change = self.cache.apply(batch.hostnames - {CONFIG_CHANGED})
+        change = self.cache.apply(batch.hostnames - {CONFIG_CHANGED, PLUGINS_CHANGED})
+        if PLUGINS_CHANGED in batch.hostnames:
+            refreshed = self.cache.refresh_plugins()
+            if refreshed is not None:
+                change = traffic_hooks.merge(change, refreshed)
         if CONFIG_CHANGED in batch.hostnames:
             change = await self._apply_config(change, batch)
         M.BUILD_TIME.observe(time.perf_counter() - started)

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping
 import attrs
 
 from meshfed.pilot import xds_types as T
-from meshfed.pilot.cache import ProxyView, Resource
+from meshfed.pilot.resources import ProxyView, Resource
 
 
 class Status(enum.Enum):

@@ -421,6 +421,17 @@ def apply_inbound_mtls(listener: listener_pb2.Listener, mode: Mode) -> None:
     if mode is Mode.OFF or not listener.filter_chains:
         return
     filters = [_with_xfcc(f) for f in listener.filter_chains[0].filters]
+    del listener.filter_chains[0].filters[:]
+    listener.filter_chains[0].filters.extend(filters)
+    apply_inbound_transport(listener, mode)
+
+
+def apply_inbound_transport(listener: listener_pb2.Listener, mode: Mode) -> None:
+    """:func:`apply_inbound_mtls` without the header part: for a builder that already set
+    :func:`apply_xfcc` on its connection managers."""
+    if mode is Mode.OFF or not listener.filter_chains:
+        return
+    filters = list(listener.filter_chains[0].filters)
     chains, listener_filters = inbound_filter_chains(
         filters, mode, listener.filter_chains[0].name or listener.name
     )

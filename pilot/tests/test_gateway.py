@@ -382,6 +382,7 @@ def test_kubernetes_documents_carry_annotations() -> None:
 
 # -- mutual TLS -------------------------------------------------------------------------------
 def _mtls_cache() -> tuple[ConfigCache, str]:
+    from meshfed.pilot.mtls_plugin import MtlsPlugin
     from meshfed.registry.aggregate import AggregateRegistry
     from meshfed.registry.model import Endpoint
     from meshfed.security import mtls
@@ -394,8 +395,8 @@ def _mtls_cache() -> tuple[ConfigCache, str]:
         [Endpoint("10.0.0.5", {"http": 9080}, meshed, identity="spiffe://td/ns/default/sa/web")],
     )
     member.put_service(GRPC, [Endpoint("10.0.0.6", {"grpc": 9090})])  # no sidecar: plain
-    cache = ConfigCache(agg)
-    cache.mtls_policy = mtls.Policy(mtls.Mode.STRICT)
+    plugin = MtlsPlugin(mtls.Policy(mtls.Mode.STRICT))
+    cache = ConfigCache(agg, [plugin])
     cache.rebuild()
     return cache, f"outbound|80||{WEB.hostname}"
 
@@ -439,8 +440,9 @@ def test_gateway_without_sds_gets_plain_clusters_and_a_problem() -> None:
     # A mesh without mutual TLS: nothing to strip, no problem, the shared table as it is.
     from meshfed.security import mtls
 
-    cache.mtls_policy = mtls.Policy(mtls.Mode.OFF)
-    cache.rebuild()
+    cache.plugins.plugins[0].policy = mtls.Policy(mtls.Mode.OFF)
+    assert cache.refresh_plugins() is not None
+    assert cache.refresh_plugins() is None  # nothing moved since
     plain = cache.view(NODE)
     assert not plain.problems and _socket_name(plain, web_cluster) == ""
 

@@ -58,6 +58,7 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 
 from meshfed.pilot.config.model import Gateway, IngressPath, PathType
 from meshfed.pilot.node import ProxyNode
+from meshfed.pilot.plugins import NO_PLUGINS, ChainContext, Direction, HttpChain, PluginSet
 from meshfed.pilot.translate import names
 from meshfed.pilot.translate.protos import ads_source, pack, seconds, socket_address
 from meshfed.pilot.translate.traffic import TrafficIndex
@@ -158,7 +159,7 @@ def gateway_route_config(
 
 
 def _manager(port: int) -> hcm.HttpConnectionManager:
-    return hcm.HttpConnectionManager(
+    manager = hcm.HttpConnectionManager(
         stat_prefix=f"gateway_{port}",
         codec_type=hcm.HttpConnectionManager.AUTO,
         rds=hcm.Rds(config_source=ads_source(), route_config_name=route_name(port)),
@@ -167,6 +168,27 @@ def _manager(port: int) -> hcm.HttpConnectionManager:
         ],
         # Clients connect from outside the mesh: keep their X-Forwarded-For, mark edge.
         use_remote_address={"value": True},
+    )
+    return manager
+
+
+def _hcm_filter(
+    node: ProxyNode,
+    port: int,
+    routes: route_pb2.RouteConfiguration,
+    plugins: PluginSet,
+    problems: list[str],
+    tls: bool = False,
+) -> lc.Filter:
+    """The connection manager of every chain on ``port``, after ``on_gateway_http`` (which
+    may also set per-route config on ``routes``, the port's RDS table)."""
+    manager = _manager(port)
+    if plugins:
+        ctx = ChainContext(node, Direction.GATEWAY, port, tls=tls)
+        plugins.http(ctx, HttpChain(manager, routes))
+        problems.extend(p for p in ctx.problems if p not in problems)
+    return lc.Filter(
+        name="envoy.filters.network.http_connection_manager", typed_config=pack(manager)
     )
 
 
@@ -177,7 +199,7 @@ def _cert_dir(secret: str, gateway: Gateway, certs_dir: str) -> Path:
     return Path(certs_dir or "/etc/meshfed/gateway-certs") / secret
 
 
-def _tls_chain(secret_dir: Path, hosts: list[str], port: int) -> lc.FilterChain:
+def _tls_chain(secret_dir: Path, hosts: list[str], manager: lc.Filter) -> lc.FilterChain:
     context = tls_pb2.DownstreamTlsContext(
         common_tls_context=tls_pb2.CommonTlsContext(
             tls_certificates=[
@@ -196,12 +218,7 @@ def _tls_chain(secret_dir: Path, hosts: list[str], port: int) -> lc.FilterChain:
     return lc.FilterChain(
         name=f"tls|{secret_dir}",
         filter_chain_match=match,
-        filters=[
-            lc.Filter(
-                name="envoy.filters.network.http_connection_manager",
-                typed_config=pack(_manager(port)),
-            )
-        ],
+        filters=[manager],
         transport_socket=base_pb2.TransportSocket(
             name="envoy.transport_sockets.tls", typed_config=pack(context)
         ),
@@ -209,7 +226,7 @@ def _tls_chain(secret_dir: Path, hosts: list[str], port: int) -> lc.FilterChain:
 
 
 def gateway_resources(
-    node: ProxyNode, index: TrafficIndex
+    node: ProxyNode, index: TrafficIndex, plugins: PluginSet = NO_PLUGINS
 ) -> tuple[list[listener_pb2.Listener], list[route_pb2.RouteConfiguration], list[str]]:
     """Listeners and route configs for the gateway ``node``, plus problems to report."""
     http_port = node.outbound_http_port
@@ -224,20 +241,12 @@ def gateway_resources(
         config, route_problems = gateway_route_config(port, gws, services)
         routes.append(config)
         problems.extend(route_problems)
+        manager = _hcm_filter(node, port, config, plugins, problems)
         listeners.append(
             listener_pb2.Listener(
                 name=f"gateway|{node.ip}:{port}",
                 address=socket_address(node.ip, port),
-                filter_chains=[
-                    lc.FilterChain(
-                        filters=[
-                            lc.Filter(
-                                name="envoy.filters.network.http_connection_manager",
-                                typed_config=pack(_manager(port)),
-                            )
-                        ]
-                    )
-                ],
+                filter_chains=[lc.FilterChain(filters=[manager])],
             )
         )
     tls_dirs: dict[Path, list[str]] = {}
@@ -255,7 +264,8 @@ def gateway_resources(
         config, route_problems = gateway_route_config(port, tls_gateways, services)
         routes.append(config)
         problems.extend(route_problems)
-        chains = [_tls_chain(d, hosts, port) for d, hosts in sorted(tls_dirs.items())]
+        manager = _hcm_filter(node, port, config, plugins, problems, tls=True)
+        chains = [_tls_chain(d, hosts, manager) for d, hosts in sorted(tls_dirs.items())]
         listeners.append(
             listener_pb2.Listener(
                 name=f"gateway|{node.ip}:{port}",

@@ -7,6 +7,10 @@
 - ``inbound|IP:PORT`` for each endpoint port of the proxy's own workload that ``APP_PORTS``
   maps to a local app port: forwards what the mesh sends to the application.
 
+Every connection manager and TCP chain goes through the listener plugins
+(:mod:`pilot.plugins`): the outbound HTTP and inbound ones here, as they are built; outbound TCP
+chains once route rules have shaped them (:mod:`pilot.views`), since rules rebuild the chains.
+
 Ports Pilot would collide with (admin, outbound HTTP, inbound ports) are never bound twice; each
 skipped port is returned as a problem so ``proxy-status`` can show it.
 """
@@ -27,6 +31,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
 from meshfed.pilot.node import ProxyNode
+from meshfed.pilot.plugins import NO_PLUGINS, ChainContext, Direction, HttpChain, PluginSet
 from meshfed.pilot.translate import names
 from meshfed.pilot.translate.clusters import inbound_cluster
 from meshfed.pilot.translate.protos import ads_source, pack, socket_address
@@ -52,15 +57,23 @@ def outbound_http_listener(
     node: ProxyNode,
     http_filters: Sequence[hcm.HttpFilter] = (),
     upgrade_configs: Sequence[hcm.HttpConnectionManager.UpgradeConfig] = (),
+    plugins: PluginSet = NO_PLUGINS,
+    problems: list[str] | None = None,
 ) -> listener_pb2.Listener:
     """``http_filters`` (before the router) and ``upgrade_configs`` come from traffic rules
-    (pilot.translate.rules / egress): inert by default, configured per route."""
+    (pilot.translate.rules / egress): inert by default, configured per route. Plugins add
+    theirs after those (``on_outbound_http``); what they report goes to ``problems``."""
     manager = hcm.HttpConnectionManager(
         stat_prefix="outbound_http",
         rds=hcm.Rds(config_source=ads_source(), route_config_name=names.OUTBOUND_HTTP_ROUTE),
         http_filters=[*http_filters, _router()],
         upgrade_configs=list(upgrade_configs),
     )
+    if plugins:
+        ctx = ChainContext(node, Direction.OUTBOUND, node.outbound_http_port, Protocol.HTTP)
+        plugins.http(ctx, HttpChain(manager))
+        if problems is not None:
+            problems.extend(p for p in ctx.problems if p not in problems)
     return _listener(
         names.OUTBOUND_HTTP_LISTENER,
         node.ip,
@@ -111,44 +124,71 @@ def outbound_tcp_listeners(
 
 
 def inbound(
-    node: ProxyNode, own: Sequence[tuple[Service, Endpoint]]
+    node: ProxyNode,
+    own: Sequence[tuple[Service, Endpoint]],
+    plugins: PluginSet = NO_PLUGINS,
+    problems: list[str] | None = None,
 ) -> tuple[list[listener_pb2.Listener], list[cluster_pb2.Cluster]]:
-    """Inbound listeners and clusters for the endpoints at the proxy's own address."""
+    """Inbound listeners and clusters for the endpoints at the proxy's own address.
+
+    Each port's chain goes through the plugins (``on_inbound_http`` / ``on_inbound_tcp``),
+    then the finished listener (``on_inbound_listener``, where transport security goes);
+    what they report is added to ``problems``."""
     app_ports = dict(node.app_ports)
     chosen: dict[int, Protocol] = {}
+    served: dict[int, list[Service]] = {}
     for service, endpoint in sorted(own, key=lambda se: se[0].hostname):
         for port in service.ports:
             target = endpoint.target_port(port)
             if target in app_ports and target not in chosen:
                 chosen[target] = port.protocol
+            if target in app_ports and service not in served.setdefault(target, []):
+                served[target].append(service)
     listeners, clusters = [], []
+    own_pairs = tuple(own)
     for port, protocol in sorted(chosen.items()):
         cluster_name = names.inbound_cluster(port)
         clusters.append(inbound_cluster(port, node.app_address, app_ports[port], protocol))
+        ctx = ChainContext(
+            node, Direction.INBOUND, port, protocol, tuple(served.get(port, ())), own=own_pairs
+        )
         if protocol.is_http:
+            routes = route_pb2.RouteConfiguration(
+                name=f"inbound|{port}",
+                virtual_hosts=[
+                    rc.VirtualHost(
+                        name="inbound",
+                        domains=["*"],
+                        routes=[
+                            rc.Route(
+                                match=rc.RouteMatch(prefix="/"),
+                                route=rc.RouteAction(cluster=cluster_name),
+                            )
+                        ],
+                    )
+                ],
+            )
             manager = hcm.HttpConnectionManager(
-                stat_prefix=f"inbound_{port}",
-                route_config=route_pb2.RouteConfiguration(
-                    name=f"inbound|{port}",
-                    virtual_hosts=[
-                        rc.VirtualHost(
-                            name="inbound",
-                            domains=["*"],
-                            routes=[
-                                rc.Route(
-                                    match=rc.RouteMatch(prefix="/"),
-                                    route=rc.RouteAction(cluster=cluster_name),
-                                )
-                            ],
-                        )
-                    ],
-                ),
-                http_filters=[_router()],
+                stat_prefix=f"inbound_{port}", http_filters=[_router()]
             )
             if protocol in (Protocol.HTTP2, Protocol.GRPC):
                 manager.codec_type = hcm.HttpConnectionManager.AUTO
-            filt = lc.Filter(name=HCM_FILTER, typed_config=pack(manager))
+            if plugins:
+                plugins.http(ctx, HttpChain(manager, routes))
+            manager.route_config.CopyFrom(routes)
+            filters = [lc.Filter(name=HCM_FILTER, typed_config=pack(manager))]
         else:
-            filt = _tcp_proxy(f"inbound_tcp_{port}", cluster_name)
-        listeners.append(_listener(names.inbound_listener(node.ip, port), node.ip, port, filt))
+            filters = [_tcp_proxy(f"inbound_tcp_{port}", cluster_name)]
+            if plugins:
+                filters = plugins.tcp_filters(ctx, filters)
+        listener = listener_pb2.Listener(
+            name=names.inbound_listener(node.ip, port),
+            address=socket_address(node.ip, port),
+            filter_chains=[lc.FilterChain(filters=filters)],
+        )
+        if plugins:
+            plugins.inbound_listener(ctx, listener)
+            if problems is not None:
+                problems.extend(p for p in ctx.problems if p not in problems)
+        listeners.append(listener)
     return listeners, clusters

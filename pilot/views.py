@@ -1,0 +1,347 @@
+"""One proxy's view of the mesh, built in one pipeline from the shared cache.
+
+The order is fixed and each step is a function of the previous step's output and the node:
+
+1. **base**: a sidecar's listeners (outbound HTTP, outbound TCP shaped by route rules, egress,
+   inbound), its outbound route table and per-proxy clusters; or a gateway's listeners and
+   routes. Both share the cache's cluster and endpoint tables, and every chain goes through the
+   listener plugins (:mod:`pilot.plugins`);
+2. **interception**: ``INTERCEPTION_MODE=REDIRECT`` turns explicit listeners into the
+   ``virtualOutbound`` / ``virtualInbound`` layout (:mod:`pilot.translate.interception`);
+3. **locality**: assignments prioritized for where the proxy runs
+   (:func:`pilot.translate.endpoints.prioritized`);
+4. **no-SDS fallback**: a proxy without the node agent's SDS gets plain copies of the clusters
+   that name its secrets (:mod:`pilot.sds_fallback`).
+
+Promises:
+- Each step's output is kept under a key made of what it depends on (the proxy shape, the
+  cache's generations, the plugins' versions, the previous step's versions), so equal proxies
+  share one build and a proxy whose inputs did not change costs a few dictionary look-ups.
+- Versions are computed per step from the previous step's versions (never by re-hashing a
+  shared table), so a view's versions move exactly when its bytes do.
+- This module reads the cache through :class:`SharedConfig` only; it never writes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Protocol
+
+import cachetools
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_components_pb2 as lc
+from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+
+from meshfed.pilot import sds_fallback, traffic_hooks
+from meshfed.pilot import xds_types as T
+from meshfed.pilot.node import ProxyNode
+from meshfed.pilot.plugins import ChainContext, Direction, PluginSet, ProxyContext
+from meshfed.pilot.resources import ProxyView, Resource, digest, make_resource
+from meshfed.pilot.translate import gateway, interception, names
+from meshfed.pilot.translate import listeners as tl
+from meshfed.pilot.translate.endpoints import prioritized
+from meshfed.pilot.translate.traffic import TrafficIndex
+from meshfed.registry.model import Endpoint, Locality, Service
+
+Own = tuple[tuple[Service, Endpoint], ...]
+
+
+class SharedConfig(traffic_hooks.TrafficCache, Protocol):
+    """What the pipeline reads from the shared cache (:class:`pilot.cache.ConfigCache`)."""
+
+    generation: int
+    services_generation: int
+    plugins: PluginSet
+
+    def clusters(self) -> Mapping[str, Resource]: ...
+
+    def assignments(self) -> Mapping[str, Resource]: ...
+
+    def shared_digest(self, type_url: str) -> str: ...
+
+    def route(self, namespace: str, source: frozenset[str] = frozenset()) -> Resource: ...
+
+    def source_policy_clusters(self, source: frozenset[str]) -> Mapping[str, Resource]: ...
+
+
+class ProxyViews:
+    """The pipeline and the per-step tables it keeps (bounded, least recently used first)."""
+
+    def __init__(self, shared: SharedConfig) -> None:
+        self.shared = shared
+        self._parts: cachetools.LRUCache = cachetools.LRUCache(maxsize=4096)
+        # Per proxy locality: assignment name -> (shared version, prioritized resource).
+        self._locality_tables: cachetools.LRUCache = cachetools.LRUCache(maxsize=64)
+        self._redirect: cachetools.LRUCache = cachetools.LRUCache(maxsize=1024)
+
+    def view(self, node: ProxyNode) -> ProxyView:
+        """What ``node`` should have now."""
+        view = self._gateway(node) if gateway.is_gateway(node) else self._sidecar(node)
+        if node.interception == interception.REDIRECT:
+            view = self._redirect_view(node, view)
+        locality = self.locality_of(node)
+        if locality.region:
+            view = self._with_locality(view, locality)
+        return view if node.sds else self._without_sds(node, view)
+
+    def locality_of(self, node: ProxyNode) -> Locality:
+        """Where ``node`` runs: its own ``node.locality``, else the one locality every registry
+        endpoint at its IP agrees on (a VM registered in Consul is in its datacenter)."""
+        if node.locality.region:
+            return node.locality
+        found = {e.locality for _, e in self.shared.own_endpoints(node.ip)} if node.ip else set()
+        return found.pop() if len(found) == 1 else Locality()
+
+    # -- 1. base ----------------------------------------------------------------------------
+    def _extra_clusters(
+        self, node: ProxyNode, own: Own, is_gateway: bool, problems: list[str]
+    ) -> dict[str, Resource]:
+        plugins = self.shared.plugins
+        if not plugins:
+            return {}
+        extra = plugins.extra_clusters(ProxyContext(node, own, is_gateway), problems)
+        return {c.name: make_resource(c.name, c) for c in extra}
+
+    def _sidecar_part(
+        self, node: ProxyNode
+    ) -> tuple[dict[str, Resource], dict[str, Resource], tuple[str, ...]]:
+        shared = self.shared
+        own = shared.own_endpoints(node.ip) if node.app_ports else ()
+        source = traffic_hooks.source_key(shared, node)
+        plugins = shared.plugins
+        key = (
+            node.view_key,
+            shared.services_generation,
+            shared.config_generation,
+            own,
+            source,
+            plugins.key,
+        )
+        found = self._parts.get(key)
+        if found is not None:
+            return found
+        problems: list[str] = list(node.problems)
+        listeners: dict[str, Resource] = {}
+        proxy_clusters: dict[str, Resource] = {}
+        if not node.ip:
+            problems.append("proxy has no IP (node metadata IP or id sidecar~IP~...): no listeners")
+        else:
+            http = traffic_hooks.outbound_http_listener(shared, node, problems)
+            listeners[http.name] = make_resource(http.name, http)
+            tcp, tcp_problems = tl.outbound_tcp_listeners(node, shared.service_table.values())
+            tcp = traffic_hooks.tcp_rules(shared, tcp, source)
+            problems.extend(tcp_problems)
+            egress, egress_problems = traffic_hooks.egress_listeners(shared, node, tcp)
+            problems.extend(egress_problems)
+            for listener in [*tcp, *egress]:
+                if plugins:
+                    self._outbound_tcp_plugins(node, own, listener, problems)
+                listeners[listener.name] = make_resource(listener.name, listener)
+            in_listeners, in_clusters = tl.inbound(node, own, plugins, problems)
+            for listener in in_listeners:
+                listeners[listener.name] = make_resource(listener.name, listener)
+            for cluster in in_clusters:
+                proxy_clusters[cluster.name] = make_resource(cluster.name, cluster)
+            if node.app_ports and not in_listeners:
+                problems.append(
+                    f"APP_PORTS set but no registry endpoint at {node.ip} uses those ports"
+                )
+        proxy_clusters.update(self._extra_clusters(node, own, False, problems))
+        found = (listeners, proxy_clusters, tuple(problems))
+        self._parts[key] = found
+        return found
+
+    def _outbound_tcp_plugins(
+        self, node: ProxyNode, own: Own, listener: listener_pb2.Listener, problems: list[str]
+    ) -> None:
+        port = listener.address.socket_address.port_value
+        host = ""
+        for chain in listener.filter_chains[:1]:
+            cluster = _tcp_proxy_cluster(chain.filters)
+            parsed = names.parse_outbound_cluster(cluster) if cluster else None
+            host = parsed[0] if parsed else ""
+        service = self.shared.service_table.get(host) if host else None
+        service_port = service.port_by_number(port) if service is not None else None
+        ctx = ChainContext(
+            node,
+            Direction.OUTBOUND,
+            port,
+            service_port.protocol if service_port is not None else None,
+            (service,) if service is not None else (),
+            host=host,
+            own=own,
+        )
+        self.shared.plugins.tcp_listener(ctx, listener)
+        problems.extend(p for p in ctx.problems if p not in problems)
+
+    def _sidecar(self, node: ProxyNode) -> ProxyView:
+        shared = self.shared
+        listeners, proxy_clusters, problems = self._sidecar_part(node)
+        source = traffic_hooks.source_key(shared, node)
+        # Per-source DestinationPolicy: this proxy's own versions of some outbound clusters.
+        overrides = shared.source_policy_clusters(source) if source else {}
+        if overrides:
+            proxy_clusters = {**proxy_clusters, **overrides}
+        clusters = shared.clusters()
+        all_clusters = {**clusters, **proxy_clusters} if proxy_clusters else clusters
+        route = shared.route(node.namespace, source)
+        cds_version = shared.shared_digest(T.CLUSTER)
+        if proxy_clusters:
+            cds_version = digest(
+                [("", cds_version), *((n, r.version) for n, r in proxy_clusters.items())]
+            )
+        return ProxyView(
+            {
+                T.CLUSTER: all_clusters,
+                T.ENDPOINT: shared.assignments(),
+                T.LISTENER: listeners,
+                T.ROUTE: {route.name: route},
+            },
+            problems,
+            shared_digests={T.CLUSTER: cds_version, T.ENDPOINT: shared.shared_digest(T.ENDPOINT)},
+        )
+
+    def _gateway(self, node: ProxyNode) -> ProxyView:
+        shared = self.shared
+        plugins = shared.plugins
+        key = (
+            "gateway",
+            node.view_key,
+            shared.services_generation,
+            shared.config_generation,
+            plugins.key,
+        )
+        found = self._parts.get(key)
+        if found is None:
+            index: TrafficIndex = shared.traffic
+            listeners, routes, problems = gateway.gateway_resources(node, index, plugins)
+            all_problems = [*node.problems, *problems]
+            extra = self._extra_clusters(node, (), True, all_problems)
+            found = (
+                {lst.name: make_resource(lst.name, lst) for lst in listeners},
+                {r.name: make_resource(r.name, r) for r in routes},
+                extra,
+                tuple(all_problems),
+            )
+            self._parts[key] = found
+        listener_table, route_table, extra, problems = found
+        # Mutual TLS applies to a gateway's clusters exactly as to a sidecar's (shared clusters).
+        clusters = shared.clusters()
+        cds_version = shared.shared_digest(T.CLUSTER)
+        if extra:
+            clusters = {**clusters, **extra}
+            cds_version = digest([("", cds_version), *((n, r.version) for n, r in extra.items())])
+        return ProxyView(
+            {
+                T.CLUSTER: clusters,
+                T.ENDPOINT: shared.assignments(),
+                T.LISTENER: listener_table,
+                T.ROUTE: route_table,
+            },
+            problems,
+            shared_digests={T.CLUSTER: cds_version, T.ENDPOINT: shared.shared_digest(T.ENDPOINT)},
+        )
+
+    # -- 2. interception --------------------------------------------------------------------
+    def _redirect_view(self, node: ProxyNode, view: ProxyView) -> ProxyView:
+        """The same config with interception listeners (built once per listener version)."""
+        key = (node.view_key, view.version(T.LISTENER), view.version(T.CLUSTER))
+        found = self._redirect.get(key)
+        if found is not None:
+            return found
+        explicit = {}
+        for name, res in view.get(T.LISTENER).items():
+            listener = listener_pb2.Listener()
+            res.body.Unpack(listener)
+            explicit[name] = listener
+        built, problems = interception.redirect_listeners(
+            node, explicit, self.shared.service_table.values()
+        )
+        blackhole = make_resource(interception.BLACKHOLE, interception.blackhole_cluster())
+        found = ProxyView(
+            {
+                T.CLUSTER: {**view.get(T.CLUSTER), blackhole.name: blackhole},
+                T.ENDPOINT: view.get(T.ENDPOINT),
+                T.LISTENER: {lst.name: make_resource(lst.name, lst) for lst in built},
+                T.ROUTE: view.get(T.ROUTE),
+            },
+            [*view.problems, *problems],
+            shared_digests={
+                T.CLUSTER: digest(
+                    [("", view.version(T.CLUSTER)), (blackhole.name, blackhole.version)]
+                ),
+                T.ENDPOINT: view.version(T.ENDPOINT),
+            },
+        )
+        self._redirect[key] = found
+        return found
+
+    # -- 3. locality ------------------------------------------------------------------------
+    def _with_locality(self, view: ProxyView, locality: Locality) -> ProxyView:
+        """``view`` whose assignments prefer ``locality`` (:func:`endpoints.prioritized`); one
+        table per locality and assignments version, shared by every proxy there."""
+        shared_version = self.shared.shared_digest(T.ENDPOINT)
+        key = ("eds", locality, shared_version)
+        found = self._parts.get(key)
+        if found is None:
+            # Reuse what did not change since this locality's last table: only new or changed
+            # assignments are unpacked and re-prioritized.
+            previous = self._locality_tables.get(locality, {})
+            table: dict[str, tuple[str, Resource]] = {}
+            for name, res in self.shared.assignments().items():
+                before = previous.get(name)
+                if before is None or before[0] != res.version:
+                    cla = endpoint_pb2.ClusterLoadAssignment()
+                    res.body.Unpack(cla)
+                    before = (res.version, make_resource(name, prioritized(cla, locality)))
+                table[name] = before
+            self._locality_tables[locality] = table
+            found = (
+                {n: r for n, (_, r) in table.items()},
+                digest([("", shared_version), ("locality", str(locality))]),
+            )
+            self._parts[key] = found
+        assignments, version = found
+        return ProxyView(
+            {**view.resources, T.ENDPOINT: assignments},
+            view.problems,
+            shared_digests={T.CLUSTER: view.version(T.CLUSTER), T.ENDPOINT: version},
+        )
+
+    # -- 4. no-SDS fallback -----------------------------------------------------------------
+    def _without_sds(self, node: ProxyNode, view: ProxyView) -> ProxyView:
+        """``view`` with plain copies of its mesh-mTLS clusters (:mod:`pilot.sds_fallback`)."""
+        cds_version = view.version(T.CLUSTER)
+        key = ("no-sds", cds_version)
+        found = self._parts.get(key)
+        if found is None:
+            stripped, problems = sds_fallback.plain_clusters(node, view.get(T.CLUSTER))
+            found = ({n: make_resource(n, c) for n, c in stripped.items()}, tuple(problems))
+            self._parts[key] = found
+        overrides, problems = found
+        if not overrides:
+            return view
+        clusters = {**view.get(T.CLUSTER), **overrides}
+        return ProxyView(
+            {**view.resources, T.CLUSTER: clusters},
+            (*view.problems, *problems),
+            shared_digests={
+                T.CLUSTER: digest(
+                    [("", cds_version), *((n, r.version) for n, r in overrides.items())]
+                ),
+                T.ENDPOINT: view.version(T.ENDPOINT),
+            },
+        )
+
+
+def _tcp_proxy_cluster(filters: Iterable[lc.Filter]) -> str:
+    for filt in filters:
+        if filt.name == tl.TCP_PROXY_FILTER:
+            proxy = tcp_proxy_pb2.TcpProxy()
+            filt.typed_config.Unpack(proxy)
+            if proxy.cluster:
+                return proxy.cluster
+            if proxy.weighted_clusters.clusters:
+                return proxy.weighted_clusters.clusters[0].name
+    return ""
