@@ -14,6 +14,7 @@ Hosts: 127.0.121.x.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from prometheus_client import REGISTRY
 
-from integration.routing_helpers import RoutingMesh, routing_mesh
+from integration.routing_helpers import RoutingMesh
 from meshfed.pilot import xds_types as T
 from meshfed.pilot.mtls_plugin import MtlsPlugin
 from meshfed.pilot.plugins import ChainContext, HttpChain, PluginBase
@@ -169,8 +170,11 @@ async def test_plugin_reaches_sidecars_and_gateways_and_its_change_pushes_only_l
     tmp_path: Path,
 ) -> None:
     plugin = StampResponses("v1")
-    async with routing_mesh(tmp_path / "rules") as mesh:
-        mesh.pilot.plugins = [MtlsPlugin(), plugin]  # as the hub assembles Pilot, plus ours
+    mesh = RoutingMesh(tmp_path / "rules")
+    mesh.pilot.plugins = [MtlsPlugin(), plugin]  # as the hub assembles Pilot, plus ours
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(mesh.stop)  # also after a start that failed half way
+        await mesh.start()
         await mesh.version_backend("web", WEB_IP, 19080)
         mesh.member.replace(
             [Service(WEB, ports=(Port(80, "http", Protocol.HTTP),))],

@@ -56,7 +56,9 @@ class ConfigCache:
     def __init__(self, registry: AggregateRegistry, plugins: Sequence[ListenerPlugin] = ()) -> None:
         self.registry = registry
         self.plugins = PluginSet(plugins)
-        self._plugins_key = self.plugins.key
+        # The plugins' versions as of the last refresh: the key of everything they shaped, so
+        # listeners and clusters move to a plugin's new config together.
+        self.plugins_key = self.plugins.key
         self.generation = 0
         self.services_generation = 0
         self._services: dict[str, Service] = {}
@@ -81,9 +83,9 @@ class ConfigCache:
         listeners are keyed by the plugins' versions and rebuilt on the next view, and only
         those whose bytes changed get new versions."""
         key = self.plugins.key
-        if key == self._plugins_key:
+        if key == self.plugins_key:
             return None
-        self._plugins_key = key
+        self.plugins_key = key
         change = self.apply(set(self._services))
         return attrs.evolve(change, services_changed=True)
 
@@ -196,7 +198,7 @@ class ConfigCache:
         hosts = self.traffic.source_policy_hosts(source) if source else []
         if not hosts:
             return {}
-        key = (self.generation, self.config_generation, source, self.plugins.key)
+        key = (self.generation, self.config_generation, source, self.plugins_key)
         found = self._source_clusters.get(key)
         if found is None:
             found = {}

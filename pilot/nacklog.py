@@ -44,7 +44,7 @@ class NackLog:
         self.interval = interval
         self.clock = clock
         # proxy -> (when its last line was written, NACKs not logged since)
-        self._seen: cachetools.LRUCache = cachetools.LRUCache(maxsize=4096)
+        self._seen: cachetools.LRUCache[str, tuple[float | None, int]] = cachetools.LRUCache(4096)
 
     def nack(self, proxy: str, type_short: str, version: str, error: str) -> bool:
         """Log one NACK unless this proxy had a line less than ``interval`` ago (True: logged)."""

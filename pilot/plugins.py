@@ -307,7 +307,9 @@ class PluginSet:
         """Every plugin's (name, version): part of the key of everything plugins shape."""
         return tuple((p.name, p.version()) for p in self.plugins)
 
-    def _run(self, plugin: ListenerPlugin, hook: str, problems: list[str] | None, *args) -> bool:
+    def _run(
+        self, plugin: ListenerPlugin, hook: str, problems: list[str] | None, *args: object
+    ) -> bool:
         try:
             getattr(plugin, hook)(*args)
         except Exception as exc:

@@ -9,6 +9,10 @@ Settings (the mesh config's ``pilot:`` section): ``debounceQuiet`` (seconds of q
 push, default 0.1), ``debounceMax`` (longest a batch waits, default 1.0), ``egressDnsResolvers``
 and ``gatewayCertsDir`` (see :class:`pilot.translate.traffic.TrafficOptions`).
 
+Listener plugins (:mod:`pilot.plugins`) shape every listener and cluster; the hub passes mutual
+TLS (:class:`~pilot.mtls_plugin.MtlsPlugin`) and a caller that changes a plugin's config calls
+:meth:`PilotServer.plugins_changed`, which pushes only what changed.
+
 Routing config (route rules, destination policies, egress rules, gateways) comes from config
 stores: in the hub, a :class:`~pilot.config.store.FileConfigStore` over the mesh config's
 ``configPaths`` plus every store the hub's components declare for the routing topic

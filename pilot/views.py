@@ -25,7 +25,7 @@ Promises:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 import cachetools
 from envoy.config.endpoint.v3 import endpoint_pb2
@@ -45,6 +45,9 @@ from meshfed.pilot.translate.traffic import TrafficIndex
 from meshfed.registry.model import Endpoint, Locality, Service
 
 Own = tuple[tuple[Service, Endpoint], ...]
+Table = dict[str, Resource]
+SidecarPart = tuple[Table, Table, tuple[str, ...]]  # listeners, per-proxy clusters, problems
+GatewayPart = tuple[Table, Table, Table, tuple[str, ...]]  # listeners, routes, clusters, problems
 
 
 class SharedConfig(traffic_hooks.TrafficCache, Protocol):
@@ -53,6 +56,7 @@ class SharedConfig(traffic_hooks.TrafficCache, Protocol):
     generation: int
     services_generation: int
     plugins: PluginSet
+    plugins_key: tuple[tuple[str, str], ...]  # the plugins' versions as of the last refresh
 
     def clusters(self) -> Mapping[str, Resource]: ...
 
@@ -70,10 +74,15 @@ class ProxyViews:
 
     def __init__(self, shared: SharedConfig) -> None:
         self.shared = shared
-        self._parts: cachetools.LRUCache = cachetools.LRUCache(maxsize=4096)
+        # Every step's builds, by a key that starts with what the step is.
+        self._parts: cachetools.LRUCache[tuple[object, ...], Any] = cachetools.LRUCache(4096)
         # Per proxy locality: assignment name -> (shared version, prioritized resource).
-        self._locality_tables: cachetools.LRUCache = cachetools.LRUCache(maxsize=64)
-        self._redirect: cachetools.LRUCache = cachetools.LRUCache(maxsize=1024)
+        self._locality_tables: cachetools.LRUCache[Locality, dict[str, tuple[str, Resource]]] = (
+            cachetools.LRUCache(maxsize=64)
+        )
+        self._redirect: cachetools.LRUCache[tuple[object, ...], ProxyView] = cachetools.LRUCache(
+            maxsize=1024
+        )
 
     def view(self, node: ProxyNode) -> ProxyView:
         """What ``node`` should have now."""
@@ -103,22 +112,21 @@ class ProxyViews:
         extra = plugins.extra_clusters(ProxyContext(node, own, is_gateway), problems)
         return {c.name: make_resource(c.name, c) for c in extra}
 
-    def _sidecar_part(
-        self, node: ProxyNode
-    ) -> tuple[dict[str, Resource], dict[str, Resource], tuple[str, ...]]:
+    def _sidecar_part(self, node: ProxyNode) -> SidecarPart:
         shared = self.shared
         own = shared.own_endpoints(node.ip) if node.app_ports else ()
         source = traffic_hooks.source_key(shared, node)
         plugins = shared.plugins
         key = (
+            "sidecar",
             node.view_key,
             shared.services_generation,
             shared.config_generation,
             own,
             source,
-            plugins.key,
+            shared.plugins_key,
         )
-        found = self._parts.get(key)
+        found: SidecarPart | None = self._parts.get(key)
         if found is not None:
             return found
         problems: list[str] = list(node.problems)
@@ -210,9 +218,9 @@ class ProxyViews:
             node.view_key,
             shared.services_generation,
             shared.config_generation,
-            plugins.key,
+            shared.plugins_key,
         )
-        found = self._parts.get(key)
+        found: GatewayPart | None = self._parts.get(key)
         if found is None:
             index: TrafficIndex = shared.traffic
             listeners, routes, problems = gateway.gateway_resources(node, index, plugins)
@@ -225,7 +233,7 @@ class ProxyViews:
                 tuple(all_problems),
             )
             self._parts[key] = found
-        listener_table, route_table, extra, problems = found
+        listener_table, route_table, extra, gateway_problems = found
         # Mutual TLS applies to a gateway's clusters exactly as to a sidecar's (shared clusters).
         clusters = shared.clusters()
         cds_version = shared.shared_digest(T.CLUSTER)
@@ -239,7 +247,7 @@ class ProxyViews:
                 T.LISTENER: listener_table,
                 T.ROUTE: route_table,
             },
-            problems,
+            gateway_problems,
             shared_digests={T.CLUSTER: cds_version, T.ENDPOINT: shared.shared_digest(T.ENDPOINT)},
         )
 
@@ -247,9 +255,9 @@ class ProxyViews:
     def _redirect_view(self, node: ProxyNode, view: ProxyView) -> ProxyView:
         """The same config with interception listeners (built once per listener version)."""
         key = (node.view_key, view.version(T.LISTENER), view.version(T.CLUSTER))
-        found = self._redirect.get(key)
-        if found is not None:
-            return found
+        cached = self._redirect.get(key)
+        if cached is not None:
+            return cached
         explicit = {}
         for name, res in view.get(T.LISTENER).items():
             listener = listener_pb2.Listener()
@@ -314,10 +322,11 @@ class ProxyViews:
         """``view`` with plain copies of its mesh-mTLS clusters (:mod:`pilot.sds_fallback`)."""
         cds_version = view.version(T.CLUSTER)
         key = ("no-sds", cds_version)
-        found = self._parts.get(key)
+        found: tuple[Table, tuple[str, ...]] | None = self._parts.get(key)
         if found is None:
-            stripped, problems = sds_fallback.plain_clusters(node, view.get(T.CLUSTER))
-            found = ({n: make_resource(n, c) for n, c in stripped.items()}, tuple(problems))
+            stripped, stripped_problems = sds_fallback.plain_clusters(node, view.get(T.CLUSTER))
+            plain = {n: make_resource(n, c) for n, c in stripped.items()}
+            found = (plain, tuple(stripped_problems))
             self._parts[key] = found
         overrides, problems = found
         if not overrides:
@@ -341,7 +350,7 @@ def _tcp_proxy_cluster(filters: Iterable[lc.Filter]) -> str:
             proxy = tcp_proxy_pb2.TcpProxy()
             filt.typed_config.Unpack(proxy)
             if proxy.cluster:
-                return proxy.cluster
+                return str(proxy.cluster)
             if proxy.weighted_clusters.clusters:
-                return proxy.weighted_clusters.clusters[0].name
+                return str(proxy.weighted_clusters.clusters[0].name)
     return ""

@@ -31,9 +31,12 @@ Ingresses are ours (``spec.ingressClassName`` or the legacy ``kubernetes.io/ingr
 annotation against the mesh config's ``ingressClass`` / ``ingressControllerMode``) is decided
 by the parser (:class:`pilot.config.parse.IngressSelection`).
 
+Every gateway connection manager goes through the listener plugins (``on_gateway_http``, once
+per port, with the port's route table; :mod:`pilot.plugins`).
+
 Mutual TLS: a gateway is a mesh client. It gets the same shared outbound clusters as a
-sidecar, with :func:`security.mtls.apply_outbound_mtls` already applied, so it needs the mesh
-certificate that only a node agent hands out over SDS: ``meshfed proxy --gateway
+sidecar, with mutual TLS already applied by its plugin (:mod:`pilot.mtls_plugin`), so it
+needs the mesh certificate that only a node agent hands out over SDS: ``meshfed proxy --gateway
 --sds-socket PATH`` puts the SDS cluster in its bootstrap and ``SDS=true`` in its metadata
 (``ProxyNode.sds``), and its SPIFFE ID is the agent's. Like any proxy without SDS, a gateway
 without it gets plain copies of those clusters and a problem (:mod:`pilot.sds_fallback`).

@@ -138,10 +138,10 @@ def inbound(
     chosen: dict[int, Protocol] = {}
     served: dict[int, list[Service]] = {}
     for service, endpoint in sorted(own, key=lambda se: se[0].hostname):
-        for port in service.ports:
-            target = endpoint.target_port(port)
+        for service_port in service.ports:
+            target = endpoint.target_port(service_port)
             if target in app_ports and target not in chosen:
-                chosen[target] = port.protocol
+                chosen[target] = service_port.protocol
             if target in app_ports and service not in served.setdefault(target, []):
                 served[target].append(service)
     listeners, clusters = [], []
