@@ -8,6 +8,8 @@ import logging
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
+from hypothesis import given
+from hypothesis import strategies as st
 
 from meshfed.pilot import xds_types as T
 from meshfed.pilot.ads import DiscoveryServer
@@ -165,3 +167,48 @@ def test_a_huge_nack_is_cut_but_stays_visible_in_proxy_status(caplog) -> None:
     assert len(described["error"]) < ERROR_LIMIT + 100
     assert sum(len(r.getMessage()) for r in caplog.records) < 1000
     assert bounded("short", 10) == "short"
+
+
+# -- property: a merged response leaves the proxy where the sequence would have -------------
+def _apply(state: dict[str, str], p: Plan, whole: bool) -> dict[str, str]:
+    """What a client holds after ``p``: Envoy's reading of a response."""
+    if whole:
+        return {r.name: r.version for r in p.resources}
+    out = {**state, **{r.name: r.version for r in p.resources}}
+    for name in p.removed:
+        out.pop(name, None)
+    return out
+
+
+_names = st.sampled_from(["a", "b", "c", "d"])
+_plans = st.lists(
+    st.tuples(
+        st.dictionaries(_names, st.sampled_from(["1", "2", "3"]), max_size=4),
+        st.lists(_names, max_size=3, unique=True),
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+@given(_plans, st.booleans(), st.dictionaries(_names, st.just("0"), max_size=4))
+def test_merging_pending_responses_never_changes_what_the_proxy_ends_up_with(
+    steps: list, whole: bool, start: dict[str, str]
+) -> None:
+    plans = []
+    for i, (resources, removed) in enumerate(steps):
+        kept = tuple(n for n in removed if n not in resources) if not whole else ()
+        plans.append(
+            plan(
+                T.ENDPOINT, str(i), *(res(n, v) for n, v in sorted(resources.items())), removed=kept
+            )
+        )
+    sequential = start
+    for p in plans:
+        sequential = _apply(sequential, p, whole)
+    queue = PushQueue(frozenset({T.ENDPOINT}) if whole else frozenset(), lambda p: p)
+    for p in plans:
+        queue.put(p)
+    (merged,) = queue.drain()
+    assert _apply(start, merged, whole) == sequential
+    assert merged.nonce == plans[-1].nonce
