@@ -289,6 +289,11 @@ def protocol_mismatches(plugin: object) -> list[str]:
     return problems
 
 
+def _implements(plugin: object, hook: str) -> bool:
+    """False when ``plugin`` inherits :class:`PluginBase`'s no-op for ``hook``."""
+    return getattr(type(plugin), hook, None) is not getattr(PluginBase, hook)
+
+
 class PluginSet:
     """The plugins of one Pilot, run in order; what the translators call."""
 
@@ -298,6 +303,10 @@ class PluginSet:
             problems = protocol_mismatches(plugin)
             if problems:
                 raise TypeError(f"listener plugin {plugin!r}: {'; '.join(problems)}")
+        # Per hook, the plugins that implement it: an inherited no-op costs nothing per chain.
+        self._by_hook: dict[str, tuple[ListenerPlugin, ...]] = {
+            hook: tuple(p for p in self.plugins if _implements(p, hook)) for hook in HOOKS
+        }
 
     def __bool__(self) -> bool:
         return bool(self.plugins)
@@ -322,7 +331,7 @@ class PluginSet:
         return True
 
     def cluster(self, ctx: ClusterContext, cluster: cluster_pb2.Cluster) -> None:
-        for plugin in self.plugins:
+        for plugin in self._by_hook["on_cluster"]:
             saved = cluster_pb2.Cluster()
             saved.CopyFrom(cluster)
             if not self._run(plugin, "on_cluster", None, ctx, cluster):
@@ -335,7 +344,7 @@ class PluginSet:
             Direction.OUTBOUND: "on_outbound_http",
             Direction.GATEWAY: "on_gateway_http",
         }[ctx.direction]
-        for plugin in self.plugins:
+        for plugin in self._by_hook[hook]:
             saved = hcm.HttpConnectionManager()
             saved.CopyFrom(chain.manager)
             routes = None
@@ -355,7 +364,7 @@ class PluginSet:
             return list(filters)
         hook = "on_inbound_tcp" if ctx.direction is Direction.INBOUND else "on_outbound_tcp"
         built = list(filters)
-        for plugin in self.plugins:
+        for plugin in self._by_hook[hook]:
             chain = TcpChain(built)
             if self._run(plugin, hook, ctx.problems, ctx, chain):
                 built = chain.built()
@@ -371,7 +380,7 @@ class PluginSet:
             chain.filters.extend(built)
 
     def inbound_listener(self, ctx: ChainContext, listener: listener_pb2.Listener) -> None:
-        for plugin in self.plugins:
+        for plugin in self._by_hook["on_inbound_listener"]:
             saved = listener_pb2.Listener()
             saved.CopyFrom(listener)
             if not self._run(plugin, "on_inbound_listener", ctx.problems, ctx, listener):
@@ -379,7 +388,7 @@ class PluginSet:
 
     def extra_clusters(self, ctx: ProxyContext, problems: list[str]) -> list[cluster_pb2.Cluster]:
         out: list[cluster_pb2.Cluster] = []
-        for plugin in self.plugins:
+        for plugin in self._by_hook["extra_clusters"]:
             try:
                 out.extend(plugin.extra_clusters(ctx))
             except Exception as exc:
