@@ -220,11 +220,12 @@ def duration(value: Any, minimum: float = 0.0, maximum: float = PROTO_DURATION_M
         raise _expect("a duration such as 250ms, 1.5s or 2m", value)
     seconds = float(found.group(1)) * _UNITS[found.group(2)]
     if not math.isfinite(seconds) or not minimum <= seconds <= maximum:
-        low = f"{minimum:g}s" if minimum else "0s"
-        if minimum and seconds < minimum and minimum < 1e-3:
-            low = "more than 0s"
-        raise _expect(f"a duration from {low} to {maximum:g}s", value)
+        raise _expect(f"a duration from {_seconds(minimum)} to {_seconds(maximum)}", value)
     return seconds
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.0f}s" if value == int(value) else f"{value:g}s"
 
 
 def positive_duration(value: Any, maximum: float = PROTO_DURATION_MAX_S) -> float:
@@ -265,3 +266,52 @@ def header_name(value: str) -> str:
     if not isinstance(name, str) or not _HEADER_NAME.match(name):
         raise _expect("an HTTP header name", value)
     return name
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_PORT_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?\Z")
+
+
+def header_value(value: str) -> str:
+    """Text Envoy puts in a header or matches against one: no NUL, CR, LF or other control
+    characters (Envoy's HTTP_HEADER_VALUE rule refuses them)."""
+    if not isinstance(value, str) or _CONTROL.search(value) or len(value) > 8192:
+        raise _expect("text without control characters (at most 8192)", value)
+    return value
+
+
+def url_path(value: str) -> str:
+    """A URL path: starts with ``/``, no whitespace or control characters."""
+    if not isinstance(value, str) or not value.startswith("/") or re.search(r"\s", value):
+        raise _expect("a path starting with / (no spaces)", value)
+    return header_value(value)
+
+
+def authority(value: str) -> str:
+    """An HTTP authority: a host, or ``host:port``."""
+    if isinstance(value, str) and ":" in value and not value.startswith("["):
+        host, number = host_port(value)
+        return f"{host}:{number}"
+    if isinstance(value, str) and value.startswith("["):
+        host, number = host_port(value)
+        return f"[{host}]:{number}"
+    return host_or_ip(value)
+
+
+def port_name(value: str) -> str:
+    """A port's name (it becomes part of Envoy cluster and listener names): letters, digits,
+    ``-``, ``_`` and ``.``, at most 63 characters."""
+    if not isinstance(value, str) or not _PORT_NAME.match(value):
+        raise _expect("a port name (letters, digits, '-', '_', '.', at most 63)", value)
+    return value
+
+
+def port_or_name(value: Any) -> int | str:
+    """A port given by number (1..65535, an int or ASCII digits) or by name."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return port(value)
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        return port(value)
+    if isinstance(value, str) and value:
+        return port_name(value)
+    raise _expect("a port number 1..65535 or a port name", value)

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from meshfed.adapters.static.kinds import PARSERS as STATIC_PARSERS
+from meshfed.adapters.static.kinds import ServiceEntrySpec, WorkloadSpec
+from meshfed.adapters.static.translate import translate
 from meshfed.config import MeshConfig, load_mesh_config
 from meshfed.core.resources import ConfigError, ConfigErrors, Document, load_documents
 from meshfed.pilot.config import PARSERS as PILOT_PARSERS
@@ -59,7 +61,16 @@ def validate_files(paths: Iterable[Path]) -> tuple[int, list[ConfigError], list[
             errors.extend(doc_errors)
             if obj is not None:
                 parsed.append(obj)
+    errors.extend(duplicate_errors(parsed))
     return count, errors, rule_conflicts(parsed)
+
+
+def duplicate_errors(objects: list[Any]) -> list[ConfigError]:
+    """What the static registry reports across its files (a host declared twice), found by
+    the same translation the registry runs."""
+    entries = [o for o in objects if isinstance(o, ServiceEntrySpec)]
+    workloads = [o for o in objects if isinstance(o, WorkloadSpec)]
+    return translate(entries, workloads, "cluster.local", "validate")[2]
 
 
 def registry_errors(mesh: MeshConfig, doc: Document) -> list[ConfigError]:
