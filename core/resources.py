@@ -37,17 +37,25 @@ MAX_DEPTH = 100  # nesting levels; Kubernetes resources need a few dozen at most
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+def _line(text: str, limit: int = validators.MAX_SHOWN) -> str:
+    text = clip(str(text), limit)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 @attrs.frozen(slots=True)
 class ConfigError:
     """One problem in one config document."""
 
-    file: str = attrs.field(converter=clip)
+    # Clipped and made printable here, the one place every error passes: no error repeats
+    # more than a few hundred characters of an input value, however a parser quoted it, and
+    # each stays one line (a key may hold a line break).
+    file: str = attrs.field(converter=_line)
     # "Kind namespace/name", or "document N" when the document has no identity
-    obj: str = attrs.field(converter=clip)
-    field: str = attrs.field(converter=clip)
-    # Clipped here, the one place every message passes: no error repeats more than a few
-    # hundred characters of an input value, however a parser quoted it.
-    message: str = attrs.field(converter=lambda m: clip(m, 2 * validators.MAX_SHOWN + 200))
+    obj: str = attrs.field(converter=_line)
+    field: str = attrs.field(converter=_line)
+    message: str = attrs.field(converter=lambda m: _line(m, 2 * validators.MAX_SHOWN + 200))
 
     def __str__(self) -> str:
         where = f"{self.file}: {self.obj}"
@@ -280,7 +288,7 @@ def parse_documents(
         namespace = (meta.checked("namespace", validators.dns1123_label) if meta else "") or (
             default_namespace
         )
-        labels = meta.str_map("labels") if meta else {}
+        labels = meta.labels("labels") if meta else {}
         if name and kind:
             reader.obj = meta.obj = f"{kind} {namespace}/{name}"  # type: ignore[union-attr]
         api_version = reader.str("apiVersion", required=True)
@@ -498,6 +506,16 @@ class FieldReader:
                 self.error(f"{name}.{k}", f"expected a string, got {v!r}")
             else:
                 out[k] = str(v)
+        return out
+
+    def labels(self, name: str) -> dict[str, str]:
+        """:meth:`str_map` whose keys and values are Kubernetes label keys and values."""
+        out = {}
+        for key, value in self.str_map(name).items():
+            try:
+                out[validators.label_key(key)] = validators.label_value(value)
+            except Invalid as exc:
+                self.error(f"{name}.{key}", str(exc))
         return out
 
     def reader(self, name: str, required: bool = False) -> FieldReader | None:

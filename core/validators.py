@@ -241,7 +241,7 @@ def re2_regex(value: str) -> str:
     """A regular expression Envoy's RE2 compiles and accepts: RE2 syntax (no backreferences,
     lookaround, possessive or atomic groups; ``\\p{Greek}`` is fine) and a compiled program no
     bigger than Envoy's default limit."""
-    if not isinstance(value, str):
+    if not isinstance(value, str) or not value:
         raise _expect("a regular expression", value)
     try:
         compiled = re2.compile(value, options=_RE2_OPTIONS)
@@ -260,6 +260,13 @@ def re2_regex(value: str) -> str:
     return value
 
 
+def http_token(value: str) -> str:
+    """An RFC 9110 token as written, e.g. an HTTP method (case matters there)."""
+    if not isinstance(value, str) or not _HEADER_NAME.match(value.lower()):
+        raise _expect("an HTTP token such as GET", value)
+    return value
+
+
 def header_name(value: str) -> str:
     """An HTTP header name (RFC 9110 token), lower-cased."""
     name = value.lower() if isinstance(value, str) else value
@@ -270,6 +277,13 @@ def header_name(value: str) -> str:
 
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _PORT_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?\Z")
+
+
+def non_empty_header_value(value: str) -> str:
+    """:func:`header_value`, not empty (Envoy's prefix matchers need at least one byte)."""
+    if value == "":
+        raise _expect("a non-empty string", value)
+    return header_value(value)
 
 
 def header_value(value: str) -> str:
@@ -315,3 +329,37 @@ def port_or_name(value: Any) -> int | str:
     if isinstance(value, str) and value:
         return port_name(value)
     raise _expect("a port number 1..65535 or a port name", value)
+
+
+_LABEL_NAME = re.compile(r"([A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)\Z")
+
+
+def label_key(value: str) -> str:
+    """A Kubernetes label key: ``name`` or ``prefix/name``, the name at most 63 letters,
+    digits, ``-``, ``_``, ``.``, the prefix a DNS name. Labels become subset cluster names
+    (``k=v`` joined by ``,``), so a ``,``, ``=`` or ``|`` in one would make two subsets one."""
+    if not isinstance(value, str):
+        raise _expect("a label key", value)
+    prefix, _, name = value.rpartition("/")
+    if not _LABEL_NAME.match(name) or (prefix and not _DNS1123_SUBDOMAIN.match(prefix)):
+        raise _expect("a label key such as app or example.com/tier", value)
+    return value
+
+
+def label_value(value: str) -> str:
+    """A Kubernetes label value: empty, or at most 63 letters, digits, ``-``, ``_``, ``.``,
+    starting and ending with a letter or digit."""
+    if not isinstance(value, str) or (value and not _LABEL_NAME.match(value)):
+        raise _expect("a label value (letters, digits, '-', '_', '.', at most 63)", value)
+    return value
+
+
+def listen_address(value: str) -> tuple[str, int]:
+    """``ip:port`` (``[v6]:port``, or ``localhost:port``) to bind; port 0: any free port."""
+    host, number = host_port(value, allow_zero=True)
+    if host != "localhost":
+        try:
+            ip_address(host)
+        except Invalid:
+            raise _expect("ip:port to listen on, such as 127.0.0.1:15014", value) from None
+    return host, number

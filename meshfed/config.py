@@ -10,7 +10,6 @@ and the kind's own parameters, passed through as given.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -115,8 +114,8 @@ def load_mesh_config(path: Path | str | None) -> MeshConfig:
         from meshfed.pilot.settings import check_pilot_section  # Pilot owns their meaning
 
         check_pilot_section(pilot_reader)
-    # Listen addresses are bound as given: host:port, port 0 meaning any free port.
-    listen_address = functools.partial(validators.host_port, allow_zero=True)
+    # Listen addresses are bound as given: ip:port, port 0 meaning any free port.
+    listen_address = validators.listen_address
     monitoring = listen.checked("monitoring", listen_address, default=None) if listen else None
     discovery = listen.checked("discovery", listen_address, default=None) if listen else None
     config = MeshConfig(

@@ -78,13 +78,16 @@ def check_pilot_section(reader: FieldReader) -> None:
                 continue
             _mode(destinations, name)
     if not reader.errors:
-        mtls.Policy.from_dict(section.data)  # what Pilot applies at start: must not raise now
+        try:
+            mtls.Policy.from_dict(section.data)  # what Pilot applies at start
+        except ValueError as exc:
+            section.error("", str(exc))
 
 
 def _mode(reader: FieldReader, name: str) -> None:
-    value = reader.data.get(name)
-    if value is None:
+    if name not in reader.data:
         return
+    value = reader.data[name]
     try:
         if not isinstance(value, str):
             raise ValueError(f"expected OFF, PERMISSIVE or STRICT, got {describe(value)}")

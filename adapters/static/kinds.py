@@ -104,7 +104,7 @@ def _workload(reader: FieldReader, name: str, namespace: str) -> WorkloadSpec | 
             ports[port_name] = str(v.port(reader.data["ports"][port_name]))
         except v.Invalid as exc:
             reader.error(f"ports.{port_name}", str(exc))
-    labels = reader.str_map("labels")
+    labels = reader.labels("labels")
     # It becomes the .../sa/<account> segment of the workload's SPIFFE ID.
     service_account = reader.checked("serviceAccount", v.identity_segment)
     locality = parse_locality(reader.checked("locality", _locality))
@@ -171,7 +171,7 @@ def parse_service_entry(doc: Document) -> tuple[ServiceEntrySpec | None, list[Co
                 )
             endpoints.append(workload)
     selector_reader = reader.reader("workloadSelector")
-    selector = Labels(selector_reader.str_map("labels")) if selector_reader else None
+    selector = Labels(selector_reader.labels("labels")) if selector_reader else None
     if selector is not None and endpoints:
         reader.error("workloadSelector", "expected either endpoints or workloadSelector, not both")
     internal_static = location is Location.MESH_INTERNAL and resolution is Resolution.STATIC

@@ -118,7 +118,7 @@ def service_ref(reader: FieldReader | None, required_name: bool = True) -> Servi
         namespace=reader.checked("namespace", v.dns1123_label),
         domain=reader.checked("domain", v.hostname),
         service=reader.checked("service", functools.partial(v.hostname, wildcard=True)),
-        labels=reader.str_map("labels"),
+        labels=reader.labels("labels"),
     )
     if required_name and not ref.name and not ref.service:
         reader.error("name", "expected a service name (or `service` with a FQDN)")
@@ -133,7 +133,11 @@ def _string_match(reader: FieldReader) -> StringMatch | None:
         return None
     kind = given[0][0]
     # Envoy matches with RE2: a regex it cannot compile would be NACKed by every proxy.
-    check = v.re2_regex if kind is MatchKind.REGEX else v.header_value
+    check = {
+        MatchKind.REGEX: v.re2_regex,
+        MatchKind.PREFIX: v.non_empty_header_value,
+        MatchKind.EXACT: v.header_value,
+    }[kind]
     checked = reader.checked(kind.value, check, default=None)
     return None if checked is None else StringMatch(kind, checked)
 
@@ -193,7 +197,8 @@ def _whole_share(reader: FieldReader) -> None:
 
 
 def _bits_per_second(reader: FieldReader, name: str) -> int | None:
-    value = reader.int(name, minimum=8)  # Envoy limits in whole bytes per second at least
+    # Envoy limits in whole bytes per second at least, and in a 64-bit count of KiB/s
+    value = reader.int(name, minimum=8, maximum=(1 << 63) - 1)
     return value or None
 
 
@@ -264,7 +269,7 @@ def parse_route_rule(doc: Document) -> tuple[RouteRule | None, list[ConfigError]
         route.unknown_fields({"labels", "weight", "destination"})
         routes.append(
             WeightedDestination(
-                labels=route.str_map("labels"),
+                labels=route.labels("labels"),
                 weight=route.int(
                     "weight",
                     default=100 if len(r.data["route"]) == 1 else 0,
@@ -326,9 +331,9 @@ def parse_route_rule(doc: Document) -> tuple[RouteRule | None, list[ConfigError]
         )
         cors = Cors(
             tuple(cors_reader.checked_list("allowOrigin", v.header_value)),
-            tuple(cors_reader.checked_list("allowMethods", v.header_name)),
-            tuple(cors_reader.checked_list("allowHeaders", v.header_name)),
-            tuple(cors_reader.checked_list("exposeHeaders", v.header_name)),
+            tuple(cors_reader.checked_list("allowMethods", v.http_token)),
+            tuple(cors_reader.checked_list("allowHeaders", v.http_token)),
+            tuple(cors_reader.checked_list("exposeHeaders", v.http_token)),
             parse_duration(cors_reader, "maxAge"),
             cors_reader.bool("allowCredentials"),
         )
