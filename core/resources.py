@@ -160,12 +160,22 @@ def parse_yaml(file: str, data: bytes | str) -> tuple[list[Any], list[ConfigErro
                 mark = exc.problem_mark or node.start_mark
                 errors.append(_at(file, mark, f"invalid YAML: {exc.problem or exc}"))
                 docs.append(None)
-            except (ValueError, TypeError, OverflowError, RecursionError) as exc:
-                # e.g. a timestamp 2024-13-45, an integer of 5,000 digits
-                errors.append(_at(file, node.start_mark, f"invalid YAML value: {exc}"))
+            except RecursionError:
+                errors.append(_at(file, node.start_mark, "invalid YAML: nested too deeply"))
                 docs.append(None)
             finally:
                 _reset(loader)
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow, e.g. NUL
+        line = text.count("\n", 0, exc.position) + 1
+        errors.append(
+            ConfigError(
+                file,
+                f"line {line}",
+                "",
+                f"invalid YAML: character {_codepoint(exc.character)} is not allowed "
+                f"(at character {exc.position})",
+            )
+        )
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
@@ -175,6 +185,10 @@ def parse_yaml(file: str, data: bytes | str) -> tuple[list[Any], list[ConfigErro
     finally:
         loader.dispose()
     return docs, errors
+
+
+def _codepoint(character: int | str) -> str:
+    return f"U+{character if isinstance(character, int) else ord(character):04X}"
 
 
 def _at(file: str, mark: Any, message: str) -> ConfigError:
@@ -242,10 +256,16 @@ class _Loader(SAFE_LOADER):  # type: ignore[misc,valid-type]
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         try:
             return super().construct_object(node, deep=deep)
-        except (ValueError, TypeError, OverflowError) as exc:
+        except yaml.YAMLError:
+            raise
+        except Exception as exc:
             # e.g. a timestamp 2024-13-45, an integer of 5,000 digits: named where it is
+            if isinstance(exc, ValueError | OverflowError):
+                detail = str(exc)
+            else:
+                detail = f"not a valid {str(node.tag).rsplit(':', 1)[-1]}"
             raise yaml.constructor.ConstructorError(
-                None, None, f"cannot read this value: {clip(str(exc))}", node.start_mark
+                None, None, f"cannot read this value: {clip(detail)}", node.start_mark
             ) from None
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:

@@ -20,6 +20,7 @@ from meshfed.core.resources import ConfigError, ConfigErrors, Document, load_doc
 from meshfed.pilot.config import PARSERS as PILOT_PARSERS
 from meshfed.pilot.config.conflicts import find_conflicts
 from meshfed.pilot.config.model import RouteRule
+from meshfed.pilot.config.parse import IngressSelection, routing_parsers
 
 Parser = Callable[[Document], tuple[Any, list[ConfigError]]]
 
@@ -27,13 +28,22 @@ Parser = Callable[[Document], tuple[Any, list[ConfigError]]]
 KIND_PARSERS: dict[str, Parser] = {**STATIC_PARSERS, **PILOT_PARSERS}
 
 
-def validate_files(paths: Iterable[Path]) -> tuple[int, list[ConfigError], list[str]]:
+def validate_files(
+    paths: Iterable[Path], mesh: MeshConfig | None = None
+) -> tuple[int, list[ConfigError], list[str]]:
     """Validate files; return the number of documents checked, every error, and warnings.
+
+    ``mesh``: the mesh config the files are meant for; its ``pilot`` section decides which
+    Ingresses the hub serves (and so parses), exactly as Pilot's stores do. Without it, the
+    default selection applies (Ingresses of class meshfed or istio, or of no class).
 
     Warnings are conflicts meshfed resolves deterministically (route rules for one destination
     with equal precedence): valid, but worth an explicit precedence.
     """
     parsers = KIND_PARSERS
+    if mesh is not None:
+        selection = IngressSelection.from_pilot_config(mesh.pilot)
+        parsers = {**STATIC_PARSERS, **routing_parsers(selection)}
     count = 0
     errors: list[ConfigError] = []
     parsed: list[Any] = []

@@ -12,6 +12,8 @@ import copy
 from collections.abc import Iterator
 from typing import Any
 
+from meshfed.core.resources import ConfigError
+
 ROUTING = "config.istio.io/v1alpha2"
 NETWORKING = "networking.meshfed.io/v1alpha1"
 
@@ -334,3 +336,17 @@ def added(kind: str, path: tuple[Any, ...], key: str, value: Any) -> dict[str, A
         target = target[step]
     target.setdefault(key, value)
     return doc
+
+
+def related(error: ConfigError, field: str) -> bool:
+    """The error is about the changed field, a part of it, or the structure holding it."""
+    got = error.field
+    if not got:
+        return True  # a document-level error (bad YAML value, unknown kind...)
+    return field.startswith(got) or got.startswith(field) or _same_section(got, field)
+
+
+def _same_section(a: str, b: str) -> bool:
+    # Cross-field rules report on a sibling: a port renamed is missed by the endpoints that
+    # name it, a weight changed breaks the sum over the route list, and so on.
+    return a.split(".")[:2] == b.split(".")[:2] or a.split("[")[0] == b.split("[")[0]

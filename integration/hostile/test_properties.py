@@ -32,6 +32,7 @@ from integration.hostile.seeds import (
     field_name,
     mapping_paths,
     mutable_paths,
+    related,
     removed,
     replaced,
 )
@@ -98,20 +99,6 @@ def hub_errors(kind: str, path: Path) -> list[ConfigError]:
         return registry_errors(mesh, doc)
     selection = IngressSelection()
     return parse_config_file(path, routing_parsers(selection))[1]
-
-
-def related(error: ConfigError, field: str) -> bool:
-    """The error is about the changed field, a part of it, or the structure holding it."""
-    got = error.field
-    if not got:
-        return True  # a document-level error (bad YAML value, unknown kind...)
-    return field.startswith(got) or got.startswith(field) or _same_section(got, field)
-
-
-def _same_section(a: str, b: str) -> bool:
-    # Cross-field rules report on a sibling: a port renamed is missed by the endpoints that
-    # name it, a weight changed breaks the sum over the route list, and so on.
-    return a.split(".")[:2] == b.split(".")[:2] or a.split("[")[0] == b.split("[")[0]
 
 
 def assert_usable_mesh(path: Path) -> None:

@@ -578,8 +578,13 @@ def parse_ingress(
     allowed = INGRESS_API_VERSIONS if doc.kind == "Ingress" else CONFIG_API_VERSIONS
     _check_api_version(doc, r, allowed)
     r.unknown_fields({"rules", "tls", "ingressClassName", "defaultBackend", "backend", "port"})
-    if doc.kind == "Ingress" and not selection.serves(ingress_class(doc, r, selection)):
-        return None, []  # another controller's Ingress: not ours to serve, and not an error
+    if doc.kind == "Ingress":
+        before = len(r.errors)
+        served = selection.serves(ingress_class(doc, r, selection))
+        if not served:
+            # Another controller's Ingress: not ours to serve, and not an error -- unless its
+            # class itself cannot be read, when nobody can tell whose it is.
+            return None, r.errors[before:]
     paths = []
     default_reader = r.reader("defaultBackend") or r.reader("backend")  # v1 / v1beta1
     for rule in r.readers("rules", required=default_reader is None):
