@@ -154,3 +154,96 @@ def test_every_seed_is_valid():
             count, errors, _ = validate_files([path])
             assert count == 1 and not errors, (kind, [str(e) for e in errors])
             assert not hub_errors(doc["kind"], path), kind
+
+
+def _mesh_registry() -> Any:
+    """The services the seeds refer to, with endpoints of two versions."""
+    from meshfed.registry.aggregate import AggregateRegistry
+    from meshfed.registry.model import Endpoint, Port, Protocol, Service
+
+    agg = AggregateRegistry()
+    member = agg.add_member("props")
+    for name, port, protocol in (
+        ("reviews", 9080, Protocol.HTTP),
+        ("productpage", 9080, Protocol.HTTP),
+        ("mongodb", 27017, Protocol.TCP),
+        ("cart", 80, Protocol.HTTP),
+        ("greeter", 9090, Protocol.GRPC),
+    ):
+        host = f"{name}.default.svc.cluster.local"
+        endpoints = [
+            Endpoint(f"10.1.{port % 250}.{i}", labels={"version": f"v{i}"}) for i in (1, 2, 3)
+        ]
+        member.put_service(Service(host, ports=(Port(port, "p", protocol),)), endpoints)
+    member.mark_synced()
+    return agg
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(mutations())
+def test_what_validate_accepts_pilot_translates(case: tuple[str, str, dict[str, Any]]):
+    """An accepted document never makes Pilot's translation fail: values that would overflow a
+    protobuf field or break a resource name were refused at the edge."""
+
+    kind, _, doc = case
+    if _translate_if_accepted(kind, doc):
+        event(f"{kind}: translated")
+
+
+def test_every_palette_value_accepted_is_translated():
+    """The same, over every field of every seed and every value of the hostile palette."""
+    translated = 0
+    for kind in SEEDS:
+        for path in mutable_paths(kind):
+            for value in HOSTILE_VALUES:
+                translated += _translate_if_accepted(kind, replaced(kind, path, value))
+    assert translated > 500  # the palette holds values valid somewhere
+
+
+def _translate_if_accepted(kind: str, doc: dict[str, Any]) -> bool:
+    from meshfed.adapters.static.translate import translate
+    from meshfed.pilot.cache import ConfigCache
+    from meshfed.pilot.config.store import ConfigSnapshot
+    from meshfed.pilot.node import ProxyNode
+
+    if kind == "MeshConfig":
+        return False
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "doc.yaml"
+        path.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+        logging.disable(logging.CRITICAL)
+        try:
+            if validate_files([path])[1]:
+                return False
+            agg = _mesh_registry()
+            if kind in STATIC_KINDS:
+                state, _ = static_parse_file(path)
+                assert state is not None
+                services, endpoints, _ = translate(
+                    state.entries, state.workloads, "cluster.local", "files"
+                )
+                member = agg.add_member("files")
+                for service in services:
+                    member.put_service(service, endpoints.get(service.hostname, []))
+                member.mark_synced()
+                snapshot = ConfigSnapshot()
+            else:
+                objects, _ = parse_config_file(path, routing_parsers(IngressSelection()))
+                snapshot = ConfigSnapshot.of(objects or ())
+            cache = ConfigCache(agg)
+            cache.rebuild()
+            cache.set_config(snapshot, TrafficOptions(dns_resolvers=("127.0.0.53:5353",)))
+            for node in (
+                ProxyNode(id="sidecar~10.1.80.1~a.default~default", ip="10.1.80.1"),
+                ProxyNode(id="router~10.9.9.9~gw.default~default", ip="10.9.9.9"),
+            ):
+                for table in cache.view(node).resources.values():
+                    for resource in table.values():
+                        resource.body.SerializeToString()
+        finally:
+            logging.disable(logging.NOTSET)
+    return True
