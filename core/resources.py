@@ -51,7 +51,7 @@ class ConfigError:
     # Clipped and made printable here, the one place every error passes: no error repeats
     # more than a few hundred characters of an input value, however a parser quoted it, and
     # each stays one line (a key may hold a line break).
-    file: str = attrs.field(converter=_line)
+    file: str = attrs.field(converter=lambda f: _line(f, 4096))  # a path, not an input value
     # "Kind namespace/name", or "document N" when the document has no identity
     obj: str = attrs.field(converter=_line)
     field: str = attrs.field(converter=_line)
@@ -483,12 +483,14 @@ class FieldReader:
     def checked_list(self, name: str, check: Callable[[Any], T], required: bool = False) -> list[T]:
         """:meth:`str_list` with each entry passed through ``check``."""
         out = []
+        self.str_list(name, required=required)  # reports what is not a non-empty string
         value = self.data.get(name)
-        for i, item in enumerate(self.str_list(name, required=required)):
+        for index, item in enumerate(value if isinstance(value, list) else ()):
+            if not isinstance(item, str) or not item:
+                continue
             try:
                 out.append(check(item))
             except Invalid as exc:
-                index = value.index(item) if isinstance(value, list) else i
                 self.error(f"{name}[{index}]", str(exc))
         return out
 
