@@ -170,6 +170,17 @@ def parse_service_entry(doc: Document) -> tuple[ServiceEntrySpec | None, list[Co
                     f"expected a name from spec.ports ({', '.join(sorted(seen_names))})",
                 )
             endpoints.append(workload)
+    if resolution is not Resolution.DNS:
+        # Envoy takes STATIC (EDS) endpoints as IP addresses only; names need DNS resolution.
+        for i, workload in enumerate(endpoints):
+            try:
+                v.ip_address(workload.address)
+            except v.Invalid:
+                reader.error(
+                    f"endpoints[{i}].address",
+                    f"expected an IP address for resolution {resolution.value} (a DNS name "
+                    f"needs resolution: DNS), got {v.show(workload.address)}",
+                )
     selector_reader = reader.reader("workloadSelector")
     selector = Labels(selector_reader.labels("labels")) if selector_reader else None
     if selector is not None and endpoints:
