@@ -20,7 +20,7 @@ import attrs
 import yaml
 
 from meshfed.core import validators
-from meshfed.core.files import FileRefused, read_config_file
+from meshfed.core.files import FileRefused, decode_config, read_config_file
 from meshfed.core.validators import Invalid, clip, show
 
 E = TypeVar("E", bound=enum.Enum)
@@ -99,7 +99,8 @@ def load_documents(
     """Read every resource document of a YAML file; return the documents and the errors.
 
     The file is read by :func:`meshfed.core.files.read_config_file` (regular files only, size
-    limit) and decoded by :func:`load_bytes`; like any file read it blocks, so code on an event loop calls this in a worker thread.
+    limit) and decoded by :func:`load_bytes`; like any file read it blocks, so code on an
+    event loop calls this in a worker thread.
     """
     file = str(path)
     try:
@@ -128,18 +129,9 @@ def parse_yaml(file: str, data: bytes | str) -> tuple[list[Any], list[ConfigErro
     """
     if isinstance(data, bytes):
         try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            line = data.count(b"\n", 0, exc.start) + 1
-            bad = data[exc.start : exc.start + 1]
-            return [], [
-                ConfigError(
-                    file,
-                    "file",
-                    "",
-                    f"expected UTF-8 text, got byte {bad!r} at byte {exc.start} (line {line})",
-                )
-            ]
+            text = decode_config(file, data)  # the one UTF-8 check, with the byte position
+        except FileRefused as exc:
+            return [], [ConfigError(file, "file", "", exc.reason)]
     else:
         text = data
     text = text.removeprefix("\ufeff")

@@ -125,8 +125,8 @@ def load_mesh_config(path: Path | str | None) -> MeshConfig:
         system_namespace=reader.checked(
             "systemNamespace", validators.dns1123_label, default=defaults.system_namespace
         ),
-        monitoring_address=listen.data["monitoring"] if monitoring else defaults.monitoring_address,
-        discovery_address=listen.data["discovery"] if discovery else defaults.discovery_address,
+        monitoring_address=_address(monitoring) if monitoring else defaults.monitoring_address,
+        discovery_address=_address(discovery) if discovery else defaults.discovery_address,
         registries=tuple(registries),
         config_paths=tuple(_resolve(base, p) for p in reader.str_list("configPaths")),
         pilot=dict(pilot_reader.data) if pilot_reader else {},
@@ -135,6 +135,11 @@ def load_mesh_config(path: Path | str | None) -> MeshConfig:
     if reader.errors:
         raise ConfigErrors(reader.errors)
     return config
+
+
+def _address(host_port: tuple[str, int]) -> str:
+    host, port = host_port
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def split_address(value: str) -> tuple[str, int]:

@@ -204,12 +204,13 @@ def shape_cases() -> Iterator[tuple[str, str, bytes]]:
     yield "shape", "kind", _dump({**seed, "kind": ["RouteRule"]})
     good = _dump(SEEDS["RouteRule"]).decode()
     bad = _dump(replaced("RouteRule", ("spec", "precedence"), "²")).decode()
-    yield "shape", "spec.precedence", (good + "---\n" + bad + "---\n" + good).encode()
+    # Mixed files: the bad document is refused, the good ones around it apply (per object).
+    yield "shape-mixed", "spec.precedence", (good + "---\n" + bad + "---\n" + good).encode()
     many = "---\n".join(
         _dump(replaced("EgressRule", ("metadata", "name"), f"e{i}")).decode() for i in range(200)
     )
     yield (
-        "shape",
+        "shape-mixed",
         "spec.ports",
         (many + "---\n" + _dump(replaced("EgressRule", ("spec", "ports"), [])).decode()).encode(),
     )
