@@ -11,30 +11,51 @@ field: a user fixing a file sees every problem at once.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Mapping
+import math
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
 import yaml
 
-from meshfed.core.files import FileRefused, read_config_text
+from meshfed.core import validators
+from meshfed.core.files import FileRefused, decode_config, read_config_file
+from meshfed.core.validators import Invalid, clip, show
 
 E = TypeVar("E", bound=enum.Enum)
+T = TypeVar("T")
+
+# What alias expansion may add to one document, in nodes, beyond the nodes written: real
+# configs use a few anchors for shared labels; a "billion laughs" asks for 10^9 and is
+# refused before it is built.
+MAX_ALIAS_NODES = 100_000
+MAX_DEPTH = 100  # nesting levels; Kubernetes resources need a few dozen at most
 
 # libyaml's loader parses ~8x faster (a 1,000-service file: 0.56 s instead of 4-5 s); the pure
 # Python one is the fallback where PyYAML was built without libyaml.
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+def _line(text: str, limit: int = validators.MAX_SHOWN) -> str:
+    text = clip(str(text), limit)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 @attrs.frozen(slots=True)
 class ConfigError:
     """One problem in one config document."""
 
-    file: str
-    obj: str  # "Kind namespace/name", or "document N" when the document has no identity
-    field: str
-    message: str
+    # Clipped and made printable here, the one place every error passes: no error repeats
+    # more than a few hundred characters of an input value, however a parser quoted it, and
+    # each stays one line (a key may hold a line break).
+    file: str = attrs.field(converter=lambda f: _line(f, 4096))  # a path, not an input value
+    # "Kind namespace/name", or "document N" when the document has no identity
+    obj: str = attrs.field(converter=_line)
+    field: str = attrs.field(converter=_line)
+    message: str = attrs.field(converter=lambda m: _line(m, 2 * validators.MAX_SHOWN + 200))
 
     def __str__(self) -> str:
         where = f"{self.file}: {self.obj}"
@@ -78,19 +99,186 @@ def load_documents(
     """Read every resource document of a YAML file; return the documents and the errors.
 
     The file is read by :func:`meshfed.core.files.read_config_file` (regular files only, size
-    limit); like any file read it blocks, so code on an event loop calls this in a worker thread.
+    limit) and decoded by :func:`load_bytes`; like any file read it blocks, so code on an
+    event loop calls this in a worker thread.
     """
     file = str(path)
     try:
-        raw_docs = list(yaml.load_all(read_config_text(path), Loader=SAFE_LOADER))
+        data = read_config_file(path)
     except FileRefused as exc:
         return [], [ConfigError(file, "file", "", exc.reason)]
+    return load_bytes(file, data, default_namespace)
+
+
+def load_bytes(
+    file: str, data: bytes | str, default_namespace: str = "default"
+) -> tuple[list[Document], list[ConfigError]]:
+    """The resource documents of a file's content (``file`` only names it in errors)."""
+    raw_docs, errors = parse_yaml(file, data)
+    docs, doc_errors = parse_documents(file, raw_docs, default_namespace)
+    return docs, errors + doc_errors
+
+
+def parse_yaml(file: str, data: bytes | str) -> tuple[list[Any], list[ConfigError]]:
+    """The documents of a YAML stream, as plain data; never raises on bad input.
+
+    A document that cannot be built (a duplicate key, an alias expansion over
+    :data:`MAX_ALIAS_NODES`, nesting deeper than :data:`MAX_DEPTH`, a scalar Python cannot
+    represent) is None in the list, with its error; the documents around it are kept. A syntax
+    error ends the stream there: the documents before it are kept.
+    """
+    if isinstance(data, bytes):
+        try:
+            text = decode_config(file, data)  # the one UTF-8 check, with the byte position
+        except FileRefused as exc:
+            return [], [ConfigError(file, "file", "", exc.reason)]
+    else:
+        text = data
+    text = text.removeprefix("\ufeff")
+    docs: list[Any] = []
+    errors: list[ConfigError] = []
+    loader = _Loader(text)
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            problem = _too_big(node)
+            if problem:
+                errors.append(_at(file, node.start_mark, problem))
+                docs.append(None)
+                continue
+            try:
+                docs.append(loader.construct_document(node))
+            except yaml.MarkedYAMLError as exc:
+                mark = exc.problem_mark or node.start_mark
+                errors.append(_at(file, mark, f"invalid YAML: {exc.problem or exc}"))
+                docs.append(None)
+            except RecursionError:
+                errors.append(_at(file, node.start_mark, "invalid YAML: nested too deeply"))
+                docs.append(None)
+            finally:
+                _reset(loader)
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow, e.g. NUL
+        line = text.count("\n", 0, exc.position) + 1
+        errors.append(
+            ConfigError(
+                file,
+                f"line {line}",
+                "",
+                f"invalid YAML: character {_codepoint(exc.character)} is not allowed "
+                f"(at character {exc.position})",
+            )
+        )
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "document"
         problem = getattr(exc, "problem", None) or str(exc)
-        return [], [ConfigError(file, where, "", f"invalid YAML: {problem}")]
-    return parse_documents(file, raw_docs, default_namespace)
+        errors.append(_at(file, mark, f"invalid YAML: {problem}"))
+    except RecursionError:  # the pure-Python parser, on very deep nesting
+        errors.append(_at(file, None, f"invalid YAML: nested deeper than {MAX_DEPTH} levels"))
+    finally:
+        loader.dispose()
+    return docs, errors
+
+
+def _codepoint(character: int | str) -> str:
+    return f"U+{character if isinstance(character, int) else ord(character):04X}"
+
+
+def _at(file: str, mark: Any, message: str) -> ConfigError:
+    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "document"
+    return ConfigError(file, where, "", message)
+
+
+def _reset(loader: Any) -> None:
+    # construct_document clears these only when it succeeds
+    loader.constructed_objects = {}
+    loader.recursive_objects = {}
+    loader.state_generators = []
+    loader.deep_construct = False
+
+
+def _too_big(root: yaml.Node) -> str:
+    """Why a composed document must not be built, or "".
+
+    The node graph keeps an alias as a second reference to its anchor's node, so it is as
+    small as the text; what it would expand to (and what any later walk over the data would
+    visit) is counted here, once per distinct node, before anything is built.
+    """
+    expanded: dict[int, int] = {}  # node id -> nodes in its expansion
+    height: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        children = _children(node)
+        if done:
+            on_path.discard(key)
+            expanded[key] = 1 + sum(expanded[id(c)] for c in children)
+            height[key] = 1 + max((height[id(c)] for c in children), default=0)
+            if expanded[key] - len(expanded) > MAX_ALIAS_NODES:
+                return (
+                    f"invalid YAML: aliases expand to more than {MAX_ALIAS_NODES} extra nodes "
+                    "(refused, as an alias bomb)"
+                )
+            if height[key] > MAX_DEPTH:
+                return f"invalid YAML: nested deeper than {MAX_DEPTH} levels"
+            continue
+        if key in expanded:
+            continue
+        if key in on_path:
+            return "invalid YAML: an alias refers to a node that contains it (recursive alias)"
+        on_path.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in expanded)
+    return ""
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+class _Loader(SAFE_LOADER):  # type: ignore[misc,valid-type]
+    """The safe loader, refusing duplicate mapping keys (YAML forbids them; PyYAML would keep
+    the last silently, so a user's first value would never apply)."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except yaml.YAMLError:
+            raise
+        except Exception as exc:
+            # e.g. a timestamp 2024-13-45, an integer of 5,000 digits: named where it is
+            if isinstance(exc, ValueError | OverflowError):
+                detail = str(exc)
+            else:
+                detail = f"not a valid {str(node.tag).rsplit(':', 1)[-1]}"
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read this value: {clip(detail)}", node.start_mark
+            ) from None
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: the base constructor reports it
+                    continue
+                if first is not key_node:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"duplicate key {show(key)} (first at line {first.start_mark.line + 1})",
+                        key_node.start_mark,
+                    )
+        return super().construct_mapping(node, deep=deep)
 
 
 def parse_documents(
@@ -108,17 +296,19 @@ def parse_documents(
         reader = FieldReader(file, obj, raw)
         kind = reader.str("kind", required=True)
         meta = reader.reader("metadata", required=True)
-        name = meta.str("name", required=True) if meta else ""
-        namespace = (meta.str("namespace") if meta else "") or default_namespace
-        labels = meta.str_map("labels") if meta else {}
+        name = meta.checked("name", validators.resource_name, required=True) if meta else ""
+        namespace = (meta.checked("namespace", validators.dns1123_label) if meta else "") or (
+            default_namespace
+        )
+        labels = meta.labels("labels") if meta else {}
         if name and kind:
-            reader.obj = meta.obj = f"{kind} {namespace}/{name}"
+            reader.obj = meta.obj = f"{kind} {namespace}/{name}"  # type: ignore[union-attr]
         api_version = reader.str("apiVersion", required=True)
         spec = raw.get("spec", {})
         if spec is None:
             spec = {}
         if not isinstance(spec, Mapping):
-            reader.error("spec", "expected a mapping")
+            reader.error("spec", f"expected a mapping, got {_describe(spec)}")
             spec = {}
         annotations = meta.data.get("annotations") if meta else None
         errors.extend(reader.errors)
@@ -140,7 +330,15 @@ def parse_documents(
 
 
 class FieldReader:
-    """Typed access to a mapping's fields, collecting errors with their full field path."""
+    """Typed access to a mapping's fields, collecting errors with their full field path.
+
+    Scalars are read strictly: an integer is an int or a string of ASCII digits (never a bool,
+    a float or ``"²"``); a bool is a YAML boolean (``true``/``false``, and YAML 1.1's
+    ``yes``/``no``/``on``/``off``, which the loader already reads as booleans, as kubectl's
+    does), never a string; numbers are finite. Values with a shape of their own (hosts, names,
+    addresses, durations, regexes) are read with :meth:`checked` and a check from
+    :mod:`meshfed.core.validators`.
+    """
 
     def __init__(
         self,
@@ -159,6 +357,8 @@ class FieldReader:
     def field_path(self, name: str | int) -> str:
         if isinstance(name, int):
             return f"{self.path}[{name}]"
+        if not name:
+            return self.path
         return f"{self.path}.{name}" if self.path else name
 
     def error(self, name: str | int, message: str) -> None:
@@ -177,6 +377,9 @@ class FieldReader:
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             self.error(name, f"expected a string, got {_describe(value)}")
             return default
+        if isinstance(value, float) and not math.isfinite(value):
+            self.error(name, f"expected a string, got {value!r}")
+            return default
         return str(value)
 
     def int(
@@ -190,16 +393,35 @@ class FieldReader:
         value = self._get(name, required)
         if value is None:
             return default
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, str) and value.strip().isdigit():
-                value = int(value)
-            else:
-                self.error(name, f"expected an integer, got {_describe(value)}")
-                return default
-        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-            self.error(name, f"expected an integer in {minimum}..{maximum}, got {value}")
+        try:
+            number = validators.ascii_int(value)
+        except Invalid as exc:
+            self.error(name, str(exc))
             return default
-        return value
+        if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
+            low = "" if minimum is None else minimum
+            high = "" if maximum is None else maximum
+            self.error(name, f"expected an integer in {low}..{high}, got {show(value)}")
+            return default
+        return number
+
+    def number(
+        self, name: str, default: float = 0.0, minimum: float = 0.0, maximum: float = math.inf
+    ) -> float:
+        """A finite int or float (not a bool, not a string) within ``minimum``..``maximum``."""
+        value = self._get(name, False)
+        if value is None:
+            return default
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or not minimum <= value <= maximum
+        ):
+            high = "" if maximum == math.inf else f"{maximum:g}"
+            self.error(name, f"expected a number {minimum:g}..{high}, got {_describe(value)}")
+            return default
+        return float(value)
 
     def port(self, name: str, required: bool = False) -> int:
         return self.int(name, required=required, minimum=1, maximum=65535)
@@ -217,15 +439,52 @@ class FieldReader:
         value = self._get(name, False)
         if value is None:
             return default
-        key = str(value).strip().upper()
-        if key in aliases:
+        key = value.strip().upper() if isinstance(value, str) else None
+        if key is not None and key in aliases:
             return aliases[key]
         try:
+            if key is None:
+                raise ValueError(key)
             return enum_type(key)
         except ValueError:
             allowed = sorted({m.value for m in enum_type} | set(aliases))
-            self.error(name, f"expected one of {', '.join(allowed)}, got {value!r}")
+            self.error(name, f"expected one of {', '.join(allowed)}, got {_describe(value)}")
             return default
+
+    def checked(
+        self,
+        name: str,
+        check: Callable[[Any], T],
+        required: bool = False,
+        default: Any = "",
+    ) -> Any:
+        """A string field passed through ``check`` (a :mod:`~meshfed.core.validators`
+        function); its :class:`~meshfed.core.validators.Invalid` becomes this field's error."""
+        value = self._get(name, required)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            self.error(name, f"expected a string, got {_describe(value)}")
+            return default
+        try:
+            return check(value)
+        except Invalid as exc:
+            self.error(name, str(exc))
+            return default
+
+    def checked_list(self, name: str, check: Callable[[Any], T], required: bool = False) -> list[T]:
+        """:meth:`str_list` with each entry passed through ``check``."""
+        out = []
+        self.str_list(name, required=required)  # reports what is not a non-empty string
+        value = self.data.get(name)
+        for index, item in enumerate(value if isinstance(value, list) else ()):
+            if not isinstance(item, str) or not item:
+                continue
+            try:
+                out.append(check(item))
+            except Invalid as exc:
+                self.error(f"{name}[{index}]", str(exc))
+        return out
 
     def str_list(self, name: str, required: bool = False) -> list[str]:
         value = self._get(name, required)
@@ -253,10 +512,24 @@ class FieldReader:
             return {}
         out = {}
         for k, v in value.items():
-            if isinstance(v, bool) or not isinstance(v, str | int | float):
+            if not isinstance(k, str) or not k or "\0" in k:
+                self.error(name, f"expected string keys, got {_describe(k)}")
+            elif isinstance(v, bool) or not isinstance(v, str | int | float):
                 self.error(f"{name}.{k}", f"expected a string, got {_describe(v)}")
+            elif isinstance(v, float) and not math.isfinite(v):
+                self.error(f"{name}.{k}", f"expected a string, got {v!r}")
             else:
-                out[str(k)] = str(v)
+                out[k] = str(v)
+        return out
+
+    def labels(self, name: str) -> dict[str, str]:
+        """:meth:`str_map` whose keys and values are Kubernetes label keys and values."""
+        out = {}
+        for key, value in self.str_map(name).items():
+            try:
+                out[validators.label_key(key)] = validators.label_value(value)
+            except Invalid as exc:
+                self.error(f"{name}.{key}", str(exc))
         return out
 
     def reader(self, name: str, required: bool = False) -> FieldReader | None:
@@ -275,11 +548,15 @@ class FieldReader:
         if not isinstance(value, list):
             self.error(name, f"expected a list, got {_describe(value)}")
             return
+        if required and not value:
+            self.error(name, "expected at least one entry")
         for i, item in enumerate(value):
             path = f"{self.field_path(name)}[{i}]"
             if not isinstance(item, Mapping):
                 self.errors.append(
-                    ConfigError(self.file, self.obj, path, f"expected a mapping, got {item!r}")
+                    ConfigError(
+                        self.file, self.obj, path, f"expected a mapping, got {_describe(item)}"
+                    )
                 )
                 continue
             yield FieldReader(self.file, self.obj, item, path, self.errors)
@@ -288,12 +565,19 @@ class FieldReader:
         """Report fields this kind does not have (typos are the commonest config mistake)."""
         for key in self.data:
             if key not in known:
-                self.error(str(key), f"unknown field (expected one of {', '.join(sorted(known))})")
+                self.error(
+                    show(key) if not isinstance(key, str) else key,
+                    f"unknown field (expected one of {', '.join(sorted(known))})",
+                )
 
 
 def _describe(value: Any) -> str:
+    """A value as error messages quote it: its kind for a structure, else a bounded repr."""
     if isinstance(value, Mapping):
         return "a mapping"
     if isinstance(value, list):
         return "a list"
-    return repr(value)
+    return show(value)
+
+
+describe = _describe

@@ -137,7 +137,8 @@ def cmd_registry_get(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from meshfed.validate import validate_files
 
-    count, errors, warnings = validate_files(Path(p) for p in args.files)
+    mesh = load_mesh_config(args.config) if args.config else None
+    count, errors, warnings = validate_files((Path(p) for p in args.files), mesh)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     for error in errors:
@@ -174,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check config files; non-zero exit on errors")
     validate.add_argument("files", nargs="+")
+    validate.add_argument(
+        "--config", "-c", help="the MeshConfig the files are for (its Ingress selection)"
+    )
     validate.set_defaults(func=cmd_validate)
 
     for module_name in COMMAND_MODULES:

@@ -17,6 +17,7 @@ from typing import Any
 
 import attrs
 
+from meshfed.core import validators
 from meshfed.core.resources import ConfigError, ConfigErrors, FieldReader, load_documents
 
 MESH_API_VERSIONS = frozenset({"meshfed.io/v1alpha1"})
@@ -92,8 +93,9 @@ def load_mesh_config(path: Path | str | None) -> MeshConfig:
     registries = []
     names: set[str] = set()
     for reg in reader.readers("registries"):
-        name = reg.str("name", required=True)
-        kind = reg.str("kind", required=True)
+        # The name labels metrics and endpoints' source registry; the kind is an entry point.
+        name = reg.checked("name", validators.dns1123_label, required=True)
+        kind = reg.checked("kind", validators.dns1123_label, required=True)
         if name in names:
             reg.error("name", f"expected a unique registry name, {name!r} is used twice")
         names.add(name)
@@ -108,41 +110,36 @@ def load_mesh_config(path: Path | str | None) -> MeshConfig:
     pilot_reader = reader.reader("pilot")
     if pilot_reader is not None:
         # Checked here so a typo stops `meshfed up` (and fails `meshfed validate`) with the
-        # field named, instead of quietly serving a different set of Ingresses.
-        pilot_reader.str("ingressClass")
-        mode = pilot_reader.str("ingressControllerMode")
-        from meshfed.pilot.config.parse import INGRESS_MODES  # Pilot owns the setting's meaning
+        # field named, instead of Pilot logging it and quietly running with a default.
+        from meshfed.pilot.settings import check_pilot_section  # Pilot owns their meaning
 
-        if mode and mode.upper() not in INGRESS_MODES:
-            pilot_reader.error(
-                "ingressControllerMode",
-                f"expected one of {', '.join(INGRESS_MODES)}, got {mode!r}",
-            )
+        check_pilot_section(pilot_reader)
+    # Listen addresses are bound as given: ip:port, port 0 meaning any free port.
+    listen_address = validators.listen_address
+    monitoring = listen.checked("monitoring", listen_address, default=None) if listen else None
+    discovery = listen.checked("discovery", listen_address, default=None) if listen else None
     config = MeshConfig(
-        trust_domain=reader.str("trustDomain", default=defaults.trust_domain),
-        system_namespace=reader.str("systemNamespace", default=defaults.system_namespace),
-        monitoring_address=(listen.str("monitoring") if listen else "")
-        or defaults.monitoring_address,
-        discovery_address=(listen.str("discovery") if listen else "") or defaults.discovery_address,
+        trust_domain=reader.checked(
+            "trustDomain", validators.trust_domain, default=defaults.trust_domain
+        ),
+        system_namespace=reader.checked(
+            "systemNamespace", validators.dns1123_label, default=defaults.system_namespace
+        ),
+        monitoring_address=_address(monitoring) if monitoring else defaults.monitoring_address,
+        discovery_address=_address(discovery) if discovery else defaults.discovery_address,
         registries=tuple(registries),
         config_paths=tuple(_resolve(base, p) for p in reader.str_list("configPaths")),
         pilot=dict(pilot_reader.data) if pilot_reader else {},
         source=str(path),
     )
-    for field, value in (
-        ("listen.monitoring", config.monitoring_address),
-        ("listen.discovery", config.discovery_address),
-    ):
-        host, _, port = value.rpartition(":")
-        if not host or not port.isdigit():
-            reader.errors.append(
-                ConfigError(
-                    doc.file, doc.ref, f"spec.{field}", f"expected host:port, got {value!r}"
-                )
-            )
     if reader.errors:
         raise ConfigErrors(reader.errors)
     return config
+
+
+def _address(host_port: tuple[str, int]) -> str:
+    host, port = host_port
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def split_address(value: str) -> tuple[str, int]:

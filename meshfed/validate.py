@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from meshfed.adapters.static.kinds import PARSERS as STATIC_PARSERS
+from meshfed.adapters.static.kinds import ServiceEntrySpec, WorkloadSpec
+from meshfed.adapters.static.translate import translate
 from meshfed.config import MeshConfig, load_mesh_config
 from meshfed.core.resources import ConfigError, ConfigErrors, Document, load_documents
 from meshfed.pilot.config import PARSERS as PILOT_PARSERS
 from meshfed.pilot.config.conflicts import find_conflicts
 from meshfed.pilot.config.model import RouteRule
+from meshfed.pilot.config.parse import IngressSelection, routing_parsers
 
 Parser = Callable[[Document], tuple[Any, list[ConfigError]]]
 
@@ -25,13 +28,22 @@ Parser = Callable[[Document], tuple[Any, list[ConfigError]]]
 KIND_PARSERS: dict[str, Parser] = {**STATIC_PARSERS, **PILOT_PARSERS}
 
 
-def validate_files(paths: Iterable[Path]) -> tuple[int, list[ConfigError], list[str]]:
+def validate_files(
+    paths: Iterable[Path], mesh: MeshConfig | None = None
+) -> tuple[int, list[ConfigError], list[str]]:
     """Validate files; return the number of documents checked, every error, and warnings.
+
+    ``mesh``: the mesh config the files are meant for; its ``pilot`` section decides which
+    Ingresses the hub serves (and so parses), exactly as Pilot's stores do. Without it, the
+    default selection applies (Ingresses of class meshfed or istio, or of no class).
 
     Warnings are conflicts meshfed resolves deterministically (route rules for one destination
     with equal precedence): valid, but worth an explicit precedence.
     """
     parsers = KIND_PARSERS
+    if mesh is not None:
+        selection = IngressSelection.from_pilot_config(mesh.pilot)
+        parsers = {**STATIC_PARSERS, **routing_parsers(selection)}
     count = 0
     errors: list[ConfigError] = []
     parsed: list[Any] = []
@@ -59,7 +71,16 @@ def validate_files(paths: Iterable[Path]) -> tuple[int, list[ConfigError], list[
             errors.extend(doc_errors)
             if obj is not None:
                 parsed.append(obj)
+    errors.extend(duplicate_errors(parsed))
     return count, errors, rule_conflicts(parsed)
+
+
+def duplicate_errors(objects: list[Any]) -> list[ConfigError]:
+    """What the static registry reports across its files (a host declared twice), found by
+    the same translation the registry runs."""
+    entries = [o for o in objects if isinstance(o, ServiceEntrySpec)]
+    workloads = [o for o in objects if isinstance(o, WorkloadSpec)]
+    return translate(entries, workloads, "cluster.local", "validate")[2]
 
 
 def registry_errors(mesh: MeshConfig, doc: Document) -> list[ConfigError]:

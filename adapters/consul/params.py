@@ -26,6 +26,7 @@ Keys (all optional)::
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -59,7 +60,7 @@ KNOWN_KEYS = frozenset(
         "fetchRate",
     }
 )
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
+_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)$")  # ASCII digits only (\d is Unicode)
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
@@ -106,7 +107,7 @@ def parse_duration(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        return float(value)
+        return float(value) if math.isfinite(value) else None
     match = _DURATION.match(str(value).strip())
     return float(match.group(1)) * _UNITS[match.group(2)] if match else None
 
@@ -150,7 +151,7 @@ def parse_params(params: Mapping[str, Any], where: str = "consul") -> ConsulPara
     for address in addresses:
         _, _, rest = address.rpartition("://")
         host, _, port = rest.rstrip("/").rpartition(":")
-        if not host or not port.isdigit():
+        if not host or not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
             errors.append(f"{where}.addresses: expected host:port or a URL, got {address!r}")
 
     datacenters = _str_list(params.get("datacenters", []))

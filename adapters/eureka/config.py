@@ -14,6 +14,7 @@ Keys (see ``docs/eureka.md``): ``servers`` (required), ``fetchInterval``, ``full
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -61,7 +62,7 @@ FORMATS = ("json", "xml")
 # A region as Eureka names it in ``remote-region-urls-with-name.<region>``: the server lower-cases
 # the ``regions=`` it is asked for and splits it at commas, so a name holds neither.
 _REGION = re.compile(r"^[a-z0-9](?:[a-z0-9._-]*[a-z0-9])?$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?\s*$")  # ASCII digits only
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
@@ -70,6 +71,8 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError(f"expected a duration such as 5s or 500ms, got {value!r}")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError(f"expected a duration such as 5s or 500ms, got {value!r}")
         return float(value)
     match = _DURATION.match(str(value))
     if not match:

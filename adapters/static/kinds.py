@@ -8,8 +8,11 @@ name the file, object, field and what was expected; it never raises on bad input
 
 from __future__ import annotations
 
+import functools
+
 import attrs
 
+from meshfed.core import validators as v
 from meshfed.core.resources import ConfigError, Document, FieldReader
 from meshfed.registry.model import Labels, Locality, Location, Port, Protocol, Resolution
 
@@ -61,6 +64,15 @@ class ServiceEntrySpec:
     labels: Labels = attrs.field(factory=Labels, converter=Labels)
 
 
+def _locality(value: str) -> str:
+    """``region/zone/subzone``: at most three parts, each without spaces or control
+    characters (Envoy's locality fields, and metric labels built from them)."""
+    parts = value.split("/")
+    if len(parts) > 3 or any(not p or not p.isprintable() or " " in p for p in parts):
+        raise v.Invalid(f"expected region, region/zone or region/zone/subzone, got {v.show(value)}")
+    return value
+
+
 def parse_locality(value: str) -> Locality:
     """``region/zone/subzone`` (Istio's locality string) into a Locality."""
     parts = [*value.split("/"), "", "", ""][:3] if value else ["", "", ""]
@@ -84,14 +96,18 @@ def _workload(reader: FieldReader, name: str, namespace: str) -> WorkloadSpec | 
     reader.unknown_fields(
         {"address", "ports", "labels", "serviceAccount", "locality", "weight", "network"}
     )
-    address = reader.str("address", required=True)
+    address = reader.checked("address", v.host_or_ip, required=True)
     ports = reader.str_map("ports")
-    for port_name, number in ports.items():
-        if not number.isdigit() or not 1 <= int(number) <= 65535:
-            reader.error(f"ports.{port_name}", f"expected a port number 1..65535, got {number!r}")
-    labels = reader.str_map("labels")
-    service_account = reader.str("serviceAccount")
-    locality = parse_locality(reader.str("locality"))
+    for port_name in list(ports):
+        try:
+            v.port_name(port_name)
+            ports[port_name] = str(v.port(reader.data["ports"][port_name]))
+        except v.Invalid as exc:
+            reader.error(f"ports.{port_name}", str(exc))
+    labels = reader.labels("labels")
+    # It becomes the .../sa/<account> segment of the workload's SPIFFE ID.
+    service_account = reader.checked("serviceAccount", v.identity_segment)
+    locality = parse_locality(reader.checked("locality", _locality))
     weight = reader.int("weight", default=1, minimum=1, maximum=1 << 31)
     if len(reader.errors) > before:
         return None
@@ -123,17 +139,17 @@ def parse_service_entry(doc: Document) -> tuple[ServiceEntrySpec | None, list[Co
             "subjectAltNames",
         }
     )
-    hosts = tuple(h.lower() for h in reader.str_list("hosts", required=True))
-    for i, host in enumerate(hosts):
-        if "/" in host or " " in host or (host.startswith("*") and not host.startswith("*.")):
-            reader.error(f"hosts[{i}]", f"expected a DNS name (optionally *.domain), got {host!r}")
-    addresses = tuple(reader.str_list("addresses"))
+    hosts = tuple(
+        reader.checked_list("hosts", functools.partial(v.hostname, wildcard=True), required=True)
+    )
+    # The first address is the service's virtual IP, which listeners and routes use as is.
+    addresses = tuple(reader.checked_list("addresses", v.ip_address))
     ports: list[ServicePortSpec] = []
     seen_names: set[str] = set()
     for port_reader in reader.readers("ports", required=True):
         port_reader.unknown_fields({"number", "name", "protocol", "targetPort"})
         number = port_reader.port("number", required=True)
-        name = port_reader.str("name", required=True)
+        name = port_reader.checked("name", v.port_name, required=True)
         protocol = port_reader.enum("protocol", Protocol, Protocol.TCP, PROTOCOL_ALIASES)
         target = port_reader.int("targetPort", minimum=1, maximum=65535) or None
         if name in seen_names:
@@ -154,8 +170,19 @@ def parse_service_entry(doc: Document) -> tuple[ServiceEntrySpec | None, list[Co
                     f"expected a name from spec.ports ({', '.join(sorted(seen_names))})",
                 )
             endpoints.append(workload)
+    if resolution is not Resolution.DNS:
+        # Envoy takes STATIC (EDS) endpoints as IP addresses only; names need DNS resolution.
+        for i, workload in enumerate(endpoints):
+            try:
+                v.ip_address(workload.address)
+            except v.Invalid:
+                reader.error(
+                    f"endpoints[{i}].address",
+                    f"expected an IP address for resolution {resolution.value} (a DNS name "
+                    f"needs resolution: DNS), got {v.show(workload.address)}",
+                )
     selector_reader = reader.reader("workloadSelector")
-    selector = Labels(selector_reader.str_map("labels")) if selector_reader else None
+    selector = Labels(selector_reader.labels("labels")) if selector_reader else None
     if selector is not None and endpoints:
         reader.error("workloadSelector", "expected either endpoints or workloadSelector, not both")
     internal_static = location is Location.MESH_INTERNAL and resolution is Resolution.STATIC

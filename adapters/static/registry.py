@@ -100,6 +100,21 @@ class StaticRegistry:
         }
 
 
+PARAMS = frozenset({"paths"})
+
+
 def create(context: AdapterContext) -> StaticRegistry:
-    """Entry point for the ``static`` registry kind (params: ``paths``)."""
-    return StaticRegistry(context.member, context.params.get("paths", []), context.trust_domain)
+    """Entry point for the ``static`` registry kind (params: ``paths``, a list of files and
+    folders); raises ValueError naming a misspelt or malformed parameter, as the other
+    kinds do, instead of running as a silently empty registry."""
+    params = context.params
+    unknown = sorted(str(k) for k in set(params) - PARAMS)
+    if unknown:
+        raise ValueError(
+            f"static registry: unknown parameter(s) {', '.join(unknown)} "
+            f"(expected {', '.join(sorted(PARAMS))})"
+        )
+    paths = params.get("paths", [])
+    if not isinstance(paths, list) or not all(isinstance(p, str) and p for p in paths):
+        raise ValueError("static registry: paths: expected a list of files and folders")
+    return StaticRegistry(context.member, paths, context.trust_domain)

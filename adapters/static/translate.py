@@ -7,11 +7,20 @@ second is reported, so the outcome never depends on which file the watcher happe
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 
 from meshfed.adapters.static.kinds import ServiceEntrySpec, WorkloadSpec
 from meshfed.core.resources import ConfigError
-from meshfed.registry.model import Endpoint, Service, spiffe_id
+from meshfed.registry.model import Endpoint, Resolution, Service, spiffe_id
+
+
+def _is_ip(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
 
 
 def endpoint_for(
@@ -56,6 +65,21 @@ def translate(
             ]
         else:
             members = list(entry.endpoints)
+        if entry.resolution is not Resolution.DNS:
+            # A WorkloadEntry may name its host; a STATIC service's endpoints (Envoy's EDS)
+            # must be IP addresses, so such a workload is left out and reported.
+            for workload in [w for w in members if not _is_ip(w.address)]:
+                members.remove(workload)
+                errors.append(
+                    ConfigError(
+                        entry.file,
+                        f"ServiceEntry {entry.namespace}/{entry.name}",
+                        "spec.workloadSelector",
+                        f"selects WorkloadEntry {workload.namespace}/{workload.name} whose "
+                        f"address {workload.address!r} is not an IP address; resolution "
+                        f"{entry.resolution.value} needs one (left out)",
+                    )
+                )
         entry_endpoints = [endpoint_for(w, entry, trust_domain, registry) for w in members]
         for host in entry.hosts:
             if host in owners:

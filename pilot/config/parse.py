@@ -9,14 +9,13 @@ and never raises on bad input.
 from __future__ import annotations
 
 import functools
-import ipaddress
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
 
-from meshfed.core.resources import ConfigError, Document, FieldReader
+from meshfed.core import validators as v
+from meshfed.core.resources import ConfigError, Document, FieldReader, describe
 from meshfed.pilot.config.model import (
     CircuitBreaker,
     ConfigObject,
@@ -78,21 +77,14 @@ class IngressSelection:
 
 
 DEFAULT_INGRESS = IngressSelection()
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_NOT_RE2 = re.compile(r"\(\?<?[=!]|\\[1-9]")  # lookaround, backreferences: not in RE2
 
 
-def parse_duration(reader: FieldReader, name: str) -> float | None:
-    """A protobuf-style duration such as ``250ms``, ``1.5s``, ``2m``; None when absent."""
-    raw = reader.str(name)
-    if not raw:
-        return None
-    found = _DURATION.match(raw.strip())
-    if not found:
-        reader.error(name, f"expected a duration such as 250ms, 1.5s or 2m, got {raw!r}")
-        return None
-    return float(found.group(1)) * _UNITS[found.group(2)]
+def parse_duration(reader: FieldReader, name: str, positive: bool = False) -> float | None:
+    """A protobuf-style duration such as ``250ms``, ``1.5s``, ``2m``; None when absent.
+    ``positive``: at least 1ms, for the settings Envoy refuses at zero (connect timeouts,
+    intervals, delays)."""
+    check = v.positive_duration if positive else v.duration
+    return reader.checked(name, check, default=None)
 
 
 def _percent(reader: FieldReader, name: str) -> float:
@@ -100,7 +92,7 @@ def _percent(reader: FieldReader, name: str) -> float:
     if value is None:
         return 0.0
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
-        reader.error(name, f"expected a percentage 0..100, got {value!r}")
+        reader.error(name, f"expected a percentage 0..100, got {describe(value)}")
         return 0.0
     return float(value)
 
@@ -122,11 +114,11 @@ def service_ref(reader: FieldReader | None, required_name: bool = True) -> Servi
         return None
     reader.unknown_fields({"name", "namespace", "domain", "service", "labels"})
     ref = ServiceRef(
-        name=reader.str("name"),
-        namespace=reader.str("namespace"),
-        domain=reader.str("domain"),
-        service=reader.str("service"),
-        labels=reader.str_map("labels"),
+        name=reader.checked("name", v.hostname),
+        namespace=reader.checked("namespace", v.dns1123_label),
+        domain=reader.checked("domain", v.hostname),
+        service=reader.checked("service", functools.partial(v.hostname, wildcard=True)),
+        labels=reader.labels("labels"),
     )
     if required_name and not ref.name and not ref.service:
         reader.error("name", "expected a service name (or `service` with a FQDN)")
@@ -139,33 +131,19 @@ def _string_match(reader: FieldReader) -> StringMatch | None:
     if len(given) != 1:
         reader.error("", "expected exactly one of exact, prefix, regex")
         return None
-    kind, value = given[0]
-    if kind is MatchKind.REGEX:
-        try:
-            re.compile(value)
-        except re.error as exc:
-            reader.error("regex", f"expected a valid regular expression: {exc}")
-            return None
-        if _NOT_RE2.search(value):
-            # Envoy matches with RE2: a rule it cannot compile would be NACKed by every proxy.
-            reader.error(
-                "regex",
-                f"expected an RE2 regular expression (no lookaround or backreferences), "
-                f"got {value!r}",
-            )
-            return None
-    return StringMatch(kind, value)
+    kind = given[0][0]
+    # Envoy matches with RE2: a regex it cannot compile would be NACKed by every proxy.
+    check = {
+        MatchKind.REGEX: v.re2_regex,
+        MatchKind.PREFIX: v.non_empty_header_value,
+        MatchKind.EXACT: v.header_value,
+    }[kind]
+    checked = reader.checked(kind.value, check, default=None)
+    return None if checked is None else StringMatch(kind, checked)
 
 
 def _subnets(reader: FieldReader, name: str) -> tuple[str, ...]:
-    values = reader.str_list(name)
-    out = []
-    for i, value in enumerate(values):
-        try:
-            out.append(str(ipaddress.ip_network(value, strict=False)))
-        except ValueError:
-            reader.error(f"{name}[{i}]", f"expected a CIDR such as 10.0.0.0/8, got {value!r}")
-    return tuple(out)
+    return tuple(reader.checked_list(name, v.cidr))
 
 
 def _match(reader: FieldReader | None) -> Match:
@@ -198,7 +176,9 @@ def _rewrite(reader: FieldReader | None) -> Rewrite | None:
     if reader is None:
         return None
     reader.unknown_fields({"uri", "authority"})
-    rewrite = Rewrite(reader.str("uri"), reader.str("authority"))
+    rewrite = Rewrite(
+        reader.checked("uri", v.header_value), reader.checked("authority", v.authority)
+    )
     if not rewrite.uri and not rewrite.authority:
         reader.error("", "expected uri or authority")
     return rewrite
@@ -208,16 +188,17 @@ def _whole_share(reader: FieldReader) -> None:
     """Envoy applies a TCP fault to every connection of a filter chain: it has no per-connection
     sampling for network filters, so a share below 100 would silently mean "all"."""
     value = reader.data.get("percent", 100)
-    if value != 100:
+    if value != 100 or isinstance(value, bool):
         reader.error(
             "percent",
             f"expected 100 (or no percent): a TCP fault applies to every connection the rule "
-            f"matches, got {value!r}; narrow the rule with match.tcp subnets instead",
+            f"matches, got {describe(value)}; narrow the rule with match.tcp subnets instead",
         )
 
 
 def _bits_per_second(reader: FieldReader, name: str) -> int | None:
-    value = reader.int(name, minimum=8)  # Envoy limits in whole bytes per second at least
+    # Envoy limits in whole bytes per second at least, and in a 64-bit count of KiB/s
+    value = reader.int(name, minimum=8, maximum=(1 << 63) - 1)
     return value or None
 
 
@@ -251,7 +232,7 @@ def _l4_fault(reader: FieldReader | None) -> L4Fault | None:
     if terminate is not None:
         terminate.unknown_fields({"percent", "terminateAfterPeriod"})
         _whole_share(terminate)
-        after = parse_duration(terminate, "terminateAfterPeriod")
+        after = parse_duration(terminate, "terminateAfterPeriod", positive=True)
         if after is None:
             terminate.error("terminateAfterPeriod", "is required")
     if throttle is None and terminate is None:
@@ -288,7 +269,7 @@ def parse_route_rule(doc: Document) -> tuple[RouteRule | None, list[ConfigError]
         route.unknown_fields({"labels", "weight", "destination"})
         routes.append(
             WeightedDestination(
-                labels=route.str_map("labels"),
+                labels=route.labels("labels"),
                 weight=route.int(
                     "weight",
                     default=100 if len(r.data["route"]) == 1 else 0,
@@ -311,11 +292,7 @@ def parse_route_rule(doc: Document) -> tuple[RouteRule | None, list[ConfigError]
         simple = retries_reader.reader("simpleRetry", required=True)
         if simple is not None:
             simple.unknown_fields({"attempts", "perTryTimeout", "overrideHeaderName"})
-            override = simple.str("overrideHeaderName").lower()
-            if override and not re.fullmatch(r"[a-z0-9!#$%&'*+.^_`|~-]+", override):
-                simple.error(
-                    "overrideHeaderName", f"expected an HTTP header name, got {override!r}"
-                )
+            override = simple.checked("overrideHeaderName", v.header_name)
             retry = Retry(
                 simple.int("attempts", required=True, minimum=0, maximum=100),
                 parse_duration(simple, "perTryTimeout"),
@@ -329,7 +306,7 @@ def parse_route_rule(doc: Document) -> tuple[RouteRule | None, list[ConfigError]
         abort = fault_reader.reader("abort")
         fault = Fault(
             delay_percent=_percent(delay, "percent") if delay else 0.0,
-            fixed_delay=parse_duration(delay, "fixedDelay") if delay else None,
+            fixed_delay=parse_duration(delay, "fixedDelay", positive=True) if delay else None,
             abort_percent=_percent(abort, "percent") if abort else 0.0,
             abort_status=abort.int("httpStatus", minimum=200, maximum=599) or None
             if abort
@@ -342,11 +319,21 @@ def parse_route_rule(doc: Document) -> tuple[RouteRule | None, list[ConfigError]
     cors = None
     cors_reader = r.reader("corsPolicy")
     if cors_reader is not None:
+        cors_reader.unknown_fields(
+            {
+                "allowOrigin",
+                "allowMethods",
+                "allowHeaders",
+                "exposeHeaders",
+                "maxAge",
+                "allowCredentials",
+            }
+        )
         cors = Cors(
-            tuple(cors_reader.str_list("allowOrigin")),
-            tuple(cors_reader.str_list("allowMethods")),
-            tuple(cors_reader.str_list("allowHeaders")),
-            tuple(cors_reader.str_list("exposeHeaders")),
+            tuple(cors_reader.checked_list("allowOrigin", v.header_value)),
+            tuple(cors_reader.checked_list("allowMethods", v.http_token)),
+            tuple(cors_reader.checked_list("allowHeaders", v.http_token)),
+            tuple(cors_reader.checked_list("exposeHeaders", v.http_token)),
             parse_duration(cors_reader, "maxAge"),
             cors_reader.bool("allowCredentials"),
         )
@@ -373,12 +360,23 @@ def parse_route_rule(doc: Document) -> tuple[RouteRule | None, list[ConfigError]
             rewrite,
             service_ref(r.reader("mirror")),
             r.bool("websocketUpgrade"),
-            Labels(r.str_map("appendHeaders")),
+            Labels(_headers(r, "appendHeaders")),
             cors,
             l4_fault,
         ),
         r.errors,
     )
+
+
+def _headers(reader: FieldReader, name: str) -> dict[str, str]:
+    """Header names to values (as Envoy adds them to requests)."""
+    out = {}
+    for key, value in reader.str_map(name).items():
+        try:
+            out[v.header_name(key)] = v.header_value(value)
+        except v.Invalid as exc:
+            reader.error(f"{name}.{key}", str(exc))
+    return out
 
 
 def parse_destination_policy(doc: Document) -> tuple[DestinationPolicy | None, list[ConfigError]]:
@@ -426,13 +424,15 @@ def parse_destination_policy(doc: Document) -> tuple[DestinationPolicy | None, l
                 attr: simple.int(key, minimum=0, maximum=(1 << 31) - 1) or None
                 for key, attr in ints.items()
             }
-            values["sleep_window"] = parse_duration(simple, "sleepWindow")
-            values["http_detection_interval"] = parse_duration(simple, "httpDetectionInterval")
+            values["sleep_window"] = parse_duration(simple, "sleepWindow", positive=True)
+            values["http_detection_interval"] = parse_duration(
+                simple, "httpDetectionInterval", positive=True
+            )
             values["http_max_ejection_percent"] = (
                 simple.int("httpMaxEjectionPercent", minimum=0, maximum=100) or None
             )
             cb = CircuitBreaker(**values)  # type: ignore[arg-type]
-    connect_timeout = parse_duration(r, "connectTimeout")
+    connect_timeout = parse_duration(r, "connectTimeout", positive=True)
     health = None
     health_reader = r.reader("healthCheck")  # meshfed extension: active HTTP health checks
     if health_reader is not None:
@@ -440,13 +440,11 @@ def parse_destination_policy(doc: Document) -> tuple[DestinationPolicy | None, l
             {"path", "interval", "timeout", "unhealthyThreshold", "healthyThreshold"}
         )
         defaults = HealthCheck()
-        path = health_reader.str("path", default=defaults.path)
-        if not path.startswith("/"):
-            health_reader.error("path", f"expected a path starting with /, got {path!r}")
+        path = health_reader.checked("path", v.url_path, default=defaults.path)
         health = HealthCheck(
             path,
-            parse_duration(health_reader, "interval") or defaults.interval,
-            parse_duration(health_reader, "timeout") or defaults.timeout,
+            parse_duration(health_reader, "interval", positive=True) or defaults.interval,
+            parse_duration(health_reader, "timeout", positive=True) or defaults.timeout,
             health_reader.int("unhealthyThreshold", minimum=1, maximum=100)
             or defaults.unhealthy_threshold,
             health_reader.int("healthyThreshold", minimum=1, maximum=100)
@@ -480,9 +478,10 @@ def parse_egress_rule(doc: Document) -> tuple[EgressRule | None, list[ConfigErro
     service = ""
     if dest is not None:
         dest.unknown_fields({"service"})
-        service = dest.str("service", required=True).lower()
-        if service and not re.fullmatch(r"(\*|(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?)", service):
-            dest.error("service", f"expected a domain or *.domain, got {service!r}")
+        # Not "*" alone: a rule for every domain would open egress to the whole internet.
+        service = dest.checked(
+            "service", functools.partial(v.hostname, wildcard=True), required=True
+        )
     ports = []
     for port in r.readers("ports", required=True):
         port.unknown_fields({"port", "protocol"})
@@ -491,7 +490,8 @@ def parse_egress_rule(doc: Document) -> tuple[EgressRule | None, list[ConfigErro
         if raw not in EGRESS_PROTOCOLS:
             port.error(
                 "protocol",
-                f"expected one of {', '.join(p.lower() for p in EGRESS_PROTOCOLS)}, got {raw!r}",
+                f"expected one of {', '.join(p.lower() for p in EGRESS_PROTOCOLS)}, "
+                f"got {describe(raw)}",
             )
         elif number:
             ports.append(EgressPort(number, EGRESS_PROTOCOLS[raw]))
@@ -516,21 +516,22 @@ def _ingress_backend(reader: FieldReader | None, namespace: str) -> tuple[Servic
         return ServiceRef(), 0
     service = reader.reader("service")
     if service is not None:  # networking.k8s.io/v1
-        name = service.str("name", required=True)
+        name = service.checked("name", v.dns1123_label, required=True)
         port_reader = service.reader("port", required=True)
         port: int | str = 0
         if port_reader is not None:
-            port = port_reader.port("number") or port_reader.str("name")
-            if not port:
+            port_reader.unknown_fields({"number", "name"})
+            port = port_reader.port("number") or port_reader.checked("name", v.port_name)
+            if not port and not port_reader.errors:
                 port_reader.error("", "expected number or name")
         return ServiceRef(name=name, namespace=namespace), port
-    name = reader.str("serviceName", required=True)  # extensions/v1beta1 and meshfed's Gateway
+    # extensions/v1beta1 and meshfed's Gateway
+    name = reader.checked("serviceName", v.dns1123_label, required=True)
     raw = reader.data.get("servicePort")
-    if isinstance(raw, int) and not isinstance(raw, bool):
-        return ServiceRef(name=name, namespace=namespace), raw
-    if isinstance(raw, str) and raw:
-        return ServiceRef(name=name, namespace=namespace), int(raw) if raw.isdigit() else raw
-    reader.error("servicePort", "expected a port number or name")
+    try:
+        return ServiceRef(name=name, namespace=namespace), v.port_or_name(raw)
+    except v.Invalid as exc:
+        reader.error("servicePort", str(exc))
     return ServiceRef(name=name, namespace=namespace), 0
 
 
@@ -564,7 +565,7 @@ def _path_type(reader: FieldReader) -> PathType:
         if raw == path_type.value:
             return path_type
     allowed = ", ".join(t.value for t in PathType)
-    reader.error("pathType", f"expected one of {allowed} (case-sensitive), got {raw!r}")
+    reader.error("pathType", f"expected one of {allowed} (case-sensitive), got {describe(raw)}")
     return PathType.IMPLEMENTATION_SPECIFIC
 
 
@@ -577,19 +578,22 @@ def parse_ingress(
     allowed = INGRESS_API_VERSIONS if doc.kind == "Ingress" else CONFIG_API_VERSIONS
     _check_api_version(doc, r, allowed)
     r.unknown_fields({"rules", "tls", "ingressClassName", "defaultBackend", "backend", "port"})
-    if doc.kind == "Ingress" and not selection.serves(ingress_class(doc, r, selection)):
-        return None, []  # another controller's Ingress: not ours to serve, and not an error
+    if doc.kind == "Ingress":
+        before = len(r.errors)
+        served = selection.serves(ingress_class(doc, r, selection))
+        if not served:
+            # Another controller's Ingress: not ours to serve, and not an error -- unless its
+            # class itself cannot be read, when nobody can tell whose it is.
+            return None, r.errors[before:]
     paths = []
     default_reader = r.reader("defaultBackend") or r.reader("backend")  # v1 / v1beta1
     for rule in r.readers("rules", required=default_reader is None):
-        host = rule.str("host").lower() or "*"
+        host = rule.checked("host", functools.partial(v.hostname, wildcard=True)) or "*"
         http = rule.reader("http", required=True)
         if http is None:
             continue
         for path_reader in http.readers("paths", required=True):
-            path = path_reader.str("path", default="/")
-            if not path.startswith("/"):
-                path_reader.error("path", f"expected a path starting with /, got {path!r}")
+            path = path_reader.checked("path", v.url_path, default="/")
             backend, port = _ingress_backend(
                 path_reader.reader("backend", required=True), doc.namespace
             )
@@ -605,9 +609,10 @@ def parse_ingress(
         paths.append(IngressPath("*", "/", backend, port, default=True))
     tls = []
     for tls_reader in r.readers("tls"):
-        secret = tls_reader.str("secretName", required=True)
-        for host in tls_reader.str_list("hosts") or ["*"]:
-            tls.append((host.lower(), secret))
+        secret = tls_reader.checked("secretName", v.resource_name, required=True)
+        wildcard = functools.partial(v.hostname, wildcard=True)
+        for host in tls_reader.checked_list("hosts", wildcard) or ["*"]:
+            tls.append((host, secret))
     port = r.port("port") if doc.kind == "Gateway" else 0
     if r.errors:
         return None, r.errors

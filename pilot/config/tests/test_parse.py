@@ -105,7 +105,7 @@ def test_istio_02_documents_accepted_as_written(tmp_path):
         ("httpStatus: 503", "spec.httpFault.abort.httpStatus: expected an integer in 200..599"),
         ("LEAST_CONN", "spec.loadBalancing.name: expected one of LEAST_CONN, RANDOM, ROUND_ROBIN"),
         ("protocol: https", "spec.ports[0].protocol: expected one of http, http2, grpc"),
-        ('regex: "^(.*?;)', "spec.match.request.headers.cookie.regex: expected a valid regular"),
+        ('regex: "^(.*?;)', "spec.match.request.headers.cookie.regex: expected an RE2 regular"),
     ],
 )
 def test_errors_name_object_and_field(tmp_path, patch, expected):

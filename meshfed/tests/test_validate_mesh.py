@@ -1,0 +1,84 @@
+"""``meshfed validate`` and ``meshfed up`` refuse the same mesh configs, naming the field."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from meshfed.cli import main
+from meshfed.validate import validate_files
+
+MESH = {
+    "apiVersion": "meshfed.io/v1alpha1",
+    "kind": "MeshConfig",
+    "metadata": {"name": "mesh"},
+    "spec": {
+        "listen": {"monitoring": "127.0.0.1:0", "discovery": "127.0.0.1:0"},
+        "registries": [{"name": "files", "kind": "static", "paths": ["."]}],
+    },
+}
+
+
+def _with(path: tuple, value: object) -> dict:
+    doc = copy.deepcopy(MESH)
+    target = doc
+    for step in path[:-1]:
+        target = target.setdefault(step, {})
+    target[path[-1]] = value
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field"),
+    [
+        (("spec", "listen", "monitoring"), "999.1.1.1:15014", "spec.listen.monitoring"),
+        (("spec", "listen", "monitoring"), "127.0.0.1:99999", "spec.listen.monitoring"),
+        (("spec", "listen", "discovery"), "127.0.0.1:70000", "spec.listen.discovery"),
+        (("spec", "pilot", "mtls"), {"mode": "BOGUS"}, "spec.pilot.mtls.mode"),
+        (("spec", "pilot", "debounceQiet"), 1, "spec.pilot.debounceQiet"),
+        (
+            ("spec", "pilot", "egressDnsResolvers"),
+            ["not-an-ip"],
+            "spec.pilot.egressDnsResolvers[0]",
+        ),
+        (("spec", "trustDomain"), "my domain", "spec.trustDomain"),
+        (
+            ("spec", "registries"),
+            [{"name": "files", "kind": "static", "path": ["."]}],
+            "spec.registries[0]",
+        ),
+    ],
+)
+def test_validate_and_up_refuse_the_same_mesh_config(tmp_path: Path, capsys, path, value, field):
+    file = tmp_path / "mesh.yaml"
+    file.write_text(yaml.safe_dump(_with(path, value)))
+    _, errors, _ = validate_files([file])
+    assert any(e.field.startswith(field) for e in errors), [str(e) for e in errors]
+    capsys.readouterr()
+    assert main(["up", "-c", str(file)]) == 1  # refused before anything starts
+    err = capsys.readouterr().err
+    assert field.split("[")[0] in err and "Traceback" not in err
+
+
+def test_duplicate_hosts_are_reported_by_validate_as_the_static_registry_does(tmp_path: Path):
+    from meshfed.adapters.static.registry import StaticRegistry
+    from meshfed.registry.aggregate import AggregateRegistry
+
+    entry = {
+        "apiVersion": "networking.meshfed.io/v1alpha1",
+        "kind": "ServiceEntry",
+        "metadata": {"name": "a"},
+        "spec": {"hosts": ["api.example.com"], "ports": [{"number": 80, "name": "http"}]},
+    }
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(entry))
+    entry["metadata"]["name"] = "b"
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(entry))
+    files = sorted(tmp_path.glob("*.yaml"))
+    _, errors, _ = validate_files(files)
+    registry = StaticRegistry(AggregateRegistry().add_member("files"), [tmp_path], "cluster.local")
+    hub_errors = registry.reload()
+    assert [str(e) for e in errors] == [str(e) for e in hub_errors]
+    assert len(errors) == 1 and "already declared" in str(errors[0])
