@@ -10,7 +10,9 @@ refuses more than ``limits.http_max_conns_per_client`` (default 200) per client 
 - one blocking query on ``/v1/health/state/any`` (every check with Node, CheckID, Status,
   ServiceID, ServiceName), whose index moves on every check write;
 - non-blocking reads of ``/v1/health/service/<name>`` (one keep-alive connection, paced by
-  ``fetchRate``) for just the services that need one.
+  ``fetchRate``) for just the services that need one, and on that same connection, when the
+  service list moved for no reason the two watches explain, a look at ``/v1/catalog/nodes``
+  (whose index moves on every node *and* service write, each node with its own ModifyIndex).
 
 What needs a read, and why:
 
@@ -20,12 +22,19 @@ What needs a read, and why:
   updates change nothing the mesh uses, so they are ignored); a node-level check (``serfHealth``,
   node maintenance) means every service with an instance on that node;
 - a move of the service-list index that nothing above explains -- an instance without checks
-  registered, moved or removed, a re-registration that kept its checks: no bulk public endpoint
-  says *which* service that was (the bexpr filter cannot compare indexes), so the adapter reads
-  them all (a *sweep*). The move counts as explained when a read made for the reasons above
-  answers with exactly the list's new index (that read saw the write that moved it);
+  registered, moved or removed, a re-registration that kept its checks. First a probe of the
+  check table's index (a filtered, empty read) says whether the write touched a check (then the
+  check list is about to name the service). If not, the node list is read: nodes created or
+  rewritten since the last look (ModifyIndex), and nodes gone, name the services on them (one
+  ``/v1/catalog/services`` read filtered to those nodes) -- every catalog-API registration of an
+  external instance creates or rewrites its node. Only what that cannot see (an instance added,
+  changed or removed on a node that itself stayed as it was: no bulk public endpoint says
+  *which* service, and the filter language cannot see indexes) makes the adapter read them all
+  (a *sweep*), at once. The move counts as explained when the node it wrote has exactly the
+  list's new index, or a read answers with exactly that index (that read saw the write);
 - every ``reconcile`` interval, a sweep anyway: node address and node meta changes move neither
-  index (only the node's services' own indexes), so this is the bound for them.
+  watched index (only the node list's and the node's services' own), so unless a later look at
+  the node list sees them first, this is the bound for them.
 
 A read whose ``X-Consul-Index`` equals the one last applied for that service is skipped (nothing
 changed); one *below* it came from a lagging server and is held back and retried, for at most
@@ -45,7 +54,7 @@ from typing import Any
 
 import tenacity
 
-from meshfed.adapters.consul.client import ConsulClients, QueryResult
+from meshfed.adapters.consul.client import ConsulClients, QueryResult, bexpr_string
 from meshfed.adapters.consul.params import ConsulParams
 from meshfed.adapters.consul.watch import (
     BACKOFF_MULTIPLIER_S,
@@ -62,6 +71,8 @@ log = logging.getLogger("meshfed.adapters.consul")
 SETTLE_S = 0.3
 # A read held back because its server lags is retried after this long.
 BEHIND_RETRY_S = 0.5
+# More nodes written at once than this (a bulk import) and a sweep is the cheaper way to see them.
+MAX_HINT_NODES = 64
 
 CheckKey = tuple[str, str]  # (node, check id)
 CheckState = tuple[str, str, str]  # (status, service id, service name)
@@ -97,6 +108,17 @@ def changed_checks(
             else:
                 nodes.add(key[0])
     return services, nodes
+
+
+def node_indexes(nodes: Iterable[dict[str, Any]] | None) -> dict[str, int]:
+    """``/v1/catalog/nodes`` entries -> node name -> ModifyIndex."""
+    return {str(n.get("Node", "")): int(n.get("ModifyIndex") or 0) for n in nodes or ()}
+
+
+def changed_nodes(old: dict[str, int], new: dict[str, int]) -> tuple[list[str], list[str]]:
+    """(nodes new or written since ``old``, nodes gone), each sorted."""
+    written = sorted(n for n, index in new.items() if old.get(n) != index)
+    return written, sorted(old.keys() - new.keys())
 
 
 class CatalogFollower:
@@ -151,6 +173,11 @@ class CatalogFollower:
         # before the service list reports the same write.
         self._recent: deque[int] = deque(maxlen=64)
         self._unexplained_at = 0.0
+        self._hinted = 0  # the unexplained list index the node list was last consulted for
+        self._probed = 0  # ... and the one the check table's index was last probed for
+        self._probed_at = 0.0
+        self.nodes: dict[str, int] | None = None  # node -> ModifyIndex, at the last nodes read
+        self.hints = {"found": 0, "explained": 0, "none": 0, "checks": 0, "lagging": 0}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._timers: set[asyncio.TimerHandle] = set()
@@ -280,6 +307,9 @@ class CatalogFollower:
     def _idle_timeout(self) -> float:
         """Seconds until something must happen without an input (a settled move, a reconcile)."""
         now = time.monotonic()
+        hint_due = self._hint_due_in()
+        if hint_due is not None:
+            return hint_due  # the node list first; a sweep only if it explains nothing
         if self._unexplained:
             checks_index = self.checks_watch.applied_index
             if checks_index >= self._unexplained:
@@ -299,9 +329,17 @@ class CatalogFollower:
 
     async def _run(self) -> None:
         await self.checks_watch.first_result.wait()
+        # The node baseline, before the first service read: a node written after it is then
+        # either in a later node list's difference or in what those reads see.
+        nodes = await self._hint_read(lambda: self.clients.nodes(self.dc, self.route))
+        if nodes is not None:
+            self.nodes = node_indexes(nodes.data)
         while True:
             # The check baseline must exist before any read (see the module docstring).
             name = self._next() if self.checks is not None else None
+            if name is None and self.checks is not None and self._hint_due_in() == 0.0:
+                await self._find_unexplained(self._unexplained)
+                continue
             if name is None:
                 self._maybe_first()
                 timeout = self._idle_timeout() if self.checks is not None else 1.0
@@ -316,6 +354,103 @@ class CatalogFollower:
                 self._handle(name, result)
             except Exception:
                 log.exception("consul %s: applying %s failed", self.key, name)
+
+    # -- finding what moved the list without a sweep ----------------------------------------
+    def _hint_due_in(self) -> float | None:
+        """Seconds until the node list should be consulted for the unexplained move (0: now),
+        or None if it was already."""
+        index = self._unexplained
+        if not index or self._hinted == index:
+            return None
+        if self._probed != index or self.checks_watch.applied_index >= index:
+            return 0.0
+        # The probe saw a check write: give the check list SETTLE_S to name the service. (It
+        # may never: deregistering a node without checks bumps the check table's index but
+        # wakes no blocking query on it.)
+        return max(0.0, self._probed_at + SETTLE_S - time.monotonic())
+
+    async def _hint_read(self, query: Callable[[], QueryResult]) -> QueryResult | None:
+        """One read on the follower's connection; None if it failed (the caller falls back on
+        the settle-then-sweep path, which retries reads properly)."""
+        await self.limiter.wait()
+        try:
+            result = await run_blocking(query, name=self.key)
+        except Exception as exc:
+            self.observe("hint", "error")
+            log.debug("consul %s: hint read failed: %s", self.key, exc)
+            return None
+        self.reads += 1
+        return result
+
+    async def _find_unexplained(self, index: int) -> None:
+        """Say which services the list's move to ``index`` touched, from the node list.
+
+        Why: a write without a check moves only the service list, which says nothing about which
+        service (indexes cannot be filtered on, measured on Consul 1.16), so before this every
+        such write cost a settle wait and then a read of every service (a sweep). The node list
+        answers much of it in one read: its index moves on every node *and* service write, and
+        each node carries its own ModifyIndex, so a registration that created or rewrote its node
+        (every catalog-API registration of an external instance does) names that node, and a
+        deregistered node is simply missing; one filtered service-list read then names the
+        services on the written nodes. What it cannot see -- an instance added, changed or
+        removed on a node that itself stayed as it was -- still sweeps, but at once rather than
+        after ``SETTLE_S`` when the check table shows the write had no check.
+        """
+        if self.checks_watch.applied_index < index and self._probed != index:
+            # Did the write touch a check? Then the check list is about to name the service; look
+            # at the nodes only if it did not (a node deregistration also writes the check table).
+            self._probed, self._probed_at = index, time.monotonic()
+            probe = await self._hint_read(lambda: self.clients.checks_index(self.dc, self.route))
+            if probe is None:
+                self._hinted = index
+                return
+            if probe.index >= index:
+                self.hints["checks"] += 1
+                self.observe("hint", "checks")
+                return
+        self._hinted = index
+        nodes = await self._hint_read(lambda: self.clients.nodes(self.dc, self.route))
+        if nodes is None:
+            return
+        if nodes.index < index:
+            # This server has not applied the write yet: keep the settle-then-sweep path.
+            self.hints["lagging"] += 1
+            self.observe("hint", "lagging")
+            return
+        new = node_indexes(nodes.data)
+        old, self.nodes = self.nodes, new
+        if old is None:
+            written, gone = [], []
+        else:
+            written, gone = changed_nodes(old, new)
+        names: set[str] = set()
+        for node in gone:
+            names |= self.services_on_node(node)
+        quotable = all(bexpr_string(node) is not None for node in written)
+        if old is not None and 0 < len(written) <= MAX_HINT_NODES and quotable:
+            on_nodes = await self._hint_read(
+                lambda: self.clients.services_on_nodes(self.dc, written, self.route)
+            )
+            if on_nodes is None:
+                return
+            names |= set(on_nodes.data or {})
+        names &= self.names.keys()
+        for name in sorted(names):
+            self._enqueue(name)
+        if self._unexplained != index:
+            return  # the list moved on meanwhile; that move gets its own look
+        if names and any(new.get(node) == index for node in written):
+            # The write that moved the list wrote this node; every service on it is being read.
+            self._unexplained = 0
+            self.hints["explained"] += 1
+            self.observe("hint", "explained")
+            return
+        # Nothing here or in the check table accounts for the write: unless one of the reads
+        # just queued answers with exactly this index, sweep without waiting out SETTLE_S.
+        self._unexplained_at = 0.0
+        outcome = "found" if names else "none"
+        self.hints[outcome] += 1
+        self.observe("hint", outcome)
 
     async def _read(self, name: str) -> QueryResult:
         retrying = tenacity.AsyncRetrying(
@@ -422,6 +557,8 @@ class CatalogFollower:
             "unchangedReads": self.skipped,
             "heldBack": self.behind,
             "sweeps": dict(self.sweeps),
+            "nodes": len(self.nodes or {}),
+            "hints": dict(self.hints),
             "lastSweepSeconds": self.last_sweep_seconds,
             "reconcileSeconds": self.params.reconcile_s,
             "fetchRate": self.params.fetch_rate,
