@@ -29,7 +29,9 @@ Run it (a pytest module because it uses the integration harness)::
     # MESHFED_BENCH_SIZES (1,200,1000): services, each with MESHFED_BENCH_INSTANCES (5)
     # MESHFED_BENCH_CHECKS (0,1): without / with a passing check on every instance
     # MESHFED_BENCH_CHANGES (60) registrations timed per size
-    # results: bench/results/consul_vs_connect_<services>[_checks].json
+    # MESHFED_BENCH_SAME_NODE=1: each new instance joins a node that already exists (its
+    #   service's first instance's) instead of bringing its own -- how agents register
+    # results: bench/results/consul_vs_connect_<services>[_checks][_samenode].json
 
 Nothing leaves 127.0.0.0/8; instances are 127.9x.y.z addresses (data only, never dialled).
 """
@@ -66,6 +68,7 @@ SIZES = [int(s) for s in os.environ.get("MESHFED_BENCH_SIZES", "1,200,1000").spl
 CHECK_MODES = [c == "1" for c in os.environ.get("MESHFED_BENCH_CHECKS", "0,1").split(",") if c]
 INSTANCES = int(os.environ.get("MESHFED_BENCH_INSTANCES", "5"))
 CHANGES = int(os.environ.get("MESHFED_BENCH_CHANGES", "60"))
+SAME_NODE = os.environ.get("MESHFED_BENCH_SAME_NODE", "") == "1"
 RESULTS = Path(__file__).parent / "results"
 SIDECAR_IP = "127.0.98.3"
 CHANGE_TIMEOUT_S = 30.0
@@ -82,14 +85,25 @@ def instance_ip(service: int, instance: int) -> str:
     return f"127.{90 + service // 250}.{service % 250}.{instance % 250 + 1}"
 
 
-def register(c: consul.Consul, service: int, instance: int, checks: bool) -> None:
+def register(
+    c: consul.Consul, service: int, instance: int, checks: bool, node: int | None = None
+) -> None:
+    """Instance ``instance`` of the service, on node ``node-<service>-<node or instance>``."""
     name = f"svc{service:04d}"
     sid = f"{name}-{instance}"
     check = {"CheckID": f"check-{sid}", "Name": "http", "ServiceID": sid, "Status": "passing"}
+    on = instance if node is None else node
     assert c.catalog.register(
-        f"node-{service}-{instance}",
-        instance_ip(service, instance),
-        service={"Service": name, "ID": sid, "Port": 8080, "Tags": ["protocol=http"]},
+        f"node-{service}-{on}",
+        instance_ip(service, on),
+        service={
+            "Service": name,
+            "ID": sid,
+            "Port": 8080,
+            "Tags": ["protocol=http"],
+            # On a shared node the instance needs an address of its own.
+            "Address": instance_ip(service, instance) if node is not None else "",
+        },
         check=check if checks else None,
     )
 
@@ -257,7 +271,9 @@ async def test_meshfed_vs_consul_connect(tmp_path: Path, services: int, checks: 
                     name = f"svc{service:04d}"
                     before = {k: await w.members(name) for k, w in sides.items()}
                     sent = time.monotonic()
-                    await asyncio.to_thread(register, c, service, INSTANCES + n, checks)
+                    await asyncio.to_thread(
+                        register, c, service, INSTANCES + n, checks, 0 if SAME_NODE else None
+                    )
                     deadline = sent + CHANGE_TIMEOUT_S
                     seen = await asyncio.gather(
                         *(w.first_above(name, before[k], deadline) for k, w in sides.items())
@@ -274,6 +290,7 @@ async def test_meshfed_vs_consul_connect(tmp_path: Path, services: int, checks: 
     results: dict[str, Any] = {
         "consul": "1.16.1 -dev, default limits (http_max_conns_per_client 200)",
         "catalog": {"services": services, "instances_per_service": INSTANCES, "checks": checks},
+        "new_instances_on": "an existing node" if SAME_NODE else "a node of their own",
         "meshfed_mode": mode,
         "meshfed_catalog": described["catalog"].get("dc1"),
         "registration_seconds": round(registered_s, 2),
@@ -287,11 +304,12 @@ async def test_meshfed_vs_consul_connect(tmp_path: Path, services: int, checks: 
         q: round(ms["meshfed"][q] / ms["consul"][q], 2) for q in ("p50", "p99")
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"consul_vs_connect_{services}{'_checks' if checks else ''}.json"
+    suffix = ("_checks" if checks else "") + ("_samenode" if SAME_NODE else "")
+    out = RESULTS / f"consul_vs_connect_{services}{suffix}.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
     print(
-        f"{services}x{INSTANCES}{' checks' if checks else ''}: meshfed p50 {ms['meshfed']['p50']}"
+        f"{services}x{INSTANCES}{suffix}: meshfed p50 {ms['meshfed']['p50']}"
         f" p99 {ms['meshfed']['p99']} | consul p50 {ms['consul']['p50']} p99"
         f" {ms['consul']['p99']} | ratio {results['ratio_meshfed_over_consul']} -> {out}"
     )

@@ -121,6 +121,38 @@ def changed_nodes(old: dict[str, int], new: dict[str, int]) -> tuple[list[str], 
     return written, sorted(old.keys() - new.keys())
 
 
+InstanceKey = tuple[str, str]  # (node, service id)
+
+
+def dump_changes(
+    dump: Iterable[dict[str, Any]] | None,
+    applied: dict[str, int],
+    known: dict[str, set[InstanceKey]],
+) -> set[str]:
+    """Services of ``known`` that a ``/v1/internal/ui/nodes`` dump shows changed since applied.
+
+    Changed: an instance whose ModifyIndex is above the index the service was last read at (a
+    service's index is at least each of its instances'), or one of ``known``'s instances
+    missing (deregistered). The dump is unfiltered, so instances the adapter filters out may be
+    extra; only a missing *known* instance counts as a removal.
+    """
+    seen: dict[str, set[InstanceKey]] = {}
+    changed: set[str] = set()
+    for node in dump or ():
+        node_name = str(node.get("Node", ""))
+        for service in node.get("Services") or ():
+            name = str(service.get("Service", ""))
+            if name not in known:
+                continue
+            seen.setdefault(name, set()).add((node_name, str(service.get("ID", ""))))
+            if int(service.get("ModifyIndex") or 0) > applied.get(name, 0):
+                changed.add(name)
+    for name, instances in known.items():
+        if not instances <= seen.get(name, set()):
+            changed.add(name)
+    return changed
+
+
 class CatalogFollower:
     """Follows one datacenter catalog-wide (see the module docstring); never raises."""
 
@@ -131,6 +163,7 @@ class CatalogFollower:
         params: ConsulParams,
         apply: Callable[[str, QueryResult | None], None],
         services_on_node: Callable[[str], set[str]],
+        known_instances: Callable[[Iterable[str]], dict[str, set[InstanceKey]]],
         on_status: Callable[[Any, BaseException | None], None],
         observe: Callable[[str, str], None],
     ) -> None:
@@ -140,6 +173,7 @@ class CatalogFollower:
         self.params = params
         self.apply = apply  # (name, result or None = gone)
         self.services_on_node = services_on_node
+        self.known_instances = known_instances  # names -> their applied (node, service id)s
         self.on_status = on_status
         self.observe = observe  # (kind, outcome)
         checks_route = clients.route(f"{dc}/checks")
@@ -176,8 +210,9 @@ class CatalogFollower:
         self._hinted = 0  # the unexplained list index the node list was last consulted for
         self._probed = 0  # ... and the one the check table's index was last probed for
         self._probed_at = 0.0
+        self._dump_for = 0  # an unexplained list index to look for in the catalog dump
         self.nodes: dict[str, int] | None = None  # node -> ModifyIndex, at the last nodes read
-        self.hints = {"found": 0, "explained": 0, "none": 0, "checks": 0, "lagging": 0}
+        self.hints = {"found": 0, "explained": 0, "none": 0, "checks": 0, "lagging": 0, "dump": 0}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._timers: set[asyncio.TimerHandle] = set()
@@ -284,13 +319,14 @@ class CatalogFollower:
             self.first_result.set()
 
     # -- the read loop ----------------------------------------------------------------------
-    def _start_sweep(self, reason: str) -> None:
+    def _start_sweep(self, reason: str, counted: bool = False) -> None:
         # Recently changed services first: a rolling deploy keeps touching the same few.
         order = sorted(self.names, key=lambda n: -self.applied.get(n, 0))
         self._sweep = dict.fromkeys(order)
-        self.sweeps[reason] += 1
         self._sweep_started = time.monotonic()
-        self.observe("sweep", reason)
+        if not counted:
+            self.sweeps[reason] += 1
+            self.observe("sweep", reason)
 
     def _next(self) -> str | None:
         for queue in (self._targeted, self._sweep):
@@ -317,8 +353,8 @@ class CatalogFollower:
             else:
                 settle = max(0.0, self._unexplained_at + SETTLE_S - now)
             if settle <= 0:
-                self._unexplained = 0
-                self._start_sweep("unexplained")
+                # One dump of the catalog before a read of every service (see _find_in_dump).
+                self._dump_for, self._unexplained = self._unexplained, 0
                 return 0.0
             return settle
         if now >= self._next_reconcile:
@@ -339,6 +375,9 @@ class CatalogFollower:
             name = self._next() if self.checks is not None else None
             if name is None and self.checks is not None and self._hint_due_in() == 0.0:
                 await self._find_unexplained(self._unexplained)
+                continue
+            if name is None and self._dump_for:
+                await self._find_in_dump(self._dump_for)
                 continue
             if name is None:
                 self._maybe_first()
@@ -451,6 +490,36 @@ class CatalogFollower:
         outcome = "found" if names else "none"
         self.hints[outcome] += 1
         self.observe("hint", outcome)
+
+    async def _find_in_dump(self, index: int) -> None:
+        """Find what the node list could not from one dump of the catalog, else sweep.
+
+        Why: an instance added, changed or removed on a node that stayed as it was leaves no
+        trace in any list; only the instances themselves show it. A sweep reads them one
+        service per request (measured: 1,000 services x 5, 2.4 s); ``/v1/internal/ui/nodes``
+        (the dump Consul's own UI reads; internal, so any failure falls back on the sweep) has
+        every instance with its ModifyIndex in one answer (4.6 MB, ~0.1-0.25 s there).
+        """
+        self._dump_for = 0
+        # Counted as the sweep it stands for, whichever way it ends.
+        self.sweeps["unexplained"] += 1
+        self.observe("sweep", "unexplained")
+        dump = await self._hint_read(lambda: self.clients.node_dump(self.dc, self.route))
+        if dump is None or dump.index < index:
+            self._start_sweep("unexplained", counted=True)
+            return
+        try:
+            names = dump_changes(dump.data, self.applied, self.known_instances(self.names))
+        except (TypeError, ValueError, AttributeError) as exc:
+            log.warning("consul %s: unexpected catalog dump (%s); sweeping", self.key, exc)
+            names = set()
+        if not names:
+            self._start_sweep("unexplained", counted=True)
+            return
+        self.hints["dump"] += 1
+        self.observe("hint", "dump")
+        for name in sorted(names):
+            self._enqueue(name)
 
     async def _read(self, name: str) -> QueryResult:
         retrying = tenacity.AsyncRetrying(

@@ -261,6 +261,10 @@ class ConsulClients:
         params = [p for p in self._params(datacenter, 0, None, ()) if p[0] != "ns"]
         return self._get("/v1/catalog/nodes", params, route)
 
+    def node_dump(self, datacenter: str, route: Route | None = None) -> QueryResult:
+        """``/v1/internal/ui/nodes``: every node with its services (each with ModifyIndex)."""
+        return self._get("/v1/internal/ui/nodes", self._params(datacenter, 0, None, ()), route)
+
     def services_on_nodes(
         self, datacenter: str, nodes: Sequence[str], route: Route | None = None
     ) -> QueryResult:

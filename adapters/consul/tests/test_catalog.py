@@ -11,6 +11,7 @@ from meshfed.adapters.consul.catalog import (
     changed_checks,
     changed_nodes,
     check_states,
+    dump_changes,
     node_indexes,
 )
 from meshfed.adapters.consul.client import bexpr_string
@@ -85,3 +86,30 @@ def test_node_names_are_quoted_for_the_filter_or_refused(name):
         assert literal == f"`{name}`" and "`" not in name
     else:
         assert literal == f'"{name}"' and '"' not in name and "\\" not in name
+
+
+def node(name, *services):
+    return {
+        "Node": name,
+        "Services": [{"Service": s, "ID": i, "ModifyIndex": m} for s, i, m in services],
+    }
+
+
+def test_dump_names_services_with_newer_or_missing_instances():
+    known = {
+        "web": {("n1", "web-1"), ("n2", "web-2")},
+        "api": {("n1", "api-1")},
+        "db": {("n3", "db-1")},
+        "idle": {("n3", "idle-1")},
+    }
+    applied = {"web": 10, "api": 10, "db": 10, "idle": 10}
+    dump = [
+        # web: a new instance on n1 (written at 12, after web was read at 10).
+        node("n1", ("web", "web-1", 5), ("web", "web-3", 12), ("api", "api-1", 9)),
+        node("n2", ("web", "web-2", 10)),
+        # db-1 is gone; an instance the adapter filters out ("extra") is no change by itself.
+        node("n3", ("db", "extra", 3), ("idle", "idle-1", 8), ("unwatched", "u", 99)),
+    ]
+    assert dump_changes(dump, applied, known) == {"web", "db"}
+    assert dump_changes(dump, {**applied, "web": 12}, known) == {"db"}
+    assert dump_changes([], applied, {}) == set()
