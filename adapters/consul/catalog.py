@@ -208,8 +208,6 @@ class CatalogFollower:
         self._recent: deque[int] = deque(maxlen=64)
         self._unexplained_at = 0.0
         self._hinted = 0  # the unexplained list index the node list was last consulted for
-        self._probed = 0  # ... and the one the check table's index was last probed for
-        self._probed_at = 0.0
         self._dump_for = 0  # an unexplained list index to look for in the catalog dump
         self.nodes: dict[str, int] | None = None  # node -> ModifyIndex, at the last nodes read
         self.hints = {"found": 0, "explained": 0, "none": 0, "checks": 0, "lagging": 0, "dump": 0}
@@ -343,9 +341,8 @@ class CatalogFollower:
     def _idle_timeout(self) -> float:
         """Seconds until something must happen without an input (a settled move, a reconcile)."""
         now = time.monotonic()
-        hint_due = self._hint_due_in()
-        if hint_due is not None:
-            return hint_due  # the node list first; a sweep only if it explains nothing
+        if self._wants_hint():
+            return 0.0  # the node list first; a sweep only if nothing explains the move
         if self._unexplained:
             checks_index = self.checks_watch.applied_index
             if checks_index >= self._unexplained:
@@ -373,7 +370,7 @@ class CatalogFollower:
         while True:
             # The check baseline must exist before any read (see the module docstring).
             name = self._next() if self.checks is not None else None
-            if name is None and self.checks is not None and self._hint_due_in() == 0.0:
+            if name is None and self.checks is not None and self._wants_hint():
                 await self._find_unexplained(self._unexplained)
                 continue
             if name is None and self._dump_for:
@@ -395,18 +392,8 @@ class CatalogFollower:
                 log.exception("consul %s: applying %s failed", self.key, name)
 
     # -- finding what moved the list without a sweep ----------------------------------------
-    def _hint_due_in(self) -> float | None:
-        """Seconds until the node list should be consulted for the unexplained move (0: now),
-        or None if it was already."""
-        index = self._unexplained
-        if not index or self._hinted == index:
-            return None
-        if self._probed != index or self.checks_watch.applied_index >= index:
-            return 0.0
-        # The probe saw a check write: give the check list SETTLE_S to name the service. (It
-        # may never: deregistering a node without checks bumps the check table's index but
-        # wakes no blocking query on it.)
-        return max(0.0, self._probed_at + SETTLE_S - time.monotonic())
+    def _wants_hint(self) -> bool:
+        return bool(self._unexplained) and self._hinted != self._unexplained
 
     async def _hint_read(self, query: Callable[[], QueryResult]) -> QueryResult | None:
         """One read on the follower's connection; None if it failed (the caller falls back on
@@ -424,29 +411,19 @@ class CatalogFollower:
     async def _find_unexplained(self, index: int) -> None:
         """Say which services the list's move to ``index`` touched, from the node list.
 
-        Why: a write without a check moves only the service list, which says nothing about which
-        service (indexes cannot be filtered on, measured on Consul 1.16), so before this every
-        such write cost a settle wait and then a read of every service (a sweep). The node list
-        answers much of it in one read: its index moves on every node *and* service write, and
-        each node carries its own ModifyIndex, so a registration that created or rewrote its node
-        (every catalog-API registration of an external instance does) names that node, and a
+        Why: a write moves the service list, which says nothing about which service (indexes
+        cannot be filtered on, measured on Consul 1.16); before this, a write without a check
+        cost a settle wait and then a read of every service (a sweep). The node list answers
+        much of it in one read: its index moves on every node *and* service write, and each node
+        carries its own ModifyIndex, so a registration that created or rewrote its node (every
+        catalog-API registration of an external instance does) names that node, and a
         deregistered node is simply missing; one filtered service-list read then names the
-        services on the written nodes. What it cannot see -- an instance added, changed or
-        removed on a node that itself stayed as it was -- still sweeps, but at once rather than
-        after ``SETTLE_S`` when the check table shows the write had no check.
+        services on the written nodes. It is read at once, also when the write had a check:
+        the check list is the bigger read (every check) and often arrives later. What the node
+        list cannot see -- an instance added, changed or removed on a node that itself stayed
+        as it was -- is left to the check list if the write touched a check (the probe below),
+        else to a sweep at once.
         """
-        if self.checks_watch.applied_index < index and self._probed != index:
-            # Did the write touch a check? Then the check list is about to name the service; look
-            # at the nodes only if it did not (a node deregistration also writes the check table).
-            self._probed, self._probed_at = index, time.monotonic()
-            probe = await self._hint_read(lambda: self.clients.checks_index(self.dc, self.route))
-            if probe is None:
-                self._hinted = index
-                return
-            if probe.index >= index:
-                self.hints["checks"] += 1
-                self.observe("hint", "checks")
-                return
         self._hinted = index
         nodes = await self._hint_read(lambda: self.clients.nodes(self.dc, self.route))
         if nodes is None:
@@ -477,15 +454,23 @@ class CatalogFollower:
         for name in sorted(names):
             self._enqueue(name)
         if self._unexplained != index:
-            return  # the list moved on meanwhile; that move gets its own look
+            return  # explained meanwhile, or the list moved on (that move gets its own look)
         if names and any(new.get(node) == index for node in written):
             # The write that moved the list wrote this node; every service on it is being read.
             self._unexplained = 0
             self.hints["explained"] += 1
             self.observe("hint", "explained")
             return
-        # Nothing here or in the check table accounts for the write: unless one of the reads
-        # just queued answers with exactly this index, sweep without waiting out SETTLE_S.
+        if self.checks_watch.applied_index < index:
+            # Did the write touch a check? Then the check list will name the service (the
+            # settle wait). The check table's index alone: a filtered read with no body.
+            probe = await self._hint_read(lambda: self.clients.checks_index(self.dc, self.route))
+            if probe is None or probe.index >= index:
+                self.hints["checks"] += 1
+                self.observe("hint", "checks")
+                return
+        # Nothing accounts for the write: unless one of the reads just queued answers with
+        # exactly this index, sweep without waiting out SETTLE_S.
         self._unexplained_at = 0.0
         outcome = "found" if names else "none"
         self.hints[outcome] += 1
