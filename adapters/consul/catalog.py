@@ -12,7 +12,8 @@ refuses more than ``limits.http_max_conns_per_client`` (default 200) per client 
 - non-blocking reads of ``/v1/health/service/<name>`` (one keep-alive connection, paced by
   ``fetchRate``) for just the services that need one, and on that same connection, when the
   service list moved for no reason the two watches explain, a look at ``/v1/catalog/nodes``
-  (whose index moves on every node *and* service write, each node with its own ModifyIndex).
+  (whose index moves on every node *and* service write, each node with its own ModifyIndex)
+  and, if need be, at the catalog dump.
 
 What needs a read, and why:
 
@@ -21,16 +22,20 @@ What needs a read, and why:
 - a service with a check that appeared, disappeared or changed status or owner (output-only
   updates change nothing the mesh uses, so they are ignored); a node-level check (``serfHealth``,
   node maintenance) means every service with an instance on that node;
-- a move of the service-list index that nothing above explains -- an instance without checks
-  registered, moved or removed, a re-registration that kept its checks. First a probe of the
-  check table's index (a filtered, empty read) says whether the write touched a check (then the
-  check list is about to name the service). If not, the node list is read: nodes created or
-  rewritten since the last look (ModifyIndex), and nodes gone, name the services on them (one
-  ``/v1/catalog/services`` read filtered to those nodes) -- every catalog-API registration of an
-  external instance creates or rewrites its node. Only what that cannot see (an instance added,
-  changed or removed on a node that itself stayed as it was: no bulk public endpoint says
-  *which* service, and the filter language cannot see indexes) makes the adapter read them all
-  (a *sweep*), at once. The move counts as explained when the node it wrote has exactly the
+- a move of the service-list index that nothing above explains -- a write the check list has
+  not named (yet): an instance without checks registered, moved or removed, a re-registration
+  that kept its checks, or one with checks whose check list is still on its way. The node list
+  is read at once: nodes created or rewritten since the last look (ModifyIndex), and nodes gone,
+  name the services on them (one ``/v1/catalog/services`` read filtered to those nodes) --
+  every catalog-API registration of an external instance creates or rewrites its node. If that
+  explains nothing, a probe of the check table's index (a filtered, empty read) says whether
+  the write touched a check: then the check list gets ``SETTLE_S`` to name the service. Else, or
+  after that, the whole catalog is looked at (a *sweep*): one dump, ``/v1/internal/ui/nodes``,
+  every instance with its ModifyIndex, names the services with an instance newer than their
+  last read or one missing; only if the dump fails (it is an internal endpoint) or shows
+  nothing, every service is read. This is what an instance added, changed or removed on a node
+  that itself stayed as it was costs: no list says *which* service, and the filter language
+  cannot see indexes. The move counts as explained when the node it wrote has exactly the
   list's new index, or a read answers with exactly that index (that read saw the write);
 - every ``reconcile`` interval, a sweep anyway: node address and node meta changes move neither
   watched index (only the node list's and the node's services' own), so unless a later look at
