@@ -18,9 +18,9 @@ registration (a new instance on its own node, with or without a passing check), 
 service as a cluster, and both are measured the same way: from just before the registration is
 sent until that Envoy's cluster for the service has one more member. The poll reads one stat per
 Envoy (``membership_total``, the only stat either Envoy keeps -- both get the same
-``stats_matcher``, so a poll costs Envoy microseconds rather than a dump of every cluster);
-once both saw it, ``/clusters?format=json`` of each is read to check the new address is there.
-Both pollers run on this process's event loop, next to meshfed's hub, which only costs meshfed.
+``stats_matcher``, so a poll costs Envoy microseconds rather than a dump of every cluster),
+from a child process (polling from the hub's own event loop cost meshfed's tail); once both saw
+it, ``/clusters?format=json`` of each is read to check the new address is there.
 
 Run it (a pytest module because it uses the integration harness)::
 
@@ -40,14 +40,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import json
 import os
 import random
 import re
 import statistics
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
+import urllib.parse
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -203,13 +206,87 @@ class Watcher:
         full = sum(v >= INSTANCES for v in counts.values())
         raise AssertionError(f"{self.admin_url}: {full}/{services} clusters full after {timeout}s")
 
-    async def first_above(self, service: str, before: int, deadline: float) -> float:
-        """When the service's cluster first had more than ``before`` members."""
-        while time.monotonic() < deadline:
-            if await self.members(service) > before:
-                return time.monotonic()
-            await asyncio.sleep(POLL_S)
-        raise AssertionError(f"{self.admin_url}: {service} never grew within {CHANGE_TIMEOUT_S}s")
+
+def poll_main() -> None:
+    """The poller, in a process of its own so that polling costs the hub nothing.
+
+    Reads one JSON line per change from stdin -- ``{"admins": [...], "stats": [...],
+    "before": [...]}`` -- and answers with ``{"at": [...]}``: for each Envoy, the
+    ``time.monotonic()`` (one clock for every process on Linux) at which that stat first
+    exceeded ``before``, or None after ``CHANGE_TIMEOUT_S``.
+    """
+    connections: dict[str, http.client.HTTPConnection] = {}
+
+    def value(admin: str, stat: str) -> int:
+        if admin not in connections:
+            parsed = urllib.parse.urlsplit(admin)
+            connections[admin] = http.client.HTTPConnection(
+                parsed.hostname or "", parsed.port, timeout=5
+            )
+        query = urllib.parse.urlencode({"format": "json", "filter": f"^{re.escape(stat)}$"})
+        conn = connections[admin]
+        conn.request("GET", f"/stats?{query}")
+        stats = json.loads(conn.getresponse().read())["stats"]
+        return int(stats[0].get("value") or 0) if stats else 0
+
+    for line in sys.stdin:
+        ask = json.loads(line)
+        deadline = time.monotonic() + CHANGE_TIMEOUT_S
+        at: list[float | None] = [None] * len(ask["admins"])
+        while None in at and time.monotonic() < deadline:
+            for i, (admin, stat, before) in enumerate(
+                zip(ask["admins"], ask["stats"], ask["before"], strict=True)
+            ):
+                if at[i] is None and value(admin, stat) > before:
+                    at[i] = time.monotonic()
+            time.sleep(POLL_S)
+        print(json.dumps({"at": at}), flush=True)
+
+
+class Poller:
+    """The bench's handle on the :func:`poll_main` child process."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    async def first_above(
+        self, watchers: list[Watcher], service: str, before: list[int]
+    ) -> list[float]:
+        ask = {
+            "admins": [w.admin_url for w in watchers],
+            "stats": [w.stat[service] for w in watchers],
+            "before": before,
+        }
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write((json.dumps(ask) + "\n").encode())
+        await self.process.stdin.drain()
+        line = await asyncio.wait_for(self.process.stdout.readline(), CHANGE_TIMEOUT_S + 10)
+        at = json.loads(line)["at"]
+        late = [w.admin_url for w, t in zip(watchers, at, strict=True) if t is None]
+        assert not late, f"{service} never grew within {CHANGE_TIMEOUT_S}s at {late}"
+        return [float(t) for t in at]
+
+
+@contextlib.asynccontextmanager
+async def poller() -> AsyncIterator[Poller]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        __file__,
+        "--poll",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+    try:
+        yield Poller(process)
+    finally:
+        if process.stdin is not None:
+            process.stdin.close()
+        try:
+            await asyncio.wait_for(process.wait(), 5)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
 
 
 def case_ids() -> list[Any]:
@@ -240,6 +317,7 @@ async def test_meshfed_vs_consul_connect(tmp_path: Path, services: int, checks: 
                     {"address": agent.http_addr}, aggregate=mesh.aggregate, sync_timeout=300
                 ) as run,
                 aiohttp.ClientSession() as session,
+                poller() as polls,
             ):
                 spec = ProxySpec(
                     ip=SIDECAR_IP,
@@ -274,9 +352,8 @@ async def test_meshfed_vs_consul_connect(tmp_path: Path, services: int, checks: 
                     await asyncio.to_thread(
                         register, c, service, INSTANCES + n, checks, 0 if SAME_NODE else None
                     )
-                    deadline = sent + CHANGE_TIMEOUT_S
-                    seen = await asyncio.gather(
-                        *(w.first_above(name, before[k], deadline) for k, w in sides.items())
+                    seen = await polls.first_above(
+                        list(sides.values()), name, [before[k] for k in sides]
                     )
                     address = instance_ip(service, INSTANCES + n)
                     for (k, w), at in zip(sides.items(), seen, strict=True):
@@ -313,3 +390,7 @@ async def test_meshfed_vs_consul_connect(tmp_path: Path, services: int, checks: 
         f" p99 {ms['meshfed']['p99']} | consul p50 {ms['consul']['p50']} p99"
         f" {ms['consul']['p99']} | ratio {results['ratio_meshfed_over_consul']} -> {out}"
     )
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--poll"]:
+    poll_main()
