@@ -42,15 +42,28 @@ def host(i: int) -> str:
     return f"{name(i)}.service.consul"
 
 
+def ip(i: int, k: int) -> str:
+    return f"127.0.95.{(i * 7 + k) % 250 + 1}"
+
+
 def register(
-    c: consul.Consul, i: int, k: int, node: str | None = None, check: bool = False
+    c: consul.Consul,
+    i: int,
+    k: int,
+    node: str | None = None,
+    check: bool = False,
+    on: tuple[int, int] | None = None,
 ) -> None:
+    """Instance k of service i: on its own node (or ``node``), or on instance ``on``'s node,
+    re-stating that node exactly as it is (so the node itself is not written)."""
     sid = f"{name(i)}-{k}"
     body: dict[str, Any] = {
-        "Node": node or f"node-{i}-{k}",
-        "Address": f"127.0.95.{(i * 7 + k) % 250 + 1}",
+        "Node": node or (f"node-{on[0]}-{on[1]}" if on else f"node-{i}-{k}"),
+        "Address": ip(*on) if on else ip(i, k),
         "Service": {"Service": name(i), "ID": sid, "Port": 8000 + k, "Tags": ["protocol=http"]},
     }
+    if on:
+        body["Service"]["Address"] = ip(i, k)
     if check:
         body["Checks"] = [{"CheckID": f"check-{sid}", "Name": "c", "ServiceID": sid}]
         body["Checks"][0]["Status"] = "passing"
@@ -106,7 +119,7 @@ async def test_check_less_writes_found_from_the_node_list(agent: ConsulAgent) ->
         # catalog is looked at (a sweep, done as one dump read) -- at once, since the check
         # table shows the write had no check -- and only svc07 is read.
         reads = catalog(run)["reads"]
-        await asyncio.to_thread(register, c, 7, 2, "node-8-0")
+        await asyncio.to_thread(register, c, 7, 2, None, False, (8, 0))
         await arrives("svc07 on node-8-0", lambda: ports(run, 7) == {8000, 8001, 8002})
         assert sweeps() == before + 1
         hints = catalog(run)["hints"]
