@@ -331,14 +331,15 @@ class CatalogFollower:
             self.sweeps[reason] += 1
             self.observe("sweep", reason)
 
-    def _next(self) -> str | None:
-        for queue in (self._targeted, self._sweep):
+    def _next(self, sweep: bool = True) -> str | None:
+        """The next service to read: targeted ones first, then (``sweep``) the sweep's."""
+        for queue in (self._targeted, self._sweep) if sweep else (self._targeted,):
             while queue:
                 name = next(iter(queue))
                 del queue[name]
                 if name in self.names:
                     return name
-        if self._sweep_started is not None:
+        if sweep and self._sweep_started is not None:
             self.last_sweep_seconds = round(time.monotonic() - self._sweep_started, 3)
             self._sweep_started = None
         return None
@@ -374,13 +375,17 @@ class CatalogFollower:
             self.nodes = node_indexes(nodes.data)
         while True:
             # The check baseline must exist before any read (see the module docstring).
-            name = self._next() if self.checks is not None else None
+            name = self._next(sweep=False) if self.checks is not None else None
+            # A new write is looked for before the rest of a running sweep (a reconcile reads
+            # every service: 1,000 of them take seconds).
             if name is None and self.checks is not None and self._wants_hint():
                 await self._find_unexplained(self._unexplained)
                 continue
             if name is None and self._dump_for:
                 await self._find_in_dump(self._dump_for)
                 continue
+            if name is None and self.checks is not None:
+                name = self._next()
             if name is None:
                 self._maybe_first()
                 timeout = self._idle_timeout() if self.checks is not None else 1.0
