@@ -76,6 +76,8 @@ log = logging.getLogger("meshfed.adapters.consul")
 SETTLE_S = 0.3
 # A read held back because its server lags is retried after this long.
 BEHIND_RETRY_S = 0.5
+# Reads a second of the periodic reconcile sweep (at most; fetchRate may be lower).
+RECONCILE_RATE = 100.0
 # More nodes written at once than this (a bulk import) and a sweep is the cheaper way to see them.
 MAX_HINT_NODES = 64
 
@@ -192,6 +194,8 @@ class CatalogFollower:
         )
         self.route = clients.route(self.key)
         self.limiter = RateLimiter(params.fetch_rate)
+        self.reconcile_limiter = RateLimiter(min(params.fetch_rate, RECONCILE_RATE))
+        self._sweep_reason = ""
         self.names: dict[str, tuple[str, ...]] = {}  # wanted service -> union of its tags
         self.applied: dict[str, int] = {}  # service -> index of the last applied read
         self.checks: dict[CheckKey, CheckState] | None = None
@@ -327,6 +331,7 @@ class CatalogFollower:
         order = sorted(self.names, key=lambda n: -self.applied.get(n, 0))
         self._sweep = dict.fromkeys(order)
         self._sweep_started = time.monotonic()
+        self._sweep_reason = reason
         if not counted:
             self.sweeps[reason] += 1
             self.observe("sweep", reason)
@@ -386,6 +391,10 @@ class CatalogFollower:
                 continue
             if name is None and self.checks is not None:
                 name = self._next()
+                if name is not None and self._sweep_reason == "reconcile":
+                    # The periodic sweep is a background bound: paced so that it leaves the
+                    # hub's CPU (and Consul's) to the changes that arrive meanwhile.
+                    await self.reconcile_limiter.wait()
             if name is None:
                 self._maybe_first()
                 timeout = self._idle_timeout() if self.checks is not None else 1.0
