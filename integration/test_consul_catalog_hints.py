@@ -123,7 +123,9 @@ async def test_check_less_writes_found_from_the_node_list(agent: ConsulAgent) ->
         await arrives("svc07 on node-8-0", lambda: ports(run, 7) == {8000, 8001, 8002})
         assert sweeps() == before + 1
         hints = catalog(run)["hints"]
-        assert hints["none"] >= 1 and hints["dump"] >= 1, hints
+        # (The node list may still name svc06's new node, which the check list explained
+        # before any look at it: "found", then the dump for the rest.)
+        assert hints["dump"] >= 1, hints
         assert catalog(run)["reads"] - reads < SERVICES, "read every service instead of a dump"
 
         # A node name the filter cannot quote (both quote characters): the dump, still found.
