@@ -63,6 +63,19 @@ def parse_index(value: Any) -> int:
         return 0
 
 
+def bexpr_string(value: str) -> str | None:
+    """``value`` as a string literal of Consul's filter language, or None if it has none.
+
+    Measured on Consul 1.16: a double-quoted literal cannot hold an escaped quote (``"a\\"b"`` is
+    a syntax error), a backquoted one is taken as is; so backquotes, unless the value has one.
+    """
+    if "`" not in value:
+        return f"`{value}`"
+    if '"' not in value and "\\" not in value:
+        return f'"{value}"'
+    return None
+
+
 def _result_callback(address: str) -> Any:
     decode = CB.json(index=True)
 
@@ -229,6 +242,43 @@ class ConsulClients:
         """``/v1/health/state/any``: every check of the datacenter (node, id, status, service)."""
         params = self._params(datacenter, index, wait_s, ())
         return self._get("/v1/health/state/any", params, route)
+
+    def checks_index(self, datacenter: str, route: Route | None = None) -> QueryResult:
+        """The check table's index alone: ``/v1/health/state/any`` filtered down to nothing.
+
+        The index Consul answers a filtered read with is the table's, so this tells whether a
+        given write touched any check without transferring the checks.
+        """
+        params = self._params(datacenter, 0, None, [("filter", 'CheckID == ""')])
+        return self._get("/v1/health/state/any", params, route)
+
+    def nodes(self, datacenter: str, route: Route | None = None) -> QueryResult:
+        """``/v1/catalog/nodes``: every node with its CreateIndex/ModifyIndex.
+
+        Nodes are not namespaced, so no ``ns``; the answer's index moves on every node *and*
+        service write (measured on Consul 1.16).
+        """
+        params = [p for p in self._params(datacenter, 0, None, ()) if p[0] != "ns"]
+        return self._get("/v1/catalog/nodes", params, route)
+
+    def node_dump(self, datacenter: str, route: Route | None = None) -> QueryResult:
+        """``/v1/internal/ui/nodes``: every node with its services (each with ModifyIndex)."""
+        return self._get("/v1/internal/ui/nodes", self._params(datacenter, 0, None, ()), route)
+
+    def services_on_nodes(
+        self, datacenter: str, nodes: Sequence[str], route: Route | None = None
+    ) -> QueryResult:
+        """``/v1/catalog/services`` restricted to instances on ``nodes``: name -> tags.
+
+        Raises ValueError for a node name the filter language cannot quote (see
+        :func:`bexpr_string`).
+        """
+        literals = [bexpr_string(n) for n in nodes]
+        if None in literals:
+            raise ValueError("a node name holds both quote characters")
+        expression = " or ".join(f"Node == {literal}" for literal in literals)
+        params = self._params(datacenter, 0, None, [("filter", expression)])
+        return self._get("/v1/catalog/services", params, route)
 
     def local_datacenter(self) -> str:
         """The datacenter of the agent we talk to (what an unset ``datacenters`` means)."""

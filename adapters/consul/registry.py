@@ -39,7 +39,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
 from typing import Any, TypeVar
 
 import tenacity
@@ -304,6 +304,7 @@ class ConsulRegistry:
             self.params,
             lambda name, result: self._on_fetched(dc, name, result),
             lambda node: self._services_on_node(dc, node),
+            lambda names: self._known_instances(dc, names),
             self._on_status,
             lambda kind, outcome: self._observer(dc, kind)(outcome),
         )
@@ -328,6 +329,12 @@ class ConsulRegistry:
         """On a mode switch: services that left the list with the switching update go now."""
         for key in sorted(k for k in self._instances if k[0] == dc and k[1] not in listed):
             self._set_instances(key, ())
+
+    def _known_instances(self, dc: str, names: Iterable[str]) -> dict[str, set[tuple[str, str]]]:
+        return {
+            name: {(i.node, i.service_id) for i in self._instances.get((dc, name), ())}
+            for name in names
+        }
 
     def _services_on_node(self, dc: str, node: str) -> set[str]:
         return {

@@ -1,10 +1,20 @@
-"""Catalog-wide mode: its parameters, and which services a change of the check list touches."""
+"""Catalog-wide mode: its parameters, and which services a change of the check list or the node
+list touches."""
 
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from meshfed.adapters.consul.catalog import changed_checks, check_states
+from meshfed.adapters.consul.catalog import (
+    changed_checks,
+    changed_nodes,
+    check_states,
+    dump_changes,
+    node_indexes,
+)
+from meshfed.adapters.consul.client import bexpr_string
 from meshfed.adapters.consul.params import ConsulParamsError, parse_params
 
 
@@ -48,3 +58,58 @@ def test_check_changes_name_services_and_nodes():
         check("n3", "c-db-1", sid="db-1", service="db"),
     ]
     assert changed_checks(old, check_states(new)) == ({"web", "db"}, {"n1"})
+
+
+def test_node_list_differences_name_written_and_gone_nodes():
+    old = node_indexes(
+        [
+            {"Node": "n1", "ModifyIndex": 5, "Address": "127.0.0.1"},
+            {"Node": "n2", "ModifyIndex": 7},
+            {"Node": "n3", "ModifyIndex": 9},
+        ]
+    )
+    assert old == {"n1": 5, "n2": 7, "n3": 9}
+    assert changed_nodes(old, dict(old)) == ([], [])
+    # n2 rewritten (address or meta), n4 created, n3 deregistered.
+    new = node_indexes([{"Node": "n1", "ModifyIndex": 5}, {"Node": "n2", "ModifyIndex": 12}])
+    new.update(node_indexes([{"Node": "n4", "ModifyIndex": 13, "CreateIndex": 13}]))
+    assert changed_nodes(old, new) == (["n2", "n4"], ["n3"])
+    assert node_indexes(None) == {}
+
+
+@given(st.text(max_size=40))
+def test_node_names_are_quoted_for_the_filter_or_refused(name):
+    literal = bexpr_string(name)
+    if literal is None:
+        assert "`" in name and ('"' in name or "\\" in name)
+    elif literal.startswith("`"):
+        assert literal == f"`{name}`" and "`" not in name
+    else:
+        assert literal == f'"{name}"' and '"' not in name and "\\" not in name
+
+
+def node(name, *services):
+    return {
+        "Node": name,
+        "Services": [{"Service": s, "ID": i, "ModifyIndex": m} for s, i, m in services],
+    }
+
+
+def test_dump_names_services_with_newer_or_missing_instances():
+    known = {
+        "web": {("n1", "web-1"), ("n2", "web-2")},
+        "api": {("n1", "api-1")},
+        "db": {("n3", "db-1")},
+        "idle": {("n3", "idle-1")},
+    }
+    applied = {"web": 10, "api": 10, "db": 10, "idle": 10}
+    dump = [
+        # web: a new instance on n1 (written at 12, after web was read at 10).
+        node("n1", ("web", "web-1", 5), ("web", "web-3", 12), ("api", "api-1", 9)),
+        node("n2", ("web", "web-2", 10)),
+        # db-1 is gone; an instance the adapter filters out ("extra") is no change by itself.
+        node("n3", ("db", "extra", 3), ("idle", "idle-1", 8), ("unwatched", "u", 99)),
+    ]
+    assert dump_changes(dump, applied, known) == {"web", "db"}
+    assert dump_changes(dump, {**applied, "web": 12}, known) == {"db"}
+    assert dump_changes([], applied, {}) == set()
