@@ -286,7 +286,16 @@ def default_components(mesh: MeshConfig) -> list[HubComponent]:
     from meshfed.pilot.server import PilotServer  # reads mesh.discovery_address, mesh.pilot
 
     # Registration first: its member must exist before Pilot waits for every member to sync.
-    return [WorkloadRegistration(), PilotServer(), *kube_config_components(mesh)]
+    components: list[HubComponent] = [
+        WorkloadRegistration(),
+        PilotServer(),
+        *kube_config_components(mesh),
+    ]
+    if mesh.mixer is not None and mesh.mixer.enabled:
+        from meshfed.mixer.component import Mixer
+
+        components.append(Mixer(mesh.mixer))
+    return components
 
 
 async def run_hub(mesh: MeshConfig, stop: asyncio.Event) -> None:

@@ -92,6 +92,7 @@ class CompiledAction:
 class CompiledRule:
     ref: str
     namespace: str  # "" for a rule that applies to every request
+    tcp: bool  # serves only requests whose context.protocol is "tcp" (else only the others)
     match: Compiled | None
     check: tuple[CompiledAction, ...]
     report: tuple[CompiledAction, ...]
@@ -270,6 +271,7 @@ def compile_config(
         return CompiledRule(
             str(obj.ref),
             namespace,
+            obj.tcp,
             match,
             tuple(buckets[Variety.CHECK]),
             tuple(buckets[Variety.REPORT]),
@@ -333,6 +335,7 @@ def describe(config: CompiledConfig, errors: Sequence[ConfigError] = ()) -> dict
                 "name": r.ref,
                 "match": r.match.text if r.match else "true",
                 "appliesTo": r.namespace or "every request",
+                "protocol": "tcp" if r.tcp else "http",
                 "check": actions(r.check),
                 "report": actions(r.report),
                 "quota": actions(r.quota),

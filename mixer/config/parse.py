@@ -3,7 +3,8 @@
 One parser per document, shared by the file store, the CRD store and ``meshfed validate``:
 
 - ``rule``: ``match`` (an expression, default ``true``) and ``actions[{handler, instances}]``,
-  references written ``name.kind[.namespace]`` (the namespace defaults to the rule's);
+  references written ``name.kind[.namespace]`` (the namespace defaults to the rule's); the label
+  ``istio-protocol: tcp`` makes it a TCP rule (Istio 0.2's selector by ``context.protocol``);
 - ``attributemanifest``: ``attributes: {name: {valueType, description}}``;
 - one kind per template (``metric``, ``logentry``, ...): fields holding expressions;
 - one kind per installed handler kind: its ``spec`` read by ``HandlerKind.parse_params``.
@@ -75,6 +76,9 @@ class RuleConfig:
     origin: Origin
     match: Expr | None
     actions: tuple[Action, ...]
+    # Istio 0.2: a rule labelled ``istio-protocol: tcp`` serves only requests whose
+    # context.protocol is "tcp", every other rule only the others
+    tcp: bool = False
 
 
 @attrs.frozen(slots=True)
@@ -193,7 +197,15 @@ def parse_rule(doc: Document) -> tuple[RuleConfig | None, list[ConfigError]]:
             actions.append(Action(handler, tuple(instances), f"spec.actions[{i}]"))
     if reader.errors:
         return None, reader.errors
-    return RuleConfig(ref, origin, match, tuple(actions)), []
+    protocol = doc.labels.get("istio-protocol", "http").lower()
+    if protocol not in ("http", "tcp"):
+        reader.errors.append(
+            origin.error(
+                "metadata.labels.istio-protocol", f"expected http or tcp, got {protocol!r}"
+            )
+        )
+        return None, reader.errors
+    return RuleConfig(ref, origin, match, tuple(actions), protocol == "tcp"), []
 
 
 def parse_manifest(doc: Document) -> tuple[ManifestConfig | None, list[ConfigError]]:

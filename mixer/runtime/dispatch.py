@@ -1,7 +1,9 @@
 """Check, quota and Report over the current snapshot.
 
 Check: every rule with check actions whose match holds (and whose namespace, if any, is the
-request's ``destination.namespace``) contributes its instances; each instance goes to its
+request's ``destination.namespace``; and whose protocol is the request's: a rule labelled
+``istio-protocol: tcp`` serves requests with ``context.protocol == "tcp"``, every other rule the
+rest, as in Istio 0.2) contributes its instances; each instance goes to its
 handler. The verdict is the most restrictive one: the first non-OK status (messages of all
 denials joined, as Istio does), the smallest ``valid_duration`` and ``valid_use_count``. No
 applicable rule: OK for :data:`DEFAULT_VALID_DURATION` / :data:`DEFAULT_VALID_USE_COUNT`.
@@ -89,6 +91,10 @@ class Dispatcher:
     # -- rule selection --------------------------------------------------------------------
     @staticmethod
     def _applies(rule: CompiledRule, bag: Mapping[str, Any], refs: dict[Any, int]) -> bool:
+        protocol = bag.get("context.protocol", MISSING)
+        refs["context.protocol"] = 1 if protocol is MISSING else 2
+        if (protocol == "tcp") != rule.tcp:
+            return False
         if rule.namespace:
             ns = bag.get("destination.namespace", MISSING)
             refs["destination.namespace"] = 1 if ns is MISSING else 2
