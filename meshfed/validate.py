@@ -4,7 +4,8 @@ Every kind meshfed knows is checked with the same parser its store uses, so a fi
 here is a file the hub accepts: the static registry's kinds and Pilot's routing kinds, looked up
 in :data:`KIND_PARSERS`, and Mixer's ``config.istio.io/v1alpha2`` kinds, compiled together as a
 Mixer does (undeclared attributes, type mismatches, missing handlers). A MeshConfig's registry
-entries are checked by constructing each adapter exactly as the hub does at start (:func:`meshfed.hub.create_adapter`, no I/O).
+entries are checked by constructing each adapter exactly as the hub does at start
+(:func:`meshfed.hub.create_adapter`, no I/O).
 """
 
 from __future__ import annotations
