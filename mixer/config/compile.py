@@ -118,17 +118,15 @@ class CompiledConfig:
     # compile's last_good
     good: Mapping[tuple[str, str, str], MixerObject] = attrs.field(factory=dict)
 
-    @property
-    def check_rules(self) -> tuple[CompiledRule, ...]:
-        return tuple(r for r in self.rules if r.check)
+    check_rules: tuple[CompiledRule, ...] = attrs.field(init=False)
+    report_rules: tuple[CompiledRule, ...] = attrs.field(init=False)
+    quota_rules: tuple[CompiledRule, ...] = attrs.field(init=False)
 
-    @property
-    def report_rules(self) -> tuple[CompiledRule, ...]:
-        return tuple(r for r in self.rules if r.report)
-
-    @property
-    def quota_rules(self) -> tuple[CompiledRule, ...]:
-        return tuple(r for r in self.rules if r.quota)
+    def __attrs_post_init__(self) -> None:
+        # per-variety lists, computed once: a request walks only the rules that can act
+        object.__setattr__(self, "check_rules", tuple(r for r in self.rules if r.check))
+        object.__setattr__(self, "report_rules", tuple(r for r in self.rules if r.report))
+        object.__setattr__(self, "quota_rules", tuple(r for r in self.rules if r.quota))
 
 
 def key_of(obj: MixerObject) -> tuple[str, str, str]:

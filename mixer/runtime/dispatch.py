@@ -31,7 +31,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -49,6 +49,9 @@ from meshfed.mixer.runtime import metrics
 from meshfed.mixer.runtime.snapshot import Snapshot
 
 log = logging.getLogger("meshfed.mixer.runtime")
+
+_EVAL_CHECK = metrics.EVAL_SECONDS.labels("check")
+_EVAL_REPORT = metrics.EVAL_SECONDS.labels("report")
 
 # Istio 0.2's defaults for a verdict no rule limited.
 DEFAULT_VALID_DURATION = dt.timedelta(seconds=10)
@@ -87,28 +90,41 @@ class Dispatcher:
         self._dedup: cachetools.TTLCache[str, CheckOutcome] = cachetools.TTLCache(
             maxsize=100_000, ttl=options.dedup_ttl
         )
+        self._matches: dict[str, Any] = {}  # rule -> its match counter (labels() is slow)
+        self._calls: dict[tuple[str, str], Any] = {}
 
     # -- rule selection --------------------------------------------------------------------
-    @staticmethod
-    def _applies(rule: CompiledRule, bag: Mapping[str, Any], refs: dict[Any, int]) -> bool:
+    def _select(
+        self, rules: Sequence[CompiledRule], bag: Mapping[str, Any], refs: dict[Any, int]
+    ) -> Iterator[CompiledRule]:
+        """The rules that apply to ``bag``, in order; every attribute looked at goes to refs."""
         protocol = bag.get("context.protocol", MISSING)
         refs["context.protocol"] = 1 if protocol is MISSING else 2
-        if (protocol == "tcp") != rule.tcp:
-            return False
-        if rule.namespace:
-            ns = bag.get("destination.namespace", MISSING)
-            refs["destination.namespace"] = 1 if ns is MISSING else 2
-            if ns != rule.namespace:
-                return False
-        if rule.match is None:
-            return True
-        try:
-            ok = rule.match.fn(bag, refs)
-        except EvalError as exc:
-            metrics.RULE_ERRORS.labels(rule.ref).inc()
-            log.debug("rule %s: match failed: %s", rule.ref, exc)
-            return False
-        return ok is True
+        tcp = protocol == "tcp"
+        namespace: Any = None
+        matches = self._matches
+        for rule in rules:
+            if rule.tcp is not tcp:
+                continue
+            if rule.namespace:
+                if namespace is None:
+                    namespace = bag.get("destination.namespace", MISSING)
+                    refs["destination.namespace"] = 1 if namespace is MISSING else 2
+                if namespace != rule.namespace:
+                    continue
+            if rule.match is not None:
+                try:
+                    if rule.match.fn(bag, refs) is not True:
+                        continue
+                except EvalError as exc:
+                    metrics.RULE_ERRORS.labels(rule.ref).inc()
+                    log.debug("rule %s: match failed: %s", rule.ref, exc)
+                    continue
+            counter = matches.get(rule.ref)
+            if counter is None:
+                counter = matches[rule.ref] = metrics.RULE_MATCHES.labels(rule.ref)
+            counter.inc()
+            yield rule
 
     def _enrich(self, bag: Mapping[str, Any]) -> Mapping[str, Any]:
         return self.enricher.enrich(bag) if self.enricher is not None else bag
@@ -145,10 +161,7 @@ class Dispatcher:
         refs: dict[Any, int] = {}
         calls: list[tuple[str, Any]] = []
         failures: list[str] = []
-        for rule in snap.config.check_rules:
-            if not self._applies(rule, bag, refs):
-                continue
-            metrics.RULE_MATCHES.labels(rule.ref).inc()
+        for rule in self._select(snap.config.check_rules, bag, refs):
             for action in rule.check:
                 for inst in action.instances:
                     try:
@@ -156,7 +169,7 @@ class Dispatcher:
                     except (InstanceError, EvalError) as exc:
                         metrics.RULE_ERRORS.labels(rule.ref).inc()
                         failures.append(f"{rule.ref}: {exc}")
-        metrics.EVAL_SECONDS.labels("check").observe(time.perf_counter() - started)
+        _EVAL_CHECK.observe(time.perf_counter() - started)
 
         results = await self._run_checks(snap, calls)
         code, messages = OK, []
@@ -200,7 +213,12 @@ class Dispatcher:
         )
 
     async def _call(self, coro: Any, handler: str, variety: str) -> Any:
-        metrics.HANDLER_CALLS.labels(handler, variety).inc()
+        counter = self._calls.get((handler, variety))
+        if counter is None:
+            counter = self._calls[(handler, variety)] = metrics.HANDLER_CALLS.labels(
+                handler, variety
+            )
+        counter.inc()
         try:
             async with asyncio.timeout(self.options.handler_timeout):
                 return await coro
@@ -237,9 +255,7 @@ class Dispatcher:
     ) -> QuotaOutcome:
         metrics.QUOTA_REQUESTS.labels(name).inc(amount)
         refs: dict[Any, int] = {}
-        for rule in snap.config.quota_rules:
-            if not self._applies(rule, bag, refs):
-                continue
+        for rule in self._select(snap.config.quota_rules, bag, refs):
             for action in rule.quota:
                 for inst in action.instances:
                     if name not in (inst.name, inst.ref):
@@ -289,10 +305,7 @@ class Dispatcher:
         for wire in bags:
             bag = enrich(wire)
             refs: dict[Any, int] = {}
-            for rule in rules:
-                if not self._applies(rule, bag, refs):
-                    continue
-                metrics.RULE_MATCHES.labels(rule.ref).inc()
+            for rule in self._select(rules, bag, refs):
                 for action in rule.report:
                     batch = batches.setdefault(action.handler, [])
                     for inst in action.instances:
@@ -301,7 +314,7 @@ class Dispatcher:
                         except (InstanceError, EvalError) as exc:
                             metrics.RULE_ERRORS.labels(rule.ref).inc()
                             log.debug("rule %s: %s", rule.ref, exc)
-        metrics.EVAL_SECONDS.labels("report").observe(time.perf_counter() - started)
+        _EVAL_REPORT.observe(time.perf_counter() - started)
         coros = []
         for handler_ref, instances in batches.items():
             handler = snap.handlers.get(handler_ref)
