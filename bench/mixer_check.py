@@ -52,6 +52,7 @@ from meshfed.registry.aggregate import AggregateRegistry  # noqa: E402
 from meshfed.registry.model import Endpoint, Port, Protocol, Service  # noqa: E402
 
 ISTIO_GO_US = 263.0
+REVIEWS = "reviews.default.svc.cluster.local"
 RESULTS = ROOT / "bench" / "results" / "mixer_check.json"
 TELEMETRY = ROOT / "mixer" / "tests" / "data" / "istio-0.2-telemetry.yaml"
 
@@ -157,7 +158,7 @@ def aggregate() -> AggregateRegistry:
                 "reviews.default.svc.cluster.local", "default", (Port(80, "http", Protocol.HTTP),)
             )
         ],
-        {"reviews.default.svc.cluster.local": [Endpoint("10.1.0.7", labels={"app": "reviews"})]},
+        {REVIEWS: [Endpoint("10.1.0.7", labels={"app": "reviews"})]},
     )
     return agg
 
