@@ -1,5 +1,7 @@
 """Mixer inside a hub, its attributes filled from the federated registry.
 
+(A third test does the same for an instance registered with a real Eureka server.)
+
 A real Consul agent holds one workload (an external node registered through the catalog API,
 labels from its service meta) and a static file holds a VM (WorkloadEntry). A gRPC client
 written against Mixer's protos sends Check with only ``source.ip``; a rule admits callers whose
@@ -173,3 +175,47 @@ async def test_labels_from_consul_and_a_vm(consul_agent, tmp_path: Path):
         await channel.close()
         await hub.stop()
         await asyncio.sleep(0)
+
+
+async def test_labels_from_eureka(eureka_server, tmp_path: Path):
+    """A Eureka instance's metadata is its labels: admitted like the Consul node and the VM."""
+    from meshfed.adapters.eureka.testing import EurekaRest, instance_doc
+
+    policy = tmp_path / "policy"
+    policy.mkdir()
+    (policy / "mixer.yaml").write_text(POLICY)
+    mesh = MeshConfig(
+        monitoring_address="127.0.0.1:0",
+        registries=(
+            RegistryConfig(
+                "eureka",
+                "eureka",
+                {"servers": [eureka_server.eureka_url], "fetchInterval": "200ms"},
+            ),
+        ),
+    )
+    mixer = Mixer(
+        MixerSettings(enabled=True, listen="127.0.0.1:0", config_paths=(str(policy),)),
+        kinds=kinds(),
+    )
+    hub = Hub(mesh, [mixer])
+    await hub.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{mixer.port}")
+    stub = MixerStub(channel)
+    eureka_ip = "127.0.96.8"
+
+    async def code(ip: str, want: int) -> bool:
+        attributes = codec.encode({"source.ip": ipaddress.ip_address(ip).packed})
+        reply = await stub.Check(check_pb2.CheckRequest(attributes=attributes))
+        return reply.precondition.status.code == want
+
+    try:
+        async with EurekaRest(eureka_server.eureka_url) as rest:
+            doc = instance_doc("mixer-web", "w1", eureka_ip, 8080, metadata={"app": "frontend"})
+            assert await rest.register(doc) == 204
+            await eventually(lambda: code(eureka_ip, 0), 30, "the Eureka instance admitted")
+            assert await code(STRANGER_IP, 7)
+            await rest.cancel("mixer-web", "w1")
+    finally:
+        await channel.close()
+        await hub.stop()

@@ -222,4 +222,8 @@ class Mixer:
         return [web.get("/debug/mixerz", self._mixerz)]
 
     def not_ready(self) -> list[str]:
-        return [] if self._activated.is_set() else ["mixer has not loaded its config"]
+        reasons = [] if self._activated.is_set() else ["mixer has not loaded its config"]
+        reasons += [
+            f"mixer config store {s.name} has not synced" for s in self.kube_stores if not s.synced
+        ]
+        return reasons
