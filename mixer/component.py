@@ -36,7 +36,7 @@ from meshfed.mixer.api.service import SERVICE, add_mixer_servicer
 from meshfed.mixer.attributes.enrich import AddressIndex, Enricher
 from meshfed.mixer.config.compile import compile_config, describe
 from meshfed.mixer.config.parse import MixerObject
-from meshfed.mixer.config.store import objects_of, watched_config
+from meshfed.mixer.config.store import errors_of, objects_of, watched_config
 from meshfed.mixer.handlers.api import HandlerKind, load_kinds
 from meshfed.mixer.runtime import metrics
 from meshfed.mixer.runtime.dispatch import Dispatcher, Options
@@ -148,13 +148,13 @@ class Mixer:
                 log.exception("mixer config rebuild failed; the current config keeps serving")
 
     def objects(self) -> list[MixerObject]:
-        out = objects_of(self.files)
+        out = objects_of(self.files, self._last_good)
         for store in self.kube_stores:
             out.extend(store.objects)
         return out
 
     def source_errors(self) -> list[ConfigError]:
-        out = list(self.files.errors)
+        out = errors_of(self.files)
         for store in self.kube_stores:
             out.extend(store.errors)
         return out

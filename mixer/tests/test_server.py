@@ -384,3 +384,28 @@ async def test_enrichment_from_the_registry(tmp_path):
     finally:
         await channel.close()
         await mixer.stop()
+
+
+async def test_bad_object_leaves_its_neighbours_applied(tmp_path):
+    mixer, channel = await start(tmp_path, DENY)
+    try:
+        stub = MixerStub(channel)
+        attributes = codec.encode({"request.headers": {"clnt": "abc"}})
+        # the denier's params become invalid (its last good version must stay), and a new,
+        # valid quota rule is added in the same file
+        extra = DENY.split("---")[-1].replace("name: quota,", "name: quota2,")
+        broken = DENY.replace("code: 7", "code: seven") + "---" + extra
+        (tmp_path / "mixer.yaml").write_text(broken)
+        await mixer.reload()
+        problems = [str(p) for p in mixer.problems()]
+        assert any(
+            "testdeny istio-system/denyall: spec.status.code: expected an integer" in p
+            for p in problems
+        ), problems
+        rules = [r.ref for r in mixer.snapshot.config.rules]
+        assert "quota2.rule.istio-system" in rules  # the neighbour applied
+        reply = await stub.Check(check_pb2.CheckRequest(attributes=attributes))
+        assert reply.precondition.status.code == 7  # the denier's last good version
+    finally:
+        await channel.close()
+        await mixer.stop()
