@@ -46,3 +46,24 @@ def test_mixer_setting_errors_name_the_field(tmp_path):
     text = str(err.value)
     assert "spec.mixer.enabled: expected true or false" in text
     assert "spec.mixer.handlerTimeout: expected a positive duration" in text
+
+
+def test_validate_compiles_mixer_documents(tmp_path):
+    from meshfed.validate import validate_files
+
+    path = tmp_path / "policy.yaml"
+    path.write_text(
+        "apiVersion: config.istio.io/v1alpha2\nkind: checknothing\n"
+        "metadata: {name: x, namespace: istio-system}\nspec:\n---\n"
+        "apiVersion: config.istio.io/v1alpha2\nkind: rule\n"
+        "metadata: {name: r, namespace: istio-system}\n"
+        'spec:\n  match: source.lables["app"] == 3\n'
+        "  actions:\n  - {handler: nope.denier, instances: [x.checknothing]}\n"
+    )
+    count, errors, _ = validate_files([path])
+    text = [str(e) for e in errors]
+    assert count == 2
+    assert any(
+        f"{path}: rule istio-system/r: spec.match:" in t and "source.lables" in t for t in text
+    ), text
+    assert any("spec.actions[0].handler: no handler nope.denier.istio-system" in t for t in text)
