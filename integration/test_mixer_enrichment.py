@@ -1,6 +1,7 @@
 """Mixer inside a hub, its attributes filled from the federated registry.
 
-(A third test does the same for an instance registered with a real Eureka server.)
+(Two more tests do the same for an instance registered with a real Eureka server and for a
+pod of a real Kubernetes API server.)
 
 A real Consul agent holds one workload (an external node registered through the catalog API,
 labels from its service meta) and a static file holds a VM (WorkloadEntry). A gRPC client
@@ -86,6 +87,20 @@ spec:
 """
 
 
+RECORD = textwrap.dedent(
+    """\
+    ---
+    apiVersion: config.istio.io/v1alpha2
+    kind: rule
+    metadata: {name: record, namespace: istio-system}
+    spec:
+      actions:
+      - handler: seen.testrecord
+        instances: [who.listentry]
+    """
+)
+
+
 def register(agent, app: str) -> None:
     c = consul.Consul(host=agent.host, port=agent.http_port)
     assert c.catalog.register(
@@ -100,21 +115,7 @@ async def test_labels_from_consul_and_a_vm(consul_agent, tmp_path: Path):
     services.write_text(SERVICES)
     policy = tmp_path / "policy"
     policy.mkdir()
-    (policy / "mixer.yaml").write_text(
-        POLICY
-        + textwrap.dedent(
-            """\
-            ---
-            apiVersion: config.istio.io/v1alpha2
-            kind: rule
-            metadata: {name: record, namespace: istio-system}
-            spec:
-              actions:
-              - handler: seen.testrecord
-                instances: [who.listentry]
-            """
-        )
-    )
+    (policy / "mixer.yaml").write_text(POLICY + RECORD)
     register(consul_agent, "frontend")
     mesh = MeshConfig(
         monitoring_address="127.0.0.1:0",
@@ -216,6 +217,75 @@ async def test_labels_from_eureka(eureka_server, tmp_path: Path):
             await eventually(lambda: code(eureka_ip, 0), 30, "the Eureka instance admitted")
             assert await code(STRANGER_IP, 7)
             await rest.cancel("mixer-web", "w1")
+    finally:
+        await channel.close()
+        await hub.stop()
+
+
+async def test_labels_and_identity_from_a_kubernetes_pod(kube_apiserver, tmp_path: Path):
+    """A pod behind an EndpointSlice: its labels, namespace and service account."""
+    import uuid
+
+    from kubernetes import client as k8s
+
+    from meshfed.adapters.kubernetes.testing import (
+        create_namespace,
+        create_pod,
+        endpoint_slice,
+        service,
+        slice_endpoint,
+    )
+
+    ns = f"mixer-{uuid.uuid4().hex[:6]}"
+    # EndpointSlices refuse loopback addresses; TEST-NET-1 is data only here (never dialled),
+    # as in the Kubernetes registry's own tests
+    pod_ip = "192.0.2.96"
+    api = kube_apiserver.api_client()
+    core, discovery = k8s.CoreV1Api(api), k8s.DiscoveryV1Api(api)
+    create_namespace(core, ns)
+    core.create_namespaced_service(ns, service("web", [{"name": "http", "port": 80}]))
+    create_pod(core, ns, "web-1", pod_ip, {"app": "frontend"}, service_account="web-sa")
+    discovery.create_namespaced_endpoint_slice(
+        ns,
+        endpoint_slice(
+            "web-a",
+            "web",
+            [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            [slice_endpoint(pod_ip, pod="web-1", namespace=ns)],
+        ),
+    )
+    policy = tmp_path / "policy"
+    policy.mkdir()
+    (policy / "mixer.yaml").write_text(POLICY + RECORD)
+    mesh = MeshConfig(
+        monitoring_address="127.0.0.1:0",
+        registries=(
+            RegistryConfig("k8s", "kubernetes", {"kubeconfig": str(kube_apiserver.kubeconfig)}),
+        ),
+    )
+    test_kinds = kinds()
+    settings = MixerSettings(
+        enabled=True, listen="127.0.0.1:0", config_paths=(str(policy),), kubernetes=False
+    )
+    mixer = Mixer(settings, kinds=test_kinds)
+    hub = Hub(mesh, [mixer])
+    await hub.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{mixer.port}")
+    stub = MixerStub(channel)
+
+    async def code(ip: str, want: int) -> bool:
+        attributes = codec.encode({"source.ip": ipaddress.ip_address(ip).packed})
+        reply = await stub.Check(check_pb2.CheckRequest(attributes=attributes))
+        return reply.precondition.status.code == want
+
+    try:
+        await eventually(lambda: code(pod_ip, 0), 30, "the pod admitted by its labels")
+        assert await code(STRANGER_IP, 7)
+        (recorder,) = test_kinds["testrecord"].built
+        assert "web-sa" in {e.value for e in recorder.checks}
+        bag = mixer.dispatcher.enricher.enrich({"source.ip": ipaddress.ip_address(pod_ip).packed})
+        assert bag["source.namespace"] == ns
+        assert bag["source.service"] == f"web.{ns}.svc.cluster.local"
     finally:
         await channel.close()
         await hub.stop()
