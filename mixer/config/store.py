@@ -16,11 +16,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from importlib import resources
 from pathlib import Path
-
-import attrs
+from typing import Any
 
 from meshfed.core.filestore import WatchedFiles
-from meshfed.core.resources import ConfigError, Document, load_documents
+from meshfed.core.resources import ConfigError, Document
 from meshfed.mixer.config.parse import API_VERSION, MixerObject, Parser, parsers
 from meshfed.mixer.handlers.api import HandlerKind
 
@@ -63,35 +62,30 @@ def parse_documents(
 ObjectKey = tuple[str, str, str]  # (kind, namespace, name), as compile.key_of
 
 
-@attrs.frozen
-class MixerFile:
-    """One file's Mixer objects, the errors of the others, and the keys of those that failed
-    (their last good version stays in force)."""
+class _MixerParsers(dict):  # type: ignore[type-arg]
+    """Mixer's parsers by kind; a lowercase kind nobody parses is reported, not skipped (in the
+    shared files other components' kinds are CamelCase)."""
 
-    objects: tuple[MixerObject, ...]
-    errors: tuple[ConfigError, ...]
-    failed: tuple[ObjectKey, ...]
+    def get(self, kind: str, default: Any = None) -> Any:
+        found = super().get(kind)
+        if found is not None or not kind[:1].islower():
+            return found if found is not None else default
+        known = ", ".join(sorted(self))
 
+        def unknown(doc: Document) -> tuple[None, list[ConfigError]]:
+            if not is_mixer_document(doc):
+                return None, []
+            return None, [
+                ConfigError(
+                    doc.file,
+                    doc.ref,
+                    "kind",
+                    f"unknown Mixer kind (expected one of {known}; "
+                    "a handler kind is added by installing its package)",
+                )
+            ]
 
-def file_parser(
-    kinds: Mapping[str, HandlerKind],
-) -> Callable[[Path], tuple[MixerFile | None, list[ConfigError]]]:
-    table = parsers(kinds)
-
-    def parse(path: Path) -> tuple[MixerFile | None, list[ConfigError]]:
-        docs, errors = load_documents(path)
-        if errors and not docs:
-            return None, errors  # unreadable: the file keeps its last good content
-        objects, doc_errors = parse_documents(docs, table)
-        parsed = {(o.ref.kind, o.ref.namespace, o.ref.name) for o in objects}
-        failed = tuple(
-            (d.kind, d.namespace, d.name)
-            for d in docs
-            if is_mixer_document(d) and (d.kind, d.namespace, d.name) not in parsed
-        )
-        return MixerFile(tuple(objects), tuple(errors + doc_errors), failed), []
-
-    return parse
+        return unknown
 
 
 def watched_config(
@@ -99,34 +93,17 @@ def watched_config(
     kinds: Mapping[str, HandlerKind],
     on_change: Callable[[], None],
     include_defaults: bool = True,
-) -> WatchedFiles[MixerFile]:
+) -> WatchedFiles[MixerObject]:
+    """The files' Mixer objects, applied per object with the last good version of each kept
+    (the shared watched-file mechanism); the default manifests come first."""
     all_paths = [default_attributes_path(), *paths] if include_defaults else list(paths)
-    return WatchedFiles(all_paths, file_parser(kinds), on_change, what="mixer config")
+    return WatchedFiles(all_paths, _MixerParsers(parsers(kinds)), on_change, what="mixer config")
 
 
-def _ordered(files: WatchedFiles[MixerFile]) -> list[MixerFile]:
-    paths = sorted(files.content, key=lambda p: (p != default_attributes_path(), str(p)))
-    return [files.content[p] for p in paths]
+def objects_of(files: WatchedFiles[MixerObject], last_good: Any = None) -> list[MixerObject]:
+    """Every object in force (the watched-file mechanism keeps last good versions itself)."""
+    return list(files.objects())
 
 
-def objects_of(
-    files: WatchedFiles[MixerFile], last_good: Mapping[ObjectKey, MixerObject] | None = None
-) -> list[MixerObject]:
-    """Every file's objects (the defaults first, then in path order), plus the last good
-    version of each object that failed to parse this time."""
-    out: list[MixerObject] = []
-    failed: list[ObjectKey] = []
-    for content in _ordered(files):
-        out.extend(content.objects)
-        failed.extend(content.failed)
-    present = {(o.ref.kind, o.ref.namespace, o.ref.name) for o in out}
-    for key in failed:
-        if key not in present and last_good and key in last_good:
-            out.append(last_good[key])
-            present.add(key)
-    return out
-
-
-def errors_of(files: WatchedFiles[MixerFile]) -> list[ConfigError]:
-    """The files' own errors (unreadable files) and every object's."""
-    return [*files.errors, *(e for content in _ordered(files) for e in content.errors)]
+def errors_of(files: WatchedFiles[MixerObject]) -> list[ConfigError]:
+    return list(files.errors)
