@@ -44,6 +44,7 @@ class MeshConfig:
     registries: tuple[RegistryConfig, ...] = ()
     config_paths: tuple[str, ...] = ()  # where routing rules and other config kinds live
     pilot: Mapping[str, Any] = attrs.field(factory=dict)
+    mixer: Any = None  # meshfed.mixer.settings.MixerSettings (spec.mixer); None: not enabled
     source: str = "<built-in default>"
 
 
@@ -83,7 +84,7 @@ def load_mesh_config(path: Path | str | None) -> MeshConfig:
             ConfigError(doc.file, doc.ref, "apiVersion", "expected meshfed.io/v1alpha1")
         )
     reader.unknown_fields(
-        {"trustDomain", "systemNamespace", "listen", "registries", "configPaths", "pilot"}
+        {"trustDomain", "systemNamespace", "listen", "registries", "configPaths", "pilot", "mixer"}
     )
     defaults = MeshConfig()
     listen = reader.reader("listen")
@@ -118,6 +119,12 @@ def load_mesh_config(path: Path | str | None) -> MeshConfig:
     listen_address = validators.listen_address
     monitoring = listen.checked("monitoring", listen_address, default=None) if listen else None
     discovery = listen.checked("discovery", listen_address, default=None) if listen else None
+    mixer_reader = reader.reader("mixer")
+    mixer = None
+    if mixer_reader is not None:
+        from meshfed.mixer.settings import parse_settings  # Mixer owns its settings' meaning
+
+        mixer = parse_settings(mixer_reader, base)
     config = MeshConfig(
         trust_domain=reader.checked(
             "trustDomain", validators.trust_domain, default=defaults.trust_domain
@@ -130,6 +137,7 @@ def load_mesh_config(path: Path | str | None) -> MeshConfig:
         registries=tuple(registries),
         config_paths=tuple(_resolve(base, p) for p in reader.str_list("configPaths")),
         pilot=dict(pilot_reader.data) if pilot_reader else {},
+        mixer=mixer,
         source=str(path),
     )
     if reader.errors:

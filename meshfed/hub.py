@@ -291,7 +291,12 @@ def default_components(mesh: MeshConfig) -> list[HubComponent]:
     # behind it.
     pilot = PilotServer(plugins=[MtlsPlugin(policy_from_config(mesh.pilot))])
     # Registration first: its member must exist before Pilot waits for every member to sync.
-    return [WorkloadRegistration(), pilot, *kube_config_components(mesh)]
+    components: list[HubComponent] = [WorkloadRegistration(), pilot, *kube_config_components(mesh)]
+    if mesh.mixer is not None and mesh.mixer.enabled:
+        from meshfed.mixer.component import Mixer
+
+        components.append(Mixer(mesh.mixer))
+    return components
 
 
 async def run_hub(mesh: MeshConfig, stop: asyncio.Event) -> None:

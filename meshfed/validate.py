@@ -2,8 +2,10 @@
 
 Every kind meshfed knows is checked with the same parser its store uses, so a file that validates
 here is a file the hub accepts: the static registry's kinds and Pilot's routing kinds, looked up
-in :data:`KIND_PARSERS`. A MeshConfig's registry entries are checked by constructing each
-adapter exactly as the hub does at start (:func:`meshfed.hub.create_adapter`, no I/O).
+in :data:`KIND_PARSERS`, and Mixer's ``config.istio.io/v1alpha2`` kinds, compiled together as a
+Mixer does (undeclared attributes, type mismatches, missing handlers). A MeshConfig's registry
+entries are checked by constructing each adapter exactly as the hub does at start
+(:func:`meshfed.hub.create_adapter`, no I/O).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from meshfed.adapters.static.kinds import ServiceEntrySpec, WorkloadSpec
 from meshfed.adapters.static.translate import translate
 from meshfed.config import MeshConfig, load_mesh_config
 from meshfed.core.resources import ConfigError, ConfigErrors, Document, load_documents
+from meshfed.mixer.config.store import is_mixer_document
 from meshfed.pilot.config import PARSERS as PILOT_PARSERS
 from meshfed.pilot.config.conflicts import find_conflicts
 from meshfed.pilot.config.model import RouteRule
@@ -26,6 +29,21 @@ Parser = Callable[[Document], tuple[Any, list[ConfigError]]]
 
 
 KIND_PARSERS: dict[str, Parser] = {**STATIC_PARSERS, **PILOT_PARSERS}
+
+
+def mixer_errors(docs: list[Document]) -> list[ConfigError]:
+    """Mixer's documents, parsed and compiled together as a Mixer would (with Istio's default
+    attribute manifests and the installed handler kinds): cross-object errors included."""
+    from meshfed.mixer.config.compile import compile_config
+    from meshfed.mixer.config.parse import parsers
+    from meshfed.mixer.config.store import default_attributes_path, parse_documents
+    from meshfed.mixer.handlers.api import load_kinds
+
+    kinds = load_kinds()
+    defaults, _ = load_documents(default_attributes_path())
+    objects, errors = parse_documents([*defaults, *docs], parsers(kinds))
+    errors.extend(compile_config(objects, kinds).errors)
+    return errors
 
 
 def validate_files(
@@ -47,6 +65,7 @@ def validate_files(
     count = 0
     errors: list[ConfigError] = []
     parsed: list[Any] = []
+    mixer_docs: list[Document] = []
     for path in paths:
         docs, file_errors = load_documents(path)
         errors.extend(file_errors)
@@ -57,6 +76,9 @@ def validate_files(
                     errors.extend(registry_errors(load_mesh_config(path), doc))
                 except ConfigErrors as exc:
                     errors.extend(exc.errors)
+                continue
+            if is_mixer_document(doc):
+                mixer_docs.append(doc)
                 continue
             parser = parsers.get(doc.kind)
             if parser is None:
@@ -72,6 +94,8 @@ def validate_files(
             if obj is not None:
                 parsed.append(obj)
     errors.extend(duplicate_errors(parsed))
+    if mixer_docs:
+        errors.extend(mixer_errors(mixer_docs))
     return count, errors, rule_conflicts(parsed)
 
 

@@ -1,0 +1,1 @@
+"""Generated code of istio.mixer.v1 (see ../generate.py); do not edit."""

@@ -1,0 +1,1 @@
+"""Default Mixer config shipped with meshfed (Istio 0.2's attribute manifests)."""
