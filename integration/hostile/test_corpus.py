@@ -18,6 +18,7 @@ way ``validate`` does: exit 1 with clean lines, never start, never crash.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import re
@@ -25,6 +26,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -65,30 +67,44 @@ def test_corpus_is_large_and_covers_every_kind():
 
 
 def _run(args: list[str], timeout: float) -> tuple[int, str, str, float, int]:
-    """(exit code, stdout, stderr, seconds, max RSS bytes) of a child process."""
-    start = time.monotonic()
-    proc = subprocess.Popen(
-        args,
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        return -9, out.decode(errors="replace"), err.decode(errors="replace"), timeout, 0
-    # communicate() reaped the child: its peak RSS is in the children's usage, which only
-    # grows, so each file is measured alone (the pool below runs one child per thread and
-    # compares against the largest child seen, which is what the bound is about).
-    import resource
+    """(exit code, stdout, stderr, seconds, max RSS bytes) of a child process.
 
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-    seconds = time.monotonic() - start
-    return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"), seconds, rss
+    The RSS is that child's own peak, read from ``wait4`` on its pid: the process-wide
+    children's usage would report the largest child this test run ever reaped (a hub, a
+    Java peer), not the one being measured.
+    """
+    start = time.monotonic()
+    with tempfile.TemporaryFile() as out_file, tempfile.TemporaryFile() as err_file:
+        proc = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=out_file,
+            stderr=err_file,
+            start_new_session=True,
+        )
+        killed = threading.Event()
+
+        def kill() -> None:
+            killed.set()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+        timer = threading.Timer(timeout, kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.monotonic() - start
+        out_file.seek(0)
+        err_file.seek(0)
+        out = out_file.read().decode(errors="replace")
+        err = err_file.read().decode(errors="replace")
+    if killed.is_set():
+        return -9, out, err, timeout, 0
+    return proc.returncode, out, err, seconds, usage.ru_maxrss * 1024
 
 
 def _clean_lines(path: Path, stderr: str) -> list[str]:
