@@ -267,7 +267,9 @@ class Dispatcher:
                         metrics.RULE_ERRORS.labels(rule.ref).inc()
                         result: Any = str(exc)
                     else:
-                        request = QuotaRequest(amount, best_effort, dedup + name)
+                        # a Check without an id is not a retry of anything: an id made
+                        # of the quota name alone would make every later Check a "retry"
+                        request = QuotaRequest(amount, best_effort, dedup + name if dedup else "")
                         result = (
                             await self._call(
                                 handler.quota(instance, request), action.handler, "quota"

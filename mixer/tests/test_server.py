@@ -176,6 +176,9 @@ async def test_quota_and_deduplication(tmp_path):
         instance, request = handler.quotas[0]
         assert instance.dimensions == {"source": "reviews"}
         assert request.deduplication_id == "id-0requestcount"
+        # no id: the handler gets none (not the bare quota name, which every Check would share)
+        await stub.Check(ask(""))
+        assert handler.quotas[-1][1].deduplication_id == ""
         other = await stub.Check(ask("id-x").__class__(attributes=codec.encode({})))
         assert not other.quotas  # no quota asked, none answered
     finally:
