@@ -4,21 +4,36 @@ Two handler instances with their own connection pools stand for two Mixer replic
 through both, interleaved and concurrent, are granted exactly ``maxAmount`` per window, for the
 fixed and the rolling algorithm, with overrides and deduplication, and a Redis outage fails
 calls (for the runtime's fail policy) and recovers with Redis.
+
+Then the whole path: two ``meshfed up`` processes with Mixer enabled, each on its own gRPC port,
+share one ``redisquota`` limit through concurrent Checks from a client written against the protos.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
+import os
+import signal
+import socket
+import sys
 import time
+from pathlib import Path
 
+import grpc
 import prometheus_client
 import pytest
 import redis.exceptions
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from integration.peers.redis import RedisServer
+from integration.pilot_helpers import addr
 from meshfed.core.resources import FieldReader
+from meshfed.mixer.api.service import MixerStub
+from meshfed.mixer.api.v1 import check_pb2
+from meshfed.mixer.attributes import codec
 from meshfed.mixer.handlers import redisquota
 from meshfed.mixer.handlers.api import HandlerEnv, QuotaRequest
 from meshfed.mixer.templates import Quota
@@ -176,3 +191,166 @@ async def test_quota_without_a_limit_fails_the_call_naming_it(redis_server: Redi
             await a.quota(Quota("other.quota.default", {}), QuotaRequest(1))
     finally:
         await a.close()
+
+
+# -- two hubs ------------------------------------------------------------------------------------
+
+HUB_HOST = addr(98, 1)
+MAX_AMOUNT, WINDOW = 10, 2.0
+
+# Istio 0.2's rate-limit shape (a quota instance, a rule, the handler) with redisquota, the
+# handler the seed promised for the next release, as its users would write it.
+SHARED_LIMIT = """\
+apiVersion: "config.istio.io/v1alpha2"
+kind: redisquota
+metadata:
+  name: handler
+  namespace: istio-system
+spec:
+  redisServerUrl: {redis}
+  connectionPoolSize: 10
+  quotas:
+  - name: requestcount.quota.istio-system
+    maxAmount: {max_amount}
+    validDuration: {window}s
+    bucketDuration: 500ms
+    rateLimitAlgorithm: {algorithm}
+---
+apiVersion: "config.istio.io/v1alpha2"
+kind: quota
+metadata:
+  name: requestcount
+  namespace: istio-system
+spec:
+  dimensions:
+    source: source.labels["app"] | source.service | "unknown"
+    destination: destination.labels["app"] | destination.service | "unknown"
+---
+apiVersion: "config.istio.io/v1alpha2"
+kind: rule
+metadata:
+  name: quota
+  namespace: istio-system
+spec:
+  actions:
+  - handler: handler.redisquota
+    instances:
+    - requestcount.quota
+"""
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _hub_config(tmp_path: Path, index: int, policy: Path) -> tuple[Path, int]:
+    mixer_port, monitoring = _free_port(HUB_HOST), _free_port(HUB_HOST)
+    path = tmp_path / f"mesh-{index}.yaml"
+    path.write_text(
+        "apiVersion: meshfed.io/v1alpha1\nkind: MeshConfig\nmetadata: {name: m}\nspec:\n"
+        f"  listen: {{monitoring: '{HUB_HOST}:{monitoring}', discovery: '{HUB_HOST}:0'}}\n"
+        "  mixer:\n"
+        "    enabled: true\n"
+        f"    listen: '{HUB_HOST}:{mixer_port}'\n"
+        f"    configPaths: [{policy}]\n"
+        "    kubernetes: false\n"
+    )
+    return path, mixer_port
+
+
+@contextlib.asynccontextmanager
+async def hub_process(tmp_path: Path, index: int, policy: Path):
+    """``meshfed up`` with Mixer enabled; yields a channel once Mixer's health is SERVING."""
+    config, port = _hub_config(tmp_path, index, policy)
+    log = (tmp_path / f"hub-{index}.log").open("wb")
+    env = {**os.environ, "MESHFED_WORKLOAD_STATE": ""}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "meshfed.cli", "up", "--config", str(config),
+        stdout=log, stderr=asyncio.subprocess.STDOUT, env=env,
+    )  # fmt: skip
+    channel = grpc.aio.insecure_channel(f"{HUB_HOST}:{port}")
+    try:
+        health = health_pb2_grpc.HealthStub(channel)
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.returncode is None, (tmp_path / f"hub-{index}.log").read_text()
+            assert time.monotonic() < deadline, "hub did not serve Mixer within 30 s"
+            try:
+                reply = await health.Check(
+                    health_pb2.HealthCheckRequest(service="istio.mixer.v1.Mixer"), timeout=2
+                )
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    break
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.2)
+        yield channel
+    finally:
+        await channel.close()
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 15)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        log.close()
+    text = (tmp_path / f"hub-{index}.log").read_text()
+    assert proc.returncode == 0 and "Traceback" not in text, text
+
+
+def ask(dedup: str = "", amount: int = 1) -> check_pb2.CheckRequest:
+    request = check_pb2.CheckRequest(
+        attributes=codec.encode(
+            {"source.service": "productpage", "destination.service": "ratings"}
+        ),
+        deduplication_id=dedup,
+    )
+    request.quotas["requestcount"].amount = amount
+    return request
+
+
+@pytest.mark.parametrize("algorithm", ["FIXED_WINDOW", "ROLLING_WINDOW"])
+async def test_two_hubs_share_one_limit(redis_server: RedisServer, tmp_path: Path, algorithm):
+    """Two ``meshfed up`` processes, each serving Mixer on its own port from the same config,
+    count one limit in one Redis: concurrent Checks through both are granted exactly
+    ``maxAmount`` per window, and a retry through the other hub is not charged again."""
+    policy = tmp_path / "policy"
+    policy.mkdir()
+    (policy / "mixer.yaml").write_text(
+        SHARED_LIMIT.format(
+            redis=f"{redis_server.host}:{redis_server.port}",
+            max_amount=MAX_AMOUNT,
+            window=WINDOW,
+            algorithm=algorithm,
+        )
+    )
+    async with (
+        hub_process(tmp_path, 0, policy) as one,
+        hub_process(tmp_path, 1, policy) as two,
+    ):
+        stubs = (MixerStub(one), MixerStub(two))
+
+        async def burst(count: int) -> tuple[int, float]:
+            started = time.monotonic()
+            replies = await asyncio.gather(*(stubs[i % 2].Check(ask()) for i in range(count)))
+            ended = time.monotonic()
+            # the limit is per window: a burst longer than one proves nothing
+            assert ended - started < WINDOW * 0.8, f"the burst took {ended - started:.2f}s"
+            assert all(r.precondition.status.code == 0 for r in replies)
+            return sum(r.quotas["requestcount"].granted_amount for r in replies), ended
+
+        granted, ended = await burst(6 * MAX_AMOUNT)
+        assert granted == MAX_AMOUNT
+        # every grant of the burst has left the window (fixed: its end; rolling: its buckets)
+        await asyncio.sleep(max(0.0, ended + WINDOW + 0.6 - time.monotonic()))
+
+        # a retried Check: the first hub grants 3, the second gives the same answer for free
+        first = await stubs[0].Check(ask("retry-1", amount=3))
+        again = await stubs[1].Check(ask("retry-1", amount=3))
+        assert first.quotas["requestcount"].granted_amount == 3
+        assert again.quotas["requestcount"].granted_amount == 3
+        granted, _ = await burst(6 * MAX_AMOUNT)
+        assert granted == MAX_AMOUNT - 3
