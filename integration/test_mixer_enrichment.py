@@ -292,6 +292,19 @@ async def test_labels_and_identity_from_a_kubernetes_pod(kube_apiserver, tmp_pat
         bag = mixer.dispatcher.enricher.enrich({"source.ip": ipaddress.ip_address(pod_ip).packed})
         assert bag["source.namespace"] == ns
         assert bag["source.service"] == f"web.{ns}.svc.cluster.local"
+        assert bag["source.uid"] == f"k8s://web-1.{ns}"  # the pod's name, scheme the registry
+
+        # Istio 0.2's proxy names its pod by uid: the same attributes, no address needed
+        async def by_uid(uid: str) -> int:
+            attributes = codec.encode({"source.uid": uid})
+            reply = await stub.Check(check_pb2.CheckRequest(attributes=attributes))
+            return reply.precondition.status.code
+
+        assert await by_uid(f"kubernetes://web-1.{ns}") == 0
+        assert await by_uid(f"kubernetes://web-2.{ns}") == 7  # no such pod: no labels
+        bag = mixer.dispatcher.enricher.enrich({"source.uid": f"kubernetes://web-1.{ns}"})
+        assert bag["source.ip"] == ipaddress.ip_address(pod_ip)
+        assert bag["source.serviceAccount"] == "web-sa"
     finally:
         await channel.close()
         await hub.stop()
@@ -386,6 +399,15 @@ async def test_listchecker_whitelist_by_labels_from_consul_and_a_vm(consul_agent
         assert isinstance(handler, listchecker.ListChecker)
         await eventually(lambda: code(CONSUL_IP, 0), 20, "the Consul frontend admitted")
         await eventually(lambda: code(BACKEND_IP, 5), 20, "the Consul backend refused")
+        # the VM named by uid (its WorkloadEntry), without an address
+        by_uid = codec.encode(
+            {
+                "source.uid": "vms://vm-1.shop",
+                "destination.service": "ratings.shop.svc.cluster.local",
+            }
+        )
+        reply = await stub.Check(check_pb2.CheckRequest(attributes=by_uid))
+        assert reply.precondition.status.code == 0
         allowed = (await check(VM_IP)).precondition
         assert allowed.status.code == 0
         # the list's caching settings are the verdict's validity

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 import attrs
 
 from meshfed.registry.events import ChangeEvent, diff_views
-from meshfed.registry.index import AddressIndex
+from meshfed.registry.index import AddressIndex, WorkloadIndex, workload_key
 from meshfed.registry.model import Endpoint, Labels, Port, Service
 
 log = logging.getLogger("meshfed.registry")
@@ -145,6 +145,7 @@ class AggregateRegistry:
         self._endpoints: dict[str, tuple[Endpoint, ...]] = {}
         self._conflicts: dict[str, tuple[Conflict, ...]] = {}
         self._by_address = AddressIndex()
+        self._by_workload = WorkloadIndex()
         self._subscribers: list[Subscriber] = []
         self._status_subscribers: list[Callable[[], None]] = []
 
@@ -185,6 +186,20 @@ class AggregateRegistry:
             out.extend((service, e) for e in self._endpoints.get(host, ()) if e.address == address)
         return tuple(out)
 
+    def of_workload(self, name: str, namespace: str) -> tuple[tuple[Service, Endpoint], ...]:
+        """Every (service, endpoint) pair of the workload ``name`` in ``namespace`` (see
+        :func:`~meshfed.registry.model.workload_name`), by hostname."""
+        key = (name, namespace)
+        out: list[tuple[Service, Endpoint]] = []
+        for host in self._by_workload.hosts(key):
+            service = self._services[host]
+            out.extend(
+                (service, e)
+                for e in self._endpoints.get(host, ())
+                if workload_key(service, e) == key
+            )
+        return tuple(out)
+
     def hosts_at(self, address: str) -> tuple[str, ...]:
         """The hostnames with an endpoint at ``address``, sorted."""
         return self._by_address.hosts(address)
@@ -216,6 +231,7 @@ class AggregateRegistry:
                 self._services.pop(host, None)
                 self._endpoints.pop(host, None)
                 self._by_address.update(host, ())
+                self._by_workload.update(host, None, ())
             else:
                 self._services[host] = service
                 if endpoints:
@@ -223,6 +239,7 @@ class AggregateRegistry:
                 else:
                     self._endpoints.pop(host, None)
                 self._by_address.update(host, endpoints)
+                self._by_workload.update(host, service, endpoints)
             self._record_conflicts(host, conflicts)
         event = diff_views(before_s, self._services, before_e, self._endpoints, hostnames)
         if not event.empty:

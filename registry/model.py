@@ -199,6 +199,8 @@ class Endpoint:
     ``ports`` maps a service port *name* to the port the workload listens on (its target port);
     a service port without an entry here is reached on the service port's own number.
     ``identity`` is the workload's SPIFFE ID, or "" when the registry does not know it.
+    ``workload`` is the name of the workload instance behind it (a Kubernetes pod, a
+    WorkloadEntry), or "" when the registry does not name one.
     """
 
     address: str
@@ -210,6 +212,7 @@ class Endpoint:
     weight: int = 1
     registry: str = ""
     hostname: str = ""  # a per-endpoint DNS name (StatefulSet pods, DNS-resolved entries)
+    workload: str = ""  # not part of ``key``: a renamed pod at the same socket is one endpoint
 
     @property
     def key(self) -> tuple[str, str, tuple[tuple[str, int], ...]]:
@@ -247,6 +250,7 @@ class Workload:
             healthy=healthy,
             weight=self.weight,
             registry=self.registry,
+            workload=self.name,
         )
 
 
@@ -270,3 +274,21 @@ def parse_spiffe_id(value: str) -> tuple[str, str, str]:
     if not domain or len(parts) != 4 or parts[0] != "ns" or parts[2] != "sa" or "" in parts:
         raise ValueError(f"expected spiffe://<trust-domain>/ns/<namespace>/sa/<account>: {value!r}")
     return domain, parts[1], parts[3]
+
+
+def workload_name(endpoint: Endpoint) -> str:
+    """The name the mesh knows the workload behind ``endpoint`` by: its workload's name, else
+    the first label of its own hostname, else its address."""
+    if endpoint.workload:
+        return endpoint.workload
+    return endpoint.hostname.split(".")[0] if endpoint.hostname else endpoint.address
+
+
+def workload_namespace(service: Service, endpoint: Endpoint) -> str:
+    """The namespace of the workload behind ``endpoint``: its identity's, else the service's."""
+    if endpoint.identity:
+        try:
+            return parse_spiffe_id(endpoint.identity)[1]
+        except ValueError:  # not a workload identity: the service's namespace stands
+            pass
+    return service.namespace

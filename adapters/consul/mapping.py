@@ -270,6 +270,7 @@ def build_service(
             healthy=inst.in_rotation,
             weight=inst.weight,
             registry=registry,
+            workload=inst.node,  # the machine the service runs on
         )
         for inst in chosen.values()
     )

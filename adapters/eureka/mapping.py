@@ -190,6 +190,7 @@ def _service(
             locality=locality(instance),
             healthy=healthy(instance),
             registry=settings.registry,
+            workload=instance.instance_id,
         )
         by_socket.setdefault((endpoint.address, endpoint.ports.items_tuple), endpoint)
     return service, tuple(sorted(by_socket.values(), key=lambda e: e.key))

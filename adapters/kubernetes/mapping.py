@@ -364,6 +364,7 @@ def _endpoint(
         weight=1,
         registry=registry,
         hostname=hostname,
+        workload=raw.pod[1] if raw.pod else "",
     )
 
 

@@ -42,6 +42,7 @@ def endpoint_for(
         healthy=True,
         weight=workload.weight,
         registry=registry,
+        workload=workload.name,
     )
 
 

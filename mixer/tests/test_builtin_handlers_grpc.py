@@ -2,7 +2,8 @@
 points, not the test kinds), configured by Istio 0.2's own YAML.
 
 - a ``denier`` rule refuses the requests its match selects with its status, and the
-  precondition lists what the match looked at; other requests pass;
+  precondition lists what the match looked at; other requests pass; labels the rule reads are
+  filled from the registry by address or by Istio's ``kubernetes://<pod>.<namespace>`` uid;
 - a ``memquota`` of N per second grants exactly N of a burst of Checks, then N again a second
   later, and its per-destination override holds;
 - Istio 0.2's default telemetry config, unedited, turns a 1,000-entry delta-encoded Report into
@@ -171,7 +172,9 @@ def bookinfo() -> AggregateRegistry:
     member.replace(
         [Service(host, "default", http) for host in hosts],
         {
-            host: [Endpoint(ip, labels=labels, registry="vms")]
+            host: [
+                Endpoint(ip, labels=labels, registry="vms", workload=f"{labels['app']}-{ip[-1]}")
+            ]
             for host, (ip, labels) in hosts.items()
         },
     )
@@ -261,6 +264,56 @@ async def test_denier_rule_on_enriched_labels_from_the_bookinfo_sample(tmp_path)
         ).precondition.status.code == 0
         # an address the registry does not know: no labels, the rule's match cannot hold
         assert (await check(source="10.70.9.9", destination=RATINGS)).precondition.status.code == 0
+    finally:
+        await channel.close()
+        await mixer.stop()
+
+
+async def test_denier_rule_on_labels_found_by_uid(tmp_path):
+    """Istio 0.2's proxy names workloads by ``source.uid`` / ``destination.uid``
+    (``kubernetes://<pod>.<namespace>``): the same sample rule holds with no address sent."""
+    mixer, channel = await start(tmp_path, DENY_REVIEWS_V3, bookinfo())
+    try:
+        stub = MixerStub(channel)
+
+        async def check(**uids: str) -> check_pb2.PreCondition:
+            bag = {f"{side}.uid": uid for side, uid in uids.items()}
+            reply = await stub.Check(check_pb2.CheckRequest(attributes=codec.encode(bag)))
+            return reply.precondition
+
+        denied = await check(
+            source="kubernetes://reviews-3.default", destination="kubernetes://ratings-9.default"
+        )
+        assert denied.status.code == 7
+        assert refs_of(denied.referenced_attributes) == {
+            "source.uid": EXACT,
+            "destination.uid": EXACT,
+            "source.ip": ABSENCE,  # had it been sent, it would have been used instead
+            "destination.ip": ABSENCE,
+            "source.labels": ABSENCE,
+            "destination.labels": ABSENCE,
+            "destination.namespace": ABSENCE,
+            "context.protocol": ABSENCE,
+        }
+        # the uid Mixer itself derives (scheme: the registry) names the same workload
+        again = await check(source="vms://reviews-3.default", destination="vms://ratings-9.default")
+        assert again.status.code == 7
+        allowed = await check(
+            source="kubernetes://productpage-1.default", destination="vms://ratings-9.default"
+        )
+        assert allowed.status.code == 0
+        for unknown in ("kubernetes://reviews-3.other", "kubernetes://nobody.default", "reviews"):
+            pre = await check(source=unknown, destination="kubernetes://ratings-9.default")
+            assert pre.status.code == 0, unknown
+        # what the uid adds to the bag: the address too, and an address sent wins over a uid
+        bag = mixer.dispatcher.enricher.enrich({"source.uid": "kubernetes://reviews-3.default"})
+        assert bag["source.ip"] == ipaddress.ip_address(REVIEWS_V3)
+        assert bag["source.name"] == "reviews-3" and bag["source.namespace"] == "default"
+        assert bag["source.uid"] == "kubernetes://reviews-3.default"  # sent: kept
+        both = mixer.dispatcher.enricher.enrich(
+            {**ips(source=PRODUCTPAGE), "source.uid": "kubernetes://reviews-3.default"}
+        )
+        assert both["source.labels"] == {"app": "productpage"}
     finally:
         await channel.close()
         await mixer.stop()

@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshfed.registry import AggregateRegistry, Endpoint, Labels, Port, Protocol, Service
+from meshfed.registry.model import workload_name, workload_namespace
 
 names = st.text(alphabet="abcdefgh-", min_size=1, max_size=6)
 label_maps = st.dictionaries(names, names, max_size=4)
@@ -17,9 +18,15 @@ endpoints = st.builds(
     st.dictionaries(names, st.integers(1, 65535), max_size=2),
     label_maps,
     healthy=st.booleans(),
+    identity=st.sampled_from(["", "spiffe://cluster.local/ns/n1/sa/s", "not-spiffe"]),
+    workload=st.sampled_from(["", "w1", "w2"]),
+    hostname=st.sampled_from(["", "w1.a.svc", "h.b.svc"]),
 )
 services = st.builds(
-    Service, hosts, ports=st.lists(ports, max_size=3, unique_by=lambda p: (p.name, p.number))
+    Service,
+    hosts,
+    namespace=st.sampled_from(["default", "n1"]),
+    ports=st.lists(ports, max_size=3, unique_by=lambda p: (p.name, p.number)),
 )
 member_states = st.lists(
     st.tuples(st.lists(services, max_size=3), st.lists(st.tuples(hosts, endpoints), max_size=4)),
@@ -70,7 +77,7 @@ def test_merge_is_independent_of_report_order(states):
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(member_states, min_size=1, max_size=4))
-def test_address_index_equals_a_scan_of_the_merged_view(history):
+def test_address_and_workload_indexes_equal_a_scan_of_the_merged_view(history):
     # Apply successive states to the same members: the incrementally kept index must always
     # answer what a full scan of the merged view answers.
     agg = AggregateRegistry()
@@ -90,3 +97,12 @@ def test_address_index_equals_a_scan_of_the_merged_view(history):
             )
             assert agg.at_address(ip) == scan
             assert agg.hosts_at(ip) == tuple(sorted({s.hostname for s, _ in scan}))
+        names = ["w1", "w2", "h"] + [f"127.0.0.{i}" for i in range(1, 6)]
+        for name, namespace in itertools.product(names, ["default", "n1"]):
+            scan = tuple(
+                (agg.service(h), e)
+                for h in sorted(agg.services())
+                for e in agg.endpoints(h)
+                if workload_name(e) == name and workload_namespace(agg.service(h), e) == namespace
+            )
+            assert agg.of_workload(name, namespace) == scan

@@ -158,6 +158,7 @@ def test_build_service_and_endpoints():
         ("127.0.0.12", {"http": 9000}, {"protocol": "http", "team": "x", "version": "v2"}),
     ]
     assert endpoints[0].locality == Locality("dc1", "a")
+    assert [e.workload for e in endpoints] == ["n1", "n2"]  # the nodes
     assert endpoints[1].locality == Locality("dc1")
     assert all(e.healthy and e.registry == "consul" for e in endpoints)
 

@@ -53,6 +53,7 @@ def test_documented_sample():
     eps = {e.address: e for e in model.endpoints["orders"]}
     assert eps["127.0.10.1"].healthy and dict(eps["127.0.10.1"].ports) == {"http": 8080}
     assert not eps["127.0.10.2"].healthy  # OUT_OF_SERVICE
+    assert eps["127.0.10.1"].workload == "orders-1"  # the instance id
     assert eps["127.0.10.1"].locality == Locality("eu", "zone-a")
     assert eps["127.0.10.2"].locality == Locality("us-east-1", "us-east-1b")
     assert dict(eps["127.0.10.1"].labels) == {"region": "eu", "version": "v1", "zone": "zone-a"}

@@ -130,6 +130,7 @@ def test_service_with_slices_pods_and_nodes() -> None:
         {"http": 8080, "grpc-api": 9091},
     )
     assert a.identity == "spiffe://example.org/ns/shop/sa/cart-sa"
+    assert (a.workload, b.workload) == ("cart-a", "cart-b")  # the pods' names
     assert dict(a.labels) == {"app": "cart", "version": "v1"}
     assert a.locality == Locality("eu-west", "eu-west-1a")
     # Not ready: kept, unhealthy; locality from the pod's node when the slice names none.

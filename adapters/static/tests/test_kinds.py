@@ -76,6 +76,7 @@ def test_service_entry_and_workload_entries_become_services_and_endpoints(tmp_pa
     assert ep.address == "127.0.0.21"  # the other namespace's workload is not selected
     assert dict(ep.ports) == {"http": 9081, "metrics": 9090}
     assert ep.identity == "spiffe://example.org/ns/shop/sa/reviews"
+    assert ep.workload == "vm-1"  # the WorkloadEntry's name
     assert ep.locality == Locality("eu-west", "zone-1")
     assert ep.weight == 3 and ep.labels["version"] == "v2" and ep.registry == "static"
     ext = by_host["api.example.com"]

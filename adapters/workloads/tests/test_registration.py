@@ -62,6 +62,7 @@ async def test_register_and_deregister_a_vm(hub: Hub, ca: CertificateAuthority) 
     assert endpoint.address == "127.0.0.9"
     assert endpoint.identity == f"spiffe://{TD}/ns/shop/sa/cart"
     assert endpoint.registry == "workloads"
+    assert endpoint.workload == "vm-1"
     async with (
         aiohttp.ClientSession() as session,
         session.get(f"{url}/debug/registryz", params={"host": host}) as resp,
