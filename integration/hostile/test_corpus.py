@@ -18,7 +18,6 @@ way ``validate`` does: exit 1 with clean lines, never start, never crash.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import json
 import os
 import re
@@ -67,44 +66,41 @@ def test_corpus_is_large_and_covers_every_kind():
 
 
 def _run(args: list[str], timeout: float) -> tuple[int, str, str, float, int]:
-    """(exit code, stdout, stderr, seconds, max RSS bytes) of a child process.
+    """(exit code, stdout, stderr, seconds, peak RSS bytes) of a child process.
 
-    The RSS is that child's own peak, read from ``wait4`` on its pid: the process-wide
-    children's usage would report the largest child this test run ever reaped (a hub, a
-    Java peer), not the one being measured.
+    The peak is the command's own, measured by :mod:`integration.hostile.peak_rss`: a child
+    forked from this (large, late in a run) test process would report this process's peak.
     """
     start = time.monotonic()
-    with tempfile.TemporaryFile() as out_file, tempfile.TemporaryFile() as err_file:
+    with (
+        tempfile.TemporaryFile() as out_file,
+        tempfile.TemporaryFile() as err_file,
+        tempfile.NamedTemporaryFile() as report,
+    ):
         proc = subprocess.Popen(
-            args,
+            [sys.executable, str(HERE / "peak_rss.py"), report.name, "--", *args],
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
             stdout=out_file,
             stderr=err_file,
             start_new_session=True,
         )
-        killed = threading.Event()
-
-        def kill() -> None:
-            killed.set()
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-
-        timer = threading.Timer(timeout, kill)
-        timer.start()
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
+            proc.wait(timeout=timeout)
+            killed = False
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            killed = True
         seconds = time.monotonic() - start
         out_file.seek(0)
         err_file.seek(0)
         out = out_file.read().decode(errors="replace")
         err = err_file.read().decode(errors="replace")
-    if killed.is_set():
+        peak = Path(report.name).read_text(encoding="utf-8").strip()
+    if killed:
         return -9, out, err, timeout, 0
-    return proc.returncode, out, err, seconds, usage.ru_maxrss * 1024
+    return proc.returncode, out, err, seconds, int(peak)
 
 
 def _clean_lines(path: Path, stderr: str) -> list[str]:

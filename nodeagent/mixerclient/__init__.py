@@ -1,0 +1,1 @@
+"""meshfed: the node-local Mixer client's pure logic (Check cache, Report batching)."""
