@@ -25,8 +25,15 @@ from collections.abc import Callable, Iterable, Mapping
 import attrs
 
 from meshfed.registry.events import ChangeEvent, diff_views
-from meshfed.registry.index import AddressIndex, WorkloadIndex, workload_key
-from meshfed.registry.model import Endpoint, Labels, Port, Service
+from meshfed.registry.index import AddressIndex, WorkloadIndex
+from meshfed.registry.model import (
+    Endpoint,
+    Labels,
+    Port,
+    Service,
+    workload_name,
+    workload_namespace,
+)
 
 log = logging.getLogger("meshfed.registry")
 
@@ -189,14 +196,14 @@ class AggregateRegistry:
     def of_workload(self, name: str, namespace: str) -> tuple[tuple[Service, Endpoint], ...]:
         """Every (service, endpoint) pair of the workload ``name`` in ``namespace`` (see
         :func:`~meshfed.registry.model.workload_name`), by hostname."""
-        key = (name, namespace)
         out: list[tuple[Service, Endpoint]] = []
-        for host in self._by_workload.hosts(key):
+        for host in self._by_workload.hosts((name, namespace)):
             service = self._services[host]
             out.extend(
                 (service, e)
                 for e in self._endpoints.get(host, ())
-                if workload_key(service, e) == key
+                # the name first: it is cheap, the namespace may need the identity parsed
+                if workload_name(e) == name and workload_namespace(service, e) == namespace
             )
         return tuple(out)
 
