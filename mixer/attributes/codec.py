@@ -91,18 +91,18 @@ def decode_into(
     )
     for k, v in msg.strings.items():
         bag[word(k)] = word(v)
-    for k, v in msg.int64s.items():
-        bag[word(k)] = v
-    for k, v in msg.doubles.items():
-        bag[word(k)] = v
-    for k, v in msg.bools.items():
-        bag[word(k)] = v
-    for k, v in msg.timestamps.items():
-        bag[word(k)] = v.ToDatetime(tzinfo=dt.UTC)
-    for k, v in msg.durations.items():
-        bag[word(k)] = v.ToTimedelta()
-    for k, v in msg.bytes.items():
-        bag[word(k)] = bytes(v)
+    for k, number in msg.int64s.items():
+        bag[word(k)] = number
+    for k, double in msg.doubles.items():
+        bag[word(k)] = double
+    for k, flag in msg.bools.items():
+        bag[word(k)] = flag
+    for k, stamp in msg.timestamps.items():
+        bag[word(k)] = stamp.ToDatetime(tzinfo=dt.UTC)
+    for k, duration in msg.durations.items():
+        bag[word(k)] = duration.ToTimedelta()
+    for k, blob in msg.bytes.items():
+        bag[word(k)] = bytes(blob)
     for k, sm in msg.string_maps.items():
         bag[word(k)] = {word(mk): word(mv) for mk, mv in sm.entries.items()}
     return bag

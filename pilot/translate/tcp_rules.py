@@ -84,7 +84,7 @@ def _bandwidth_limit(stat_prefix: str, fault: L4Fault) -> lc.Filter:
     xds-protos does not carry this filter's message yet, so it travels as a ``TypedStruct``
     that Envoy converts with its own descriptor (the filter is compiled into Envoy 1.40).
     """
-    config: dict[str, object] = {"stat_prefix": stat_prefix}
+    config: dict[str, str | int] = {"stat_prefix": stat_prefix}
     if fault.upstream_limit_bps:  # bytes the proxy reads from the app, forwarded upstream
         config["read_limit_kbps"] = math.ceil(fault.upstream_limit_bps / 8 / 1024)
     if fault.downstream_limit_bps:  # bytes the proxy writes back to the app
