@@ -21,6 +21,7 @@ ACKed), STALE (sent, no answer yet), NACKED (latest response rejected; ``error``
 from __future__ import annotations
 
 import enum
+import sys
 import time
 from collections.abc import Iterable, Mapping
 
@@ -43,6 +44,12 @@ class RequestKind(enum.Enum):
     NACK = "nack"
     STALE = "stale"  # answers an older response; ignore its ACK/NACK meaning
     UPDATE = "update"  # no nonce after the first request: a subscription change only
+
+
+def _shared_names(names: Iterable[str]) -> set[str]:
+    """Requested resource names as the process's one copy of each string: every proxy asks for
+    the same names on every ACK, and each request's own copies would be held once per proxy."""
+    return {sys.intern(n) for n in names}
 
 
 @attrs.frozen(slots=True)
@@ -139,7 +146,7 @@ class TypeWatch:
         return kind, self._sotw_subscription(first, names or ())
 
     def _sotw_subscription(self, first: bool, names: Iterable[str]) -> set[str]:
-        wanted = set(names)
+        wanted = _shared_names(names)
         if self.type_url in T.FULL_STATE:
             # Clusters and listeners: empty or "*" means everything (legacy wildcard).
             self.wildcard = not wanted or "*" in wanted
@@ -149,9 +156,12 @@ class TypeWatch:
             self.sent.clear()
             self.sent_version = ""
             return set(self.subscribed) | ({"*"} if self.wildcard else set())
-        added = wanted - {"*"} - self.subscribed
+        wanted.discard("*")
+        if wanted == self.subscribed:
+            return set()  # an ACK repeating the subscription: keep the set we hold
+        added = wanted - self.subscribed
         removed = self.subscribed - wanted
-        self.subscribed = wanted - {"*"}
+        self.subscribed = wanted
         for name in removed:
             self.sent.pop(name, None)
         return added
@@ -163,7 +173,7 @@ class TypeWatch:
         unsubscribe: Iterable[str],
         initial_versions: Mapping[str, str] | None,
     ) -> set[str]:
-        subscribe = set(subscribe)
+        subscribe = _shared_names(subscribe)
         if first:
             self.sent.clear()
             if self.type_url in T.FULL_STATE and (not subscribe or "*" in subscribe):
