@@ -120,7 +120,7 @@ class Connection:
         error = bounded(error, ERROR_LIMIT)  # the proxy chooses this text, and its length
         now = time.monotonic()
         event_time = watch.sent_event_time
-        subscribed_before = set(watch.subscribed)
+        subscribed_before = watch.subscribed
         if self.delta:
             kind, names = watch.on_request(
                 request.response_nonce,
@@ -138,7 +138,7 @@ class Connection:
                 names=request.resource_names,
                 now=now,
             )
-        if watch.subscribed != subscribed_before:
+        if watch.subscribed is not subscribed_before:
             # Only subscription changes drop resources from the dump; pushes never pay for it.
             self._forget_unsubscribed(watch)
         short = T.short(type_url)

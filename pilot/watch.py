@@ -79,6 +79,8 @@ class TypeWatch:
     delta: bool = False
     requested: bool = False
     wildcard: bool = False
+    # Replaced whenever it changes, never changed in place: a caller that kept the previous
+    # set sees a change by identity, without copying a subscription of every assignment.
     subscribed: set[str] = attrs.field(factory=set)
     # name -> version of what we last sent (ACKed or not). Comparing against this, not against
     # what was ACKed, is what keeps a NACKed version from being sent again.
@@ -184,15 +186,18 @@ class TypeWatch:
         elif "*" in subscribe:
             self.wildcard = True
         fresh = {n for n in subscribe - {"*"} if n not in self.subscribed}
-        self.subscribed |= subscribe - {"*"}
+        if fresh:
+            self.subscribed = self.subscribed | fresh
         for name in fresh:
             if not (first and initial_versions and name in initial_versions):
                 self.sent.pop(name, None)
-        for name in set(unsubscribe):
-            if name == "*":
-                self.wildcard = False
-                continue
-            self.subscribed.discard(name)
+        gone = set(unsubscribe)
+        if "*" in gone:
+            self.wildcard = False
+            gone.discard("*")
+        if gone & self.subscribed:
+            self.subscribed = self.subscribed - gone
+        for name in gone:
             self.sent.pop(name, None)
         return fresh | ({"*"} if first and self.wildcard else set())
 
