@@ -148,7 +148,14 @@ class TypeWatch:
         return kind, self._sotw_subscription(first, names or ())
 
     def _sotw_subscription(self, first: bool, names: Iterable[str]) -> set[str]:
-        wanted = _shared_names(names)
+        wanted = set(names)
+        if not first and wanted - {"*"} == self.subscribed:
+            # An ACK repeating the subscription (every state-of-the-world ACK names it all):
+            # keep the set we hold, and its shared strings.
+            if self.type_url in T.FULL_STATE:
+                self.wildcard = not wanted or "*" in wanted
+            return set()
+        wanted = _shared_names(wanted)
         if self.type_url in T.FULL_STATE:
             # Clusters and listeners: empty or "*" means everything (legacy wildcard).
             self.wildcard = not wanted or "*" in wanted
@@ -159,8 +166,6 @@ class TypeWatch:
             self.sent_version = ""
             return set(self.subscribed) | ({"*"} if self.wildcard else set())
         wanted.discard("*")
-        if wanted == self.subscribed:
-            return set()  # an ACK repeating the subscription: keep the set we hold
         added = wanted - self.subscribed
         removed = self.subscribed - wanted
         self.subscribed = wanted
