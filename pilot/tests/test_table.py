@@ -70,3 +70,16 @@ def test_layered_prefers_the_top_table() -> None:
     assert view["b"] is top["b"] and view["a"] is base["a"]
     assert sorted(view) == ["a", "b", "c"] and len(view) == 3
     assert "c" in view and "d" not in view and view.get("d") is None
+
+
+def test_a_name_two_groups_supply_goes_to_the_latest_and_survives_the_other_leaving() -> None:
+    # The egress rules' group and a registry service may both name one cluster while a
+    # service appears or goes; the table must hold exactly one and version it once.
+    t, alone = SharedTable(), SharedTable()
+    t.replace_group("svc", {"c": res("c", "service")})
+    t.replace_group("egress", {"c": res("c", "egress")})
+    assert t["c"].version == res("c", "egress").version and len(t) == 1
+    assert t.replace_group("svc", {}) == {"c"}
+    assert t["c"].version == res("c", "egress").version
+    alone.replace_group("egress", {"c": res("c", "egress")})
+    assert t.version == alone.version
