@@ -1,18 +1,25 @@
 """Benchmark: what a push costs and how fast a real Envoy converges (not a test).
 
-Measures, for N services x M endpoints (default 1,000 x 10):
+Measures, at each mesh size of N services x M endpoints (default 1,000, 5,000 and 50,000 x 10),
+with endpoints shaped like the adapters' (half from Kubernetes: pod labels, SPIFFE identity,
+region and zone; half from Consul: tags as labels, datacenter; each with its registry's name),
+so every endpoint carries the metadata a real push carries:
 
 1. full build: translating the whole registry into shared resources (``ConfigCache.rebuild``);
 2. full push: per proxy, every response a fresh SotW stream gets (CDS, EDS, LDS, RDS), through
    the real ``Connection`` code, serialized;
 3. one-endpoint change: ``ConfigCache.apply`` for that service plus the push to every proxy,
-   against the full push (time and bytes);
-4. convergence: a static-file edit (one endpoint of one service) to the ACK of a real Envoy,
+   against the full push (time and bytes), and how the change cost grows with the mesh (the
+   ratio to the smallest size);
+4. a fingerprint of every pushed resource (name, version, bytes) over the whole run, so two
+   builds of Pilot can be compared for identical output on identical state;
+5. convergence: a static-file edit (one endpoint of one service) to the ACK of a real Envoy,
    p50/p99 over K edits, through the real static adapter (its file watcher included), plus the
    registry-event-to-ACK part alone.
 
-Run: ``.venv/bin/python bench/pilot_push.py [--services 1000 --endpoints 10 --proxies 50
---changes 40]``. Prints figures and writes ``bench/results/pilot_push.json``.
+Run: ``.venv/bin/python bench/pilot_push.py [--sizes 1000,5000,50000 --endpoints 10
+--proxies 50 --changes 40 --skip-envoy]``. Prints figures and writes
+``bench/results/pilot_push.json``.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
+import hashlib
 import json
 import platform
 import statistics
@@ -30,6 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import attrs
 from envoy.service.discovery.v3 import discovery_pb2
 
 from meshfed.adapters.contract import AdapterContext
@@ -40,7 +50,7 @@ from meshfed.pilot.mtls_plugin import MtlsPlugin
 from meshfed.pilot.server import PilotServer
 from meshfed.pilot.watch import TypeWatch
 from meshfed.registry.aggregate import AggregateRegistry
-from meshfed.registry.model import Endpoint, Port, Protocol, Service
+from meshfed.registry.model import Endpoint, Locality, Port, Protocol, Service
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pilot_push.json"
 
@@ -53,6 +63,28 @@ def ep_ip(i: int, j: int) -> str:
     return f"10.{(i >> 8) & 255}.{i & 255}.{j + 1}"
 
 
+def endpoint(i: int, j: int) -> Endpoint:
+    """An endpoint as the adapters give it, for a federated mesh: even services come from
+    Kubernetes (pod labels, the service account's SPIFFE ID, the node's region and zone), odd
+    ones from Consul (service tags as labels, the datacenter as region)."""
+    if i % 2 == 0:
+        return Endpoint(
+            ep_ip(i, j),
+            ports={"http": 9080},
+            labels={"app": f"svc-{i}", "version": f"v{1 + j % 2}"},
+            identity=f"spiffe://cluster.local/ns/bench/sa/svc-{i}",
+            locality=Locality("us-east1", f"us-east1-{'bcd'[j % 3]}"),
+            registry="kubernetes",
+        )
+    return Endpoint(
+        ep_ip(i, j),
+        ports={"http": 9080},
+        labels={"version": f"v{1 + j % 2}"},
+        locality=Locality("dc1"),
+        registry="consul",
+    )
+
+
 def populate(services: int, endpoints: int) -> tuple[AggregateRegistry, object]:
     agg = AggregateRegistry()
     member = agg.add_member("bench")
@@ -60,23 +92,42 @@ def populate(services: int, endpoints: int) -> tuple[AggregateRegistry, object]:
         Service(host(i), namespace="bench", ports=(Port(80, "http", Protocol.HTTP),))
         for i in range(services)
     ]
-    eps = {
-        host(i): [Endpoint(ep_ip(i, j), ports={"http": 9080}) for j in range(endpoints)]
-        for i in range(services)
-    }
+    eps = {host(i): [endpoint(i, j) for j in range(endpoints)] for i in range(services)}
     member.replace(svcs, eps)
     return agg, member
 
 
-def drain(conn: Connection) -> tuple[list, int]:
+class Fingerprint:
+    """A hash over every resource pushed (name, per-resource version, bytes), in push order,
+    and separately over the responses' type versions."""
+
+    def __init__(self) -> None:
+        self.resources = hashlib.sha256()
+        self.versions = hashlib.sha256()
+
+    def add(self, responses: list) -> None:
+        for r in responses:
+            self.versions.update(f"{r.type_url} {r.version_info}\n".encode())
+            for body in r.resources:
+                self.resources.update(body.type_url.encode())
+                self.resources.update(len(body.value).to_bytes(4, "big"))
+                self.resources.update(body.value)
+
+
+def drain(conn: Connection, fingerprint: Fingerprint | None = None) -> tuple[list, int]:
     out = conn.take_responses()
-    return out, sum(len(r.SerializeToString()) for r in out)
+    if fingerprint is not None:
+        fingerprint.add(out)
+    return out, sum(r.ByteSize() for r in out)
 
 
-def ack_all(conn: Connection, responses: list) -> None:
+def ack_all(conn: Connection, responses: list) -> float:
+    """ACK every response as Envoy does; returns the seconds Pilot spent handling the ACKs (the
+    requests are built first: that part is the proxy's work)."""
+    requests = []
     for r in responses:
         names = list(conn.watches[r.type_url].subscribed) if r.type_url not in T.FULL_STATE else []
-        conn.on_request(
+        requests.append(
             discovery_pb2.DiscoveryRequest(
                 type_url=r.type_url,
                 version_info=r.version_info,
@@ -84,9 +135,15 @@ def ack_all(conn: Connection, responses: list) -> None:
                 resource_names=names,
             )
         )
+    started = time.perf_counter()
+    for request in requests:
+        conn.on_request(request)
+    return time.perf_counter() - started
 
 
-def connect(server: DiscoveryServer, index: int) -> tuple[Connection, int, float]:
+def connect(
+    server: DiscoveryServer, index: int, fingerprint: Fingerprint
+) -> tuple[Connection, int, float]:
     """A simulated SotW stream going through CDS, EDS, LDS, RDS; returns bytes and seconds."""
     from envoy.config.core.v3 import base_pb2
 
@@ -95,44 +152,46 @@ def connect(server: DiscoveryServer, index: int) -> tuple[Connection, int, float
     started = time.perf_counter()
     total = 0
     conn.on_request(discovery_pb2.DiscoveryRequest(node=node, type_url=T.CLUSTER))
-    responses, size = drain(conn)
+    responses, size = drain(conn, fingerprint)
     total += size
     ack_all(conn, responses)
     eds_names = sorted(conn.sent[T.CLUSTER])
     conn.on_request(discovery_pb2.DiscoveryRequest(type_url=T.ENDPOINT, resource_names=eds_names))
     conn.on_request(discovery_pb2.DiscoveryRequest(type_url=T.LISTENER))
-    responses, size = drain(conn)
+    responses, size = drain(conn, fingerprint)
     total += size
     ack_all(conn, responses)
     conn.on_request(
         discovery_pb2.DiscoveryRequest(type_url=T.ROUTE, resource_names=["outbound_http"])
     )
-    responses, size = drain(conn)
+    responses, size = drain(conn, fingerprint)
     total += size
     ack_all(conn, responses)
     return conn, total, time.perf_counter() - started
 
 
-def push_figures(services: int, endpoints: int, proxies: int) -> dict:
+def push_figures(services: int, endpoints: int, proxies: int, changes: int = 20) -> dict:
     agg, member = populate(services, endpoints)
     cache = ConfigCache(agg, [MtlsPlugin()])  # as the hub runs it
+    gc.collect()
     t0 = time.perf_counter()
     cache.rebuild()
     build_s = time.perf_counter() - t0
     server = DiscoveryServer(cache)
+    fingerprint = Fingerprint()
     conns, full_bytes, full_times = [], [], []
     for i in range(proxies):
-        conn, size, secs = connect(server, i)
+        conn, size, secs = connect(server, i, fingerprint)
         conns.append(conn)
         full_bytes.append(size)
         full_times.append(secs)
 
-    # One endpoint of one service changes.
-    change_build, change_push, change_bytes = [], [], []
-    for k in range(20):
+    # One endpoint of one service changes (it moves to another address).
+    change_build, change_push, change_bytes, change_acks = [], [], [], []
+    for k in range(changes):
         h = host(k * 7 % services)
         eps = list(agg.endpoints(h))
-        eps[0] = Endpoint(f"10.250.{k}.1", ports={"http": 9080})
+        eps[0] = attrs.evolve(eps[0], address=f"10.250.{k}.1")
         member.set_endpoints(h, eps)
         t0 = time.perf_counter()
         change = cache.apply({h})
@@ -140,10 +199,12 @@ def push_figures(services: int, endpoints: int, proxies: int) -> dict:
         server.push(change)
         t2 = time.perf_counter()
         size = 0
+        acks = 0.0
         for conn in conns:
-            responses, s = drain(conn)
+            responses, s = drain(conn, fingerprint)
             size += s
-            ack_all(conn, responses)
+            acks += ack_all(conn, responses)
+        change_acks.append(acks)
         change_build.append(t1 - t0)
         change_push.append(t2 - t1)
         change_bytes.append(size / proxies)
@@ -160,12 +221,40 @@ def push_figures(services: int, endpoints: int, proxies: int) -> dict:
         "full_build_plus_push_all_proxies_s": round(full_total, 4),
         "one_endpoint_change_build_s": round(statistics.median(change_build), 6),
         "one_endpoint_change_push_all_proxies_s": round(statistics.median(change_push), 6),
+        "one_endpoint_change_s": round(one_change_total, 6),
+        # Pilot handling the proxies' ACKs (a state-of-the-world EDS ACK names every
+        # assignment, so this part grows with the mesh; delta xDS ACKs name none).
+        "one_endpoint_change_acks_all_proxies_s": round(statistics.median(change_acks), 6),
         "one_endpoint_change_bytes_per_proxy": int(statistics.median(change_bytes)),
         "one_change_vs_full_time_ratio": round(one_change_total / full_total, 5),
         "one_change_vs_full_bytes_ratio": round(
             statistics.median(change_bytes) / statistics.median(full_bytes), 6
         ),
+        "pushed_resources_sha256": fingerprint.resources.hexdigest(),
+        "pushed_versions_sha256": fingerprint.versions.hexdigest(),
     }
+
+
+def scale_table(runs: list[dict]) -> str:
+    """The per-size figures side by side, with the one-change cost relative to the smallest."""
+    base = runs[0]["one_endpoint_change_s"]
+    lines = [
+        f"{'services':>9} {'full build s':>12} {'push/proxy':>11} {'MB/proxy':>9} "
+        f"{'change rebuild ms':>17} {'push 50 ms':>10} {'change ms':>9} {'x smallest':>10} "
+        f"{'50 ACKs ms':>10}"
+    ]
+    for run in runs:
+        lines.append(
+            f"{run['services']:>9} {run['full_build_s']:>12.3f} "
+            f"{run['full_push_per_proxy_s']:>11.4f} "
+            f"{run['full_push_bytes_per_proxy'] / 1e6:>9.2f} "
+            f"{run['one_endpoint_change_build_s'] * 1e3:>17.3f} "
+            f"{run['one_endpoint_change_push_all_proxies_s'] * 1e3:>10.3f} "
+            f"{run['one_endpoint_change_s'] * 1e3:>9.3f} "
+            f"{run['one_endpoint_change_s'] / base:>10.2f} "
+            f"{run['one_endpoint_change_acks_all_proxies_s'] * 1e3:>10.2f}"
+        )
+    return "\n".join(lines)
 
 
 def static_yaml(services: int, endpoints: int, moved: dict[int, int]) -> str:
@@ -272,7 +361,11 @@ def conns_ready(pilot: PilotServer) -> bool:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--services", type=int, default=1000)
+    parser.add_argument(
+        "--sizes",
+        default="1000,5000,50000",
+        help="mesh sizes (services) for the push figures, comma-separated, smallest first",
+    )
     parser.add_argument("--endpoints", type=int, default=10)
     parser.add_argument("--proxies", type=int, default=50)
     parser.add_argument("--changes", type=int, default=40)
@@ -283,11 +376,16 @@ def main() -> int:
     )
     parser.add_argument("--skip-envoy", action="store_true")
     args = parser.parse_args()
-    result = {
+    result: dict = {
         "machine": {"python": platform.python_version(), "platform": platform.platform()},
-        "push": push_figures(args.services, args.endpoints, args.proxies),
+        "push": [],
     }
-    print(json.dumps(result["push"], indent=2), flush=True)
+    for size in sorted(int(x) for x in args.sizes.split(",") if x):
+        run = push_figures(size, args.endpoints, args.proxies)
+        result["push"].append(run)
+        print(json.dumps(run, indent=2), flush=True)
+        gc.collect()
+    print(scale_table(result["push"]), flush=True)
     if not args.skip_envoy:
         result["convergence"] = []
         for size in (int(x) for x in args.convergence_services.split(",") if x):

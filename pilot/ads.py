@@ -17,10 +17,11 @@ and never piles up stale responses. What each proxy should have is the view pipe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
@@ -119,7 +120,7 @@ class Connection:
         error = bounded(error, ERROR_LIMIT)  # the proxy chooses this text, and its length
         now = time.monotonic()
         event_time = watch.sent_event_time
-        subscribed_before = set(watch.subscribed)
+        subscribed_before = watch.subscribed
         if self.delta:
             kind, names = watch.on_request(
                 request.response_nonce,
@@ -137,7 +138,7 @@ class Connection:
                 names=request.resource_names,
                 now=now,
             )
-        if watch.subscribed != subscribed_before:
+        if watch.subscribed is not subscribed_before:
             # Only subscription changes drop resources from the dump; pushes never pay for it.
             self._forget_unsubscribed(watch)
         short = T.short(type_url)
@@ -332,19 +333,27 @@ class DiscoveryServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     # -- gRPC -------------------------------------------------------------------------------
     async def StreamAggregatedResources(
         self, request_iterator: AsyncIterator[Any], context: Any
-    ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
-        async for response in self._stream(request_iterator, context, delta=False):
-            yield response
+    ) -> None:
+        await self._serve(request_iterator, context, delta=False)
 
     async def DeltaAggregatedResources(
         self, request_iterator: AsyncIterator[Any], context: Any
-    ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
-        async for response in self._stream(request_iterator, context, delta=True):
-            yield response
+    ) -> None:
+        await self._serve(request_iterator, context, delta=True)
+
+    async def _serve(self, request_iterator: AsyncIterator[Any], context: Any, delta: bool) -> None:
+        """Write the stream's responses with ``context.write`` rather than yielding them: gRPC's
+        loop over a response generator keeps the last response alive until the next one, which
+        is one whole response (often a full route table) held per idle connected proxy."""
+        # Closed here, not whenever the collector finalizes it: closing unregisters the proxy.
+        async with contextlib.aclosing(self._stream(request_iterator, context, delta)) as stream:
+            async for response in stream:
+                await context.write(response)
+                response = None
 
     async def _stream(
         self, request_iterator: AsyncIterator[Any], context: Any, delta: bool
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncGenerator[Any, None]:
         holder: dict[str, Connection] = {}
         outbox = new_outbox(delta)
 
@@ -356,6 +365,7 @@ class DiscoveryServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                         conn = self._open(request.node, delta, context.peer(), outbox)
                         holder["conn"] = conn
                     conn.on_request(request)
+                    request = None  # nor the last request (an ACK can name every assignment)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -381,6 +391,9 @@ class DiscoveryServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 if item is None:
                     break
                 yield item
+                # Not kept while the stream idles: the last response (often a whole route
+                # table) would stay alive once per connected proxy.
+                item = None
             if reader.done() and reader.exception() is not None:
                 raise reader.exception()  # type: ignore[misc]
         finally:

@@ -16,6 +16,9 @@ Promises:
   only the clusters whose bytes changed.
 - :meth:`ConfigCache.apply` rebuilds only the services an event names and reports exactly which
   resource names changed, so an endpoint change to one service costs one ClusterLoadAssignment.
+- The shared cluster and assignment tables are :class:`pilot.table.SharedTable` s: replaced one
+  service at a time, with versions combined incrementally, so nothing on the change path walks
+  the whole mesh and a one-endpoint change costs the same at 1,000 or 50,000 services.
 - A view is checked for consistency (every referenced cluster exists, every EDS cluster has an
   assignment) before it is served; inconsistencies are listed in ``view.problems``.
 """
@@ -33,14 +36,8 @@ from meshfed.pilot import xds_types as T
 from meshfed.pilot.config.store import ConfigSnapshot
 from meshfed.pilot.node import ProxyNode
 from meshfed.pilot.plugins import ClusterContext, ListenerPlugin, PluginSet
-from meshfed.pilot.resources import (
-    CacheChange,
-    ProxyView,
-    Resource,
-    changed,
-    digest,
-    make_resource,
-)
+from meshfed.pilot.resources import CacheChange, ProxyView, Resource, make_resource
+from meshfed.pilot.table import SharedTable
 from meshfed.pilot.translate import listeners as tl
 from meshfed.pilot.translate import routes as tr
 from meshfed.pilot.translate import traffic as tt
@@ -62,11 +59,9 @@ class ConfigCache:
         self.generation = 0
         self.services_generation = 0
         self._services: dict[str, Service] = {}
-        self._clusters: dict[str, dict[str, Resource]] = {}
-        self._assignments: dict[str, dict[str, Resource]] = {}
-        self._flat_clusters: dict[str, Resource] | None = None
-        self._flat_assignments: dict[str, Resource] | None = None
-        self._digests: dict[str, str] = {}  # type -> version of a whole shared table
+        # One group per service hostname (plus slots such as the egress rules').
+        self._clusters = SharedTable()
+        self._assignments = SharedTable()
         self._routes: cachetools.LRUCache = cachetools.LRUCache(maxsize=256)
         self._source_clusters: cachetools.LRUCache = cachetools.LRUCache(maxsize=256)
         self._own: cachetools.LRUCache = cachetools.LRUCache(maxsize=4096)  # (ip, generation)
@@ -131,16 +126,8 @@ class ConfigCache:
             else:
                 self._services[host] = service
             new_clusters, new_assignments = self._translate(service, endpoints)
-            cluster_names |= changed(self._clusters.get(host, {}), new_clusters)
-            endpoint_names |= changed(self._assignments.get(host, {}), new_assignments)
-            self._store(self._clusters, host, new_clusters)
-            self._store(self._assignments, host, new_assignments)
-        if cluster_names:
-            self._flat_clusters = None
-            self._digests.pop(T.CLUSTER, None)
-        if endpoint_names:
-            self._flat_assignments = None
-            self._digests.pop(T.ENDPOINT, None)
+            cluster_names |= self._clusters.replace_group(host, new_clusters)
+            endpoint_names |= self._assignments.replace_group(host, new_assignments)
         if services_changed:
             self.services_generation += 1
         self.generation += 1
@@ -151,18 +138,12 @@ class ConfigCache:
             frozenset(cluster_names),
         )
 
-    @staticmethod
-    def _store(table: dict[str, dict[str, Resource]], host: str, value: dict) -> None:
-        if value:
-            table[host] = value
-        else:
-            table.pop(host, None)
-
     def _translate(
         self,
         service: Service | None,
         endpoints: tuple[Endpoint, ...],
         source: frozenset[str] = frozenset(),
+        with_assignments: bool = True,
     ) -> tuple[dict[str, Resource], dict[str, Resource]]:
         if service is None:
             return {}, {}
@@ -173,7 +154,7 @@ class ConfigCache:
             # The service's cluster plus its subset clusters, with destination policies applied.
             ctx = ClusterContext(service, port, endpoints) if plugins else None
             for cluster, cla in service_port_clusters(
-                service, port, endpoints, self.traffic, source
+                service, port, endpoints, self.traffic, source, with_assignments
             ):
                 if ctx is not None:
                     plugins.cluster(ctx, cluster)
@@ -185,12 +166,7 @@ class ConfigCache:
     def replace_cluster_group(self, key: str, table: Mapping[str, Resource]) -> set[str]:
         """Replace the clusters kept under ``key`` (a slot no hostname can take, e.g. the egress
         rules'); returns the names that changed."""
-        names_ = changed(self._clusters.get(key, {}), table)
-        if names_:
-            self._store(self._clusters, key, dict(table))
-            self._flat_clusters = None
-            self._digests.pop(T.CLUSTER, None)
-        return names_
+        return self._clusters.replace_group(key, table)
 
     def source_policy_clusters(self, source: frozenset[str]) -> dict[str, Resource]:
         """Clusters re-translated with the per-source policies that apply to a proxy (by name,
@@ -206,7 +182,10 @@ class ConfigCache:
                 service = self._services.get(host)
                 if service is not None:
                     endpoints = self.registry.endpoints(host)
-                    found.update(self._translate(service, endpoints, source)[0])
+                    clusters, _ = self._translate(
+                        service, endpoints, source, with_assignments=False
+                    )
+                    found.update(clusters)
             self._source_clusters[key] = found
         return found
 
@@ -219,25 +198,17 @@ class ConfigCache:
         """The translated services by hostname, read-only and without a copy."""
         return MappingProxyType(self._services)
 
-    def clusters(self) -> dict[str, Resource]:
-        if self._flat_clusters is None:
-            self._flat_clusters = {n: r for t in self._clusters.values() for n, r in t.items()}
-        return self._flat_clusters
+    def clusters(self) -> SharedTable:
+        """Every shared outbound cluster by name (live: read it within one push)."""
+        return self._clusters
 
-    def assignments(self) -> dict[str, Resource]:
-        if self._flat_assignments is None:
-            self._flat_assignments = {
-                n: r for t in self._assignments.values() for n, r in t.items()
-            }
-        return self._flat_assignments
+    def assignments(self) -> SharedTable:
+        """Every shared ClusterLoadAssignment by name (live: read it within one push)."""
+        return self._assignments
 
     def shared_digest(self, type_url: str) -> str:
-        """The version of a whole shared table (clusters or assignments), once per change."""
-        found = self._digests.get(type_url)
-        if found is None:
-            table = self.clusters() if type_url == T.CLUSTER else self.assignments()
-            found = self._digests[type_url] = digest((n, r.version) for n, r in table.items())
-        return found
+        """The version of a whole shared table (clusters or assignments)."""
+        return (self._clusters if type_url == T.CLUSTER else self._assignments).version
 
     def route(self, namespace: str, source: frozenset[str] = frozenset()) -> Resource:
         """The outbound route table for ``namespace``; ``source`` names the source-matching

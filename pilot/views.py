@@ -19,6 +19,11 @@ Promises:
   share one build and a proxy whose inputs did not change costs a few dictionary look-ups.
 - Versions are computed per step from the previous step's versions (never by re-hashing a
   shared table), so a view's versions move exactly when its bytes do.
+- No step copies or walks a shared table on a push: per-proxy resources are laid over the
+  shared ones (:class:`pilot.table.Layered`, the proxy's own first), and the locality step
+  keeps one :class:`pilot.table.DerivedTable` per locality that re-prioritizes only the
+  assignments changed since it was last read. Endpoints pass through every cached step
+  unchanged, so a cached step never hands out an older endpoint table.
 - This module reads the cache through :class:`SharedConfig` only; it never writes it.
 """
 
@@ -38,6 +43,7 @@ from meshfed.pilot import xds_types as T
 from meshfed.pilot.node import ProxyNode
 from meshfed.pilot.plugins import ChainContext, Direction, PluginSet, ProxyContext
 from meshfed.pilot.resources import ProxyView, Resource, digest, make_resource
+from meshfed.pilot.table import DerivedTable, Layered, SharedTable
 from meshfed.pilot.translate import gateway, interception, names
 from meshfed.pilot.translate import listeners as tl
 from meshfed.pilot.translate.endpoints import prioritized
@@ -46,6 +52,7 @@ from meshfed.registry.model import Endpoint, Locality, Service
 
 Own = tuple[tuple[Service, Endpoint], ...]
 Table = dict[str, Resource]
+Clusters = Mapping[str, Resource]
 SidecarPart = tuple[Table, Table, tuple[str, ...]]  # listeners, per-proxy clusters, problems
 GatewayPart = tuple[Table, Table, Table, tuple[str, ...]]  # listeners, routes, clusters, problems
 
@@ -60,7 +67,7 @@ class SharedConfig(traffic_hooks.TrafficCache, Protocol):
 
     def clusters(self) -> Mapping[str, Resource]: ...
 
-    def assignments(self) -> Mapping[str, Resource]: ...
+    def assignments(self) -> SharedTable: ...
 
     def shared_digest(self, type_url: str) -> str: ...
 
@@ -76,13 +83,15 @@ class ProxyViews:
         self.shared = shared
         # Every step's builds, by a key that starts with what the step is.
         self._parts: cachetools.LRUCache[tuple[object, ...], Any] = cachetools.LRUCache(4096)
-        # Per proxy locality: assignment name -> (shared version, prioritized resource).
-        self._locality_tables: cachetools.LRUCache[Locality, dict[str, tuple[str, Resource]]] = (
-            cachetools.LRUCache(maxsize=64)
+        # Per proxy locality: the shared assignments prioritized for it, kept up to date.
+        self._locality_tables: cachetools.LRUCache[Locality, DerivedTable] = cachetools.LRUCache(
+            maxsize=64
         )
-        self._redirect: cachetools.LRUCache[tuple[object, ...], ProxyView] = cachetools.LRUCache(
-            maxsize=1024
-        )
+        # Interception: (clusters, cluster version, listeners, problems) per listener and
+        # cluster version; endpoints are not part of it (they pass through).
+        self._redirect: cachetools.LRUCache[
+            tuple[object, ...], tuple[Clusters, str, Table, tuple[str, ...]]
+        ] = cachetools.LRUCache(maxsize=1024)
 
     def view(self, node: ProxyNode) -> ProxyView:
         """What ``node`` should have now."""
@@ -192,7 +201,7 @@ class ProxyViews:
         if overrides:
             proxy_clusters = {**proxy_clusters, **overrides}
         clusters = shared.clusters()
-        all_clusters = {**clusters, **proxy_clusters} if proxy_clusters else clusters
+        all_clusters = Layered(proxy_clusters, clusters) if proxy_clusters else clusters
         route = shared.route(node.namespace, source)
         cds_version = shared.shared_digest(T.CLUSTER)
         if proxy_clusters:
@@ -235,10 +244,10 @@ class ProxyViews:
             self._parts[key] = found
         listener_table, route_table, extra, gateway_problems = found
         # Mutual TLS applies to a gateway's clusters exactly as to a sidecar's (shared clusters).
-        clusters = shared.clusters()
+        clusters: Clusters = shared.clusters()
         cds_version = shared.shared_digest(T.CLUSTER)
         if extra:
-            clusters = {**clusters, **extra}
+            clusters = Layered(extra, clusters)
             cds_version = digest([("", cds_version), *((n, r.version) for n, r in extra.items())])
         return ProxyView(
             {
@@ -255,64 +264,55 @@ class ProxyViews:
     def _redirect_view(self, node: ProxyNode, view: ProxyView) -> ProxyView:
         """The same config with interception listeners (built once per listener version)."""
         key = (node.view_key, view.version(T.LISTENER), view.version(T.CLUSTER))
-        cached = self._redirect.get(key)
-        if cached is not None:
-            return cached
-        explicit = {}
-        for name, res in view.get(T.LISTENER).items():
-            listener = listener_pb2.Listener()
-            res.body.Unpack(listener)
-            explicit[name] = listener
-        built, problems = interception.redirect_listeners(
-            node, explicit, self.shared.service_table.values()
-        )
-        blackhole = make_resource(interception.BLACKHOLE, interception.blackhole_cluster())
-        found = ProxyView(
+        found = self._redirect.get(key)
+        if found is None:
+            explicit = {}
+            for name, res in view.get(T.LISTENER).items():
+                listener = listener_pb2.Listener()
+                res.body.Unpack(listener)
+                explicit[name] = listener
+            built, problems = interception.redirect_listeners(
+                node, explicit, self.shared.service_table.values()
+            )
+            blackhole = make_resource(interception.BLACKHOLE, interception.blackhole_cluster())
+            found = (
+                Layered({blackhole.name: blackhole}, view.get(T.CLUSTER)),
+                digest([("", view.version(T.CLUSTER)), (blackhole.name, blackhole.version)]),
+                {lst.name: make_resource(lst.name, lst) for lst in built},
+                (*view.problems, *problems),
+            )
+            self._redirect[key] = found
+        clusters, cds_version, listeners, all_problems = found
+        return ProxyView(
             {
-                T.CLUSTER: {**view.get(T.CLUSTER), blackhole.name: blackhole},
+                T.CLUSTER: clusters,
                 T.ENDPOINT: view.get(T.ENDPOINT),
-                T.LISTENER: {lst.name: make_resource(lst.name, lst) for lst in built},
+                T.LISTENER: listeners,
                 T.ROUTE: view.get(T.ROUTE),
             },
-            [*view.problems, *problems],
-            shared_digests={
-                T.CLUSTER: digest(
-                    [("", view.version(T.CLUSTER)), (blackhole.name, blackhole.version)]
-                ),
-                T.ENDPOINT: view.version(T.ENDPOINT),
-            },
+            all_problems,
+            shared_digests={T.CLUSTER: cds_version, T.ENDPOINT: view.version(T.ENDPOINT)},
         )
-        self._redirect[key] = found
-        return found
 
     # -- 3. locality ------------------------------------------------------------------------
     def _with_locality(self, view: ProxyView, locality: Locality) -> ProxyView:
         """``view`` whose assignments prefer ``locality`` (:func:`endpoints.prioritized`); one
-        table per locality and assignments version, shared by every proxy there."""
-        shared_version = self.shared.shared_digest(T.ENDPOINT)
-        key = ("eds", locality, shared_version)
-        found = self._parts.get(key)
-        if found is None:
-            # Reuse what did not change since this locality's last table: only new or changed
-            # assignments are unpacked and re-prioritized.
-            previous = self._locality_tables.get(locality, {})
-            table: dict[str, tuple[str, Resource]] = {}
-            for name, res in self.shared.assignments().items():
-                before = previous.get(name)
-                if before is None or before[0] != res.version:
-                    cla = endpoint_pb2.ClusterLoadAssignment()
-                    res.body.Unpack(cla)
-                    before = (res.version, make_resource(name, prioritized(cla, locality)))
-                table[name] = before
-            self._locality_tables[locality] = table
-            found = (
-                {n: r for n, (_, r) in table.items()},
-                digest([("", shared_version), ("locality", str(locality))]),
+        table per locality, shared by every proxy there, re-prioritizing only the assignments
+        that changed since it was last read."""
+        table = self._locality_tables.get(locality)
+        if table is None:
+
+            def derive(res: Resource) -> Resource:
+                cla = endpoint_pb2.ClusterLoadAssignment()
+                res.body.Unpack(cla)
+                return make_resource(res.name, prioritized(cla, locality))
+
+            table = self._locality_tables[locality] = DerivedTable(
+                self.shared.assignments(), derive
             )
-            self._parts[key] = found
-        assignments, version = found
+        version = digest([("", self.shared.shared_digest(T.ENDPOINT)), ("locality", str(locality))])
         return ProxyView(
-            {**view.resources, T.ENDPOINT: assignments},
+            {**view.resources, T.ENDPOINT: table.refresh()},
             view.problems,
             shared_digests={T.CLUSTER: view.version(T.CLUSTER), T.ENDPOINT: version},
         )
@@ -331,7 +331,7 @@ class ProxyViews:
         overrides, problems = found
         if not overrides:
             return view
-        clusters = {**view.get(T.CLUSTER), **overrides}
+        clusters = Layered(overrides, view.get(T.CLUSTER))
         return ProxyView(
             {**view.resources, T.CLUSTER: clusters},
             (*view.problems, *problems),

@@ -21,6 +21,7 @@ ACKed), STALE (sent, no answer yet), NACKED (latest response rejected; ``error``
 from __future__ import annotations
 
 import enum
+import sys
 import time
 from collections.abc import Iterable, Mapping
 
@@ -43,6 +44,12 @@ class RequestKind(enum.Enum):
     NACK = "nack"
     STALE = "stale"  # answers an older response; ignore its ACK/NACK meaning
     UPDATE = "update"  # no nonce after the first request: a subscription change only
+
+
+def _shared_names(names: Iterable[str]) -> set[str]:
+    """Requested resource names as the process's one copy of each string: every proxy asks for
+    the same names on every ACK, and each request's own copies would be held once per proxy."""
+    return {sys.intern(n) for n in names}
 
 
 @attrs.frozen(slots=True)
@@ -72,6 +79,8 @@ class TypeWatch:
     delta: bool = False
     requested: bool = False
     wildcard: bool = False
+    # Replaced whenever it changes, never changed in place: a caller that kept the previous
+    # set sees a change by identity, without copying a subscription of every assignment.
     subscribed: set[str] = attrs.field(factory=set)
     # name -> version of what we last sent (ACKed or not). Comparing against this, not against
     # what was ACKed, is what keeps a NACKed version from being sent again.
@@ -140,6 +149,13 @@ class TypeWatch:
 
     def _sotw_subscription(self, first: bool, names: Iterable[str]) -> set[str]:
         wanted = set(names)
+        if not first and wanted - {"*"} == self.subscribed:
+            # An ACK repeating the subscription (every state-of-the-world ACK names it all):
+            # keep the set we hold, and its shared strings.
+            if self.type_url in T.FULL_STATE:
+                self.wildcard = not wanted or "*" in wanted
+            return set()
+        wanted = _shared_names(wanted)
         if self.type_url in T.FULL_STATE:
             # Clusters and listeners: empty or "*" means everything (legacy wildcard).
             self.wildcard = not wanted or "*" in wanted
@@ -149,9 +165,10 @@ class TypeWatch:
             self.sent.clear()
             self.sent_version = ""
             return set(self.subscribed) | ({"*"} if self.wildcard else set())
-        added = wanted - {"*"} - self.subscribed
+        wanted.discard("*")
+        added = wanted - self.subscribed
         removed = self.subscribed - wanted
-        self.subscribed = wanted - {"*"}
+        self.subscribed = wanted
         for name in removed:
             self.sent.pop(name, None)
         return added
@@ -163,7 +180,7 @@ class TypeWatch:
         unsubscribe: Iterable[str],
         initial_versions: Mapping[str, str] | None,
     ) -> set[str]:
-        subscribe = set(subscribe)
+        subscribe = _shared_names(subscribe)
         if first:
             self.sent.clear()
             if self.type_url in T.FULL_STATE and (not subscribe or "*" in subscribe):
@@ -174,15 +191,18 @@ class TypeWatch:
         elif "*" in subscribe:
             self.wildcard = True
         fresh = {n for n in subscribe - {"*"} if n not in self.subscribed}
-        self.subscribed |= subscribe - {"*"}
+        if fresh:
+            self.subscribed = self.subscribed | fresh
         for name in fresh:
             if not (first and initial_versions and name in initial_versions):
                 self.sent.pop(name, None)
-        for name in set(unsubscribe):
-            if name == "*":
-                self.wildcard = False
-                continue
-            self.subscribed.discard(name)
+        gone = set(unsubscribe)
+        if "*" in gone:
+            self.wildcard = False
+            gone.discard("*")
+        if gone & self.subscribed:
+            self.subscribed = self.subscribed - gone
+        for name in gone:
             self.sent.pop(name, None)
         return fresh | ({"*"} if first and self.wildcard else set())
 

@@ -130,3 +130,25 @@ def test_delta_reconnect_holding_everything_still_gets_an_answer_to_ack() -> Non
     assert answer is not None and answer.resources == () and answer.removed == ()
     w.on_request("1")
     assert w.status is Status.SYNCED
+
+
+def test_subscription_is_replaced_on_change_and_kept_when_an_ack_repeats_it() -> None:
+    w = TypeWatch(T.ENDPOINT)
+    w.on_request("", names=["a", "b"])
+    plan = w.plan(view(T.ENDPOINT, a=1, b=2), "1")
+    held = w.subscribed
+    kind, names = w.on_request("1", version_info=plan.version, names=["b", "a"])
+    assert kind is RequestKind.ACK and not names and w.subscribed is held
+    kind, names = w.on_request("1", version_info=plan.version, names=["a", "b", "c"])
+    assert names == {"c"} and w.subscribed == {"a", "b", "c"} and w.subscribed is not held
+    assert held == {"a", "b"}  # the previous set was not changed in place
+
+
+def test_delta_subscription_changes_replace_the_set() -> None:
+    w = TypeWatch(T.ENDPOINT, delta=True)
+    w.on_request("", subscribe=["a", "b"])
+    held = w.subscribed
+    w.on_request("", subscribe=["a"])
+    assert w.subscribed is held  # nothing new
+    w.on_request("", unsubscribe=["b"])
+    assert w.subscribed == {"a"} and w.subscribed is not held and held == {"a", "b"}

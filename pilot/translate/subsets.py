@@ -40,11 +40,13 @@ def service_port_clusters(
     endpoints: Sequence[Endpoint],
     index: TrafficIndex,
     sources: frozenset[str] = frozenset(),
+    with_assignments: bool = True,
 ) -> list[tuple[cluster_pb2.Cluster, endpoint_pb2.ClusterLoadAssignment | None]]:
     """The service port's own cluster plus one per configured subset, each with its CLA (EDS).
 
     The first item is always the whole-service cluster ``outbound|port||host``. ``sources``
     selects per-source policies (the asking proxy's source key); the shared clusters use none.
+    ``with_assignments=False`` skips the CLAs (per-source clusters share the service's own).
     """
     out = []
     for labels in (Labels(), *index.subsets.get(service.hostname, ())):
@@ -58,6 +60,7 @@ def service_port_clusters(
             elif cluster.HasField("load_assignment"):
                 cluster.load_assignment.cluster_name = name
         apply_policy(cluster, index.policy_for(service.hostname, labels, sources))
-        cla = te.load_assignment(name, port, chosen) if tc.uses_eds(service) else None
+        eds = with_assignments and tc.uses_eds(service)
+        cla = te.load_assignment(name, port, chosen) if eds else None
         out.append((cluster, cla))
     return out
