@@ -33,6 +33,9 @@ from meshfed.pilot.translate.names import parse_outbound_cluster
 
 Bag = dict[str, Any]
 
+# Where Envoy keeps the dynamic metadata an ext_authz answer carries (the filter's name).
+AUTHZ_METADATA = "envoy.filters.http.ext_authz"
+
 # Envoy's pseudo-headers are separate attributes in Istio's vocabulary, not request.headers.
 _PSEUDO = (":authority", ":method", ":path", ":scheme")
 
@@ -87,8 +90,10 @@ def _duration(value: duration_pb2.Duration) -> dt.timedelta:
     return value.ToTimedelta()
 
 
-def _destination_service(bag: Bag, tagged: Mapping[str, str], cluster: str = "") -> None:
-    service = tagged.get(DESTINATION_SERVICE, "")
+def _destination_service(
+    bag: Bag, tagged: Mapping[str, str], cluster: str = "", checked: str = ""
+) -> None:
+    service = tagged.get(DESTINATION_SERVICE, "") or checked
     if not service and cluster:
         parsed = parse_outbound_cluster(cluster)
         service = parsed[0] if parsed else ""
@@ -145,7 +150,13 @@ def _common(bag: Bag, common: accesslog_pb2.AccessLogCommon) -> None:
     user = _peer_user(common)
     if user:
         bag["source.user"] = user
-    _destination_service(bag, common.custom_tags, common.upstream_cluster)
+    # A request the check denied never reached a cluster; the check's dynamic metadata (which
+    # the client returns to Envoy, see server.Verdict) still names where it was going.
+    checked = common.metadata.filter_metadata.get(AUTHZ_METADATA)
+    checked_service = ""
+    if checked is not None and DESTINATION_SERVICE in checked.fields:
+        checked_service = checked.fields[DESTINATION_SERVICE].string_value
+    _destination_service(bag, common.custom_tags, common.upstream_cluster, checked_service)
     if common.HasField("start_time"):
         bag["request.time"] = _time(common.start_time)
         bag["context.time"] = bag["request.time"]
