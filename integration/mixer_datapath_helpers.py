@@ -104,19 +104,25 @@ class DataPathMesh:
         return not self.mixer.not_ready() and self.mixer.problems() == []
 
     async def proxy(
-        self, ip: str, workload: str, app_ports: str = "", gateway_port: int = 0
+        self,
+        ip: str,
+        workload: str,
+        app_ports: str = "",
+        gateway_port: int = 0,
+        mixer_client: bool = True,
     ) -> EnvoyProcess:
         """A sidecar (or, with ``gateway_port``, an ingress gateway) with its Mixer client."""
         socket = self.folder / f"mixer-{ip}" / "mixer.sock"
-        client = MixerClient(socket, f"127.0.0.1:{self.mixer.port}")
-        await client.start()
-        self.clients.append(client)
+        if mixer_client:
+            client = MixerClient(socket, f"127.0.0.1:{self.mixer.port}")
+            await client.start()
+            self.clients.append(client)
         spec = ProxySpec(
             ip=ip,
             workload=workload,
             app_ports=app_ports,
             pilot=f"127.0.0.1:{self.pilot.port}",
-            mixer_socket=str(socket),
+            mixer_socket=str(socket) if mixer_client else "",
             role="router" if gateway_port else "sidecar",
             outbound_http_port=gateway_port or 15001,
         )
@@ -143,6 +149,16 @@ class DataPathMesh:
             with contextlib.suppress(Exception):
                 await b.stop()
         await self.hub.stop()
+
+    async def problems(self, envoy: EnvoyProcess) -> list[str]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                f"{self.hub_url}/debug/syncz", params={"proxy": envoy.spec.node_id}
+            ) as response,
+        ):
+            (entry,) = (await response.json())["proxies"]
+        return list(entry.get("problems", []))
 
     async def metrics(self) -> str:
         async with (

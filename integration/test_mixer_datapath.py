@@ -208,6 +208,19 @@ async def test_denier_through_sidecar_and_gateway_and_telemetry(tmp_path: Path) 
         assert request_count(text, "unknown", API, 200) == 2
 
 
+async def test_a_proxy_without_a_local_client_is_served_without_mixer(tmp_path: Path) -> None:
+    async with datapath_mesh(tmp_path, SERVICES, DENY_WEB) as mesh:
+        await mesh.backend("web", WEB_IP, 8080)
+        web = await mesh.proxy(WEB_IP, "web", "9080:8080", mixer_client=False)
+        client = await mesh.proxy(CLIENT_IP, "client")
+        # web's listener is served (no filter naming a missing cluster), without policy
+        assert await call(f"http://{CLIENT_IP}:15001", WEB) == (200, "web")
+        assert any("no node-local Mixer client" in p for p in await mesh.problems(web))
+        assert not any("Mixer client" in p for p in await mesh.problems(client))
+        status, body = await web.admin("/listeners")
+        assert status == 200 and f"inbound|{WEB_IP}:9080" in body
+
+
 async def test_tcp_policy_closes_denied_connections(tmp_path: Path) -> None:
     async with datapath_mesh(tmp_path, SERVICES, DENY_WEB) as mesh:
         echoed: list[bytes] = []

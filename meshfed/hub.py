@@ -28,7 +28,7 @@ import functools
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from aiohttp import web
@@ -45,6 +45,9 @@ from meshfed.core.supervisor import Supervisor
 from meshfed.registry.aggregate import AggregateRegistry, Member
 from meshfed.registry.events import ChangeEvent
 from meshfed.registryview import registry_view
+
+if TYPE_CHECKING:
+    from meshfed.pilot.mixer_plugin import MixerDataPath
 
 log = logging.getLogger("meshfed.hub")
 
@@ -302,7 +305,7 @@ def default_components(mesh: MeshConfig) -> list[HubComponent]:
     return components
 
 
-def mixer_data_path(mesh: MeshConfig) -> Any:
+def mixer_data_path(mesh: MeshConfig) -> MixerDataPath:
     """What Pilot's Mixer plugin needs of ``spec.mixer`` (Pilot does not read Mixer's types)."""
     from meshfed.pilot.mixer_plugin import MixerDataPath
 
