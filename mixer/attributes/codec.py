@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from meshfed.mixer.api.v1 import attributes_pb2, report_pb2
@@ -64,6 +64,16 @@ class _Words:
         raise DecodeError(
             f"word index {index} is past the {self.count} global words the client uses"
         )
+
+
+def word_decoder(
+    own: Sequence[str],
+    word_count: int | None = None,
+    global_words: Sequence[str] = GLOBAL_WORDS,
+) -> Callable[[int], str]:
+    """index -> word for one message: ``own`` words (``-1`` is ``own[0]``), then the first
+    ``word_count`` global words (all of them when ``None``). A bad index raises DecodeError."""
+    return _Words(own, global_words, len(global_words) if word_count is None else word_count)
 
 
 def decode_into(

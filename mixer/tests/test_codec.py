@@ -91,3 +91,12 @@ def test_global_dictionary_is_istios():
     assert len(GLOBAL_WORDS) == 159
     assert GLOBAL_WORDS[0] == "source.ip" and GLOBAL_WORDS[-1] == "source.service"
     assert GLOBAL_WORDS.count("200") == 2  # '200' and 200 are one string in Istio's list
+
+
+def test_word_decoder_reads_own_then_global_words():
+    word = codec.word_decoder(["mine"], word_count=5)
+    assert (word(-1), word(0)) == ("mine", GLOBAL_WORDS[0])
+    with pytest.raises(codec.DecodeError, match="past the 5 global words"):
+        word(5)
+    with pytest.raises(codec.DecodeError, match="past the message's 1 words"):
+        word(-2)
