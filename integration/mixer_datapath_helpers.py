@@ -49,8 +49,16 @@ spec:
 class DataPathMesh:
     """The hub, and the sidecars / gateway / backends a test starts (all stopped by stop())."""
 
-    def __init__(self, folder: Path, services: str, policy: str, data_path: DataPathSettings):
+    def __init__(
+        self,
+        folder: Path,
+        services: str,
+        policy: str,
+        data_path: DataPathSettings,
+        cache_entries: int = 10_000,
+    ):
         self.folder = folder
+        self.cache_entries = cache_entries
         (folder / "registry").mkdir(parents=True)
         (folder / "mixer").mkdir()
         (folder / "registry" / "services.yaml").write_text(services)
@@ -114,7 +122,12 @@ class DataPathMesh:
         """A sidecar (or, with ``gateway_port``, an ingress gateway) with its Mixer client."""
         socket = self.folder / f"mixer-{ip}" / "mixer.sock"
         if mixer_client:
-            client = MixerClient(socket, f"127.0.0.1:{self.mixer.port}")
+            client = MixerClient(
+                socket,
+                f"127.0.0.1:{self.mixer.port}",
+                cache_entries=self.cache_entries,
+                report_delay=0.1,
+            )
             await client.start()
             self.clients.append(client)
         spec = ProxySpec(
@@ -170,9 +183,13 @@ class DataPathMesh:
 
 @contextlib.asynccontextmanager
 async def datapath_mesh(
-    folder: Path, services: str, policy: str, data_path: DataPathSettings | None = None
+    folder: Path,
+    services: str,
+    policy: str,
+    data_path: DataPathSettings | None = None,
+    cache_entries: int = 10_000,
 ) -> AsyncIterator[DataPathMesh]:
-    mesh = DataPathMesh(folder, services, policy, data_path or DataPathSettings())
+    mesh = DataPathMesh(folder, services, policy, data_path or DataPathSettings(), cache_entries)
     try:
         await mesh.start()
         yield mesh

@@ -198,6 +198,11 @@ async def test_denier_through_sidecar_and_gateway_and_telemetry(tmp_path: Path) 
             return request_count(await mesh.metrics(), CLIENT, API, 200) >= n + 1
 
         await eventually(counted, 15, f"{n + 1} reported requests client -> api")
+        # api's client answered the repeated checks from its cache (the deny rule looked at
+        # destination.service and the protocol, never at the per-request attributes)
+        api_client = next(c for c in mesh.clients if f"mixer-{API_IP}" in str(c.socket_path))
+        assert api_client.cache is not None
+        assert api_client.cache.stats.hits >= n - 1, api_client.cache.stats
         text = await mesh.metrics()
         assert request_count(text, CLIENT, API, 200) == n + 1
         assert request_count(text, CLIENT, WEB, 403) == 1
@@ -274,7 +279,8 @@ async def test_memquota_gives_429_past_its_limit(tmp_path: Path) -> None:
 
 
 async def test_mixer_down_fail_open_then_fail_closed(tmp_path: Path) -> None:
-    async with datapath_mesh(tmp_path, SERVICES, DENY_WEB) as mesh:
+    # No Check cache: a cached answer would (rightly) keep serving while Mixer is away.
+    async with datapath_mesh(tmp_path, SERVICES, DENY_WEB, cache_entries=0) as mesh:
         await start_web_and_api(mesh)
         sidecar = f"http://{CLIENT_IP}:15001"
         assert (await call(sidecar, WEB))[0] == 403

@@ -13,9 +13,14 @@ Promises:
   policy is open (metadata :data:`~pilot.mixer_plugin.FAIL_OPEN_HEADER`, from the mesh
   config's ``dataPath.failOpen``; open when absent, as Istio's ``network_fail_policy``), else
   it gets 503. Each outcome is counted (``meshfed_mixerclient_checks_total{result}``).
-- Access-log entries become Report bags, delta-encoded (``codec.encode_batches``) and sent to
-  Mixer per message Envoy streams; a failed Report is logged and counted, never stops the
-  stream.
+- Mixer's precondition answers are cached (:class:`.check_cache.CheckCache`, keyed by the
+  attributes each answer referenced, within its ``valid_duration`` / ``valid_use_count``); a
+  Check asking for quota always goes to Mixer, since quota is allocated per call. Hits and
+  misses are counted (``meshfed_mixerclient_check_cache_total{result}``).
+- Access-log entries become Report bags, queued in a :class:`.report_batcher.ReportBatcher`
+  (sent when ``report_batch`` are pending or the oldest has waited ``report_delay``; retried
+  while Mixer is away; at most ``report_pending`` held, the oldest dropped beyond that). A bad
+  entry or a failed Report never ends Envoy's stream.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
@@ -50,6 +56,8 @@ from meshfed.nodeagent.mixerclient.attributes import (
     http_status_for,
     tcp_report_bag,
 )
+from meshfed.nodeagent.mixerclient.check_cache import CheckCache, referenced_from_proto
+from meshfed.nodeagent.mixerclient.report_batcher import ReportBatcher
 from meshfed.pilot.mixer_plugin import DESTINATION_SERVICE, FAIL_OPEN_HEADER, QUOTAS_HEADER
 
 log = logging.getLogger("meshfed.nodeagent.mixerclient")
@@ -64,6 +72,11 @@ REPORTS = Counter(
 )
 REPORT_BAGS = Counter(
     "meshfed_mixerclient_report_bags_total", "Access-log entries turned into Report bags"
+)
+CACHE = Counter(
+    "meshfed_mixerclient_check_cache_total",
+    "Check answers looked up in the client's cache, by result (hit, miss)",
+    ["result"],
 )
 
 
@@ -118,11 +131,30 @@ class MixerClient:
     ``mixer_address`` (``host:port``)."""
 
     def __init__(
-        self, socket_path: str | Path, mixer_address: str, check_timeout: float = 0.8
+        self,
+        socket_path: str | Path,
+        mixer_address: str,
+        check_timeout: float = 0.8,
+        cache_entries: int = 10_000,
+        report_batch: int = 1000,
+        report_delay: float = 1.0,
+        report_pending: int = 100_000,
     ) -> None:
         self.socket_path = Path(socket_path)
         self.mixer_address = mixer_address
         self.check_timeout = check_timeout
+        # cache_entries 0: no cache (every Check goes to Mixer)
+        self.cache: CheckCache[Verdict] | None = (
+            CheckCache(max_entries=cache_entries) if cache_entries > 0 else None
+        )
+        self.batcher = ReportBatcher(
+            self._deliver,
+            max_entries=report_batch,
+            max_delay=report_delay,
+            max_pending=max(report_pending, report_batch),
+            word_count=len(GLOBAL_WORDS),
+        )
+        self._sender: asyncio.Task[None] | None = None
         self._server: grpc.aio.Server | None = None
         self._channel: grpc.aio.Channel | None = None
         self._mixer: MixerStub | None = None
@@ -137,7 +169,16 @@ class MixerClient:
         os.chmod(folder, 0o700)
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()  # a stale socket from a crashed client
-        self._channel = grpc.aio.insecure_channel(self.mixer_address)
+        # Reconnect within a second or two of Mixer coming back (gRPC's default backoff can
+        # wait minutes), so fail-open periods and queued Reports stay short.
+        self._channel = grpc.aio.insecure_channel(
+            self.mixer_address,
+            options=[
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 2000),
+            ],
+        )
         self._mixer = MixerStub(self._channel)
         server = grpc.aio.server()
         authz_grpc.add_AuthorizationServicer_to_server(_Authorization(self), server)
@@ -146,12 +187,22 @@ class MixerClient:
         await server.start()
         os.chmod(self.socket_path, 0o600)
         self._server = server
+        self._sender = asyncio.create_task(self.batcher.run(), name="mixer report batcher")
         log.info("mixer client on unix:%s, Mixer at %s", self.socket_path, self.mixer_address)
 
     async def stop(self, grace: float = 0.5) -> None:
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
+        if self._sender is not None:
+            self._sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sender
+            self._sender = None
+            if self._channel is not None and self.batcher.pending:
+                # what Envoy logged last still goes out, if Mixer answers soon
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.batcher.flush(), 2.0)
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
@@ -163,6 +214,9 @@ class MixerClient:
             "checks": self.checks,
             "reports": self.reports,
             "lastError": self.last_error,
+            "cache": None if self.cache is None else attrs.asdict(self.cache.stats),
+            "reportsPending": self.batcher.pending,
+            "reportStats": attrs.asdict(self.batcher.stats),
         }
 
     # -- Check ----------------------------------------------------------------------------------
@@ -170,6 +224,15 @@ class MixerClient:
         """Mixer's verdict on ``bag`` (and one unit of each quota), or the fail policy's."""
         assert self._mixer is not None, "start() first"
         self.checks += 1
+        cacheable = self.cache is not None and not quotas
+        if cacheable and self.cache is not None:
+            hit = self.cache.lookup(bag)
+            if hit is not None:
+                CACHE.labels("hit").inc()
+                cached = hit.answer
+                CHECKS.labels("allowed" if cached.ok else "denied").inc()
+                return Verdict(cached.code, cached.http, cached.message)
+            CACHE.labels("miss").inc()
         request = check_pb2.CheckRequest(
             attributes=codec.encode(bag),
             global_word_count=len(GLOBAL_WORDS),
@@ -188,10 +251,26 @@ class MixerClient:
             CHECKS.labels("failed_closed").inc()
             return Verdict(code_pb2.UNAVAILABLE, 503, f"mixer unavailable: {self.last_error}")
         self.last_error = ""
-        status = answer.precondition.status
-        if status.code != code_pb2.OK:
+        precondition = answer.precondition
+        status = precondition.status
+        verdict = (
+            Verdict(status.code, http_status_for(status.code), status.message)
+            if status.code != code_pb2.OK
+            else Verdict(code_pb2.OK)
+        )
+        if cacheable and self.cache is not None:
+            self.cache.insert(
+                bag,
+                referenced_from_proto(
+                    precondition.referenced_attributes, request.global_word_count
+                ),
+                Verdict(verdict.code, verdict.http, verdict.message),
+                precondition.valid_duration.ToTimedelta().total_seconds(),
+                precondition.valid_use_count,
+            )
+        if not verdict.ok:
             CHECKS.labels("denied").inc()
-            return Verdict(status.code, http_status_for(status.code), status.message)
+            return verdict
         for name in quotas:
             result = answer.quotas.get(name)
             if result is None or result.granted_amount < 1:
@@ -203,24 +282,25 @@ class MixerClient:
         return Verdict(code_pb2.OK)
 
     # -- Report ---------------------------------------------------------------------------------
-    async def report(self, bags: Sequence[Bag]) -> None:
-        """Send ``bags`` to Mixer as delta-encoded Report batches."""
-        assert self._mixer is not None, "start() first"
-        if not bags:
-            return
+    def report(self, bags: Sequence[Bag]) -> None:
+        """Queue ``bags`` for Mixer's Report (sent in delta-encoded batches, retried)."""
         REPORT_BAGS.inc(len(bags))
-        for request in codec.encode_batches(bags):
-            await self.send_report(request)
+        for bag in bags:
+            self.batcher.add(bag)
 
-    async def send_report(self, request: report_pb2.ReportRequest) -> None:
+    async def flush_reports(self) -> bool:
+        """Send what is queued now (tests, shutdown); ``True`` when all was delivered."""
+        return await self.batcher.flush()
+
+    async def _deliver(self, request: report_pb2.ReportRequest) -> None:
+        """The batcher's send: raises when Mixer did not take ``request`` (it is retried)."""
         assert self._mixer is not None, "start() first"
         try:
             await self._mixer.Report(request, timeout=5.0)
         except grpc.aio.AioRpcError as exc:
             self.last_error = f"{exc.code().name}: {exc.details()}"
             REPORTS.labels("failed").inc()
-            log.warning("mixer report failed (%s): %s", self.mixer_address, self.last_error)
-            return
+            raise
         self.reports += 1
         REPORTS.labels("ok").inc()
 
@@ -265,10 +345,5 @@ class _AccessLog(als_pb2_grpc.AccessLogServiceServicer):
             except Exception as exc:  # never let one unreadable entry end Envoy's stream
                 log.warning("cannot read access-log entries: %r", exc)
                 continue
-            try:
-                await self.client.report(bags)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("report of %d entries failed", len(bags))
+            self.client.report(bags)
         return als_pb2.StreamAccessLogsResponse()

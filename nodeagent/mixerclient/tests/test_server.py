@@ -3,6 +3,7 @@ none at all: Mixer's codes become HTTP statuses, and the fail policy decides whe
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 from pathlib import Path
@@ -62,13 +63,45 @@ async def test_verdicts_from_a_real_mixer(tmp_path: Path) -> None:
         await mixer.reload()
         assert mixer.problems() == []
         assert (await client.check(bag("/"), fail_open=False)).ok
+        # the rule looked at request.path only: another source is answered from the cache
+        other = {**bag("/"), "source.ip": ipaddress.ip_address("127.0.0.9")}
+        assert (await client.check(other, fail_open=False)).ok
+        assert client.cache is not None and client.cache.stats.hits == 1
         limited = await client.check(bag("/limited"), fail_open=True)
         assert (limited.code, limited.http) == (8, 429)
         assert "slow down" in limited.message
         # a quota no rule limits is granted as asked
         assert (await client.check(bag("/"), fail_open=False, quotas=["requestcount"])).ok
-        await client.report([bag("/"), bag("/x")])
+        client.report([bag("/"), bag("/x")])
+        assert await client.flush_reports()
         assert client.reports == 1 and client.last_error == ""
+    finally:
+        await client.stop()
+        await mixer.stop()
+
+
+async def test_reports_wait_for_a_restarted_mixer(tmp_path: Path) -> None:
+    """Entries logged while Mixer is down are delivered once it is back (none lost)."""
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    port = closed_port()
+    settings = MixerSettings(
+        enabled=True, listen=f"127.0.0.1:{port}", config_paths=(str(tmp_path),), kubernetes=False
+    )
+    client = MixerClient(tmp_path / "c" / "mixer.sock", f"127.0.0.1:{port}", report_delay=0.05)
+    await client.start()
+    mixer = Mixer(settings)
+    try:
+        client.report([bag("/a"), bag("/b"), bag("/c")])
+        assert not await client.flush_reports()
+        assert client.batcher.pending == 3 and client.reports == 0
+        await mixer.start()
+        await mixer.reload()
+        for _ in range(100):  # the batcher's own retry loop delivers them (bounded wait)
+            if client.batcher.pending == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert client.batcher.pending == 0, (client.batcher.stats, client._sender, mixer.port)
+        assert client.batcher.stats.sent == 3 and client.batcher.stats.dropped == 0
     finally:
         await client.stop()
         await mixer.stop()
@@ -83,8 +116,9 @@ async def test_fail_policy_when_mixer_is_away(tmp_path: Path) -> None:
         assert (closed.code, closed.http) == (14, 503)
         assert closed.message.startswith("mixer unavailable: UNAVAILABLE")
         assert client.last_error.startswith("UNAVAILABLE")
-        await client.report([bag("/")])  # counted as failed, not raised
-        assert client.reports == 0
+        client.report([bag("/")])  # kept for a retry, not raised
+        assert not await client.flush_reports()
+        assert client.reports == 0 and client.batcher.pending == 1
         assert oct((tmp_path / "mixer.sock").stat().st_mode & 0o777) == "0o600"
     finally:
         await client.stop()
