@@ -175,7 +175,13 @@ def cmd_proxy(args: argparse.Namespace) -> int:
         if spec.mixer_socket:
             from meshfed.nodeagent.mixerclient.server import MixerClient
 
-            mixer = MixerClient(spec.mixer_socket, args.mixer)
+            mixer = MixerClient(
+                spec.mixer_socket,
+                args.mixer,
+                cache_entries=args.mixer_cache_size,
+                report_batch=args.mixer_report_batch,
+                report_delay=args.mixer_report_delay,
+            )
         try:
             if probe is not None:
                 await probe.start()
@@ -312,6 +318,24 @@ def register(sub: Any) -> None:
         help="readiness probe port on --ip (GET /healthz/ready); 0 disables",
     )
     proxy.add_argument("--envoy-log-level", default="warning")
+    proxy.add_argument(
+        "--mixer-cache-size",
+        type=int,
+        default=10_000,
+        help="Check answers the Mixer client keeps (0: no cache, every Check goes to Mixer)",
+    )
+    proxy.add_argument(
+        "--mixer-report-batch",
+        type=int,
+        default=1000,
+        help="access-log entries per Report batch (sent when this many are pending)",
+    )
+    proxy.add_argument(
+        "--mixer-report-delay",
+        type=float,
+        default=1.0,
+        help="seconds an access-log entry may wait for its Report batch",
+    )
     proxy.set_defaults(func=cmd_proxy)
 
     status = sub.add_parser("proxy-status", help="per proxy and xDS type: sync state")
