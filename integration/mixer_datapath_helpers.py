@@ -56,6 +56,7 @@ class DataPathMesh:
         policy: str,
         data_path: DataPathSettings,
         cache_entries: int = 10_000,
+        pilot: dict[str, Any] | None = None,
     ):
         self.folder = folder
         self.cache_entries = cache_entries
@@ -68,7 +69,7 @@ class DataPathMesh:
             discovery_address="127.0.0.1:0",
             registries=(RegistryConfig("files", "static", {"paths": [str(folder / "registry")]}),),
             config_paths=(str(folder / "registry"),),
-            pilot={"debounceQuiet": 0.02, "debounceMax": 0.2},
+            pilot={"debounceQuiet": 0.02, "debounceMax": 0.2, **(pilot or {})},
             mixer=MixerSettings(
                 enabled=True,
                 listen="127.0.0.1:0",
