@@ -57,6 +57,7 @@ class DataPathMesh:
         data_path: DataPathSettings,
         cache_entries: int = 10_000,
         pilot: dict[str, Any] | None = None,
+        mixer_listen: str = "127.0.0.1:0",
     ):
         self.folder = folder
         self.cache_entries = cache_entries
@@ -72,7 +73,7 @@ class DataPathMesh:
             pilot={"debounceQuiet": 0.02, "debounceMax": 0.2, **(pilot or {})},
             mixer=MixerSettings(
                 enabled=True,
-                listen="127.0.0.1:0",
+                listen=mixer_listen,
                 config_paths=(str(folder / "mixer"),),
                 kubernetes=False,
                 data_path=data_path,
@@ -82,6 +83,7 @@ class DataPathMesh:
         self.envoys: list[EnvoyProcess] = []
         self.clients: list[MixerClient] = []
         self.backends: list[Any] = []
+        self._restarted: list[Mixer] = []
 
     def write_policy(self, text: str) -> None:
         tmp = self.folder / "mixer" / ".policy.tmp"
@@ -91,6 +93,16 @@ class DataPathMesh:
     @property
     def pilot(self) -> PilotServer:
         return next(c for c in self.hub.components if isinstance(c, PilotServer))
+
+    async def restart_mixer(self) -> Mixer:
+        """A new Mixer component on the old one's address (the old one already stopped)."""
+        old = self.mixer
+        new = Mixer(self.mesh.mixer)
+        await new.start(self.hub)
+        # the hub's lifecycle stops the component it started, so this one is stopped by stop()
+        self.hub.components[self.hub.components.index(old)] = new
+        self._restarted.append(new)
+        return new
 
     @property
     def mixer(self) -> Mixer:
@@ -162,6 +174,9 @@ class DataPathMesh:
         for b in self.backends:
             with contextlib.suppress(Exception):
                 await b.stop()
+        for mixer in self._restarted:
+            with contextlib.suppress(Exception):
+                await mixer.stop()
         await self.hub.stop()
 
     async def problems(self, envoy: EnvoyProcess) -> list[str]:
@@ -189,8 +204,16 @@ async def datapath_mesh(
     policy: str,
     data_path: DataPathSettings | None = None,
     cache_entries: int = 10_000,
+    mixer_listen: str = "127.0.0.1:0",
 ) -> AsyncIterator[DataPathMesh]:
-    mesh = DataPathMesh(folder, services, policy, data_path or DataPathSettings(), cache_entries)
+    mesh = DataPathMesh(
+        folder,
+        services,
+        policy,
+        data_path or DataPathSettings(),
+        cache_entries,
+        mixer_listen=mixer_listen,
+    )
     try:
         await mesh.start()
         yield mesh

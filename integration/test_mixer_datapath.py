@@ -199,9 +199,14 @@ async def test_denier_through_sidecar_and_gateway_and_telemetry(tmp_path: Path) 
             assert (await call(sidecar, API))[0] == 200
 
         async def counted() -> bool:
-            return request_count(await mesh.metrics(), CLIENT, API, 200) >= n + 1
+            text = await mesh.metrics()
+            return (
+                request_count(text, CLIENT, API, 200) >= n + 1
+                and request_count(text, "unknown", WEB, 403) >= 1
+                and request_count(text, "unknown", API, 200) >= 2
+            )
 
-        await eventually(counted, 15, f"{n + 1} reported requests client -> api")
+        await eventually(counted, 15, f"{n + 1} reported requests client -> api, and the rest")
         # api's client answered the repeated checks from its cache (the deny rule looked at
         # destination.service and the protocol, never at the per-request attributes)
         api_client = next(c for c in mesh.clients if f"mixer-{API_IP}" in str(c.socket_path))
@@ -301,6 +306,34 @@ async def test_mixer_down_fail_open_then_fail_closed(tmp_path: Path) -> None:
         await eventually(closed, 15, "fail-closed 503 once Pilot pushed the policy")
         status, body = await call(sidecar, API)
         assert status == 503 and "mixer unavailable" in body, (status, body)
+
+
+async def test_reports_logged_while_mixer_is_down_arrive_after_its_restart(tmp_path: Path) -> None:
+    from integration.routing_helpers import free_port
+
+    listen = f"127.0.0.1:{free_port()}"
+    async with datapath_mesh(tmp_path, SERVICES, TELEMETRY, mixer_listen=listen) as mesh:
+        await start_web_and_api(mesh)
+        sidecar = f"http://{CLIENT_IP}:15001"
+        for _ in range(5):
+            assert (await call(sidecar, API))[0] == 200
+
+        async def counted(n: int) -> bool:
+            return request_count(await mesh.metrics(), CLIENT, API, 200) == n
+
+        await eventually(lambda: counted(5), 15, "5 requests reported before the outage")
+        await mesh.mixer.stop()
+        for _ in range(10):  # served (cached answers, else fail open), logged, queued
+            assert (await call(sidecar, API))[0] == 200
+        await asyncio.sleep(1.5)  # Envoy flushed its log; the client tried and failed
+        api_client = next(c for c in mesh.clients if f"mixer-{API_IP}" in str(c.socket_path))
+        assert api_client.batcher.pending == 10, api_client.batcher.stats
+        await mesh.restart_mixer()
+        # the restarted Mixer's prometheus handler counts from 0: exactly the queued ten
+        await eventually(lambda: counted(10), 20, "the ten queued reports delivered")
+        await asyncio.sleep(0.5)
+        assert await counted(10)
+        assert api_client.batcher.pending == 0 and api_client.batcher.stats.dropped == 0
 
 
 async def test_meshfed_proxy_runs_the_client_beside_its_envoy(tmp_path: Path) -> None:

@@ -129,6 +129,11 @@ async def test_listchecker_on_the_mtls_identity(tmp_path: Path) -> None:
                 return (await call(f"http://{FRIEND_IP}:15001", B))[0] == 200
 
             await eventually(friend_served, 30, "the friend's request over mutual TLS served")
+
+            async def stranger_answered() -> bool:  # its sidecar may still be starting
+                return (await call(f"http://{STRANGER_IP}:15001", B))[0] != 503
+
+            await eventually(stranger_answered, 30, "the stranger's sidecar to answer")
             status, body = await call(f"http://{STRANGER_IP}:15001", B)
             assert status == 404, (status, body)  # Mixer's NOT_FOUND, as Istio mapped it
             assert f"spiffe://{TRUST_DOMAIN}/ns/default/sa/stranger is not whitelisted" in body
