@@ -242,11 +242,11 @@ class CheckCache(Generic[T]):
         """A stored answer for ``bag`` (counting one use of it), or ``None``."""
         now = self._clock()
         for shape in reversed(self._shapes):
-            sig = shape.signature(bag)
-            if sig is None:
-                continue
-            key = (shape, sig)
             try:
+                sig = shape.signature(bag)
+                if sig is None:
+                    continue
+                key = (shape, sig)
                 entry = self._entries.get(key)
             except TypeError:  # an unhashable value: no answer can be keyed by it
                 continue
@@ -280,14 +280,14 @@ class CheckCache(Generic[T]):
         if referenced.uncacheable is not None or valid_duration <= 0 or valid_use_count <= 0:
             self.stats.uncacheable += 1
             return False
-        sig = referenced.signature(bag)
-        if sig is None:
-            self.stats.uncacheable += 1
-            return False
         entry = _Entry(answer, self._clock() + valid_duration, valid_use_count)
         try:
-            self._entries[(referenced, sig)] = entry
-        except TypeError:
+            sig = referenced.signature(bag)
+            if sig is not None:
+                self._entries[(referenced, sig)] = entry
+        except TypeError:  # an unhashable value cannot be a key
+            sig = None
+        if sig is None:
             self.stats.uncacheable += 1
             return False
         self._shapes[referenced] = None

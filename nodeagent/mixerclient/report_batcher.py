@@ -171,7 +171,9 @@ class ReportBatcher:
                 self.stats.send_failures += 1
                 if not self.failing:
                     log.warning(
-                        "Mixer Report failed, keeping %d entries to retry: %s", self.pending, exc
+                        "Mixer Report failed, keeping %d entries to retry: %s",
+                        self.pending,
+                        _one_line(exc),
                     )
                 self.failing = True
                 return False
@@ -201,8 +203,13 @@ class ReportBatcher:
                 codec.encode(p.bag, self._word_count)
             except TypeError as exc:
                 self.stats.invalid += 1
-                log.warning("dropping a report entry that cannot be encoded: %s", exc)
+                log.warning("dropping a report entry that cannot be encoded: %s", _one_line(exc))
             else:
                 good.append(p)
         self._inflight = good
         return codec.encode_batches([p.bag for p in good], self._word_count)
+
+
+def _one_line(exc: BaseException) -> str:
+    # transport errors (gRPC's among them) print over several lines; a log line is one line
+    return " ".join(str(exc).split())[:300] or type(exc).__name__

@@ -242,8 +242,10 @@ def test_unhashable_values_do_not_break_lookup():
     cache: CheckCache[str] = CheckCache(100)
     refs = Referenced(exact=["x"])
     assert not cache.insert({"x": [1]}, refs, "a", 10, 100)
+    assert not cache.insert({"x": {"k": [1]}}, refs, "a", 10, 100)
     cache.insert({"x": 1}, refs, "a", 10, 100)
     assert cache.lookup({"x": [1]}) is None
+    assert cache.lookup({"x": {"k": [1]}}) is None
 
 
 def test_attribute_ref_text():

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshfed.mixer.api.v1 import report_pb2
 from meshfed.mixer.attributes import codec
@@ -260,3 +262,41 @@ async def test_a_failed_flush_hands_its_batch_back_to_the_running_sender():
         assert not await batcher.flush()
         await until(lambda: batcher.pending == 0)
     assert len(hub.bags()) == 3
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 40), st.booleans()), min_size=1, max_size=12),
+    st.integers(1, 8),
+    st.integers(0, 24),
+)
+def test_whatever_fails_what_arrives_is_in_order_and_every_bag_is_accounted_for(
+    rounds, max_entries, extra
+):
+    """Rounds of "add n bags, then flush with the hub up or down"; finally the hub stays up."""
+
+    async def scenario() -> None:
+        hub = Hub()
+        batcher = ReportBatcher(hub.send, max_entries=max_entries, max_pending=max_entries + extra)
+        added = 0
+        for n, up in rounds:
+            for _ in range(n):
+                batcher.add(entry(added))
+                added += 1
+                assert batcher.pending <= max_entries + extra
+            hub.down = not up
+            await batcher.flush()
+        hub.down = False
+        for _ in range(added + 1):
+            if await batcher.flush():
+                break
+        got = [int(b["request.headers"]["x-request-id"][3:]) for b in hub.bags()]
+        assert got == sorted(got) and len(set(got)) == len(got)  # in order, none twice
+        assert len(got) + batcher.stats.dropped == added == batcher.stats.added
+        assert batcher.pending == 0
+        if batcher.stats.dropped == 0:
+            assert got == list(range(added))
+        elif added:
+            assert got[-1] == added - 1  # the bound drops the oldest, never the newest
+
+    asyncio.run(scenario())
