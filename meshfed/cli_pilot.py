@@ -74,7 +74,30 @@ def _add_proxy_args(p: argparse.ArgumentParser) -> None:
         help="the node agent's SDS socket (meshfed nodeagent --sds-socket): the proxy holds a "
         "mesh certificate for mutual TLS (needed to reach STRICT services when pilot.mtls is on)",
     )
+    p.add_argument(
+        "--mixer",
+        default="",
+        metavar="HOST:PORT",
+        help="run the node-local Mixer client beside Envoy, calling the hub's Mixer there: "
+        "Pilot then adds policy checks and telemetry (spec.mixer.dataPath) to this proxy",
+    )
+    p.add_argument(
+        "--mixer-socket",
+        default="",
+        help="the Mixer client's Unix socket (default: a private folder per proxy)",
+    )
     p.add_argument("--config", "-c", help="MeshConfig file (Pilot and hub addresses)")
+
+
+def _mixer_socket(args: argparse.Namespace) -> str:
+    import os
+    import tempfile
+
+    if not getattr(args, "mixer", ""):
+        return ""
+    if args.mixer_socket:
+        return os.path.abspath(os.path.expanduser(args.mixer_socket))
+    return os.path.join(tempfile.mkdtemp(prefix="meshfed-mixer-"), "mixer.sock")
 
 
 def _spec(args: argparse.Namespace) -> Any:
@@ -101,6 +124,7 @@ def _spec(args: argparse.Namespace) -> Any:
         interception=args.interception.upper(),
         locality=args.locality,
         sds_socket=sds,
+        mixer_socket=_mixer_socket(args),
     )
 
 
@@ -147,9 +171,23 @@ def cmd_proxy(args: argparse.Namespace) -> int:
         restore = handle_stop_signals(stop)
         envoy = EnvoyProcess(spec, log_level=args.envoy_log_level)
         probe = ReadinessServer(envoy, args.status_port) if args.status_port else None
+        mixer = None
+        if spec.mixer_socket:
+            from meshfed.nodeagent.mixerclient.server import MixerClient
+
+            mixer = MixerClient(
+                spec.mixer_socket,
+                args.mixer,
+                cache_entries=args.mixer_cache_size,
+                report_batch=args.mixer_report_batch,
+                report_delay=args.mixer_report_delay,
+            )
         try:
             if probe is not None:
                 await probe.start()
+            if mixer is not None:
+                await mixer.start()  # before Envoy: its first Check finds the socket
+                print(f"mixer client on unix:{spec.mixer_socket} -> {args.mixer}", flush=True)
             await envoy.start()
             print(f"envoy started (admin {envoy.admin_url}, log {envoy.log_path})", flush=True)
             state = await wait_ready(envoy, hub, timeout=args.ready_timeout)
@@ -174,6 +212,8 @@ def cmd_proxy(args: argparse.Namespace) -> int:
             return 1
         finally:
             await envoy.stop()
+            if mixer is not None:
+                await mixer.stop()
             if probe is not None:
                 await probe.stop()
             restore()
@@ -278,6 +318,24 @@ def register(sub: Any) -> None:
         help="readiness probe port on --ip (GET /healthz/ready); 0 disables",
     )
     proxy.add_argument("--envoy-log-level", default="warning")
+    proxy.add_argument(
+        "--mixer-cache-size",
+        type=int,
+        default=10_000,
+        help="Check answers the Mixer client keeps (0: no cache, every Check goes to Mixer)",
+    )
+    proxy.add_argument(
+        "--mixer-report-batch",
+        type=int,
+        default=1000,
+        help="access-log entries per Report batch (sent when this many are pending)",
+    )
+    proxy.add_argument(
+        "--mixer-report-delay",
+        type=float,
+        default=1.0,
+        help="seconds an access-log entry may wait for its Report batch",
+    )
     proxy.set_defaults(func=cmd_proxy)
 
     status = sub.add_parser("proxy-status", help="per proxy and xDS type: sync state")

@@ -28,7 +28,7 @@ import functools
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from aiohttp import web
@@ -45,6 +45,9 @@ from meshfed.core.supervisor import Supervisor
 from meshfed.registry.aggregate import AggregateRegistry, Member
 from meshfed.registry.events import ChangeEvent
 from meshfed.registryview import registry_view
+
+if TYPE_CHECKING:
+    from meshfed.pilot.mixer_plugin import MixerDataPath
 
 log = logging.getLogger("meshfed.hub")
 
@@ -283,13 +286,16 @@ def default_components(mesh: MeshConfig) -> list[HubComponent]:
     """The components ``meshfed up`` runs beside the registries."""
     from meshfed.adapters.workloads.server import WorkloadRegistration
     from meshfed.configstores import kube_config_components  # CRD config per cluster
+    from meshfed.pilot.mixer_plugin import MixerPlugin
     from meshfed.pilot.mtls_plugin import MtlsPlugin
     from meshfed.pilot.server import PilotServer  # reads mesh.discovery_address, mesh.pilot
     from meshfed.security.mtls import policy_from_config
 
     # Pilot's listener plugins, in order: mutual TLS first, so later plugins' filters run
     # behind it.
-    pilot = PilotServer(plugins=[MtlsPlugin(policy_from_config(mesh.pilot))])
+    pilot = PilotServer(
+        plugins=[MtlsPlugin(policy_from_config(mesh.pilot)), MixerPlugin(mixer_data_path(mesh))]
+    )
     # Registration first: its member must exist before Pilot waits for every member to sync.
     components: list[HubComponent] = [WorkloadRegistration(), pilot, *kube_config_components(mesh)]
     if mesh.mixer is not None and mesh.mixer.enabled:
@@ -297,6 +303,24 @@ def default_components(mesh: MeshConfig) -> list[HubComponent]:
 
         components.append(Mixer(mesh.mixer))
     return components
+
+
+def mixer_data_path(mesh: MeshConfig) -> MixerDataPath:
+    """What Pilot's Mixer plugin needs of ``spec.mixer`` (Pilot does not read Mixer's types)."""
+    from meshfed.pilot.mixer_plugin import MixerDataPath
+
+    mixer = mesh.mixer
+    if mixer is None or not mixer.enabled:
+        return MixerDataPath(enabled=False)
+    data = mixer.data_path
+    return MixerDataPath(
+        enabled=data.enabled,
+        fail_open=data.fail_open,
+        check=data.check,
+        report=data.report,
+        disabled_services=frozenset(data.disabled_services),
+        quotas=data.quotas,
+    )
 
 
 async def run_hub(mesh: MeshConfig, stop: asyncio.Event) -> None:

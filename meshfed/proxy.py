@@ -9,6 +9,11 @@ With ``sds_socket`` (``--sds-socket``) the bootstrap also carries the static SDS
 node agent's Unix socket and tells Pilot so (metadata ``SDS``): that is how a gateway joins
 mesh mutual TLS. The agent runs beside it (``meshfed nodeagent`` without ``--pilot``).
 
+With ``mixer_socket`` (``--mixer``) the bootstrap carries the static cluster to the node-local
+Mixer client's socket (:func:`pilot.mixer_plugin.client_cluster`) and metadata ``MIXER_CLIENT``,
+so Pilot adds Mixer's ext_authz and access-log filters; ``meshfed proxy`` runs the client
+(:mod:`nodeagent.mixerclient`) in the same process, before Envoy starts.
+
 Envoy runs in its own process group, so stopping it stops everything it started, and a crashed
 parent leaves no orphan behind when the caller kills the group.
 """
@@ -35,6 +40,7 @@ from envoy.config.core.v3 import config_source_pb2, grpc_service_pb2
 from google.protobuf import json_format, struct_pb2
 
 from meshfed.core.envoy import envoy_binary
+from meshfed.pilot.mixer_plugin import client_cluster
 from meshfed.pilot.node import DEFAULT_ADMIN_PORT, DEFAULT_OUTBOUND_HTTP_PORT
 from meshfed.pilot.translate.clusters import HTTP_OPTIONS_KEY, _http2_options
 from meshfed.pilot.translate.protos import pack, seconds, socket_address
@@ -71,6 +77,9 @@ class ProxySpec:
     # Where the proxy runs, ``region/zone/subzone`` (any suffix may be left out): Envoy's
     # node.locality, from which Pilot orders endpoints nearest first (locality failover).
     locality: str = ""
+    # The node-local Mixer client's Unix socket: the bootstrap gets its static cluster and
+    # tells Pilot (metadata MIXER_CLIENT), which then sends Mixer's filters.
+    mixer_socket: str = ""
 
     @property
     def node_id(self) -> str:
@@ -99,6 +108,8 @@ def bootstrap(spec: ProxySpec) -> dict[str, Any]:
         meta["INTERCEPTION_MODE"] = spec.interception.upper()
     if spec.sds_socket:
         meta["SDS"] = "true"
+    if spec.mixer_socket:
+        meta["MIXER_CLIENT"] = "true"
     metadata.update(meta)
     xds = cluster_pb2.Cluster(
         name=XDS_CLUSTER,
@@ -129,6 +140,12 @@ def bootstrap(spec: ProxySpec) -> dict[str, Any]:
         boot.node.locality.region, boot.node.locality.zone = region, zone
         boot.node.locality.sub_zone = subzone
     boot.admin.address.CopyFrom(socket_address(spec.ip, spec.admin_port))
+    # Upstream connections leave from the proxy's own address, as from a pod's IP: the peer
+    # (and Mixer, which enriches source.* from source.ip) sees which workload is calling,
+    # even when many sidecars share one host on distinct loopback addresses.
+    boot.cluster_manager.upstream_bind_config.source_address.CopyFrom(
+        socket_address(spec.ip, 0).socket_address
+    )
     ads = boot.dynamic_resources.ads_config
     ads.api_type = (
         config_source_pb2.ApiConfigSource.DELTA_GRPC
@@ -143,6 +160,8 @@ def bootstrap(spec: ProxySpec) -> dict[str, Any]:
     boot.static_resources.clusters.append(xds)
     if spec.sds_socket:
         boot.static_resources.clusters.append(mtls.sds_cluster(spec.sds_socket))
+    if spec.mixer_socket:
+        boot.static_resources.clusters.append(client_cluster(spec.mixer_socket))
     return json_format.MessageToDict(boot)
 
 

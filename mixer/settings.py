@@ -22,7 +22,27 @@ SETTINGS_FIELDS = {
     "failOpen",
     "defaultConfigNamespace",
     "kubernetes",
+    "dataPath",
 }
+
+DATA_PATH_FIELDS = {"enabled", "failOpen", "check", "report", "disabledServices", "quotas"}
+
+
+@attrs.frozen
+class DataPathSettings:
+    """``spec.mixer.dataPath``: how proxies reach Mixer (through their node-local client).
+
+    ``fail_open`` is the *network* fail policy, Istio's ``network_fail_policy``: when Mixer
+    cannot be reached, requests pass (true, the default) or are answered 503. It is distinct
+    from :attr:`MixerSettings.fail_open`, which decides what a failing *handler* means.
+    """
+
+    enabled: bool = True
+    fail_open: bool = True
+    check: bool = True
+    report: bool = True
+    disabled_services: tuple[str, ...] = ()  # destination hostnames without Mixer filters
+    quotas: tuple[str, ...] = ()  # quota names every Check asks one unit of
 
 
 @attrs.frozen
@@ -34,6 +54,22 @@ class MixerSettings:
     fail_open: bool = False
     default_namespace: str = DEFAULT_NAMESPACE
     kubernetes: bool = True
+    data_path: DataPathSettings = attrs.field(factory=DataPathSettings)
+
+
+def parse_data_path(reader: FieldReader | None) -> DataPathSettings:
+    defaults = DataPathSettings()
+    if reader is None:
+        return defaults
+    reader.unknown_fields(DATA_PATH_FIELDS)
+    return DataPathSettings(
+        enabled=reader.bool("enabled", default=defaults.enabled),
+        fail_open=reader.bool("failOpen", default=defaults.fail_open),
+        check=reader.bool("check", default=defaults.check),
+        report=reader.bool("report", default=defaults.report),
+        disabled_services=tuple(reader.str_list("disabledServices")),
+        quotas=tuple(reader.str_list("quotas")),
+    )
 
 
 def parse_settings(reader: FieldReader, base: Path | None = None) -> MixerSettings:
@@ -66,4 +102,5 @@ def parse_settings(reader: FieldReader, base: Path | None = None) -> MixerSettin
         fail_open=reader.bool("failOpen"),
         default_namespace=reader.str("defaultConfigNamespace", default=defaults.default_namespace),
         kubernetes=reader.bool("kubernetes", default=True),
+        data_path=parse_data_path(reader.reader("dataPath")),
     )

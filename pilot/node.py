@@ -19,6 +19,9 @@ A sidecar's bootstrap carries a node id and metadata. Pilot reads:
 - ``SDS``: ``"true"`` when the bootstrap has the node agent's SDS cluster (``--sds-socket``),
   so the proxy can hold a mesh certificate. A proxy without it gets plain clusters and a
   problem instead of mutual-TLS config it could never use (``pilot/sds_fallback.py``).
+- ``MIXER_CLIENT``: ``"true"`` when the bootstrap has the static cluster of a node-local Mixer
+  client (``meshfed proxy --mixer``); only such a proxy gets Mixer's filters
+  (``pilot/mixer_plugin.py``), since a filter naming a missing cluster would break the listener.
 
 Malformed metadata never crashes the server: bad entries are ignored and listed in ``problems``.
 """
@@ -54,6 +57,7 @@ class ProxyNode:
     admin_port: int = DEFAULT_ADMIN_PORT
     interception: str = "NONE"  # or "REDIRECT": iptables sends traffic to 15001 / 15006
     sds: bool = False  # the bootstrap has the node agent's SDS cluster (metadata SDS=true)
+    mixer_client: bool = False  # the bootstrap has the node-local Mixer client's cluster
     # Where the proxy runs (Envoy's node.locality, ``meshfed proxy --locality``); empty: Pilot
     # takes the locality of the registry endpoints at the proxy's IP, if they agree on one.
     locality: Locality = attrs.field(factory=Locality)
@@ -71,6 +75,7 @@ class ProxyNode:
             self.admin_port,
             self.interception,
             self.sds,
+            self.mixer_client,
             self.locality,
         )
 
@@ -160,6 +165,7 @@ def from_proto(node: base_pb2.Node) -> ProxyNode:
         admin_port=_int_field(meta, "ADMIN_PORT", DEFAULT_ADMIN_PORT, problems),
         interception=interception,
         sds=str(meta.get("SDS") or "").lower() in ("true", "1"),
+        mixer_client=str(meta.get("MIXER_CLIENT") or "").lower() in ("true", "1"),
         locality=Locality(node.locality.region, node.locality.zone, node.locality.sub_zone),
         problems=tuple(problems),
     )

@@ -67,3 +67,45 @@ def test_validate_compiles_mixer_documents(tmp_path):
         f"{path}: rule istio-system/r: spec.match:" in t and "source.lables" in t for t in text
     ), text
     assert any("spec.actions[0].handler: no handler nope.denier.istio-system" in t for t in text)
+
+
+def test_mixer_data_path_reaches_pilots_plugin(tmp_path):
+    from meshfed.pilot.mixer_plugin import MixerPlugin
+
+    mesh = load_mesh_config(
+        write(
+            tmp_path,
+            "    enabled: true\n    dataPath:\n      failOpen: false\n      report: false\n"
+            "      disabledServices: [db.default.svc.cluster.local]\n"
+            "      quotas: [requestcount]\n",
+        )
+    )
+    data = mesh.mixer.data_path
+    assert (data.enabled, data.fail_open, data.check, data.report) == (True, False, True, False)
+    (pilot,) = [c for c in default_components(mesh) if type(c).__name__ == "PilotServer"]
+    (plugin,) = [p for p in pilot.plugins if isinstance(p, MixerPlugin)]
+    assert plugin.config.enabled and not plugin.config.fail_open and not plugin.config.report
+    assert plugin.config.disabled_services == {"db.default.svc.cluster.local"}
+    assert plugin.config.quotas == ("requestcount",)
+
+
+def test_mixer_data_path_is_off_without_mixer(tmp_path):
+    from meshfed.pilot.mixer_plugin import MixerPlugin
+
+    for mixer in ("    enabled: false\n    dataPath: {enabled: true}\n", None):
+        mesh = load_mesh_config(write(tmp_path, mixer)) if mixer else default_mesh()
+        (pilot,) = [c for c in default_components(mesh) if type(c).__name__ == "PilotServer"]
+        (plugin,) = [p for p in pilot.plugins if isinstance(p, MixerPlugin)]
+        assert not plugin.config.enabled
+
+
+def default_mesh():
+    return load_mesh_config(None)
+
+
+def test_mixer_data_path_errors_name_the_field(tmp_path):
+    with pytest.raises(ConfigErrors) as err:
+        load_mesh_config(write(tmp_path, "    enabled: true\n    dataPath: {failOpen: 1, x: 2}\n"))
+    text = str(err.value)
+    assert "spec.mixer.dataPath.failOpen: expected true or false" in text
+    assert "spec.mixer.dataPath" in text and "x" in text

@@ -178,8 +178,12 @@ class ReportBatcher:
                 self.failing = True
                 return False
             finally:
-                # not sent (failed or cancelled): back to the front, in order
-                self._pending.extendleft(reversed(self._inflight))
+                # not sent (failed or cancelled): back to the front, in order, and the sender
+                # told: when flush() was the one sending, run() saw an empty queue and waits
+                # for no deadline
+                if self._inflight:
+                    self._pending.extendleft(reversed(self._inflight))
+                    self._wake.set()
                 self._inflight = []
             if self.failing:
                 log.info("Mixer Report delivered again")

@@ -21,6 +21,7 @@ from meshfed.pilot import xds_types as T
 from meshfed.pilot.cache import ConfigCache, ProxyView, check_consistency
 from meshfed.pilot.config.model import EgressPort, EgressRule, Gateway, IngressPath, ServiceRef
 from meshfed.pilot.config.store import ConfigSnapshot
+from meshfed.pilot.mixer_plugin import MixerDataPath, MixerPlugin
 from meshfed.pilot.mtls_plugin import MtlsPlugin
 from meshfed.pilot.node import ProxyNode
 from meshfed.pilot.plugins import (
@@ -153,7 +154,13 @@ def versions(view: ProxyView) -> dict[str, dict[str, str]]:
 
 # -- the contract ---------------------------------------------------------------------------
 def test_every_plugin_matches_the_protocol() -> None:
-    shipped = [MtlsPlugin(), doc_example()["ResponseHeader"]("x-a", "1"), TcpTap(), LocalClient()]
+    shipped = [
+        MtlsPlugin(),
+        MixerPlugin(MixerDataPath(enabled=True)),
+        doc_example()["ResponseHeader"]("x-a", "1"),
+        TcpTap(),
+        LocalClient(),
+    ]
     for plugin in shipped:
         assert isinstance(plugin, ListenerPlugin)
         assert protocol_mismatches(plugin) == [], plugin

@@ -250,6 +250,20 @@ def test_bad_settings_are_refused():
         ReportBatcher(send, max_delay=0)
 
 
+async def test_a_failed_flush_hands_its_batch_back_to_the_running_sender():
+    # flush() takes the whole queue while run() waits; when flush fails, run() must be woken
+    # to retry, or the entries wait for the next add()
+    hub = Hub(fail_times=1)
+    batcher = ReportBatcher(hub.send, max_entries=10, max_delay=0.01, retry_min=0.01)
+    async with running(batcher):
+        await asyncio.sleep(0)
+        for i in range(3):
+            batcher.add(entry(i))
+        assert not await batcher.flush()
+        await until(lambda: batcher.pending == 0)
+    assert len(hub.bags()) == 3
+
+
 @settings(max_examples=80, deadline=None)
 @given(
     st.lists(st.tuples(st.integers(0, 40), st.booleans()), min_size=1, max_size=12),

@@ -1,0 +1,349 @@
+"""The node-local Mixer client's gRPC server: Envoy on one side, the hub's Mixer on the other.
+
+Promises:
+- Serves ``envoy.service.auth.v3.Authorization`` (ext_authz, HTTP and network) and
+  ``envoy.service.accesslog.v3.AccessLogService`` (``http_grpc`` / ``tcp_grpc`` loggers) with
+  ``grpc.aio`` on ``unix:<path>``; the socket's folder is made 0700 and the socket 0600.
+- A Check becomes a bag (:mod:`.attributes`) and a Mixer ``Check``. Mixer's verdict is
+  Envoy's: OK passes; any other code denies, over HTTP with the status Istio's proxy used for
+  it (PERMISSION_DENIED 403, RESOURCE_EXHAUSTED 429, ...) and Mixer's message as the body; a
+  TCP connection is closed. A quota the Check asked for (gRPC metadata
+  :data:`pilot.mixer_plugin.QUOTAS_HEADER`) that is not granted answers 429.
+- Mixer unreachable (or slower than ``check_timeout``): the request passes when the fail
+  policy is open (metadata :data:`~pilot.mixer_plugin.FAIL_OPEN_HEADER`, from the mesh
+  config's ``dataPath.failOpen``; open when absent, as Istio's ``network_fail_policy``), else
+  it gets 503. Each outcome is counted (``meshfed_mixerclient_checks_total{result}``).
+- Mixer's precondition answers are cached (:class:`.check_cache.CheckCache`, keyed by the
+  attributes each answer referenced, within its ``valid_duration`` / ``valid_use_count``); a
+  Check asking for quota always goes to Mixer, since quota is allocated per call. Hits and
+  misses are counted (``meshfed_mixerclient_check_cache_total{result}``).
+- Access-log entries become Report bags, queued in a :class:`.report_batcher.ReportBatcher`
+  (sent when ``report_batch`` are pending or the oldest has waited ``report_delay``; retried
+  while Mixer is away; at most ``report_pending`` held, the oldest dropped beyond that). A bad
+  entry or a failed Report never ends Envoy's stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
+from envoy.service.auth.v3 import external_auth_pb2 as authz
+from envoy.service.auth.v3 import external_auth_pb2_grpc as authz_grpc
+from envoy.type.v3 import http_status_pb2
+from google.rpc import code_pb2, status_pb2
+from prometheus_client import Counter
+
+from meshfed.mixer.api.service import MixerStub
+from meshfed.mixer.api.v1 import check_pb2, report_pb2
+from meshfed.mixer.attributes import codec
+from meshfed.mixer.attributes.dictionary import GLOBAL_WORDS
+from meshfed.nodeagent.mixerclient.attributes import (
+    Bag,
+    check_bag,
+    http_report_bag,
+    http_status_for,
+    tcp_report_bag,
+)
+from meshfed.nodeagent.mixerclient.check_cache import CheckCache, referenced_from_proto
+from meshfed.nodeagent.mixerclient.report_batcher import ReportBatcher
+from meshfed.pilot.mixer_plugin import DESTINATION_SERVICE, FAIL_OPEN_HEADER, QUOTAS_HEADER
+
+log = logging.getLogger("meshfed.nodeagent.mixerclient")
+
+CHECKS = Counter(
+    "meshfed_mixerclient_checks_total",
+    "ext_authz checks answered, by result (allowed, denied, failed_open, failed_closed)",
+    ["result"],
+)
+REPORTS = Counter(
+    "meshfed_mixerclient_reports_total", "Report calls to Mixer, by result", ["result"]
+)
+REPORT_BAGS = Counter(
+    "meshfed_mixerclient_report_bags_total", "Access-log entries turned into Report bags"
+)
+CACHE = Counter(
+    "meshfed_mixerclient_check_cache_total",
+    "Check answers looked up in the client's cache, by result (hit, miss)",
+    ["result"],
+)
+
+
+class Verdict:
+    """What a Check answers Envoy: a gRPC code, an HTTP status and a message."""
+
+    __slots__ = ("code", "destination", "http", "message")
+
+    def __init__(self, code: int, http: int = 200, message: str = "") -> None:
+        self.code, self.http, self.message = code, http, message
+        self.destination = ""  # destination.service, handed back to Envoy for the access log
+
+    @property
+    def ok(self) -> bool:
+        return self.code == code_pb2.OK
+
+    def response(self) -> authz.CheckResponse:
+        out = self._response()
+        if self.destination:
+            out.dynamic_metadata.update({DESTINATION_SERVICE: self.destination})
+        return out
+
+    def _response(self) -> authz.CheckResponse:
+        if self.ok:
+            return authz.CheckResponse(
+                status=status_pb2.Status(code=code_pb2.OK), ok_response=authz.OkHttpResponse()
+            )
+        return authz.CheckResponse(
+            status=status_pb2.Status(code=self.code, message=self.message),
+            denied_response=authz.DeniedHttpResponse(
+                status=http_status_pb2.HttpStatus(code=self.http),  # type: ignore[arg-type]
+                body=self.message,
+                headers=[
+                    base_pb2.HeaderValueOption(
+                        header=base_pb2.HeaderValue(key="content-type", value="text/plain")
+                    )
+                ],
+            ),
+        )
+
+
+def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in context.invocation_metadata() or ():
+        if isinstance(value, str):
+            out[key.lower()] = value
+    return out
+
+
+class MixerClient:
+    """The client beside one Envoy: serves it on ``socket_path``, calls Mixer at
+    ``mixer_address`` (``host:port``)."""
+
+    def __init__(
+        self,
+        socket_path: str | Path,
+        mixer_address: str,
+        check_timeout: float = 0.8,
+        cache_entries: int = 10_000,
+        report_batch: int = 1000,
+        report_delay: float = 1.0,
+        report_pending: int = 100_000,
+    ) -> None:
+        self.socket_path = Path(socket_path)
+        self.mixer_address = mixer_address
+        self.check_timeout = check_timeout
+        # cache_entries 0: no cache (every Check goes to Mixer)
+        self.cache: CheckCache[Verdict] | None = (
+            CheckCache(max_entries=cache_entries) if cache_entries > 0 else None
+        )
+        self.batcher = ReportBatcher(
+            self._deliver,
+            max_entries=report_batch,
+            max_delay=report_delay,
+            max_pending=max(report_pending, report_batch),
+            word_count=len(GLOBAL_WORDS),
+        )
+        self._sender: asyncio.Task[None] | None = None
+        self._server: grpc.aio.Server | None = None
+        self._channel: grpc.aio.Channel | None = None
+        self._mixer: MixerStub | None = None
+        self.last_error = ""  # the last failure to reach Mixer ("" once a call succeeds)
+        self.checks = 0
+        self.reports = 0
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        folder = self.socket_path.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(folder, 0o700)
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()  # a stale socket from a crashed client
+        # Reconnect within a second or two of Mixer coming back (gRPC's default backoff can
+        # wait minutes), so fail-open periods and queued Reports stay short.
+        self._channel = grpc.aio.insecure_channel(
+            self.mixer_address,
+            options=[
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 2000),
+            ],
+        )
+        self._mixer = MixerStub(self._channel)
+        server = grpc.aio.server()
+        authz_grpc.add_AuthorizationServicer_to_server(_Authorization(self), server)
+        als_pb2_grpc.add_AccessLogServiceServicer_to_server(_AccessLog(self), server)
+        server.add_insecure_port(f"unix:{self.socket_path}")
+        await server.start()
+        os.chmod(self.socket_path, 0o600)
+        self._server = server
+        self._sender = asyncio.create_task(self.batcher.run(), name="mixer report batcher")
+        log.info("mixer client on unix:%s, Mixer at %s", self.socket_path, self.mixer_address)
+
+    async def stop(self, grace: float = 0.5) -> None:
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+        if self._sender is not None:
+            self._sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sender
+            self._sender = None
+            if self._channel is not None and self.batcher.pending:
+                # what Envoy logged last still goes out, if Mixer answers soon
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.batcher.flush(), 2.0)
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "socket": str(self.socket_path),
+            "mixer": self.mixer_address,
+            "checks": self.checks,
+            "reports": self.reports,
+            "lastError": self.last_error,
+            "cache": None if self.cache is None else attrs.asdict(self.cache.stats),
+            "reportsPending": self.batcher.pending,
+            "reportStats": attrs.asdict(self.batcher.stats),
+        }
+
+    # -- Check ----------------------------------------------------------------------------------
+    async def check(self, bag: Bag, fail_open: bool, quotas: Sequence[str] = ()) -> Verdict:
+        """Mixer's verdict on ``bag`` (and one unit of each quota), or the fail policy's."""
+        assert self._mixer is not None, "start() first"
+        self.checks += 1
+        cacheable = self.cache is not None and not quotas
+        if cacheable and self.cache is not None:
+            hit = self.cache.lookup(bag)
+            if hit is not None:
+                CACHE.labels("hit").inc()
+                cached = hit.answer
+                CHECKS.labels("allowed" if cached.ok else "denied").inc()
+                return Verdict(cached.code, cached.http, cached.message)
+            CACHE.labels("miss").inc()
+        request = check_pb2.CheckRequest(
+            attributes=codec.encode(bag),
+            global_word_count=len(GLOBAL_WORDS),
+            deduplication_id=uuid.uuid4().hex,
+        )
+        for name in quotas:
+            request.quotas[name].amount = 1
+        try:
+            answer = await self._mixer.Check(request, timeout=self.check_timeout)
+        except grpc.aio.AioRpcError as exc:
+            self.last_error = f"{exc.code().name}: {exc.details()}"
+            log.warning("mixer check failed (%s): %s", self.mixer_address, self.last_error)
+            if fail_open:
+                CHECKS.labels("failed_open").inc()
+                return Verdict(code_pb2.OK)
+            CHECKS.labels("failed_closed").inc()
+            return Verdict(code_pb2.UNAVAILABLE, 503, f"mixer unavailable: {self.last_error}")
+        self.last_error = ""
+        precondition = answer.precondition
+        status = precondition.status
+        verdict = (
+            Verdict(status.code, http_status_for(status.code), status.message)
+            if status.code != code_pb2.OK
+            else Verdict(code_pb2.OK)
+        )
+        if cacheable and self.cache is not None:
+            self.cache.insert(
+                bag,
+                referenced_from_proto(
+                    precondition.referenced_attributes, request.global_word_count
+                ),
+                Verdict(verdict.code, verdict.http, verdict.message),
+                precondition.valid_duration.ToTimedelta().total_seconds(),
+                precondition.valid_use_count,
+            )
+        if not verdict.ok:
+            CHECKS.labels("denied").inc()
+            return verdict
+        for name in quotas:
+            result = answer.quotas.get(name)
+            if result is None or result.granted_amount < 1:
+                CHECKS.labels("denied").inc()
+                return Verdict(
+                    code_pb2.RESOURCE_EXHAUSTED, 429, f"quota {name} exhausted (mixer granted 0)"
+                )
+        CHECKS.labels("allowed").inc()
+        return Verdict(code_pb2.OK)
+
+    # -- Report ---------------------------------------------------------------------------------
+    def report(self, bags: Sequence[Bag]) -> None:
+        """Queue ``bags`` for Mixer's Report (sent in delta-encoded batches, retried)."""
+        REPORT_BAGS.inc(len(bags))
+        for bag in bags:
+            self.batcher.add(bag)
+
+    async def flush_reports(self) -> bool:
+        """Send what is queued now (tests, shutdown); ``True`` when all was delivered."""
+        return await self.batcher.flush()
+
+    async def _deliver(self, request: report_pb2.ReportRequest) -> None:
+        """The batcher's send: raises when Mixer did not take ``request`` (it is retried)."""
+        assert self._mixer is not None, "start() first"
+        try:
+            await self._mixer.Report(request, timeout=5.0)
+        except grpc.aio.AioRpcError as exc:
+            self.last_error = f"{exc.code().name}: {exc.details()}"
+            REPORTS.labels("failed").inc()
+            raise
+        self.reports += 1
+        REPORTS.labels("ok").inc()
+
+
+class _Authorization(authz_grpc.AuthorizationServicer):
+    def __init__(self, client: MixerClient) -> None:
+        self.client = client
+
+    async def Check(  # type: ignore[override]
+        self, request: authz.CheckRequest, context: grpc.aio.ServicerContext
+    ) -> authz.CheckResponse:
+        meta = _metadata(context)
+        fail_open = meta.get(FAIL_OPEN_HEADER, "true").lower() != "false"
+        quotas = [q for q in meta.get(QUOTAS_HEADER, "").split(",") if q]
+        started = time.monotonic()
+        try:
+            bag = check_bag(request)
+        except Exception as exc:  # an Envoy message we cannot read: the fail policy decides
+            log.warning("cannot read ext_authz request: %r", exc)
+            ok = Verdict(code_pb2.OK)
+            return (ok if fail_open else Verdict(code_pb2.INTERNAL, 503, "bad request")).response()
+        verdict = await self.client.check(bag, fail_open, quotas)
+        verdict.destination = str(bag.get("destination.service", ""))
+        log.debug("check %s in %.1f ms", verdict.code, (time.monotonic() - started) * 1000)
+        return verdict.response()
+
+
+class _AccessLog(als_pb2_grpc.AccessLogServiceServicer):
+    def __init__(self, client: MixerClient) -> None:
+        self.client = client
+
+    async def StreamAccessLogs(  # type: ignore[override]
+        self,
+        request_iterator: AsyncIterator[als_pb2.StreamAccessLogsMessage],
+        context: grpc.aio.ServicerContext,
+    ) -> als_pb2.StreamAccessLogsResponse:
+        async for message in request_iterator:
+            bags: list[Bag] = []
+            try:
+                bags.extend(http_report_bag(e) for e in message.http_logs.log_entry)
+                bags.extend(tcp_report_bag(e) for e in message.tcp_logs.log_entry)
+            except Exception as exc:  # never let one unreadable entry end Envoy's stream
+                log.warning("cannot read access-log entries: %r", exc)
+                continue
+            self.client.report(bags)
+        return als_pb2.StreamAccessLogsResponse()

@@ -1,0 +1,124 @@
+"""The client's verdicts against a real Mixer (the hub's component, in process) and against
+none at all: Mixer's codes become HTTP statuses, and the fail policy decides when it is away."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from pathlib import Path
+
+from meshfed.mixer.component import Mixer
+from meshfed.mixer.settings import MixerSettings
+from meshfed.nodeagent.mixerclient.server import MixerClient
+
+POLICY = """
+apiVersion: config.istio.io/v1alpha2
+kind: denier
+metadata: {name: slow, namespace: istio-system}
+spec:
+  status: {code: 8, message: slow down}
+---
+apiVersion: config.istio.io/v1alpha2
+kind: checknothing
+metadata: {name: nothing, namespace: istio-system}
+spec:
+---
+apiVersion: config.istio.io/v1alpha2
+kind: rule
+metadata: {name: r, namespace: istio-system}
+spec:
+  match: request.path == "/limited"
+  actions:
+  - handler: slow.denier
+    instances: [nothing.checknothing]
+"""
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once the socket is closed
+
+
+def bag(path: str) -> dict:
+    return {
+        "context.protocol": "http",
+        "request.path": path,
+        "source.ip": ipaddress.ip_address("127.0.0.1"),
+    }
+
+
+async def test_verdicts_from_a_real_mixer(tmp_path: Path) -> None:
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    mixer = Mixer(
+        MixerSettings(
+            enabled=True, listen="127.0.0.1:0", config_paths=(str(tmp_path),), kubernetes=False
+        )
+    )
+    await mixer.start()
+    client = MixerClient(tmp_path / "c" / "mixer.sock", f"127.0.0.1:{mixer.port}")
+    await client.start()
+    try:
+        await mixer.reload()
+        assert mixer.problems() == []
+        assert (await client.check(bag("/"), fail_open=False)).ok
+        # the rule looked at request.path only: another source is answered from the cache
+        other = {**bag("/"), "source.ip": ipaddress.ip_address("127.0.0.9")}
+        assert (await client.check(other, fail_open=False)).ok
+        assert client.cache is not None and client.cache.stats.hits == 1
+        limited = await client.check(bag("/limited"), fail_open=True)
+        assert (limited.code, limited.http) == (8, 429)
+        assert "slow down" in limited.message
+        # a quota no rule limits is granted as asked
+        assert (await client.check(bag("/"), fail_open=False, quotas=["requestcount"])).ok
+        client.report([bag("/"), bag("/x")])
+        assert await client.flush_reports()
+        assert client.reports == 1 and client.last_error == ""
+    finally:
+        await client.stop()
+        await mixer.stop()
+
+
+async def test_reports_wait_for_a_restarted_mixer(tmp_path: Path) -> None:
+    """Entries logged while Mixer is down are delivered once it is back (none lost)."""
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    port = closed_port()
+    settings = MixerSettings(
+        enabled=True, listen=f"127.0.0.1:{port}", config_paths=(str(tmp_path),), kubernetes=False
+    )
+    client = MixerClient(tmp_path / "c" / "mixer.sock", f"127.0.0.1:{port}", report_delay=0.05)
+    await client.start()
+    mixer = Mixer(settings)
+    try:
+        client.report([bag("/a"), bag("/b"), bag("/c")])
+        assert not await client.flush_reports()
+        assert client.batcher.pending == 3 and client.reports == 0
+        await mixer.start()
+        await mixer.reload()
+        for _ in range(100):  # the batcher's own retry loop delivers them (bounded wait)
+            if client.batcher.pending == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert client.batcher.pending == 0, (client.batcher.stats, client._sender, mixer.port)
+        assert client.batcher.stats.sent == 3 and client.batcher.stats.dropped == 0
+    finally:
+        await client.stop()
+        await mixer.stop()
+
+
+async def test_fail_policy_when_mixer_is_away(tmp_path: Path) -> None:
+    client = MixerClient(tmp_path / "mixer.sock", f"127.0.0.1:{closed_port()}", check_timeout=0.5)
+    await client.start()
+    try:
+        assert (await client.check(bag("/"), fail_open=True)).ok
+        closed = await client.check(bag("/"), fail_open=False)
+        assert (closed.code, closed.http) == (14, 503)
+        assert closed.message.startswith("mixer unavailable: UNAVAILABLE")
+        assert client.last_error.startswith("UNAVAILABLE")
+        client.report([bag("/")])  # kept for a retry, not raised
+        assert not await client.flush_reports()
+        assert client.reports == 0 and client.batcher.pending == 1
+        assert oct((tmp_path / "mixer.sock").stat().st_mode & 0o777) == "0o600"
+    finally:
+        await client.stop()
