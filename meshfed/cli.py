@@ -92,6 +92,11 @@ def cmd_registry_list(args: argparse.Namespace) -> int:
             ]
         )
     print(format_table(rows, ["HOST", "REGISTRIES", "PORTS", "ENDPOINTS(healthy/all)", "ADDRESS"]))
+    for member in view["members"]:
+        if member.get("degraded"):
+            late = " (late: not synced yet)" if member.get("late") else ""
+            name, reason = member["name"], member["degraded"]
+            print(f"registry {name} degraded{late}: {reason}", file=sys.stderr)
     for conflict in view["conflicts"]:
         print(f"conflict: {conflict['message']}", file=sys.stderr)
     return 0
@@ -182,14 +187,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(sub)
+    _add_log_format(parser, sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+# The processes that run until stopped: their logs go to collectors that parse lines.
+LONG_RUNNING = ("up", "proxy", "nodeagent", "ca serve")
+
+
+def _add_log_format(parser: argparse.ArgumentParser, sub: Any) -> None:
+    from meshfed.logformat import FORMATS
+
+    help_text = "log lines as text (default) or one JSON object per line"
+    parser.add_argument("--log-format", choices=FORMATS, default="text", help=help_text)
+    for command in LONG_RUNNING:
+        target = sub
+        *parents, name = command.split()
+        for parent in parents:  # `ca serve`: a subcommand of a subcommand
+            target = _subparsers(target.choices[parent])
+        # SUPPRESS: given after the subcommand it overrides; absent, the global value stays.
+        target.choices[name].add_argument(
+            "--log-format", choices=FORMATS, default=argparse.SUPPRESS, help=help_text
+        )
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> Any:
+    return next(
+        a
+        for a in parser._actions  # argparse offers no public way to reach them
+        if isinstance(a, argparse._SubParsersAction)
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    from meshfed.logformat import configure_logging
+
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level, args.log_format)
     try:
         return args.func(args)
     except ConfigErrors as exc:
