@@ -12,6 +12,7 @@ import asyncio
 import importlib
 import json
 import logging
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -24,10 +25,15 @@ from meshfed.core.resources import ConfigErrors
 COMMAND_MODULES = ("meshfed.cli_pilot", "meshfed.cli_security")
 
 
+HUB_ENV = "MESHFED_HUB"  # the hub's monitoring URL when --hub is not given
+
+
 def hub_url(args: argparse.Namespace) -> str:
-    if getattr(args, "hub", None):
-        return args.hub.rstrip("/")
-    mesh = load_mesh_config(args.config)
+    """``--hub``, else ``$MESHFED_HUB``, else the mesh config's ``listen.monitoring``."""
+    explicit = getattr(args, "hub", None) or os.environ.get(HUB_ENV)
+    if explicit:
+        return str(explicit).rstrip("/")
+    mesh = load_mesh_config(getattr(args, "config", None))
     return f"http://{mesh.monitoring_address}"
 
 
@@ -76,8 +82,21 @@ def format_table(rows: list[list[str]], headers: list[str]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+def print_document(document: Any, output: str) -> None:
+    """``document`` as ``json`` or ``yaml`` (what ``-o`` asks for besides ``table``)."""
+    if output == "yaml":
+        import yaml
+
+        print(yaml.safe_dump(document, sort_keys=False), end="")
+    else:
+        print(json.dumps(document, indent=2))
+
+
 def cmd_registry_list(args: argparse.Namespace) -> int:
     view = fetch_json(f"{hub_url(args)}/debug/registryz")
+    if args.output != "table":
+        print_document(view, args.output)
+        return 0
     rows = []
     for svc in view["services"]:
         ports = ",".join(f"{p['number']}/{p['protocol']}" for p in svc["ports"])
@@ -108,8 +127,8 @@ def cmd_registry_get(args: argparse.Namespace) -> int:
         print(f"error: no service {args.host!r} in the mesh", file=sys.stderr)
         return 1
     svc = view["services"][0]
-    if args.output == "json":
-        print(json.dumps(svc, indent=2))
+    if args.output != "table":
+        print_document(svc, args.output)
         return 0
     print(f"Service:    {svc['hostname']}")
     print(f"Namespace:  {svc['namespace']}")
@@ -136,6 +155,35 @@ def cmd_registry_get(args: argparse.Namespace) -> int:
             rows, ["ADDRESS", "PORTS", "HEALTH", "REGISTRY", "LOCALITY", "LABELS", "IDENTITY"]
         )
     )
+    return 0
+
+
+OUTPUTS = ("table", "json", "yaml")
+
+
+def client_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("meshfed")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    url = hub_url(args)
+    hub: dict[str, Any] = {"url": url}
+    try:
+        with urllib.request.urlopen(f"{url}/version", timeout=3) as response:
+            hub.update(json.load(response))
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        hub["error"] = f"not reachable ({getattr(exc, 'reason', exc)})"
+    document = {"client": {"version": client_version()}, "hub": hub}
+    if args.output != "table":
+        print_document(document, args.output)
+        return 0
+    print(f"client version: {document['client']['version']}")
+    print(f"hub version:    {hub.get('version') or hub['error']}   ({url})")
     return 0
 
 
@@ -175,8 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", "-c", help="MeshConfig file to find the hub's address")
         if name == "get":
             p.add_argument("host")
-            p.add_argument("--output", "-o", choices=["table", "json"], default="table")
+        p.add_argument("--output", "-o", choices=OUTPUTS, default="table")
         p.set_defaults(func=func)
+
+    version = sub.add_parser("version", help="this client's version and, when reachable, the hub's")
+    version.add_argument("--hub", help="hub monitoring URL (default: $MESHFED_HUB or config)")
+    version.add_argument("--config", "-c", help="MeshConfig file to find the hub's address")
+    version.add_argument("--output", "-o", choices=OUTPUTS, default="table")
+    version.set_defaults(func=cmd_version)
 
     validate = sub.add_parser("validate", help="check config files; non-zero exit on errors")
     validate.add_argument("files", nargs="+")
@@ -225,10 +279,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level, args.log_format)
     try:
-        return args.func(args)
+        return int(args.func(args))
     except ConfigErrors as exc:
         for error in exc.errors:
             print(error, file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # The reader went away (`meshfed registry list | head`): not an error of ours. Point
+        # stdout at /dev/null so the interpreter's final flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
         return 1
 
 

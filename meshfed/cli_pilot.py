@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import sys
 import time
 import urllib.parse
@@ -27,6 +28,8 @@ from typing import Any
 from meshfed.core.lifecycle import handle_stop_signals
 from meshfed.pilot import xds_types as T
 from meshfed.pilot.node import DEFAULT_ADMIN_PORT, DEFAULT_OUTBOUND_HTTP_PORT
+
+log = logging.getLogger("meshfed.proxy")
 
 
 def _add_hub_args(p: argparse.ArgumentParser) -> None:
@@ -204,8 +207,8 @@ async def wait_hub_ready(hub: str, timeout: float, stop: asyncio.Event) -> None:
                     reason = "; ".join(body.get("not_ready", [])) or f"HTTP {response.status}"
             except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
                 reason = f"hub not reachable at {hub} ({exc or type(exc).__name__})"
-            if reason != shown:
-                print(f"waiting for the hub: {reason}", file=sys.stderr, flush=True)
+            if reason != shown:  # a log line, so that --log-format json keeps stderr JSON
+                log.info("waiting for the hub: %s", reason, extra={"hub": hub})
                 shown = reason
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)

@@ -265,6 +265,7 @@ class Hub:
             [
                 web.get("/debug/registryz", self._registryz),
                 web.get("/debug/tasksz", self._tasksz),
+                web.get("/version", self._version),
             ]
         )
         for component in self.components:
@@ -301,6 +302,15 @@ class Hub:
     async def _registryz(self, request: web.Request) -> web.Response:
         details = {name: adapter.describe() for name, adapter in self.adapters.items()}
         return web.json_response(registry_view(self.aggregate, details, request.query.get("host")))
+
+    async def _version(self, request: web.Request) -> web.Response:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version("meshfed")
+        except PackageNotFoundError:
+            found = "unknown"
+        return web.json_response({"version": found})
 
     async def _tasksz(self, request: web.Request) -> web.Response:
         return web.json_response(self.supervisor.describe())
