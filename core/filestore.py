@@ -172,6 +172,11 @@ def is_config_event(changed: str, paths: Iterable[Path]) -> bool:
     return False
 
 
+def _fields(error: ConfigError) -> dict[str, str]:
+    """A config error's file and object as log fields (``--log-format json``)."""
+    return {"file": error.file, "resource": error.obj}
+
+
 class _Either:
     """Set when any of its events is (what RustNotify polls to return early)."""
 
@@ -240,7 +245,7 @@ class WatchedFiles(Generic[T]):
             error = ConfigError(str(path), "path", "", f"not found ({state})")
             errors[path] = [error]
             if error not in self._errors.get(path, ()):
-                log.error("%s error: %s", self._what, error)
+                log.error("%s error: %s", self._what, error, extra=_fields(error))
         for parsed in result.files:
             old = self.content.get(parsed.path, ())
             good = {ref for ref, _ in parsed.objects}
@@ -270,12 +275,12 @@ class WatchedFiles(Generic[T]):
                 state = f"keeping this file's {len(kept)} last good object(s)"
             else:
                 state = "not applied"
-            log.error("%s error (%s): %s", self._what, state, error)
+            log.error("%s error (%s): %s", self._what, state, error, extra=_fields(error))
 
     def add_errors(self, errors: Iterable[ConfigError]) -> None:
         """Record errors found after parsing (across files), reported with the file's own."""
         for error in errors:
-            log.error("%s error: %s", self._what, error)
+            log.error("%s error: %s", self._what, error, extra=_fields(error))
             self._errors.setdefault(Path(error.file), []).append(error)
 
     async def watch(self) -> None:

@@ -2,7 +2,8 @@
 
 The hub federates the static registry and a Consul address where nothing listens, with a short
 initial-sync timeout, so its log has registry lines (synced, degraded, late) with the registry
-as a field, then it is stopped with SIGTERM. Hosts: 127.<run>.89.x.
+as a field, and a bad rule file (its error with the file and object as fields); then it is
+stopped with SIGTERM. Hosts: 127.<run>.89.x.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ async def test_up_with_json_logs_writes_one_object_per_line(tmp_path: Path) -> N
     monitoring, nobody = _free_port(), _free_port()  # nothing listens on `nobody`
     rules = tmp_path / "rules"
     rules.mkdir()
+    (rules / "bad.yaml").write_text(  # a rule with an unknown field: one error, as a record
+        "apiVersion: config.istio.io/v1alpha2\nkind: RouteRule\nmetadata: {name: bad}\n"
+        "spec: {destination: {name: reviews}, bogus: 1}\n"
+    )
     config = tmp_path / "mesh.yaml"
     config.write_text(
         "apiVersion: meshfed.io/v1alpha1\nkind: MeshConfig\nmetadata: {name: m}\nspec:\n"
@@ -86,3 +91,5 @@ async def test_up_with_json_logs_writes_one_object_per_line(tmp_path: Path) -> N
         r for r in records if r.get("registry") == "consul" and "initialSyncTimeout" in r["message"]
     ]
     assert late and late[0]["level"] == "warning", records
+    bad = [r for r in records if r.get("file") == str(rules / "bad.yaml")]
+    assert bad and bad[0]["level"] == "error" and "bad" in bad[0]["resource"], records
