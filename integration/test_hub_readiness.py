@@ -191,3 +191,68 @@ async def test_the_hub_serves_without_a_late_consul_and_merges_it_when_it_arrive
     log = (tmp_path / "hub.log").read_text()
     assert hub.returncode == 0, log
     assert "Traceback" not in log, log
+
+
+async def test_an_unreachable_kubernetes_cluster_holds_readiness_only_until_the_timeout(
+    tmp_path: Path,
+) -> None:
+    """A dead cluster is a registry and a CRD config store: neither keeps the hub out of
+    service past ``initialSyncTimeout``."""
+    import yaml
+
+    from meshfed.config import MeshConfig, RegistryConfig
+    from meshfed.configstores import kube_config_components
+    from meshfed.hub import Hub
+
+    server = f"https://{HOST}:{_free_port()}"  # nothing listens there
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": "gone",
+                        "cluster": {"server": server, "insecure-skip-tls-verify": True},
+                    }
+                ],
+                "users": [{"name": "u", "user": {"token": "x"}}],
+                "contexts": [{"name": "gone", "context": {"cluster": "gone", "user": "u"}}],
+                "current-context": "gone",
+            }
+        )
+    )
+    mesh = MeshConfig(
+        monitoring_address=f"{HOST}:0",
+        initial_sync_timeout=3.0,
+        registries=(
+            RegistryConfig("vms", "static", {"paths": [str(SERVICES)]}),
+            RegistryConfig("gone", "kubernetes", {"kubeconfig": str(kubeconfig)}),
+        ),
+    )
+    hub = Hub(mesh, list(kube_config_components(mesh)))
+    started = time.monotonic()
+    await hub.start()
+    try:
+        base = f"http://{HOST}:{hub.monitoring_port}"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+            status, body = await _get(session, f"{base}/healthz/ready")
+            assert time.monotonic() - started < 2.5  # still inside the timeout
+            assert status == 503, body
+            assert "registry gone has not synced" in body["not_ready"], body
+            assert "config store gone has not synced" in body["not_ready"], body
+
+            async def ready() -> Any:
+                status, body = await _get(session, f"{base}/healthz/ready")
+                return body if status == 200 else None
+
+            body = await _until(ready, "readiness after the initial-sync timeout", 20)
+            assert time.monotonic() - started >= 2.9
+            assert any("registry gone" in r for r in body["degraded"]), body
+            _, view = await _get(session, f"{base}/debug/registryz")
+            assert STATIC_HOST in {s["hostname"] for s in view["services"]}
+            _, configz = await _get(session, f"{base}/debug/configz/gone")
+            assert configz["synced"] is False
+    finally:
+        await hub.stop()
