@@ -205,7 +205,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meshfed", description=__doc__.splitlines()[0])
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    parser.add_argument("--log-level", default="INFO", help=LOG_LEVEL_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="run the hub: registries, merged view, debug endpoints")
@@ -263,14 +263,31 @@ def _add_log_format(parser: argparse.ArgumentParser, sub: Any) -> None:
         target.choices[name].add_argument(
             "--log-format", choices=FORMATS, default=argparse.SUPPRESS, help=help_text
         )
+    for leaf in _leaves(sub):  # `meshfed up --log-level DEBUG` as well as before `up`
+        leaf.add_argument("--log-level", default=argparse.SUPPRESS, help=LOG_LEVEL_HELP)
+
+
+LOG_LEVEL_HELP = "DEBUG, INFO, WARNING, ERROR"
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> Any:
     return next(
-        a
-        for a in parser._actions  # argparse offers no public way to reach them
-        if isinstance(a, argparse._SubParsersAction)
+        (
+            a
+            for a in parser._actions  # argparse offers no public way to reach them
+            if isinstance(a, argparse._SubParsersAction)
+        ),
+        None,
     )
+
+
+def _leaves(sub: Any) -> list[argparse.ArgumentParser]:
+    """Every parser that runs a command (nested subcommands' innermost ones)."""
+    out: list[argparse.ArgumentParser] = []
+    for parser in dict.fromkeys(sub.choices.values()):  # aliases share one parser
+        nested = _subparsers(parser)
+        out.extend(_leaves(nested) if nested is not None else [parser])
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

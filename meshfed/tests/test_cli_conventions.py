@@ -70,3 +70,20 @@ async def test_output_piped_into_a_closed_reader_is_no_traceback(hub, tmp_path: 
     err = proc.stderr.decode()
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
     assert proc.returncode == 1
+
+
+NODEAGENT = ["nodeagent", "--ca-root", "roots.pem", "-n", "default", "-s", "web"]
+
+
+def test_log_options_are_accepted_before_and_after_the_subcommand():
+    from meshfed.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["registry", "list", "--log-level", "DEBUG"]).log_level == "DEBUG"
+    assert parse(["--log-level", "WARNING", "registry", "list"]).log_level == "WARNING"
+    assert parse(["ca", "serve", "--log-level", "ERROR"]).log_level == "ERROR"
+    assert parse(["up"]).log_level == "INFO" and parse(["up"]).log_format == "text"
+    proxy = ["proxy", "--ip", "127.0.0.1", "--workload", "web"]
+    for argv in (["up"], proxy, NODEAGENT, ["ca", "serve"]):
+        assert parse([*argv, "--log-format", "json"]).log_format == "json", argv
+        assert parse(["--log-format", "json", *argv]).log_format == "json", argv
