@@ -48,6 +48,12 @@ class MeshSettings(Protocol):
     def config_paths(self) -> Sequence[str]: ...
 
     @property
+    def initial_sync_timeout(self) -> float:
+        """Seconds after start a part may hold readiness waiting for its first sync (0: no
+        limit); after that the hub serves without it."""
+        ...
+
+    @property
     def pilot(self) -> Mapping[str, Any]: ...
 
 

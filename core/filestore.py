@@ -16,6 +16,10 @@ read YAML files a user edits while the mesh runs. This is their one mechanism, a
   parent is watched) and is read again when it returns, even as a new folder at the same path. A
   watcher failure is logged and reported in :attr:`WatchedFiles.errors`; files are then re-read
   on a backoff until watching works again.
+- **Only config changes cost a re-read**: a watched folder is often shared with other files (a
+  log being appended to, an editor's swap and backup files such as ``.x.yaml.swp``, ``x.yaml~``
+  or vim's ``4913`` probe). Their events are dropped before anything is read or logged
+  (:func:`is_config_event`), so the store never loops on a neighbour's writes.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import logging
 import os
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -150,6 +155,28 @@ def watch_targets(paths: Iterable[Path]) -> frozenset[WatchTarget]:
     return frozenset(targets)
 
 
+def is_config_event(changed: str, paths: Iterable[Path]) -> bool:
+    """Whether a change to ``changed`` (absolute) can alter what ``paths`` hold: a configured
+    path itself, a folder on the way to one (it appears or goes), a YAML file directly inside a
+    configured folder, or a Kubernetes ConfigMap volume's ``..data`` / ``..<timestamp>`` entry
+    (an update swaps that symlink and touches nothing else)."""
+    target = Path(changed)
+    if target.name.startswith(".."):
+        return True
+    for path in paths:
+        configured = Path(os.path.abspath(path))
+        if target == configured or configured.is_relative_to(target):
+            return True
+        if target.parent == configured and target.suffix in YAML_SUFFIXES:
+            return True
+    return False
+
+
+def _fields(error: ConfigError) -> dict[str, str]:
+    """A config error's file and object as log fields (``--log-format json``)."""
+    return {"file": error.file, "resource": error.obj}
+
+
 class _Either:
     """Set when any of its events is (what RustNotify polls to return early)."""
 
@@ -218,7 +245,7 @@ class WatchedFiles(Generic[T]):
             error = ConfigError(str(path), "path", "", f"not found ({state})")
             errors[path] = [error]
             if error not in self._errors.get(path, ()):
-                log.error("%s error: %s", self._what, error)
+                log.error("%s error: %s", self._what, error, extra=_fields(error))
         for parsed in result.files:
             old = self.content.get(parsed.path, ())
             good = {ref for ref, _ in parsed.objects}
@@ -248,12 +275,12 @@ class WatchedFiles(Generic[T]):
                 state = f"keeping this file's {len(kept)} last good object(s)"
             else:
                 state = "not applied"
-            log.error("%s error (%s): %s", self._what, state, error)
+            log.error("%s error (%s): %s", self._what, state, error, extra=_fields(error))
 
     def add_errors(self, errors: Iterable[ConfigError]) -> None:
         """Record errors found after parsing (across files), reported with the file's own."""
         for error in errors:
-            log.error("%s error: %s", self._what, error)
+            log.error("%s error: %s", self._what, error, extra=_fields(error))
             self._errors.setdefault(Path(error.file), []).append(error)
 
     async def watch(self) -> None:
@@ -296,19 +323,29 @@ class WatchedFiles(Generic[T]):
             self._watch_problem = None
             stop = _Either(self._stop, halt)
             watched = {t.path for t in targets}
+            checked = time.monotonic()
             while True:
                 result = await asyncio.to_thread(notify.watch, DEBOUNCE_MS, STEP_MS, CHECK_MS, stop)
                 if result == "stop":
                     return
                 if result == "signal":
                     raise RuntimeError("file watcher interrupted")
-                # A watched folder itself deleted or moved: its watch is dead even when a new
-                # folder at the same path got the same inode number (ext4 reuses them at once).
-                if not isinstance(result, str) and watched & {path for _, path in result}:
-                    return
+                relevant = result != "timeout"
+                if not isinstance(result, str):
+                    changed = {path for _, path in result}
+                    # A watched folder itself deleted or moved: its watch is dead even when a new
+                    # folder at the same path got the same inode number (ext4 reuses them).
+                    if watched & changed:
+                        return
+                    relevant = any(is_config_event(path, self.paths) for path in changed)
+                    # A neighbour written without pause never lets the watch time out: the
+                    # folders' identities are still re-checked every CHECK_MS.
+                    if not relevant and time.monotonic() - checked < CHECK_MS / 1000:
+                        continue
+                checked = time.monotonic()
                 if await asyncio.to_thread(watch_targets, self.paths) != targets:
                     return
-                if result != "timeout":
+                if relevant:
                     await self.refresh()
         finally:
             halt.set()  # a watch still running in its thread (on cancel) returns within a step

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import logging
 import sys
+import time
 import urllib.parse
 import urllib.request
 from typing import Any
@@ -25,6 +28,8 @@ from typing import Any
 from meshfed.core.lifecycle import handle_stop_signals
 from meshfed.pilot import xds_types as T
 from meshfed.pilot.node import DEFAULT_ADMIN_PORT, DEFAULT_OUTBOUND_HTTP_PORT
+
+log = logging.getLogger("meshfed.proxy")
 
 
 def _add_hub_args(p: argparse.ArgumentParser) -> None:
@@ -190,6 +195,9 @@ def cmd_proxy(args: argparse.Namespace) -> int:
                 print(f"mixer client on unix:{spec.mixer_socket} -> {args.mixer}", flush=True)
             await envoy.start()
             print(f"envoy started (admin {envoy.admin_url}, log {envoy.log_path})", flush=True)
+            # The hub decides how long registries may take (initialSyncTimeout); the proxy
+            # waits for that verdict, and only then for its own config.
+            await wait_hub_ready(hub, args.hub_ready_timeout, stop)
             state = await wait_ready(envoy, hub, timeout=args.ready_timeout)
             if probe is not None:
                 probe.synced = True
@@ -219,6 +227,34 @@ def cmd_proxy(args: argparse.Namespace) -> int:
             restore()
 
     return asyncio.run(main())
+
+
+async def wait_hub_ready(hub: str, timeout: float, stop: asyncio.Event) -> None:
+    """Wait until the hub's ``/healthz/ready`` answers 200, printing each new reason it
+    gives for not being ready; raises TimeoutError after ``timeout`` seconds."""
+    import aiohttp
+
+    deadline = time.monotonic() + timeout
+    shown = None
+    client_timeout = aiohttp.ClientTimeout(total=2.0)
+    async with aiohttp.ClientSession(timeout=client_timeout) as session:
+        while time.monotonic() < deadline and not stop.is_set():
+            try:
+                async with session.get(f"{hub}/healthz/ready") as response:
+                    if response.status == 200:
+                        return
+                    body = await response.json(content_type=None)
+                    reason = "; ".join(body.get("not_ready", [])) or f"HTTP {response.status}"
+            except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+                reason = f"hub not reachable at {hub} ({exc or type(exc).__name__})"
+            if reason != shown:  # a log line, so that --log-format json keeps stderr JSON
+                log.info("waiting for the hub: %s", reason, extra={"hub": hub})
+                shown = reason
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+    if stop.is_set():
+        raise RuntimeError("stopped while waiting for the hub")
+    raise TimeoutError(f"hub {hub} not ready after {timeout:g}s: {shown}")
 
 
 def _status_rows(proxies: list[dict[str, Any]]) -> tuple[list[list[str]], list[str]]:
@@ -310,7 +346,19 @@ def register(sub: Any) -> None:
     proxy = sub.add_parser("proxy", help="run a real Envoy sidecar configured by Pilot")
     _add_proxy_args(proxy)
     proxy.add_argument("--hub", help="hub monitoring URL for readiness (default: from config)")
-    proxy.add_argument("--ready-timeout", type=float, default=60.0)
+    proxy.add_argument(
+        "--hub-ready-timeout",
+        type=float,
+        default=600.0,
+        help="seconds to wait for the hub's readiness (the hub bounds its own registries' "
+        "initial sync with spec.initialSyncTimeout); default 600",
+    )
+    proxy.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=60.0,
+        help="seconds, once the hub is ready, for this proxy's config to be ACKed",
+    )
     proxy.add_argument(
         "--status-port",
         type=int,

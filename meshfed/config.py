@@ -6,6 +6,10 @@ Relative paths in a config file are resolved against the file's folder. Each reg
 ``name`` (unique; its position in the list is its merge precedence, first wins), a ``kind`` (an
 entry point of group ``meshfed.registries``: ``static``, ``consul``, ``eureka``, ``kubernetes``)
 and the kind's own parameters, passed through as given.
+
+``initialSyncTimeout`` (a duration, default 30s; ``0s`` waits for every registry forever) bounds
+how long the hub waits for a registry's first sync before it serves what the others hold,
+listing the late one as degraded until it arrives.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from meshfed.core.resources import ConfigError, ConfigErrors, FieldReader, load_
 
 MESH_API_VERSIONS = frozenset({"meshfed.io/v1alpha1"})
 DEFAULT_SERVICES = "services.yaml"
+DEFAULT_INITIAL_SYNC_TIMEOUT = 30.0
+MAX_INITIAL_SYNC_TIMEOUT = 3600.0
 
 
 def default_services_path() -> Path:
@@ -45,6 +51,8 @@ class MeshConfig:
     config_paths: tuple[str, ...] = ()  # where routing rules and other config kinds live
     pilot: Mapping[str, Any] = attrs.field(factory=dict)
     mixer: Any = None  # meshfed.mixer.settings.MixerSettings (spec.mixer); None: not enabled
+    # Seconds the hub waits for a registry's first sync before serving without it; 0: forever.
+    initial_sync_timeout: float = DEFAULT_INITIAL_SYNC_TIMEOUT
     source: str = "<built-in default>"
 
 
@@ -84,7 +92,16 @@ def load_mesh_config(path: Path | str | None) -> MeshConfig:
             ConfigError(doc.file, doc.ref, "apiVersion", "expected meshfed.io/v1alpha1")
         )
     reader.unknown_fields(
-        {"trustDomain", "systemNamespace", "listen", "registries", "configPaths", "pilot", "mixer"}
+        {
+            "trustDomain",
+            "systemNamespace",
+            "listen",
+            "registries",
+            "configPaths",
+            "pilot",
+            "mixer",
+            "initialSyncTimeout",
+        }
     )
     defaults = MeshConfig()
     listen = reader.reader("listen")
@@ -138,6 +155,11 @@ def load_mesh_config(path: Path | str | None) -> MeshConfig:
         config_paths=tuple(_resolve(base, p) for p in reader.str_list("configPaths")),
         pilot=dict(pilot_reader.data) if pilot_reader else {},
         mixer=mixer,
+        initial_sync_timeout=reader.checked(
+            "initialSyncTimeout",
+            lambda v: validators.duration(v, 0.0, MAX_INITIAL_SYNC_TIMEOUT),
+            default=defaults.initial_sync_timeout,
+        ),
         source=str(path),
     )
     if reader.errors:

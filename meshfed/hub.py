@@ -3,9 +3,15 @@
 It builds the aggregate registry from the mesh config, runs one supervised task per registry
 adapter, and serves the monitoring port (:class:`~core.monitoring.MonitoringServer`):
 ``/debug/registryz`` (the merged view, each endpoint with its source registry, plus members and
-conflicts), ``/debug/tasksz`` (every supervised background task), ``/healthz/ready`` (200 only
-after every registry has synced once and every component reports ready; its ``degraded`` list
-names unreachable registries and failing background tasks) and Prometheus ``/metrics``.
+conflicts), ``/debug/tasksz`` (every supervised background task), ``/healthz/ready`` (200 once every
+registry has synced or the mesh config's ``initialSyncTimeout`` has passed, and every component
+reports ready; its ``degraded`` list names unreachable and late registries and failing
+background tasks) and Prometheus ``/metrics``.
+
+A registry still not synced when ``initialSyncTimeout`` passes is no longer waited for: the hub
+(and Pilot, which serves once the aggregate counts as synced) serves what the others hold, the
+late registry is degraded, and its services are merged in by the ordinary change events when
+it syncs. One dead registry therefore cannot keep the whole control plane out of service.
 
 Adapters are found through the ``meshfed.registries`` entry-point group
 (:data:`~adapters.contract.AdapterFactory`), so a registry kind is added with ``pip install``.
@@ -57,6 +63,11 @@ REGISTRY_EVENTS = Counter(
 ADAPTER_RESTARTS = Counter(
     "meshfed_registry_adapter_restarts_total",
     "Registry adapters restarted after a crash",
+    ["registry"],
+)
+INITIAL_SYNC_TIMEOUTS = Counter(
+    "meshfed_registry_initial_sync_timeouts_total",
+    "Registries the hub stopped waiting for at start (spec.initialSyncTimeout passed)",
     ["registry"],
 )
 
@@ -151,6 +162,7 @@ class Hub:
     monitoring: MonitoringServer | None = None
     _lifecycle: Lifecycle = attrs.field(factory=Lifecycle)
     _adapter_tasks: set[str] = attrs.field(factory=set)
+    _sync_deadline: asyncio.TimerHandle | None = None
 
     def __attrs_post_init__(self) -> None:
         self.metrics.register(AggregateCollector(self.aggregate))
@@ -206,6 +218,22 @@ class Hub:
                 on_failure=functools.partial(self._adapter_failed, adapter.member),
                 on_recover=functools.partial(self._adapter_recovered, adapter.member),
             )
+        timeout = self.mesh.initial_sync_timeout
+        if timeout > 0:
+            # A timer, not a task: nothing to supervise, and cancelled on stop.
+            self._sync_deadline = asyncio.get_running_loop().call_later(
+                timeout, self._initial_sync_expired, timeout
+            )
+
+    def _initial_sync_expired(self, timeout: float) -> None:
+        self._sync_deadline = None
+        for member in self.aggregate.members:
+            if not member.synced:
+                INITIAL_SYNC_TIMEOUTS.labels(member.name).inc()
+                member.stop_awaiting(
+                    f"{LATE}not synced {timeout:g}s after start; serving the mesh without it "
+                    "until it syncs (spec.initialSyncTimeout)"
+                )
 
     @staticmethod
     def _adapter_failed(member: Member, reason: str) -> None:
@@ -219,6 +247,9 @@ class Hub:
             member.set_degraded(None)
 
     async def _stop_adapters(self) -> None:
+        if self._sync_deadline is not None:
+            self._sync_deadline.cancel()
+            self._sync_deadline = None
         errors = []
         for name, adapter in self.adapters.items():
             try:
@@ -237,6 +268,7 @@ class Hub:
             [
                 web.get("/debug/registryz", self._registryz),
                 web.get("/debug/tasksz", self._tasksz),
+                web.get("/version", self._version),
             ]
         )
         for component in self.components:
@@ -250,18 +282,21 @@ class Hub:
     # -- readiness and debug ----------------------------------------------------------------
     def not_ready(self) -> list[str]:
         reasons = [
-            f"registry {m.name} has not synced" for m in self.aggregate.members if not m.synced
+            f"registry {m.name} has not synced"
+            for m in self.aggregate.members
+            if not m.synced and m.awaited
         ]
         for component in self.components:
             reasons.extend(component.not_ready())
         return reasons
 
     def degraded(self) -> list[str]:
-        out = [
-            f"registry {m.name} degraded: {m.degraded}"
-            for m in self.aggregate.members
-            if m.degraded
-        ]
+        out = []
+        for m in self.aggregate.members:
+            if m.degraded:
+                out.append(f"registry {m.name} degraded: {m.degraded}")
+            if m.late_reason and m.late_reason != m.degraded:  # the adapter gave its own reason
+                out.append(f"registry {m.name} {m.late_reason}")
         for task, reason in sorted(self.supervisor.failures().items()):
             if task not in self._adapter_tasks:  # a registry's crash is its member's reason
                 out.append(f"{task} failing (restarting): {reason}")
@@ -271,11 +306,21 @@ class Hub:
         details = {name: adapter.describe() for name, adapter in self.adapters.items()}
         return web.json_response(registry_view(self.aggregate, details, request.query.get("host")))
 
+    async def _version(self, request: web.Request) -> web.Response:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version("meshfed")
+        except PackageNotFoundError:
+            found = "unknown"
+        return web.json_response({"version": found})
+
     async def _tasksz(self, request: web.Request) -> web.Response:
         return web.json_response(self.supervisor.describe())
 
 
 CRASHED = "adapter crashed: "
+LATE = "initial sync late: "
 
 
 async def _nothing() -> None:

@@ -61,6 +61,8 @@ def registry_view(
                 "precedence": i,
                 "synced": m.synced,
                 "degraded": m.degraded,
+                # Not synced, and the hub no longer waits for it (initialSyncTimeout passed).
+                "late": not m.synced and not m.awaited,
                 **dict(details.get(m.name, {})),
             }
             for i, m in enumerate(aggregate.members)

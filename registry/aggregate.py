@@ -69,6 +69,10 @@ class Member:
         self.endpoints: dict[str, tuple[Endpoint, ...]] = {}
         self.synced = False
         self.degraded: str | None = None
+        # False once the hub stopped waiting for this member's first sync (its initial-sync
+        # timeout passed): the mesh is served without it and it is merged in when it arrives.
+        self.awaited = True
+        self._late_reason: str | None = None
 
     def _own(self, service: Service) -> Service:
         if service.registries == (self.name,):
@@ -129,16 +133,40 @@ class Member:
     def mark_synced(self) -> None:
         if not self.synced:
             self.synced = True
-            log.info("registry %s synced", self.name)
+            log.info("registry %s synced", self.name, extra={"registry": self.name})
+            if self.degraded is not None and self.degraded == self._late_reason:
+                self.degraded = None  # the lateness was the only thing wrong with it
             self._aggregate._notify_status()
+
+    @property
+    def late_reason(self) -> str | None:
+        """Why the hub stopped waiting for this member's first sync (None once it synced)."""
+        return None if self.synced else self._late_reason
+
+    def stop_awaiting(self, reason: str) -> None:
+        """Stop waiting for this member's first sync: the aggregate counts as synced without
+        it. Unless the adapter already says why it is unreachable, ``reason`` becomes its
+        degraded reason, withdrawn by :meth:`mark_synced`."""
+        if self.synced or not self.awaited:
+            return
+        self.awaited = False
+        log.warning("registry %s: %s", self.name, reason, extra={"registry": self.name})
+        self._late_reason = reason
+        if self.degraded is None:
+            self.degraded = reason
+        self._aggregate._notify_status()
 
     def set_degraded(self, reason: str | None) -> None:
         """Mark this member unreachable (``reason``) or healthy again (None); state is kept."""
+        if reason is None and not self.synced and not self.awaited:
+            reason = self._late_reason  # reachable again, but still not synced: still late
         if reason != self.degraded:
             if reason:
-                log.warning("registry %s degraded: %s", self.name, reason)
+                log.warning(
+                    "registry %s degraded: %s", self.name, reason, extra={"registry": self.name}
+                )
             else:
-                log.info("registry %s recovered", self.name)
+                log.info("registry %s recovered", self.name, extra={"registry": self.name})
             self.degraded = reason
             self._aggregate._notify_status()
 
@@ -171,8 +199,9 @@ class AggregateRegistry:
 
     @property
     def synced(self) -> bool:
-        """True once every member has synced at least once."""
-        return all(m.synced for m in self._members)
+        """True once every member has synced at least once or is no longer awaited
+        (:meth:`Member.stop_awaiting`): what the mesh can be served from."""
+        return all(m.synced or not m.awaited for m in self._members)
 
     # -- reading ----------------------------------------------------------------------------
     def services(self) -> dict[str, Service]:

@@ -34,6 +34,7 @@ import asyncio
 import datetime
 import logging
 import socket
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -509,6 +510,7 @@ class KubeConfigComponent:
         self.store = store
         self.topic = topic
         self._supervisor: Supervisor | None = None
+        self._wait_until: float | None = None  # monotonic; None: wait for the sync forever
 
     @property
     def task_name(self) -> str:
@@ -519,6 +521,8 @@ class KubeConfigComponent:
 
     async def start(self, hub: HubContext) -> None:
         self._supervisor = hub.supervisor
+        timeout = hub.mesh.initial_sync_timeout
+        self._wait_until = time.monotonic() + timeout if timeout > 0 else None
         hub.supervisor.spawn(self.task_name, self.store.run)
 
     async def stop(self) -> None:
@@ -533,4 +537,11 @@ class KubeConfigComponent:
         return [web.get(f"/debug/configz/{self.store.name}", configz)]
 
     def not_ready(self) -> list[str]:
-        return [] if self.store.synced else [f"config store {self.store.name} has not synced"]
+        # Like a late registry, a cluster that cannot be reached holds readiness only until
+        # the mesh's initial-sync timeout: the hub then serves the config it has (the
+        # cluster's registry member says it is degraded; /debug/configz/<name> says unsynced).
+        if self.store.synced:
+            return []
+        if self._wait_until is not None and time.monotonic() >= self._wait_until:
+            return []
+        return [f"config store {self.store.name} has not synced"]

@@ -401,3 +401,28 @@ async def test_configmap_style_folder_follows_its_atomic_swaps(tmp_path: Path) -
     await eventually(lambda: w.store.state == {"a": 2}, "swapped ConfigMap payload read")
     assert w.store.errors() == []
     await w.stop()
+
+
+async def test_a_log_and_editor_files_in_the_watched_folder_cost_no_re_read(
+    tmp_path: Path, caplog
+) -> None:
+    (tmp_path / "a.yaml").write_text(thing("a", 1))
+    w = await watching([tmp_path])
+    loads = w.store.changes
+    caplog.set_level(logging.DEBUG)
+    log_file = tmp_path / "hub.log"
+    for n in range(40):  # a process appending to its log beside the config, for ~2 s
+        with log_file.open("a") as out:
+            out.write(f"line {n}\n")
+        if n % 10 == 0:  # an editor's swap, backup and probe files come and go
+            for name in (".a.yaml.swp", "a.yaml~", "4913"):
+                (tmp_path / name).write_text(thing("a", 99))
+                (tmp_path / name).unlink()
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)  # past the watch's debounce: any re-read would have happened
+    assert w.store.changes == loads
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("meshfed")] == []
+    (tmp_path / "a.yaml").write_text(thing("a", 2))  # a real edit still applies
+    await eventually(lambda: w.store.state == {"a": 2}, "edit applied")
+    assert w.store.changes == loads + 1
+    assert await w.stop() < 1

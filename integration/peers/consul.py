@@ -147,16 +147,26 @@ def _wait_leader(agent: ConsulAgent, timeout: float) -> str:
     return agent.leader()
 
 
+def reserve_dev_agent(base: Path, host: str | None = None) -> ConsulAgent:
+    """A dev agent's ports and folders, not started: its address can be configured before
+    Consul runs (pass it to :func:`start_dev_agent` later)."""
+    return _new_agent("dev", host or loopback_host(), base)
+
+
 @contextmanager
 def start_dev_agent(
-    base: Path, host: str | None = None, extra_config: dict[str, object] | None = None
+    base: Path,
+    host: str | None = None,
+    extra_config: dict[str, object] | None = None,
+    agent: ConsulAgent | None = None,
 ) -> Iterator[ConsulAgent]:
     """A single in-memory ``consul agent -dev`` server, ready (leader elected, node synced).
 
     ``extra_config`` is merged into the agent's JSON config, e.g.
-    ``{"limits": {"http_max_conns_per_client": 20}}``.
+    ``{"limits": {"http_max_conns_per_client": 20}}``; ``agent`` (from
+    :func:`reserve_dev_agent`) starts it on ports chosen earlier.
     """
-    agent = _new_agent("dev", host or loopback_host(), base)
+    agent = agent or _new_agent("dev", host or loopback_host(), base)
     _write_config(agent, dict(extra_config or {}))
     _launch(agent, dev=True)
     try:

@@ -45,6 +45,10 @@ def _with(path: tuple, value: object) -> dict:
             "spec.pilot.egressDnsResolvers[0]",
         ),
         (("spec", "trustDomain"), "my domain", "spec.trustDomain"),
+        (("spec", "initialSyncTimeout"), "30", "spec.initialSyncTimeout"),
+        (("spec", "initialSyncTimeout"), "-5s", "spec.initialSyncTimeout"),
+        (("spec", "initialSyncTimeout"), "2h", "spec.initialSyncTimeout"),
+        (("spec", "initialSyncTimeout"), 30, "spec.initialSyncTimeout"),
         (
             ("spec", "registries"),
             [{"name": "files", "kind": "static", "path": ["."]}],
@@ -82,3 +86,16 @@ def test_duplicate_hosts_are_reported_by_validate_as_the_static_registry_does(tm
     hub_errors = registry.reload()
     assert [str(e) for e in errors] == [str(e) for e in hub_errors]
     assert len(errors) == 1 and "already declared" in str(errors[0])
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"), [(None, 30.0), ("5s", 5.0), ("0s", 0.0), ("2m", 120.0)]
+)
+def test_initial_sync_timeout_is_read_as_a_duration(tmp_path: Path, value, seconds):
+    from meshfed.config import load_mesh_config
+
+    file = tmp_path / "mesh.yaml"
+    doc = _with(("spec", "initialSyncTimeout"), value) if value else MESH
+    file.write_text(yaml.safe_dump(doc))
+    assert validate_files([file])[1] == []
+    assert load_mesh_config(file).initial_sync_timeout == seconds

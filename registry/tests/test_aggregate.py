@@ -176,3 +176,41 @@ def test_subscriber_sees_view_at_least_as_fresh_as_event(agg):
     member.put_service(svc(), [Endpoint("127.0.0.2")])
     member.set_endpoints(HOST, [Endpoint("127.0.0.2"), Endpoint("127.0.0.3")])
     assert seen == [1, 2]
+
+
+def test_a_member_no_longer_awaited_is_late_and_merged_when_it_syncs(agg):
+    static, consul = agg.add_member("static"), agg.add_member("consul")
+    static.mark_synced()
+    statuses = []
+    agg.subscribe_status(lambda: statuses.append(agg.synced))
+    assert not agg.synced
+    consul.stop_awaiting("initial sync not done after 30s")
+    assert agg.synced and statuses == [True]
+    assert consul.degraded == "initial sync not done after 30s" and not consul.synced
+    # The adapter's own reasons come and go; until it syncs, it stays late.
+    consul.set_degraded("connection refused")
+    consul.set_degraded(None)
+    assert consul.degraded == "initial sync not done after 30s"
+    consul.put_service(svc(), [Endpoint("127.0.0.2")])
+    consul.mark_synced()
+    assert consul.degraded is None and consul.synced
+    assert len(agg.endpoints(HOST)) == 1
+    consul.stop_awaiting("too late")  # synced already: nothing to give up on
+    assert consul.degraded is None
+
+
+def test_stop_awaiting_keeps_the_adapters_own_reason(agg):
+    consul = agg.add_member("consul")
+    consul.set_degraded("connection refused")
+    consul.stop_awaiting("initial sync not done after 30s")
+    assert agg.synced and consul.degraded == "connection refused"
+    consul.mark_synced()
+    assert consul.degraded == "connection refused"  # the adapter's to clear
+    assert consul.late_reason is None
+
+
+def test_late_reason_is_kept_beside_the_adapters_reason(agg):
+    consul = agg.add_member("consul")
+    consul.set_degraded("connection refused")
+    consul.stop_awaiting("late")
+    assert consul.late_reason == "late"
