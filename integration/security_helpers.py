@@ -45,6 +45,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from integration.peers.process import PeerProcess
+from meshfed.core import xds
 from meshfed.nodeagent.agent import AgentConfig, NodeAgent
 from meshfed.nodeagent.client import CAClient
 from meshfed.registry.model import spiffe_id
@@ -277,12 +278,12 @@ def http_filter(stat_prefix: str, cluster: str) -> lc.Filter:
         http_filters=[
             hcm.HttpFilter(
                 name="envoy.filters.http.router",
-                typed_config=mtls._pack(router_pb2.Router()),
+                typed_config=xds.pack(router_pb2.Router()),
             )
         ],
     )
     return lc.Filter(
-        name="envoy.filters.network.http_connection_manager", typed_config=mtls._pack(manager)
+        name="envoy.filters.network.http_connection_manager", typed_config=xds.pack(manager)
     )
 
 
@@ -295,10 +296,10 @@ def tcp_filter(stat_prefix: str, cluster: str, access_log: Path | None = None) -
         )
         proxy.access_log.append(
             accesslog_pb2.AccessLog(
-                name="envoy.access_loggers.file", typed_config=mtls._pack(file_log)
+                name="envoy.access_loggers.file", typed_config=xds.pack(file_log)
             )
         )
-    return lc.Filter(name="envoy.filters.network.tcp_proxy", typed_config=mtls._pack(proxy))
+    return lc.Filter(name="envoy.filters.network.tcp_proxy", typed_config=xds.pack(proxy))
 
 
 def listener(name: str, host: str, port: int, filt: lc.Filter) -> listener_pb2.Listener:
@@ -462,7 +463,7 @@ def limit_requests_per_connection(
     for cluster in boot["static_resources"]["clusters"]:
         if cluster["name"] == cluster_name:
             cluster["typed_extension_protocol_options"] = {
-                mtls.HTTP_OPTIONS_KEY: {
+                xds.HTTP_OPTIONS_KEY: {
                     "@type": "type.googleapis.com/"
                     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                     "common_http_protocol_options": {"max_requests_per_connection": limit},

@@ -40,9 +40,9 @@ from envoy.config.core.v3 import config_source_pb2, grpc_service_pb2
 from google.protobuf import json_format, struct_pb2
 
 from meshfed.core.envoy import envoy_binary
+from meshfed.core.xds import HTTP_OPTIONS_KEY, http2_options
 from meshfed.pilot.mixer_plugin import client_cluster
 from meshfed.pilot.node import DEFAULT_ADMIN_PORT, DEFAULT_OUTBOUND_HTTP_PORT
-from meshfed.pilot.translate.clusters import HTTP_OPTIONS_KEY, _http2_options
 from meshfed.pilot.translate.protos import pack, seconds, socket_address
 from meshfed.security import mtls
 
@@ -120,7 +120,7 @@ def bootstrap(spec: ProxySpec) -> dict[str, Any]:
     xds.load_assignment.endpoints.add().lb_endpoints.add().endpoint.address.CopyFrom(
         socket_address(host.strip("[]"), int(port))
     )
-    xds.typed_extension_protocol_options[HTTP_OPTIONS_KEY].CopyFrom(pack(_http2_options()))
+    xds.typed_extension_protocol_options[HTTP_OPTIONS_KEY].CopyFrom(pack(http2_options()))
     ads_source = config_source_pb2.ConfigSource(
         ads=config_source_pb2.AggregatedConfigSource(),
         resource_api_version=config_source_pb2.ApiVersion.V3,

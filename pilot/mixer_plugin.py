@@ -31,13 +31,10 @@ import attrs
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import (
-    address_pb2,
     base_pb2,
     config_source_pb2,
     grpc_service_pb2,
-    protocol_pb2,
 )
-from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2 as lc
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
@@ -47,13 +44,12 @@ from envoy.extensions.filters.network.ext_authz.v3 import ext_authz_pb2 as tcp_a
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
 )
-from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo
 from envoy.type.tracing.v3 import custom_tag_pb2
 from envoy.type.v3 import http_status_pb2
 
+from meshfed.core.xds import unix_socket_grpc_cluster
 from meshfed.pilot.plugins import ChainContext, HttpChain, PluginBase, TcpChain
 from meshfed.pilot.translate import names
-from meshfed.pilot.translate.clusters import HTTP_OPTIONS_KEY
 from meshfed.pilot.translate.protos import pack
 
 CLIENT_CLUSTER = "mixer-client"
@@ -91,24 +87,7 @@ class MixerDataPath:
 
 def client_cluster(socket_path: str) -> cluster_pb2.Cluster:
     """The bootstrap's static cluster to the node-local Mixer client's Unix socket (HTTP/2)."""
-    cluster = cluster_pb2.Cluster(name=CLIENT_CLUSTER, type=cluster_pb2.Cluster.STATIC)
-    cluster.connect_timeout.FromMilliseconds(1000)
-    cluster.load_assignment.CopyFrom(
-        endpoint_pb2.ClusterLoadAssignment(cluster_name=CLIENT_CLUSTER)
-    )
-    cluster.load_assignment.endpoints.add().lb_endpoints.add().endpoint.address.CopyFrom(
-        address_pb2.Address(pipe=address_pb2.Pipe(path=socket_path))
-    )
-    cluster.typed_extension_protocol_options[HTTP_OPTIONS_KEY].CopyFrom(
-        pack(
-            hpo.HttpProtocolOptions(
-                explicit_http_config=hpo.HttpProtocolOptions.ExplicitHttpConfig(
-                    http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
-                )
-            )
-        )
-    )
-    return cluster
+    return unix_socket_grpc_cluster(CLIENT_CLUSTER, socket_path)
 
 
 class MixerPlugin(PluginBase):

@@ -42,13 +42,10 @@ from collections.abc import Iterable, Mapping, Sequence
 import attrs
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import (
-    address_pb2,
     base_pb2,
     config_source_pb2,
     grpc_service_pb2,
-    protocol_pb2,
 )
-from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2 as lc
 from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
@@ -56,11 +53,10 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
 )
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
-from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo
 from envoy.type.matcher.v3 import string_pb2
-from google.protobuf import any_pb2, struct_pb2
-from google.protobuf.message import Message
+from google.protobuf import struct_pb2
 
+from meshfed.core.xds import pack, unix_socket_grpc_cluster
 from meshfed.registry.model import Endpoint, Location, Service
 
 log = logging.getLogger("meshfed.security.mtls")
@@ -72,7 +68,6 @@ TLS_SOCKET = "envoy.transport_sockets.tls"
 TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
 TLS_MODE_LABEL = "security.meshfed.io/tlsMode"
 TLS_MODE_MTLS = "mtls"  # the endpoint's sidecar terminates mesh mutual TLS
-HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 # Envoy reads an endpoint's transport-socket selector from this filter-metadata key.
 TRANSPORT_SOCKET_MATCH = "envoy.transport_socket_match"
 MTLS_MATCH = {"tlsMode": TLS_MODE_MTLS}
@@ -128,14 +123,6 @@ class Policy:
         )
 
 
-def _pack(message: Message) -> any_pb2.Any:
-    # Deterministic bytes: equal configs must give equal resources (and no spurious pushes).
-    return any_pb2.Any(
-        type_url="type.googleapis.com/" + message.DESCRIPTOR.full_name,
-        value=message.SerializeToString(deterministic=True),
-    )
-
-
 # -- SDS ------------------------------------------------------------------------------------
 def sds_config() -> config_source_pb2.ConfigSource:
     """Where secrets come from: the node agent, through the static :data:`SDS_CLUSTER`."""
@@ -155,22 +142,7 @@ def sds_config() -> config_source_pb2.ConfigSource:
 
 def sds_cluster(socket_path: str) -> cluster_pb2.Cluster:
     """The bootstrap's static cluster for the node agent's SDS Unix socket (HTTP/2)."""
-    cluster = cluster_pb2.Cluster(name=SDS_CLUSTER, type=cluster_pb2.Cluster.STATIC)
-    cluster.connect_timeout.FromMilliseconds(1000)
-    cluster.load_assignment.CopyFrom(endpoint_pb2.ClusterLoadAssignment(cluster_name=SDS_CLUSTER))
-    cluster.load_assignment.endpoints.add().lb_endpoints.add().endpoint.address.CopyFrom(
-        address_pb2.Address(pipe=address_pb2.Pipe(path=socket_path))
-    )
-    cluster.typed_extension_protocol_options[HTTP_OPTIONS_KEY].CopyFrom(
-        _pack(
-            hpo.HttpProtocolOptions(
-                explicit_http_config=hpo.HttpProtocolOptions.ExplicitHttpConfig(
-                    http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
-                )
-            )
-        )
-    )
-    return cluster
+    return unix_socket_grpc_cluster(SDS_CLUSTER, socket_path)
 
 
 def common_tls_context(
@@ -227,7 +199,7 @@ def upstream_transport_socket(
     peer_identities: Iterable[str], sni: str = "", alpn: Sequence[str] = ()
 ) -> base_pb2.TransportSocket:
     return base_pb2.TransportSocket(
-        name=TLS_SOCKET, typed_config=_pack(upstream_tls_context(peer_identities, sni, alpn))
+        name=TLS_SOCKET, typed_config=pack(upstream_tls_context(peer_identities, sni, alpn))
     )
 
 
@@ -236,7 +208,7 @@ def downstream_transport_socket(
 ) -> base_pb2.TransportSocket:
     return base_pb2.TransportSocket(
         name=TLS_SOCKET,
-        typed_config=_pack(downstream_tls_context(require_client_certificate, alpn=alpn)),
+        typed_config=pack(downstream_tls_context(require_client_certificate, alpn=alpn)),
     )
 
 
@@ -394,7 +366,7 @@ def inbound_filter_chains(
     plain_chain = lc.FilterChain(name=f"{name}-plain", filters=list(filters))
     plain_chain.filter_chain_match.transport_protocol = "raw_buffer"
     inspector = lc.ListenerFilter(
-        name=TLS_INSPECTOR, typed_config=_pack(tls_inspector_pb2.TlsInspector())
+        name=TLS_INSPECTOR, typed_config=pack(tls_inspector_pb2.TlsInspector())
     )
     return [tls_chain, plain_chain], [inspector]
 
@@ -446,4 +418,4 @@ def _with_xfcc(filt: lc.Filter) -> lc.Filter:
     manager = hcm.HttpConnectionManager()
     filt.typed_config.Unpack(manager)
     apply_xfcc(manager)
-    return lc.Filter(name=filt.name, typed_config=_pack(manager))
+    return lc.Filter(name=filt.name, typed_config=pack(manager))

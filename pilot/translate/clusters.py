@@ -36,19 +36,17 @@ from collections.abc import Sequence
 
 import attrs
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
-from envoy.config.core.v3 import protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2 as ec
 from envoy.config.endpoint.v3 import endpoint_pb2
-from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo
 from google.protobuf import wrappers_pb2
 
+from meshfed.core.xds import HTTP_OPTIONS_KEY, http2_options
 from meshfed.pilot.translate import names
 from meshfed.pilot.translate.endpoints import load_assignment
 from meshfed.pilot.translate.protos import ads_source, pack, seconds, socket_address
 from meshfed.registry.model import Endpoint, Port, Protocol, Resolution, Service
 
 CONNECT_TIMEOUT_S = 2.0
-HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 UNBOUNDED = 2**32 - 1
 LOCAL_ORIGIN_FAILURES = 3
 MAX_EJECTION_PERCENT = 50
@@ -76,14 +74,6 @@ def default_outlier_detection() -> outlier_detection_pb2.OutlierDetection:
         enforcing_success_rate=_u32(0),
         enforcing_local_origin_success_rate=_u32(0),
         max_ejection_percent=_u32(MAX_EJECTION_PERCENT),
-    )
-
-
-def _http2_options() -> hpo.HttpProtocolOptions:
-    return hpo.HttpProtocolOptions(
-        explicit_http_config=hpo.HttpProtocolOptions.ExplicitHttpConfig(
-            http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
-        )
     )
 
 
@@ -138,7 +128,7 @@ def outbound_cluster(
     if cluster.type in (cluster_pb2.Cluster.EDS, cluster_pb2.Cluster.STRICT_DNS):
         cluster.outlier_detection.CopyFrom(default_outlier_detection())
     if port.protocol in (Protocol.HTTP2, Protocol.GRPC):
-        cluster.typed_extension_protocol_options[HTTP_OPTIONS_KEY].CopyFrom(pack(_http2_options()))
+        cluster.typed_extension_protocol_options[HTTP_OPTIONS_KEY].CopyFrom(pack(http2_options()))
     return cluster
 
 
@@ -170,5 +160,5 @@ def inbound_cluster(
         ),
     )
     if protocol in (Protocol.HTTP2, Protocol.GRPC):
-        cluster.typed_extension_protocol_options[HTTP_OPTIONS_KEY].CopyFrom(pack(_http2_options()))
+        cluster.typed_extension_protocol_options[HTTP_OPTIONS_KEY].CopyFrom(pack(http2_options()))
     return cluster

@@ -63,10 +63,11 @@ from envoy.extensions.network.dns_resolver.cares.v3 import cares_dns_resolver_pb
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.type.matcher.v3 import string_pb2
 
+from meshfed.core.xds import HTTP_OPTIONS_KEY, http2_options
 from meshfed.pilot.config.model import EgressRule
 from meshfed.pilot.node import ProxyNode
 from meshfed.pilot.translate import names
-from meshfed.pilot.translate.clusters import CONNECT_TIMEOUT_S, HTTP_OPTIONS_KEY, _http2_options
+from meshfed.pilot.translate.clusters import CONNECT_TIMEOUT_S
 from meshfed.pilot.translate.protos import pack, seconds, socket_address
 from meshfed.pilot.translate.traffic import TrafficOptions
 from meshfed.registry.model import Protocol
@@ -190,7 +191,7 @@ def egress_clusters(
                 cluster.typed_dns_resolver_config.CopyFrom(resolver)
             if _speaks_h2(port.protocol):
                 cluster.typed_extension_protocol_options[HTTP_OPTIONS_KEY].CopyFrom(
-                    pack(_http2_options())
+                    pack(http2_options())
                 )
             out[name] = cluster
             if port.protocol in _TLS:
@@ -238,7 +239,7 @@ def _dfp_cluster(name: str, options: TrafficOptions, h2: bool = False) -> cluste
         ),
     )
     if h2:
-        options = _http2_options()
+        options = http2_options()
         # Envoy insists on these for any dynamic forward proxy cluster with protocol options:
         # should a rule ever originate TLS here, SNI and the SAN check follow each request's Host.
         options.upstream_http_protocol_options.auto_sni = True

@@ -22,8 +22,8 @@ from envoy.config.core.v3 import base_pb2, health_check_pb2, protocol_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo
 from google.protobuf import wrappers_pb2
 
+from meshfed.core.xds import HTTP_OPTIONS_KEY
 from meshfed.pilot.config.model import DestinationPolicy, HealthCheck, LoadBalancer
-from meshfed.pilot.translate.clusters import HTTP_OPTIONS_KEY
 from meshfed.pilot.translate.protos import pack, seconds
 
 LB_POLICIES = {

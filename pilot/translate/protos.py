@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from envoy.config.core.v3 import address_pb2, config_source_pb2
-from google.protobuf import any_pb2, duration_pb2
-from google.protobuf.message import Message
+from google.protobuf import duration_pb2
+
+from meshfed.core.xds import pack
+
+__all__ = ["ads_source", "pack", "seconds", "socket_address"]  # pack: from the bottom layer
 
 
 def socket_address(address: str, port: int) -> address_pb2.Address:
@@ -18,14 +21,6 @@ def ads_source() -> config_source_pb2.ConfigSource:
     return config_source_pb2.ConfigSource(
         ads=config_source_pb2.AggregatedConfigSource(),
         resource_api_version=config_source_pb2.ApiVersion.V3,
-    )
-
-
-def pack(message: Message) -> any_pb2.Any:
-    """Pack deterministically, so equal configs give equal bytes (and equal versions)."""
-    return any_pb2.Any(
-        type_url="type.googleapis.com/" + message.DESCRIPTOR.full_name,
-        value=message.SerializeToString(deterministic=True),
     )
 
 

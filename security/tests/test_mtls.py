@@ -12,6 +12,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
+from meshfed.core import xds
 from meshfed.registry.model import Endpoint, Location, Port, Protocol, Service
 from meshfed.security import mtls
 
@@ -104,7 +105,7 @@ def _inbound(filters: list[lc.Filter]) -> listener_pb2.Listener:
 
 def _http_filter() -> lc.Filter:
     manager = hcm.HttpConnectionManager(stat_prefix="in")
-    return lc.Filter(name="hcm", typed_config=mtls._pack(manager))
+    return lc.Filter(name="hcm", typed_config=xds.pack(manager))
 
 
 def test_strict_inbound_requires_a_client_certificate_and_sets_xfcc() -> None:
