@@ -176,9 +176,9 @@ class Connection:
             force: set[str] = set()
             if type_url == T.ENDPOINT:
                 force = force_eds
-                if change is not None and change.endpoints_only:
+                if change is not None and change.endpoints_only_at(self.node.ip):
                     only = change.endpoint_names
-            elif change is not None and change.endpoints_only:
+            elif change is not None and change.endpoints_only_at(self.node.ip):
                 # Endpoints never change clusters, listeners or routes (EDS keeps them apart).
                 continue
             before = dict(watch.sent) if type_url == T.CLUSTER else None

@@ -59,6 +59,7 @@ class ConfigCache:
         self.generation = 0
         self.services_generation = 0
         self._services: dict[str, Service] = {}
+        self._endpoints: dict[str, frozenset[Endpoint]] = {}  # what each host was applied with
         # One group per service hostname (plus slots such as the egress rules').
         self._clusters = SharedTable()
         self._assignments = SharedTable()
@@ -113,6 +114,7 @@ class ConfigCache:
         services_changed = False
         endpoint_names: set[str] = set()
         cluster_names: set[str] = set()
+        addresses: set[str] = set()
         # Hosts whose subset/policy clusters change because the service set changed.
         hostnames = traffic_hooks.hosts_to_apply(self, set(hostnames))
         for host in sorted(hostnames):
@@ -125,6 +127,14 @@ class ConfigCache:
                 self._services.pop(host, None)
             else:
                 self._services[host] = service
+            applied = frozenset(endpoints)
+            previous = self._endpoints.get(host, frozenset())
+            if applied != previous:
+                addresses.update(e.address for e in applied ^ previous)
+            if applied:
+                self._endpoints[host] = applied
+            else:
+                self._endpoints.pop(host, None)
             new_clusters, new_assignments = self._translate(service, endpoints)
             cluster_names |= self._clusters.replace_group(host, new_clusters)
             endpoint_names |= self._assignments.replace_group(host, new_assignments)
@@ -136,6 +146,7 @@ class ConfigCache:
             services_changed,
             frozenset(endpoint_names),
             frozenset(cluster_names),
+            addresses=frozenset(addresses),
         )
 
     def _translate(

@@ -65,10 +65,18 @@ class CacheChange:
     endpoint_names: frozenset[str]  # ClusterLoadAssignments that changed or were removed
     cluster_names: frozenset[str]  # outbound clusters that changed or were removed
     full: bool = False
+    # Addresses of endpoints that appeared, left or changed. A proxy at one of them fronts that
+    # workload: its inbound listeners and source-matched routes follow its own endpoints, so an
+    # endpoint-only change there is not endpoint-only for it.
+    addresses: frozenset[str] = frozenset()
 
     @property
     def endpoints_only(self) -> bool:
         return not self.full and not self.services_changed and not self.cluster_names
+
+    def endpoints_only_at(self, ip: str) -> bool:
+        """Whether the change touches nothing but endpoint assignments for a proxy at ``ip``."""
+        return self.endpoints_only and ip not in self.addresses
 
 
 def merge_changes(first: CacheChange, second: CacheChange) -> CacheChange:
@@ -79,6 +87,7 @@ def merge_changes(first: CacheChange, second: CacheChange) -> CacheChange:
         endpoint_names=first.endpoint_names | second.endpoint_names,
         cluster_names=first.cluster_names | second.cluster_names,
         full=first.full or second.full,
+        addresses=first.addresses | second.addresses,
     )
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+from envoy.config.listener.v3 import listener_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from meshfed.pilot import xds_types as T
@@ -50,15 +51,18 @@ spec:
 # ``redirect`` endpoint entries are the only ones not recorded before the shared tables were
 # maintained in place: intercepting proxies used to keep the endpoint table of the first view
 # built for their listener and cluster versions, so endpoint changes never reached them
-# (test_intercepting_proxies_get_endpoint_changes); every other entry is unchanged.
+# (test_intercepting_proxies_get_endpoint_changes). The ``app`` entries changed when a proxy
+# whose own endpoint goes started getting its new listeners and clusters
+# (test_a_proxy_whose_own_endpoint_goes_gets_listeners_and_clusters_without_it); every other
+# entry is unchanged.
 RECORDED: dict[str, str] = {
-    "app/delta cds": "0ec2c5dcab780126",
-    "app/delta eds": "c5e4a232b85f496b",
-    "app/delta lds": "032bdaeec8721dbe",
+    "app/delta cds": "e4d8ca227acd839c",
+    "app/delta eds": "a9228002439ded40",
+    "app/delta lds": "5c1e989246a4a0d0",
     "app/delta rds": "4b67be5df2c9687a",
-    "app/sotw cds": "d2f44f180c7ba457",
-    "app/sotw eds": "e0a88400f8a43365",
-    "app/sotw lds": "60ff1adbd835dcdf",
+    "app/sotw cds": "b71e05b4bccfd3a2",
+    "app/sotw eds": "323e3e61f389e178",
+    "app/sotw lds": "e663fd3207af25eb",
     "app/sotw rds": "87f7249eaf98e748",
     "near/delta cds": "8862fb34e365a9c1",
     "near/delta eds": "f7976c981202b78d",
@@ -337,3 +341,37 @@ def test_incremental_and_fresh_caches_push_the_same_config(tmp_path: Path) -> No
             fingerprint(responses, h, versions=True)
         streams.append(h.hexdigest())
     assert streams[0] == streams[1]
+
+
+def unpack_listener(body: Any) -> listener_pb2.Listener:
+    listener = listener_pb2.Listener()
+    body.Unpack(listener)
+    return listener
+
+
+def test_a_proxy_whose_own_endpoint_goes_gets_listeners_and_clusters_without_it(
+    tmp_path: Path,
+) -> None:
+    # Losing its own endpoint changes only endpoint tables in the shared cache, but for the
+    # proxy that fronts it the inbound listener and cluster go: that change must be pushed.
+    agg, member = registry()
+    cache = new_cache(agg, snapshot(tmp_path))
+    server = DiscoveryServer(cache)
+    conns = subscribe(server)
+    *_, last = changes(member, agg)  # the registry as after the whole sequence
+    for stream in ("app/sotw", "app/delta", "sotw/sotw"):
+        drain(conns[stream][0])
+    change = cache.apply(last)
+    assert change.endpoints_only and not change.endpoints_only_at("10.1.2.1")
+    assert change.endpoints_only_at("127.0.0.2")
+    server.push(change)
+    for stream in ("app/sotw", "app/delta"):
+        pushed = {T.short(r.type_url): r for r in drain(conns[stream][0])}
+        assert {"lds", "cds"} <= set(pushed), (stream, sorted(pushed))
+        lds = pushed["lds"]
+        if stream.endswith("delta"):
+            assert any("inbound" in name for name in lds.removed_resources), stream
+        else:
+            names = [unpack_listener(r).name for r in lds.resources]
+            assert names and not any("inbound" in n for n in names), (stream, names)
+    assert {T.short(r.type_url) for r in drain(conns["sotw/sotw"][0])} <= {"eds"}
