@@ -243,6 +243,12 @@ async def wait_hub_ready(hub: str, timeout: float, stop: asyncio.Event) -> None:
                 async with session.get(f"{hub}/healthz/ready") as response:
                     if response.status == 200:
                         return
+                    if response.status == 404:
+                        # A server without the hub's readiness endpoint (Pilot embedded in
+                        # another process): nothing to wait for; the proxy's own config
+                        # readiness, checked next, still holds it back until Pilot is there.
+                        log.info("hub %s has no /healthz/ready; not waiting for it", hub)
+                        return
                     body = await response.json(content_type=None)
                     reason = "; ".join(body.get("not_ready", [])) or f"HTTP {response.status}"
             except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:

@@ -87,3 +87,21 @@ def test_log_options_are_accepted_before_and_after_the_subcommand():
     for argv in (["up"], proxy, NODEAGENT, ["ca", "serve"]):
         assert parse([*argv, "--log-format", "json"]).log_format == "json", argv
         assert parse(["--log-format", "json", *argv]).log_format == "json", argv
+
+
+async def test_the_proxy_does_not_wait_for_a_server_without_hub_readiness():
+    # Pilot embedded in another process serves xDS and status but no /healthz/ready: the
+    # proxy goes on to its own config readiness instead of waiting its whole timeout.
+    from aiohttp import web
+
+    from meshfed.cli_pilot import wait_hub_ready
+
+    runner = web.AppRunner(web.Application())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        await asyncio.wait_for(wait_hub_ready(f"http://127.0.0.1:{port}", 30, asyncio.Event()), 5)
+    finally:
+        await runner.cleanup()
