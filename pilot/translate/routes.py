@@ -27,7 +27,7 @@ from meshfed.pilot.translate.protos import pack, seconds
 from meshfed.registry.model import Port, Service
 
 # Retries on connection-level failures only: this is what keeps an endpoint removed mid-request
-# from surfacing as a 503 (the seed's "periodic 404/503" known issue), without replaying
+# from surfacing as a 503, without replaying
 # requests an upstream has already answered.
 RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,reset"
 NUM_RETRIES = 2
