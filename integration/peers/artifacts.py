@@ -37,6 +37,8 @@ SPRING_CLOUD_VERSION = "2025.0.0"
 MONGO_JAVA_SERVER_VERSION = "1.47.0"
 # Etsy's statsd daemon (MIT), from the npm registry: the statsd peer of Mixer's statsd handler.
 STATSD_VERSION = "0.9.0"
+# helm v3 (Apache-2.0), from the Go module proxy; must match integration/build/helm/go.mod.
+HELM_VERSION = "3.21.4"
 
 PROVISION_CMD = "python -m integration.provision"
 
@@ -54,6 +56,11 @@ def kube_apiserver_path() -> Path:
 def kubectl_path() -> Path:
     """Cached kubectl binary (built, so a fresh machine needs no system kubectl)."""
     return BIN_DIR / f"kubectl-{KUBERNETES_VERSION}"
+
+
+def helm_path() -> Path:
+    """Cached helm client binary (renders, lints and installs the chart)."""
+    return BIN_DIR / f"helm-{HELM_VERSION}"
 
 
 def etcd_path() -> Path:
