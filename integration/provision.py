@@ -11,6 +11,7 @@ version, so that the second run costs seconds:
 - ``ferretdb`` FerretDB, from the Go module proxy (see ``integration/ferretdb.py``);
 - ``mongo-legacy`` mongo-java-server announcing MongoDB 3.4 (wire 5), Maven from Maven
   Central via ``integration/build/mongo-legacy`` (see ``integration/peers/mongo_legacy.py``);
+- ``helm``    the helm client, from the Go module proxy, via ``integration/build/helm``;
 - ``statsd``  Etsy's statsd daemon from the npm registry (``npm install``, needs node and npm);
 - ``iptables`` Debian's ``iptables``, for the interception test (apt-get likewise);
 - ``jaeger``  the Jaeger all-in-one, from the Go module proxy, via ``integration/build/jaeger``;
@@ -42,6 +43,7 @@ from integration.peers.artifacts import (
     CACHE_DIR,
     CONSUL_VERSION,
     ETCD_VERSION,
+    HELM_VERSION,
     JAEGER_VERSION,
     KUBERNETES_VERSION,
     MONGO_JAVA_SERVER_VERSION,
@@ -51,6 +53,7 @@ from integration.peers.artifacts import (
     envoy_path,
     etcd_path,
     eureka_jar_path,
+    helm_path,
     in_ci,
     jaeger_path,
     kube_apiserver_path,
@@ -133,6 +136,11 @@ def go_build(module: str, package: str, output: Path, ldflags: str = "") -> None
     argv = [go, "build", "-trimpath", f"-ldflags=-s -w {ldflags}".strip(), "-o", str(tmp), package]
     run_logged(argv, f"{output.name}.log", workdir, env)
     tmp.replace(output)
+
+
+def helm_ldflags() -> str:
+    """Stamp the full release version: unstamped, ``helm version`` says only v3.21."""
+    return f"-X helm.sh/helm/v3/internal/version.version=v{HELM_VERSION}"
 
 
 def kube_ldflags() -> str:
@@ -289,6 +297,13 @@ ARTEFACTS = [
         lambda: kubectl_path().exists(),
         lambda: go_build("kube", "k8s.io/kubernetes/cmd/kubectl", kubectl_path(), kube_ldflags()),
         lambda: str(kubectl_path()),
+    ),
+    Artefact(
+        "helm",
+        f"helm {HELM_VERSION}",
+        lambda: helm_path().exists(),
+        lambda: go_build("helm", "helm.sh/helm/v3/cmd/helm", helm_path(), helm_ldflags()),
+        lambda: str(helm_path()),
     ),
     Artefact(
         "eureka",
