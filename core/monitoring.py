@@ -13,6 +13,9 @@ What it serves:
   both from one request.
 - whatever routes the parts register with :meth:`MonitoringServer.add_routes` before start.
 
+A part whose handler streams (server-sent events) registers :meth:`MonitoringServer.on_stop`
+to end its streams: aiohttp would otherwise wait up to its shutdown timeout (60 s) for them.
+
 Hostile input: a malformed HTTP request (garbage on the port, a broken header) logs one bounded
 line at warning level, never a traceback; at most :data:`BAD_REQUEST_LOGS_PER_MINUTE` such lines a
 minute, then one line saying how many were left out.
@@ -106,6 +109,7 @@ class MonitoringServer:
         self._routes: list[web.RouteDef] = []
         self._not_ready: list[NotReady] = []
         self._degraded: list[Degraded] = []
+        self._on_stop: list[Callable[[], None]] = []
         self._runner: web.AppRunner | None = None
 
     # -- what the parts register ------------------------------------------------------------
@@ -113,6 +117,10 @@ class MonitoringServer:
         if self._runner is not None:
             raise RuntimeError("routes must be added before the monitoring server starts")
         self._routes.extend(routes)
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the server starts stopping, before it waits for handlers."""
+        self._on_stop.append(callback)
 
     def add_readiness(
         self, not_ready: NotReady | None = None, degraded: Degraded | None = None
@@ -153,6 +161,8 @@ class MonitoringServer:
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None
+        for callback in self._on_stop:
+            callback()
         if runner is not None:
             await runner.cleanup()
 
