@@ -11,6 +11,8 @@ What it serves:
   else 503; the body lists ``not_ready`` (why it is not ready) and ``degraded`` (what is failing
   or restarting while the process still serves, e.g. a supervised store), so an operator sees
   both from one request.
+- ``/healthz/live``: 200 while the process's event loop answers requests (a liveness probe's
+  question: restart only a process that no longer serves, never one that is merely not ready).
 - whatever routes the parts register with :meth:`MonitoringServer.add_routes` before start.
 
 A part whose handler streams (server-sent events) registers :meth:`MonitoringServer.on_stop`
@@ -144,6 +146,7 @@ class MonitoringServer:
             [
                 web.get("/metrics", self._serve_metrics),
                 web.get("/healthz/ready", self._serve_ready),
+                web.get("/healthz/live", self._serve_live),
                 *self._routes,
             ]
         )
@@ -190,6 +193,9 @@ class MonitoringServer:
     async def _serve_metrics(self, request: web.Request) -> web.Response:
         body = b"".join(generate_latest(r) for r in self._metrics)
         return web.Response(body=body, content_type="text/plain", charset="utf-8")
+
+    async def _serve_live(self, request: web.Request) -> web.Response:
+        return web.json_response({"live": True})
 
     async def _serve_ready(self, request: web.Request) -> web.Response:
         state = self.readiness()
