@@ -17,6 +17,8 @@ Promises:
   attributes each answer referenced, within its ``valid_duration`` / ``valid_use_count``); a
   Check asking for quota always goes to Mixer, since quota is allocated per call. Hits and
   misses are counted (``meshfed_mixerclient_check_cache_total{result}``).
+- The trace context of Envoy's ext_authz call (``traceparent``/``tracestate`` metadata) is
+  passed on to Mixer's Check as metadata, so Mixer's span joins the request's trace.
 - Access-log entries become Report bags, queued in a :class:`.report_batcher.ReportBatcher`
   (sent when ``report_batch`` are pending or the oldest has waited ``report_delay``; retried
   while Mixer is away; at most ``report_pending`` held, the oldest dropped beyond that). A bad
@@ -31,7 +33,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,7 @@ from envoy.type.v3 import http_status_pb2
 from google.rpc import code_pb2, status_pb2
 from prometheus_client import Counter
 
+from meshfed.core.tracing import trace_headers
 from meshfed.mixer.api.service import MixerStub
 from meshfed.mixer.api.v1 import check_pb2, report_pb2
 from meshfed.mixer.attributes import codec
@@ -220,8 +223,17 @@ class MixerClient:
         }
 
     # -- Check ----------------------------------------------------------------------------------
-    async def check(self, bag: Bag, fail_open: bool, quotas: Sequence[str] = ()) -> Verdict:
-        """Mixer's verdict on ``bag`` (and one unit of each quota), or the fail policy's."""
+    async def check(
+        self,
+        bag: Bag,
+        fail_open: bool,
+        quotas: Sequence[str] = (),
+        trace: Mapping[str, str] | None = None,
+    ) -> Verdict:
+        """Mixer's verdict on ``bag`` (and one unit of each quota), or the fail policy's.
+
+        ``trace`` (W3C ``traceparent``/``tracestate``) goes to Mixer as gRPC metadata, so its
+        Check span joins the trace of the request Envoy is checking."""
         assert self._mixer is not None, "start() first"
         self.checks += 1
         cacheable = self.cache is not None and not quotas
@@ -241,7 +253,9 @@ class MixerClient:
         for name in quotas:
             request.quotas[name].amount = 1
         try:
-            answer = await self._mixer.Check(request, timeout=self.check_timeout)
+            answer = await self._mixer.Check(
+                request, timeout=self.check_timeout, metadata=tuple((trace or {}).items()) or None
+            )
         except grpc.aio.AioRpcError as exc:
             self.last_error = f"{exc.code().name}: {exc.details()}"
             log.warning("mixer check failed (%s): %s", self.mixer_address, self.last_error)
@@ -322,7 +336,9 @@ class _Authorization(authz_grpc.AuthorizationServicer):
             log.warning("cannot read ext_authz request: %r", exc)
             ok = Verdict(code_pb2.OK)
             return (ok if fail_open else Verdict(code_pb2.INTERNAL, 503, "bad request")).response()
-        verdict = await self.client.check(bag, fail_open, quotas)
+        # Envoy's ext_authz call carries the trace context of the request it checks
+        trace = trace_headers(context.invocation_metadata() or ())
+        verdict = await self.client.check(bag, fail_open, quotas, trace)
         verdict.destination = str(bag.get("destination.service", ""))
         log.debug("check %s in %.1f ms", verdict.code, (time.monotonic() - started) * 1000)
         return verdict.response()
