@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry import trace
 from opentelemetry.sdk.trace.sampling import Decision
 
@@ -71,3 +73,30 @@ def test_sampler_follows_the_caller_and_samples_roots_by_percent() -> None:
     assert always.should_sample(unsampled, trace_id, "x").decision is Decision.DROP
     never.shutdown()
     every.shutdown()
+
+
+_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=40),
+    st.lists(st.text(max_size=5), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["enabled", "collector", "sampling", "other"]), _values, max_size=4
+    )
+)
+def test_any_section_gives_settings_or_named_errors_never_an_exception(data: dict) -> None:
+    reader = FieldReader("mesh.yaml", "MeshConfig/mesh", data, "spec.tracing")
+    parsed = parse_tracing(reader)
+    assert all(e.field.startswith("spec.tracing") for e in reader.errors)
+    if not reader.errors and parsed.enabled:
+        host, port = parsed.collector_host_port
+        assert host and 1 <= port <= 65535
+        assert 0.0 <= parsed.sampling <= 100.0
