@@ -19,7 +19,7 @@ import aiohttp
 
 from integration.routing_helpers import VersionBackend
 from meshfed.config import MeshConfig, RegistryConfig
-from meshfed.core.tracing import DISABLED, TracingSettings
+from meshfed.core.tracing import DISABLED, TracingSettings, tracer_provider
 from meshfed.hub import Hub, default_components
 from meshfed.mixer.component import Mixer
 from meshfed.mixer.settings import DataPathSettings, MixerSettings
@@ -87,6 +87,8 @@ class DataPathMesh:
         self.clients: list[MixerClient] = []
         self.backends: list[Any] = []
         self._restarted: list[Mixer] = []
+        # the clients' own Check spans, as `meshfed proxy --mixer-trace-collector` makes them
+        self.client_traces = tracer_provider(tracing, "mixer-client") if tracing.enabled else None
 
     def write_policy(self, text: str) -> None:
         tmp = self.folder / "mixer" / ".policy.tmp"
@@ -143,6 +145,9 @@ class DataPathMesh:
                 f"127.0.0.1:{self.mixer.port}",
                 cache_entries=self.cache_entries,
                 report_delay=0.1,
+                tracer=self.client_traces.get_tracer("meshfed.mixerclient")
+                if self.client_traces is not None
+                else None,
             )
             await client.start()
             self.clients.append(client)
@@ -181,6 +186,8 @@ class DataPathMesh:
             with contextlib.suppress(Exception):
                 await mixer.stop()
         await self.hub.stop()
+        if self.client_traces is not None:
+            await asyncio.to_thread(self.client_traces.shutdown)
 
     async def problems(self, envoy: EnvoyProcess) -> list[str]:
         async with (

@@ -22,10 +22,26 @@ from integration.mixer_datapath_helpers import call, datapath_mesh, eventually, 
 from integration.peers.jaeger import JaegerServer
 from meshfed.core.tracing import TracingSettings
 
-CLIENT_IP, WEB_IP = "127.0.133.2", "127.0.133.11"
+CLIENT_IP, GW_IP, WEB_IP = "127.0.133.2", "127.0.133.3", "127.0.133.11"
 WEB = "web.default.svc.cluster.local"
 CLIENT = "client.default.svc.cluster.local"
-SERVICES = workload("client", CLIENT, CLIENT_IP, 9080) + workload("web", WEB, WEB_IP, 9080)
+GW_PORT = 8133
+GATEWAY = f"gateway-{GW_IP}"
+SERVICES = (
+    workload("client", CLIENT, CLIENT_IP, 9080)
+    + workload("web", WEB, WEB_IP, 9080)
+    + """---
+apiVersion: config.meshfed.io/v1alpha1
+kind: Gateway
+metadata: {name: front, namespace: default}
+spec:
+  rules:
+  - host: web.example.com
+    http:
+      paths:
+      - {path: /, backend: {serviceName: web, servicePort: 9080}}
+"""
+)
 ALLOW = ""  # no rule: every Check is OK, so each request's first Check reaches Mixer
 
 
@@ -33,6 +49,18 @@ def services_of(trace: dict[str, Any]) -> dict[str, str]:
     """spanID -> the service (Jaeger process) that made it."""
     processes = trace["processes"]
     return {s["spanID"]: processes[s["processID"]]["serviceName"] for s in trace["spans"]}
+
+
+def ancestors(trace: dict[str, Any], span: dict[str, Any]) -> list[str]:
+    """The services of ``span``'s parent, grandparent, ... up to the trace's root."""
+    service = services_of(trace)
+    spans = {s["spanID"]: s for s in trace["spans"]}
+    out = []
+    at = parent_of(span)
+    while at in spans:
+        out.append(service[at])
+        at = parent_of(spans[at])
+    return out
 
 
 def parent_of(span: dict[str, Any]) -> str:
@@ -73,7 +101,6 @@ async def test_one_trace_holds_both_sidecars_and_mixers_check(
         await eventually(traced, 30, "a trace with client's, web's and Mixer's spans in Jaeger")
         trace = found["trace"]
         service = services_of(trace)
-        spans = {s["spanID"]: s for s in trace["spans"]}
         by_service: dict[str, list[dict[str, Any]]] = {}
         for span in trace["spans"]:
             by_service.setdefault(service[span["spanID"]], []).append(span)
@@ -84,14 +111,14 @@ async def test_one_trace_holds_both_sidecars_and_mixers_check(
         assert marker in str(tags.get("http.url", "")), tags
         web_server = [s for s in by_service[WEB] if parent_of(s) == root["spanID"]]
         assert web_server, [(s["operationName"], service[parent_of(s)]) for s in by_service[WEB]]
-        # Mixer's Check is in the same trace, below web's sidecar (its ext_authz call)
+        # Mixer's Check is in the same trace, below web's node-local client and web's sidecar
+        # (its ext_authz call); the client missed its cache
         (check,) = [s for s in by_service["mixer"] if s["operationName"] == "Mixer.Check"]
-        chain = []
-        at = parent_of(check)
-        while at:
-            chain.append(service[at])
-            at = parent_of(spans[at])
-        assert chain and chain[0] == WEB and chain[-1] == CLIENT, chain
+        chain = ancestors(trace, check)
+        assert chain[:2] == ["mixer-client", WEB] and chain[-1] == CLIENT, chain
+        (local,) = by_service["mixer-client"]
+        assert local["operationName"] == "MixerClient.Check"
+        assert {"key": "mixer.cache", "type": "string", "value": "miss"} in local["tags"]
         check_tags = {t["key"]: t["value"] for t in check["tags"]}
         assert check_tags["mixer.destination.service"] == WEB
         assert check_tags["mixer.status.code"] == 0
@@ -107,6 +134,58 @@ async def test_one_trace_holds_both_sidecars_and_mixers_check(
             )
 
         await eventually(reported, 30, "Mixer's Report span in the request's trace")
+
+        # the same request again: web's client answers from its cache, so the trace has the
+        # client's span (a hit) and no Mixer.Check
+        again = uuid.uuid4().hex
+        assert await call(f"http://{CLIENT_IP}:15001", WEB, f"/{again}") == (200, "web")
+        cached: dict[str, Any] = {}
+
+        async def hit() -> bool:
+            for trace in await traces(jaeger_server, WEB):
+                urls = [
+                    t["value"] for s in trace["spans"] for t in s["tags"] if t["key"] == "http.url"
+                ]
+                if (
+                    any(again in str(u) for u in urls)
+                    and "mixer-client" in services_of(trace).values()
+                ):
+                    cached["trace"] = trace
+                    return True
+            return False
+
+        await eventually(hit, 30, "the second request's trace with the client's cache hit")
+        spans = cached["trace"]["spans"]
+        local_spans = [s for s in spans if s["operationName"] == "MixerClient.Check"]
+        assert local_spans and all(
+            {"key": "mixer.cache", "type": "string", "value": "hit"} in s["tags"]
+            for s in local_spans
+        )
+        assert not [s for s in spans if s["operationName"] == "Mixer.Check"]
+
+        # north-south: gateway -> web's sidecar -> web, the gateway's Check in the same trace
+        await mesh.proxy(GW_IP, "ingress", gateway_port=GW_PORT)
+        assert await call(f"http://{GW_IP}:{GW_PORT}", "web.example.com", "/front") == (200, "web")
+        entered: dict[str, Any] = {}
+
+        async def through_gateway() -> bool:
+            for trace in await traces(jaeger_server, GATEWAY):
+                if {GATEWAY, WEB, "mixer"} <= set(services_of(trace).values()):
+                    entered["trace"] = trace
+                    return True
+            return False
+
+        await eventually(through_gateway, 30, "a trace from the gateway through web in Jaeger")
+        trace = entered["trace"]
+        service = services_of(trace)
+        (root,) = [s for s in trace["spans"] if not parent_of(s)]
+        assert service[root["spanID"]] == GATEWAY
+        assert any(
+            service[s["spanID"]] == WEB and ancestors(trace, s)[-1:] == [GATEWAY]
+            for s in trace["spans"]
+        )
+        checks = [s for s in trace["spans"] if s["operationName"] == "Mixer.Check"]
+        assert checks and all(ancestors(trace, c)[-1] == GATEWAY for c in checks)
 
 
 async def test_sampling_zero_traces_nothing(tmp_path: Path, jaeger_server: JaegerServer) -> None:
