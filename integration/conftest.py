@@ -19,6 +19,7 @@ import pytest
 from integration.peers.consul import ConsulAgent, ConsulCluster, start_cluster, start_dev_agent
 from integration.peers.envoy import EnvoyProxy, start_envoy, start_static_envoy
 from integration.peers.eureka import EurekaServer, start_eureka
+from integration.peers.jaeger import JaegerServer, start_jaeger
 from integration.peers.kube import KubeAPIServer, start_kube_apiserver
 from integration.peers.redis import RedisServer, start_redis
 from integration.peers.statsd import StatsdServer, start_statsd
@@ -60,6 +61,13 @@ def eureka_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EurekaSe
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A fresh ``redis-server`` without persistence."""
     with start_redis(tmp_path / "redis") as server:
+        yield server
+
+
+@pytest.fixture
+def jaeger_server(tmp_path: Path) -> Iterator[JaegerServer]:
+    """Jaeger all-in-one (OTLP + Zipkin in, in-memory store, query API) on loopback."""
+    with start_jaeger(tmp_path / "jaeger") as server:
         yield server
 
 

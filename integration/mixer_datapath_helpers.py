@@ -19,6 +19,7 @@ import aiohttp
 
 from integration.routing_helpers import VersionBackend
 from meshfed.config import MeshConfig, RegistryConfig
+from meshfed.core.tracing import DISABLED, TracingSettings, tracer_provider
 from meshfed.hub import Hub, default_components
 from meshfed.mixer.component import Mixer
 from meshfed.mixer.settings import DataPathSettings, MixerSettings
@@ -58,6 +59,7 @@ class DataPathMesh:
         cache_entries: int = 10_000,
         pilot: dict[str, Any] | None = None,
         mixer_listen: str = "127.0.0.1:0",
+        tracing: TracingSettings = DISABLED,
     ):
         self.folder = folder
         self.cache_entries = cache_entries
@@ -78,12 +80,15 @@ class DataPathMesh:
                 kubernetes=False,
                 data_path=data_path,
             ),
+            tracing=tracing,
         )
         self.hub = Hub(self.mesh, default_components(self.mesh))
         self.envoys: list[EnvoyProcess] = []
         self.clients: list[MixerClient] = []
         self.backends: list[Any] = []
         self._restarted: list[Mixer] = []
+        # the clients' own Check spans, as `meshfed proxy --mixer-trace-collector` makes them
+        self.client_traces = tracer_provider(tracing, "mixer-client") if tracing.enabled else None
 
     def write_policy(self, text: str) -> None:
         tmp = self.folder / "mixer" / ".policy.tmp"
@@ -140,6 +145,9 @@ class DataPathMesh:
                 f"127.0.0.1:{self.mixer.port}",
                 cache_entries=self.cache_entries,
                 report_delay=0.1,
+                tracer=self.client_traces.get_tracer("meshfed.mixerclient")
+                if self.client_traces is not None
+                else None,
             )
             await client.start()
             self.clients.append(client)
@@ -178,6 +186,8 @@ class DataPathMesh:
             with contextlib.suppress(Exception):
                 await mixer.stop()
         await self.hub.stop()
+        if self.client_traces is not None:
+            await asyncio.to_thread(self.client_traces.shutdown)
 
     async def problems(self, envoy: EnvoyProcess) -> list[str]:
         async with (
@@ -205,6 +215,7 @@ async def datapath_mesh(
     data_path: DataPathSettings | None = None,
     cache_entries: int = 10_000,
     mixer_listen: str = "127.0.0.1:0",
+    tracing: TracingSettings = DISABLED,
 ) -> AsyncIterator[DataPathMesh]:
     mesh = DataPathMesh(
         folder,
@@ -213,6 +224,7 @@ async def datapath_mesh(
         data_path or DataPathSettings(),
         cache_entries,
         mixer_listen=mixer_listen,
+        tracing=tracing,
     )
     try:
         await mesh.start()
@@ -233,13 +245,17 @@ async def eventually(
         await asyncio.sleep(every)
 
 
-async def call(url: str, host: str, path: str = "/") -> tuple[int, str]:
+async def call(
+    url: str, host: str, path: str = "/", headers: dict[str, str] | None = None
+) -> tuple[int, str]:
     """One request on a new connection (a replaced listener drains the old ones)."""
     connector = aiohttp.TCPConnector(force_close=True)
     async with (
         aiohttp.ClientSession(connector=connector) as session,
         session.get(
-            url + path, headers={"Host": host}, timeout=aiohttp.ClientTimeout(total=10)
+            url + path,
+            headers={"Host": host, **(headers or {})},
+            timeout=aiohttp.ClientTimeout(total=10),
         ) as response,
     ):
         return response.status, await response.text()

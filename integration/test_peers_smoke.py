@@ -29,6 +29,7 @@ from integration.peers.artifacts import KUBERNETES_VERSION
 from integration.peers.consul import ConsulAgent, ConsulCluster
 from integration.peers.envoy import EnvoyProxy
 from integration.peers.eureka import EurekaServer
+from integration.peers.jaeger import JaegerServer
 from integration.peers.kube import KubeAPIServer
 from integration.peers.redis import RedisServer
 
@@ -443,6 +444,33 @@ def test_redis_set_get(redis_server: RedisServer) -> None:
     assert 0 < r.ttl("meshfed:quota") <= 60
     info = r.info("server")
     assert info["tcp_port"] == redis_server.port
+
+
+# --- Jaeger -------------------------------------------------------------------------
+
+
+def test_jaeger_zipkin_span_is_queryable(jaeger_server: JaegerServer) -> None:
+    trace_id = uuid.uuid4().hex
+    span = {
+        "traceId": trace_id,
+        "id": trace_id[:16],
+        "name": "smoke-op",
+        "kind": "SERVER",
+        "timestamp": int(time.time() * 1_000_000),
+        "duration": 1500,
+        "localEndpoint": {"serviceName": "smoke-service"},
+        "tags": {"peer": "jaeger"},
+    }
+    with httpx.Client(timeout=5) as http:
+        posted = http.post(f"http://{jaeger_server.zipkin}/api/v2/spans", json=[span])
+        assert posted.status_code == 202, posted.text
+    trace = eventually(lambda: jaeger_server.trace(trace_id), timeout=15)
+    (got,) = trace["spans"]
+    assert got["operationName"] == "smoke-op"
+    assert trace["processes"][got["processID"]]["serviceName"] == "smoke-service"
+    assert {"key": "peer", "type": "string", "value": "jaeger"} in got["tags"]
+    assert "smoke-service" in jaeger_server.services()
+    assert [t["traceID"] for t in jaeger_server.traces("smoke-service")] == [trace_id]
 
 
 # --- Envoy --------------------------------------------------------------------------

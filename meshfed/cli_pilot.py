@@ -94,6 +94,30 @@ def _add_proxy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", help="MeshConfig file (Pilot and hub addresses)")
 
 
+def _client_tracer(args: argparse.Namespace) -> Any:
+    """The Mixer client's span exporter (``--mixer-trace-collector``), or None."""
+    collector = getattr(args, "mixer_trace_collector", "")
+    if not collector or not getattr(args, "mixer", ""):
+        return None
+    from meshfed.core.tracing import TracingSettings, tracer_provider
+
+    # Only Checks Envoy traced get a span, and they follow Envoy's sampling decision.
+    settings = TracingSettings(enabled=True, collector=collector, sampling=0.0)
+    return tracer_provider(settings, "mixer-client")
+
+
+def _collector(value: str) -> str:
+    from meshfed.core import validators
+
+    if not value:
+        return ""
+    try:
+        host, port = validators.host_port(value)
+    except validators.Invalid as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _mixer_socket(args: argparse.Namespace) -> str:
     import os
     import tempfile
@@ -231,6 +255,7 @@ def cmd_proxy(args: argparse.Namespace) -> int:
         envoy = EnvoyProcess(spec, log_level=args.envoy_log_level)
         probe = ReadinessServer(envoy, args.status_port) if args.status_port else None
         mixer = None
+        tracer = _client_tracer(args)
         if spec.mixer_socket:
             from meshfed.nodeagent.mixerclient.server import MixerClient
 
@@ -240,6 +265,7 @@ def cmd_proxy(args: argparse.Namespace) -> int:
                 cache_entries=args.mixer_cache_size,
                 report_batch=args.mixer_report_batch,
                 report_delay=args.mixer_report_delay,
+                tracer=tracer.get_tracer("meshfed.mixerclient") if tracer else None,
             )
         try:
             if probe is not None:
@@ -285,6 +311,8 @@ def cmd_proxy(args: argparse.Namespace) -> int:
                 await agent.stop()
             if mixer is not None:
                 await mixer.stop()
+            if tracer is not None:
+                await asyncio.to_thread(tracer.shutdown)  # the last spans still go out
             if probe is not None:
                 await probe.stop()
             restore()
@@ -469,6 +497,15 @@ def register(sub: Any) -> None:
         default=1.0,
         help="seconds an access-log entry may wait for its Report batch",
     )
+    proxy.add_argument(
+        "--mixer-trace-collector",
+        default="",
+        type=_collector,
+        metavar="HOST:PORT",
+        help="OTLP/gRPC collector for the Mixer client's Check spans (the mesh's "
+        "spec.tracing.collector); empty: the client makes no spans",
+    )
+
     proxy.set_defaults(func=cmd_proxy)
 
     status = sub.add_parser("proxy-status", help="per proxy and xDS type: sync state")

@@ -10,6 +10,9 @@ and the kind's own parameters, passed through as given.
 ``initialSyncTimeout`` (a duration, default 30s; ``0s`` waits for every registry forever) bounds
 how long the hub waits for a registry's first sync before it serves what the others hold,
 listing the late one as degraded until it arrives.
+
+``tracing`` (``enabled``, ``collector``: an OTLP/gRPC ``host:port``, ``sampling``: percent) turns
+on Envoy's OpenTelemetry tracer in every sidecar and gateway, and Mixer's Check/Report spans.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import attrs
 
 from meshfed.core import validators
 from meshfed.core.resources import ConfigError, ConfigErrors, FieldReader, load_documents
+from meshfed.core.tracing import DISABLED, TracingSettings, parse_tracing
 
 MESH_API_VERSIONS = frozenset({"meshfed.io/v1alpha1"})
 DEFAULT_SERVICES = "services.yaml"
@@ -53,6 +57,7 @@ class MeshConfig:
     mixer: Any = None  # meshfed.mixer.settings.MixerSettings (spec.mixer); None: not enabled
     # Seconds the hub waits for a registry's first sync before serving without it; 0: forever.
     initial_sync_timeout: float = DEFAULT_INITIAL_SYNC_TIMEOUT
+    tracing: TracingSettings = DISABLED  # spec.tracing: Envoy's and Mixer's spans
     source: str = "<built-in default>"
 
 
@@ -101,6 +106,7 @@ def load_mesh_config(path: Path | str | None) -> MeshConfig:
             "pilot",
             "mixer",
             "initialSyncTimeout",
+            "tracing",
         }
     )
     defaults = MeshConfig()
@@ -160,6 +166,7 @@ def load_mesh_config(path: Path | str | None) -> MeshConfig:
             lambda v: validators.duration(v, 0.0, MAX_INITIAL_SYNC_TIMEOUT),
             default=defaults.initial_sync_timeout,
         ),
+        tracing=parse_tracing(reader.reader("tracing")),
         source=str(path),
     )
     if reader.errors:

@@ -334,12 +334,17 @@ def default_components(mesh: MeshConfig) -> list[HubComponent]:
     from meshfed.pilot.mixer_plugin import MixerPlugin
     from meshfed.pilot.mtls_plugin import MtlsPlugin
     from meshfed.pilot.server import PilotServer  # reads mesh.discovery_address, mesh.pilot
+    from meshfed.pilot.tracing_plugin import TracingPlugin
     from meshfed.security.mtls import policy_from_config
 
     # Pilot's listener plugins, in order: mutual TLS first, so later plugins' filters run
     # behind it.
     pilot = PilotServer(
-        plugins=[MtlsPlugin(policy_from_config(mesh.pilot)), MixerPlugin(mixer_data_path(mesh))]
+        plugins=[
+            MtlsPlugin(policy_from_config(mesh.pilot)),
+            MixerPlugin(mixer_data_path(mesh)),
+            TracingPlugin(mesh.tracing),
+        ]
     )
     # Registration first: its member must exist before Pilot waits for every member to sync.
     components: list[HubComponent] = [WorkloadRegistration(), pilot, *kube_config_components(mesh)]
@@ -347,7 +352,7 @@ def default_components(mesh: MeshConfig) -> list[HubComponent]:
     if mesh.mixer is not None and mesh.mixer.enabled:
         from meshfed.mixer.component import Mixer
 
-        mixer = Mixer(mesh.mixer)
+        mixer = Mixer(mesh.mixer, tracing=mesh.tracing)
         components.append(mixer)
     from meshfed.dashboard import Dashboard  # /dashboard on the monitoring port
 

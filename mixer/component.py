@@ -32,6 +32,7 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from meshfed.core.resources import ConfigError
+from meshfed.core.tracing import TracingSettings
 from meshfed.mixer.api.service import SERVICE, add_mixer_servicer
 from meshfed.mixer.attributes.enrich import AddressIndex, Enricher
 from meshfed.mixer.config.compile import compile_config, describe
@@ -43,6 +44,7 @@ from meshfed.mixer.runtime.dispatch import Dispatcher, Options
 from meshfed.mixer.runtime.snapshot import EMPTY, Snapshot, build_snapshot, retire
 from meshfed.mixer.server import MixerService
 from meshfed.mixer.settings import MixerSettings
+from meshfed.mixer.tracing import MixerTracing
 
 log = logging.getLogger("meshfed.mixer")
 
@@ -56,8 +58,11 @@ class Mixer:
         kinds: Mapping[str, HandlerKind] | None = None,
         index: AddressIndex | None = None,
         handler_metrics: prometheus_client.CollectorRegistry | None = None,
+        tracing: TracingSettings | None = None,
     ) -> None:
         self.settings = settings
+        self.tracing_settings = tracing
+        self.tracing = MixerTracing(None)
         self.kinds = dict(load_kinds() if kinds is None else kinds)
         self.index = index
         self.handler_metrics = handler_metrics or prometheus_client.CollectorRegistry()
@@ -87,8 +92,9 @@ class Mixer:
                 self._add_kube_stores(hub.mesh)
         if self.index is not None:
             self.dispatcher.enricher = Enricher(self.index)
+        self.tracing = MixerTracing.from_settings(self.tracing_settings)
         self._server = grpc.aio.server()
-        add_mixer_servicer(MixerService(self.dispatcher), self._server)
+        add_mixer_servicer(MixerService(self.dispatcher, self.tracing), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         for service in ("", SERVICE):
             await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -128,6 +134,8 @@ class Mixer:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.stop(grace=1.0)
+        # the last spans still go out (the exporter flushes in its own thread)
+        await asyncio.to_thread(self.tracing.shutdown)
         for ref, handler in self.snapshot.handlers.items():
             try:
                 await handler.close()

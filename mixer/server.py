@@ -10,6 +10,7 @@ with the reason; nothing else a request does reaches the caller as an error trac
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +23,7 @@ from meshfed.mixer.attributes import codec
 from meshfed.mixer.attributes.dictionary import GLOBAL_INDEX
 from meshfed.mixer.runtime import metrics
 from meshfed.mixer.runtime.dispatch import Dispatcher
+from meshfed.mixer.tracing import NO_TRACING, MixerTracing
 
 log = logging.getLogger("meshfed.mixer.server")
 
@@ -47,8 +49,9 @@ def encode_refs(refs: Mapping[Any, int], word_count: int) -> check_pb2.Reference
 
 
 class MixerService(MixerServicer):
-    def __init__(self, dispatcher: Dispatcher) -> None:
+    def __init__(self, dispatcher: Dispatcher, tracing: MixerTracing = NO_TRACING) -> None:
         self.dispatcher = dispatcher
+        self.tracing = tracing
 
     async def Check(
         self, request: check_pb2.CheckRequest, context: grpc.aio.ServicerContext
@@ -61,12 +64,21 @@ class MixerService(MixerServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad attributes: {exc}")
             raise AssertionError("unreachable") from exc
         quotas = {name: (q.amount, q.best_effort) for name, q in request.quotas.items()}
-        try:
-            outcome = await self.dispatcher.check(bag, quotas, request.deduplication_id)
-        except Exception as exc:  # a bug must be an answer, not a traceback to the caller
-            log.exception("check failed")
-            await context.abort(grpc.StatusCode.INTERNAL, f"check failed: {exc}")
-            raise AssertionError("unreachable") from exc
+        with self.tracing.check(context.invocation_metadata() or (), bag) as span:
+            try:
+                outcome = await self.dispatcher.check(bag, quotas, request.deduplication_id)
+            except Exception as exc:  # a bug must be an answer, not a traceback to the caller
+                log.exception("check failed")
+                if span is not None:
+                    span.set_attribute("mixer.status.code", grpc.StatusCode.INTERNAL.value[0])
+                await context.abort(grpc.StatusCode.INTERNAL, f"check failed: {exc}")
+                raise AssertionError("unreachable") from exc
+            if span is not None:
+                span.set_attribute("mixer.status.code", outcome.code)
+                if outcome.message:
+                    span.set_attribute("mixer.status.message", outcome.message)
+                if quotas:
+                    span.set_attribute("mixer.quotas", sorted(quotas))
         response = check_pb2.CheckResponse()
         pre = response.precondition
         pre.status.CopyFrom(status_pb2.Status(code=outcome.code, message=outcome.message))
@@ -90,11 +102,16 @@ class MixerService(MixerServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad attributes: {exc}")
             raise AssertionError("unreachable") from exc
         metrics.REPORTED_BAGS.inc(len(bags))
+        started = time.time_ns()
         try:
             await self.dispatcher.report(bags)
         except Exception as exc:
             log.exception("report failed")
             await context.abort(grpc.StatusCode.INTERNAL, f"report failed: {exc}")
             raise AssertionError("unreachable") from exc
+        try:
+            self.tracing.reported(bags, started)
+        except Exception:  # spans are a view of the work, never a reason to fail it
+            log.exception("report spans failed")
         metrics.REPORTS.labels("0").inc()
         return report_pb2.ReportResponse()

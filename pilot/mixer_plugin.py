@@ -62,8 +62,17 @@ TCP_LOG = "envoy.access_loggers.tcp_grpc"
 DESTINATION_SERVICE = "destination.service"  # context extension / custom tag
 FAIL_OPEN_HEADER = "x-meshfed-mixer-fail-open"  # "true" | "false"
 QUOTAS_HEADER = "x-meshfed-mixer-quotas"  # comma-separated quota names
-# Request headers the access log carries into request.headers (Envoy logs only those named).
-LOGGED_HEADERS = ("x-request-id", "user-agent", "referer", "content-type", "x-forwarded-for")
+# Request headers the access log carries into request.headers (Envoy logs only those named);
+# the W3C trace headers let Mixer's Report spans join each request's trace.
+LOGGED_HEADERS = (
+    "x-request-id",
+    "user-agent",
+    "referer",
+    "content-type",
+    "x-forwarded-for",
+    "traceparent",
+    "tracestate",
+)
 
 NO_CLIENT = (
     "mixer: this proxy has no node-local Mixer client (bootstrap metadata MIXER_CLIENT), so its "

@@ -213,11 +213,14 @@ def source_key(cache: TrafficCache, node: ProxyNode) -> frozenset[str]:
 
 
 def outbound_http_listener(
-    cache: TrafficCache, node: ProxyNode, problems: list[str] | None = None
+    cache: TrafficCache,
+    node: ProxyNode,
+    problems: list[str] | None = None,
+    own: Sequence[tuple[Service, Endpoint]] = (),
 ) -> listener_pb2.Listener:
     filters = [*rules.http_filters(), *egress.http_filters(cache.traffic.options)]
     return tl.outbound_http_listener(
-        node, filters, rules.websocket_disabled_by_default(), cache.plugins, problems
+        node, filters, rules.websocket_disabled_by_default(), cache.plugins, problems, own
     )
 
 

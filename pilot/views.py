@@ -144,7 +144,7 @@ class ProxyViews:
         if not node.ip:
             problems.append("proxy has no IP (node metadata IP or id sidecar~IP~...): no listeners")
         else:
-            http = traffic_hooks.outbound_http_listener(shared, node, problems)
+            http = traffic_hooks.outbound_http_listener(shared, node, problems, own)
             listeners[http.name] = make_resource(http.name, http)
             tcp, tcp_problems = tl.outbound_tcp_listeners(node, shared.service_table.values())
             tcp = traffic_hooks.tcp_rules(shared, tcp, source)

@@ -49,6 +49,14 @@ def _with(path: tuple, value: object) -> dict:
         (("spec", "initialSyncTimeout"), "-5s", "spec.initialSyncTimeout"),
         (("spec", "initialSyncTimeout"), "2h", "spec.initialSyncTimeout"),
         (("spec", "initialSyncTimeout"), 30, "spec.initialSyncTimeout"),
+        (("spec", "tracing"), {"sampling": 5}, "spec.tracing.collector"),
+        (("spec", "tracing"), {"collector": "127.0.0.1"}, "spec.tracing.collector"),
+        (
+            ("spec", "tracing"),
+            {"collector": "127.0.0.1:4317", "sampling": 101},
+            "spec.tracing.sampling",
+        ),
+        (("spec", "tracing"), {"collector": "127.0.0.1:4317", "sample": 1}, "spec.tracing.sample"),
         (
             ("spec", "registries"),
             [{"name": "files", "kind": "static", "path": ["."]}],
@@ -99,3 +107,19 @@ def test_initial_sync_timeout_is_read_as_a_duration(tmp_path: Path, value, secon
     file.write_text(yaml.safe_dump(doc))
     assert validate_files([file])[1] == []
     assert load_mesh_config(file).initial_sync_timeout == seconds
+
+
+def test_tracing_is_read_with_istio_style_sampling_percent(tmp_path: Path):
+    from meshfed.config import load_mesh_config
+
+    file = tmp_path / "mesh.yaml"
+    file.write_text(yaml.safe_dump(MESH))
+    assert not load_mesh_config(file).tracing.enabled
+    doc = _with(("spec", "tracing"), {"collector": "127.0.0.1:4317", "sampling": 12.5})
+    file.write_text(yaml.safe_dump(doc))
+    assert validate_files([file])[1] == []
+    tracing = load_mesh_config(file).tracing
+    assert (tracing.enabled, tracing.collector, tracing.sampling) == (True, "127.0.0.1:4317", 12.5)
+    off = _with(("spec", "tracing"), {"enabled": False})
+    file.write_text(yaml.safe_dump(off))
+    assert not load_mesh_config(file).tracing.enabled

@@ -17,6 +17,9 @@ Promises:
   attributes each answer referenced, within its ``valid_duration`` / ``valid_use_count``); a
   Check asking for quota always goes to Mixer, since quota is allocated per call. Hits and
   misses are counted (``meshfed_mixerclient_check_cache_total{result}``).
+- The trace context of Envoy's ext_authz call (``traceparent``/``tracestate`` metadata) is
+  passed on to Mixer's Check as metadata, so Mixer's span joins the request's trace; with a
+  ``tracer`` the client's own ``MixerClient.Check`` span (cache hit or miss) sits between.
 - Access-log entries become Report bags, queued in a :class:`.report_batcher.ReportBatcher`
   (sent when ``report_batch`` are pending or the oldest has waited ``report_delay``; retried
   while Mixer is away; at most ``report_pending`` held, the oldest dropped beyond that). A bad
@@ -31,7 +34,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +48,7 @@ from envoy.type.v3 import http_status_pb2
 from google.rpc import code_pb2, status_pb2
 from prometheus_client import Counter
 
+from meshfed.core.tracing import extract, trace_headers
 from meshfed.mixer.api.service import MixerStub
 from meshfed.mixer.api.v1 import check_pb2, report_pb2
 from meshfed.mixer.attributes import codec
@@ -139,8 +143,10 @@ class MixerClient:
         report_batch: int = 1000,
         report_delay: float = 1.0,
         report_pending: int = 100_000,
+        tracer: Any = None,
     ) -> None:
         self.socket_path = Path(socket_path)
+        self.tracer = tracer  # an OpenTelemetry Tracer: the client's own Check spans
         self.mixer_address = mixer_address
         self.check_timeout = check_timeout
         # cache_entries 0: no cache (every Check goes to Mixer)
@@ -220,13 +226,60 @@ class MixerClient:
         }
 
     # -- Check ----------------------------------------------------------------------------------
-    async def check(self, bag: Bag, fail_open: bool, quotas: Sequence[str] = ()) -> Verdict:
-        """Mixer's verdict on ``bag`` (and one unit of each quota), or the fail policy's."""
+    async def check(
+        self,
+        bag: Bag,
+        fail_open: bool,
+        quotas: Sequence[str] = (),
+        trace: Mapping[str, str] | None = None,
+    ) -> Verdict:
+        """Mixer's verdict on ``bag`` (and one unit of each quota), or the fail policy's.
+
+        ``trace`` (W3C ``traceparent``/``tracestate``) is the context of the request Envoy is
+        checking. With a tracer, the check is a ``MixerClient.Check`` span in that trace
+        (``mixer.cache``: hit or miss; the verdict's code) and Mixer's own span is its child;
+        without one, ``trace`` goes to Mixer as it came."""
+        span = self._span(trace)
+        if span is None:
+            return await self._check(bag, fail_open, quotas, trace or {})
+        try:
+            outgoing: dict[str, str] = {}
+            _inject(span, outgoing)
+            verdict = await self._check(bag, fail_open, quotas, outgoing or trace or {}, span)
+            span.set_attribute("mixer.status.code", verdict.code)
+            return verdict
+        finally:
+            span.end()
+
+    def _span(self, trace: Mapping[str, str] | None) -> Any:
+        if self.tracer is None or not trace:
+            return None
+        try:
+            from opentelemetry.trace import SpanKind
+
+            parent = extract(trace)
+            if parent is None:
+                return None
+            return self.tracer.start_span("MixerClient.Check", context=parent, kind=SpanKind.SERVER)
+        except Exception:  # spans are a view of the work, never a reason to fail it
+            log.exception("check span failed")
+            return None
+
+    async def _check(
+        self,
+        bag: Bag,
+        fail_open: bool,
+        quotas: Sequence[str],
+        trace: Mapping[str, str],
+        span: Any = None,
+    ) -> Verdict:
         assert self._mixer is not None, "start() first"
         self.checks += 1
         cacheable = self.cache is not None and not quotas
         if cacheable and self.cache is not None:
             hit = self.cache.lookup(bag)
+            if span is not None:
+                span.set_attribute("mixer.cache", "hit" if hit is not None else "miss")
             if hit is not None:
                 CACHE.labels("hit").inc()
                 cached = hit.answer
@@ -241,7 +294,9 @@ class MixerClient:
         for name in quotas:
             request.quotas[name].amount = 1
         try:
-            answer = await self._mixer.Check(request, timeout=self.check_timeout)
+            answer = await self._mixer.Check(
+                request, timeout=self.check_timeout, metadata=tuple(trace.items()) or None
+            )
         except grpc.aio.AioRpcError as exc:
             self.last_error = f"{exc.code().name}: {exc.details()}"
             log.warning("mixer check failed (%s): %s", self.mixer_address, self.last_error)
@@ -305,6 +360,15 @@ class MixerClient:
         REPORTS.labels("ok").inc()
 
 
+def _inject(span: Any, carrier: dict[str, str]) -> None:
+    """``span``'s context (its sampled flag included) as W3C headers into ``carrier``."""
+    from opentelemetry import trace
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    if span.get_span_context().is_valid:
+        TraceContextTextMapPropagator().inject(carrier, trace.set_span_in_context(span))
+
+
 class _Authorization(authz_grpc.AuthorizationServicer):
     def __init__(self, client: MixerClient) -> None:
         self.client = client
@@ -322,7 +386,9 @@ class _Authorization(authz_grpc.AuthorizationServicer):
             log.warning("cannot read ext_authz request: %r", exc)
             ok = Verdict(code_pb2.OK)
             return (ok if fail_open else Verdict(code_pb2.INTERNAL, 503, "bad request")).response()
-        verdict = await self.client.check(bag, fail_open, quotas)
+        # Envoy's ext_authz call carries the trace context of the request it checks
+        trace = trace_headers(context.invocation_metadata() or ())
+        verdict = await self.client.check(bag, fail_open, quotas, trace)
         verdict.destination = str(bag.get("destination.service", ""))
         log.debug("check %s in %.1f ms", verdict.code, (time.monotonic() - started) * 1000)
         return verdict.response()

@@ -17,6 +17,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf import empty_pb2
 
+from meshfed.core.tracing import TracingSettings
 from meshfed.pilot import xds_types as T
 from meshfed.pilot.cache import ConfigCache, ProxyView, check_consistency
 from meshfed.pilot.config.model import EgressPort, EgressRule, Gateway, IngressPath, ServiceRef
@@ -35,6 +36,7 @@ from meshfed.pilot.plugins import (
     TcpChain,
     protocol_mismatches,
 )
+from meshfed.pilot.tracing_plugin import TracingPlugin
 from meshfed.pilot.translate.protos import pack
 from meshfed.registry.aggregate import AggregateRegistry
 from meshfed.registry.model import Endpoint, Port, Protocol, Service
@@ -160,6 +162,7 @@ def test_every_plugin_matches_the_protocol() -> None:
         doc_example()["ResponseHeader"]("x-a", "1"),
         TcpTap(),
         LocalClient(),
+        TracingPlugin(TracingSettings(enabled=True, collector="127.0.0.1:4317")),
     ]
     for plugin in shipped:
         assert isinstance(plugin, ListenerPlugin)

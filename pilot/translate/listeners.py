@@ -59,10 +59,12 @@ def outbound_http_listener(
     upgrade_configs: Sequence[hcm.HttpConnectionManager.UpgradeConfig] = (),
     plugins: PluginSet = NO_PLUGINS,
     problems: list[str] | None = None,
+    own: Sequence[tuple[Service, Endpoint]] = (),
 ) -> listener_pb2.Listener:
     """``http_filters`` (before the router) and ``upgrade_configs`` come from traffic rules
     (pilot.translate.rules / egress): inert by default, configured per route. Plugins add
-    theirs after those (``on_outbound_http``); what they report goes to ``problems``."""
+    theirs after those (``on_outbound_http``, told the proxy's ``own`` endpoints); what they
+    report goes to ``problems``."""
     manager = hcm.HttpConnectionManager(
         stat_prefix="outbound_http",
         rds=hcm.Rds(config_source=ads_source(), route_config_name=names.OUTBOUND_HTTP_ROUTE),
@@ -70,7 +72,9 @@ def outbound_http_listener(
         upgrade_configs=list(upgrade_configs),
     )
     if plugins:
-        ctx = ChainContext(node, Direction.OUTBOUND, node.outbound_http_port, Protocol.HTTP)
+        ctx = ChainContext(
+            node, Direction.OUTBOUND, node.outbound_http_port, Protocol.HTTP, own=tuple(own)
+        )
         plugins.http(ctx, HttpChain(manager))
         if problems is not None:
             problems.extend(p for p in ctx.problems if p not in problems)

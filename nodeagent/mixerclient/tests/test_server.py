@@ -122,3 +122,56 @@ async def test_fail_policy_when_mixer_is_away(tmp_path: Path) -> None:
         assert oct((tmp_path / "mixer.sock").stat().st_mode & 0o777) == "0o600"
     finally:
         await client.stop()
+
+
+async def test_check_spans_of_the_client_and_mixer_form_one_chain(tmp_path: Path) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    mixer = Mixer(
+        MixerSettings(
+            enabled=True, listen="127.0.0.1:0", config_paths=(str(tmp_path),), kubernetes=False
+        )
+    )
+    await mixer.start()
+    mixer.tracing.tracer = provider.get_tracer("mixer")  # the served service's tracing
+    client = MixerClient(
+        tmp_path / "c" / "mixer.sock",
+        f"127.0.0.1:{mixer.port}",
+        tracer=provider.get_tracer("client"),
+    )
+    await client.start()
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    envoy_span = "00f067aa0ba902b7"
+    sampled = {"traceparent": f"00-{trace_id}-{envoy_span}-01"}
+    try:
+        await mixer.reload()
+        assert (await client.check(bag("/"), fail_open=False, trace=sampled)).ok
+        spans = {s.name: s for s in exporter.get_finished_spans()}
+        local, remote = spans["MixerClient.Check"], spans["Mixer.Check"]
+        assert f"{local.context.trace_id:032x}" == trace_id
+        assert local.parent is not None and f"{local.parent.span_id:016x}" == envoy_span
+        assert remote.parent is not None and remote.parent.span_id == local.context.span_id
+        assert local.attributes["mixer.cache"] == "miss"
+        exporter.clear()
+        # a cache hit: the client's span only
+        assert (await client.check(bag("/"), fail_open=False, trace=sampled)).ok
+        (hit,) = exporter.get_finished_spans()
+        assert (hit.name, hit.attributes["mixer.cache"]) == ("MixerClient.Check", "hit")
+        exporter.clear()
+        # Envoy did not sample the request: neither the client nor Mixer keeps a span
+        unsampled = {"traceparent": f"00-{trace_id}-{envoy_span}-00"}
+        assert (await client.check(bag("/x"), fail_open=False, trace=unsampled)).ok
+        assert exporter.get_finished_spans() == ()
+        denied = await client.check(bag("/limited"), fail_open=False, trace=sampled)
+        assert denied.code == 8
+        codes = {s.name: s.attributes["mixer.status.code"] for s in exporter.get_finished_spans()}
+        assert codes == {"MixerClient.Check": 8, "Mixer.Check": 8}
+    finally:
+        await client.stop()
+        await mixer.stop()

@@ -1,0 +1,102 @@
+"""The tracing settings parser, trace-context extraction and the sampler Mixer's spans use."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opentelemetry import trace
+from opentelemetry.sdk.trace.sampling import Decision
+
+from meshfed.core.resources import FieldReader
+from meshfed.core.tracing import extract, parse_tracing, trace_headers, tracer_provider
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT = "00f067aa0ba902b7"
+
+
+def read(data: dict) -> tuple[object, list[str]]:
+    reader = FieldReader("mesh.yaml", "MeshConfig/mesh", data, "spec.tracing")
+    settings = parse_tracing(reader)
+    return settings, [f"{e.field}: {e.message}" for e in reader.errors]
+
+
+def test_parse_names_the_bad_field() -> None:
+    settings, errors = read({"collector": "127.0.0.1:4317", "sampling": 50})
+    assert errors == []
+    assert settings == parse_tracing(
+        FieldReader("f", "o", {"enabled": True, "collector": "127.0.0.1:4317", "sampling": 50.0})
+    )
+    _, errors = read({"sampling": "lots"})
+    assert any(e.startswith("spec.tracing.collector: is required") for e in errors)
+    assert any(e.startswith("spec.tracing.sampling: expected a number 0..100") for e in errors)
+    _, errors = read({"enabled": False})
+    assert errors == []  # a switched-off section needs no collector
+    settings, _ = read({"collector": "[::1]:4317"})
+    assert settings.collector == "[::1]:4317"  # type: ignore[attr-defined]
+    assert settings.collector_host_port == ("::1", 4317)  # type: ignore[attr-defined]
+
+
+def test_extract_reads_traceparent_in_any_case_and_ignores_garbage() -> None:
+    context = extract([("TraceParent", f"00-{TRACE_ID}-{PARENT}-01"), ("x-other", "1")])
+    assert context is not None
+    span = trace.get_current_span(context).get_span_context()
+    assert (f"{span.trace_id:032x}", f"{span.span_id:016x}", span.trace_flags.sampled) == (
+        TRACE_ID,
+        PARENT,
+        True,
+    )
+    assert extract({}) is None
+    assert extract({"traceparent": "00-zz-yy-01"}) is None
+    assert extract({"traceparent": f"00-{'0' * 32}-{PARENT}-01"}) is None  # invalid all-zero id
+    assert trace_headers({"traceparent": "a", "tracestate": "b", "b3": "c", "n": 1}) == {
+        "traceparent": "a",
+        "tracestate": "b",
+    }
+
+
+def test_sampler_follows_the_caller_and_samples_roots_by_percent() -> None:
+    from meshfed.core.tracing import TracingSettings
+
+    never = tracer_provider(TracingSettings(enabled=True, collector="127.0.0.1:1", sampling=0), "t")
+    sampler = never.sampler
+    sampled = extract({"traceparent": f"00-{TRACE_ID}-{PARENT}-01"})
+    unsampled = extract({"traceparent": f"00-{TRACE_ID}-{PARENT}-00"})
+    trace_id = int(TRACE_ID, 16)
+    assert sampler.should_sample(sampled, trace_id, "x").decision is Decision.RECORD_AND_SAMPLE
+    assert sampler.should_sample(unsampled, trace_id, "x").decision is Decision.DROP
+    assert sampler.should_sample(None, trace_id, "x").decision is Decision.DROP  # 0 %
+    every = tracer_provider(
+        TracingSettings(enabled=True, collector="127.0.0.1:1", sampling=100.0), "t"
+    )
+    always = every.sampler
+    assert always.should_sample(None, trace_id, "x").decision is Decision.RECORD_AND_SAMPLE
+    assert always.should_sample(unsampled, trace_id, "x").decision is Decision.DROP
+    never.shutdown()
+    every.shutdown()
+
+
+_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=40),
+    st.lists(st.text(max_size=5), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["enabled", "collector", "sampling", "other"]), _values, max_size=4
+    )
+)
+def test_any_section_gives_settings_or_named_errors_never_an_exception(data: dict) -> None:
+    reader = FieldReader("mesh.yaml", "MeshConfig/mesh", data, "spec.tracing")
+    parsed = parse_tracing(reader)
+    assert all(e.field.startswith("spec.tracing") for e in reader.errors)
+    if not reader.errors and parsed.enabled:
+        host, port = parsed.collector_host_port
+        assert host and 1 <= port <= 65535
+        assert 0.0 <= parsed.sampling <= 100.0
