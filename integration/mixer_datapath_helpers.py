@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -243,3 +246,42 @@ async def call(url: str, host: str, path: str = "/") -> tuple[int, str]:
         ) as response,
     ):
         return response.status, await response.text()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+async def run_cli(*args: str, timeout: float = 30) -> tuple[int, str]:
+    """``meshfed ARGS`` as a user runs it: exit code and output (stderr folded in)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "meshfed.cli", *args, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    return proc.returncode or 0, out.decode()
+
+
+@contextlib.asynccontextmanager
+async def cli_proxy(*args: str, ready_within: float = 40) -> AsyncIterator[list[str]]:
+    """A real ``meshfed proxy ARGS`` process; yields its output lines once it says ``ready:``
+    and, on exit, stops it with SIGTERM and checks it ended cleanly (exit code 0)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "meshfed.cli", "proxy", *args, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(ready_within):
+            while not (lines and lines[-1].startswith("ready:")):
+                line = (await proc.stdout.readline()).decode()  # type: ignore[union-attr]
+                assert line, f"meshfed proxy exited early: {''.join(lines)}"
+                lines.append(line)
+        yield lines
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()

@@ -15,11 +15,7 @@ Hosts: 127.0.130.x.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import re
-import signal
-import sys
 from pathlib import Path
 
 import attrs
@@ -27,6 +23,7 @@ import attrs
 from integration.mixer_datapath_helpers import (
     DataPathMesh,
     call,
+    cli_proxy,
     datapath_mesh,
     eventually,
     workload,
@@ -338,37 +335,14 @@ async def test_reports_logged_while_mixer_is_down_arrive_after_its_restart(tmp_p
 
 async def test_meshfed_proxy_runs_the_client_beside_its_envoy(tmp_path: Path) -> None:
     """``meshfed proxy --mixer`` as the user runs it: its sidecar enforces Mixer's policy."""
-    root = Path(__file__).resolve().parents[1]
     async with datapath_mesh(tmp_path, SERVICES, DENY_WEB) as mesh:
         await mesh.backend("web", WEB_IP, 8080)
         await mesh.proxy(CLIENT_IP, "client")
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "meshfed.cli",
-            "proxy",
+        async with cli_proxy(
             *("--ip", WEB_IP, "--workload", "web", "--app-ports", "9080:8080"),
             *("--pilot", f"127.0.0.1:{mesh.pilot.port}", "--hub", mesh.hub_url),
             *("--mixer", f"127.0.0.1:{mesh.mixer.port}", "--status-port", "0"),
-            cwd=root,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-        )
-        lines: list[str] = []
-        try:
-            async with asyncio.timeout(40):
-                while not (lines and lines[-1].startswith("ready:")):
-                    line = (await proc.stdout.readline()).decode()  # type: ignore[union-attr]
-                    assert line, f"meshfed proxy exited early: {''.join(lines)}"
-                    lines.append(line)
+        ) as lines:
             assert any(line.startswith("mixer client on unix:") for line in lines), lines
             status, body = await call(f"http://{CLIENT_IP}:15001", WEB)
             assert status == 403 and "web is closed today" in body, (status, body)
-            proc.send_signal(signal.SIGTERM)
-            assert await asyncio.wait_for(proc.wait(), 15) == 0
-        finally:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                await proc.wait()

@@ -122,3 +122,39 @@ async def test_fail_policy_when_mixer_is_away(tmp_path: Path) -> None:
         assert oct((tmp_path / "mixer.sock").stat().st_mode & 0o777) == "0o600"
     finally:
         await client.stop()
+
+
+async def _until(probe, timeout: float = 10.0) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if probe():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+async def test_health_probe_tells_reachability_without_traffic(tmp_path: Path) -> None:
+    """No Check, no Report: the probe alone notices Mixer going away and coming back."""
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    port = closed_port()
+    settings = MixerSettings(
+        enabled=True, listen=f"127.0.0.1:{port}", config_paths=(str(tmp_path),), kubernetes=False
+    )
+    client = MixerClient(tmp_path / "c" / "mixer.sock", f"127.0.0.1:{port}", probe_interval=0.1)
+    await client.start()
+    mixer = Mixer(settings)
+    try:
+        await _until(lambda: client.reachable is False)
+        down = client.describe()
+        assert down["mixerReachable"] is False and down["unreachableSeconds"] >= 0
+        assert down["lastError"].startswith("UNAVAILABLE"), down
+        await mixer.start()
+        await mixer.reload()
+        await _until(lambda: client.reachable is True)
+        up = client.describe()
+        assert up["unreachableSeconds"] is None and up["lastError"] == ""
+        await mixer.stop()
+        await _until(lambda: client.reachable is False)
+        assert client.checks == 0 and client.reports == 0
+    finally:
+        await client.stop()
+        await mixer.stop()
