@@ -35,7 +35,8 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+import weakref
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,9 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc as authz_grpc
 from envoy.type.v3 import http_status_pb2
 from google.rpc import code_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client import Counter, Gauge
+from prometheus_client import REGISTRY, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from meshfed.mixer.api.service import SERVICE, MixerStub
 from meshfed.mixer.api.v1 import check_pb2, report_pb2
@@ -87,6 +90,47 @@ CACHE = Counter(
     "Check answers looked up in the client's cache, by result (hit, miss)",
     ["result"],
 )
+
+
+_LIVE: weakref.WeakSet[MixerClient] = weakref.WeakSet()
+
+
+class _BatcherCollector(Collector):
+    """What the report batchers and caches of this process's clients hold right now: read at
+    scrape time, since they count in plain attributes (the batcher knows nothing of metrics)."""
+
+    def collect(self) -> Iterator[Metric]:
+        clients = list(_LIVE)
+        dropped = CounterMetricFamily(
+            "meshfed_mixerclient_report_dropped",
+            "Report bags dropped, by reason (bound: the pending bound was hit while Mixer was "
+            "away; invalid: the bag cannot be encoded)",
+            labels=["reason"],
+        )
+        dropped.add_metric(["bound"], sum(c.batcher.stats.dropped for c in clients))
+        dropped.add_metric(["invalid"], sum(c.batcher.stats.invalid for c in clients))
+        yield dropped
+        batches = CounterMetricFamily(
+            "meshfed_mixerclient_report_batches",
+            "Delta-encoded Report batches Mixer took, and the bags they carried",
+            labels=["what"],
+        )
+        batches.add_metric(["batches"], sum(c.batcher.stats.requests for c in clients))
+        batches.add_metric(["bags"], sum(c.batcher.stats.sent for c in clients))
+        yield batches
+        yield GaugeMetricFamily(
+            "meshfed_mixerclient_reports_pending",
+            "Report bags queued or being sent (held while Mixer is away)",
+            value=sum(c.batcher.pending for c in clients),
+        )
+        yield GaugeMetricFamily(
+            "meshfed_mixerclient_check_cache_entries",
+            "Check answers held in the clients' caches",
+            value=sum(len(c.cache) for c in clients if c.cache is not None),
+        )
+
+
+REGISTRY.register(_BatcherCollector())
 
 
 class Verdict:
@@ -176,6 +220,7 @@ class MixerClient:
         self.unreachable_since: float | None = None  # time.time() of the first failure in a row
         self.checks = 0
         self.reports = 0
+        _LIVE.add(self)
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:

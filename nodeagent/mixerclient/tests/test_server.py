@@ -158,3 +158,30 @@ async def test_health_probe_tells_reachability_without_traffic(tmp_path: Path) -
     finally:
         await client.stop()
         await mixer.stop()
+
+
+async def test_metrics_count_drops_pending_and_cache(tmp_path: Path) -> None:
+    """The scrape shows what the client holds: bags dropped at the bound while Mixer is
+    away, bags still pending, Check answers cached."""
+    from prometheus_client import REGISTRY
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    dropped = sample("meshfed_mixerclient_report_dropped_total", reason="bound")
+    pending = sample("meshfed_mixerclient_reports_pending")
+    client = MixerClient(
+        tmp_path / "c" / "mixer.sock",
+        f"127.0.0.1:{closed_port()}",
+        report_batch=2,
+        report_pending=5,
+        probe_interval=0,
+    )
+    await client.start()
+    try:
+        client.report([bag(f"/{i}") for i in range(8)])
+        assert sample("meshfed_mixerclient_report_dropped_total", reason="bound") - dropped == 3
+        assert sample("meshfed_mixerclient_reports_pending") - pending == 5
+        assert client.describe()["reportStats"]["dropped"] == 3
+    finally:
+        await client.stop()
