@@ -15,7 +15,6 @@ Hosts: 127.0.130.x.
 from __future__ import annotations
 
 import asyncio
-import re
 from pathlib import Path
 
 import attrs
@@ -26,6 +25,7 @@ from integration.mixer_datapath_helpers import (
     cli_proxy,
     datapath_mesh,
     eventually,
+    request_count,
     workload,
 )
 from meshfed.mixer.settings import DataPathSettings
@@ -157,20 +157,6 @@ async def start_web_and_api(mesh: DataPathMesh) -> None:
     await mesh.proxy(WEB_IP, "web", "9080:8080")
     await mesh.proxy(API_IP, "api", "9080:8080")
     await mesh.proxy(CLIENT_IP, "client")
-
-
-def request_count(text: str, source: str, destination: str, code: int) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith("istio_request_count_total{"):
-            continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
-        if (labels.get("source_service"), labels.get("destination_service")) == (
-            source,
-            destination,
-        ) and labels.get("response_code") == str(code):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 async def test_denier_through_sidecar_and_gateway_and_telemetry(tmp_path: Path) -> None:

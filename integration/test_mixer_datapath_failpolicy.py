@@ -136,7 +136,7 @@ async def test_mixer_down_fail_policy_and_proxy_status(tmp_path: Path, fail_open
                 return code == 0 and row.split()[-2:] == ["UNREACHABLE", f":{STATUS_PORT}"]
 
             await eventually(marked, 15, "proxy-status to mark web's Mixer client UNREACHABLE")
-            code, out = await run_cli("proxy-status", node_id, "--hub", mesh.hub_url)
+            code, out = await run_cli("proxy-status", node_id, "--hub", mesh.hub_url, "--no-envoy")
             assert code == 0, out
             line = next(r for r in out.splitlines() if "cannot reach Mixer" in r)
             assert line.startswith(f"{node_id}: mixer client cannot reach Mixer at 127.0.0.1:")
