@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import attrs
 
 from integration.routing_helpers import VersionBackend
 from meshfed.config import MeshConfig, RegistryConfig
@@ -141,6 +142,7 @@ class DataPathMesh:
         gateway_port: int = 0,
         mixer_client: bool = True,
         mixer_address: str = "",
+        report_batch: int = 1000,
     ) -> EnvoyProcess:
         """A sidecar (or, with ``gateway_port``, an ingress gateway) with its Mixer client,
         which calls this hub's Mixer unless ``mixer_address`` names another one."""
@@ -150,6 +152,7 @@ class DataPathMesh:
                 socket,
                 mixer_address or f"127.0.0.1:{self.mixer.port}",
                 cache_entries=self.cache_entries,
+                report_batch=report_batch,
                 report_delay=0.1,
             )
             await client.start()
@@ -375,11 +378,25 @@ def stdio_lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+@attrs.frozen
+class HubProcess:
+    """A running ``meshfed up``: its Mixer's and monitoring addresses, and its process id."""
+
+    address: str
+    monitoring: str
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU the hub process has used so far (Linux ``/proc``)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.asynccontextmanager
-async def mixer_hub_process(folder: Path, host: str, policy: Path) -> AsyncIterator[str]:
+async def mixer_hub_process(folder: Path, host: str, policy: Path) -> AsyncIterator[HubProcess]:
     """Another hub, as ``meshfed up`` runs it, serving only Mixer (``policy`` its config
-    folder) on ``host``; yields Mixer's address once its gRPC health says SERVING, and checks
-    on exit that it stopped cleanly on SIGTERM."""
+    folder) on ``host``; yields it once Mixer's gRPC health says SERVING, and checks on exit
+    that it stopped cleanly on SIGTERM."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -414,7 +431,7 @@ async def mixer_hub_process(folder: Path, host: str, policy: Path) -> AsyncItera
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     break
             await asyncio.sleep(0.2)
-        yield f"{host}:{port}"
+        yield HubProcess(f"{host}:{port}", f"{host}:{monitoring}", proc.pid)
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 15) == 0, log_path.read_text()
         assert "Traceback" not in log_path.read_text(), log_path.read_text()

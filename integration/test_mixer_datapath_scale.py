@@ -359,7 +359,7 @@ async def test_redisquota_one_limit_for_two_hubs_and_two_sidecars(
             await mesh.backend("api", API_IP, 8080)
             await mesh.backend("api", API_B_IP, 8080)
             await mesh.proxy(API_IP, "api", "9080:8080")  # its client: this hub's Mixer
-            await mesh.proxy(API_B_IP, "api", "9080:8080", mixer_address=hub2)
+            await mesh.proxy(API_B_IP, "api", "9080:8080", mixer_address=hub2.address)
             one, two = mesh.clients
             sidecars = (f"http://{API_IP}:9080", f"http://{API_B_IP}:9080")
             started = time.monotonic()
@@ -370,7 +370,7 @@ async def test_redisquota_one_limit_for_two_hubs_and_two_sidecars(
             granted = [c.count(200) for c in codes]
             assert sum(granted) == 10, codes  # one limit, not ten per hub
             assert all(set(c) == {200, 429} for c in codes), codes  # both hubs answered
-            assert one.mixer_address != two.mixer_address == hub2
+            assert one.mixer_address != two.mixer_address == hub2.address
             assert two.last_error == "" and two.reachable is not False
 
 
