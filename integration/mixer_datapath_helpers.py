@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
+import re
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import attrs
 
 from integration.routing_helpers import VersionBackend
 from meshfed.config import MeshConfig, RegistryConfig
@@ -60,6 +66,7 @@ class DataPathMesh:
         pilot: dict[str, Any] | None = None,
         mixer_listen: str = "127.0.0.1:0",
         tracing: TracingSettings = DISABLED,
+        registries: tuple[RegistryConfig, ...] = (),
     ):
         self.folder = folder
         self.cache_entries = cache_entries
@@ -70,7 +77,10 @@ class DataPathMesh:
         self.mesh = MeshConfig(
             monitoring_address="127.0.0.1:0",
             discovery_address="127.0.0.1:0",
-            registries=(RegistryConfig("files", "static", {"paths": [str(folder / "registry")]}),),
+            registries=(
+                RegistryConfig("files", "static", {"paths": [str(folder / "registry")]}),
+                *registries,
+            ),
             config_paths=(str(folder / "registry"),),
             pilot={"debounceQuiet": 0.02, "debounceMax": 0.2, **(pilot or {})},
             mixer=MixerSettings(
@@ -136,14 +146,18 @@ class DataPathMesh:
         app_ports: str = "",
         gateway_port: int = 0,
         mixer_client: bool = True,
+        mixer_address: str = "",
+        report_batch: int = 1000,
     ) -> EnvoyProcess:
-        """A sidecar (or, with ``gateway_port``, an ingress gateway) with its Mixer client."""
+        """A sidecar (or, with ``gateway_port``, an ingress gateway) with its Mixer client,
+        which calls this hub's Mixer unless ``mixer_address`` names another one."""
         socket = self.folder / f"mixer-{ip}" / "mixer.sock"
         if mixer_client:
             client = MixerClient(
                 socket,
-                f"127.0.0.1:{self.mixer.port}",
+                mixer_address or f"127.0.0.1:{self.mixer.port}",
                 cache_entries=self.cache_entries,
+                report_batch=report_batch,
                 report_delay=0.1,
                 tracer=self.client_traces.get_tracer("meshfed.mixerclient")
                 if self.client_traces is not None
@@ -216,6 +230,7 @@ async def datapath_mesh(
     cache_entries: int = 10_000,
     mixer_listen: str = "127.0.0.1:0",
     tracing: TracingSettings = DISABLED,
+    registries: tuple[RegistryConfig, ...] = (),
 ) -> AsyncIterator[DataPathMesh]:
     mesh = DataPathMesh(
         folder,
@@ -225,6 +240,7 @@ async def datapath_mesh(
         cache_entries,
         mixer_listen=mixer_listen,
         tracing=tracing,
+        registries=registries,
     )
     try:
         await mesh.start()
@@ -259,3 +275,181 @@ async def call(
         ) as response,
     ):
         return response.status, await response.text()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+async def run_cli(*args: str, timeout: float = 30) -> tuple[int, str]:
+    """``meshfed ARGS`` as a user runs it: exit code and output (stderr folded in)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "meshfed.cli", *args, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    return proc.returncode or 0, out.decode()
+
+
+@contextlib.asynccontextmanager
+async def cli_proxy(*args: str, ready_within: float = 40) -> AsyncIterator[list[str]]:
+    """A real ``meshfed proxy ARGS`` process; yields its output lines once it says ``ready:``
+    and, on exit, stops it with SIGTERM and checks it ended cleanly (exit code 0)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "meshfed.cli", "proxy", *args, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(ready_within):
+            while not (lines and lines[-1].startswith("ready:")):
+                line = (await proc.stdout.readline()).decode()  # type: ignore[union-attr]
+                assert line, f"meshfed proxy exited early: {''.join(lines)}"
+                lines.append(line)
+        yield lines
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+
+
+def request_count(text: str, source: str, destination: str, code: int) -> float:
+    """The ``prometheus`` handler's ``request_count`` for one source, destination and code,
+    summed over its other labels, from a ``/metrics`` scrape."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith("istio_request_count_total{"):
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+        if (labels.get("source_service"), labels.get("destination_service")) == (
+            source,
+            destination,
+        ) and labels.get("response_code") == str(code):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def load(
+    url: str,
+    host: str,
+    count: int,
+    concurrency: int = 8,
+    path: Callable[[int], str] = lambda i: "/",
+    headers: Callable[[int], dict[str, str]] = lambda i: {},
+    within: float = 120.0,
+) -> list[int]:
+    """``count`` requests (bounded in number and in time: ``within`` seconds) from
+    ``concurrency`` workers on keep-alive connections; the status of each, in request order."""
+    codes = [0] * count
+    next_index = iter(range(count))
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def worker() -> None:
+            for i in next_index:
+                async with session.get(
+                    url + path(i), headers={"Host": host, **headers(i)}
+                ) as response:
+                    await response.read()
+                    codes[i] = response.status
+
+        async with asyncio.timeout(within):
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return codes
+
+
+async def paced(url: str, host: str, rate: float, seconds: float) -> list[tuple[float, int]]:
+    """Requests started at a steady ``rate`` per second for ``seconds`` (each on its own task,
+    so a slow answer does not delay the next start); (start offset, status) of each."""
+    count = int(rate * seconds)
+    connector = aiohttp.TCPConnector(limit=64)
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+
+        async def one(i: int) -> tuple[float, int]:
+            await asyncio.sleep(max(0.0, start + i / rate - loop.time()))
+            began = loop.time() - start
+            async with session.get(url, headers={"Host": host}) as response:
+                await response.read()
+                return began, response.status
+
+        async with asyncio.timeout(seconds + 30):
+            return list(await asyncio.gather(*(one(i) for i in range(count))))
+
+
+def stdio_lines(path: Path) -> list[dict[str, Any]]:
+    """The JSON lines a ``stdio`` handler wrote to ``path`` (none yet: an empty list)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@attrs.frozen
+class HubProcess:
+    """A running ``meshfed up``: its Mixer's and monitoring addresses, and its process id."""
+
+    address: str
+    monitoring: str
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU the hub process has used so far (Linux ``/proc``)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.asynccontextmanager
+async def mixer_hub_process(folder: Path, host: str, policy: Path) -> AsyncIterator[HubProcess]:
+    """Another hub, as ``meshfed up`` runs it, serving only Mixer (``policy`` its config
+    folder) on ``host``; yields it once Mixer's gRPC health says SERVING, and checks on exit
+    that it stopped cleanly on SIGTERM."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from integration.routing_helpers import free_port
+
+    port, monitoring = free_port(), free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "mesh.yaml"
+    config.write_text(
+        "apiVersion: meshfed.io/v1alpha1\nkind: MeshConfig\nmetadata: {name: m}\nspec:\n"
+        f"  listen: {{monitoring: '{host}:{monitoring}', discovery: '{host}:0'}}\n"
+        f"  mixer: {{enabled: true, listen: '{host}:{port}', configPaths: ['{policy}'],"
+        " kubernetes: false}\n"
+    )
+    log_path = folder / "hub.log"
+    with log_path.open("wb") as log:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "meshfed.cli", "up", "--config", str(config), cwd=ROOT,
+            stdout=log, stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, "MESHFED_WORKLOAD_STATE": ""}, start_new_session=True,
+        )  # fmt: skip
+    channel = grpc.aio.insecure_channel(f"{host}:{port}")
+    try:
+        health = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest(service="istio.mixer.v1.Mixer")
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.returncode is None, log_path.read_text()
+            assert time.monotonic() < deadline, "the second hub did not serve Mixer in 30 s"
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                reply = await health.Check(request, timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    break
+            await asyncio.sleep(0.2)
+        yield HubProcess(f"{host}:{port}", f"{host}:{monitoring}", proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0, log_path.read_text()
+        assert "Traceback" not in log_path.read_text(), log_path.read_text()
+    finally:
+        await channel.close()
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()

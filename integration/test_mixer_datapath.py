@@ -15,11 +15,6 @@ Hosts: 127.0.130.x.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import re
-import signal
-import sys
 from pathlib import Path
 
 import attrs
@@ -27,8 +22,10 @@ import attrs
 from integration.mixer_datapath_helpers import (
     DataPathMesh,
     call,
+    cli_proxy,
     datapath_mesh,
     eventually,
+    request_count,
     workload,
 )
 from meshfed.mixer.settings import DataPathSettings
@@ -160,20 +157,6 @@ async def start_web_and_api(mesh: DataPathMesh) -> None:
     await mesh.proxy(WEB_IP, "web", "9080:8080")
     await mesh.proxy(API_IP, "api", "9080:8080")
     await mesh.proxy(CLIENT_IP, "client")
-
-
-def request_count(text: str, source: str, destination: str, code: int) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith("istio_request_count_total{"):
-            continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
-        if (labels.get("source_service"), labels.get("destination_service")) == (
-            source,
-            destination,
-        ) and labels.get("response_code") == str(code):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 async def test_denier_through_sidecar_and_gateway_and_telemetry(tmp_path: Path) -> None:
@@ -338,37 +321,14 @@ async def test_reports_logged_while_mixer_is_down_arrive_after_its_restart(tmp_p
 
 async def test_meshfed_proxy_runs_the_client_beside_its_envoy(tmp_path: Path) -> None:
     """``meshfed proxy --mixer`` as the user runs it: its sidecar enforces Mixer's policy."""
-    root = Path(__file__).resolve().parents[1]
     async with datapath_mesh(tmp_path, SERVICES, DENY_WEB) as mesh:
         await mesh.backend("web", WEB_IP, 8080)
         await mesh.proxy(CLIENT_IP, "client")
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "meshfed.cli",
-            "proxy",
+        async with cli_proxy(
             *("--ip", WEB_IP, "--workload", "web", "--app-ports", "9080:8080"),
             *("--pilot", f"127.0.0.1:{mesh.pilot.port}", "--hub", mesh.hub_url),
             *("--mixer", f"127.0.0.1:{mesh.mixer.port}", "--status-port", "0"),
-            cwd=root,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-        )
-        lines: list[str] = []
-        try:
-            async with asyncio.timeout(40):
-                while not (lines and lines[-1].startswith("ready:")):
-                    line = (await proc.stdout.readline()).decode()  # type: ignore[union-attr]
-                    assert line, f"meshfed proxy exited early: {''.join(lines)}"
-                    lines.append(line)
+        ) as lines:
             assert any(line.startswith("mixer client on unix:") for line in lines), lines
             status, body = await call(f"http://{CLIENT_IP}:15001", WEB)
             assert status == 403 and "web is closed today" in body, (status, body)
-            proc.send_signal(signal.SIGTERM)
-            assert await asyncio.wait_for(proc.wait(), 15) == 0
-        finally:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                await proc.wait()

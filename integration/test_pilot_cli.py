@@ -138,7 +138,7 @@ async def test_proxy_status_config_and_bootstrap_commands(tmp_path: Path) -> Non
         code, out, _ = await run_cli("proxy-status", "--hub", hub_url)
         assert code == 0
         row = next(r for r in out.splitlines() if r.startswith(NODE_ID))
-        assert row.split()[2:] == ["SYNCED", "SYNCED", "SYNCED", "SYNCED", "yes"], out
+        assert row.split()[2:] == ["SYNCED", "SYNCED", "SYNCED", "SYNCED", "yes", "-"], out
 
         # One proxy: also compared with what its Envoy holds (admin address from metadata).
         code, out, _ = await run_cli("proxy-status", NODE_ID, "--hub", hub_url)

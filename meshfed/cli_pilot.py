@@ -5,7 +5,9 @@
   prints ``ready`` once Envoy has ACKed its first full config from Pilot, stops Envoy (its
   whole process group) on Ctrl-C / SIGTERM. A proxy without ``--sds-socket`` in a mesh whose
   config turns mutual TLS on gets a warning on stderr (STRICT services will refuse it).
-- ``meshfed proxy-status [PROXY]``: per proxy and type, SYNCED / NOT SENT / STALE / NACKED.
+- ``meshfed proxy-status [PROXY]``: per proxy and type, SYNCED / NOT SENT / STALE / NACKED;
+  and, for a proxy with a node-local Mixer client, whether it reaches Mixer (read from the
+  proxy's status port, which also serves the client's metrics).
 - ``meshfed proxy-config cluster|listener|route|endpoint PROXY``: what Pilot last sent.
 - ``meshfed demo``: a working mesh with real sidecars and traffic, in under a minute.
 
@@ -84,7 +86,14 @@ def _add_proxy_args(p: argparse.ArgumentParser) -> None:
         default="",
         metavar="HOST:PORT",
         help="run the node-local Mixer client beside Envoy, calling the hub's Mixer there: "
-        "Pilot then adds policy checks and telemetry (spec.mixer.dataPath) to this proxy",
+        "Pilot then adds policy checks and telemetry (spec.mixer.dataPath) to this proxy "
+        "(meshfed proxy: default spec.mixer.listen when the mesh config enables Mixer's "
+        "data path)",
+    )
+    p.add_argument(
+        "--no-mixer",
+        action="store_true",
+        help="no Mixer client, even when the mesh config enables Mixer's data path",
     )
     p.add_argument(
         "--mixer-socket",
@@ -118,6 +127,27 @@ def _collector(value: str) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def mixer_address(args: argparse.Namespace, mesh: Any) -> str:
+    """The hub Mixer the proxy's client calls ("" for none): ``--mixer``, else (for
+    ``meshfed proxy``, which runs the client) the mesh config's ``spec.mixer.listen`` when it
+    enables Mixer and its data path; a wildcard host there means this host's loopback."""
+    if args.no_mixer:
+        return ""
+    if args.mixer or not getattr(args, "mixer_from_config", False):
+        return str(args.mixer)
+    settings = mesh.mixer
+    if not (settings.enabled and settings.data_path.enabled):
+        return ""
+    host, _, port = settings.listen.rpartition(":")
+    if port in ("", "0"):
+        log.warning("spec.mixer.listen %r has no fixed port; pass --mixer", settings.listen)
+        return ""
+    host = host.strip("[]")
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _mixer_socket(args: argparse.Namespace) -> str:
     import os
     import tempfile
@@ -137,6 +167,10 @@ def _spec(args: argparse.Namespace) -> Any:
     from meshfed.registry.model import spiffe_id
 
     mesh = load_mesh_config(args.config)
+    args.mixer = mixer_address(args, mesh)
+    if hasattr(args, "mixer_trace_collector") and not args.mixer_trace_collector:
+        # the mesh's collector, so the client's spans join the traces Envoy sends there
+        args.mixer_trace_collector = mesh.tracing.collector if mesh.tracing.enabled else ""
     sds = os.path.abspath(os.path.expanduser(args.sds_socket)) if args.sds_socket else ""
     return ProxySpec(
         ip=args.ip,
@@ -154,6 +188,7 @@ def _spec(args: argparse.Namespace) -> Any:
         locality=args.locality,
         sds_socket=sds,
         mixer_socket=_mixer_socket(args),
+        mixer_status_port=getattr(args, "status_port", 0) if args.mixer else 0,
     )
 
 
@@ -253,7 +288,6 @@ def cmd_proxy(args: argparse.Namespace) -> int:
         stop = asyncio.Event()
         restore = handle_stop_signals(stop)
         envoy = EnvoyProcess(spec, log_level=args.envoy_log_level)
-        probe = ReadinessServer(envoy, args.status_port) if args.status_port else None
         mixer = None
         tracer = _client_tracer(args)
         if spec.mixer_socket:
@@ -267,6 +301,7 @@ def cmd_proxy(args: argparse.Namespace) -> int:
                 report_delay=args.mixer_report_delay,
                 tracer=tracer.get_tracer("meshfed.mixerclient") if tracer else None,
             )
+        probe = ReadinessServer(envoy, args.status_port, mixer) if args.status_port else None
         try:
             if probe is not None:
                 await probe.start()
@@ -279,7 +314,10 @@ def cmd_proxy(args: argparse.Namespace) -> int:
                 print(f"identity {agent.config.identity} from {args.ca}", flush=True)
             if mixer is not None:
                 await mixer.start()  # before Envoy: its first Check finds the socket
-                print(f"mixer client on unix:{spec.mixer_socket} -> {args.mixer}", flush=True)
+                where = f", metrics {spec.ip}:{args.status_port}" if args.status_port else ""
+                print(
+                    f"mixer client on unix:{spec.mixer_socket} -> {args.mixer}{where}", flush=True
+                )
             await envoy.start()
             print(f"envoy started (admin {envoy.admin_url}, log {envoy.log_path})", flush=True)
             # The hub decides how long registries may take (initialSyncTimeout); the proxy
@@ -354,9 +392,50 @@ async def wait_hub_ready(hub: str, timeout: float, stop: asyncio.Event) -> None:
     raise TimeoutError(f"hub {hub} not ready after {timeout:g}s: {shown}")
 
 
-def _status_rows(proxies: list[dict[str, Any]]) -> tuple[list[list[str]], list[str]]:
+def mixer_client_state(proxy: dict[str, Any], timeout: float = 1.0) -> dict[str, Any] | None:
+    """What a proxy's node-local Mixer client says about itself, read from the status port
+    the proxy announced (None: the proxy has no client). An unreadable state is an ``error``."""
+    node = proxy.get("node", {})
+    if not node.get("mixer_client"):
+        return None
+    port = node.get("mixer_status_port") or 0
+    if not port:
+        return {"statusPort": 0}
+    url = f"http://{node.get('ip')}:{port}/debug/mixerclient"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            state = json.load(response)
+    except (OSError, ValueError) as exc:
+        return {"statusPort": port, "error": f"cannot read {url}: {exc}"}
+    return {"statusPort": port, **state}
+
+
+def _mixer_column(proxy: str, ip: str, state: dict[str, Any] | None) -> tuple[str, list[str]]:
+    if state is None:
+        return "-", []
+    port = state.get("statusPort", 0)
+    where = f" :{port}" if port else ""
+    if "error" in state:
+        return "?" + where, [f"{proxy}: mixer client: {state['error']}"]
+    reachable = state.get("mixerReachable")
+    if reachable is None:
+        return ("connecting" if port else "yes") + where, []
+    if reachable:
+        return "ok" + where, []
+    since = state.get("unreachableSeconds")
+    metrics = f"; its metrics: http://{ip}:{port}/metrics" if port else ""
+    return "UNREACHABLE" + where, [
+        f"{proxy}: mixer client cannot reach Mixer at {state.get('mixer')} (for {since}s: "
+        f"{state.get('lastError')}); requests follow the fail policy (dataPath.failOpen)"
+        f"{metrics}"
+    ]
+
+
+def _status_rows(
+    proxies: list[dict[str, Any]], mixer: list[dict[str, Any] | None] | None = None
+) -> tuple[list[list[str]], list[str]]:
     rows, errors = [], []
-    for p in proxies:
+    for i, p in enumerate(proxies):
         row = [p["proxy"], p["protocol"]]
         for short in ("cds", "eds", "lds", "rds"):
             t = p["types"].get(short, {})
@@ -364,27 +443,39 @@ def _status_rows(proxies: list[dict[str, Any]]) -> tuple[list[list[str]], list[s
             if t.get("status") == "NACKED":
                 errors.append(f"{p['proxy']} {short.upper()} NACKED: {t.get('error')}")
         row.append("yes" if p.get("ready") else "no")
+        if mixer is not None:
+            column, lines = _mixer_column(p["proxy"], p.get("node", {}).get("ip", ""), mixer[i])
+            row.append(column)
+            errors.extend(lines)
         rows.append(row)
         errors.extend(f"{p['proxy']}: {problem}" for problem in p.get("problems", []))
     return rows, errors
 
 
 def cmd_proxy_status(args: argparse.Namespace) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
     from meshfed.cli import fetch_json, format_table, hub_url
 
     url = hub_url(args) + "/debug/syncz"
     if args.proxy:
         url += "?" + urllib.parse.urlencode({"proxy": args.proxy})
     body = fetch_json(url)
+    proxies = body.get("proxies", [])
+    # each client is asked on its own proxy's status port, in parallel, briefly
+    with ThreadPoolExecutor(max_workers=min(16, len(proxies) or 1)) as pool:
+        mixer = list(pool.map(mixer_client_state, proxies))
     if args.output == "json":
+        for proxy, state in zip(proxies, mixer, strict=True):
+            if state is not None:
+                proxy["mixer_client_state"] = state
         print(json.dumps(body, indent=2))
         return 0
-    proxies = body.get("proxies", [])
     if args.proxy and not proxies:
         print(f"proxy {args.proxy!r} is not connected", file=sys.stderr)
         return 1
-    rows, errors = _status_rows(proxies)
-    print(format_table(rows, ["PROXY", "XDS", "CDS", "EDS", "LDS", "RDS", "READY"]))
+    rows, errors = _status_rows(proxies, mixer)
+    print(format_table(rows, ["PROXY", "XDS", "CDS", "EDS", "LDS", "RDS", "READY", "MIXER"]))
     for error in errors:
         print(error)
     if args.proxy and not args.no_envoy:
@@ -502,11 +593,11 @@ def register(sub: Any) -> None:
         default="",
         type=_collector,
         metavar="HOST:PORT",
-        help="OTLP/gRPC collector for the Mixer client's Check spans (the mesh's "
-        "spec.tracing.collector); empty: the client makes no spans",
+        help="OTLP/gRPC collector for the Mixer client's Check spans (default: the mesh "
+        "config's spec.tracing.collector when tracing is enabled; none: no spans)",
     )
 
-    proxy.set_defaults(func=cmd_proxy)
+    proxy.set_defaults(func=cmd_proxy, mixer_from_config=True)
 
     status = sub.add_parser("proxy-status", help="per proxy and xDS type: sync state")
     status.add_argument("proxy", nargs="?", help="one proxy id (default: all connected)")

@@ -374,6 +374,7 @@ def mixer_data_path(mesh: MeshConfig) -> MixerDataPath:
         check=data.check,
         report=data.report,
         disabled_services=frozenset(data.disabled_services),
+        disabled_routes=data.disabled_routes,
         quotas=data.quotas,
     )
 

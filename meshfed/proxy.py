@@ -12,7 +12,10 @@ mesh mutual TLS. The agent runs beside it (``meshfed nodeagent`` without ``--pil
 With ``mixer_socket`` (``--mixer``) the bootstrap carries the static cluster to the node-local
 Mixer client's socket (:func:`pilot.mixer_plugin.client_cluster`) and metadata ``MIXER_CLIENT``,
 so Pilot adds Mixer's ext_authz and access-log filters; ``meshfed proxy`` runs the client
-(:mod:`nodeagent.mixerclient`) in the same process, before Envoy starts.
+(:mod:`nodeagent.mixerclient`) in the same process, before Envoy starts. The proxy's status
+port then also serves the client's ``/metrics`` and ``/debug/mixerclient`` (whether it reaches
+Mixer), and the bootstrap names that port (metadata ``MIXER_CLIENT_STATUS_PORT``), so
+``meshfed proxy-status`` can find it.
 
 Envoy runs in its own process group, so stopping it stops everything it started, and a crashed
 parent leaves no orphan behind when the caller kills the group.
@@ -80,6 +83,8 @@ class ProxySpec:
     # The node-local Mixer client's Unix socket: the bootstrap gets its static cluster and
     # tells Pilot (metadata MIXER_CLIENT), which then sends Mixer's filters.
     mixer_socket: str = ""
+    # Where the proxy's status port serves the Mixer client's metrics and state (0: nowhere).
+    mixer_status_port: int = 0
 
     @property
     def node_id(self) -> str:
@@ -110,6 +115,8 @@ def bootstrap(spec: ProxySpec) -> dict[str, Any]:
         meta["SDS"] = "true"
     if spec.mixer_socket:
         meta["MIXER_CLIENT"] = "true"
+        if spec.mixer_status_port:
+            meta["MIXER_CLIENT_STATUS_PORT"] = str(spec.mixer_status_port)
     metadata.update(meta)
     xds = cluster_pb2.Cluster(
         name=XDS_CLUSTER,
@@ -331,11 +338,14 @@ async def wait_ready(envoy: EnvoyProcess, hub: str, timeout: float = 30.0) -> di
 class ReadinessServer:
     """``GET /healthz/ready`` on the proxy's address, for orchestrator probes (like Istio's
     agent on port 15021): 503 until Pilot has seen the first full config ACKed, then 200 for
-    as long as Envoy itself says LIVE."""
+    as long as Envoy itself says LIVE. With a Mixer client (anything with ``describe()``),
+    also ``/debug/mixerclient`` (its state, JSON) and ``/metrics`` (the process's Prometheus
+    registry, where the client counts)."""
 
-    def __init__(self, envoy: EnvoyProcess, port: int) -> None:
+    def __init__(self, envoy: EnvoyProcess, port: int, mixer: Any = None) -> None:
         self.envoy = envoy
         self.port = port
+        self.mixer = mixer
         self.synced = False
         self._runner: Any = None
 
@@ -357,6 +367,20 @@ class ReadinessServer:
 
         app = web.Application()
         app.router.add_get("/healthz/ready", ready)
+        if self.mixer is not None:
+            from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+            mixer = self.mixer
+
+            async def mixer_state(request: web.Request) -> web.Response:
+                return web.json_response(mixer.describe())
+
+            async def metrics(request: web.Request) -> web.Response:
+                body = generate_latest(REGISTRY)
+                return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+            app.router.add_get("/debug/mixerclient", mixer_state)
+            app.router.add_get("/metrics", metrics)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.envoy.spec.ip, self.port).start()

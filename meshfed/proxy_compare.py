@@ -46,11 +46,17 @@ def envoy_names(dump: dict[str, Any]) -> tuple[dict[str, set[str]], list[str]]:
     """Dynamic resource names per kind in an Envoy ``/config_dump``, plus listener errors."""
     names: dict[str, set[str]] = {k: set() for k in KINDS}
     errors: list[str] = []
+    # Envoy also lists the endpoints of a CDS cluster that carries them inline (STATIC, such
+    # as an inbound cluster); Pilot sends endpoints by EDS only, so those are no difference.
+    inline: set[str] = set()
     for config in dump.get("configs", []):
         kind = config.get("@type", "").rsplit(".", 1)[-1]
         if kind == "ClustersConfigDump":
             for entry in config.get("dynamic_active_clusters", []):
-                names["cluster"].add(entry["cluster"]["name"])
+                cluster = entry["cluster"]
+                names["cluster"].add(cluster["name"])
+                if cluster.get("type") != "EDS" and "eds_cluster_config" not in cluster:
+                    inline.add(cluster["name"])
         elif kind == "EndpointsConfigDump":
             for entry in config.get("dynamic_endpoint_configs", []):
                 names["endpoint"].add(entry["endpoint_config"]["cluster_name"])
@@ -65,6 +71,7 @@ def envoy_names(dump: dict[str, Any]) -> tuple[dict[str, set[str]], list[str]]:
         elif kind == "RoutesConfigDump":
             for entry in config.get("dynamic_route_configs", []):
                 names["route"].add(entry["route_config"]["name"])
+    names["endpoint"] -= inline
     return names, errors
 
 

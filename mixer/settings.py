@@ -25,7 +25,16 @@ SETTINGS_FIELDS = {
     "dataPath",
 }
 
-DATA_PATH_FIELDS = {"enabled", "failOpen", "check", "report", "disabledServices", "quotas"}
+DATA_PATH_FIELDS = {
+    "enabled",
+    "failOpen",
+    "check",
+    "report",
+    "disabledServices",
+    "disabledRoutes",
+    "quotas",
+}
+DISABLED_ROUTE_FIELDS = {"service", "pathPrefix"}
 
 
 @attrs.frozen
@@ -42,6 +51,8 @@ class DataPathSettings:
     check: bool = True
     report: bool = True
     disabled_services: tuple[str, ...] = ()  # destination hostnames without Mixer filters
+    # (destination hostname, path prefix) pairs whose requests are reported but not checked
+    disabled_routes: tuple[tuple[str, str], ...] = ()
     quotas: tuple[str, ...] = ()  # quota names every Check asks one unit of
 
 
@@ -68,8 +79,25 @@ def parse_data_path(reader: FieldReader | None) -> DataPathSettings:
         check=reader.bool("check", default=defaults.check),
         report=reader.bool("report", default=defaults.report),
         disabled_services=tuple(reader.str_list("disabledServices")),
+        disabled_routes=_disabled_routes(reader),
         quotas=tuple(reader.str_list("quotas")),
     )
+
+
+def _disabled_routes(reader: FieldReader) -> tuple[tuple[str, str], ...]:
+    """``disabledRoutes: [{service: HOST, pathPrefix: /PATH}]``; bad entries are reported
+    (with their index) and left out."""
+    routes = []
+    for entry in reader.readers("disabledRoutes"):
+        entry.unknown_fields(DISABLED_ROUTE_FIELDS)
+        service = entry.str("service", required=True)
+        prefix = entry.str("pathPrefix", required=True)
+        if prefix and not prefix.startswith("/"):
+            entry.error("pathPrefix", f"expected a path starting with '/', got {prefix!r}")
+            continue
+        if service and prefix:
+            routes.append((service, prefix))
+    return tuple(routes)
 
 
 def parse_settings(reader: FieldReader, base: Path | None = None) -> MixerSettings:

@@ -259,6 +259,8 @@ class Connection:
                 "app_ports": [f"{a}:{b}" for a, b in self.node.app_ports],
                 "admin_port": self.node.admin_port,
                 "cluster": self.node.cluster,
+                "mixer_client": self.node.mixer_client,
+                "mixer_status_port": self.node.mixer_status_port,
             },
             "types": types,
             "pending": sorted(T.short(t) for t in self.outbox.pending()),

@@ -89,6 +89,9 @@ class MixerDataPath:
     check: bool = True
     report: bool = True
     disabled_services: frozenset[str] = frozenset()
+    # (destination hostname, path prefix): requests there are not checked (health probes,
+    # public assets) though the rest of the destination is; they are still reported
+    disabled_routes: tuple[tuple[str, str], ...] = ()
     quotas: tuple[str, ...] = ()
     check_timeout: float = 1.0  # Envoy's bound on one Check call to the local client
     log_flush: float = 0.2  # how long Envoy buffers access-log entries before streaming them
@@ -194,23 +197,48 @@ class MixerPlugin(PluginBase):
             )
 
     def _per_route(self, ctx: ChainContext, routes: route_pb2.RouteConfiguration) -> None:
-        """Name each route's destination for Check; turn the check off for opted-out ones."""
+        """Name each route's destination for Check; turn the check off for opted-out
+        destinations and, per :attr:`MixerDataPath.disabled_routes`, path prefixes."""
         for vhost in routes.virtual_hosts:
+            out: list[rc.Route] = []
             for route in vhost.routes:
                 host = _route_host(route) or (
                     ctx.services[0].hostname if len(ctx.services) == 1 else ""
                 )
-                if host and host in self.config.disabled_services:
-                    per = http_authz.ExtAuthzPerRoute(disabled=True)
-                elif host:
-                    per = http_authz.ExtAuthzPerRoute(
+                if not host:
+                    out.append(route)
+                    continue
+                prefixes = [p for h, p in self.config.disabled_routes if h == host]
+                if host in self.config.disabled_services or any(
+                    _covers(p, route.match) for p in prefixes
+                ):
+                    _set_per_route(route, http_authz.ExtAuthzPerRoute(disabled=True))
+                    out.append(route)
+                    continue
+                # A narrower opted-out prefix of this route: a copy of the route just for it,
+                # ahead of it, so those paths go where they went, only unchecked.
+                for prefix in prefixes:
+                    if route.match.WhichOneof("path_specifier") == "prefix" and prefix.startswith(
+                        route.match.prefix
+                    ):
+                        unchecked = rc.Route()
+                        unchecked.CopyFrom(route)
+                        unchecked.match.prefix = prefix
+                        if unchecked.name:
+                            unchecked.name += "-unchecked"
+                        _set_per_route(unchecked, http_authz.ExtAuthzPerRoute(disabled=True))
+                        out.append(unchecked)
+                _set_per_route(
+                    route,
+                    http_authz.ExtAuthzPerRoute(
                         check_settings=http_authz.CheckSettings(
                             context_extensions={DESTINATION_SERVICE: host}
                         )
-                    )
-                else:
-                    continue
-                route.typed_per_filter_config[HTTP_AUTHZ].CopyFrom(pack(per))
+                    ),
+                )
+                out.append(route)
+            del vhost.routes[:]
+            vhost.routes.extend(out)
 
     # -- hooks --------------------------------------------------------------------------------
     def on_inbound_http(self, ctx: ChainContext, chain: HttpChain) -> None:
@@ -246,3 +274,18 @@ def _route_host(route: rc.Route) -> str:
         cluster = action.weighted_clusters.clusters[0].name
     parsed = names.parse_outbound_cluster(cluster)
     return parsed[0] if parsed else ""
+
+
+def _set_per_route(route: rc.Route, per: http_authz.ExtAuthzPerRoute) -> None:
+    route.typed_per_filter_config[HTTP_AUTHZ].CopyFrom(pack(per))
+
+
+def _covers(prefix: str, match: rc.RouteMatch) -> bool:
+    """Whether every path ``match`` takes starts with ``prefix`` (so the whole route is out).
+    Regex matches are never judged covered: when in doubt, the check stays on."""
+    kind = match.WhichOneof("path_specifier")
+    if kind == "prefix":
+        return match.prefix.startswith(prefix)
+    if kind == "path":
+        return match.path.startswith(prefix)
+    return False

@@ -22,6 +22,8 @@ A sidecar's bootstrap carries a node id and metadata. Pilot reads:
 - ``MIXER_CLIENT``: ``"true"`` when the bootstrap has the static cluster of a node-local Mixer
   client (``meshfed proxy --mixer``); only such a proxy gets Mixer's filters
   (``pilot/mixer_plugin.py``), since a filter naming a missing cluster would break the listener.
+  ``MIXER_CLIENT_STATUS_PORT``: where, on the proxy's IP, that client's metrics and state are
+  served (shown by ``proxy-status``; no part of the proxy's view).
 
 Malformed metadata never crashes the server: bad entries are ignored and listed in ``problems``.
 """
@@ -58,6 +60,7 @@ class ProxyNode:
     interception: str = "NONE"  # or "REDIRECT": iptables sends traffic to 15001 / 15006
     sds: bool = False  # the bootstrap has the node agent's SDS cluster (metadata SDS=true)
     mixer_client: bool = False  # the bootstrap has the node-local Mixer client's cluster
+    mixer_status_port: int = 0  # the client's metrics / state port on ``ip`` (0: none)
     # Where the proxy runs (Envoy's node.locality, ``meshfed proxy --locality``); empty: Pilot
     # takes the locality of the registry endpoints at the proxy's IP, if they agree on one.
     locality: Locality = attrs.field(factory=Locality)
@@ -166,6 +169,7 @@ def from_proto(node: base_pb2.Node) -> ProxyNode:
         interception=interception,
         sds=str(meta.get("SDS") or "").lower() in ("true", "1"),
         mixer_client=str(meta.get("MIXER_CLIENT") or "").lower() in ("true", "1"),
+        mixer_status_port=_int_field(meta, "MIXER_CLIENT_STATUS_PORT", 0, problems),
         locality=Locality(node.locality.region, node.locality.zone, node.locality.sub_zone),
         problems=tuple(problems),
     )

@@ -109,3 +109,29 @@ def test_mixer_data_path_errors_name_the_field(tmp_path):
     text = str(err.value)
     assert "spec.mixer.dataPath.failOpen: expected true or false" in text
     assert "spec.mixer.dataPath" in text and "x" in text
+
+
+def test_disabled_routes_reach_pilots_plugin_and_bad_ones_are_named(tmp_path):
+    from meshfed.pilot.mixer_plugin import MixerPlugin
+
+    mesh = load_mesh_config(
+        write(
+            tmp_path,
+            "    enabled: true\n    dataPath:\n      disabledRoutes:\n"
+            "      - {service: web.default.svc.cluster.local, pathPrefix: /healthz}\n",
+        )
+    )
+    (pilot,) = [c for c in default_components(mesh) if type(c).__name__ == "PilotServer"]
+    (plugin,) = [p for p in pilot.plugins if isinstance(p, MixerPlugin)]
+    assert plugin.config.disabled_routes == (("web.default.svc.cluster.local", "/healthz"),)
+    with pytest.raises(ConfigErrors) as err:
+        load_mesh_config(
+            write(
+                tmp_path,
+                "    enabled: true\n    dataPath:\n      disabledRoutes:\n"
+                "      - {service: web, pathPrefix: healthz}\n      - {pathPrefix: /x}\n",
+            )
+        )
+    text = str(err.value)
+    assert "spec.mixer.dataPath.disabledRoutes[0].pathPrefix: expected a path starting" in text
+    assert "spec.mixer.dataPath.disabledRoutes[1].service" in text

@@ -24,6 +24,10 @@ Promises:
   (sent when ``report_batch`` are pending or the oldest has waited ``report_delay``; retried
   while Mixer is away; at most ``report_pending`` held, the oldest dropped beyond that). A bad
   entry or a failed Report never ends Envoy's stream.
+- Whether Mixer can be reached is known even while every Check is a cache hit: the client
+  asks Mixer's gRPC health every ``probe_interval`` seconds, and every Check and Report
+  counts too. :meth:`MixerClient.describe` (served by ``meshfed proxy`` on its status port,
+  read by ``meshfed proxy-status``) and ``meshfed_mixerclient_mixer_reachable`` say so.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+import weakref
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +51,13 @@ from envoy.service.auth.v3 import external_auth_pb2 as authz
 from envoy.service.auth.v3 import external_auth_pb2_grpc as authz_grpc
 from envoy.type.v3 import http_status_pb2
 from google.rpc import code_pb2, status_pb2
-from prometheus_client import Counter
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import REGISTRY, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from meshfed.core.tracing import extract, trace_headers
-from meshfed.mixer.api.service import MixerStub
+from meshfed.mixer.api.service import SERVICE, MixerStub
 from meshfed.mixer.api.v1 import check_pb2, report_pb2
 from meshfed.mixer.attributes import codec
 from meshfed.mixer.attributes.dictionary import GLOBAL_WORDS
@@ -77,11 +85,56 @@ REPORTS = Counter(
 REPORT_BAGS = Counter(
     "meshfed_mixerclient_report_bags_total", "Access-log entries turned into Report bags"
 )
+REACHABLE = Gauge(
+    "meshfed_mixerclient_mixer_reachable",
+    "1 while the hub's Mixer answers the client (Check, Report or gRPC health), else 0",
+)
 CACHE = Counter(
     "meshfed_mixerclient_check_cache_total",
     "Check answers looked up in the client's cache, by result (hit, miss)",
     ["result"],
 )
+
+
+_LIVE: weakref.WeakSet[MixerClient] = weakref.WeakSet()
+
+
+class _BatcherCollector(Collector):
+    """What the report batchers and caches of this process's clients hold right now: read at
+    scrape time, since they count in plain attributes (the batcher knows nothing of metrics)."""
+
+    def collect(self) -> Iterator[Metric]:
+        clients = list(_LIVE)
+        dropped = CounterMetricFamily(
+            "meshfed_mixerclient_report_dropped",
+            "Report bags dropped, by reason (bound: the pending bound was hit while Mixer was "
+            "away; invalid: the bag cannot be encoded)",
+            labels=["reason"],
+        )
+        dropped.add_metric(["bound"], sum(c.batcher.stats.dropped for c in clients))
+        dropped.add_metric(["invalid"], sum(c.batcher.stats.invalid for c in clients))
+        yield dropped
+        batches = CounterMetricFamily(
+            "meshfed_mixerclient_report_batches",
+            "Delta-encoded Report batches Mixer took, and the bags they carried",
+            labels=["what"],
+        )
+        batches.add_metric(["batches"], sum(c.batcher.stats.requests for c in clients))
+        batches.add_metric(["bags"], sum(c.batcher.stats.sent for c in clients))
+        yield batches
+        yield GaugeMetricFamily(
+            "meshfed_mixerclient_reports_pending",
+            "Report bags queued or being sent (held while Mixer is away)",
+            value=sum(c.batcher.pending for c in clients),
+        )
+        yield GaugeMetricFamily(
+            "meshfed_mixerclient_check_cache_entries",
+            "Check answers held in the clients' caches",
+            value=sum(len(c.cache) for c in clients if c.cache is not None),
+        )
+
+
+REGISTRY.register(_BatcherCollector())
 
 
 class Verdict:
@@ -144,6 +197,7 @@ class MixerClient:
         report_delay: float = 1.0,
         report_pending: int = 100_000,
         tracer: Any = None,
+        probe_interval: float = 2.0,
     ) -> None:
         self.socket_path = Path(socket_path)
         self.tracer = tracer  # an OpenTelemetry Tracer: the client's own Check spans
@@ -160,13 +214,19 @@ class MixerClient:
             max_pending=max(report_pending, report_batch),
             word_count=len(GLOBAL_WORDS),
         )
+        self.probe_interval = probe_interval
         self._sender: asyncio.Task[None] | None = None
+        self._prober: asyncio.Task[None] | None = None
         self._server: grpc.aio.Server | None = None
         self._channel: grpc.aio.Channel | None = None
         self._mixer: MixerStub | None = None
         self.last_error = ""  # the last failure to reach Mixer ("" once a call succeeds)
+        # None until the first answer or failure; then whether Mixer answered last time
+        self.reachable: bool | None = None
+        self.unreachable_since: float | None = None  # time.time() of the first failure in a row
         self.checks = 0
         self.reports = 0
+        _LIVE.add(self)
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -194,9 +254,16 @@ class MixerClient:
         os.chmod(self.socket_path, 0o600)
         self._server = server
         self._sender = asyncio.create_task(self.batcher.run(), name="mixer report batcher")
+        if self.probe_interval > 0:
+            self._prober = asyncio.create_task(self._probe(), name="mixer health probe")
         log.info("mixer client on unix:%s, Mixer at %s", self.socket_path, self.mixer_address)
 
     async def stop(self, grace: float = 0.5) -> None:
+        if self._prober is not None:
+            self._prober.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prober
+            self._prober = None
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
@@ -219,11 +286,54 @@ class MixerClient:
             "mixer": self.mixer_address,
             "checks": self.checks,
             "reports": self.reports,
+            "mixerReachable": self.reachable,
+            "unreachableSeconds": (
+                None
+                if self.unreachable_since is None
+                else round(time.time() - self.unreachable_since, 1)
+            ),
             "lastError": self.last_error,
             "cache": None if self.cache is None else attrs.asdict(self.cache.stats),
             "reportsPending": self.batcher.pending,
             "reportStats": attrs.asdict(self.batcher.stats),
         }
+
+    # -- reachability ---------------------------------------------------------------------------
+    def _answered(self) -> None:
+        self.last_error = ""
+        self.reachable = True
+        self.unreachable_since = None
+        REACHABLE.set(1)
+
+    def _failed(self, exc: grpc.aio.AioRpcError) -> None:
+        self._unreachable(f"{exc.code().name}: {exc.details()}")
+
+    def _unreachable(self, error: str) -> None:
+        self.last_error = error
+        if self.unreachable_since is None:
+            self.unreachable_since = time.time()
+        self.reachable = False
+        REACHABLE.set(0)
+
+    async def _probe(self) -> None:
+        """Ask Mixer's gRPC health now and then: cache hits alone never show an outage."""
+        assert self._channel is not None
+        health = health_pb2_grpc.HealthStub(self._channel)
+        request = health_pb2.HealthCheckRequest(service=SERVICE)
+        while True:
+            try:
+                reply = await health.Check(request, timeout=min(self.probe_interval, 1.0))
+            except grpc.aio.AioRpcError as exc:
+                self._failed(exc)
+            except Exception as exc:  # a probe must never end; the next one tries again
+                log.warning("mixer health probe: %r", exc)
+            else:
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    self._answered()
+                else:
+                    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+                    self._unreachable(f"health: {status}")
+            await asyncio.sleep(self.probe_interval)
 
     # -- Check ----------------------------------------------------------------------------------
     async def check(
@@ -298,14 +408,14 @@ class MixerClient:
                 request, timeout=self.check_timeout, metadata=tuple(trace.items()) or None
             )
         except grpc.aio.AioRpcError as exc:
-            self.last_error = f"{exc.code().name}: {exc.details()}"
+            self._failed(exc)
             log.warning("mixer check failed (%s): %s", self.mixer_address, self.last_error)
             if fail_open:
                 CHECKS.labels("failed_open").inc()
                 return Verdict(code_pb2.OK)
             CHECKS.labels("failed_closed").inc()
             return Verdict(code_pb2.UNAVAILABLE, 503, f"mixer unavailable: {self.last_error}")
-        self.last_error = ""
+        self._answered()
         precondition = answer.precondition
         status = precondition.status
         verdict = (
@@ -353,9 +463,10 @@ class MixerClient:
         try:
             await self._mixer.Report(request, timeout=5.0)
         except grpc.aio.AioRpcError as exc:
-            self.last_error = f"{exc.code().name}: {exc.details()}"
+            self._failed(exc)
             REPORTS.labels("failed").inc()
             raise
+        self._answered()
         self.reports += 1
         REPORTS.labels("ok").inc()
 

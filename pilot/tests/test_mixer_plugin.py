@@ -177,3 +177,30 @@ def test_client_cluster_is_http2_on_the_socket() -> None:
     address = cluster.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address
     assert address.pipe.path == "/run/mixer.sock"
     assert cluster.typed_extension_protocol_options
+
+
+def _routes_of(manager: hcm.HttpConnectionManager) -> list[tuple[str, bool, str]]:
+    out = []
+    for route in manager.route_config.virtual_hosts[0].routes:
+        per = http_authz.ExtAuthzPerRoute()
+        route.typed_per_filter_config[HTTP_AUTHZ].Unpack(per)
+        host = per.check_settings.context_extensions.get("destination.service", "")
+        out.append((route.match.prefix or route.match.path, per.disabled, host))
+    return out
+
+
+def test_a_disabled_route_is_unchecked_and_the_rest_of_the_destination_checked() -> None:
+    plugin = MixerPlugin(attrs.evolve(ON, disabled_routes=((WEB.hostname, "/healthz"),)))
+    inbound = listeners(cache_with(plugin).view(WITH_CLIENT))["inbound|10.0.0.5:9080"]
+    manager = manager_of(inbound)
+    assert _routes_of(manager) == [("/healthz", True, ""), ("/", False, WEB.hostname)]
+    routes = manager.route_config.virtual_hosts[0].routes
+    assert routes[0].route == routes[1].route  # the unchecked copy goes where the route went
+    # another destination's prefix changes nothing here; a route inside the prefix is off
+    other = MixerPlugin(attrs.evolve(ON, disabled_routes=((DB.hostname, "/healthz"),)))
+    inbound = listeners(cache_with(other).view(WITH_CLIENT))["inbound|10.0.0.5:9080"]
+    assert _routes_of(manager_of(inbound)) == [("/", False, WEB.hostname)]
+    everything = MixerPlugin(attrs.evolve(ON, disabled_routes=((WEB.hostname, "/"),)))
+    inbound = listeners(cache_with(everything).view(WITH_CLIENT))["inbound|10.0.0.5:9080"]
+    assert _routes_of(manager_of(inbound)) == [("/", True, "")]
+    assert HTTP_AUTHZ in http_filters(inbound)[0]  # the filter stays: the log still reports

@@ -17,11 +17,17 @@ ENVOY = {
         {
             "@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump",
             "static_clusters": [{"cluster": {"name": "xds-grpc"}}],
-            "dynamic_active_clusters": [{"cluster": {"name": "c1"}}, {"cluster": {"name": "c2"}}],
+            "dynamic_active_clusters": [
+                {"cluster": {"name": "c1", "type": "EDS", "eds_cluster_config": {}}},
+                {"cluster": {"name": "c2"}},  # STATIC, its endpoints inline
+            ],
         },
         {
             "@type": "type.googleapis.com/envoy.admin.v3.EndpointsConfigDump",
-            "dynamic_endpoint_configs": [{"endpoint_config": {"cluster_name": "c1"}}],
+            "dynamic_endpoint_configs": [
+                {"endpoint_config": {"cluster_name": "c1"}},
+                {"endpoint_config": {"cluster_name": "c2"}},  # no EDS: not Pilot's to send
+            ],
         },
         {
             "@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",

@@ -175,3 +175,64 @@ async def test_check_spans_of_the_client_and_mixer_form_one_chain(tmp_path: Path
     finally:
         await client.stop()
         await mixer.stop()
+async def _until(probe, timeout: float = 10.0) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if probe():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+async def test_health_probe_tells_reachability_without_traffic(tmp_path: Path) -> None:
+    """No Check, no Report: the probe alone notices Mixer going away and coming back."""
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    port = closed_port()
+    settings = MixerSettings(
+        enabled=True, listen=f"127.0.0.1:{port}", config_paths=(str(tmp_path),), kubernetes=False
+    )
+    client = MixerClient(tmp_path / "c" / "mixer.sock", f"127.0.0.1:{port}", probe_interval=0.1)
+    await client.start()
+    mixer = Mixer(settings)
+    try:
+        await _until(lambda: client.reachable is False)
+        down = client.describe()
+        assert down["mixerReachable"] is False and down["unreachableSeconds"] >= 0
+        assert down["lastError"].startswith("UNAVAILABLE"), down
+        await mixer.start()
+        await mixer.reload()
+        await _until(lambda: client.reachable is True)
+        up = client.describe()
+        assert up["unreachableSeconds"] is None and up["lastError"] == ""
+        await mixer.stop()
+        await _until(lambda: client.reachable is False)
+        assert client.checks == 0 and client.reports == 0
+    finally:
+        await client.stop()
+        await mixer.stop()
+
+
+async def test_metrics_count_drops_pending_and_cache(tmp_path: Path) -> None:
+    """The scrape shows what the client holds: bags dropped at the bound while Mixer is
+    away, bags still pending, Check answers cached."""
+    from prometheus_client import REGISTRY
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    dropped = sample("meshfed_mixerclient_report_dropped_total", reason="bound")
+    pending = sample("meshfed_mixerclient_reports_pending")
+    client = MixerClient(
+        tmp_path / "c" / "mixer.sock",
+        f"127.0.0.1:{closed_port()}",
+        report_batch=2,
+        report_pending=5,
+        probe_interval=0,
+    )
+    await client.start()
+    try:
+        client.report([bag(f"/{i}") for i in range(8)])
+        assert sample("meshfed_mixerclient_report_dropped_total", reason="bound") - dropped == 3
+        assert sample("meshfed_mixerclient_reports_pending") - pending == 5
+        assert client.describe()["reportStats"]["dropped"] == 3
+    finally:
+        await client.stop()
