@@ -34,6 +34,7 @@ from meshfed.pilot.node import ProxyNode, from_proto
 from meshfed.pilot.push_queue import PushQueue
 from meshfed.pilot.resources import CacheChange, ProxyView, Resource
 from meshfed.pilot.watch import Plan, RequestKind, Status, TypeWatch
+from meshfed.pilot.wire import Received
 
 log = logging.getLogger("meshfed.pilot.ads")
 
@@ -110,8 +111,12 @@ class Connection:
 
     # -- requests ---------------------------------------------------------------------------
     def on_request(
-        self, request: discovery_pb2.DiscoveryRequest | discovery_pb2.DeltaDiscoveryRequest
+        self,
+        request: discovery_pb2.DiscoveryRequest | discovery_pb2.DeltaDiscoveryRequest | Received,
     ) -> None:
+        names_key = None
+        if isinstance(request, Received):
+            request, names_key = request.message, request.names_key
         type_url = request.type_url
         watch = self.watch(type_url)
         error = request.error_detail.message if request.HasField("error_detail") else ""
@@ -137,6 +142,7 @@ class Connection:
                 error=error,
                 names=request.resource_names,
                 now=now,
+                names_key=names_key,
             )
         if watch.subscribed is not subscribed_before:
             # Only subscription changes drop resources from the dump; pushes never pay for it.
@@ -362,7 +368,8 @@ class DiscoveryServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 async for request in request_iterator:
                     conn = holder.get("conn")
                     if conn is None:
-                        conn = self._open(request.node, delta, context.peer(), outbox)
+                        first = request.message if isinstance(request, Received) else request
+                        conn = self._open(first.node, delta, context.peer(), outbox)
                         holder["conn"] = conn
                     conn.on_request(request)
                     request = None  # nor the last request (an ACK can name every assignment)
