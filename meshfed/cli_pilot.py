@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import sys
-import time
 import urllib.parse
 import urllib.request
 from typing import Any
 
-from meshfed.core.lifecycle import handle_stop_signals
 from meshfed.pilot import xds_types as T
 from meshfed.pilot.node import DEFAULT_ADMIN_PORT, DEFAULT_OUTBOUND_HTTP_PORT
 
@@ -162,105 +159,58 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 
 
 def cmd_proxy(args: argparse.Namespace) -> int:
+    import os
+    import tempfile
+    from pathlib import Path
+
     from meshfed.cli import hub_url
-    from meshfed.proxy import EnvoyProcess, ReadinessServer, wait_ready
+    from meshfed.core.envoy import envoy_binary
+    from meshfed.proxy import bootstrap
+    from meshfed.sidecar import Plan
 
     spec = _spec(args)
     hub = hub_url(args)
     warning = mtls_warning(args)
     if warning:
         print(warning, file=sys.stderr, flush=True)
-
-    async def main() -> int:
-        stop = asyncio.Event()
-        restore = handle_stop_signals(stop)
-        envoy = EnvoyProcess(spec, log_level=args.envoy_log_level)
-        probe = ReadinessServer(envoy, args.status_port) if args.status_port else None
-        mixer = None
-        if spec.mixer_socket:
-            from meshfed.nodeagent.mixerclient.server import MixerClient
-
-            mixer = MixerClient(
-                spec.mixer_socket,
-                args.mixer,
-                cache_entries=args.mixer_cache_size,
-                report_batch=args.mixer_report_batch,
-                report_delay=args.mixer_report_delay,
-            )
-        try:
-            if probe is not None:
-                await probe.start()
-            if mixer is not None:
-                await mixer.start()  # before Envoy: its first Check finds the socket
-                print(f"mixer client on unix:{spec.mixer_socket} -> {args.mixer}", flush=True)
-            await envoy.start()
-            print(f"envoy started (admin {envoy.admin_url}, log {envoy.log_path})", flush=True)
-            # The hub decides how long registries may take (initialSyncTimeout); the proxy
-            # waits for that verdict, and only then for its own config.
-            await wait_hub_ready(hub, args.hub_ready_timeout, stop)
-            state = await wait_ready(envoy, hub, timeout=args.ready_timeout)
-            if probe is not None:
-                probe.synced = True
-            versions = {k: v["acked_version"] for k, v in state["types"].items()}
-            print(f"ready: {spec.node_id} ACKed {versions}", flush=True)
-            exited = asyncio.create_task(envoy.proc.wait())  # type: ignore[union-attr]
-            stopping = asyncio.create_task(stop.wait())
-            try:
-                await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stopping.cancel()
-                if not exited.done():
-                    exited.cancel()
-            if exited.done() and not exited.cancelled():
-                print(f"envoy exited with {exited.result()}:\n{envoy.tail()}", file=sys.stderr)
-                return 1
-            return 0
-        except (TimeoutError, RuntimeError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        finally:
-            await envoy.stop()
-            if mixer is not None:
-                await mixer.stop()
-            if probe is not None:
-                await probe.stop()
-            restore()
-
-    return asyncio.run(main())
-
-
-async def wait_hub_ready(hub: str, timeout: float, stop: asyncio.Event) -> None:
-    """Wait until the hub's ``/healthz/ready`` answers 200, printing each new reason it
-    gives for not being ready; raises TimeoutError after ``timeout`` seconds."""
-    import aiohttp
-
-    deadline = time.monotonic() + timeout
-    shown = None
-    client_timeout = aiohttp.ClientTimeout(total=2.0)
-    async with aiohttp.ClientSession(timeout=client_timeout) as session:
-        while time.monotonic() < deadline and not stop.is_set():
-            try:
-                async with session.get(f"{hub}/healthz/ready") as response:
-                    if response.status == 200:
-                        return
-                    if response.status == 404:
-                        # A server without the hub's readiness endpoint (Pilot embedded in
-                        # another process): nothing to wait for; the proxy's own config
-                        # readiness, checked next, still holds it back until Pilot is there.
-                        log.info("hub %s has no /healthz/ready; not waiting for it", hub)
-                        return
-                    body = await response.json(content_type=None)
-                    reason = "; ".join(body.get("not_ready", [])) or f"HTTP {response.status}"
-            except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-                reason = f"hub not reachable at {hub} ({exc or type(exc).__name__})"
-            if reason != shown:  # a log line, so that --log-format json keeps stderr JSON
-                log.info("waiting for the hub: %s", reason, extra={"hub": hub})
-                shown = reason
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.5)
-    if stop.is_set():
-        raise RuntimeError("stopped while waiting for the hub")
-    raise TimeoutError(f"hub {hub} not ready after {timeout:g}s: {shown}")
+    workdir = Path(tempfile.mkdtemp(prefix=f"meshfed-envoy-{spec.workload}-"))
+    config = workdir / "envoy.json"
+    config.write_text(json.dumps(bootstrap(spec), indent=2))
+    mixer = None
+    if spec.mixer_socket:
+        mixer = {
+            "socket": spec.mixer_socket,
+            "mixer": args.mixer,
+            "cache_entries": args.mixer_cache_size,
+            "report_batch": args.mixer_report_batch,
+            "report_delay": args.mixer_report_delay,
+        }
+    plan = Plan(
+        envoy=str(envoy_binary()),
+        bootstrap=str(config),
+        workdir=str(workdir),
+        node_id=spec.node_id,
+        ip=spec.ip,
+        admin_port=spec.admin_port,
+        hub=hub,
+        status_port=args.status_port,
+        envoy_log_level=args.envoy_log_level,
+        hub_ready_timeout=args.hub_ready_timeout,
+        ready_timeout=args.ready_timeout,
+        remove_workdir=True,
+        log_level=args.log_level,
+        log_format=args.log_format,
+        mixer=mixer,
+    )
+    plan_path = workdir / "sidecar.json"
+    plan.write(plan_path)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The long-running part carries none of what building the bootstrap loaded (protobuf
+    # descriptors, the config reader): the same process goes on as meshfed.sidecar.
+    argv = [sys.executable, "-m", "meshfed.sidecar", str(plan_path)]
+    os.execv(sys.executable, argv)
+    return 1  # not reached: execv replaces the process or raises
 
 
 def _status_rows(proxies: list[dict[str, Any]]) -> tuple[list[list[str]], list[str]]:
