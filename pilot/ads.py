@@ -34,7 +34,7 @@ from meshfed.pilot.node import ProxyNode, from_proto
 from meshfed.pilot.push_queue import PushQueue
 from meshfed.pilot.resources import CacheChange, ProxyView, Resource
 from meshfed.pilot.watch import Plan, RequestKind, Status, TypeWatch
-from meshfed.pilot.wire import Received
+from meshfed.pilot.wire import EncodedNames, Received
 
 log = logging.getLogger("meshfed.pilot.ads")
 
@@ -116,7 +116,7 @@ class Connection:
     ) -> None:
         names_key = None
         if isinstance(request, Received):
-            request, names_key = request.message, request.names_key
+            request, names_key = self._read(request)
         type_url = request.type_url
         watch = self.watch(type_url)
         error = request.error_detail.message if request.HasField("error_detail") else ""
@@ -167,6 +167,20 @@ class Connection:
                 force=names - {"*"},
                 respond=kind is RequestKind.INITIAL,
             )
+
+    def _read(
+        self, received: Received
+    ) -> tuple[discovery_pb2.DiscoveryRequest, EncodedNames | None]:
+        """The request, and its names as bytes shared with the watch when they repeat the
+        ones it holds: then the names are not parsed at all (an ACK repeats its whole
+        subscription, which at 50,000 services is 2.4 MB)."""
+        for watch in self.watches.values():
+            held = watch.names_key
+            if isinstance(held, EncodedNames):
+                message = received.repeating(held)
+                if message is not None and message.type_url == watch.type_url:
+                    return message, held
+        return received.message, received.encoded_names()
 
     # -- pushes -----------------------------------------------------------------------------
     def push(self, change: CacheChange | None, event_time: float | None = None) -> int:

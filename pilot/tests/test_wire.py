@@ -1,5 +1,5 @@
-"""State-of-the-world requests on the wire: the names fingerprint, and ACKs that never read the
-names they repeat."""
+"""State-of-the-world requests on the wire: names kept as shared bytes, repeated ACKs parsed
+without their names, and the same answers as a full parse whatever the bytes."""
 
 from __future__ import annotations
 
@@ -8,81 +8,109 @@ from collections.abc import Iterator
 import hypothesis.strategies as st
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 from hypothesis import given
 
 from meshfed.pilot import xds_types as T
 from meshfed.pilot.watch import RequestKind, TypeWatch
-from meshfed.pilot.wire import names_key, parse_sotw
+from meshfed.pilot.wire import Received
 
 NAMES = [f"outbound|80||svc-{i}.bench.svc.cluster.local" for i in range(50)]
 
 
 def request(**fields: object) -> bytes:
-    return discovery_pb2.DiscoveryRequest(type_url=T.ENDPOINT, **fields).SerializeToString()  # type: ignore[arg-type]
+    values: dict = {"type_url": T.ENDPOINT, **fields}
+    return discovery_pb2.DiscoveryRequest(**values).SerializeToString()
 
 
-def test_the_key_ignores_version_nonce_node_and_error_but_not_the_names() -> None:
-    first = parse_sotw(request(resource_names=NAMES, node=base_pb2.Node(id="a~b~c~d")))
-    ack = parse_sotw(request(resource_names=NAMES, version_info="v7", response_nonce="42"))
-    nack = parse_sotw(
-        request(
-            resource_names=NAMES,
-            version_info="v7",
-            response_nonce="43",
-            error_detail=status_pb2.Status(code=3, message="bad cluster"),
-        )
+def test_names_are_shared_bytes_whatever_the_version_nonce_node_or_error() -> None:
+    first = Received(request(resource_names=NAMES, node=base_pb2.Node(id="a~b~c~d")))
+    ack = Received(request(resource_names=NAMES, version_info="v7", response_nonce="42"))
+    error = status_pb2.Status(code=3, message="bad cluster")
+    nack = Received(request(resource_names=NAMES, response_nonce="43", error_detail=error))
+    held = first.encoded_names()
+    assert held is not None
+    assert ack.encoded_names() is held and nack.encoded_names() is held
+    fewer = Received(request(resource_names=NAMES[1:])).encoded_names()
+    reordered = Received(request(resource_names=NAMES[::-1])).encoded_names()
+    none = Received(request()).encoded_names()
+    assert len({id(held), id(fewer), id(reordered), id(none)}) == 4
+
+
+def test_a_repeat_is_parsed_without_its_names_into_the_other_fields() -> None:
+    held = Received(request(resource_names=NAMES)).encoded_names()
+    assert held is not None
+    error = status_pb2.Status(code=3, message="bad cluster")
+    data = request(resource_names=NAMES, version_info="v7", response_nonce="42", error_detail=error)
+    message = Received(data).repeating(held)
+    assert message is not None
+    assert list(message.resource_names) == []  # not parsed: the caller knows them
+    full = Received(data).message
+    del full.resource_names[:]
+    assert message == full
+    # Not a repeat: one name more (after, before), one fewer, another order.
+    for names in ([*NAMES, "x"], ["x", *NAMES], NAMES[:-1], NAMES[::-1]):
+        assert Received(request(resource_names=names)).repeating(held) is None
+
+
+def test_names_outside_one_run_are_never_taken_for_a_repeat() -> None:
+    held = Received(request(resource_names=NAMES)).encoded_names()
+    assert held is not None
+    # The same names, then the type URL, then one more name: legal protobuf, not the same.
+    split = (
+        request(resource_names=NAMES)
+        + discovery_pb2.DiscoveryRequest(resource_names=["late"]).SerializeToString()
     )
-    assert first.names_key is not None
-    assert first.names_key == ack.names_key == nack.names_key
-    assert ack.message.response_nonce == "42" and list(ack.message.resource_names) == NAMES
-    fewer = parse_sotw(request(resource_names=NAMES[1:], response_nonce="44"))
-    reordered = parse_sotw(request(resource_names=NAMES[::-1], response_nonce="44"))
-    none = parse_sotw(request(response_nonce="45"))
-    keys = {ack.names_key, fewer.names_key, reordered.names_key, none.names_key}
-    assert len(keys) == 4
-
-
-def test_a_request_not_laid_out_in_field_order_gets_no_key() -> None:
-    # The type URL written before the names: legal protobuf, not what a library writes.
+    assert Received(split).repeating(held) is None
+    assert Received(split).encoded_names() is None
+    assert list(Received(split).message.resource_names) == [*NAMES, "late"]
+    # The type URL first: no run where a library would write it.
     out_of_order = (
         discovery_pb2.DiscoveryRequest(type_url=T.ENDPOINT).SerializeToString()
         + discovery_pb2.DiscoveryRequest(resource_names=NAMES).SerializeToString()
     )
-    parsed = parse_sotw(out_of_order)
-    assert list(parsed.message.resource_names) == NAMES
-    assert parsed.names_key is None
-    # Unknown fields after the known ones.
-    unknown = request(resource_names=NAMES) + b"\xa2\x06\x01x"  # field 100, "x"
-    assert parse_sotw(unknown).names_key is None
+    assert Received(out_of_order).repeating(held) is None
 
 
-@given(
-    st.lists(st.text(max_size=12), max_size=6),
-    st.lists(st.text(max_size=12), max_size=6),
-    st.text(max_size=8),
-    st.text(max_size=8),
-    st.booleans(),
-)
-def test_keys_are_equal_exactly_when_the_names_are(
-    a: list[str], b: list[str], nonce_a: str, nonce_b: str, node: bool
+# Long names too: past 127 UTF-8 bytes a name's length takes two bytes on the wire.
+names_lists = st.lists(st.text(max_size=12) | st.text(min_size=40, max_size=60), max_size=6)
+
+
+@given(names_lists, names_lists, st.text(max_size=8), st.booleans())
+def test_a_repeat_is_recognised_exactly_when_the_names_are_the_same(
+    a: list[str], b: list[str], nonce: str, node: bool
 ) -> None:
-    extra = {"node": base_pb2.Node(id=nonce_a)} if node else {}
-    ra = parse_sotw(
-        request(resource_names=a, response_nonce=nonce_a, version_info=nonce_b, **extra)
-    )
-    rb = parse_sotw(request(resource_names=b, response_nonce=nonce_b))
-    assert ra.names_key is not None and rb.names_key is not None
-    assert (ra.names_key == rb.names_key) == (a == b)
+    extra = {"node": base_pb2.Node(id=nonce)} if node else {}
+    held = Received(request(resource_names=a, **extra)).encoded_names()
+    assert held is not None
+    later = request(resource_names=b, response_nonce=nonce, version_info=nonce)
+    message = Received(later).repeating(held)
+    assert (message is not None) == (a == b)
+    if message is not None:
+        assert message.response_nonce == nonce and message.version_info == nonce
 
 
-@given(st.binary(max_size=64))
-def test_hostile_bytes_give_a_key_or_none_never_an_error(data: bytes) -> None:
+@given(st.binary(max_size=64), names_lists)
+def test_hostile_bytes_give_the_full_parse_or_none_never_another_answer(
+    data: bytes, names: list[str]
+) -> None:
+    held = Received(request(resource_names=names)).encoded_names()
+    assert held is not None
+    received = Received(data)
     try:
-        message = discovery_pb2.DiscoveryRequest.FromString(data)
-    except Exception:
-        return  # gRPC answers a request it cannot parse itself
-    names_key(data, message)
+        full = received.message
+    except DecodeError:
+        assert received.repeating(held) is None
+        return  # gRPC answers a request it cannot parse
+    repeat = received.repeating(held)
+    if repeat is not None:
+        assert list(full.resource_names) == names
+        del full.resource_names[:]
+        assert repeat == full
+    encoded = received.encoded_names()
+    if encoded is not None:
+        assert Received(request(resource_names=full.resource_names)).encoded_names() is encoded
 
 
 class Untouchable:
@@ -92,36 +120,29 @@ class Untouchable:
         raise AssertionError("the names of a repeated subscription were read")
 
 
-def test_an_ack_with_the_same_key_does_not_read_its_names() -> None:
+def test_an_ack_with_the_same_names_does_not_read_them() -> None:
     watch = TypeWatch(T.ENDPOINT)
-    first = parse_sotw(request(resource_names=NAMES))
-    kind, names = watch.on_request(
-        "", names=first.message.resource_names, names_key=first.names_key
-    )
+    first = Received(request(resource_names=NAMES))
+    held = first.encoded_names()
+    kind, names = watch.on_request("", names=first.message.resource_names, names_key=held)
     assert kind is RequestKind.INITIAL and names == set(NAMES)
     watch.sent_nonce, watch.sent_version = "1", "v1"
-    ack = parse_sotw(request(resource_names=NAMES, response_nonce="1", version_info="v1"))
-    kind, names = watch.on_request(
-        "1", version_info="v1", names=Untouchable(), names_key=ack.names_key
-    )
+    kind, names = watch.on_request("1", version_info="v1", names=Untouchable(), names_key=held)
     assert kind is RequestKind.ACK and names == set() and watch.acked_version == "v1"
     assert watch.subscribed == set(NAMES)
     # A changed subscription is read in full, as before.
     watch.sent_nonce = "2"
-    grown = parse_sotw(request(resource_names=[*NAMES, "extra"], response_nonce="2"))
+    grown = Received(request(resource_names=[*NAMES, "extra"], response_nonce="2"))
     kind, names = watch.on_request(
-        "2", names=grown.message.resource_names, names_key=grown.names_key
+        "2", names=grown.message.resource_names, names_key=grown.encoded_names()
     )
     assert kind is RequestKind.ACK and names == {"extra"}
     assert watch.subscribed == {*NAMES, "extra"}
-    # Without a key (a request in another layout) the names are compared as before.
+    # Without encoded names (a request in another layout) the names are compared as before.
     watch.sent_nonce = "3"
     kind, names = watch.on_request("3", names=[*NAMES, "extra"], names_key=None)
     assert names == set() and watch.subscribed == {*NAMES, "extra"}
-    # ...and that None never matches a later key by accident.
     watch.sent_nonce = "4"
-    shrunk = parse_sotw(request(resource_names=NAMES[:1], response_nonce="4"))
-    kind, names = watch.on_request(
-        "4", names=shrunk.message.resource_names, names_key=shrunk.names_key
-    )
+    shrunk = Received(request(resource_names=NAMES[:1], response_nonce="4"))
+    watch.on_request("4", names=shrunk.message.resource_names, names_key=shrunk.encoded_names())
     assert watch.subscribed == {NAMES[0]}
