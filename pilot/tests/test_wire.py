@@ -13,8 +13,12 @@ from google.rpc import status_pb2
 from hypothesis import given
 
 from meshfed.pilot import xds_types as T
+from meshfed.pilot.ads import DiscoveryServer
+from meshfed.pilot.cache import ConfigCache
 from meshfed.pilot.watch import RequestKind, TypeWatch
 from meshfed.pilot.wire import Received
+from meshfed.registry.aggregate import AggregateRegistry
+from meshfed.registry.model import Endpoint, Port, Protocol, Service
 
 NAMES = [f"outbound|80||svc-{i}.bench.svc.cluster.local" for i in range(50)]
 
@@ -146,3 +150,68 @@ def test_an_ack_with_the_same_names_does_not_read_them() -> None:
     shrunk = Received(request(resource_names=NAMES[:1], response_nonce="4"))
     watch.on_request("4", names=shrunk.message.resource_names, names_key=shrunk.encoded_names())
     assert watch.subscribed == {NAMES[0]}
+
+
+def _stream_server() -> DiscoveryServer:
+    agg = AggregateRegistry()
+    member = agg.add_member("m")
+    for i in range(4):
+        host = f"s{i}.default.svc.cluster.local"
+        member.put_service(
+            Service(host, ports=(Port(80, "http", Protocol.HTTP),)),
+            [Endpoint(f"10.0.{i}.1", {"http": 8080})],
+        )
+    cache = ConfigCache(agg)
+    cache.rebuild()
+    return DiscoveryServer(cache)
+
+
+def test_a_stream_of_bytes_gets_what_a_stream_of_parsed_requests_gets() -> None:
+    """The same requests, once as messages and once as bytes (repeats, a CDS request naming
+    the EDS names, a shrunk subscription, a NACK): the same responses and the same state."""
+    server = _stream_server()
+    node = base_pb2.Node(id="sidecar~127.0.0.2~a.default~x")
+    plain = server._open(node, False, "plain")
+    wired = server._open(node, False, "wired")
+
+    def both(**fields: object) -> list[tuple[str, list[bytes], str]]:
+        out = []
+        for conn, wrap in ((plain, lambda d: discovery_pb2.DiscoveryRequest.FromString(d)),
+                           (wired, Received)):  # fmt: skip
+            conn.on_request(wrap(discovery_pb2.DiscoveryRequest(**fields).SerializeToString()))
+            out.append(
+                [(r.type_url, [x.value for x in r.resources], r.version_info)
+                 for r in conn.take_responses()]
+            )  # fmt: skip
+        assert out[0] == out[1]
+        return out[1]
+
+    both(node=node, type_url=T.CLUSTER)
+    names = sorted(plain.watch(T.CLUSTER).sent)
+    assert len(names) == 4
+    both(type_url=T.ENDPOINT, resource_names=names)
+    for _ in range(3):  # ACKs that repeat the subscription; one with the EDS names under CDS
+        for type_url in (T.CLUSTER, T.ENDPOINT):
+            w = plain.watch(type_url)
+            both(
+                type_url=type_url,
+                version_info=w.sent_version,
+                response_nonce=w.sent_nonce,
+                resource_names=names if type_url == T.ENDPOINT else [],
+            )
+    w = plain.watch(T.ENDPOINT)
+    both(type_url=T.ENDPOINT, response_nonce=w.sent_nonce, resource_names=names[:2])
+    error = status_pb2.Status(code=3, message="bad")
+    both(type_url=T.ENDPOINT, response_nonce=w.sent_nonce, resource_names=names[:2],
+         error_detail=error)  # fmt: skip
+    # A CDS request naming exactly the EDS names: read as CDS names, not as an EDS repeat.
+    both(
+        type_url=T.CLUSTER,
+        resource_names=names[:2],
+        response_nonce=plain.watch(T.CLUSTER).sent_nonce,
+    )
+    for type_url in (T.CLUSTER, T.ENDPOINT):
+        a, b = plain.watch(type_url), wired.watch(type_url)
+        assert a.subscribed == b.subscribed and a.wildcard == b.wildcard
+        assert (a.acked_version, a.status, a.sent) == (b.acked_version, b.status, b.sent)
+    assert wired.watch(T.ENDPOINT).subscribed == set(names[:2])
