@@ -327,12 +327,14 @@ def run(plan: Plan) -> int:
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    probe = Probe(envoy, plan.ip, plan.status_port) if plan.status_port else None
-    mixer = MixerThread(plan.mixer) if plan.mixer else None
+    probe: Probe | None = None
+    mixer: MixerThread | None = None
     try:
-        if probe is not None:
+        if plan.status_port:  # a port in use is an OSError: reported below, no traceback
+            probe = Probe(envoy, plan.ip, plan.status_port)
             probe.start()
-        if mixer is not None:
+        if plan.mixer:
+            mixer = MixerThread(plan.mixer)
             mixer.start()  # before Envoy: its first Check finds the socket
             print(
                 f"mixer client on unix:{mixer.settings['socket']} -> {mixer.settings['mixer']}",

@@ -122,3 +122,15 @@ def test_an_envoy_that_exits_at_once_is_an_error_not_a_hang(tmp_path: Path) -> N
     finally:
         envoy.stop()
     assert time.monotonic() - started < 10
+
+
+def test_a_probe_port_in_use_is_an_error_line_not_a_traceback(tmp_path: Path, capsys) -> None:
+    from meshfed.sidecar import run
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        p = plan(tmp_path, envoy="/bin/false", status_port=taken.getsockname()[1])
+        assert run(p) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
