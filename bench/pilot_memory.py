@@ -152,6 +152,7 @@ def top_allocations(snapshot: object, base: object, limit: int = 12) -> list[str
 async def hub_main(services: int, endpoints: int, clients: int, trace: bool = False) -> dict:
     from pilot_push import populate
 
+    from meshfed.pilot import wire
     from meshfed.pilot.ads import DiscoveryServer
     from meshfed.pilot.cache import ConfigCache
     from meshfed.pilot.mtls_plugin import MtlsPlugin
@@ -165,7 +166,7 @@ async def hub_main(services: int, endpoints: int, clients: int, trace: bool = Fa
     discovery = DiscoveryServer(cache)
     discovery.serving.set()
     server = grpc.aio.server(options=[("grpc.max_send_message_length", 512 << 20)])
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(discovery, server)
+    wire.add_to_server(discovery, server)  # as PilotServer serves it
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     trim()

@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from integration.peers.consul import ConsulAgent, reserve_dev_agent, start_dev_agent
 from integration.pilot_helpers import addr
-from meshfed.cli_pilot import wait_hub_ready
+from meshfed.sidecar import wait_hub_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = addr(88, 1)
@@ -120,6 +121,7 @@ async def test_the_hub_serves_without_a_late_consul_and_merges_it_when_it_arrive
     )  # fmt: skip
     base = f"http://{HOST}:{monitoring}"
     consul_running = contextlib.ExitStack()
+    proxy_stop = threading.Event()
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
 
@@ -128,7 +130,9 @@ async def test_the_hub_serves_without_a_late_consul_and_merges_it_when_it_arrive
 
             status, body = await _until(first_answer, "the monitoring port", 30)
             # What `meshfed proxy` does before waiting for its own config.
-            proxy_waits = asyncio.create_task(wait_hub_ready(base, 60, asyncio.Event()))
+            proxy_waits = asyncio.create_task(
+                asyncio.to_thread(wait_hub_ready, base, 60, proxy_stop)
+            )
             if time.monotonic() - started < TIMEOUT_S - 1:  # still inside the timeout
                 assert status == 503, body
                 assert "registry consul has not synced" in body["not_ready"], body
@@ -183,6 +187,7 @@ async def test_the_hub_serves_without_a_late_consul_and_merges_it_when_it_arrive
             code, out, err = await _cli("registry", "list", "--hub", base)
             assert code == 0 and WEB in out and "degraded" not in err, (out, err)
     finally:
+        proxy_stop.set()
         if hub.returncode is None:
             hub.send_signal(signal.SIGTERM)
         await asyncio.wait_for(hub.wait(), 40)

@@ -18,16 +18,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import sys
-import time
 import urllib.parse
 import urllib.request
 from typing import Any
 
-from meshfed.core.lifecycle import handle_stop_signals
 from meshfed.pilot import xds_types as T
 from meshfed.pilot.node import DEFAULT_ADMIN_PORT, DEFAULT_OUTBOUND_HTTP_PORT
 
@@ -101,18 +98,6 @@ def _add_proxy_args(p: argparse.ArgumentParser) -> None:
         help="the Mixer client's Unix socket (default: a private folder per proxy)",
     )
     p.add_argument("--config", "-c", help="MeshConfig file (Pilot and hub addresses)")
-
-
-def _client_tracer(args: argparse.Namespace) -> Any:
-    """The Mixer client's span exporter (``--mixer-trace-collector``), or None."""
-    collector = getattr(args, "mixer_trace_collector", "")
-    if not collector or not getattr(args, "mixer", ""):
-        return None
-    from meshfed.core.tracing import TracingSettings, tracer_provider
-
-    # Only Checks Envoy traced get a span, and they follow Envoy's sampling decision.
-    settings = TracingSettings(enabled=True, collector=collector, sampling=0.0)
-    return tracer_provider(settings, "mixer-client")
 
 
 def _collector(value: str) -> str:
@@ -220,17 +205,18 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     return 0
 
 
-def identity_agent(args: argparse.Namespace, spec: Any) -> Any:
-    """With ``--ca``: the node agent that gets this proxy's certificate (with the pod's
-    service-account token, or a join token) and serves it over SDS on a private socket; the
-    proxy then runs as if given ``--sds-socket``. None without ``--ca``."""
+def identity_plan(args: argparse.Namespace, spec: Any) -> dict[str, Any] | None:
+    """With ``--ca``: the identity agent's settings (:class:`nodeagent.agent.AgentConfig`'s
+    fields) for the sidecar process, which gets this proxy's certificate with the pod's
+    service-account token (or a join token) and serves it over SDS on a private socket; the
+    proxy then runs as if given ``--sds-socket``. None without ``--ca``. Every flag and file is
+    checked here, so a mistake is an error line before anything starts."""
     import os
     import tempfile
     from pathlib import Path
 
     if not getattr(args, "ca", None):
         return None
-    from meshfed.nodeagent.agent import AgentConfig, NodeAgent
     from meshfed.registry.model import parse_spiffe_id
 
     trust_domain, namespace, account = parse_spiffe_id(spec.identity)
@@ -245,8 +231,9 @@ def identity_agent(args: argparse.Namespace, spec: Any) -> Any:
         except OSError as exc:
             raise SystemExit(f"error: cannot read {path}: {exc.strerror or exc}") from None
 
+    root = os.path.abspath(args.ca_root)
     try:
-        root = Path(args.ca_root).read_bytes()
+        Path(root).read_bytes()
     except OSError as exc:
         raise SystemExit(f"error: cannot read --ca-root {args.ca_root}: {exc}") from None
     join = secret(args.token_file) or os.environ.get("MESHFED_JOIN_TOKEN")
@@ -255,141 +242,79 @@ def identity_agent(args: argparse.Namespace, spec: Any) -> Any:
         raise SystemExit("error: --ca needs --kubernetes-token-file or --token-file")
     folder = Path(tempfile.mkdtemp(prefix="meshfed-proxy-sds-"))
     folder.chmod(0o700)
-    config = AgentConfig(
-        ca_address=args.ca,
-        ca_renewal_address=args.ca_renewal or args.ca,
-        ca_root_pem=root,
-        trust_domain=trust_domain,
-        namespace=namespace,
-        service_account=account,
-        sds_socket=folder / "sds.sock",
-        join_token=None if kube else join,
-        kubernetes_token=kube,
-    )
-    return NodeAgent(config)
+    return {
+        "ca_address": args.ca,
+        "ca_renewal_address": args.ca_renewal or args.ca,
+        "ca_root": root,
+        "trust_domain": trust_domain,
+        "namespace": namespace,
+        "service_account": account,
+        "sds_socket": str(folder / "sds.sock"),
+        "join_token": None if kube else join,
+        "kubernetes_token": kube,
+    }
 
 
 def cmd_proxy(args: argparse.Namespace) -> int:
+    import os
+    import tempfile
+    from pathlib import Path
+
     import attrs
 
     from meshfed.cli import hub_url
-    from meshfed.proxy import EnvoyProcess, ReadinessServer, wait_ready
+    from meshfed.core.envoy import envoy_binary
+    from meshfed.proxy import bootstrap
+    from meshfed.sidecar import Plan
 
     spec = _spec(args)
-    agent = identity_agent(args, spec)
-    if agent is not None:
-        spec = attrs.evolve(spec, sds_socket=str(agent.config.sds_socket))
+    identity = identity_plan(args, spec)
+    if identity is not None:
+        spec = attrs.evolve(spec, sds_socket=identity["sds_socket"])
     hub = hub_url(args)
     warning = mtls_warning(args)
     if warning:
         print(warning, file=sys.stderr, flush=True)
-
-    async def main() -> int:
-        stop = asyncio.Event()
-        restore = handle_stop_signals(stop)
-        envoy = EnvoyProcess(spec, log_level=args.envoy_log_level)
-        mixer = None
-        tracer = _client_tracer(args)
-        if spec.mixer_socket:
-            from meshfed.nodeagent.mixerclient.server import MixerClient
-
-            mixer = MixerClient(
-                spec.mixer_socket,
-                args.mixer,
-                cache_entries=args.mixer_cache_size,
-                report_batch=args.mixer_report_batch,
-                report_delay=args.mixer_report_delay,
-                tracer=tracer.get_tracer("meshfed.mixerclient") if tracer else None,
-            )
-        probe = ReadinessServer(envoy, args.status_port, mixer) if args.status_port else None
-        try:
-            if probe is not None:
-                await probe.start()
-            if agent is not None:
-                try:  # before Envoy: its first SDS request finds the secrets
-                    await agent.start()
-                except Exception as exc:  # refused, or the CA unreachable after retries
-                    print(f"error: no certificate from the CA at {args.ca}: {exc}", file=sys.stderr)
-                    return 1
-                print(f"identity {agent.config.identity} from {args.ca}", flush=True)
-            if mixer is not None:
-                await mixer.start()  # before Envoy: its first Check finds the socket
-                where = f", metrics {spec.ip}:{args.status_port}" if args.status_port else ""
-                print(
-                    f"mixer client on unix:{spec.mixer_socket} -> {args.mixer}{where}", flush=True
-                )
-            await envoy.start()
-            print(f"envoy started (admin {envoy.admin_url}, log {envoy.log_path})", flush=True)
-            # The hub decides how long registries may take (initialSyncTimeout); the proxy
-            # waits for that verdict, and only then for its own config.
-            await wait_hub_ready(hub, args.hub_ready_timeout, stop)
-            state = await wait_ready(envoy, hub, timeout=args.ready_timeout)
-            if probe is not None:
-                probe.synced = True
-            versions = {k: v["acked_version"] for k, v in state["types"].items()}
-            print(f"ready: {spec.node_id} ACKed {versions}", flush=True)
-            exited = asyncio.create_task(envoy.proc.wait())  # type: ignore[union-attr]
-            stopping = asyncio.create_task(stop.wait())
-            try:
-                await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stopping.cancel()
-                if not exited.done():
-                    exited.cancel()
-            if exited.done() and not exited.cancelled():
-                print(f"envoy exited with {exited.result()}:\n{envoy.tail()}", file=sys.stderr)
-                return 1
-            return 0
-        except (TimeoutError, RuntimeError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        finally:
-            await envoy.stop()
-            if agent is not None:
-                await agent.stop()
-            if mixer is not None:
-                await mixer.stop()
-            if tracer is not None:
-                await asyncio.to_thread(tracer.shutdown)  # the last spans still go out
-            if probe is not None:
-                await probe.stop()
-            restore()
-
-    return asyncio.run(main())
-
-
-async def wait_hub_ready(hub: str, timeout: float, stop: asyncio.Event) -> None:
-    """Wait until the hub's ``/healthz/ready`` answers 200, printing each new reason it
-    gives for not being ready; raises TimeoutError after ``timeout`` seconds."""
-    import aiohttp
-
-    deadline = time.monotonic() + timeout
-    shown = None
-    client_timeout = aiohttp.ClientTimeout(total=2.0)
-    async with aiohttp.ClientSession(timeout=client_timeout) as session:
-        while time.monotonic() < deadline and not stop.is_set():
-            try:
-                async with session.get(f"{hub}/healthz/ready") as response:
-                    if response.status == 200:
-                        return
-                    if response.status == 404:
-                        # A server without the hub's readiness endpoint (Pilot embedded in
-                        # another process): nothing to wait for; the proxy's own config
-                        # readiness, checked next, still holds it back until Pilot is there.
-                        log.info("hub %s has no /healthz/ready; not waiting for it", hub)
-                        return
-                    body = await response.json(content_type=None)
-                    reason = "; ".join(body.get("not_ready", [])) or f"HTTP {response.status}"
-            except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-                reason = f"hub not reachable at {hub} ({exc or type(exc).__name__})"
-            if reason != shown:  # a log line, so that --log-format json keeps stderr JSON
-                log.info("waiting for the hub: %s", reason, extra={"hub": hub})
-                shown = reason
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.5)
-    if stop.is_set():
-        raise RuntimeError("stopped while waiting for the hub")
-    raise TimeoutError(f"hub {hub} not ready after {timeout:g}s: {shown}")
+    workdir = Path(tempfile.mkdtemp(prefix=f"meshfed-envoy-{spec.workload}-"))
+    config = workdir / "envoy.json"
+    config.write_text(json.dumps(bootstrap(spec), indent=2))
+    mixer = None
+    if spec.mixer_socket:
+        mixer = {
+            "socket": spec.mixer_socket,
+            "mixer": args.mixer,
+            "cache_entries": args.mixer_cache_size,
+            "report_batch": args.mixer_report_batch,
+            "report_delay": args.mixer_report_delay,
+            "trace_collector": args.mixer_trace_collector,
+        }
+    plan = Plan(
+        envoy=str(envoy_binary()),
+        bootstrap=str(config),
+        workdir=str(workdir),
+        node_id=spec.node_id,
+        ip=spec.ip,
+        admin_port=spec.admin_port,
+        hub=hub,
+        status_port=args.status_port,
+        envoy_log_level=args.envoy_log_level,
+        hub_ready_timeout=args.hub_ready_timeout,
+        ready_timeout=args.ready_timeout,
+        remove_workdir=True,
+        log_level=args.log_level,
+        log_format=args.log_format,
+        mixer=mixer,
+        identity=identity,
+    )
+    plan_path = workdir / "sidecar.json"
+    plan.write(plan_path)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The long-running part carries none of what building the bootstrap loaded (protobuf
+    # descriptors, the config reader): the same process goes on as meshfed.sidecar.
+    argv = [sys.executable, "-m", "meshfed.sidecar", str(plan_path)]
+    os.execv(sys.executable, argv)
+    return 1  # not reached: execv replaces the process or raises
 
 
 def mixer_client_state(proxy: dict[str, Any], timeout: float = 1.0) -> dict[str, Any] | None:

@@ -14,14 +14,14 @@ from __future__ import annotations
 import logging
 import sys
 
-import structlog
-
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def json_formatter() -> logging.Formatter:
     """A formatter writing each record as one JSON object."""
+    import structlog  # only for JSON logs: a text-logging process does not keep it resident
+
     pre_chain: list[structlog.typing.Processor] = [
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,

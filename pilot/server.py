@@ -35,13 +35,12 @@ from typing import Any
 import attrs
 import grpc
 from aiohttp import web
-from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from meshfed.core.component import HubContext
 from meshfed.core.configstore import ROUTING
 from meshfed.core.supervisor import Supervisor
 from meshfed.pilot import metrics as M
-from meshfed.pilot import traffic_hooks
+from meshfed.pilot import traffic_hooks, wire
 from meshfed.pilot import xds_types as T
 from meshfed.pilot.ads import DiscoveryServer
 from meshfed.pilot.cache import CacheChange, ConfigCache
@@ -153,7 +152,8 @@ class PilotServer:
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
             ]
         )
-        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.discovery, self._grpc)
+        # State-of-the-world requests arrive with a fingerprint of their names (pilot.wire).
+        wire.add_to_server(self.discovery, self._grpc)
         self._add_health_service(self._grpc)
         self.port = self._grpc.add_insecure_port(self.address)
         if self.port == 0:

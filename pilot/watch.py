@@ -85,6 +85,10 @@ class TypeWatch:
     # name -> version of what we last sent (ACKed or not). Comparing against this, not against
     # what was ACKed, is what keeps a NACKed version from being sent again.
     sent: dict[str, str] = attrs.field(factory=dict)
+    # The encoded names the last state-of-the-world request carried (pilot.wire.EncodedNames,
+    # one object per distinct encoding): the same object means the same subscription, learned
+    # without reading a name.
+    names_key: object | None = None
     sent_version: str = ""
     sent_nonce: str = ""
     sent_at: float = 0.0
@@ -118,11 +122,14 @@ class TypeWatch:
         unsubscribe: Iterable[str] = (),
         initial_versions: Mapping[str, str] | None = None,
         now: float | None = None,
+        names_key: object | None = None,
     ) -> tuple[RequestKind, set[str]]:
         """Record a request; returns its kind and the names that must be sent now.
 
-        State-of-the-world passes ``names`` (the full subscription); delta passes
-        ``subscribe``/``unsubscribe``/``initial_versions``.
+        State-of-the-world passes ``names`` (the full subscription) and, when known,
+        their encoding (``names_key``, see :mod:`pilot.wire`): the same object as last time,
+        ``names`` is not read at all. Delta passes ``subscribe``/``unsubscribe``/
+        ``initial_versions``.
         """
         now = time.monotonic() if now is None else now
         first = not self.requested
@@ -145,9 +152,15 @@ class TypeWatch:
             return kind, self._delta_subscription(first, subscribe, unsubscribe, initial_versions)
         if kind is RequestKind.STALE:
             return kind, set()
-        return kind, self._sotw_subscription(first, names or ())
+        return kind, self._sotw_subscription(first, names or (), names_key)
 
-    def _sotw_subscription(self, first: bool, names: Iterable[str]) -> set[str]:
+    def _sotw_subscription(
+        self, first: bool, names: Iterable[str], names_key: object | None = None
+    ) -> set[str]:
+        if not first and names_key is not None and names_key is self.names_key:
+            # The same names as last time (wildcard included): nothing to learn from them.
+            return set()
+        self.names_key = names_key
         wanted = set(names)
         if not first and wanted - {"*"} == self.subscribed:
             # An ACK repeating the subscription (every state-of-the-world ACK names it all):

@@ -92,9 +92,11 @@ def test_log_options_are_accepted_before_and_after_the_subcommand():
 async def test_the_proxy_does_not_wait_for_a_server_without_hub_readiness():
     # Pilot embedded in another process serves xDS and status but no /healthz/ready: the
     # proxy goes on to its own config readiness instead of waiting its whole timeout.
+    import threading
+
     from aiohttp import web
 
-    from meshfed.cli_pilot import wait_hub_ready
+    from meshfed.sidecar import wait_hub_ready
 
     runner = web.AppRunner(web.Application())
     await runner.setup()
@@ -102,6 +104,7 @@ async def test_the_proxy_does_not_wait_for_a_server_without_hub_readiness():
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        await asyncio.wait_for(wait_hub_ready(f"http://127.0.0.1:{port}", 30, asyncio.Event()), 5)
+        url = f"http://127.0.0.1:{port}"
+        await asyncio.wait_for(asyncio.to_thread(wait_hub_ready, url, 30, threading.Event()), 5)
     finally:
         await runner.cleanup()

@@ -175,6 +175,8 @@ async def test_check_spans_of_the_client_and_mixer_form_one_chain(tmp_path: Path
     finally:
         await client.stop()
         await mixer.stop()
+
+
 async def _until(probe, timeout: float = 10.0) -> None:
     for _ in range(int(timeout / 0.05)):
         if probe():
