@@ -347,6 +347,10 @@ def default_components(mesh: MeshConfig) -> list[HubComponent]:
         from meshfed.mixer.component import Mixer
 
         components.append(Mixer(mesh.mixer))
+    if mesh.injection is not None and mesh.injection.enabled:
+        from meshfed.injection.webhook import InjectionWebhook
+
+        components.append(InjectionWebhook(mesh.injection))
     return components
 
 
