@@ -15,7 +15,7 @@ import base64
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from kubernetes import client as k8s
 from integration.peers.kube import KubeAPIServer
 from integration.peers.ports import free_ports
 from meshfed.config import MeshConfig
+from meshfed.core.component import HubComponent
 from meshfed.hub import Hub
 from meshfed.injection.settings import InjectionSettings
 from meshfed.injection.webhook import InjectionWebhook
@@ -101,7 +102,8 @@ class InjectorHub:
 
     @property
     def monitoring(self) -> str:
-        return f"http://127.0.0.1:{self.hub.monitoring_port}"
+        host = self.hub.mesh.monitoring_address.rpartition(":")[0]
+        return f"http://{host}:{self.hub.monitoring_port}"
 
 
 async def eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -123,8 +125,9 @@ async def injector_hub(
     port: int = 0,
     system_namespace: str = "",
     mesh: MeshConfig | None = None,
+    components: Sequence[HubComponent] = (),
 ) -> AsyncIterator[InjectorHub]:
-    """A hub with only the injection webhook, listening on ``host:port``."""
+    """A hub with the injection webhook on ``host:port`` (and ``components`` before it)."""
     (port,) = (port,) if port else free_ports(1, host)
     system_namespace = system_namespace or f"mfsys-{uuid.uuid4().hex[:6]}"
     core = k8s.CoreV1Api(kube.api_client())
@@ -140,7 +143,7 @@ async def injector_hub(
     base = mesh or MeshConfig(monitoring_address="127.0.0.1:0")
     mesh = attrs.evolve(base, system_namespace=system_namespace, injection=settings)
     webhook = InjectionWebhook(settings)
-    hub = Hub(mesh, [webhook])
+    hub = Hub(mesh, [*components, webhook])
     await hub.start()
     try:
         yield InjectorHub(hub, webhook, f"https://{host}:{port}/inject", system_namespace)
