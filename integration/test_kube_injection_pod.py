@@ -9,11 +9,15 @@ the ``meshfed-ca-root-cert`` ConfigMap the hub published), expands ``$(VAR)`` in
 and starts the container's command as a local process. The sidecar then proves it joined the
 mesh by itself: the CA (checking the token with TokenReview against the same API server) gives
 it ``spiffe://cluster.local/ns/<ns>/sa/<sa>``, which its Envoy holds, and its Envoy ACKs the
-config Pilot (in the hub that injected it) sends.
+config Pilot (in the hub that injected it) sends. Two such pods, ``client-0`` and ``web-0``
+(behind a Service whose EndpointSlice names the pod, as the endpoint controller would write
+it), then carry a request: client's sidecar -> mutual TLS -> web's sidecar -> web's app, which
+sees the client's SPIFFE ID in ``x-forwarded-client-cert``.
 
 Not done here: the init container (``meshfed iptables`` needs the pod's own network namespace;
-the pod opts for ``interceptionMode: NONE`` so its sidecar binds its own IP instead of
-0.0.0.0:15001, which the machine's other tests share), and traffic between two such pods.
+the pods opt for ``interceptionMode: NONE`` so their sidecars bind their own IPs instead of
+0.0.0.0:15001, which the machine's other tests share). A pod's loopback (the template's
+``--app-address=127.0.0.1``) is the machine's here, so the app port is a free one.
 
 Hosts: 127.0.141.x.
 """
@@ -45,6 +49,8 @@ from integration.injection_helpers import (
 )
 from integration.peers.kube import KubeAPIServer
 from integration.peers.ports import free_ports
+from integration.routing_helpers import VersionBackend
+from meshfed.adapters.kubernetes.testing import endpoint_slice, service, slice_endpoint
 from meshfed.config import MeshConfig, RegistryConfig
 from meshfed.injection import annotations as A
 from meshfed.pilot.server import PilotServer
@@ -52,7 +58,7 @@ from meshfed.security.service import CAServer, KubernetesTokenReviewer, SigningS
 
 pytestmark = pytest.mark.timeout(240)
 
-HUB_IP, CA_IP, POD_IP = "127.0.141.1", "127.0.141.2", "127.0.141.10"
+HUB_IP, CA_IP, WEB_IP, CLIENT_IP = "127.0.141.1", "127.0.141.2", "127.0.141.10", "127.0.141.11"
 TD = "cluster.local"
 
 
@@ -125,7 +131,99 @@ def fill_volumes(
     return audiences
 
 
-async def test_injected_sidecar_gets_its_identity_from_the_ca_and_config_from_the_hub(
+def xfcc(request: dict[str, Any]) -> str:
+    found = [v for k, v in request["headers"].items() if k.lower() == "x-forwarded-client-cert"]
+    return found[0] if found else ""
+
+
+async def eventually_ok(session: aiohttp.ClientSession, url: str, host: str) -> str:
+    """The first 200's body: the sidecars may still be taking the new endpoint."""
+    last: object = None
+    for _ in range(150):
+        try:
+            async with session.get(
+                url, headers={"Host": host}, timeout=aiohttp.ClientTimeout(total=5)
+            ) as r:
+                last = (r.status, await r.text())
+                if r.status == 200:
+                    return str(last[1])
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            last = exc
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"no 200 from {url} (Host {host}); last: {last!r}")
+
+
+class Pod:
+    """One injected pod as this test's kubelet runs it: the sidecar container as a process."""
+
+    def __init__(self, core: k8s.CoreV1Api, ns: str, name: str, sa: str, ip: str, port: int):
+        self.core, self.ns, self.name, self.sa, self.ip, self.port = core, ns, name, sa, ip, port
+        self.proc: asyncio.subprocess.Process | None = None
+        self.lines: list[str] = []
+
+    def create(self) -> dict[str, Any]:
+        created = self.core.create_namespaced_pod(
+            self.ns,
+            {
+                "metadata": {
+                    "name": self.name,
+                    "labels": {"app": self.sa},
+                    "annotations": {A.INTERCEPTION_MODE: "NONE"},
+                },
+                "spec": {
+                    "serviceAccountName": self.sa,
+                    "containers": [
+                        {"name": "app", "image": "app:1", "ports": [{"containerPort": self.port}]}
+                    ],
+                },
+            },
+        )
+        self.core.patch_namespaced_pod_status(
+            self.name, self.ns, {"status": {"podIP": self.ip, "podIPs": [{"ip": self.ip}]}}
+        )
+        return dict(self.core.api_client.sanitize_for_serialization(created))
+
+    async def run_sidecar(self, pod: dict[str, Any], volumes: Path) -> None:
+        argv, env, folders = kubelet_command(pod, "meshfed-proxy", self.ip, volumes)
+        assert fill_volumes(self.core, pod, folders, pod["metadata"]["uid"]) == ["meshfed-ca"]
+        assert argv[:2] == ["meshfed", "proxy"]
+        assert f"--ip={self.ip}" in argv and f"--workload={self.name}" in argv
+        argv[0] = str(Path(sys.executable).with_name("meshfed"))
+        self.proc = await asyncio.create_subprocess_exec(
+            *argv,
+            env={**os.environ, **env},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(90):
+            while not any(line.startswith("ready:") for line in self.lines):
+                line = (await self.proc.stdout.readline()).decode()
+                if not line:
+                    err = await self.proc.stderr.read() if self.proc.stderr else b""
+                    raise AssertionError(f"sidecar exited: {self.lines} {err.decode()[-3000:]}")
+                self.lines.append(line)
+
+    @property
+    def admin(self) -> str:
+        (url,) = [
+            m.group(1) for line in self.lines if (m := re.search(r"admin (http://\S+?)[,)]", line))
+        ]
+        return url
+
+    async def stop(self) -> None:
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        os.kill(self.proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.proc.wait(), 15)
+        except TimeoutError:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            await self.proc.wait()
+
+
+async def test_injected_pods_get_identities_config_and_talk_over_mutual_tls(
     kube_apiserver: KubeAPIServer, tmp_path: Path
 ) -> None:
     api_client = kube_apiserver.api_client()
@@ -141,7 +239,8 @@ async def test_injected_sidecar_gets_its_identity_from_the_ca_and_config_from_th
             }
         }
     )
-    core.create_namespaced_service_account(ns, {"metadata": {"name": "web"}})
+    for sa in ("web", "client"):
+        core.create_namespaced_service_account(ns, {"metadata": {"name": sa}})
 
     # The CA checks service-account tokens with TokenReview, for the template's audience.
     ca = mesh_ca(tmp_path / "ca", TD)
@@ -152,6 +251,7 @@ async def test_injected_sidecar_gets_its_identity_from_the_ca_and_config_from_th
     )
     await ca_server.start()
     webhook_port, monitoring_port, discovery_port = free_ports(3, HUB_IP)
+    app_port, client_port = free_ports(2, "127.0.0.1")
     mesh = MeshConfig(
         trust_domain=TD,
         monitoring_address=f"{HUB_IP}:{monitoring_port}",
@@ -167,8 +267,11 @@ async def test_injected_sidecar_gets_its_identity_from_the_ca_and_config_from_th
     admission.create_mutating_webhook_configuration(
         webhook_configuration(f"https://{HUB_IP}:{webhook_port}/inject", "Fail", run)
     )
-    proc: asyncio.subprocess.Process | None = None
+    web_pod = Pod(core, ns, "web-0", "web", WEB_IP, app_port)
+    client_pod = Pod(core, ns, "client-0", "client", CLIENT_IP, client_port)
+    app = VersionBackend("web-app", "127.0.0.1", app_port)  # web-0's app container
     try:
+        await app.start()
         async with injector_hub(
             kube_apiserver,
             tmp_path / "ca",
@@ -200,78 +303,52 @@ async def test_injected_sidecar_gets_its_identity_from_the_ca_and_config_from_th
             await eventually(
                 lambda: hub.webhook.template.version == template["version"], 10, "template"
             )
-
-            created = core.create_namespaced_pod(
+            # The Service web and the slice the endpoint controller would write for web-0.
+            core.create_namespaced_service(
+                ns, service("web", [{"name": "http", "port": 80, "targetPort": app_port}])
+            )
+            k8s.DiscoveryV1Api(api_client).create_namespaced_endpoint_slice(
                 ns,
-                {
-                    "metadata": {
-                        "name": "web-0",
-                        "labels": {"app": "web"},
-                        "annotations": {A.INTERCEPTION_MODE: "NONE"},
-                    },
-                    "spec": {
-                        "serviceAccountName": "web",
-                        "containers": [
-                            {"name": "app", "image": "app:1", "ports": [{"containerPort": 8080}]}
-                        ],
-                    },
-                },
-            )
-            pod = api_client.sanitize_for_serialization(created)
-            assert [c["name"] for c in pod["spec"]["containers"]] == ["app", "meshfed-proxy"]
-            core.patch_namespaced_pod_status(
-                "web-0", ns, {"status": {"podIP": POD_IP, "podIPs": [{"ip": POD_IP}]}}
+                endpoint_slice(
+                    "web-0",
+                    "web",
+                    [{"name": "http", "port": app_port, "protocol": "TCP"}],
+                    [slice_endpoint(WEB_IP, pod="web-0", namespace=ns)],
+                ),
             )
 
-            # Playing kubelet for the sidecar container.
-            argv, env, folders = kubelet_command(pod, "meshfed-proxy", POD_IP, tmp_path / "vol")
-            audiences = fill_volumes(core, pod, folders, pod["metadata"]["uid"])
-            assert audiences == ["meshfed-ca"]
-            assert argv[:2] == ["meshfed", "proxy"]
-            assert f"--ip={POD_IP}" in argv and "--workload=web-0" in argv
-            argv[0] = str(Path(sys.executable).with_name("meshfed"))
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                env={**os.environ, **env},
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,
-            )
-            assert proc.stdout is not None
-            lines: list[str] = []
-            async with asyncio.timeout(90):
-                while not any(line.startswith("ready:") for line in lines):
-                    line = (await proc.stdout.readline()).decode()
-                    if not line:
-                        err = await proc.stderr.read() if proc.stderr else b""
-                        raise AssertionError(f"sidecar exited: {lines} {err.decode()[-3000:]}")
-                    lines.append(line)
-            identity = f"spiffe://{TD}/ns/{ns}/sa/web"
-            assert any(line.startswith(f"identity {identity} from") for line in lines), lines
+            pods = {p.name: (p, p.create()) for p in (web_pod, client_pod)}
+            for p, spec in pods.values():
+                assert [c["name"] for c in spec["spec"]["containers"]] == ["app", "meshfed-proxy"]
+                await p.run_sidecar(spec, tmp_path / p.name)
+                identity = f"spiffe://{TD}/ns/{ns}/sa/{p.sa}"
+                # Its identity from the CA (the token checked by TokenReview)...
+                assert any(line.startswith(f"identity {identity} from") for line in p.lines)
+                # ...held by its Envoy, issued by the mesh CA...
+                async with aiohttp.ClientSession() as session, session.get(f"{p.admin}/certs") as r:
+                    certs = await r.json()
+                sans = [
+                    san.get("uri")
+                    for entry in certs["certificates"]
+                    for chain in entry.get("cert_chain") or []
+                    for san in chain.get("subject_alt_names") or []
+                ]
+                assert identity in sans, certs
+                # ...and the config of the hub that injected it, ACKed.
+                assert "ACKed" in p.lines[-1] and p.name in p.lines[-1], p.lines
 
-            # Its Envoy holds a certificate for that identity, issued by the mesh CA...
-            (admin,) = [
-                m.group(1) for line in lines if (m := re.search(r"admin (http://\S+?)[,)]", line))
-            ]
-            async with aiohttp.ClientSession() as session, session.get(f"{admin}/certs") as r:
-                certs = await r.json()
-            sans = [
-                san.get("uri")
-                for entry in certs["certificates"]
-                for chain in entry.get("cert_chain") or []
-                for san in chain.get("subject_alt_names") or []
-            ]
-            assert identity in sans, certs
-            # ...and ACKed the config of the hub that injected it.
-            assert "ACKed" in lines[-1] and "web-0" in lines[-1]
+            # client-0 -> its sidecar -> mutual TLS -> web-0's sidecar -> web-0's app.
+            host = f"web.{ns}.svc.cluster.local"
+            url = f"http://{CLIENT_IP}:15001/hello"
+            async with aiohttp.ClientSession() as session:
+                body = await eventually_ok(session, url, host)
+            assert body == "web-app"
+            seen = [xfcc(r) for r in app.requests if r["path"] == "/hello"]
+            assert seen and f"URI=spiffe://{TD}/ns/{ns}/sa/client" in seen[-1], seen
     finally:
-        if proc is not None and proc.returncode is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 15)
-            except TimeoutError:
-                os.killpg(proc.pid, signal.SIGKILL)
-                await proc.wait()
+        await client_pod.stop()
+        await web_pod.stop()
+        await app.stop()
         await ca_server.stop()
         try:
             admission.delete_mutating_webhook_configuration(WEBHOOK)
