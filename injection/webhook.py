@@ -101,6 +101,8 @@ class InjectionWebhook:
         self.serving_not_after: dt.datetime | None = None
         self.system_namespace = "meshfed-system"
         self.trust_domain = "cluster.local"
+        self._supervisor: Any = None
+        self._stopping = asyncio.Event()
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self, hub: HubContext) -> None:
@@ -125,12 +127,36 @@ class InjectionWebhook:
         await site.start()
         self.addresses = [(str(a[0]), int(a[1])) for a in self._runner.addresses]
         log.info("sidecar injection webhook on https://%s:%d/inject", *self.addresses[0][:2])
-        hub.supervisor.spawn("injection template", self._follow_template)
-        hub.supervisor.spawn("injection caBundle", self._keep_ca_bundle)
-        hub.supervisor.spawn("injection audit", self._audit)
-        hub.supervisor.spawn("injection serving certificate", self._renew_serving)
+        self._stopping.clear()
+        self._supervisor = hub.supervisor
+        for name, loop in self._loops().items():
+            hub.supervisor.spawn(name, loop)
+
+    def _loops(self) -> dict[str, Any]:
+        return {
+            "injection template": self._follow_template,
+            "injection caBundle": self._keep_ca_bundle,
+            "injection audit": self._audit,
+            "injection serving certificate": self._renew_serving,
+        }
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep ``seconds``; True when the component is stopping (the loop should return)."""
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
 
     async def stop(self) -> None:
+        # The loops first: none may use the API client or the CA after they are released.
+        if self._supervisor is not None:
+            retiring = asyncio.gather(*(self._supervisor.retire(n) for n in self._loops()))
+            await asyncio.sleep(0)  # each marked retired before its loop sees the stop
+            self._stopping.set()
+            await retiring
+            self._supervisor = None
+        self._stopping.set()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -225,8 +251,7 @@ class InjectionWebhook:
         )
 
     async def _renew_serving(self) -> None:
-        while True:
-            await asyncio.sleep(SERVING_TTL.total_seconds() / 2)
+        while not await self._pause(SERVING_TTL.total_seconds() / 2):
             self._issue_serving()
 
     @property
@@ -272,8 +297,7 @@ class InjectionWebhook:
             )
 
     async def _follow_template(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.template_refresh)
+        while not await self._pause(self.settings.template_refresh):
             await asyncio.to_thread(self._refresh_template)
 
     # -- caBundle ---------------------------------------------------------------------------
@@ -305,13 +329,13 @@ class InjectionWebhook:
         self.ca_bundle_state = f"written into {len(config.webhooks or [])} webhook(s) of {name}"
 
     async def _keep_ca_bundle(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 await asyncio.to_thread(self._write_ca_bundle)
             except Exception as exc:  # a conflicting writer or the API server away: retry
                 self.ca_bundle_state = f"writing caBundle failed: {exc}"
                 log.warning("%s", self.ca_bundle_state)
-            await asyncio.sleep(5.0)
+            await self._pause(5.0)
 
     # -- the pods' trust bundle -------------------------------------------------------------
     def _publish_root(self, namespace: str) -> None:
@@ -424,7 +448,7 @@ class InjectionWebhook:
         return sorted(outside)
 
     async def _audit(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 outside = await asyncio.to_thread(self._scan)
             except Exception as exc:  # keep the last figures; the next round tries again
@@ -435,7 +459,7 @@ class InjectionWebhook:
                     log.warning("pod %s runs without the sidecar (outside the mesh)", name)
                 self.outside = outside
                 OUTSIDE.set(len(outside))
-            await asyncio.sleep(self.settings.audit_interval)
+            await self._pause(self.settings.audit_interval)
 
     async def _debug(self, request: web.Request) -> web.Response:
         names, ips = self.serving_sans()

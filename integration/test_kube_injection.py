@@ -103,7 +103,7 @@ async def test_labelled_namespaces_get_sidecars_others_do_not_and_reinjection_is
 
         # Labelled namespace: the pod read back has the sidecar, the init container, the
         # volumes and the status annotation.
-        core.create_namespaced_pod(on, _pod("web"))
+        await asyncio.to_thread(core.create_namespaced_pod, on, _pod("web"))
         web = core.read_namespaced_pod("web", on)
         assert _names(web) == (["app", "meshfed-proxy"], ["meshfed-init"])
         assert {"meshfed-token", "meshfed-ca-root"} <= {v.name for v in web.spec.volumes}
@@ -118,15 +118,21 @@ async def test_labelled_namespaces_get_sidecars_others_do_not_and_reinjection_is
         assert root.data["root-cert.pem"] == ca.root_pem.decode()
 
         # Opt-out annotation and label; unlabelled namespace: no sidecar.
-        core.create_namespaced_pod(on, _pod("out", annotations={A.INJECT: "false"}))
-        core.create_namespaced_pod(on, _pod("out-label", labels={A.INJECT: "false"}))
-        core.create_namespaced_pod(off, _pod("plain"))
+        await asyncio.to_thread(
+            core.create_namespaced_pod, on, _pod("out", annotations={A.INJECT: "false"})
+        )
+        await asyncio.to_thread(
+            core.create_namespaced_pod, on, _pod("out-label", labels={A.INJECT: "false"})
+        )
+        await asyncio.to_thread(core.create_namespaced_pod, off, _pod("plain"))
         for ns, name in ((on, "out"), (on, "out-label"), (off, "plain")):
             pod = core.read_namespaced_pod(name, ns)
             assert _names(pod) == (["app"], []), (ns, name)
             assert A.STATUS not in (pod.metadata.annotations or {})
         # Opt-in where the namespace is not labelled.
-        core.create_namespaced_pod(off, _pod("in", labels={A.INJECT: "true"}))
+        await asyncio.to_thread(
+            core.create_namespaced_pod, off, _pod("in", labels={A.INJECT: "true"})
+        )
         assert _names(core.read_namespaced_pod("in", off)) == (
             ["app", "meshfed-proxy"],
             ["meshfed-init"],
@@ -134,7 +140,7 @@ async def test_labelled_namespaces_get_sidecars_others_do_not_and_reinjection_is
         # Host-network pods are left alone.
         host = _pod("host")
         host["spec"]["hostNetwork"] = True
-        core.create_namespaced_pod(on, host)
+        await asyncio.to_thread(core.create_namespaced_pod, on, host)
         assert _names(core.read_namespaced_pod("host", on)) == (["app"], [])
 
         # Re-injecting: the injected pod, submitted again, comes back unchanged.
@@ -145,7 +151,7 @@ async def test_labelled_namespaces_get_sidecars_others_do_not_and_reinjection_is
             "annotations": again["metadata"]["annotations"],
         }
         again.pop("status", None)
-        created = core.create_namespaced_pod(on, again)
+        created = await asyncio.to_thread(core.create_namespaced_pod, on, again)
         assert (
             _plain(api_client, created)["spec"]["containers"]
             == _plain(api_client, web)["spec"]["containers"]
@@ -167,7 +173,7 @@ async def test_labelled_namespaces_get_sidecars_others_do_not_and_reinjection_is
             {"metadata": {"name": "meshfed-sidecar-injector"}, "data": {"config": custom}},
         )
         await eventually(lambda: hub.webhook.template.version == "custom-7", 10, "template read")
-        core.create_namespaced_pod(on, _pod("custom"))
+        await asyncio.to_thread(core.create_namespaced_pod, on, _pod("custom"))
         pod = core.read_namespaced_pod("custom", on)
         assert _names(pod) == (["app", "meshfed-proxy"], [])
         assert pod.spec.containers[1].image == "proxy:7"
@@ -187,7 +193,7 @@ async def test_labelled_namespaces_get_sidecars_others_do_not_and_reinjection_is
         # A pod of the wrong shape for injection is refused with the field named.
         bad = _pod("bad", annotations={A.EXCLUDE_INBOUND_PORTS: "80,http"})
         with pytest.raises(k8s.ApiException) as refused:
-            core.create_namespaced_pod(on, bad)
+            await asyncio.to_thread(core.create_namespaced_pod, on, bad)
         assert (
             "excludeInboundPorts" in refused.value.body and "ports 1..65535" in refused.value.body
         )
@@ -258,8 +264,12 @@ async def test_kube_inject_equals_the_webhook_for_every_kind(
                 meta.pop("namespace", None)
                 return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": tpl["spec"]}
 
-            by_webhook = core.create_namespaced_pod(on, as_pod(pod_tpl, f"hook-{i}"))
-            by_cli = core.create_namespaced_pod(on, as_pod(offline_tpl, f"cli-{i}"))
+            by_webhook = await asyncio.to_thread(
+                core.create_namespaced_pod, on, as_pod(pod_tpl, f"hook-{i}")
+            )
+            by_cli = await asyncio.to_thread(
+                core.create_namespaced_pod, on, as_pod(offline_tpl, f"cli-{i}")
+            )
             hook, cli = _plain(api_client, by_webhook), _plain(api_client, by_cli)
             assert [c["name"] for c in hook["spec"]["containers"]] == ["app", "meshfed-proxy"]
             assert hook["spec"] == cli["spec"], kind
@@ -301,9 +311,9 @@ async def test_webhook_down_fail_refuses_only_injected_namespaces_ignore_is_repo
 
     # failurePolicy Fail, webhook down: refused in the injected namespace only.
     with pytest.raises(k8s.ApiException) as refused:
-        core.create_namespaced_pod(on, _pod("refused"))
+        await asyncio.to_thread(core.create_namespaced_pod, on, _pod("refused"))
     assert refused.value.status == 500 and "sidecar-injector.meshfed.io" in refused.value.body
-    core.create_namespaced_pod(off, _pod("fine"))
+    await asyncio.to_thread(core.create_namespaced_pod, off, _pod("fine"))
     assert _names(core.read_namespaced_pod("fine", off)) == (["app"], [])
 
     # failurePolicy Ignore: created without a sidecar...
@@ -313,7 +323,7 @@ async def test_webhook_down_fail_refuses_only_injected_namespaces_ignore_is_repo
         for i in range(len(config.webhooks))
     ]
     admission.patch_mutating_webhook_configuration(WEBHOOK, ops)
-    core.create_namespaced_pod(on, _pod("bare"))
+    await asyncio.to_thread(core.create_namespaced_pod, on, _pod("bare"))
     assert _names(core.read_namespaced_pod("bare", on)) == (["app"], [])
     # ...and reported by the hub once it is back: /debug/injectz and the metric.
     async with injector_hub(kube_apiserver, tmp_path / "ca", HOST_DOWN, port) as hub:
@@ -324,7 +334,7 @@ async def test_webhook_down_fail_refuses_only_injected_namespaces_ignore_is_repo
         assert f"{off}/fine" not in debug["outsideMesh"]
         assert _metric(hub.monitoring, "meshfed_pods_outside_mesh") >= 1
         # With the hub up again, the next pod gets its sidecar.
-        core.create_namespaced_pod(on, _pod("late"))
+        await asyncio.to_thread(core.create_namespaced_pod, on, _pod("late"))
         assert _names(core.read_namespaced_pod("late", on)) == (
             ["app", "meshfed-proxy"],
             ["meshfed-init"],

@@ -10,9 +10,8 @@ and starts the container's command as a local process. The sidecar then proves i
 mesh by itself: the CA (checking the token with TokenReview against the same API server) gives
 it ``spiffe://cluster.local/ns/<ns>/sa/<sa>``, which its Envoy holds, and its Envoy ACKs the
 config Pilot (in the hub that injected it) sends. Two such pods, ``client-0`` and ``web-0``
-(behind a Service whose EndpointSlice names the pod, as the endpoint controller would write
-it), then carry a request: client's sidecar -> mutual TLS -> web's sidecar -> web's app, which
-sees the client's SPIFFE ID in ``x-forwarded-client-cert``.
+(behind a Service selecting it), then carry a request: client's sidecar -> mutual TLS ->
+web's sidecar -> web's app, which sees the client's SPIFFE ID in ``x-forwarded-client-cert``.
 
 Not done here: the init container (``meshfed iptables`` needs the pod's own network namespace;
 the pods opt for ``interceptionMode: NONE`` so their sidecars bind their own IPs instead of
@@ -50,7 +49,7 @@ from integration.injection_helpers import (
 from integration.peers.kube import KubeAPIServer
 from integration.peers.ports import free_ports
 from integration.routing_helpers import VersionBackend
-from meshfed.adapters.kubernetes.testing import endpoint_slice, service, slice_endpoint
+from meshfed.adapters.kubernetes.testing import service
 from meshfed.config import MeshConfig, RegistryConfig
 from meshfed.injection import annotations as A
 from meshfed.pilot.server import PilotServer
@@ -179,7 +178,16 @@ class Pod:
             },
         )
         self.core.patch_namespaced_pod_status(
-            self.name, self.ns, {"status": {"podIP": self.ip, "podIPs": [{"ip": self.ip}]}}
+            self.name,
+            self.ns,
+            {
+                "status": {
+                    "phase": "Running",
+                    "podIP": self.ip,
+                    "podIPs": [{"ip": self.ip}],
+                    "conditions": [{"type": "Ready", "status": "True"}],
+                }
+            },
         )
         return dict(self.core.api_client.sanitize_for_serialization(created))
 
@@ -303,21 +311,18 @@ async def test_injected_pods_get_identities_config_and_talk_over_mutual_tls(
             await eventually(
                 lambda: hub.webhook.template.version == template["version"], 10, "template"
             )
-            # The Service web and the slice the endpoint controller would write for web-0.
+            # The Service web; no endpoint controller runs, so the hub reads its selector's
+            # pods directly (the pod's IP is loopback, which an EndpointSlice may not hold).
             core.create_namespaced_service(
-                ns, service("web", [{"name": "http", "port": 80, "targetPort": app_port}])
-            )
-            k8s.DiscoveryV1Api(api_client).create_namespaced_endpoint_slice(
                 ns,
-                endpoint_slice(
-                    "web-0",
+                service(
                     "web",
-                    [{"name": "http", "port": app_port, "protocol": "TCP"}],
-                    [slice_endpoint(WEB_IP, pod="web-0", namespace=ns)],
+                    [{"name": "http", "port": 80, "targetPort": app_port}],
+                    selector={"app": "web"},
                 ),
             )
-
-            pods = {p.name: (p, p.create()) for p in (web_pod, client_pod)}
+            # Off the event loop: the API server calls this process's webhook while it waits.
+            pods = {p.name: (p, await asyncio.to_thread(p.create)) for p in (web_pod, client_pod)}
             for p, spec in pods.values():
                 assert [c["name"] for c in spec["spec"]["containers"]] == ["app", "meshfed-proxy"]
                 await p.run_sidecar(spec, tmp_path / p.name)
