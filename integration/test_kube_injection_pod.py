@@ -264,6 +264,8 @@ async def test_injected_pods_get_identities_config_and_talk_over_mutual_tls(
         trust_domain=TD,
         monitoring_address=f"{HUB_IP}:{monitoring_port}",
         discovery_address=f"{HUB_IP}:{discovery_port}",
+        # STRICT: web-0's sidecar takes nothing but mutual TLS, so the request below is proof.
+        pilot={"mtls": {"mode": "STRICT"}},
         registries=(
             RegistryConfig(
                 "k8s",
