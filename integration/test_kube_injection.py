@@ -11,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import subprocess
+import sys
 import urllib.request
 import uuid
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,7 @@ from integration.peers.kube import KubeAPIServer
 from integration.peers.ports import free_ports
 from meshfed.injection import annotations as A
 from meshfed.injection.template import default_template
-from meshfed.injection.workloads import TEMPLATE_PATHS, inject_object
+from meshfed.injection.workloads import TEMPLATE_PATHS
 
 HOST = "127.0.140.10"
 HOST_DOWN = "127.0.140.11"
@@ -229,9 +232,11 @@ def _workload(kind: str, ns: str) -> dict[str, Any]:
 async def test_kube_inject_equals_the_webhook_for_every_kind(
     kube_apiserver: KubeAPIServer, admission: k8s.AdmissionregistrationV1Api, tmp_path: Path
 ) -> None:
-    """For each kind: its pod template through the webhook (a pod created in a labelled
-    namespace) and through ``kube-inject`` (then created the same way, where the webhook leaves
-    it alone) give the same pod, defaults and all, as the API server stores it."""
+    """One manifest with every kind, through ``meshfed kube-inject --kubeconfig`` (the real CLI,
+    reading the template ConfigMap the webhook follows); for each kind its pod template is
+    then created as a pod twice in a labelled namespace: as written (the webhook injects it)
+    and as kube-inject wrote it (the webhook leaves it alone). The API server stores the same
+    pod, defaults and all."""
     api_client = kube_apiserver.api_client()
     core = k8s.CoreV1Api(api_client)
     run = uuid.uuid4().hex[:6]
@@ -243,27 +248,44 @@ async def test_kube_inject_equals_the_webhook_for_every_kind(
     ca = mesh_ca(tmp_path / "ca")
     async with injector_hub(kube_apiserver, tmp_path / "ca", HOST, port) as hub:
         await eventually(lambda: ca_bundle_written(kube_apiserver, ca.root_pem), 20, "caBundle")
-        for i, kind in enumerate(WORKLOADS):
-            doc = _workload(kind, on)
-            text = yaml.safe_dump(doc)
-            offline, outcome = inject_object(
-                yaml.safe_load(text),
-                hub.webhook.template,
-                {"meshfed.io/injection": "enabled"},
-                "default",
-                "web.yaml",
-            )
-            assert outcome is not None and outcome.injected, kind
-            pod_tpl, offline_tpl = doc, offline
+        # Not the built-in template: both sides must have read the cluster's.
+        text = resources.files("meshfed.injection").joinpath("default-template.yaml").read_text()
+        template = yaml.safe_load(text)
+        template["version"] = f"equal-{run}"
+        template["values"]["image"] = "registry.example/meshfed:equal"
+        core.create_namespaced_config_map(
+            hub.system_namespace,
+            {
+                "metadata": {"name": "meshfed-sidecar-injector"},
+                "data": {"config": yaml.safe_dump(template)},
+            },
+        )
+        await eventually(lambda: hub.webhook.template.version == f"equal-{run}", 10, "template")
+
+        docs = [_workload(kind, on) for kind in WORKLOADS]
+        manifest = tmp_path / "workloads.yaml"
+        manifest.write_text(yaml.safe_dump_all(docs))
+        meshfed = str(Path(sys.executable).with_name("meshfed"))
+        argv = [meshfed, "kube-inject", "-f", str(manifest)]
+        argv += ["--kubeconfig", str(kube_apiserver.kubeconfig)]
+        argv += ["--system-namespace", hub.system_namespace]
+        done = await asyncio.to_thread(
+            subprocess.run, argv, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        offline = list(yaml.safe_load_all(done.stdout))
+        assert [d["kind"] for d in offline] == list(WORKLOADS)
+
+        def as_pod(tpl: dict[str, Any], name: str) -> dict[str, Any]:
+            meta = copy.deepcopy(tpl.get("metadata") or {})
+            meta["name"] = name
+            meta.pop("namespace", None)
+            return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": tpl["spec"]}
+
+        for i, (kind, doc, injected) in enumerate(zip(WORKLOADS, docs, offline, strict=True)):
+            pod_tpl, offline_tpl = doc, injected
             for part in TEMPLATE_PATHS[kind]:
                 pod_tpl, offline_tpl = pod_tpl[part], offline_tpl[part]
-
-            def as_pod(tpl: dict[str, Any], name: str) -> dict[str, Any]:
-                meta = copy.deepcopy(tpl.get("metadata") or {})
-                meta["name"] = name
-                meta.pop("namespace", None)
-                return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": tpl["spec"]}
-
             by_webhook = await asyncio.to_thread(
                 core.create_namespaced_pod, on, as_pod(pod_tpl, f"hook-{i}")
             )
@@ -272,19 +294,13 @@ async def test_kube_inject_equals_the_webhook_for_every_kind(
             )
             hook, cli = _plain(api_client, by_webhook), _plain(api_client, by_cli)
             assert [c["name"] for c in hook["spec"]["containers"]] == ["app", "meshfed-proxy"]
+            assert hook["spec"]["containers"][1]["image"] == "registry.example/meshfed:equal"
             assert hook["spec"] == cli["spec"], kind
             assert hook["metadata"]["annotations"] == cli["metadata"]["annotations"], kind
             assert hook["metadata"]["labels"] == cli["metadata"]["labels"], kind
         # The workloads themselves are accepted by the API server as kube-inject wrote them.
         apps = k8s.AppsV1Api(api_client)
-        deployment, _ = inject_object(
-            _workload("Deployment", on),
-            hub.webhook.template,
-            {"meshfed.io/injection": "enabled"},
-            "default",
-            "web.yaml",
-        )
-        apps.create_namespaced_deployment(on, deployment, dry_run="All")
+        apps.create_namespaced_deployment(on, offline[0], dry_run="All")
 
 
 def _metric(base: str, name: str) -> float:
