@@ -13,12 +13,12 @@ import copy
 import json
 import subprocess
 import sys
-import urllib.request
 import uuid
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 from kubernetes import client as k8s
@@ -186,8 +186,7 @@ async def test_labelled_namespaces_get_sidecars_others_do_not_and_reinjection_is
         )
         await eventually(lambda: hub.webhook.template_error, 10, "template error seen")
         assert hub.webhook.template.version == "custom-7"
-        with urllib.request.urlopen(f"{hub.monitoring}/debug/injectz", timeout=5) as r:
-            debug = json.load(r)
+        debug = json.loads(await _get(f"{hub.monitoring}/debug/injectz"))
         assert "expected at least one container" in debug["template"]["error"]
         assert any(e["pod"] == "web" and e["result"] == "injected" for e in debug["recent"])
         core.delete_namespaced_config_map("meshfed-sidecar-injector", hub.system_namespace)
@@ -303,11 +302,17 @@ async def test_kube_inject_equals_the_webhook_for_every_kind(
         apps.create_namespaced_deployment(on, offline[0], dry_run="All")
 
 
-def _metric(base: str, name: str) -> float:
-    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
+async def _get(url: str) -> str:
+    """GET off the event loop's blocking paths: the hub serving it runs on this loop."""
+    async with aiohttp.ClientSession() as session, session.get(url) as r:
+        assert r.status == 200, (url, r.status)
+        return await r.text()
+
+
+async def _metric(base: str, name: str) -> float:
+    for line in (await _get(f"{base}/metrics")).splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
     raise AssertionError(f"{name} not in /metrics")
 
 
@@ -344,11 +349,10 @@ async def test_webhook_down_fail_refuses_only_injected_namespaces_ignore_is_repo
     # ...and reported by the hub once it is back: /debug/injectz and the metric.
     async with injector_hub(kube_apiserver, tmp_path / "ca", HOST_DOWN, port) as hub:
         await eventually(lambda: f"{on}/bare" in hub.webhook.outside, 20, "pod reported outside")
-        with urllib.request.urlopen(f"{hub.monitoring}/debug/injectz", timeout=5) as r:
-            debug = json.load(r)
+        debug = json.loads(await _get(f"{hub.monitoring}/debug/injectz"))
         assert f"{on}/bare" in debug["outsideMesh"]
         assert f"{off}/fine" not in debug["outsideMesh"]
-        assert _metric(hub.monitoring, "meshfed_pods_outside_mesh") >= 1
+        assert await _metric(hub.monitoring, "meshfed_pods_outside_mesh") >= 1
         # With the hub up again, the next pod gets its sidecar.
         await asyncio.to_thread(core.create_namespaced_pod, on, _pod("late"))
         assert _names(core.read_namespaced_pod("late", on)) == (
