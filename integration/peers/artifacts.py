@@ -37,6 +37,11 @@ SPRING_CLOUD_VERSION = "2025.0.0"
 MONGO_JAVA_SERVER_VERSION = "1.47.0"
 # Etsy's statsd daemon (MIT), from the npm registry: the statsd peer of Mixer's statsd handler.
 STATSD_VERSION = "0.9.0"
+# Jaeger all-in-one (Apache-2.0), from the Go module proxy: the trace collector of the
+# tracing tests; must match integration/build/jaeger/go.mod.
+JAEGER_VERSION = "1.75.0"
+# helm v3 (Apache-2.0), from the Go module proxy; must match integration/build/helm/go.mod.
+HELM_VERSION = "3.21.4"
 
 PROVISION_CMD = "python -m integration.provision"
 
@@ -44,6 +49,11 @@ PROVISION_CMD = "python -m integration.provision"
 def consul_path() -> Path:
     """Cached Consul agent binary."""
     return BIN_DIR / f"consul-{CONSUL_VERSION}"
+
+
+def jaeger_path() -> Path:
+    """Cached Jaeger all-in-one binary (``cmd/jaeger``)."""
+    return BIN_DIR / f"jaeger-{JAEGER_VERSION}"
 
 
 def kube_apiserver_path() -> Path:
@@ -54,6 +64,11 @@ def kube_apiserver_path() -> Path:
 def kubectl_path() -> Path:
     """Cached kubectl binary (built, so a fresh machine needs no system kubectl)."""
     return BIN_DIR / f"kubectl-{KUBERNETES_VERSION}"
+
+
+def helm_path() -> Path:
+    """Cached helm client binary (renders, lints and installs the chart)."""
+    return BIN_DIR / f"helm-{HELM_VERSION}"
 
 
 def etcd_path() -> Path:
