@@ -16,10 +16,12 @@ import ssl
 from pathlib import Path
 
 import aiohttp
+import pytest
 import yaml
 from cryptography import x509
 
 from meshfed.config import MeshConfig
+from meshfed.core.lifecycle import StartFailed
 from meshfed.hub import Hub
 from meshfed.injection.settings import InjectionSettings
 from meshfed.injection.webhook import InjectionWebhook
@@ -120,3 +122,20 @@ async def test_serving_certificate_from_the_mesh_ca_with_ip_and_dns_sans(tmp_pat
         assert webhook.not_ready() == []
     finally:
         await hub.stop()
+
+
+async def test_without_ca_material_the_hub_refuses_to_start_saying_where_it_looked(
+    tmp_path: Path,
+) -> None:
+    settings = InjectionSettings(
+        listen=(HOST, _free_port(HOST)),
+        kubeconfig=str(_unreachable_kubeconfig(tmp_path / "kubeconfig")),
+        ca_state_dir=str(tmp_path / "no-ca"),
+    )
+    mesh = MeshConfig(monitoring_address="127.0.0.1:0", injection=settings)
+    hub = Hub(mesh, [InjectionWebhook(settings)])
+    with pytest.raises(StartFailed) as failed:
+        await hub.start()
+    text = str(failed.value)
+    assert "no CA material" in text and str(tmp_path / "no-ca") in text, text
+    assert "meshfed ca serve" in text
