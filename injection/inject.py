@@ -140,7 +140,8 @@ def _read_pod(pod: Any, source: str) -> _PodView:
     inits = names("initContainers", False)
     volumes = names("volumes", False)
     ports: list[int] = []
-    for i, container in enumerate(spec.get("containers") or []):
+    raw_containers = spec.get("containers")
+    for i, container in enumerate(raw_containers if isinstance(raw_containers, list) else []):
         if not isinstance(container, Mapping):
             continue
         raw_ports = container.get("ports") or []

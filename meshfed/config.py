@@ -55,6 +55,8 @@ class MeshConfig:
     config_paths: tuple[str, ...] = ()  # where routing rules and other config kinds live
     pilot: Mapping[str, Any] = attrs.field(factory=dict)
     mixer: Any = None  # meshfed.mixer.settings.MixerSettings (spec.mixer); None: not enabled
+    # meshfed.injection.settings.InjectionSettings (spec.injection); None: no webhook
+    injection: Any = None
     # Seconds the hub waits for a registry's first sync before serving without it; 0: forever.
     initial_sync_timeout: float = DEFAULT_INITIAL_SYNC_TIMEOUT
     tracing: TracingSettings = DISABLED  # spec.tracing: Envoy's and Mixer's spans
@@ -105,6 +107,7 @@ def load_mesh_config(path: Path | str | None) -> MeshConfig:
             "configPaths",
             "pilot",
             "mixer",
+            "injection",
             "initialSyncTimeout",
             "tracing",
         }
@@ -148,6 +151,13 @@ def load_mesh_config(path: Path | str | None) -> MeshConfig:
         from meshfed.mixer.settings import parse_settings  # Mixer owns its settings' meaning
 
         mixer = parse_settings(mixer_reader, base)
+    injection_reader = reader.reader("injection")
+    injection = None
+    if injection_reader is not None:
+        from meshfed.injection.settings import parse_settings as parse_injection
+
+        entries = [{"kind": r.kind, **r.params} for r in registries]
+        injection = parse_injection(injection_reader, base, entries)
     config = MeshConfig(
         trust_domain=reader.checked(
             "trustDomain", validators.trust_domain, default=defaults.trust_domain
@@ -161,6 +171,7 @@ def load_mesh_config(path: Path | str | None) -> MeshConfig:
         config_paths=tuple(_resolve(base, p) for p in reader.str_list("configPaths")),
         pilot=dict(pilot_reader.data) if pilot_reader else {},
         mixer=mixer,
+        injection=injection,
         initial_sync_timeout=reader.checked(
             "initialSyncTimeout",
             lambda v: validators.duration(v, 0.0, MAX_INITIAL_SYNC_TIMEOUT),

@@ -354,6 +354,10 @@ def default_components(mesh: MeshConfig) -> list[HubComponent]:
 
         mixer = Mixer(mesh.mixer, tracing=mesh.tracing)
         components.append(mixer)
+    if mesh.injection is not None and mesh.injection.enabled:
+        from meshfed.injection.webhook import InjectionWebhook
+
+        components.append(InjectionWebhook(mesh.injection))
     from meshfed.dashboard import Dashboard  # /dashboard on the monitoring port
 
     components.append(Dashboard(pilot=pilot, mixer=mixer))
