@@ -41,11 +41,16 @@ class RoutingSnapshots:
             "egress_rules": [e.ref for e in snapshot.egress_rules],
             "gateways": [g.ref for g in snapshot.gateways],
             "conflicts": [str(c) for c in snapshot.conflicts],
+            "notes": list(snapshot.notes),
         }
 
     def warnings(self, old: ConfigSnapshot, new: ConfigSnapshot) -> list[str]:
         fresh = set(new.conflicts) - set(old.conflicts)
-        return sorted(f"routing config conflict: {c}" for c in fresh)
+        notes = set(new.notes) - set(old.notes)
+        return sorted(
+            [f"routing config conflict: {c}" for c in fresh]
+            + [f"routing config: {n}" for n in notes]
+        )
 
 
 ROUTING_SNAPSHOTS = RoutingSnapshots()

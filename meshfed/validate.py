@@ -21,10 +21,12 @@ from meshfed.config import MeshConfig, load_mesh_config
 from meshfed.core.resources import ConfigError, ConfigErrors, Document, load_documents
 from meshfed.mixer.config.store import is_mixer_document
 from meshfed.pilot.config import PARSERS as PILOT_PARSERS
-from meshfed.pilot.config.conflicts import find_conflicts
-from meshfed.pilot.config.model import RouteRule
+from meshfed.pilot.config.istio import DestinationRule, VirtualService
+from meshfed.pilot.config.model import DestinationPolicy, RouteRule
 from meshfed.pilot.config.parse import IngressSelection, routing_parsers
+from meshfed.pilot.config.store import ConfigSnapshot
 
+ROUTING_TYPES = (RouteRule, DestinationPolicy, VirtualService, DestinationRule)
 Parser = Callable[[Document], tuple[Any, list[ConfigError]]]
 
 
@@ -125,4 +127,7 @@ def registry_errors(mesh: MeshConfig, doc: Document) -> list[ConfigError]:
 
 
 def rule_conflicts(objects: list[Any]) -> list[str]:
-    return [str(c) for c in find_conflicts(o for o in objects if isinstance(o, RouteRule))]
+    """Equal-precedence route rules, and where today's Istio kinds override Istio 0.2's (the
+    same snapshot Pilot builds)."""
+    snapshot = ConfigSnapshot.of(o for o in objects if isinstance(o, ROUTING_TYPES))
+    return [str(c) for c in snapshot.conflicts] + list(snapshot.notes)

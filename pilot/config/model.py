@@ -156,10 +156,13 @@ class RouteRule:
     append_headers: Labels = attrs.field(factory=Labels, converter=_labels)
     cors: Cors | None = None
     l4_fault: L4Fault | None = None
+    # The document it came from when converted from today's Istio API (``VirtualService``);
+    # only names and messages differ, never the translation.
+    kind: str = "RouteRule"
 
     @property
     def ref(self) -> str:
-        return f"RouteRule {self.namespace}/{self.name}"
+        return f"{self.kind} {self.namespace}/{self.name}"
 
 
 class LoadBalancer(enum.Enum):
@@ -203,10 +206,11 @@ class DestinationPolicy:
     circuit_breaker: CircuitBreaker | None = None
     connect_timeout: float | None = None
     health_check: HealthCheck | None = None
+    kind: str = "DestinationPolicy"  # or DestinationRule, when converted from one
 
     @property
     def ref(self) -> str:
-        return f"DestinationPolicy {self.namespace}/{self.name}"
+        return f"{self.kind} {self.namespace}/{self.name}"
 
 
 @attrs.frozen(slots=True)
@@ -267,6 +271,3 @@ class Gateway:
     @property
     def ref(self) -> str:
         return f"{self.kind} {self.namespace}/{self.name}"
-
-
-ConfigObject = RouteRule | DestinationPolicy | EgressRule | Gateway

@@ -16,9 +16,14 @@ import attrs
 
 from meshfed.core import validators as v
 from meshfed.core.resources import ConfigError, Document, FieldReader, describe
+from meshfed.pilot.config.istio import (
+    DestinationRule,
+    VirtualService,
+    parse_destination_rule,
+    parse_virtual_service,
+)
 from meshfed.pilot.config.model import (
     CircuitBreaker,
-    ConfigObject,
     Cors,
     DestinationPolicy,
     EgressPort,
@@ -619,10 +624,16 @@ def parse_ingress(
     return Gateway(doc.name, doc.namespace, doc.file, doc.kind, tuple(paths), tuple(tls), port), []
 
 
+# Every kind the routing stores hold: Istio 0.2's and today's Istio API's.
+ConfigObject = (
+    RouteRule | DestinationPolicy | EgressRule | Gateway | VirtualService | DestinationRule
+)
 Parser = Callable[[Document], tuple[ConfigObject | None, list[ConfigError]]]
 
 PARSERS: dict[str, Parser] = {
     "RouteRule": parse_route_rule,
+    "VirtualService": parse_virtual_service,
+    "DestinationRule": parse_destination_rule,
     "DestinationPolicy": parse_destination_policy,
     "EgressRule": parse_egress_rule,
     "Gateway": parse_ingress,

@@ -20,14 +20,14 @@ import attrs
 from meshfed.core.filestore import WatchedFiles, parse_file
 from meshfed.core.resources import ConfigError
 from meshfed.pilot.config.conflicts import RuleConflict, find_conflicts, ordered_rules
+from meshfed.pilot.config.istio import DestinationRule, VirtualService, resolve
 from meshfed.pilot.config.model import (
-    ConfigObject,
     DestinationPolicy,
     EgressRule,
     Gateway,
     RouteRule,
 )
-from meshfed.pilot.config.parse import PARSERS, Parser
+from meshfed.pilot.config.parse import PARSERS, ConfigObject, Parser
 
 log = logging.getLogger("meshfed.pilot.config")
 
@@ -39,6 +39,8 @@ class ConfigSnapshot:
     egress_rules: tuple[EgressRule, ...] = ()
     gateways: tuple[Gateway, ...] = ()
     conflicts: tuple[RuleConflict, ...] = ()
+    # Where today's Istio objects override Istio 0.2's, and routes to undefined subsets.
+    notes: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, objects: Iterable[ConfigObject]) -> ConfigSnapshot:
@@ -47,15 +49,20 @@ class ConfigSnapshot:
         def key(o: Any) -> tuple[str, str]:
             return (o.namespace, o.name)
 
-        rules = [o for o in objects if isinstance(o, RouteRule)]
+        resolved = resolve(
+            [o for o in objects if isinstance(o, RouteRule)],
+            [o for o in objects if isinstance(o, DestinationPolicy)],
+            [o for o in objects if isinstance(o, VirtualService)],
+            [o for o in objects if isinstance(o, DestinationRule)],
+        )
+        rules = resolved.route_rules
         return cls(
             route_rules=ordered_rules(rules),
-            destination_policies=tuple(
-                sorted((o for o in objects if isinstance(o, DestinationPolicy)), key=key)
-            ),
+            destination_policies=tuple(sorted(resolved.destination_policies, key=key)),
             egress_rules=tuple(sorted((o for o in objects if isinstance(o, EgressRule)), key=key)),
             gateways=tuple(sorted((o for o in objects if isinstance(o, Gateway)), key=key)),
             conflicts=find_conflicts(rules),
+            notes=resolved.notes,
         )
 
 
@@ -95,6 +102,8 @@ class FileConfigStore:
             return
         for conflict in set(snapshot.conflicts) - set(self.snapshot.conflicts):
             log.warning("routing config conflict: %s", conflict)
+        for note in set(snapshot.notes) - set(self.snapshot.notes):
+            log.warning("routing config: %s", note)
         self.snapshot = snapshot
         for callback in list(self._subscribers):
             callback(snapshot)
@@ -122,5 +131,6 @@ class FileConfigStore:
             "egress_rules": [e.ref for e in snap.egress_rules],
             "gateways": [g.ref for g in snap.gateways],
             "conflicts": [str(c) for c in snap.conflicts],
+            "notes": list(snap.notes),
             "errors": [str(e) for e in self.errors],
         }
