@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import sys
 from pathlib import Path
@@ -68,7 +69,13 @@ async def get(url: str) -> tuple[int, str]:
 
 
 @pytest.fixture
-async def mesh(tmp_path: Path):
+def info_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.INFO, logger="meshfed")
+    return caplog
+
+
+@pytest.fixture
+async def mesh(tmp_path: Path, info_logs: pytest.LogCaptureFixture):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     (tmp_path / "a" / "api.yaml").write_text(services(API, API_IP, 80, "api"))
@@ -174,8 +181,11 @@ async def test_metrics_and_debug_endpoints_as_istio_names_them(mesh) -> None:
     assert json.loads(body)["version"] not in ("", "unknown")
 
 
-async def test_proxy_status_and_config_by_short_name(mesh) -> None:
+async def test_proxy_status_and_config_by_short_name(mesh, info_logs) -> None:
     _, url, _ = mesh
+    # The sidecar's connection is logged with its node id as a field (``--log-format json``).
+    connected = [r for r in info_logs.records if r.getMessage().startswith("proxy ")]
+    assert any(getattr(r, "proxy", None) == NODE_ID for r in connected), info_logs.records
     for name in ("web.default", WEB_IP, NODE_ID):
         code, out, err = await run_cli("proxy-status", name, "--hub", url, "--no-envoy")
         assert code == 0, out + err

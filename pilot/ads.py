@@ -155,7 +155,11 @@ class Connection:
                 watch.sent_event_time = None
             if self.first_ready_at is None and self.ready:
                 self.first_ready_at = time.time()
-                log.info("proxy %s ACKed its first full config", self.node.id)
+                log.info(
+                    "proxy %s ACKed its first full config",
+                    self.node.id,
+                    extra={"proxy": self.node.id},
+                )
         if names or kind is RequestKind.INITIAL:
             self._send_type(
                 self.server.cache_view(self),
@@ -293,13 +297,19 @@ class DiscoveryServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         conn = Connection(self, from_proto(node_proto), delta, peer, outbox)
         self.connections[conn.id] = conn
         M.CONNECTED.labels("delta" if delta else "sotw").inc()
-        log.info("proxy %s connected (%s, %s)", conn.node.id, "delta" if delta else "sotw", peer)
+        log.info(
+            "proxy %s connected (%s, %s)",
+            conn.node.id,
+            "delta" if delta else "sotw",
+            peer,
+            extra={"proxy": conn.node.id, "peer": peer},
+        )
         return conn
 
     def _close(self, conn: Connection) -> None:
         if self.connections.pop(conn.id, None) is not None:
             M.CONNECTED.labels("delta" if conn.delta else "sotw").dec()
-            log.info("proxy %s disconnected", conn.node.id)
+            log.info("proxy %s disconnected", conn.node.id, extra={"proxy": conn.node.id})
 
     def find(self, proxy: str) -> Connection | None:
         """The newest connection whose node id (or connection id) is ``proxy``; else, as

@@ -40,7 +40,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 from meshfed.core.component import HubContext
 from meshfed.core.configstore import ROUTING
 from meshfed.core.supervisor import Supervisor
-from meshfed.pilot import istio_debug, traffic_hooks
+from meshfed.pilot import analysis, istio_debug, traffic_hooks
 from meshfed.pilot import metrics as M
 from meshfed.pilot import xds_types as T
 from meshfed.pilot.ads import DiscoveryServer
@@ -383,8 +383,25 @@ class PilotServer:
         async def configz(request: web.Request) -> web.Response:
             return web.json_response(self.configz())
 
+        async def analyze(request: web.Request) -> web.Response:
+            """cross-resource findings of the live config against the live catalog"""
+            return web.json_response({"findings": [f.as_dict() for f in self.analyze()]})
+
         istio = istio_debug.routes(lambda: self.discovery, lambda: self.aggregate, self.push_record)
-        return [*routes(lambda: self.discovery), web.get("/debug/configz", configz), *istio]
+        return [
+            *routes(lambda: self.discovery),
+            web.get("/debug/configz", configz),
+            web.get("/debug/analyze", analyze),
+            *istio,
+        ]
+
+    def analyze(self) -> list[analysis.Finding]:
+        """``meshfed analyze --hub``: the running config, checked as files would be."""
+        if self.aggregate is None:
+            return []
+        return analysis.analyze(
+            self.config_snapshot(), analysis.Catalog.of_aggregate(self.aggregate)
+        )
 
     def not_ready(self) -> list[str]:
         if self._grpc is None or self.discovery is None:

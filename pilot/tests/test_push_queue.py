@@ -145,6 +145,8 @@ def test_nack_log_is_bounded_and_rate_limited_per_proxy(caplog) -> None:
     assert len(caplog.records) == 3
     assert all(len(r.getMessage()) < 2 * LOG_LIMIT for r in caplog.records)
     assert "4 more NACKs from this proxy not logged" in caplog.records[2].getMessage()
+    # as fields too (``--log-format json``): the proxy and the type
+    assert [(r.proxy, r.type) for r in caplog.records][1] == ("proxy-b", "cds")  # type: ignore[attr-defined]
 
 
 def test_a_huge_nack_is_cut_but_stays_visible_in_proxy_status(caplog) -> None:
