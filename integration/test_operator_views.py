@@ -184,8 +184,9 @@ async def test_metrics_and_debug_endpoints_as_istio_names_them(mesh) -> None:
 async def test_proxy_status_and_config_by_short_name(mesh, info_logs) -> None:
     _, url, _ = mesh
     # The sidecar's connection is logged with its node id as a field (``--log-format json``).
-    connected = [r for r in info_logs.records if r.getMessage().startswith("proxy ")]
-    assert any(getattr(r, "proxy", None) == NODE_ID for r in connected), info_logs.records
+    records = [*info_logs.get_records("setup"), *info_logs.records]  # it connected in setup
+    connected = [r for r in records if r.getMessage().startswith("proxy ")]
+    assert any(getattr(r, "proxy", None) == NODE_ID for r in connected), records
     for name in ("web.default", WEB_IP, NODE_ID):
         code, out, err = await run_cli("proxy-status", name, "--hub", url, "--no-envoy")
         assert code == 0, out + err
