@@ -87,6 +87,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from meshfed.cli import fetch_json, format_table, hub_url, print_document
     from meshfed.pilot.analysis import Finding
 
+    if args.sources and args.hub:
+        print(
+            "error: give files or --hub, not both (files are analyzed on their own)",
+            file=sys.stderr,
+        )
+        return 2
     if args.sources:
         docs, errors = _documents(args.sources)
         findings, parse_errors = analyze_documents(docs)
