@@ -97,6 +97,26 @@ async def test_analyze_reads_the_live_hub(tmp_path: Path) -> None:
         assert code == 1 and out.splitlines()[0].split()[:3] == ["CODE", "SEVERITY", "OBJECT"]
         assert "consul-like, vms" in out, out
 
+        # A file checked against the live catalog before it is applied: `shared` exists there
+        # (no such service in the file), its v2 subset is carried by an endpoint, v9 by none.
+        proposed = tmp_path / "proposed.yaml"
+        proposed.write_text(
+            "apiVersion: config.istio.io/v1alpha2\nkind: RouteRule\n"
+            "metadata: {name: try, namespace: default}\n"
+            "spec: {destination: {name: shared}, route: [{labels: {version: v2}, weight: 90},"
+            " {labels: {version: v9}, weight: 10}]}\n"
+        )
+        code, out, err = await run_cli("analyze", str(proposed), "--hub", url, "-o", "json")
+        found = {(f["code"], f["object"]) for f in json.loads(out)["findings"]}
+        assert code == 0 and found == {
+            ("MF0103", "RouteRule default/try"),
+            ("MF0104", f"host {SHARED}"),
+        }, out + err
+        code, out, _ = await run_cli("analyze", str(proposed), "-o", "json")  # no hub: no shared
+        assert code == 1 and ("MF0101", "RouteRule default/try") in {
+            (f["code"], f["object"]) for f in json.loads(out)["findings"]
+        }, out
+
         # Fixed config: only the overlap (a warning) is left, and the exit code is 0.
         (tmp_path / "rules" / "x.yaml").write_text("")
         for _ in range(100):

@@ -5,14 +5,17 @@ that does not parse is finding MF0001, with the error ``meshfed validate`` gives
 catalog from their ServiceEntries and WorkloadEntries as the static registry would, and runs
 :func:`meshfed.pilot.analysis.analyze`. ``--hub URL`` (or ``$MESHFED_HUB``, ``-c``) with no
 files asks the running hub for the same checks of its live config and federated catalog
-(``/debug/analyze``). Output: a table (CODE, SEVERITY, OBJECT, MESSAGE) or ``-o json|yaml``;
-exit 1 when any finding is an error, else 0.
+(``/debug/analyze``); files with ``--hub`` are checked against the hub's catalog (read from
+``/debug/registryz``) plus their own entries, as ``istioctl analyze`` checks files against a
+live cluster: will this rule work on the mesh as it runs? Output: a table (CODE, SEVERITY,
+OBJECT, MESSAGE) or ``-o json|yaml``; exit 1 when any finding is an error, else 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +50,49 @@ def _documents(sources: list[str]) -> tuple[list[Document], list[ConfigError]]:
     return docs, errors
 
 
-def analyze_documents(docs: list[Document]) -> tuple[list[Any], list[ConfigError]]:
-    """Parse documents and analyze them together: (findings, parse errors)."""
+def catalog_from_registryz(body: Mapping[str, Any]) -> Any:
+    """A hub's federated catalog from its ``/debug/registryz`` document."""
+    from meshfed.pilot.analysis import Catalog
+    from meshfed.registry.model import Endpoint, Port, Protocol, Service
+
+    services: dict[str, Service] = {}
+    endpoints: dict[str, list[Endpoint]] = {}
+    sources: dict[str, list[str]] = {}
+    for raw in body.get("services", []):
+        host = raw["hostname"]
+        ports = [Port(p["number"], p["name"], Protocol(p["protocol"])) for p in raw["ports"]]
+        services[host] = Service(host, raw.get("namespace") or "default", ports)
+        endpoints[host] = [
+            Endpoint(e["address"], e.get("ports", {}), e.get("labels", {}),
+                     registry=e.get("registry", ""))
+            for e in raw.get("endpoints", [])
+        ]  # fmt: skip
+        sources[host] = list(raw.get("registries", []))
+    disagreements: dict[str, list[str]] = {}
+    for conflict in body.get("conflicts", []):
+        disagreements.setdefault(conflict["hostname"], []).append(conflict["message"])
+    return Catalog(services, endpoints, sources, disagreements)
+
+
+def _merged(base: Any, files: Any) -> Any:
+    """The hub's catalog with the files' services added (a file's entry wins for its host)."""
+    from meshfed.pilot.analysis import Catalog
+
+    endpoints = {h: list(e) for h, e in base.endpoints.items()}
+    sources = {h: list(r) for h, r in base.sources.items()}
+    for host, eps in files.endpoints.items():
+        endpoints.setdefault(host, []).extend(eps)
+    for host in files.services:
+        if "files" not in sources.setdefault(host, []):
+            sources[host].append("files")
+    return Catalog({**base.services, **files.services}, endpoints, sources, base.disagreements)
+
+
+def analyze_documents(
+    docs: list[Document], base: Any = None
+) -> tuple[list[Any], list[ConfigError]]:
+    """Parse documents and analyze them together: (findings, parse errors). ``base``: a
+    catalog (a live hub's) the documents' own services are added to."""
     from meshfed.adapters.static.kinds import ServiceEntrySpec, WorkloadSpec
     from meshfed.adapters.static.translate import translate
     from meshfed.mixer.config.store import is_mixer_document
@@ -80,22 +124,22 @@ def analyze_documents(docs: list[Document]) -> tuple[list[Any], list[ConfigError
     errors += translate_errors
     routing = [o for o in objects if not isinstance(o, ServiceEntrySpec | WorkloadSpec)]
     snapshot = ConfigSnapshot.of(routing)
-    return analysis.analyze(snapshot, analysis.Catalog.of(services, endpoints)), errors
+    catalog = analysis.Catalog.of(services, endpoints)
+    if base is not None:
+        catalog = _merged(base, catalog)
+    return analysis.analyze(snapshot, catalog), errors
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from meshfed.cli import fetch_json, format_table, hub_url, print_document
     from meshfed.pilot.analysis import Finding
 
-    if args.sources and args.hub:
-        print(
-            "error: give files or --hub, not both (files are analyzed on their own)",
-            file=sys.stderr,
-        )
-        return 2
     if args.sources:
+        base = None
+        if args.hub:  # the files, as if applied to the running hub: against its catalog
+            base = catalog_from_registryz(fetch_json(f"{hub_url(args)}/debug/registryz"))
         docs, errors = _documents(args.sources)
-        findings, parse_errors = analyze_documents(docs)
+        findings, parse_errors = analyze_documents(docs, base)
         problems = [
             Finding("MF0001", "error", e.obj, f"{e.field}: {e.message}" if e.field else e.message,
                     e.file)

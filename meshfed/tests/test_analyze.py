@@ -208,8 +208,3 @@ def test_cli_files_folders_stdin_and_exit_codes(tmp_path: Path, capsys) -> None:
 
     assert run(["analyze", str(tmp_path / "missing.yaml")]) == 1
     assert "no such file" in capsys.readouterr().out
-
-
-def test_files_and_a_hub_together_are_refused(tmp_path: Path, capsys) -> None:
-    assert run(["analyze", str(tmp_path), "--hub", "http://127.0.0.1:9"]) == 2
-    assert "not both" in capsys.readouterr().err
