@@ -24,6 +24,7 @@ import aiohttp
 import pytest
 
 from integration.security_helpers import TRUST_DOMAIN, agent_config, http_echo, tcp_echo
+from meshfed import envoy_config
 from meshfed.nodeagent.agent import NodeAgent
 from meshfed.pilot.server import PilotServer
 from meshfed.proxy import ProxySpec
@@ -165,6 +166,15 @@ async def test_pilot_configured_mtls_http_tcp_and_plain(pilot: PilotServer, tmp_
                 _, body = await _eventually_get(session, outbound, B_HOST)
                 xfcc = json.loads(body).get("x-forwarded-client-cert", "")
                 assert f"URI={_id('a')}" in xfcc and f"By={_id('b')}" in xfcc
+
+                # proxy-config secret's table, cut from A's real config dump: its SDS
+                # certificate chain and trust bundle, active, valid today.
+                async with session.get(f"http://{A_IP}:15000/config_dump") as resp:
+                    secrets = envoy_config.secret_rows(await resp.json(content_type=None))
+                kinds = {(r[1], r[2], r[3]) for r in secrets}
+                assert {("Cert Chain", "ACTIVE", "true"), ("CA", "ACTIVE", "true")} <= kinds, (
+                    secrets
+                )
 
                 # A meshed client reaches a server without a sidecar, in plain text.
                 _, body = await _eventually_get(session, outbound, L_HOST)
