@@ -13,7 +13,12 @@ What it serves:
   both from one request.
 - ``/healthz/live``: 200 while the process's event loop answers requests (a liveness probe's
   question: restart only a process that no longer serves, never one that is merely not ready).
+- ``/debug``: the index of every debug endpoint served here, with the first line of each
+  handler's docstring as its help (so a part documents its endpoint where it defines it).
 - whatever routes the parts register with :meth:`MonitoringServer.add_routes` before start.
+
+Every process gets ``meshfed_build_info`` and ``istio_build`` (its version, as a label), and no
+``*_created`` series: a scrape carries only what dashboards chart.
 
 A part whose handler streams (server-sent events) registers :meth:`MonitoringServer.on_stop`
 to end its streams: aiohttp would otherwise wait up to its shutdown timeout (60 s) for them.
@@ -27,13 +32,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import attrs
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, disable_created_metrics, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+# The per-series creation timestamps double the series count for no chart anyone draws.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 log = logging.getLogger("meshfed.core.monitoring")
 
@@ -83,6 +92,35 @@ class _RequestLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         if len(detail) > MAX_LOGGED_CHARS:
             detail = detail[:MAX_LOGGED_CHARS] + "..."
         self.logger.warning(f"{msg}: malformed request: %s", *args, detail)
+
+
+def build_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("meshfed")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "unknown"
+
+
+class BuildInfo:
+    """``meshfed_build_info{version}`` and Istio's ``istio_build{component,tag}``, both 1."""
+
+    def collect(self) -> Iterator[Metric]:
+        version = build_version()
+        info = GaugeMetricFamily(
+            "meshfed_build_info", "meshfed build information", labels=["version"]
+        )
+        info.add_metric([version], 1)
+        yield info
+        istio = GaugeMetricFamily(
+            "istio_build", "Istio component build info", labels=["component", "tag"]
+        )
+        istio.add_metric(["pilot", version], 1)
+        yield istio
+
+
+REGISTRY.register(BuildInfo())
 
 
 @attrs.frozen
@@ -147,6 +185,7 @@ class MonitoringServer:
                 web.get("/metrics", self._serve_metrics),
                 web.get("/healthz/ready", self._serve_ready),
                 web.get("/healthz/live", self._serve_live),
+                web.get("/debug", self._serve_index),
                 *self._routes,
             ]
         )
@@ -200,3 +239,23 @@ class MonitoringServer:
     async def _serve_ready(self, request: web.Request) -> web.Response:
         state = self.readiness()
         return web.json_response(state.body(), status=200 if state.ready else 503)
+
+    def index(self) -> list[dict[str, str]]:
+        """Every GET endpoint served here, with its handler's one-line help."""
+        own = {
+            "/metrics": "Prometheus metrics",
+            "/healthz/ready": "readiness: not_ready and degraded reasons",
+            "/healthz/live": "liveness: 200 while the event loop answers",
+            "/debug": "this index",
+        }
+        out = [{"path": path, "help": text} for path, text in own.items()]
+        for route in self._routes:
+            if route.method != "GET":
+                continue
+            doc = (getattr(route.handler, "__doc__", None) or "").strip()
+            help_text = doc.splitlines()[0] if doc else ""
+            out.append({"path": route.path, "help": help_text})
+        return sorted(out, key=lambda e: e["path"])
+
+    async def _serve_index(self, request: web.Request) -> web.Response:
+        return web.json_response({"endpoints": self.index()})

@@ -138,7 +138,7 @@ async def test_proxy_status_config_and_bootstrap_commands(tmp_path: Path) -> Non
         code, out, _ = await run_cli("proxy-status", "--hub", hub_url)
         assert code == 0
         row = next(r for r in out.splitlines() if r.startswith(NODE_ID))
-        assert row.split()[2:] == ["SYNCED", "SYNCED", "SYNCED", "SYNCED", "yes", "-"], out
+        assert row.split()[2:8] == ["SYNCED", "SYNCED", "SYNCED", "SYNCED", "yes", "-"], out
 
         # One proxy: also compared with what its Envoy holds (admin address from metadata).
         code, out, _ = await run_cli("proxy-status", NODE_ID, "--hub", hub_url)
@@ -146,15 +146,16 @@ async def test_proxy_status_config_and_bootstrap_commands(tmp_path: Path) -> Non
         for line in ("Clusters match (1)", "Endpoints match (1)", "Listeners match (1)"):
             assert line in out, out
 
-        code, out, _ = await run_cli("proxy-config", "cluster", NODE_ID, "--hub", hub_url)
+        pilot_sent = ("--hub", hub_url, "--source", "pilot")
+        code, out, _ = await run_cli("proxy-config", "cluster", NODE_ID, *pilot_sent, "-o", "json")
         clusters = json.loads(out)
         assert code == 0
         assert [c["name"] for c in clusters] == ["outbound|80||api.default.svc.cluster.local"]
         code, out, _ = await run_cli(
-            "proxy-config", "endpoint", NODE_ID, "--hub", hub_url, "-o", "names"
+            "proxy-config", "endpoint", NODE_ID, *pilot_sent, "-o", "names"
         )
         assert out.split() == ["outbound|80||api.default.svc.cluster.local"]
-        code, out, _ = await run_cli("proxy-config", "listener", NODE_ID, "--hub", hub_url)
+        code, out, _ = await run_cli("proxy-config", "listener", NODE_ID, *pilot_sent, "-o", "json")
         assert [x["name"] for x in json.loads(out)] == ["outbound_http"]
 
         code, _, err = await run_cli("proxy-config", "route", "nope", "--hub", hub_url)

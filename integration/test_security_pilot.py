@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, ExitStack
 from pathlib import Path
@@ -24,6 +25,7 @@ import aiohttp
 import pytest
 
 from integration.security_helpers import TRUST_DOMAIN, agent_config, http_echo, tcp_echo
+from meshfed import envoy_config
 from meshfed.nodeagent.agent import NodeAgent
 from meshfed.pilot.server import PilotServer
 from meshfed.proxy import ProxySpec
@@ -145,7 +147,10 @@ async def _eventually_echo(host: str, port: int, payload: bytes, timeout: float 
     raise AssertionError(f"no echo from {host}:{port} in {timeout}s; last: {last!r}")
 
 
-async def test_pilot_configured_mtls_http_tcp_and_plain(pilot: PilotServer, tmp_path: Path) -> None:
+async def test_pilot_configured_mtls_http_tcp_and_plain(
+    pilot: PilotServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="meshfed.nodeagent")
     ca = CertificateAuthority.load_or_create(FileStorage(tmp_path / "ca"), TRUST_DOMAIN)
     tokens = JoinTokenStore(tmp_path / "ca" / "tokens.json")
     ca_server = CAServer(SigningService(ca, tokens), "127.0.0.1:0", "127.0.0.1:0")
@@ -165,6 +170,18 @@ async def test_pilot_configured_mtls_http_tcp_and_plain(pilot: PilotServer, tmp_
                 _, body = await _eventually_get(session, outbound, B_HOST)
                 xfcc = json.loads(body).get("x-forwarded-client-cert", "")
                 assert f"URI={_id('a')}" in xfcc and f"By={_id('b')}" in xfcc
+
+                # proxy-config secret's table, cut from A's real config dump: its SDS
+                # certificate chain and trust bundle, active, valid today.
+                async with session.get(f"http://{A_IP}:15000/config_dump") as resp:
+                    secrets = envoy_config.secret_rows(await resp.json(content_type=None))
+                # the node agent's log names the identity as a field (--log-format json)
+                obtained = [getattr(r, "identity", "") for r in caplog.records]
+                assert _id("a") in obtained, caplog.records
+                kinds = {(r[1], r[2], r[3]) for r in secrets}
+                assert {("Cert Chain", "ACTIVE", "true"), ("CA", "ACTIVE", "true")} <= kinds, (
+                    secrets
+                )
 
                 # A meshed client reaches a server without a sidecar, in plain text.
                 _, body = await _eventually_get(session, outbound, L_HOST)

@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "meshfed.cli_security",
     "meshfed.cli_completion",
     "meshfed.cli_inject",
+    "meshfed.cli_analyze",
 )
 
 
@@ -251,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # The processes that run until stopped: their logs go to collectors that parse lines.
-LONG_RUNNING = ("up", "proxy", "nodeagent", "ca serve")
+LONG_RUNNING = ("up", "proxy", "nodeagent", "ca serve", "demo")
 
 
 def _add_log_format(parser: argparse.ArgumentParser, sub: Any) -> None:

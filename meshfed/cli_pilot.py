@@ -8,7 +8,10 @@
 - ``meshfed proxy-status [PROXY]``: per proxy and type, SYNCED / NOT SENT / STALE / NACKED;
   and, for a proxy with a node-local Mixer client, whether it reaches Mixer (read from the
   proxy's status port, which also serves the client's metrics).
-- ``meshfed proxy-config cluster|listener|route|endpoint PROXY``: what Pilot last sent.
+- ``meshfed proxy-config cluster|listener|route|endpoint|secret|bootstrap|all PROXY``: what the
+  proxy's Envoy holds, read from its admin port as istioctl does (tables, ``--fqdn``, ``--port``,
+  ``--direction``), or with ``--source pilot`` what Pilot last sent it. PROXY may be the node id,
+  ``workload.namespace`` or the proxy's IP, here and in ``proxy-status``.
 - ``meshfed demo``: a working mesh with real sidecars and traffic, in under a minute.
 
 The status commands read the hub's monitoring port, like ``meshfed registry``.
@@ -390,22 +393,36 @@ def cmd_proxy_status(args: argparse.Namespace) -> int:
     # each client is asked on its own proxy's status port, in parallel, briefly
     with ThreadPoolExecutor(max_workers=min(16, len(proxies) or 1)) as pool:
         mixer = list(pool.map(mixer_client_state, proxies))
-    if args.output == "json":
+    hub_version = _hub_version(hub_url(args))
+    if args.output in ("json", "yaml"):
+        from meshfed.cli import print_document
+
         for proxy, state in zip(proxies, mixer, strict=True):
             if state is not None:
                 proxy["mixer_client_state"] = state
-        print(json.dumps(body, indent=2))
+        print_document({"hub": {"version": hub_version}, **body}, args.output)
         return 0
     if args.proxy and not proxies:
         print(f"proxy {args.proxy!r} is not connected", file=sys.stderr)
         return 1
     rows, errors = _status_rows(proxies, mixer)
-    print(format_table(rows, ["PROXY", "XDS", "CDS", "EDS", "LDS", "RDS", "READY", "MIXER"]))
+    for row in rows:
+        row.append(hub_version)
+    header = ["PROXY", "XDS", "CDS", "EDS", "LDS", "RDS", "READY", "MIXER", "HUB VERSION"]
+    print(format_table(rows, header))
     for error in errors:
         print(error)
     if args.proxy and not args.no_envoy:
         return _compare_with_envoy(args, proxies[0])
     return 0
+
+
+def _hub_version(hub: str) -> str:
+    try:
+        with urllib.request.urlopen(f"{hub}/version", timeout=5) as response:
+            return str(json.load(response).get("version", "unknown"))
+    except (OSError, ValueError):
+        return "unknown"
 
 
 def _compare_with_envoy(args: argparse.Namespace, proxy: dict[str, Any]) -> int:
@@ -430,17 +447,99 @@ def _compare_with_envoy(args: argparse.Namespace, proxy: dict[str, Any]) -> int:
     return 0 if all(d.in_sync for d in diffs) else 2
 
 
-def cmd_proxy_config(args: argparse.Namespace) -> int:
+def _find_proxy(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The connected proxy ``args.proxy`` names (node id, ``workload.namespace`` or IP)."""
     from meshfed.cli import fetch_json, hub_url
 
-    query = urllib.parse.urlencode({"proxy": args.proxy, "type": args.kind})
-    body = fetch_json(f"{hub_url(args)}/debug/config_dump?{query}")
-    resources = body["configs"][T.short(T.BY_KIND[args.kind])]
-    if args.output == "names":
-        for r in resources:
-            print(r["name"])
-    else:
-        print(json.dumps([r["resource"] for r in resources], indent=2))
+    query = urllib.parse.urlencode({"proxy": args.proxy})
+    proxies = fetch_json(f"{hub_url(args)}/debug/syncz?{query}").get("proxies", [])
+    return proxies[0] if proxies else None
+
+
+def _admin_get(admin: str, path: str) -> Any:
+    try:
+        with urllib.request.urlopen(f"{admin}{path}", timeout=10) as response:
+            return json.load(response)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(
+            f"error: cannot read Envoy's admin at {admin}{path} ({exc}); "
+            "use --envoy-admin URL, or --source pilot for what Pilot sent"
+        ) from None
+
+
+PILOT_KINDS = ("cluster", "listener", "route", "endpoint")
+TABLES = {
+    "cluster": ("Clusters", "CLUSTER_HEADERS"),
+    "listener": ("Listeners", "LISTENER_HEADERS"),
+    "route": ("Routes", "ROUTE_HEADERS"),
+    "endpoint": ("Endpoints", "ENDPOINT_HEADERS"),
+    "secret": ("Secrets", "SECRET_HEADERS"),
+    "bootstrap": ("Bootstrap", ""),
+}
+
+
+def cmd_proxy_config(args: argparse.Namespace) -> int:
+    from meshfed import envoy_config as E
+    from meshfed.cli import fetch_json, format_table, hub_url, print_document
+
+    proxy = _find_proxy(args)
+    if proxy is None:
+        print(f"error: proxy {args.proxy!r} is not connected", file=sys.stderr)
+        return 1
+    kinds = list(E.KINDS) if args.kind == "all" else [args.kind]
+    if args.source == "pilot":
+        if any(k not in PILOT_KINDS for k in kinds):
+            kinds = [k for k in kinds if k in PILOT_KINDS]
+            if args.kind != "all":
+                print(
+                    f"error: Pilot does not send a {args.kind}; use --source envoy", file=sys.stderr
+                )
+                return 1
+        query = urllib.parse.urlencode({"proxy": proxy["proxy"]})
+        body = fetch_json(f"{hub_url(args)}/debug/config_dump?{query}")
+        sent = {k: body["configs"][T.short(T.BY_KIND[k])] for k in kinds}
+        if args.output == "names":
+            for k in kinds:
+                for r in sent[k]:
+                    print(r["name"])
+        elif args.output == "table":
+            rows = [[k, r["name"], r["version"]] for k in kinds for r in sent[k]]
+            print(format_table(rows, ["KIND", "NAME", "VERSION"]))
+        else:
+            kept = {k: [r["resource"] for r in sent[k]] for k in kinds}
+            print_document(kept[args.kind] if args.kind != "all" else kept, args.output)
+        return 0
+    node = proxy["node"]
+    admin = (args.envoy_admin or f"http://{node['ip']}:{node['admin_port']}").rstrip("/")
+    dump = _admin_get(admin, "/config_dump?include_eds")
+    statuses = _admin_get(admin, "/clusters?format=json") if "endpoint" in kinds else {}
+    filters = E.Filters(
+        fqdn=args.fqdn or "", port=args.port or 0, direction=args.direction or "",
+        subset=args.subset or "",
+    )  # fmt: skip
+    if args.output in ("json", "yaml"):
+        doc: dict[str, Any] = {k: E.resources(dump, k) for k in kinds}
+        if "bootstrap" in doc:
+            doc["bootstrap"] = E.bootstrap(dump)  # one document, not a list of one, as istioctl
+        print_document(doc[args.kind] if args.kind != "all" else doc, args.output)
+        return 0
+    for i, kind in enumerate(kinds):
+        if kind == "bootstrap":
+            rows, headers = E.bootstrap_rows(dump), ["FIELD", "VALUE"]
+        elif kind == "secret":
+            rows, headers = E.secret_rows(dump), E.SECRET_HEADERS
+        elif kind == "endpoint":
+            rows, headers = E.endpoint_rows(statuses, filters), E.ENDPOINT_HEADERS
+        else:
+            rows = getattr(E, f"{kind}_rows")(dump, filters)
+            headers = getattr(E, TABLES[kind][1])
+        if args.output == "names":
+            for row in rows:
+                print(row[0] if kind != "endpoint" else row[3] + " " + row[0])
+            continue
+        if len(kinds) > 1:
+            print(("\n" if i else "") + f"{TABLES[kind][0]} ({proxy['proxy']}):")
+        print(format_table(rows, headers))
     return 0
 
 
@@ -525,8 +624,13 @@ def register(sub: Any) -> None:
     proxy.set_defaults(func=cmd_proxy, mixer_from_config=True)
 
     status = sub.add_parser("proxy-status", help="per proxy and xDS type: sync state")
-    status.add_argument("proxy", nargs="?", help="one proxy id (default: all connected)")
-    status.add_argument("--output", "-o", choices=["table", "json"], default="table")
+    status.add_argument(
+        "proxy",
+        nargs="?",
+        help="one proxy: its id, workload.namespace (e.g. productpage.default) or IP "
+        "(default: all connected)",
+    )
+    status.add_argument("--output", "-o", choices=["table", "json", "yaml"], default="table")
     status.add_argument(
         "--envoy-admin", help="Envoy admin URL for the comparison (default: from node metadata)"
     )
@@ -536,10 +640,28 @@ def register(sub: Any) -> None:
     _add_hub_args(status)
     status.set_defaults(func=cmd_proxy_status)
 
-    config = sub.add_parser("proxy-config", help="what Pilot last sent a proxy, as JSON")
-    config.add_argument("kind", choices=["cluster", "listener", "route", "endpoint"])
-    config.add_argument("proxy", help="proxy id (node id) as shown by proxy-status")
-    config.add_argument("--output", "-o", choices=["json", "names"], default="json")
+    config = sub.add_parser(
+        "proxy-config",
+        help="what a proxy's Envoy holds (its admin port), or what Pilot sent it (--source pilot)",
+    )
+    config.add_argument("kind", choices=["cluster", "listener", "route", "endpoint", "secret",
+                                         "bootstrap", "all"])  # fmt: skip
+    config.add_argument("proxy", help="proxy id, workload.namespace (e.g. web.default) or IP")
+    config.add_argument(
+        "--output", "-o", choices=["table", "json", "yaml", "names"], default="table"
+    )
+    config.add_argument(
+        "--source",
+        choices=["envoy", "pilot"],
+        default="envoy",
+        help="envoy: read the proxy's admin /config_dump, as istioctl does (default); "
+        "pilot: what Pilot last sent it",
+    )
+    config.add_argument("--fqdn", help="only this service (a short name matches its FQDN)")
+    config.add_argument("--port", type=int, help="only this port")
+    config.add_argument("--direction", choices=["inbound", "outbound"], help="only this side")
+    config.add_argument("--subset", help="only this subset (clusters, endpoints)")
+    config.add_argument("--envoy-admin", help="Envoy admin URL (default: from node metadata)")
     _add_hub_args(config)
     config.set_defaults(func=cmd_proxy_config)
 

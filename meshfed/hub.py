@@ -58,7 +58,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("meshfed.hub")
 
 REGISTRY_EVENTS = Counter(
-    "meshfed_registry_events_total", "Change events emitted by the aggregate registry"
+    "meshfed_registry_events_total",
+    "Change events emitted by the aggregate registry, by the registry whose change it was",
+    ["registry"],
 )
 ADAPTER_RESTARTS = Counter(
     "meshfed_registry_adapter_restarts_total",
@@ -119,6 +121,7 @@ class AggregateCollector:
         yield GaugeMetricFamily(
             "meshfed_registry_services", "Services in the merged view", len(services)
         )
+        yield GaugeMetricFamily("pilot_services", "Total services known to pilot", len(services))
         yield GaugeMetricFamily(
             "meshfed_registry_endpoints",
             "Endpoints in the merged view",
@@ -168,9 +171,8 @@ class Hub:
         self.metrics.register(AggregateCollector(self.aggregate))
         self.aggregate.subscribe(self._count_event)
 
-    @staticmethod
-    def _count_event(event: ChangeEvent) -> None:
-        REGISTRY_EVENTS.inc()
+    def _count_event(self, event: ChangeEvent) -> None:
+        REGISTRY_EVENTS.labels(self.aggregate.notifying or "unknown").inc()
 
     @property
     def monitoring_port(self) -> int:

@@ -179,7 +179,12 @@ class NodeAgent:
             ttl=cfg.ttl,
         )
         self._install(key, response)
-        log.info("obtained %s (valid until %s)", response.identity, response.not_after)
+        log.info(
+            "obtained %s (valid until %s)",
+            response.identity,
+            response.not_after,
+            extra={"identity": response.identity},
+        )
         await self.sds.start()
         try:
             if cfg.hub_url and cfg.workload is not None:
@@ -260,7 +265,12 @@ class NodeAgent:
             ttl=self.config.ttl,
         )
         self._install(new_key, response)
-        log.info("renewed %s (valid until %s)", response.identity, response.not_after)
+        log.info(
+            "renewed %s (valid until %s)",
+            response.identity,
+            response.not_after,
+            extra={"identity": response.identity},
+        )
         return response.not_after
 
     def update_bundle(self, root_pem: bytes) -> bool:
@@ -298,7 +308,13 @@ class NodeAgent:
         )
         await registration.register(cfg.hub_url, body, self.key, self.chain_pem)
         if not self.registered:
-            log.info("registered %s/%s with %s", cfg.namespace, cfg.workload.name, cfg.hub_url)
+            log.info(
+                "registered %s/%s with %s",
+                cfg.namespace,
+                cfg.workload.name,
+                cfg.hub_url,
+                extra={"workload": f"{cfg.namespace}/{cfg.workload.name}", "hub": cfg.hub_url},
+            )
         self.registered = True
 
     async def _supervise_sidecar(self) -> None:
@@ -343,7 +359,12 @@ class NodeAgent:
                 await registration.deregister(
                     cfg.hub_url, cfg.workload.namespace, cfg.workload.name, self.key, self.chain_pem
                 )
-                log.info("deregistered %s/%s", cfg.workload.namespace, cfg.workload.name)
+                log.info(
+                    "deregistered %s/%s",
+                    cfg.workload.namespace,
+                    cfg.workload.name,
+                    extra={"workload": f"{cfg.workload.namespace}/{cfg.workload.name}"},
+                )
             except Exception as exc:
                 log.error("deregistration failed: %s", exc)
             self.registered = False

@@ -150,16 +150,22 @@ class Connection:
         short = T.short(type_url)
         if kind is RequestKind.NACK:
             M.NACKS.labels(short).inc()
+            M.ISTIO_REJECTS.inc(1, short)
             self.server.nack_log.nack(
                 self.node.id, short, watch.last_nack.version if watch.last_nack else "?", error
             )
         elif kind is RequestKind.ACK:
             if event_time is not None:
                 M.CONVERGENCE.labels(short).observe(max(0.0, now - event_time))
+                M.ISTIO_CONVERGENCE.observe(max(0.0, now - event_time))
                 watch.sent_event_time = None
             if self.first_ready_at is None and self.ready:
                 self.first_ready_at = time.time()
-                log.info("proxy %s ACKed its first full config", self.node.id)
+                log.info(
+                    "proxy %s ACKed its first full config",
+                    self.node.id,
+                    extra={"proxy": self.node.id},
+                )
         if names or kind is RequestKind.INITIAL:
             self._send_type(
                 self.server.cache_view(self),
@@ -234,7 +240,9 @@ class Connection:
             M.PUSHES_MERGED.labels(short).inc()
         M.PUSHES.labels(short).inc()
         M.PUSH_RESOURCES.labels(short).inc(len(plan.resources))
-        M.PUSH_TIME.labels(short).observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        M.PUSH_TIME.labels(short).observe(elapsed)
+        M.count_push(short, plan.resources, elapsed)
         return plan
 
     def _remember(self, plan: Plan) -> None:
@@ -311,17 +319,29 @@ class DiscoveryServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         conn = Connection(self, from_proto(node_proto), delta, peer, outbox)
         self.connections[conn.id] = conn
         M.CONNECTED.labels("delta" if delta else "sotw").inc()
-        log.info("proxy %s connected (%s, %s)", conn.node.id, "delta" if delta else "sotw", peer)
+        log.info(
+            "proxy %s connected (%s, %s)",
+            conn.node.id,
+            "delta" if delta else "sotw",
+            peer,
+            extra={"proxy": conn.node.id, "peer": peer},
+        )
         return conn
 
     def _close(self, conn: Connection) -> None:
         if self.connections.pop(conn.id, None) is not None:
             M.CONNECTED.labels("delta" if conn.delta else "sotw").dec()
-            log.info("proxy %s disconnected", conn.node.id)
+            log.info("proxy %s disconnected", conn.node.id, extra={"proxy": conn.node.id})
 
     def find(self, proxy: str) -> Connection | None:
-        """The newest connection whose node id (or connection id) is ``proxy``."""
-        matches = [c for c in self.connections.values() if proxy in (c.node.id, c.id)]
+        """The newest connection whose node id (or connection id) is ``proxy``; else, as
+        istioctl accepts, whose ``workload.namespace`` or IP is ``proxy``."""
+        conns = list(self.connections.values())
+        matches = [c for c in conns if proxy in (c.node.id, c.id)]
+        if not matches:
+            matches = [
+                c for c in conns if proxy in (f"{c.node.workload}.{c.node.namespace}", c.node.ip)
+            ]
         return max(matches, key=lambda c: c.connected_at) if matches else None
 
     def push(self, change: CacheChange | None, event_time: float | None = None) -> int:

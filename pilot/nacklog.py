@@ -62,5 +62,6 @@ class NackLog:
             bounded(version, 64),
             bounded(error, LOG_LIMIT),
             more,
+            extra={"proxy": bounded(proxy, LOG_LIMIT), "type": type_short},
         )
         return True

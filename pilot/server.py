@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -39,8 +39,8 @@ from aiohttp import web
 from meshfed.core.component import HubContext
 from meshfed.core.configstore import ROUTING
 from meshfed.core.supervisor import Supervisor
+from meshfed.pilot import analysis, istio_debug, traffic_hooks, wire
 from meshfed.pilot import metrics as M
-from meshfed.pilot import traffic_hooks, wire
 from meshfed.pilot import xds_types as T
 from meshfed.pilot.ads import DiscoveryServer
 from meshfed.pilot.cache import CacheChange, ConfigCache
@@ -60,6 +60,16 @@ log = logging.getLogger("meshfed.pilot")
 DEFAULT_QUIET = 0.1
 DEFAULT_MAX_DELAY = 1.0
 STAGE_WAIT = 2.0  # seconds a config change waits for proxies' ACKs between its two steps
+
+
+def _triggers(names: Iterable[str]) -> list[str]:
+    """Why a batch is pushed, one reason per entry (Istio's push trigger types)."""
+    return [
+        "config" if n == CONFIG_CHANGED else "plugins" if n == PLUGINS_CHANGED else "registry"
+        for n in names
+    ]
+
+
 CONFIG_CHANGED = "\0config"  # a debouncer "hostname" no service can have: re-read the stores
 PLUGINS_CHANGED = "\0plugins"  # likewise: a listener plugin's config changed
 
@@ -118,6 +128,7 @@ class PilotServer:
         self._debounce: DebounceLoop | None = None
         self._subscribed = False
         self.pushes = 0
+        self.push_record = istio_debug.PushRecord()
 
     async def start(self, hub: HubContext | None = None) -> None:
         if hub is not None:
@@ -137,6 +148,7 @@ class PilotServer:
         self.cache = ConfigCache(self.aggregate, plugins)
         await self._start_stores()
         self.discovery = DiscoveryServer(self.cache)
+        M.DISCOVERY.servers.add(self.discovery)
         self._debounce = DebounceLoop(self._flush, self.quiet, self.max_delay)
         self._debounce.start()
         if not self._subscribed:
@@ -262,10 +274,12 @@ class PilotServer:
         listeners and clusters whose bytes changed (nothing, if the plugin's version did not
         move). Goes through the debouncer, so a burst of changes costs one push."""
         if self._debounce is not None:
+            M.ISTIO_PUSH_TRIGGERS.inc(1, "config")
             self._debounce.submit({PLUGINS_CHANGED})
 
     def _on_config(self, snapshot: ConfigSnapshot) -> None:
         if self._debounce is not None:
+            M.ISTIO_PUSH_TRIGGERS.inc(1, "config")
             self._debounce.submit({CONFIG_CHANGED})
 
     def configz(self) -> dict[str, Any]:
@@ -314,11 +328,17 @@ class PilotServer:
     def _on_event(self, event: ChangeEvent) -> None:
         if self._debounce is not None:
             M.DEBOUNCED_EVENTS.inc()
+            if event.endpoints:
+                M.ISTIO_PUSH_TRIGGERS.inc(1, "endpoint")
+            if event.services_added or event.services_updated or event.services_removed:
+                M.ISTIO_PUSH_TRIGGERS.inc(1, "service")
             self._debounce.submit(event.hostnames)
 
     async def _flush(self, batch: Batch) -> None:
         assert self.cache is not None and self.discovery is not None
         M.DEBOUNCE.observe(batch.waited)
+        M.ISTIO_DEBOUNCE.observe(batch.waited)
+        self.push_record.started(_triggers(batch.hostnames))
         started = time.perf_counter()
         change = self.cache.apply(batch.hostnames - {CONFIG_CHANGED, PLUGINS_CHANGED})
         if PLUGINS_CHANGED in batch.hostnames:
@@ -331,7 +351,10 @@ class PilotServer:
         if not (change.services_changed or change.endpoint_names or change.cluster_names):
             return
         self.pushes += 1
-        await self.discovery.push_all(change, batch.first_at)
+        responses = await self.discovery.push_all(change, batch.first_at)
+        self.push_record.finished(
+            responses, change.full, change.services_changed, change.endpoint_names
+        )
 
     async def stop(self) -> None:
         for store in self._owned_stores:
@@ -352,6 +375,7 @@ class PilotServer:
         if self.discovery is not None:
             for conn in list(self.discovery.connections.values()):
                 self.discovery._close(conn)
+            M.DISCOVERY.servers.discard(self.discovery)
 
     def routes(self) -> list[web.RouteDef]:
         from meshfed.pilot.status import routes
@@ -359,7 +383,25 @@ class PilotServer:
         async def configz(request: web.Request) -> web.Response:
             return web.json_response(self.configz())
 
-        return [*routes(lambda: self.discovery), web.get("/debug/configz", configz)]
+        async def analyze(request: web.Request) -> web.Response:
+            """cross-resource findings of the live config against the live catalog"""
+            return web.json_response({"findings": [f.as_dict() for f in self.analyze()]})
+
+        istio = istio_debug.routes(lambda: self.discovery, lambda: self.aggregate, self.push_record)
+        return [
+            *routes(lambda: self.discovery),
+            web.get("/debug/configz", configz),
+            web.get("/debug/analyze", analyze),
+            *istio,
+        ]
+
+    def analyze(self) -> list[analysis.Finding]:
+        """``meshfed analyze --hub``: the running config, checked as files would be."""
+        if self.aggregate is None:
+            return []
+        return analysis.analyze(
+            self.config_snapshot(), analysis.Catalog.of_aggregate(self.aggregate)
+        )
 
     def not_ready(self) -> list[str]:
         if self._grpc is None or self.discovery is None:

@@ -101,7 +101,7 @@ class Member:
             or self.endpoints.get(h, ()) != new_endpoints.get(h, ())
         }
         self.services, self.endpoints = new_services, new_endpoints
-        return self._aggregate._recompute(touched)
+        return self._aggregate._recompute(touched, self.name)
 
     def put_service(
         self, service: Service, endpoints: Iterable[Endpoint] | None = None
@@ -111,17 +111,17 @@ class Member:
         self.services[host] = self._own(service)
         if endpoints is not None:
             self._store_endpoints(host, endpoints)
-        return self._aggregate._recompute({host})
+        return self._aggregate._recompute({host}, self.name)
 
     def delete_service(self, hostname: str) -> ChangeEvent:
         self.services.pop(hostname, None)
         self.endpoints.pop(hostname, None)
-        return self._aggregate._recompute({hostname})
+        return self._aggregate._recompute({hostname}, self.name)
 
     def set_endpoints(self, hostname: str, endpoints: Iterable[Endpoint]) -> ChangeEvent:
         """Set this member's endpoints for a hostname (the service may come from another member)."""
         self._store_endpoints(hostname, endpoints)
-        return self._aggregate._recompute({hostname})
+        return self._aggregate._recompute({hostname}, self.name)
 
     def _store_endpoints(self, hostname: str, endpoints: Iterable[Endpoint]) -> None:
         owned = self._own_endpoints(endpoints)
@@ -183,6 +183,9 @@ class AggregateRegistry:
         self._by_workload = WorkloadIndex()
         self._subscribers: list[Subscriber] = []
         self._status_subscribers: list[Callable[[], None]] = []
+        # The member whose change subscribers are being told about ("" outside a notification),
+        # so that a subscriber can attribute an event without the event carrying it.
+        self.notifying = ""
 
     # -- membership -------------------------------------------------------------------------
     def add_member(self, name: str, kind: str = "") -> Member:
@@ -257,7 +260,7 @@ class AggregateRegistry:
             callback()
 
     # -- merging ----------------------------------------------------------------------------
-    def _recompute(self, hostnames: Iterable[str]) -> ChangeEvent:
+    def _recompute(self, hostnames: Iterable[str], source: str = "") -> ChangeEvent:
         hostnames = set(hostnames)
         before_s = {h: self._services[h] for h in hostnames if h in self._services}
         before_e = {h: self._endpoints[h] for h in hostnames if h in self._endpoints}
@@ -279,8 +282,12 @@ class AggregateRegistry:
             self._record_conflicts(host, conflicts)
         event = diff_views(before_s, self._services, before_e, self._endpoints, hostnames)
         if not event.empty:
-            for callback in list(self._subscribers):
-                callback(event)
+            self.notifying = source
+            try:
+                for callback in list(self._subscribers):
+                    callback(event)
+            finally:
+                self.notifying = ""
         return event
 
     def _record_conflicts(self, host: str, conflicts: tuple[Conflict, ...]) -> None:

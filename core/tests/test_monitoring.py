@@ -113,3 +113,45 @@ def test_addresses_are_parsed_or_refused() -> None:
     for bad in ("nowhere", "1.2.3.4:99999", "host:port"):
         with pytest.raises(ValueError, match="expected host:port"):
             split_host_port(bad)
+
+
+async def test_debug_index_lists_every_get_route_with_its_help() -> None:
+    server = MonitoringServer("127.0.0.1:0", name="test", metrics=[CollectorRegistry()])
+
+    async def hello(request: web.Request) -> web.Response:
+        """says hello
+
+        more words that are not the help line"""
+        return web.json_response({})
+
+    async def post(request: web.Request) -> web.Response:
+        return web.json_response({})
+
+    server.add_routes([web.get("/debug/hello", hello), web.post("/debug/poke", post)])
+    await server.start()
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://{server.bound}/debug") as response,
+        ):
+            body = await response.json()
+    finally:
+        await server.stop()
+    index = {e["path"]: e["help"] for e in body["endpoints"]}
+    assert index["/debug/hello"] == "says hello"
+    assert "/debug/poke" not in index
+    assert {"/metrics", "/healthz/ready", "/healthz/live", "/debug"} <= set(index)
+    assert list(index) == sorted(index)
+
+
+def test_build_info_and_no_created_series() -> None:
+    from prometheus_client import REGISTRY, generate_latest
+
+    from meshfed.core.monitoring import build_version
+
+    text = generate_latest(REGISTRY).decode()
+    assert f'meshfed_build_info{{version="{build_version()}"}} 1.0' in text
+    assert f'istio_build{{component="pilot",tag="{build_version()}"}} 1.0' in text
+    own = CollectorRegistry()
+    Counter("meshfed_test_made_total", "x", registry=own).inc()
+    assert "_created" not in generate_latest(own).decode()

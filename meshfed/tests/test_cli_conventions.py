@@ -84,7 +84,7 @@ def test_log_options_are_accepted_before_and_after_the_subcommand():
     assert parse(["ca", "serve", "--log-level", "ERROR"]).log_level == "ERROR"
     assert parse(["up"]).log_level == "INFO" and parse(["up"]).log_format == "text"
     proxy = ["proxy", "--ip", "127.0.0.1", "--workload", "web"]
-    for argv in (["up"], proxy, NODEAGENT, ["ca", "serve"]):
+    for argv in (["up"], proxy, NODEAGENT, ["ca", "serve"], ["demo"]):
         assert parse([*argv, "--log-format", "json"]).log_format == "json", argv
         assert parse(["--log-format", "json", *argv]).log_format == "json", argv
 

@@ -11,6 +11,7 @@ from google.protobuf import any_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 
+from meshfed.pilot import metrics as M
 from meshfed.pilot import xds_types as T
 from meshfed.pilot.ads import DiscoveryServer
 from meshfed.pilot.cache import ConfigCache
@@ -145,6 +146,8 @@ def test_nack_log_is_bounded_and_rate_limited_per_proxy(caplog) -> None:
     assert len(caplog.records) == 3
     assert all(len(r.getMessage()) < 2 * LOG_LIMIT for r in caplog.records)
     assert "4 more NACKs from this proxy not logged" in caplog.records[2].getMessage()
+    # as fields too (``--log-format json``): the proxy and the type
+    assert [(r.proxy, r.type) for r in caplog.records][1] == ("proxy-b", "cds")  # type: ignore[attr-defined]
 
 
 def test_a_huge_nack_is_cut_but_stays_visible_in_proxy_status(caplog) -> None:
@@ -154,6 +157,7 @@ def test_a_huge_nack_is_cut_but_stays_visible_in_proxy_status(caplog) -> None:
     conn.on_request(discovery_pb2.DiscoveryRequest(node=node, type_url=T.CLUSTER))
     (cds,) = conn.take_responses()
     huge = "refused: " + "y" * 4_000_000
+    rejects, pushes = M.ISTIO_REJECTS.value("cds"), M.ISTIO_PUSHES.value("cds")
     with caplog.at_level(logging.WARNING, logger="meshfed.pilot.ads"):
         for _ in range(5):
             request = discovery_pb2.DiscoveryRequest(
@@ -163,6 +167,9 @@ def test_a_huge_nack_is_cut_but_stays_visible_in_proxy_status(caplog) -> None:
             conn.on_request(request)
     described = conn.describe()["types"]["cds"]
     assert described["status"] == "NACKED" and described["nacks"] == 5
+    # every NACK counted under Istio's name; no response re-sent for them
+    assert M.ISTIO_REJECTS.value("cds") == rejects + 5
+    assert M.ISTIO_PUSHES.value("cds") == pushes
     assert described["error"].startswith("refused: yyy") and "more characters" in described["error"]
     assert len(described["error"]) < ERROR_LIMIT + 100
     assert sum(len(r.getMessage()) for r in caplog.records) < 1000
