@@ -45,6 +45,7 @@ from meshfed.pilot import traffic_hooks
 from meshfed.pilot import xds_types as T
 from meshfed.pilot.ads import DiscoveryServer
 from meshfed.pilot.cache import CacheChange, ConfigCache
+from meshfed.pilot.config import peer_authentication
 from meshfed.pilot.config.parse import IngressSelection, routing_parsers
 from meshfed.pilot.config.store import ConfigSnapshot, FileConfigStore
 from meshfed.pilot.debounce import Batch, DebounceLoop
@@ -137,6 +138,8 @@ class PilotServer:
         # Built in full by _on_status once every registry has synced (now, if already so).
         self.cache = ConfigCache(self.aggregate, plugins)
         await self._start_stores()
+        if self._fold_peer_authentication():
+            self.cache.plugins_key = self.cache.plugins.key  # nothing was built yet
         self.discovery = DiscoveryServer(self.cache)
         self._debounce = DebounceLoop(self._flush, self.quiet, self.max_delay)
         self._debounce.start()
@@ -207,8 +210,24 @@ class PilotServer:
         for store in self.config_stores:
             snap = store.snapshot
             objects += [*snap.route_rules, *snap.destination_policies]
-            objects += [*snap.egress_rules, *snap.gateways]
+            objects += [*snap.egress_rules, *snap.gateways, *snap.peer_authentications]
         return ConfigSnapshot.of(objects)
+
+    def _fold_peer_authentication(self) -> bool:
+        """Give the mutual TLS plugin the mesh config's policy under the stores'
+        PeerAuthentication objects; True when its policy changed."""
+        if self.cache is None:
+            return False
+        folded = peer_authentication.policy(
+            self.mtls_policy, self.config_snapshot().peer_authentications
+        )
+        changed = False
+        for plugin in self.cache.plugins.plugins:
+            if isinstance(plugin, MtlsPlugin) and plugin.policy != folded.policy:
+                plugin.policy, changed = folded.policy, True
+        for note in folded.notes:
+            log.warning("%s", note)
+        return changed
 
     async def _apply_config(self, change: CacheChange, batch: Batch) -> CacheChange:
         """Make before break: add clusters, then switch routes, then remove old clusters.
@@ -321,7 +340,8 @@ class PilotServer:
         M.DEBOUNCE.observe(batch.waited)
         started = time.perf_counter()
         change = self.cache.apply(batch.hostnames - {CONFIG_CHANGED, PLUGINS_CHANGED})
-        if PLUGINS_CHANGED in batch.hostnames:
+        folded = CONFIG_CHANGED in batch.hostnames and self._fold_peer_authentication()
+        if PLUGINS_CHANGED in batch.hostnames or folded:
             refreshed = self.cache.refresh_plugins()
             if refreshed is not None:
                 change = traffic_hooks.merge(change, refreshed)

@@ -44,6 +44,10 @@ from meshfed.pilot.config.model import (
     StringMatch,
     WeightedDestination,
 )
+from meshfed.pilot.config.peer_authentication import (
+    PeerAuthentication,
+    parse_peer_authentication,
+)
 from meshfed.registry.model import Labels, Protocol
 
 CONFIG_API_VERSIONS = frozenset({"config.istio.io/v1alpha2", "config.meshfed.io/v1alpha1"})
@@ -626,7 +630,13 @@ def parse_ingress(
 
 # Every kind the routing stores hold: Istio 0.2's and today's Istio API's.
 ConfigObject = (
-    RouteRule | DestinationPolicy | EgressRule | Gateway | VirtualService | DestinationRule
+    RouteRule
+    | DestinationPolicy
+    | EgressRule
+    | Gateway
+    | VirtualService
+    | DestinationRule
+    | PeerAuthentication
 )
 Parser = Callable[[Document], tuple[ConfigObject | None, list[ConfigError]]]
 
@@ -636,6 +646,7 @@ PARSERS: dict[str, Parser] = {
     "DestinationRule": parse_destination_rule,
     "DestinationPolicy": parse_destination_policy,
     "EgressRule": parse_egress_rule,
+    "PeerAuthentication": parse_peer_authentication,
     "Gateway": parse_ingress,
     "Ingress": parse_ingress,
 }

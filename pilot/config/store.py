@@ -28,6 +28,7 @@ from meshfed.pilot.config.model import (
     RouteRule,
 )
 from meshfed.pilot.config.parse import PARSERS, ConfigObject, Parser
+from meshfed.pilot.config.peer_authentication import PeerAuthentication
 
 log = logging.getLogger("meshfed.pilot.config")
 
@@ -41,6 +42,7 @@ class ConfigSnapshot:
     conflicts: tuple[RuleConflict, ...] = ()
     # Where today's Istio objects override Istio 0.2's, and routes to undefined subsets.
     notes: tuple[str, ...] = ()
+    peer_authentications: tuple[PeerAuthentication, ...] = ()
 
     @classmethod
     def of(cls, objects: Iterable[ConfigObject]) -> ConfigSnapshot:
@@ -63,6 +65,9 @@ class ConfigSnapshot:
             gateways=tuple(sorted((o for o in objects if isinstance(o, Gateway)), key=key)),
             conflicts=find_conflicts(rules),
             notes=resolved.notes,
+            peer_authentications=tuple(
+                sorted((o for o in objects if isinstance(o, PeerAuthentication)), key=key)
+            ),
         )
 
 
