@@ -333,13 +333,18 @@ def default_components(mesh: MeshConfig) -> list[HubComponent]:
     from meshfed.configstores import kube_config_components  # CRD config per cluster
     from meshfed.pilot.mixer_plugin import MixerPlugin
     from meshfed.pilot.mtls_plugin import MtlsPlugin
+    from meshfed.pilot.rbac_plugin import AuthorizationPlugin
     from meshfed.pilot.server import PilotServer  # reads mesh.discovery_address, mesh.pilot
     from meshfed.security.mtls import policy_from_config
 
     # Pilot's listener plugins, in order: mutual TLS first, so later plugins' filters run
     # behind it.
     pilot = PilotServer(
-        plugins=[MtlsPlugin(policy_from_config(mesh.pilot)), MixerPlugin(mixer_data_path(mesh))]
+        plugins=[
+            MtlsPlugin(policy_from_config(mesh.pilot)),
+            AuthorizationPlugin(),
+            MixerPlugin(mixer_data_path(mesh)),
+        ]
     )
     # Registration first: its member must exist before Pilot waits for every member to sync.
     components: list[HubComponent] = [WorkloadRegistration(), pilot, *kube_config_components(mesh)]

@@ -51,6 +51,7 @@ from meshfed.pilot.config.store import ConfigSnapshot, FileConfigStore
 from meshfed.pilot.debounce import Batch, DebounceLoop
 from meshfed.pilot.mtls_plugin import MtlsPlugin
 from meshfed.pilot.plugins import ListenerPlugin
+from meshfed.pilot.rbac_plugin import AuthorizationPlugin
 from meshfed.pilot.translate.traffic import TrafficOptions
 from meshfed.pilot.watch import Status
 from meshfed.registry.aggregate import AggregateRegistry
@@ -134,7 +135,11 @@ class PilotServer:
             raise ValueError("PilotServer needs an aggregate registry (or a hub)")
         if self._supervisor is None:
             self._supervisor, self._own_supervisor = Supervisor(), True
-        plugins = self.plugins if self.plugins is not None else [MtlsPlugin(self.mtls_policy)]
+        plugins = (
+            self.plugins
+            if self.plugins is not None
+            else [MtlsPlugin(self.mtls_policy), AuthorizationPlugin()]
+        )
         # Built in full by _on_status once every registry has synced (now, if already so).
         self.cache = ConfigCache(self.aggregate, plugins)
         await self._start_stores()
@@ -211,20 +216,26 @@ class PilotServer:
             snap = store.snapshot
             objects += [*snap.route_rules, *snap.destination_policies]
             objects += [*snap.egress_rules, *snap.gateways, *snap.peer_authentications]
+            objects += [*snap.authorization_policies]
         return ConfigSnapshot.of(objects)
 
     def _fold_peer_authentication(self) -> bool:
         """Give the mutual TLS plugin the mesh config's policy under the stores'
-        PeerAuthentication objects; True when its policy changed."""
+        PeerAuthentication objects, and the authorization plugin the stores'
+        AuthorizationPolicies; True when either changed."""
         if self.cache is None:
             return False
-        folded = peer_authentication.policy(
-            self.mtls_policy, self.config_snapshot().peer_authentications
-        )
+        snapshot = self.config_snapshot()
+        folded = peer_authentication.policy(self.mtls_policy, snapshot.peer_authentications)
         changed = False
         for plugin in self.cache.plugins.plugins:
             if isinstance(plugin, MtlsPlugin) and plugin.policy != folded.policy:
                 plugin.policy, changed = folded.policy, True
+            if (
+                isinstance(plugin, AuthorizationPlugin)
+                and plugin.policies != snapshot.authorization_policies
+            ):
+                plugin.policies, changed = snapshot.authorization_policies, True
         for note in folded.notes:
             log.warning("%s", note)
         return changed

@@ -16,6 +16,10 @@ import attrs
 
 from meshfed.core import validators as v
 from meshfed.core.resources import ConfigError, Document, FieldReader, describe
+from meshfed.pilot.config.authorization import (
+    AuthorizationPolicy,
+    parse_authorization_policy,
+)
 from meshfed.pilot.config.istio import (
     DestinationRule,
     VirtualService,
@@ -637,6 +641,7 @@ ConfigObject = (
     | VirtualService
     | DestinationRule
     | PeerAuthentication
+    | AuthorizationPolicy
 )
 Parser = Callable[[Document], tuple[ConfigObject | None, list[ConfigError]]]
 
@@ -647,6 +652,7 @@ PARSERS: dict[str, Parser] = {
     "DestinationPolicy": parse_destination_policy,
     "EgressRule": parse_egress_rule,
     "PeerAuthentication": parse_peer_authentication,
+    "AuthorizationPolicy": parse_authorization_policy,
     "Gateway": parse_ingress,
     "Ingress": parse_ingress,
 }

@@ -19,6 +19,7 @@ import attrs
 
 from meshfed.core.filestore import WatchedFiles, parse_file
 from meshfed.core.resources import ConfigError
+from meshfed.pilot.config.authorization import AuthorizationPolicy
 from meshfed.pilot.config.conflicts import RuleConflict, find_conflicts, ordered_rules
 from meshfed.pilot.config.istio import DestinationRule, VirtualService, resolve
 from meshfed.pilot.config.model import (
@@ -43,6 +44,7 @@ class ConfigSnapshot:
     # Where today's Istio objects override Istio 0.2's, and routes to undefined subsets.
     notes: tuple[str, ...] = ()
     peer_authentications: tuple[PeerAuthentication, ...] = ()
+    authorization_policies: tuple[AuthorizationPolicy, ...] = ()
 
     @classmethod
     def of(cls, objects: Iterable[ConfigObject]) -> ConfigSnapshot:
@@ -67,6 +69,9 @@ class ConfigSnapshot:
             notes=resolved.notes,
             peer_authentications=tuple(
                 sorted((o for o in objects if isinstance(o, PeerAuthentication)), key=key)
+            ),
+            authorization_policies=tuple(
+                sorted((o for o in objects if isinstance(o, AuthorizationPolicy)), key=key)
             ),
         )
 
