@@ -216,7 +216,7 @@ class PilotServer:
             snap = store.snapshot
             objects += [*snap.route_rules, *snap.destination_policies]
             objects += [*snap.egress_rules, *snap.gateways, *snap.peer_authentications]
-            objects += [*snap.authorization_policies]
+            objects += [*snap.authorization_policies, *snap.sidecars]
         return ConfigSnapshot.of(objects)
 
     def _fold_peer_authentication(self) -> bool:

@@ -52,6 +52,7 @@ from meshfed.pilot.config.peer_authentication import (
     PeerAuthentication,
     parse_peer_authentication,
 )
+from meshfed.pilot.config.sidecar import Sidecar, parse_sidecar
 from meshfed.registry.model import Labels, Protocol
 
 CONFIG_API_VERSIONS = frozenset({"config.istio.io/v1alpha2", "config.meshfed.io/v1alpha1"})
@@ -642,6 +643,7 @@ ConfigObject = (
     | DestinationRule
     | PeerAuthentication
     | AuthorizationPolicy
+    | Sidecar
 )
 Parser = Callable[[Document], tuple[ConfigObject | None, list[ConfigError]]]
 
@@ -653,6 +655,7 @@ PARSERS: dict[str, Parser] = {
     "EgressRule": parse_egress_rule,
     "PeerAuthentication": parse_peer_authentication,
     "AuthorizationPolicy": parse_authorization_policy,
+    "Sidecar": parse_sidecar,
     "Gateway": parse_ingress,
     "Ingress": parse_ingress,
 }

@@ -30,6 +30,7 @@ from meshfed.pilot.config.model import (
 )
 from meshfed.pilot.config.parse import PARSERS, ConfigObject, Parser
 from meshfed.pilot.config.peer_authentication import PeerAuthentication
+from meshfed.pilot.config.sidecar import Sidecar
 
 log = logging.getLogger("meshfed.pilot.config")
 
@@ -45,6 +46,7 @@ class ConfigSnapshot:
     notes: tuple[str, ...] = ()
     peer_authentications: tuple[PeerAuthentication, ...] = ()
     authorization_policies: tuple[AuthorizationPolicy, ...] = ()
+    sidecars: tuple[Sidecar, ...] = ()
 
     @classmethod
     def of(cls, objects: Iterable[ConfigObject]) -> ConfigSnapshot:
@@ -73,6 +75,7 @@ class ConfigSnapshot:
             authorization_policies=tuple(
                 sorted((o for o in objects if isinstance(o, AuthorizationPolicy)), key=key)
             ),
+            sidecars=tuple(sorted((o for o in objects if isinstance(o, Sidecar)), key=key)),
         )
 
 
