@@ -282,6 +282,58 @@ SEEDS: dict[str, dict[str, Any]] = {
             ],
         },
     },
+    "PeerAuthentication": {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "PeerAuthentication",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "mtls": {"mode": "STRICT"},
+            "portLevelMtls": {"9090": {"mode": "PERMISSIVE"}},
+        },
+    },
+    "AuthorizationPolicy": {
+        "apiVersion": "security.istio.io/v1beta1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "action": "ALLOW",
+            "rules": [
+                {
+                    "from": [
+                        {
+                            "source": {
+                                "principals": ["cluster.local/ns/default/sa/client"],
+                                "namespaces": ["default"],
+                                "ipBlocks": ["127.0.0.0/8"],
+                            }
+                        }
+                    ],
+                    "to": [
+                        {
+                            "operation": {
+                                "hosts": ["web.default.svc.cluster.local"],
+                                "methods": ["GET"],
+                                "paths": ["/api/*"],
+                                "ports": ["9080"],
+                            }
+                        }
+                    ],
+                    "when": [{"key": "request.headers[x-tenant]", "values": ["blue"]}],
+                }
+            ],
+        },
+    },
+    "Sidecar": {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "Sidecar",
+        "metadata": {"name": "default", "namespace": "default"},
+        "spec": {
+            "workloadSelector": {"labels": {"app": "web"}},
+            "egress": [{"hosts": ["./*", "istio-system/*"]}],
+        },
+    },
 }
 
 # Values no field of any kind should accept as they are, or accept only where they fit; each

@@ -83,7 +83,7 @@ def parse_peer_authentication(
     levels = r.reader("portLevelMtls")
     if levels is not None:
         if selector is None:
-            r.error("portLevelMtls", "expected a selector with port-level modes (as in Istio)")
+            r.error("selector", "is required with portLevelMtls (as in Istio)")
         if len(levels.data) > MAX_PORTS:
             levels.error("", f"expected at most {MAX_PORTS} ports")
         for key in sorted(levels.data, key=str)[:MAX_PORTS]:

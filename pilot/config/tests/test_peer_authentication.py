@@ -109,7 +109,7 @@ spec: {mtls: {mode: DISABLE}}
     ("spec", "field"),
     [
         ("{mtls: {mode: STRICTLY}}", "spec.mtls.mode"),
-        ("{portLevelMtls: {8080: {mode: DISABLE}}}", "spec.portLevelMtls"),
+        ("{portLevelMtls: {8080: {mode: DISABLE}}}", "spec.selector"),
         (
             "{selector: {matchLabels: {app: a}}, portLevelMtls: {http: {mode: DISABLE}}}",
             "spec.portLevelMtls.http",
