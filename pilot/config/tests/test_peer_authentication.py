@@ -103,6 +103,7 @@ spec: {mtls: {mode: DISABLE}}
         "PeerAuthentication secure/zz-second is not applied: PeerAuthentication secure/default "
         "sets the same scope",
     )
+    assert snap.notes == folded.notes  # what validate reports
 
 
 @pytest.mark.parametrize(
@@ -127,3 +128,19 @@ def test_bad_objects_are_refused_naming_the_field(tmp_path: Path, spec: str, fie
     path, snap, errors = snapshot(tmp_path, text)
     assert snap is None
     assert any(e.startswith(f"{path}: PeerAuthentication shop/x: {field}") for e in errors), errors
+
+
+def test_validate_warns_about_an_object_that_loses_its_scope(tmp_path: Path) -> None:
+    from meshfed.validate import validate_files
+
+    path = tmp_path / "two.yaml"
+    path.write_text(
+        "".join(
+            "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\n"
+            f"metadata: {{name: {name}, namespace: shop}}\nspec: {{mtls: {{mode: {mode}}}}}\n"
+            for name, mode in (("a", "STRICT"), ("b", "DISABLE"))
+        )
+    )
+    count, errors, warnings = validate_files([path])
+    assert count == 2 and errors == []
+    assert any("PeerAuthentication shop/b is not applied" in w for w in warnings), warnings
