@@ -335,6 +335,7 @@ def default_components(mesh: MeshConfig) -> list[HubComponent]:
     from meshfed.configstores import kube_config_components  # CRD config per cluster
     from meshfed.pilot.mixer_plugin import MixerPlugin
     from meshfed.pilot.mtls_plugin import MtlsPlugin
+    from meshfed.pilot.rbac_plugin import AuthorizationPlugin
     from meshfed.pilot.server import PilotServer  # reads mesh.discovery_address, mesh.pilot
     from meshfed.pilot.tracing_plugin import TracingPlugin
     from meshfed.security.mtls import policy_from_config
@@ -344,6 +345,7 @@ def default_components(mesh: MeshConfig) -> list[HubComponent]:
     pilot = PilotServer(
         plugins=[
             MtlsPlugin(policy_from_config(mesh.pilot)),
+            AuthorizationPlugin(),
             MixerPlugin(mixer_data_path(mesh)),
             TracingPlugin(mesh.tracing),
         ]

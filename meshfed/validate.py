@@ -24,9 +24,10 @@ from meshfed.pilot.config import PARSERS as PILOT_PARSERS
 from meshfed.pilot.config.istio import DestinationRule, VirtualService
 from meshfed.pilot.config.model import DestinationPolicy, RouteRule
 from meshfed.pilot.config.parse import IngressSelection, routing_parsers
+from meshfed.pilot.config.peer_authentication import PeerAuthentication
 from meshfed.pilot.config.store import ConfigSnapshot
 
-ROUTING_TYPES = (RouteRule, DestinationPolicy, VirtualService, DestinationRule)
+ROUTING_TYPES = (RouteRule, DestinationPolicy, VirtualService, DestinationRule, PeerAuthentication)
 Parser = Callable[[Document], tuple[Any, list[ConfigError]]]
 
 
@@ -127,7 +128,7 @@ def registry_errors(mesh: MeshConfig, doc: Document) -> list[ConfigError]:
 
 
 def rule_conflicts(objects: list[Any]) -> list[str]:
-    """Equal-precedence route rules, and where today's Istio kinds override Istio 0.2's (the
-    same snapshot Pilot builds)."""
+    """Equal-precedence route rules, where today's Istio kinds override Istio 0.2's, and
+    PeerAuthentications that lose their scope to another (the same snapshot Pilot builds)."""
     snapshot = ConfigSnapshot.of(o for o in objects if isinstance(o, ROUTING_TYPES))
     return [str(c) for c in snapshot.conflicts] + list(snapshot.notes)

@@ -35,14 +35,13 @@ class MtlsPlugin(PluginBase):
         self.policy = policy or mtls.Policy(mtls.Mode.OFF)
 
     def version(self) -> str:
-        overrides = ",".join(f"{h}={m.value}" for h, m in sorted(self.policy.overrides.items()))
-        return f"{self.policy.mode.value};{overrides}"
+        return mtls.policy_key(self.policy)
 
     def on_cluster(self, ctx: ClusterContext, cluster: cluster_pb2.Cluster) -> None:
         mtls.apply_outbound_mtls(cluster, ctx.service, ctx.endpoints, self.policy)
 
     def inbound_mode(self, ctx: ChainContext) -> mtls.Mode:
-        mode = mtls.inbound_mode_for(self.policy, ctx.own)
+        mode = mtls.inbound_mode_for(self.policy, ctx.own, ctx.port, ctx.services)
         if mode is not mtls.Mode.OFF and not ctx.proxy.sds:
             # Envoy would refuse a listener naming secrets it cannot fetch.
             ctx.report(sds_fallback.inbound_problem(ctx.proxy))

@@ -44,11 +44,13 @@ from meshfed.pilot import metrics as M
 from meshfed.pilot import xds_types as T
 from meshfed.pilot.ads import DiscoveryServer
 from meshfed.pilot.cache import CacheChange, ConfigCache
+from meshfed.pilot.config import peer_authentication
 from meshfed.pilot.config.parse import IngressSelection, routing_parsers
 from meshfed.pilot.config.store import ConfigSnapshot, FileConfigStore
 from meshfed.pilot.debounce import Batch, DebounceLoop
 from meshfed.pilot.mtls_plugin import MtlsPlugin
 from meshfed.pilot.plugins import ListenerPlugin
+from meshfed.pilot.rbac_plugin import AuthorizationPlugin
 from meshfed.pilot.translate.traffic import TrafficOptions
 from meshfed.pilot.watch import Status
 from meshfed.registry.aggregate import AggregateRegistry
@@ -143,10 +145,16 @@ class PilotServer:
             raise ValueError("PilotServer needs an aggregate registry (or a hub)")
         if self._supervisor is None:
             self._supervisor, self._own_supervisor = Supervisor(), True
-        plugins = self.plugins if self.plugins is not None else [MtlsPlugin(self.mtls_policy)]
+        plugins = (
+            self.plugins
+            if self.plugins is not None
+            else [MtlsPlugin(self.mtls_policy), AuthorizationPlugin()]
+        )
         # Built in full by _on_status once every registry has synced (now, if already so).
         self.cache = ConfigCache(self.aggregate, plugins)
         await self._start_stores()
+        if self._fold_peer_authentication():
+            self.cache.plugins_key = self.cache.plugins.key  # nothing was built yet
         self.discovery = DiscoveryServer(self.cache)
         M.DISCOVERY.servers.add(self.discovery)
         self._debounce = DebounceLoop(self._flush, self.quiet, self.max_delay)
@@ -219,8 +227,30 @@ class PilotServer:
         for store in self.config_stores:
             snap = store.snapshot
             objects += [*snap.route_rules, *snap.destination_policies]
-            objects += [*snap.egress_rules, *snap.gateways]
+            objects += [*snap.egress_rules, *snap.gateways, *snap.peer_authentications]
+            objects += [*snap.authorization_policies, *snap.sidecars]
         return ConfigSnapshot.of(objects)
+
+    def _fold_peer_authentication(self) -> bool:
+        """Give the mutual TLS plugin the mesh config's policy under the stores'
+        PeerAuthentication objects, and the authorization plugin the stores'
+        AuthorizationPolicies; True when either changed."""
+        if self.cache is None:
+            return False
+        snapshot = self.config_snapshot()
+        folded = peer_authentication.policy(self.mtls_policy, snapshot.peer_authentications)
+        changed = False
+        for plugin in self.cache.plugins.plugins:
+            if isinstance(plugin, MtlsPlugin) and plugin.policy != folded.policy:
+                plugin.policy, changed = folded.policy, True
+            if (
+                isinstance(plugin, AuthorizationPlugin)
+                and plugin.policies != snapshot.authorization_policies
+            ):
+                plugin.policies, changed = snapshot.authorization_policies, True
+        for note in folded.notes:
+            log.warning("%s", note)
+        return changed
 
     async def _apply_config(self, change: CacheChange, batch: Batch) -> CacheChange:
         """Make before break: add clusters, then switch routes, then remove old clusters.
@@ -341,7 +371,8 @@ class PilotServer:
         self.push_record.started(_triggers(batch.hostnames))
         started = time.perf_counter()
         change = self.cache.apply(batch.hostnames - {CONFIG_CHANGED, PLUGINS_CHANGED})
-        if PLUGINS_CHANGED in batch.hostnames:
+        folded = CONFIG_CHANGED in batch.hostnames and self._fold_peer_authentication()
+        if PLUGINS_CHANGED in batch.hostnames or folded:
             refreshed = self.cache.refresh_plugins()
             if refreshed is not None:
                 change = traffic_hooks.merge(change, refreshed)

@@ -36,10 +36,12 @@ import cachetools
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2 as lc
 from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
 from meshfed.pilot import sds_fallback, traffic_hooks
 from meshfed.pilot import xds_types as T
+from meshfed.pilot.config import sidecar as sidecar_config
 from meshfed.pilot.node import ProxyNode
 from meshfed.pilot.plugins import ChainContext, Direction, PluginSet, ProxyContext
 from meshfed.pilot.resources import ProxyView, Resource, digest, make_resource
@@ -95,7 +97,13 @@ class ProxyViews:
 
     def view(self, node: ProxyNode) -> ProxyView:
         """What ``node`` should have now."""
-        view = self._gateway(node) if gateway.is_gateway(node) else self._sidecar(node)
+        if gateway.is_gateway(node):
+            view = self._gateway(node)
+        else:
+            view = self._sidecar(node)
+            scope = self.scope_of(node)
+            if scope is not None:
+                view = self._scoped(view, scope)
         if node.interception == interception.REDIRECT:
             view = self._redirect_view(node, view)
         locality = self.locality_of(node)
@@ -293,6 +301,72 @@ class ProxyViews:
             all_problems,
             shared_digests={T.CLUSTER: cds_version, T.ENDPOINT: view.version(T.ENDPOINT)},
         )
+
+    # -- 1b. Sidecar scope -------------------------------------------------------------------
+    def scope_of(self, node: ProxyNode) -> sidecar_config.Sidecar | None:
+        """The Sidecar resource that limits what ``node`` receives (None: the whole mesh)."""
+        sidecars = self.shared.traffic.snapshot.sidecars
+        if not sidecars:
+            return None
+        own = self.shared.own_endpoints(node.ip) if node.ip else ()
+        return sidecar_config.for_proxy(sidecars, node.namespace, [e.labels for _, e in own])
+
+    def _admits(self, scope: sidecar_config.Sidecar, cluster: str) -> bool:
+        parsed = names.parse_outbound_cluster(cluster)
+        if parsed is None:
+            return True  # inbound, static and plugin clusters are the proxy's own
+        service = self.shared.service_table.get(parsed[0])
+        return service is None or scope.admits(service)
+
+    def _scoped(self, view: ProxyView, scope: sidecar_config.Sidecar) -> ProxyView:
+        """``view`` without the clusters, outbound listeners and virtual hosts of services
+        outside ``scope``; each part kept per (scope, input version)."""
+        cds_version = view.version(T.CLUSTER)
+        key: tuple[object, ...] = ("scope-cds", scope.key, cds_version)
+        clusters: Table | None = self._parts.get(key)
+        if clusters is None:
+            clusters = {n: r for n, r in view.get(T.CLUSTER).items() if self._admits(scope, n)}
+            self._parts[key] = clusters
+        key = ("scope-lds", scope.key, view.version(T.LISTENER), cds_version)
+        listeners: Table | None = self._parts.get(key)
+        if listeners is None:
+            listeners = {}
+            for name, res in view.get(T.LISTENER).items():
+                listener = listener_pb2.Listener()
+                res.body.Unpack(listener)
+                chains = listener.filter_chains[:1]
+                target = _tcp_proxy_cluster(chains[0].filters) if chains else ""
+                if not target or self._admits(scope, target):
+                    listeners[name] = res
+            self._parts[key] = listeners
+        routes: Table = {}
+        for name, res in view.get(T.ROUTE).items():
+            key = ("scope-rds", scope.key, res.version)
+            found: Resource | None = self._parts.get(key)
+            if found is None:
+                config = route_pb2.RouteConfiguration()
+                res.body.Unpack(config)
+                kept = [
+                    vh
+                    for vh in config.virtual_hosts
+                    if self._admits_host(scope, vh.name.rpartition(":")[0] or vh.name)
+                ]
+                del config.virtual_hosts[:]
+                config.virtual_hosts.extend(kept)
+                found = self._parts[key] = make_resource(name, config)
+            routes[name] = found
+        return ProxyView(
+            {**view.resources, T.CLUSTER: clusters, T.LISTENER: listeners, T.ROUTE: routes},
+            view.problems,
+            shared_digests={
+                T.CLUSTER: digest([("", cds_version), ("scope", scope.key)]),
+                T.ENDPOINT: view.version(T.ENDPOINT),
+            },
+        )
+
+    def _admits_host(self, scope: sidecar_config.Sidecar, host: str) -> bool:
+        service = self.shared.service_table.get(host)
+        return service is None or scope.admits(service)
 
     # -- 3. locality ------------------------------------------------------------------------
     def _with_locality(self, view: ProxyView, locality: Locality) -> ProxyView:

@@ -82,33 +82,92 @@ class Mode(enum.Enum):
 
     @classmethod
     def parse(cls, value: str) -> Mode:
+        value = value.strip().upper()
+        if value == "DISABLE":  # PeerAuthentication's name for OFF
+            return cls.OFF
         try:
-            return cls(value.strip().upper())
+            return cls(value)
         except ValueError:
             raise ValueError(f"expected OFF, PERMISSIVE or STRICT, got {value!r}") from None
 
 
+def _strictest(modes: Iterable[Mode]) -> Mode:
+    found = set(modes)
+    for mode in (Mode.STRICT, Mode.PERMISSIVE):
+        if mode in found:
+            return mode
+    return Mode.OFF
+
+
+@attrs.frozen(slots=True)
+class WorkloadMode:
+    """A mode for the workloads of one namespace whose endpoint labels include ``selector``
+    (``PeerAuthentication`` with a selector): per port in ``ports``, else ``mode``; None
+    (``UNSET``) defers to the namespace, then the mesh."""
+
+    namespace: str
+    selector: Mapping[str, str]
+    mode: Mode | None = None
+    ports: Mapping[int, Mode] = attrs.field(factory=dict)
+
+    def matches(self, service: Service, endpoint: Endpoint) -> bool:
+        if service.namespace != self.namespace:
+            return False
+        return all(endpoint.labels.get(k) == v for k, v in self.selector.items())
+
+    def mode_at(self, port: int) -> Mode | None:
+        return self.ports.get(port, self.mode)
+
+
 @attrs.frozen(slots=True)
 class Policy:
-    """The mesh-wide mode plus per-destination overrides (by service hostname).
+    """The mesh-wide mode plus narrower ones: per namespace, per workload (and port), and the
+    mesh config's per-destination overrides (by service hostname).
 
-    A destination's mode decides both its server side (what its sidecar accepts) and whether
-    clients originate mutual TLS to it (any mode but OFF).
+    Precedence, most specific first: a workload's port, the workload, the destination
+    override, the namespace, the mesh. A destination's mode decides both its server side (what
+    its sidecar accepts) and whether clients originate mutual TLS to it (any mode but OFF).
     """
 
     mode: Mode = Mode.PERMISSIVE
     overrides: Mapping[str, Mode] = attrs.field(factory=dict)
+    namespaces: Mapping[str, Mode] = attrs.field(factory=dict)
+    workloads: tuple[WorkloadMode, ...] = ()
 
-    def mode_for(self, hostname: str) -> Mode:
-        return self.overrides.get(hostname, self.mode)
+    def mode_for(self, hostname: str, namespace: str | None = None) -> Mode:
+        if hostname in self.overrides:
+            return self.overrides[hostname]
+        if namespace is not None and namespace in self.namespaces:
+            return self.namespaces[namespace]
+        return self.mode
+
+    def endpoint_mode(self, service: Service, endpoint: Endpoint, port: int) -> Mode:
+        """What ``endpoint``'s sidecar accepts on ``port`` (its own port) for ``service``."""
+        for workload in self.workloads:
+            if workload.matches(service, endpoint):
+                mode = workload.mode_at(port)
+                if mode is not None:
+                    return mode
+        return self.mode_for(service.hostname, service.namespace)
 
     def inbound_mode(self, hostnames: Iterable[str]) -> Mode:
         """The mode of a sidecar fronting several services: the strictest of theirs."""
-        modes = {self.mode_for(h) for h in hostnames} or {self.mode}
-        for mode in (Mode.STRICT, Mode.PERMISSIVE):
-            if mode in modes:
-                return mode
-        return Mode.OFF
+        return _strictest({self.mode_for(h) for h in hostnames} or {self.mode})
+
+    def with_peer_authentication(
+        self,
+        mesh: Mode | None,
+        namespaces: Mapping[str, Mode],
+        workloads: Sequence[WorkloadMode],
+    ) -> Policy:
+        """This policy (the mesh config's) under PeerAuthentication objects: a mesh-wide one
+        replaces the mesh config's mode; namespace and workload ones are added."""
+        return attrs.evolve(
+            self,
+            mode=self.mode if mesh is None else mesh,
+            namespaces={**self.namespaces, **namespaces},
+            workloads=(*self.workloads, *workloads),
+        )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object] | None) -> Policy:
@@ -121,6 +180,18 @@ class Policy:
             Mode.parse(str(data.get("mode", Mode.PERMISSIVE.value))),
             {str(h): Mode.parse(str(m)) for h, m in overrides.items()},
         )
+
+
+def policy_key(policy: Policy) -> str:
+    """A deterministic key of everything in ``policy`` (a plugin version)."""
+    overrides = ",".join(f"{h}={m.value}" for h, m in sorted(policy.overrides.items()))
+    namespaces = ",".join(f"{n}={m.value}" for n, m in sorted(policy.namespaces.items()))
+    workloads = ";".join(
+        f"{w.namespace}/{sorted(w.selector.items())}/{w.mode.value if w.mode else ''}/"
+        f"{sorted((p, m.value) for p, m in w.ports.items())}"
+        for w in policy.workloads
+    )
+    return f"{policy.mode.value};{overrides}|{namespaces}|{workloads}"
 
 
 # -- SDS ------------------------------------------------------------------------------------
@@ -246,11 +317,21 @@ def _mesh_socket(
 ) -> base_pb2.TransportSocket | None:
     """Mutual TLS towards the endpoints of ``service`` that have a sidecar (None: no such
     endpoint, the destination is OFF, or it is outside the mesh)."""
-    if policy.mode_for(service.hostname) is Mode.OFF:
+    if policy.mode_for(service.hostname, service.namespace) is Mode.OFF:
         return None
     if service.location is Location.MESH_EXTERNAL:
         return None
-    meshed = [e for e in endpoints if has_sidecar(e)]
+    # A sidecar whose workload turned mutual TLS off on every port of the service accepts only
+    # plain text; one that turned it off on some ports only is still reached over mutual TLS.
+    meshed = [
+        e
+        for e in endpoints
+        if has_sidecar(e)
+        and any(
+            policy.endpoint_mode(service, e, e.target_port(p)) is not Mode.OFF
+            for p in service.ports
+        )
+    ]
     if not meshed:
         return None
     return upstream_transport_socket(peer_identities(meshed), sni=service.hostname)
@@ -371,17 +452,27 @@ def inbound_filter_chains(
     return [tls_chain, plain_chain], [inspector]
 
 
-def inbound_mode_for(policy: Policy, own: Iterable[tuple[Service, Endpoint]]) -> Mode:
-    """The inbound mode of a sidecar fronting ``own`` (its (service, endpoint) pairs).
+def inbound_mode_for(
+    policy: Policy,
+    own: Iterable[tuple[Service, Endpoint]],
+    port: int | None = None,
+    services: Iterable[Service] = (),
+) -> Mode:
+    """The inbound mode of a sidecar fronting ``own`` (its (service, endpoint) pairs) on
+    ``port`` (its own port; None: any), for ``services`` (those served there; empty: all).
 
     OFF unless every endpoint it fronts is marked as having a sidecar (:func:`has_sidecar`):
     clients only originate mutual TLS to marked endpoints, so requiring it of unmarked ones
-    would refuse all their traffic. Otherwise the strictest mode of the services.
+    would refuse all their traffic. Otherwise the strictest mode of the services there.
     """
     pairs = list(own)
     if not pairs or not all(has_sidecar(endpoint) for _, endpoint in pairs):
         return Mode.OFF
-    return policy.inbound_mode(service.hostname for service, _ in pairs)
+    served = {s.hostname for s in services}
+    there = [(s, e) for s, e in pairs if not served or s.hostname in served] or pairs
+    if port is None:
+        return _strictest(policy.mode_for(s.hostname, s.namespace) for s, _ in there)
+    return _strictest(policy.endpoint_mode(s, e, port) for s, e in there)
 
 
 def apply_inbound_mtls(listener: listener_pb2.Listener, mode: Mode) -> None:

@@ -10,7 +10,9 @@ version that parsed.
   ``async run()``, ``stop()``, ``describe()``. It knows no feature: the composition root hands
   it the kinds to watch (:data:`ROUTING_KINDS` for Pilot: RouteRule, DestinationPolicy,
   EgressRule, Gateway in ``config.meshfed.io/v1alpha1`` and Istio 0.2's
-  ``config.istio.io/v1alpha2``, plus ``networking.k8s.io/v1`` Ingress), the feature's parsers
+  ``config.istio.io/v1alpha2``, today's Istio VirtualService, DestinationRule and Sidecar in
+  ``networking.istio.io``, PeerAuthentication and AuthorizationPolicy in
+  ``security.istio.io``, plus ``networking.k8s.io/v1`` Ingress), the feature's parsers
   and its :class:`~core.configstore.Snapshots`. Subscribers hear only about real changes of the
   snapshot.
 - The Kubernetes registry adapter (:mod:`adapters.kubernetes.registry`) holds ServiceEntry and
@@ -103,6 +105,19 @@ def _routing_kinds() -> tuple[ResourceKind, ...]:
             ("gateways", "Gateway"),
         ):
             out.append(ResourceKind(group, version, plural, kind))
+    # Today's Istio kinds are served in several versions of one CRD; one is watched (the API
+    # server gives every object in it). v1beta1 is the one Istio's CRDs have served longest.
+    for plural, kind in (
+        ("virtualservices", "VirtualService"),
+        ("destinationrules", "DestinationRule"),
+        ("sidecars", "Sidecar"),
+    ):
+        out.append(ResourceKind("networking.istio.io", "v1beta1", plural, kind))
+    for plural, kind in (
+        ("peerauthentications", "PeerAuthentication"),
+        ("authorizationpolicies", "AuthorizationPolicy"),
+    ):
+        out.append(ResourceKind("security.istio.io", "v1beta1", plural, kind))
     out.append(ResourceKind("networking.k8s.io", "v1", "ingresses", "Ingress"))
     return tuple(out)
 

@@ -210,6 +210,130 @@ SEEDS: dict[str, dict[str, Any]] = {
             },
         },
     },
+    "VirtualService": {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": "reviews", "namespace": "default"},
+        "spec": {
+            "hosts": ["reviews"],
+            "gateways": ["mesh"],
+            "http": [
+                {
+                    "name": "jason",
+                    "match": [
+                        {
+                            "headers": {"end-user": {"exact": "jason"}},
+                            "uri": {"prefix": "/api"},
+                            "method": {"regex": "GET|PUT"},
+                        }
+                    ],
+                    "route": [
+                        {"destination": {"host": "reviews", "subset": "v1"}, "weight": 90},
+                        {"destination": {"host": "reviews", "subset": "v2"}, "weight": 10},
+                    ],
+                    "timeout": "1.5s",
+                    "retries": {"attempts": 3, "perTryTimeout": "0.5s"},
+                    "fault": {
+                        "delay": {"percentage": {"value": 10.0}, "fixedDelay": "2s"},
+                        "abort": {"percentage": {"value": 1.0}, "httpStatus": 503},
+                    },
+                    "rewrite": {"uri": "/v2/api", "authority": "reviews.internal"},
+                    "mirror": {"host": "reviews", "subset": "v3"},
+                    "headers": {"request": {"add": {"x-mesh": "meshfed"}}},
+                    "corsPolicy": {
+                        "allowOrigins": [{"exact": "https://app.example"}],
+                        "allowMethods": ["GET", "PUT"],
+                        "allowHeaders": ["x-custom"],
+                        "maxAge": "1m",
+                        "allowCredentials": True,
+                    },
+                },
+                {"route": [{"destination": {"host": "productpage"}}]},
+            ],
+        },
+    },
+    "DestinationRule": {
+        "apiVersion": "networking.istio.io/v1beta1",
+        "kind": "DestinationRule",
+        "metadata": {"name": "reviews", "namespace": "default"},
+        "spec": {
+            "host": "reviews.default.svc.cluster.local",
+            "trafficPolicy": {
+                "loadBalancer": {"simple": "LEAST_REQUEST"},
+                "connectionPool": {
+                    "tcp": {"maxConnections": 10, "connectTimeout": "1s"},
+                    "http": {"http1MaxPendingRequests": 5, "maxRetries": 3},
+                },
+                "outlierDetection": {
+                    "consecutive5xxErrors": 5,
+                    "interval": "10s",
+                    "baseEjectionTime": "30s",
+                    "maxEjectionPercent": 50,
+                },
+            },
+            "subsets": [
+                {"name": "v1", "labels": {"version": "v1"}},
+                {
+                    "name": "v2",
+                    "labels": {"version": "v2"},
+                    "trafficPolicy": {"loadBalancer": {"simple": "RANDOM"}},
+                },
+                {"name": "v3", "labels": {"version": "v3"}},
+            ],
+        },
+    },
+    "PeerAuthentication": {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "PeerAuthentication",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "mtls": {"mode": "STRICT"},
+            "portLevelMtls": {"9090": {"mode": "PERMISSIVE"}},
+        },
+    },
+    "AuthorizationPolicy": {
+        "apiVersion": "security.istio.io/v1beta1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "action": "ALLOW",
+            "rules": [
+                {
+                    "from": [
+                        {
+                            "source": {
+                                "principals": ["cluster.local/ns/default/sa/client"],
+                                "namespaces": ["default"],
+                                "ipBlocks": ["127.0.0.0/8"],
+                            }
+                        }
+                    ],
+                    "to": [
+                        {
+                            "operation": {
+                                "hosts": ["web.default.svc.cluster.local"],
+                                "methods": ["GET"],
+                                "paths": ["/api/*"],
+                                "ports": ["9080"],
+                            }
+                        }
+                    ],
+                    "when": [{"key": "request.headers[x-tenant]", "values": ["blue"]}],
+                }
+            ],
+        },
+    },
+    "Sidecar": {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "Sidecar",
+        "metadata": {"name": "default", "namespace": "default"},
+        "spec": {
+            "workloadSelector": {"labels": {"app": "web"}},
+            "egress": [{"hosts": ["./*", "istio-system/*"]}],
+        },
+    },
 }
 
 # Values no field of any kind should accept as they are, or accept only where they fit; each

@@ -119,6 +119,8 @@ def _clean_lines(path: Path, stderr: str) -> list[str]:
     return errors
 
 
+# One interpreter per file: the corpus's ~750 files take longer than the default test timeout.
+@pytest.mark.timeout(1200)
 def test_validate_refuses_every_hostile_file_cleanly():
     rows = corpus()
     validate = [sys.executable, "-m", "meshfed.cli", "validate"]

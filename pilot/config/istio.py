@@ -51,6 +51,7 @@ ISTIO_API_VERSIONS = frozenset(
     }
 )
 MAX_HTTP_ROUTES = 10_000
+MAX_U32 = (1 << 31) - 1  # Envoy's thresholds and counters are 32-bit
 UNDEFINED_SUBSET_LABEL = "subset.meshfed.io/undefined"
 
 
@@ -298,12 +299,16 @@ def _http_route(
         route.unknown_fields({"destination", "weight", "headers"})
         _refuse(route, ["headers"], "per-destination header edits are not implemented")
         target, subset = _destination(route.reader("destination", required=True), namespace)
-        weight = route.int("weight", default=100 if len(route_list) == 1 else 0, minimum=0)
+        weight = route.int(
+            "weight", default=100 if len(route_list) == 1 else 0, minimum=0, maximum=100
+        )
         if target is None:
             continue
         same = host_key(target, namespace) == host_key(dest, namespace)
         routes.append(WeightedDestination(weight=weight, destination=None if same else target))
         subsets.append(subset)
+    if not route_list and "redirect" not in r.data:
+        r.error("route", "expected route or redirect")
     if routes and sum(w.weight for w in routes) != 100:
         r.error("route", f"expected weights summing to 100, got {sum(w.weight for w in routes)}")
     fields["route"] = tuple(routes)
@@ -439,7 +444,9 @@ def _traffic_policy(
         if tcp is not None:
             tcp.unknown_fields({"maxConnections", "connectTimeout", "tcpKeepalive"})
             _refuse(tcp, ["tcpKeepalive"], "not implemented")
-            values["max_connections"] = tcp.int("maxConnections", minimum=1) or None
+            values["max_connections"] = (
+                tcp.int("maxConnections", minimum=1, maximum=MAX_U32) or None
+            )
             timeout = tcp.checked("connectTimeout", v.positive_duration, default=None)
         http = pool.reader("http")
         if http is not None:
@@ -458,7 +465,7 @@ def _traffic_policy(
             http.unknown_fields(set(ints) | refused)
             _refuse(http, sorted(refused), "not implemented")
             for key, attr in ints.items():
-                values[attr] = http.int(key, minimum=1, maximum=(1 << 31) - 1) or None
+                values[attr] = http.int(key, minimum=1, maximum=MAX_U32) or None
     outlier = r.reader("outlierDetection")
     if outlier is not None:
         known = {
@@ -476,8 +483,8 @@ def _traffic_policy(
         }
         outlier.unknown_fields(known | refused)
         _refuse(outlier, sorted(refused), "not implemented")
-        errors = outlier.int("consecutive5xxErrors", minimum=0) or outlier.int(
-            "consecutiveErrors", minimum=0
+        errors = outlier.int("consecutive5xxErrors", minimum=0, maximum=MAX_U32) or outlier.int(
+            "consecutiveErrors", minimum=0, maximum=MAX_U32
         )
         values["http_consecutive_errors"] = errors or None
         values["http_detection_interval"] = outlier.checked(

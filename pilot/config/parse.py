@@ -16,6 +16,10 @@ import attrs
 
 from meshfed.core import validators as v
 from meshfed.core.resources import ConfigError, Document, FieldReader, describe
+from meshfed.pilot.config.authorization import (
+    AuthorizationPolicy,
+    parse_authorization_policy,
+)
 from meshfed.pilot.config.istio import (
     DestinationRule,
     VirtualService,
@@ -44,6 +48,11 @@ from meshfed.pilot.config.model import (
     StringMatch,
     WeightedDestination,
 )
+from meshfed.pilot.config.peer_authentication import (
+    PeerAuthentication,
+    parse_peer_authentication,
+)
+from meshfed.pilot.config.sidecar import Sidecar, parse_sidecar
 from meshfed.registry.model import Labels, Protocol
 
 CONFIG_API_VERSIONS = frozenset({"config.istio.io/v1alpha2", "config.meshfed.io/v1alpha1"})
@@ -626,7 +635,15 @@ def parse_ingress(
 
 # Every kind the routing stores hold: Istio 0.2's and today's Istio API's.
 ConfigObject = (
-    RouteRule | DestinationPolicy | EgressRule | Gateway | VirtualService | DestinationRule
+    RouteRule
+    | DestinationPolicy
+    | EgressRule
+    | Gateway
+    | VirtualService
+    | DestinationRule
+    | PeerAuthentication
+    | AuthorizationPolicy
+    | Sidecar
 )
 Parser = Callable[[Document], tuple[ConfigObject | None, list[ConfigError]]]
 
@@ -636,6 +653,9 @@ PARSERS: dict[str, Parser] = {
     "DestinationRule": parse_destination_rule,
     "DestinationPolicy": parse_destination_policy,
     "EgressRule": parse_egress_rule,
+    "PeerAuthentication": parse_peer_authentication,
+    "AuthorizationPolicy": parse_authorization_policy,
+    "Sidecar": parse_sidecar,
     "Gateway": parse_ingress,
     "Ingress": parse_ingress,
 }

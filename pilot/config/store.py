@@ -19,6 +19,8 @@ import attrs
 
 from meshfed.core.filestore import WatchedFiles, parse_file
 from meshfed.core.resources import ConfigError
+from meshfed.pilot.config import peer_authentication
+from meshfed.pilot.config.authorization import AuthorizationPolicy
 from meshfed.pilot.config.conflicts import RuleConflict, find_conflicts, ordered_rules
 from meshfed.pilot.config.istio import DestinationRule, VirtualService, resolve
 from meshfed.pilot.config.model import (
@@ -28,6 +30,9 @@ from meshfed.pilot.config.model import (
     RouteRule,
 )
 from meshfed.pilot.config.parse import PARSERS, ConfigObject, Parser
+from meshfed.pilot.config.peer_authentication import PeerAuthentication
+from meshfed.pilot.config.sidecar import Sidecar
+from meshfed.security import mtls
 
 log = logging.getLogger("meshfed.pilot.config")
 
@@ -41,6 +46,9 @@ class ConfigSnapshot:
     conflicts: tuple[RuleConflict, ...] = ()
     # Where today's Istio objects override Istio 0.2's, and routes to undefined subsets.
     notes: tuple[str, ...] = ()
+    peer_authentications: tuple[PeerAuthentication, ...] = ()
+    authorization_policies: tuple[AuthorizationPolicy, ...] = ()
+    sidecars: tuple[Sidecar, ...] = ()
 
     @classmethod
     def of(cls, objects: Iterable[ConfigObject]) -> ConfigSnapshot:
@@ -56,13 +64,22 @@ class ConfigSnapshot:
             [o for o in objects if isinstance(o, DestinationRule)],
         )
         rules = resolved.route_rules
+        peer = tuple(sorted((o for o in objects if isinstance(o, PeerAuthentication)), key=key))
+        # Two PeerAuthentications for one scope: the one not applied is reported like an
+        # override between API generations.
+        peer_notes = peer_authentication.policy(mtls.Policy(), peer).notes
         return cls(
             route_rules=ordered_rules(rules),
             destination_policies=tuple(sorted(resolved.destination_policies, key=key)),
             egress_rules=tuple(sorted((o for o in objects if isinstance(o, EgressRule)), key=key)),
             gateways=tuple(sorted((o for o in objects if isinstance(o, Gateway)), key=key)),
             conflicts=find_conflicts(rules),
-            notes=resolved.notes,
+            notes=tuple(sorted({*resolved.notes, *peer_notes})),
+            peer_authentications=peer,
+            authorization_policies=tuple(
+                sorted((o for o in objects if isinstance(o, AuthorizationPolicy)), key=key)
+            ),
+            sidecars=tuple(sorted((o for o in objects if isinstance(o, Sidecar)), key=key)),
         )
 
 

@@ -1,0 +1,202 @@
+"""``security.istio.io`` ``AuthorizationPolicy``: who may call a workload, and what.
+
+Parsed here into :class:`security.rbac.Rule` values; :mod:`security.rbac` turns them into
+Envoy's RBAC HTTP filter and :mod:`pilot.rbac_plugin` puts that filter on the inbound HTTP
+ports of the workloads each policy selects. A policy in the root namespace
+(:data:`~pilot.config.peer_authentication.ROOT_NAMESPACE`) without a selector applies to the
+whole mesh, one elsewhere without a selector to its namespace, one with a selector to the
+matching workloads of its namespace.
+
+Understood: ``action`` ``ALLOW`` (the default), ``DENY`` and ``AUDIT``;
+``from.source.principals/namespaces/ipBlocks`` and their ``not`` forms;
+``to.operation.hosts/methods/paths/ports`` and their ``not`` forms; ``when`` on
+``request.headers[NAME]``, ``source.ip``, ``source.namespace``, ``source.principal``,
+``destination.ip``, ``destination.port``. Everything else (``CUSTOM``, ``provider``,
+``requestPrincipals``, ``remoteIpBlocks``, JWT claims, ``targetRef``) is refused naming the
+field: an accepted policy is an enforced one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+import attrs
+
+from meshfed.core.resources import ConfigError, Document, FieldReader
+from meshfed.pilot.config.peer_authentication import ROOT_NAMESPACE
+from meshfed.registry.model import Labels
+from meshfed.security import rbac
+
+API_VERSIONS = frozenset({"security.istio.io/v1beta1", "security.istio.io/v1"})
+ACTIONS = {"ALLOW": rbac.Action.ALLOW, "DENY": rbac.Action.DENY, "AUDIT": rbac.Action.AUDIT}
+MAX_ITEMS = 1000
+HEADER_KEY = re.compile(r"^request\.headers\[([!#$%&'*+.^_`|~0-9A-Za-z-]+)\]$")
+WHEN_KEYS = {
+    "source.ip",
+    "source.namespace",
+    "source.principal",
+    "destination.ip",
+    "destination.port",
+}
+
+
+@attrs.frozen(slots=True)
+class AuthorizationPolicy:
+    name: str
+    namespace: str
+    file: str
+    selector: Labels | None
+    action: rbac.Action
+    rules: tuple[rbac.Rule, ...]
+
+    @property
+    def ref(self) -> str:
+        return f"AuthorizationPolicy {self.namespace}/{self.name}"
+
+    def applies_to(self, namespace: str, labels: Labels) -> bool:
+        if self.selector is None:
+            return self.namespace in (ROOT_NAMESPACE, namespace)
+        if self.namespace != namespace:
+            return False
+        return all(labels.get(k) == v for k, v in self.selector.items())
+
+
+def _refuse(r: FieldReader, names: list[str], why: str) -> None:
+    for name in names:
+        if name in r.data:
+            r.error(name, f"not supported by meshfed ({why}); remove it")
+
+
+def _strings(r: FieldReader, name: str, check: object = None) -> tuple[str, ...]:
+    values: list[str] = [str(v) for v in r.str_list(name)]
+    if len(values) > MAX_ITEMS:
+        r.error(name, f"expected at most {MAX_ITEMS} values")
+        return ()
+    out = []
+    for i, value in enumerate(values):
+        if not value or len(value) > 1024 or any(c in value for c in "\r\n\0"):
+            r.error(f"{name}[{i}]", "expected a non-empty string of at most 1024 characters")
+            continue
+        if check == "cidr":
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                r.error(f"{name}[{i}]", f"expected an IP address or CIDR block, got {value!r}")
+                continue
+        if check == "port" and not (value.isascii() and value.isdigit() and 0 < int(value) < 65536):
+            r.error(f"{name}[{i}]", f"expected a port number 1-65535, got {value!r}")
+            continue
+        out.append(value)
+    return tuple(out)
+
+
+SOURCE_FIELDS = {
+    "principals": ("principals", ""),
+    "notPrincipals": ("not_principals", ""),
+    "namespaces": ("namespaces", ""),
+    "notNamespaces": ("not_namespaces", ""),
+    "ipBlocks": ("ip_blocks", "cidr"),
+    "notIpBlocks": ("not_ip_blocks", "cidr"),
+}
+OPERATION_FIELDS = {
+    "hosts": ("hosts", ""),
+    "notHosts": ("not_hosts", ""),
+    "methods": ("methods", ""),
+    "notMethods": ("not_methods", ""),
+    "paths": ("paths", ""),
+    "notPaths": ("not_paths", ""),
+    "ports": ("ports", "port"),
+    "notPorts": ("not_ports", "port"),
+}
+
+
+def _source(r: FieldReader) -> rbac.Source:
+    refused = ["requestPrincipals", "notRequestPrincipals", "remoteIpBlocks", "notRemoteIpBlocks"]
+    _refuse(r, refused, "request authentication and remote addresses are not implemented")
+    r.unknown_fields(set(SOURCE_FIELDS) | set(refused))
+    return rbac.Source(
+        **{attr: _strings(r, key, check) for key, (attr, check) in SOURCE_FIELDS.items()}
+    )
+
+
+def _operation(r: FieldReader) -> rbac.Operation:
+    r.unknown_fields(set(OPERATION_FIELDS))
+    return rbac.Operation(
+        **{attr: _strings(r, key, check) for key, (attr, check) in OPERATION_FIELDS.items()}
+    )
+
+
+def _condition(r: FieldReader) -> rbac.Condition | None:
+    r.unknown_fields({"key", "values", "notValues"})
+    key = r.str("key", required=True)
+    check = "cidr" if key in ("source.ip", "destination.ip") else ""
+    check = "port" if key == "destination.port" else check
+    values, not_values = _strings(r, "values", check), _strings(r, "notValues", check)
+    if not values and not not_values and "values" not in r.data and "notValues" not in r.data:
+        r.error("values", "expected values or notValues")
+    header = HEADER_KEY.match(key)
+    if header is None and key not in WHEN_KEYS:
+        if key:
+            r.error(
+                "key",
+                f"not supported by meshfed: {key!r} (supported: request.headers[NAME], "
+                f"{', '.join(sorted(WHEN_KEYS))})",
+            )
+        return None
+    return rbac.Condition(key, values, not_values)
+
+
+def parse_authorization_policy(
+    doc: Document,
+) -> tuple[AuthorizationPolicy | None, list[ConfigError]]:
+    r = FieldReader(doc.file, doc.ref, doc.spec, "spec")
+    if doc.api_version not in API_VERSIONS:
+        r.errors.append(
+            ConfigError(
+                doc.file,
+                doc.ref,
+                "apiVersion",
+                f"expected one of {', '.join(sorted(API_VERSIONS))}, got {doc.api_version!r}",
+            )
+        )
+    refused = ["provider", "targetRef", "targetRefs"]
+    _refuse(r, refused, "CUSTOM providers and target references are not implemented")
+    r.unknown_fields({"selector", "action", "rules"} | set(refused))
+    selector = None
+    sel = r.reader("selector")
+    if sel is not None:
+        sel.unknown_fields({"matchLabels"})
+        selector = Labels(sel.labels("matchLabels"))
+    action_name = r.str("action", default="ALLOW")
+    action = ACTIONS.get(action_name, rbac.Action.ALLOW)
+    if action_name == "CUSTOM":
+        r.error("action", "not supported by meshfed (CUSTOM authorization providers)")
+    elif action_name not in ACTIONS:
+        r.error("action", f"expected ALLOW, DENY or AUDIT, got {action_name!r}")
+    rules: list[rbac.Rule] = []
+    readers = list(r.readers("rules"))
+    if len(readers) > MAX_ITEMS:
+        r.error("rules", f"expected at most {MAX_ITEMS} rules")
+        readers = []
+    for rule in readers:
+        rule.unknown_fields({"from", "to", "when"})
+        sources = []
+        for entry in rule.readers("from"):
+            entry.unknown_fields({"source"})
+            source = entry.reader("source", required=True)
+            if source is not None:
+                sources.append(_source(source))
+        operations = []
+        for entry in rule.readers("to"):
+            entry.unknown_fields({"operation"})
+            operation = entry.reader("operation", required=True)
+            if operation is not None:
+                operations.append(_operation(operation))
+        conditions = [c for c in map(_condition, rule.readers("when")) if c is not None]
+        rules.append(rbac.Rule(tuple(sources), tuple(operations), tuple(conditions)))
+    if r.errors:
+        return None, r.errors
+    return AuthorizationPolicy(
+        doc.name, doc.namespace, doc.file, selector, action, tuple(rules)
+    ), []
