@@ -1,15 +1,18 @@
-"""``meshfed demo``: one command that shows a working mesh with real Envoy sidecars.
+"""``meshfed demo``: one command that shows a federated mesh with real Envoy sidecars.
 
-It starts the hub (aggregate + the embedded static registry + Pilot) on ephemeral ports, the
-demo apps of the embedded registry (``reviews`` v1 and v2, ``ratings``) each on its own
-127.0.0.x address behind a real Envoy sidecar, and a client sidecar (``productpage``,
-127.0.0.10). Every ``interval`` seconds the client asks for ``reviews`` through its sidecar;
-``reviews`` calls ``ratings`` through its own sidecar, so each line shows two mesh hops and
-which instance answered. It runs until Ctrl-C or ``--duration`` and then stops every process
-it started (sidecars are killed by process group).
+It starts the hub (aggregate, Pilot, the dashboard) on ephemeral ports with two registries
+from ``meshfed/defaults``: ``vms`` (``services.yaml``) and ``dc2`` (``dc2.yaml``, another
+datacenter's inventory). It prints the merged catalog, each endpoint with its source registry,
+and the conflict the two registries have on purpose (``mongodb``'s port protocol, won by
+``vms``, the first). Then it starts the demo apps (``reviews`` v1 and v2 and ``ratings`` v1
+from ``vms``, ``ratings`` v2 from ``dc2``) each on its own 127.0.0.x address behind a real
+Envoy sidecar, and a client sidecar (``productpage``, 127.0.0.10). Every ``interval`` seconds
+the client asks for ``reviews`` through its sidecar; ``reviews`` calls ``ratings`` through its
+own sidecar, so each line shows two mesh hops and which instance answered, from either
+registry. It runs until Ctrl-C or ``--duration`` and then stops every process it started
+(sidecars are killed by process group).
 
-The apps' addresses and ports come from the embedded registry (``meshfed/defaults``): an
-endpoint ``127.0.0.11:9080`` is the sidecar's inbound port, which forwards to the app on
+An endpoint ``127.0.0.11:9080`` is the sidecar's inbound port, which forwards to the app on
 ``127.0.0.11:8080``.
 """
 
@@ -19,6 +22,8 @@ import asyncio
 import contextlib
 import signal
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -26,28 +31,63 @@ from aiohttp import web
 from meshfed.config import MeshConfig, RegistryConfig, default_services_path
 from meshfed.pilot.server import PilotServer
 from meshfed.proxy import EnvoyProcess, ProxySpec, wait_ready
+from meshfed.registryview import registry_view
 
 CLIENT_IP = "127.0.0.10"
 APP_PORT = 8080
 INBOUND_PORT = 9080
-# (workload, address, service it answers for); matches meshfed/defaults/services.yaml.
+# (workload, address, service it answers for); matches meshfed/defaults/{services,dc2}.yaml.
 APPS = (
     ("reviews-v1", "127.0.0.11", "reviews"),
     ("reviews-v2", "127.0.0.12", "reviews"),
     ("ratings-v1", "127.0.0.13", "ratings"),
+    ("ratings-v2", "127.0.0.15", "ratings"),
 )
+SYNC_TIMEOUT_S = 10.0
 
 
 def demo_mesh_config() -> MeshConfig:
     services = str(default_services_path())
+    dc2 = str(default_services_path().with_name("dc2.yaml"))
     return MeshConfig(
         monitoring_address="127.0.0.1:0",
         discovery_address="127.0.0.1:0",
-        registries=(RegistryConfig("static", "static", {"paths": [services]}),),
+        registries=(
+            RegistryConfig("vms", "static", {"paths": [services]}),
+            RegistryConfig("dc2", "static", {"paths": [dc2]}),
+        ),
         config_paths=(services,),
         pilot={"debounceQuiet": 0.05, "debounceMax": 0.5},
         source="<meshfed demo>",
     )
+
+
+def catalog_lines(view: Mapping[str, Any]) -> list[str]:
+    """The merged catalog of ``registry_view`` as the demo prints it: registries in precedence
+    order, every service with its endpoints and each endpoint's source registry, then the
+    conflicts with who won."""
+    members = view["members"]
+    lines = [
+        "registries (first wins a conflict): "
+        + ", ".join(f"{m['name']} ({m['kind']})" for m in members)
+    ]
+    for service in view["services"]:
+        ports = ", ".join(f"{p['number']}/{p['protocol']}" for p in service["ports"])
+        lines.append(f"  {service['hostname']}  {ports}  from {', '.join(service['registries'])}")
+        for e in service["endpoints"]:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(e["labels"].items()))
+            health = "" if e["healthy"] else "  unhealthy"
+            lines.append(f"    {e['address']:<15} {e['registry']:<10} {labels}{health}".rstrip())
+        if not service["endpoints"]:
+            lines.append("    (no endpoints)")
+    lines += [f"conflict: {c['message']}" for c in view["conflicts"]]
+    return lines
+
+
+async def _synced(hub: Any) -> None:
+    deadline = time.monotonic() + SYNC_TIMEOUT_S
+    while not hub.aggregate.synced and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
 
 
 async def _start_app(workload: str, ip: str, service: str) -> web.AppRunner:
@@ -99,6 +139,9 @@ async def run_demo(duration: float | None = None, interval: float = 1.0) -> int:
         pilot = next(c for c in hub.components if isinstance(c, PilotServer))
         hub_url = f"http://127.0.0.1:{hub.monitoring_port}"
         print(f"hub: monitoring {hub_url}, Pilot ADS on 127.0.0.1:{pilot.port}", flush=True)
+        print(f"dashboard: {hub_url}/dashboard", flush=True)
+        await _synced(hub)
+        print("\n".join(catalog_lines(registry_view(hub.aggregate))), flush=True)
         for workload, ip, service in APPS:
             runners.append(await _start_app(workload, ip, service))
         specs = [ProxySpec(ip=CLIENT_IP, workload="productpage", pilot=f"127.0.0.1:{pilot.port}")]
