@@ -2,7 +2,7 @@
 
 An installed meshfed must occupy one top-level import name (``meshfed``), so it cannot clash
 with another distribution's ``registry``, ``security`` or ``pilot`` package; it must carry no
-tests; and it must run its demo from anywhere. The demo uses its fixed 127.0.0.10-16 addresses.
+tests; and it must run its demo from anywhere. The demo uses its fixed 127.0.0.10-17 addresses.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from meshfed.adapters.static.registry import StaticRegistry
-from meshfed.demo import APPS, catalog_lines, demo_mesh_config
+from meshfed.adapters.workloads.server import WorkloadRegistration
+from meshfed.demo import APPS, JOINING_VM, _demo_ca, _join_vm, catalog_lines, demo_mesh_config
+from meshfed.hub import Hub
 from meshfed.registry.aggregate import AggregateRegistry
 from meshfed.registryview import registry_view
 
@@ -45,7 +47,23 @@ def test_every_demo_app_is_an_endpoint_of_the_service_it_answers_for() -> None:
         for s in view["services"]
         for e in s["endpoints"]
     }
-    assert {(ip, service) for _, ip, service in APPS} <= endpoints
+    assert {(app[1], app[2]) for app in APPS if app != JOINING_VM} <= endpoints
+
+
+async def test_the_demo_vm_joins_through_signed_registration(tmp_path: Path) -> None:
+    ca, bundle = _demo_ca(str(tmp_path))
+    hub = Hub(demo_mesh_config(), [WorkloadRegistration(bundle)])
+    await hub.start()
+    try:
+        await _join_vm(f"http://127.0.0.1:{hub.monitoring_port}", ca)
+        lines = catalog_lines(registry_view(hub.aggregate))
+    finally:
+        await hub.stop()
+    _, ip, service = JOINING_VM
+    at = next(i for i, line in enumerate(lines) if f"{service}.default.svc" in line)
+    assert lines[at].endswith("from vms, dc2, workloads"), lines[at]
+    joined = [line.split() for line in lines[at + 1 : at + 4] if ip in line]
+    assert joined == [[ip, "workloads", f"app={service},version=v3"]], lines
 
 
 def test_an_unhealthy_endpoint_and_a_service_without_endpoints_are_said_so() -> None:
