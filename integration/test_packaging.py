@@ -2,7 +2,7 @@
 
 An installed meshfed must occupy one top-level import name (``meshfed``), so it cannot clash
 with another distribution's ``registry``, ``security`` or ``pilot`` package; it must carry no
-tests; and it must run its demo from anywhere. The demo uses its fixed 127.0.0.10-13 addresses.
+tests; and it must run its demo from anywhere. The demo uses its fixed 127.0.0.10-17 addresses.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ def test_wheel_installs_alone_and_runs_the_demo(tmp_path: Path) -> None:
     assert not [n for n in names if "/tests/" in n], "tests shipped in the wheel"
     for layer in ("registry", "core", "adapters", "pilot", "mixer", "security", "nodeagent"):
         assert f"meshfed/{layer}/__init__.py" in names
+    for asset in ("index.html", "dashboard.js", "dashboard.css", "logo.svg"):  # /dashboard's
+        assert f"meshfed/dashboard/static/{asset}" in names, f"dashboard asset {asset} missing"
     metadata = zipfile.ZipFile(wheel).read(wheel.name.split("-py3")[0] + ".dist-info/METADATA")
     assert b"License-Expression: Apache-2.0" in metadata
 

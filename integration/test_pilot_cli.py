@@ -3,7 +3,7 @@
 ``meshfed proxy`` (ready only after the first full ACK, Envoy stopped with it),
 ``meshfed proxy-status``, ``meshfed proxy-config``, ``meshfed bootstrap`` and ``meshfed demo``,
 each run as the user runs them: a subprocess of ``python -m meshfed.cli``. Hosts: 127.<run>.85.x
-(the demo uses its fixed 127.0.0.10-13 addresses).
+(the demo uses its fixed 127.0.0.10-17 addresses).
 """
 
 from __future__ import annotations
@@ -179,6 +179,12 @@ async def test_demo_shows_traffic_and_stops_everything() -> None:
     code, out, err = await run_cli("demo", "--duration", "4", "--interval", "0.3", timeout=90)
     assert code == 0, out + err
     assert "reviews-v1" in out and "reviews-v2" in out and "ratings: ratings-v1" in out
-    assert "stopped 4 sidecars and 3 apps" in out
-    for ip in ("127.0.0.10", "127.0.0.11", "127.0.0.12", "127.0.0.13"):
+    # ratings in the second registry and the VM that joined through registration answer too:
+    # federation, end to end.
+    assert "ratings: ratings-v2" in out and "ratings: ratings-v3" in out
+    assert "registries (first wins a conflict): vms (static), dc2 (static)" in out
+    assert "127.0.0.17      workloads" in out
+    assert "conflict: mongodb.default.svc.cluster.local: port mongo" in out
+    assert "stopped 6 sidecars and 5 apps" in out
+    for ip in ("127.0.0.10", "127.0.0.11", "127.0.0.12", "127.0.0.13", "127.0.0.15", "127.0.0.17"):
         assert not await admin_answers(f"http://{ip}:15000"), f"sidecar on {ip} left running"

