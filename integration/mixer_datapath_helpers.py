@@ -112,7 +112,7 @@ class DataPathMesh:
     async def restart_mixer(self) -> Mixer:
         """A new Mixer component on the old one's address (the old one already stopped)."""
         old = self.mixer
-        new = Mixer(self.mesh.mixer)
+        new = Mixer(self.mesh.mixer, tracing=self.mesh.tracing)
         await new.start(self.hub)
         # the hub's lifecycle stops the component it started, so this one is stopped by stop()
         self.hub.components[self.hub.components.index(old)] = new

@@ -12,6 +12,10 @@ Enabled by the mesh config::
         defaultConfigNamespace: istio-system  # rules here apply to every request
         kubernetes: true                # also read the CRDs of each kubernetes registry
 
+With the mesh config's ``spec.tracing`` (passed as ``tracing``), each Check and each reported
+request is a span in the request's trace (:mod:`meshfed.mixer.tracing`), exported to the
+collector from the SDK's own thread; ``stop()`` flushes them.
+
 Every change of the config (a file, a CRD) rebuilds the snapshot off the event loop, builds its
 handlers, and only then swaps it in (see :mod:`meshfed.mixer.runtime.snapshot`). Problems --
 the parsers', the compiler's, handler builds -- are logged, shown by ``/debug/mixerz`` and

@@ -228,3 +228,13 @@ def test_validate_checks_registry_parameters_as_the_hub_would(tmp_path, capsys):
     ]
     mesh.write_text("\n".join(fixed) + "\n")
     assert main(["validate", str(mesh)]) == 0, capsys.readouterr().err
+
+
+def test_proxy_refuses_a_bad_trace_collector_before_starting(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as exited:
+        main(["proxy", "--mixer", "127.0.0.1:9091", "--mixer-trace-collector", "no-port"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--mixer-trace-collector" in err and "host:port" in err and "Traceback" not in err
