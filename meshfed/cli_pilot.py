@@ -123,8 +123,8 @@ def mixer_address(args: argparse.Namespace, mesh: Any) -> str:
         return ""
     if args.mixer or not getattr(args, "mixer_from_config", False):
         return str(args.mixer)
-    settings = mesh.mixer
-    if not (settings.enabled and settings.data_path.enabled):
+    settings = mesh.mixer  # None: the mesh config has no spec.mixer
+    if settings is None or not (settings.enabled and settings.data_path.enabled):
         return ""
     host, _, port = settings.listen.rpartition(":")
     if port in ("", "0"):

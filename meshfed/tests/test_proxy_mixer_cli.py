@@ -10,7 +10,7 @@ from meshfed.mixer.settings import DataPathSettings, MixerSettings
 
 
 class Mesh:
-    def __init__(self, mixer: MixerSettings) -> None:
+    def __init__(self, mixer: MixerSettings | None) -> None:
         self.mixer = mixer
 
 
@@ -27,6 +27,7 @@ def test_the_address_comes_from_the_mesh_config_unless_given_or_refused() -> Non
     assert mixer_address(args(), Mesh(listen)) == "127.0.0.7:9191"
     assert mixer_address(args("127.0.0.9:1"), Mesh(ON)) == "127.0.0.9:1"
     assert mixer_address(args(no_mixer=True), Mesh(ON)) == ""
+    assert mixer_address(args(), Mesh(None)) == ""  # no spec.mixer at all
     assert mixer_address(args(), Mesh(MixerSettings(enabled=False))) == ""
     off = MixerSettings(enabled=True, data_path=DataPathSettings(enabled=False))
     assert mixer_address(args(), Mesh(off)) == ""
