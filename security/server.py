@@ -43,6 +43,8 @@ class CASettings:
     renew_listen: str = "127.0.0.1:15013"
     system_namespace: str = "meshfed-system"
     reload_interval: dt.timedelta = dt.timedelta(seconds=10)
+    # identity -> DNS names its certificates carry (the hub's webhook Service names)
+    serving_names: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
 
 
 def publish_root(state_dir: Path, root_pem: bytes) -> Path:
@@ -78,7 +80,7 @@ class CAComponent:
         state_dir = self.settings.state_dir
         self.root_path = await asyncio.to_thread(publish_root, state_dir, ca.root_pem)
         tokens = JoinTokenStore(state_dir / "tokens.json")
-        service = SigningService(ca, tokens, self.reviewer)
+        service = SigningService(ca, tokens, self.reviewer, self.settings.serving_names)
         server = CAServer(
             service,
             self.settings.listen,
