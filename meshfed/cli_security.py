@@ -115,8 +115,20 @@ async def serve_ca(args: argparse.Namespace, stop: asyncio.Event) -> int:
         reload_interval=args.reload_interval,
         serving_names=_serving_names(args),
     )
+    root_map = None
+    if args.root_configmap:
+        from kubernetes import client
+
+        from meshfed.adapters.kubernetes.client import load_api_client
+        from meshfed.security.rootmap import RootConfigMap
+
+        root_map = RootConfigMap(
+            client.CoreV1Api(load_api_client(args.kubeconfig)),
+            settings.system_namespace,
+            args.root_configmap,
+        )
     supervisor = Supervisor()
-    ca = CAComponent(lambda: build_ca(args), settings, supervisor, reviewer)
+    ca = CAComponent(lambda: build_ca(args), settings, supervisor, reviewer, root_map)
     monitoring = MonitoringServer(args.monitoring, name="meshfed.ca")
     monitoring.add_routes(ca.routes())
     monitoring.add_readiness(ca.not_ready, lambda: ca.degraded() + _failing(supervisor))
@@ -456,6 +468,11 @@ def register(sub: Any) -> None:
         help="accept service-account tokens of the cluster the CA runs in (in-cluster credentials)",
     )
     serve.add_argument("--token-audience", action="append", default=[])
+    serve.add_argument(
+        "--root-configmap",
+        help="also keep the trust bundle in this ConfigMap of the system namespace (key "
+        "root-cert.pem; the hub mounts it to authenticate the CA)",
+    )
     serve.add_argument(
         "--hub-service-account",
         help="NAMESPACE/NAME of the hub: only its certificates carry DNS names and the IPs it "
