@@ -11,6 +11,8 @@ injection:
   dnsNames: [meshfed-hub.meshfed-system.svc, ...]  # serving certificate SANs (default below)
   ipAddresses: []                          # besides the listen IP (and $POD_IP)
   ca: {stateDir: ~/.meshfed/ca}           # or {storage: kubernetes, secretName: meshfed-ca}
+  # or from the running CA (`meshfed ca serve --hub-service-account`), as a node agent does:
+  # ca: {address: meshfed-ca.meshfed-system.svc:15012, rootFile: ..., tokenFile: ...}
   templateRefresh: 5s                      # re-reading the template ConfigMap
   auditInterval: 10s                       # looking for pods that started without a sidecar
 ```
@@ -59,6 +61,11 @@ class InjectionSettings:
     ca_state_dir: str = "~/.meshfed/ca"
     ca_storage: str = "file"  # or "kubernetes": Secret ``ca_secret`` in the system namespace
     ca_secret: str = "meshfed-ca"
+    # The running CA: its bootstrap address, the trust bundle that authenticates it, and the
+    # hub's service-account token file (re-read at each issue: projected tokens rotate).
+    ca_address: str = ""
+    ca_root_file: str = ""
+    ca_token_file: str = ""
     template_refresh: float = 5.0
     audit_interval: float = 10.0
 
@@ -86,8 +93,20 @@ def parse_settings(
         kubeconfig = str(path if path.is_absolute() else base / path)
     ca = reader.reader("ca")
     state_dir, storage, secret = "~/.meshfed/ca", "file", "meshfed-ca"
+    address = root_file = token_file = ""
     if ca is not None:
-        ca.unknown_fields({"stateDir", "storage", "secretName"})
+        ca.unknown_fields({"stateDir", "storage", "secretName", "address", "rootFile", "tokenFile"})
+        address = ca.str("address")
+        if address:
+            for local in ("stateDir", "storage", "secretName"):
+                if ca.data.get(local) is not None:
+                    ca.error(local, "expected either address (the running CA) or CA storage")
+            root_file = _path(ca.str("rootFile"), base)
+            token_file = _path(ca.str("tokenFile"), base)
+            if not root_file:
+                ca.error("rootFile", "expected the trust bundle that authenticates the CA")
+            if not token_file:
+                ca.error("tokenFile", "expected the hub's service-account token file")
         state_dir = ca.str("stateDir", default=state_dir)
         storage = ca.str("storage", default="file")
         if storage not in ("file", "kubernetes"):
@@ -108,6 +127,9 @@ def parse_settings(
         ca_state_dir=state_dir,
         ca_storage=storage,
         ca_secret=secret,
+        ca_address=address,
+        ca_root_file=root_file,
+        ca_token_file=token_file,
         template_refresh=reader.checked(
             "templateRefresh", lambda v: validators.duration(v, 0.1, 3600.0), default=5.0
         ),
@@ -115,3 +137,10 @@ def parse_settings(
             "auditInterval", lambda v: validators.duration(v, 0.1, 3600.0), default=10.0
         ),
     )
+
+
+def _path(value: str, base: Path) -> str:
+    if not value:
+        return ""
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else base / path)

@@ -2,11 +2,14 @@
 
 What it does, and why each part is here:
 
-- **Serving certificate** issued by the mesh CA (the CA's material from its storage: the state
-  folder or the ``meshfed-ca`` Secret), SPIFFE ID ``.../ns/<system-ns>/sa/meshfed-hub`` plus
-  the DNS names the API server dials (``meshfed-hub.<system-ns>.svc`` ...) and the listen IP
-  (``$POD_IP`` when listening on 0.0.0.0). Re-issued at half its lifetime; new handshakes get
-  the new one.
+- **Serving certificate** issued by the mesh CA, SPIFFE ID ``.../ns/<system-ns>/sa/meshfed-hub``
+  plus the DNS names the API server dials (``meshfed-hub.<system-ns>.svc`` ...) and the listen
+  IP (``$POD_IP`` when listening on 0.0.0.0). Either from the running CA (``ca.address``): a
+  CSR over the CA's API with the hub's service-account token, as a node agent does, and the CA
+  adds the Service's DNS names because it is configured to for the hub's identity; the hub
+  needs no CA material and no Secret access. Or signed here with the CA's material from its
+  storage (the state folder or the ``meshfed-ca`` Secret). Re-issued at half its lifetime; new
+  handshakes get the new one.
 - **caBundle**: the hub writes the mesh's trust bundle into every webhook of the
   ``MutatingWebhookConfiguration`` (default ``meshfed-sidecar-injector``) and keeps it there
   (a chart upgrade that resets it is repaired within seconds).
@@ -88,7 +91,8 @@ class InjectionWebhook:
         self.template: Template = default_template()
         self.template_error = ""
         self.template_seen: str | None = None  # the ConfigMap text last parsed
-        self.ca: Any = None
+        self.ca: Any = None  # local signing only
+        self.root_pem = b""  # the mesh's trust bundle, as of the last issue
         self.api: Any = None
         self._runner: web.AppRunner | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -112,12 +116,13 @@ class InjectionWebhook:
         self.system_namespace = hub.mesh.system_namespace
         self.trust_domain = hub.mesh.trust_domain
         self.api = await asyncio.to_thread(load_api_client, s.kubeconfig or None, s.context or None)
-        self.ca = await asyncio.to_thread(self._load_ca)
+        if not s.ca_address:
+            self.ca = await asyncio.to_thread(self._load_ca)
         await asyncio.to_thread(self._refresh_template)
         self._tmp = tempfile.TemporaryDirectory(prefix="meshfed-injector-")
         self._ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._ssl.minimum_version = ssl.TLSVersion.TLSv1_2
-        self._issue_serving()
+        await self._issue_serving()
         app = web.Application(client_max_size=MAX_BODY)
         app.router.add_post("/inject", self._inject)
         self._runner = web.AppRunner(app, access_log=None)
@@ -215,7 +220,7 @@ class InjectionWebhook:
                 ips.append(ip)
         return names, ips
 
-    def _issue_serving(self) -> None:
+    async def _issue_serving(self) -> None:
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.hazmat.primitives.asymmetric import ec
@@ -229,7 +234,14 @@ class InjectionWebhook:
         )
         names, ips = self.serving_sans()
         identity = spiffe_id(self.trust_domain, self.system_namespace, SERVICE_ACCOUNT)
-        issued = self.ca.sign(csr, identity, SERVING_TTL, dns_names=names, ip_addresses=ips)
+        if self.settings.ca_address:
+            chain_pem, self.root_pem, not_after = await self._from_running_ca(
+                csr.public_bytes(serialization.Encoding.PEM), identity, ips
+            )
+        else:
+            issued = self.ca.sign(csr, identity, SERVING_TTL, dns_names=names, ip_addresses=ips)
+            chain_pem, self.root_pem = issued.chain_pem, self.ca.root_pem
+            not_after = issued.certificate.not_valid_after_utc
         folder = Path(self._tmp.name)
         key_path, chain_path = folder / "key.pem", folder / "chain.pem"
         key_path.touch(mode=0o600)
@@ -240,23 +252,61 @@ class InjectionWebhook:
                 serialization.NoEncryption(),
             )
         )
-        chain_path.write_bytes(issued.chain_pem)
+        chain_path.write_bytes(chain_pem)
         self._ssl.load_cert_chain(str(chain_path), str(key_path))  # for new handshakes
-        self.serving_not_after = issued.certificate.not_valid_after_utc
+        self.serving_not_after = not_after
+        leaf = x509.load_pem_x509_certificates(chain_pem)[0]
+        got = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         log.info(
             "webhook serving certificate for %s, %s until %s",
-            names,
-            ips,
-            self.serving_not_after.isoformat(),
+            got.get_values_for_type(x509.DNSName),
+            [str(ip) for ip in got.get_values_for_type(x509.IPAddress)],
+            not_after.isoformat(),
         )
 
+    async def _from_running_ca(
+        self, csr_pem: bytes, identity: str, ips: list[str]
+    ) -> tuple[bytes, bytes, dt.datetime]:
+        """A serving certificate from ``meshfed ca serve``, asked for with the hub's token."""
+        from meshfed.security.caclient import CAClient, CARefused
+
+        s = self.settings
+        try:
+            root, token = await asyncio.to_thread(
+                lambda: (Path(s.ca_root_file).read_bytes(), Path(s.ca_token_file).read_text())
+            )
+        except OSError as exc:
+            raise RuntimeError(
+                f"injection: reading spec.injection.ca file {exc.filename}: {exc.strerror}"
+            ) from None
+        # The bootstrap address serves both ports' roles for a token; renewal is by token too,
+        # so a hub restarted with a fresh token never depends on an old certificate.
+        client = CAClient(s.ca_address, s.ca_address, self.root_pem or root)
+        try:
+            answer = await client.bootstrap(
+                csr_pem,
+                kubernetes_token=token.strip(),
+                identity=identity,
+                ttl=SERVING_TTL,
+                ip_addresses=ips,
+            )
+        except CARefused as exc:
+            raise RuntimeError(
+                f"injection: the CA at {s.ca_address} refused the serving certificate: {exc}"
+            ) from None
+        return answer.chain_pem, answer.root_pem, answer.not_after
+
     async def _renew_serving(self) -> None:
-        while not await self._pause(SERVING_TTL.total_seconds() / 2):
-            self._issue_serving()
+        while True:
+            left = (self.serving_not_after or dt.datetime.now(dt.UTC)) - dt.datetime.now(dt.UTC)
+            # Half the lifetime the CA granted (it may clamp ours), at least a second.
+            if await self._pause(max(1.0, left.total_seconds() / 2)):
+                return
+            await self._issue_serving()
 
     @property
     def ca_bundle(self) -> str:
-        return base64.b64encode(self.ca.root_pem).decode()
+        return base64.b64encode(self.root_pem).decode()
 
     # -- template ---------------------------------------------------------------------------
     def _refresh_template(self) -> None:
@@ -341,7 +391,7 @@ class InjectionWebhook:
     def _publish_root(self, namespace: str) -> None:
         from kubernetes import client as k8s
 
-        root = self.ca.root_pem.decode()
+        root = self.root_pem.decode()
         digest = hashlib.sha256(root.encode()).hexdigest()
         if self.published.get(namespace) == digest:
             return

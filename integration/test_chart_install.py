@@ -29,6 +29,7 @@ from integration.peers.kube import KubeAPIServer
 from meshfed.adapters.kubernetes.testing import create_namespace, install_crds, kubectl
 
 WEBHOOK = "meshfed-sidecar-injector"
+ROOT_CONFIGMAP = "meshfed-ca-root-cert"
 EVERYTHING = [
     "mixer.enabled=true",
     "registries.consul.enabled=true",
@@ -252,6 +253,12 @@ def test_helm_install_creates_the_control_plane_with_least_privilege(
         ("patch", f"mutatingwebhookconfigurations.admissionregistration.k8s.io/{WEBHOOK}"),
         ("get", f"configmaps/{WEBHOOK}", "-n", ns),
         ("watch", f"configmaps/{WEBHOOK}", "-n", ns),
+        # the trust bundle the sidecars mount, in the namespaces it injects into
+        ("create", "configmaps", "-n", "default"),
+        ("get", f"configmaps/{ROOT_CONFIGMAP}", "-n", "default"),
+        ("patch", f"configmaps/{ROOT_CONFIGMAP}", "-n", "default"),
+        ("get", "namespaces/default"),
+        ("list", "pods", "-n", "default"),
     ]
     hub_may_not = [
         ("create", "services", "-A"),
@@ -264,12 +271,18 @@ def test_helm_install_creates_the_control_plane_with_least_privilege(
         ("create", "mutatingwebhookconfigurations.admissionregistration.k8s.io"),
         ("get", "configmaps/meshfed-mesh", "-n", ns),
         ("create", "tokenreviews.authentication.k8s.io"),
+        ("patch", "configmaps/other", "-n", "default"),
+        ("delete", f"configmaps/{ROOT_CONFIGMAP}", "-n", "default"),
+        ("patch", f"configmaps/{WEBHOOK}", "-n", ns),
     ]
     ca_may = [
         ("get", "secrets/meshfed-ca", "-n", ns),
         ("update", "secrets/meshfed-ca", "-n", ns),
         ("create", "secrets", "-n", ns),
         ("create", "tokenreviews.authentication.k8s.io"),
+        # the trust bundle the hub mounts to authenticate the CA
+        ("create", "configmaps", "-n", ns),
+        ("patch", f"configmaps/{ROOT_CONFIGMAP}", "-n", ns),
     ]
     ca_may_not = [
         ("get", "secrets/other", "-n", ns),
@@ -278,6 +291,8 @@ def test_helm_install_creates_the_control_plane_with_least_privilege(
         ("create", "secrets", "-n", "default"),
         ("get", "secrets/meshfed-ca", "-n", "default"),
         ("list", "pods", "-A"),
+        ("patch", "configmaps/meshfed-mesh", "-n", ns),
+        ("create", "configmaps", "-n", "default"),
     ]
     for account, may, may_not in (
         ("meshfed-hub", hub_may, hub_may_not),

@@ -105,7 +105,21 @@ def test_the_mesh_config_written_is_one_the_hub_accepts(tmp_path: Path) -> None:
 def test_the_webhook_points_at_the_port_the_mesh_config_listens_on() -> None:
     docs = documents(render("mesh-c", ["injector.port=15117", "injector.failurePolicy=Ignore"]))
     injection = yaml.safe_load(mesh_yaml(docs))["spec"]["injection"]
-    assert injection == {"listen": "0.0.0.0:15117"}
+    assert injection == {
+        "listen": "0.0.0.0:15117",
+        "ca": {
+            "address": "meshfed-ca.mesh-c.svc:15012",
+            "rootFile": "/var/run/meshfed/ca-root/root-cert.pem",
+            "tokenFile": "/var/run/secrets/kubernetes.io/serviceaccount/token",
+        },
+    }
+    # The CA names the hub's Service on the hub's certificate, and publishes the bundle the
+    # hub mounts to authenticate it.
+    args = container(docs, "meshfed-ca")["args"]
+    assert args[args.index("--hub-service-account") + 1] == "mesh-c/meshfed-hub"
+    assert args[args.index("--root-configmap") + 1] == "meshfed-ca-root-cert"
+    volumes = one(docs, "Deployment", "meshfed-hub")["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "ca-root", "configMap": {"name": "meshfed-ca-root-cert"}} in volumes
     webhook = one(docs, "MutatingWebhookConfiguration", "meshfed-sidecar-injector")
     for entry in webhook["webhooks"]:
         assert entry["clientConfig"]["service"] == {
@@ -122,6 +136,7 @@ def test_the_webhook_points_at_the_port_the_mesh_config_listens_on() -> None:
     assert set(template["data"]) == {"config"}
     off = documents(render("mesh-c", ["injector.enabled=false"]))
     assert not list(of_kind(off, "MutatingWebhookConfiguration"))
+    assert "--hub-service-account" not in container(off, "meshfed-ca")["args"]
     assert "https-inject" not in str(one(off, "Service", "meshfed-hub"))
 
 
@@ -161,7 +176,11 @@ def test_every_kind_the_hub_reads_is_granted_to_its_component() -> None:
             assert "secrets" not in rule["resources"], name
             assert "*" not in rule["verbs"] and "*" not in rule["resources"], name
             if set(rule["verbs"]) - read:
-                assert rule["resources"] == ["events"] or rule.get("resourceNames"), (name, rule)
+                # Creating cannot be limited to a name by RBAC: the injector's one create is
+                # of ConfigMaps (the trust bundle), every other write names its object.
+                creates = rule["resources"] == ["configmaps"] and rule["verbs"] == ["create"]
+                named = rule.get("resourceNames")
+                assert rule["resources"] == ["events"] or named or creates, (name, rule)
     # Without Mixer, no Mixer role.
     assert not _grants(documents(render("mesh-d")), MIXER_GROUP, "rules", read)
 

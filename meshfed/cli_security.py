@@ -113,9 +113,22 @@ async def serve_ca(args: argparse.Namespace, stop: asyncio.Event) -> int:
         renew_listen=args.renew_listen,
         system_namespace=_system_namespace(args),
         reload_interval=args.reload_interval,
+        serving_names=_serving_names(args),
     )
+    root_map = None
+    if args.root_configmap:
+        from kubernetes import client
+
+        from meshfed.adapters.kubernetes.client import load_api_client
+        from meshfed.security.rootmap import RootConfigMap
+
+        root_map = RootConfigMap(
+            client.CoreV1Api(load_api_client(args.kubeconfig)),
+            settings.system_namespace,
+            args.root_configmap,
+        )
     supervisor = Supervisor()
-    ca = CAComponent(lambda: build_ca(args), settings, supervisor, reviewer)
+    ca = CAComponent(lambda: build_ca(args), settings, supervisor, reviewer, root_map)
     monitoring = MonitoringServer(args.monitoring, name="meshfed.ca")
     monitoring.add_routes(ca.routes())
     monitoring.add_readiness(ca.not_ready, lambda: ca.degraded() + _failing(supervisor))
@@ -146,6 +159,24 @@ async def serve_ca(args: argparse.Namespace, stop: asyncio.Event) -> int:
     finally:
         await life.stop()
     return 0
+
+
+def _serving_names(args: argparse.Namespace) -> dict[str, tuple[str, ...]]:
+    """``--hub-service-account NS/SA`` and its ``--hub-dns-name``s (default: the hub Service's)."""
+    from meshfed.registry.model import spiffe_id
+
+    if not args.hub_service_account:
+        if args.hub_dns_name:
+            raise SystemExit("error: --hub-dns-name needs --hub-service-account NS/SA")
+        return {}
+    ns, _, sa = args.hub_service_account.partition("/")
+    if not ns or not sa or "/" in sa:
+        raise SystemExit(
+            f"error: --hub-service-account {args.hub_service_account!r}: expected NAMESPACE/NAME"
+        )
+    svc = f"meshfed-hub.{ns}.svc"
+    names = tuple(args.hub_dns_name) or (svc, f"{svc}.cluster.local")
+    return {spiffe_id(_trust_domain(args), ns, sa): names}
 
 
 def _failing(supervisor: Any) -> list[str]:
@@ -437,6 +468,22 @@ def register(sub: Any) -> None:
         help="accept service-account tokens of the cluster the CA runs in (in-cluster credentials)",
     )
     serve.add_argument("--token-audience", action="append", default=[])
+    serve.add_argument(
+        "--root-configmap",
+        help="also keep the trust bundle in this ConfigMap of the system namespace (key "
+        "root-cert.pem; the hub mounts it to authenticate the CA)",
+    )
+    serve.add_argument(
+        "--hub-service-account",
+        help="NAMESPACE/NAME of the hub: only its certificates carry DNS names and the IPs it "
+        "asks for (the injection webhook's serving certificate)",
+    )
+    serve.add_argument(
+        "--hub-dns-name",
+        action="append",
+        default=[],
+        help="DNS SAN for the hub (repeat; default meshfed-hub.<ns>.svc[.cluster.local])",
+    )
     serve.set_defaults(func=cmd_ca_serve)
 
     rotate = ca_sub.add_parser(

@@ -27,6 +27,7 @@ from aiohttp import web
 
 from meshfed.core.supervisor import Supervisor
 from meshfed.security.ca import CertificateAuthority
+from meshfed.security.rootmap import RootConfigMap
 from meshfed.security.service import CAServer, KubernetesTokenReviewer, SigningService
 from meshfed.security.storage import private_dir, write_private
 from meshfed.security.tokens import JoinTokenStore
@@ -43,6 +44,8 @@ class CASettings:
     renew_listen: str = "127.0.0.1:15013"
     system_namespace: str = "meshfed-system"
     reload_interval: dt.timedelta = dt.timedelta(seconds=10)
+    # identity -> DNS names its certificates carry (the hub's webhook Service names)
+    serving_names: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
 
 
 def publish_root(state_dir: Path, root_pem: bytes) -> Path:
@@ -63,8 +66,10 @@ class CAComponent:
         settings: CASettings,
         supervisor: Supervisor,
         reviewer: KubernetesTokenReviewer | None = None,
+        root_map: RootConfigMap | None = None,
     ) -> None:
         self._load_ca = load_ca  # blocking (storage, files): runs in a worker thread
+        self.root_map = root_map
         self.settings = settings
         self.supervisor = supervisor
         self.reviewer = reviewer
@@ -77,8 +82,10 @@ class CAComponent:
         self.ca = ca = await asyncio.to_thread(self._load_ca)
         state_dir = self.settings.state_dir
         self.root_path = await asyncio.to_thread(publish_root, state_dir, ca.root_pem)
+        if self.root_map is not None:
+            await asyncio.to_thread(self.root_map.publish, ca.root_pem)
         tokens = JoinTokenStore(state_dir / "tokens.json")
-        service = SigningService(ca, tokens, self.reviewer)
+        service = SigningService(ca, tokens, self.reviewer, self.settings.serving_names)
         server = CAServer(
             service,
             self.settings.listen,
@@ -109,6 +116,8 @@ class CAComponent:
             try:
                 await asyncio.to_thread(ca.reload)
                 await asyncio.to_thread(publish_root, self.settings.state_dir, ca.root_pem)
+                if self.root_map is not None:
+                    await asyncio.to_thread(self.root_map.publish, ca.root_pem)
             except Exception as exc:  # a full disk must not stop the CA; try again later
                 if self.reload_error is None:
                     log.warning("could not refresh the CA material or bundle: %s", exc)

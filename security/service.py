@@ -6,10 +6,13 @@ never send its private key anywhere. This service receives only a CSR.
 Wire format, said plainly: there is no protoc in the build, so the service is registered with
 gRPC *generic handlers* and its messages are JSON documents carried as the raw gRPC message
 bytes (UTF-8). That is a real gRPC service (HTTP/2, deadlines, status codes, TLS) with a JSON
-payload instead of protobuf; :mod:`nodeagent.client` is its client.
+payload instead of protobuf; :mod:`security.caclient` is its client.
 
 - ``/meshfed.security.v1.CertificateService/Sign``
-  request ``{"csr": PEM, "identity": "spiffe://..." (optional), "ttl_seconds": int (optional)}``
+  request ``{"csr": PEM, "identity": "spiffe://..." (optional), "ttl_seconds": int (optional),
+  "ip_addresses": [IP, ...] (optional)}``. DNS and IP SANs are issued only to the identities
+  the CA is configured to serve TLS names for (``serving_names``: the hub, whose injection
+  webhook the API server dials by its Service name); anyone else asking for IPs is refused.
   response ``{"certificate_chain": PEM (leaf first), "root_certificates": PEM, "identity": ...,
   "not_after": RFC 3339}``
 - ``/meshfed.security.v1.CertificateService/TrustBundle``: request ``{}``, response
@@ -42,6 +45,7 @@ import datetime as dt
 import json
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -146,10 +150,15 @@ class SigningService:
         ca: CertificateAuthority,
         tokens: JoinTokenStore | None = None,
         kubernetes: KubernetesTokenReviewer | None = None,
+        serving_names: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.ca = ca
         self.tokens = tokens
         self.kubernetes = kubernetes
+        # identity -> the DNS names its certificates carry. Only these identities serve TLS to
+        # callers that check a host name (the API server dialling the injection webhook); the
+        # names are the CA's configuration, never the caller's wish.
+        self.serving_names = {k: tuple(v) for k, v in (serving_names or {}).items()}
         metrics.ROOT_EXPIRY.set(ca.signer_cert.not_valid_after_utc.timestamp())
 
     async def sign(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -192,7 +201,21 @@ class SigningService:
                 f"{credential.kind} credential ({credential.detail}) allows "
                 f"{credential.allowed}, not {shown(wanted)}",
             )
-        issued = self.ca.sign(csr, credential.allowed, ttl)
+        dns_names = self.serving_names.get(credential.allowed)
+        if parsed.ip_addresses and dns_names is None:
+            raise Refused(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "sans-not-allowed",
+                f"{credential.allowed} may not have IP address SANs "
+                "(only the identities the CA serves TLS names for may)",
+            )
+        issued = self.ca.sign(
+            csr,
+            credential.allowed,
+            ttl,
+            dns_names=dns_names or (),
+            ip_addresses=parsed.ip_addresses,
+        )
         metrics.ISSUED.labels(credential.kind).inc()
         metrics.ROOT_EXPIRY.set(self.ca.signer_cert.not_valid_after_utc.timestamp())
         log.info(

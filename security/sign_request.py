@@ -16,12 +16,15 @@ Promises:
   characters the SPIFFE ID specification allows (anything else could never be issued).
 - ``ttl_seconds``, when present and not null, is a finite JSON number in
   ``(0, MAX_TTL_SECONDS]``; a lifetime above the CA's own maximum is still clamped by the CA.
+- ``ip_addresses``, when present and not null, is an array of at most :data:`MAX_IP_ADDRESSES`
+  IP address strings (whether the caller may have them is the signing service's decision).
 - Messages never repeat more than about a hundred characters of what the caller sent.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import json
 import math
 import re
@@ -36,6 +39,7 @@ MAX_REQUEST_BYTES = 64 * 1024
 MAX_CSR_CHARS = 32 * 1024  # an RSA-8192 CSR is about 3 kB; room for SANs the CA ignores anyway
 MAX_IDENTITY_CHARS = 2048  # the SPIFFE ID specification's limit for a URI SAN
 MAX_TTL_SECONDS = 10 * 365 * 86400  # no leaf outlives a root; beyond this is nonsense
+MAX_IP_ADDRESSES = 8  # a serving certificate names a pod's few addresses, never a range
 _SHOWN = 100  # characters of a caller's value a message may repeat (room for a SPIFFE ID)
 
 # SPIFFE ID specification, sections 2.1 and 2.2: a lower-case trust domain, path segments of
@@ -59,6 +63,7 @@ class SignRequest:
     csr: Any  # x509.CertificateSigningRequest (its signature verified)
     identity: str | None
     ttl: dt.timedelta | None
+    ip_addresses: tuple[str, ...] = ()
 
 
 def shown(value: object) -> str:
@@ -101,6 +106,7 @@ def parse_sign_request(raw: bytes) -> SignRequest:
         csr=_csr(body.get("csr")),
         identity=_identity(body.get("identity")),
         ttl=_ttl(body.get("ttl_seconds")),
+        ip_addresses=_ip_addresses(body.get("ip_addresses")),
     )
 
 
@@ -178,3 +184,27 @@ def _ttl(value: object) -> dt.timedelta | None:
             f"ttl_seconds {shown(value)}: expected more than 0 and at most {MAX_TTL_SECONDS}",
         )
     return dt.timedelta(seconds=value)
+
+
+def _ip_addresses(value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > MAX_IP_ADDRESSES:
+        what = _type_name(value) if not isinstance(value, list) else f"{len(value)} entries"
+        raise BadRequest(
+            "bad-ip-addresses",
+            f"ip_addresses is {what}; expected an array of at most {MAX_IP_ADDRESSES} IP addresses",
+        )
+    found: list[str] = []
+    for item in value:
+        try:
+            if not isinstance(item, str):
+                raise ValueError
+            ip = str(ipaddress.ip_address(item))
+        except ValueError:
+            raise BadRequest(
+                "bad-ip-addresses", f"ip_addresses entry {shown(item)}: expected an IP address"
+            ) from None
+        if ip not in found:
+            found.append(ip)
+    return tuple(found)

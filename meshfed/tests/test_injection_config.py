@@ -71,3 +71,25 @@ def test_injection_errors_name_the_field(tmp_path):
     for field in ("listen", "ca.storage", "ipAddresses[0]", "auditInterval", "colour"):
         assert f"spec.injection.{field}" in text, (field, text)
     assert "expected file or kubernetes" in text
+
+
+def test_injection_from_the_running_ca(tmp_path):
+    mesh = load_mesh_config(
+        write(
+            tmp_path,
+            "    ca: {address: 'meshfed-ca.meshfed-system.svc:15012', rootFile: ca/root.pem,\n"
+            "         tokenFile: /var/run/secrets/tokens/hub}\n",
+        )
+    )
+    s = mesh.injection
+    assert s.ca_address == "meshfed-ca.meshfed-system.svc:15012"
+    assert s.ca_root_file == str(tmp_path / "ca" / "root.pem")
+    assert s.ca_token_file == "/var/run/secrets/tokens/hub"
+
+
+def test_running_ca_needs_its_files_and_excludes_storage(tmp_path):
+    with pytest.raises(ConfigErrors) as err:
+        load_mesh_config(write(tmp_path, "    ca: {address: 'ca:15012', storage: kubernetes}\n"))
+    text = str(err.value)
+    assert "injection.ca.storage" in text and "either address" in text
+    assert "injection.ca.rootFile" in text and "injection.ca.tokenFile" in text

@@ -83,3 +83,29 @@ def test_token_create_refuses_an_identity_the_ca_could_not_issue(
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.startswith("error: namespace")
     assert "Traceback" not in captured.err
+
+
+def test_hub_service_account_names_the_hub_service_dns_names() -> None:
+    from meshfed.cli_security import _serving_names
+
+    def names(account: str | None, dns: list[str]) -> dict[str, tuple[str, ...]]:
+        args = argparse.Namespace(
+            hub_service_account=account, hub_dns_name=dns, trust_domain="example.org"
+        )
+        return _serving_names(args)
+
+    assert names("mesh/meshfed-hub", []) == {
+        "spiffe://example.org/ns/mesh/sa/meshfed-hub": (
+            "meshfed-hub.mesh.svc",
+            "meshfed-hub.mesh.svc.cluster.local",
+        )
+    }
+    assert names("mesh/hub", ["hub.example"]) == {
+        "spiffe://example.org/ns/mesh/sa/hub": ("hub.example",)
+    }
+    assert names(None, []) == {}
+    for bad in ("mesh", "mesh/", "/hub", "a/b/c"):
+        with pytest.raises(SystemExit, match="NAMESPACE/NAME"):
+            names(bad, [])
+    with pytest.raises(SystemExit, match="needs --hub-service-account"):
+        names(None, ["hub.example"])
