@@ -114,8 +114,14 @@ class _Resolver:
         self.catalog = catalog
         self.services = list(catalog.services.values())
 
+        self._resolved: dict[tuple[ServiceRef, str], str | None] = {}
+
     def host(self, ref: ServiceRef, namespace: str) -> str | None:
-        return ref.resolve(self.services, namespace)
+        # Many rules name one service (and subsets of it): resolve each name once.
+        key = (attrs.evolve(ref, labels=Labels()), namespace)
+        if key not in self._resolved:
+            self._resolved[key] = ref.resolve(self.services, namespace)
+        return self._resolved[key]
 
     def carried(self, host: str, labels: Labels) -> bool:
         return any(e.labels.matches(labels) for e in self.catalog.endpoints.get(host, ()))
