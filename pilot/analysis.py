@@ -110,12 +110,24 @@ def has_errors(findings: Iterable[Finding]) -> bool:
 
 
 class _Resolver:
+    """:meth:`ServiceRef.resolve`'s answers from indexes built once per run (``resolve``
+    scans the whole catalog per call, quadratic over thousands of rules)."""
+
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
-        self.services = list(catalog.services.values())
+        self.by_host = dict(catalog.services)
+        # A bare name's fallback: the first host, in order, whose first label is that name.
+        self.by_label: dict[tuple[str, str], str] = {}
+        for host in sorted(self.by_host):
+            self.by_label.setdefault((host.split(".", 1)[0], self.by_host[host].namespace), host)
 
     def host(self, ref: ServiceRef, namespace: str) -> str | None:
-        return ref.resolve(self.services, namespace)
+        for host in ref.candidates(namespace):
+            if host in self.by_host:
+                return host
+        if ref.name and not ref.service:
+            return self.by_label.get((ref.name.lower(), ref.namespace or namespace))
+        return None
 
     def carried(self, host: str, labels: Labels) -> bool:
         return any(e.labels.matches(labels) for e in self.catalog.endpoints.get(host, ()))

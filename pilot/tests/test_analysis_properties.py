@@ -78,3 +78,22 @@ def test_any_bytes_give_findings_or_errors_never_an_exception(data: bytes) -> No
     docs, _ = load_bytes("x.yaml", data)
     findings, _ = analyze_documents(docs)
     assert isinstance(findings, list)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sets(st.tuples(st.sampled_from(["a", "b", "a-b"]),
+                      st.sampled_from(["default.svc.cluster.local", "service.consul", "x"]),
+                      st.sampled_from(["default", "other"]))),
+    st.builds(ServiceRef, name=st.sampled_from(["", "a", "b", "A", "c"]),
+              namespace=st.sampled_from(["", "default", "other"]),
+              service=st.sampled_from(["", "a.service.consul", "b.x"])),
+    st.sampled_from(["default", "other"]),
+)  # fmt: skip
+def test_indexed_resolution_answers_as_service_ref_resolve(services, ref, namespace) -> None:
+    from meshfed.pilot.analysis import _Resolver
+
+    catalog = [Service(f"{n}.{d}", namespace=ns, ports=[Port(80, "http")]) for n, d, ns in services]
+    assert _Resolver(Catalog.of(catalog, {})).host(ref, namespace) == ref.resolve(
+        catalog, namespace
+    )
