@@ -11,7 +11,12 @@ What it serves:
   else 503; the body lists ``not_ready`` (why it is not ready) and ``degraded`` (what is failing
   or restarting while the process still serves, e.g. a supervised store), so an operator sees
   both from one request.
+- ``/healthz/live``: 200 while the process's event loop answers requests (a liveness probe's
+  question: restart only a process that no longer serves, never one that is merely not ready).
 - whatever routes the parts register with :meth:`MonitoringServer.add_routes` before start.
+
+A part whose handler streams (server-sent events) registers :meth:`MonitoringServer.on_stop`
+to end its streams: aiohttp would otherwise wait up to its shutdown timeout (60 s) for them.
 
 Hostile input: a malformed HTTP request (garbage on the port, a broken header) logs one bounded
 line at warning level, never a traceback; at most :data:`BAD_REQUEST_LOGS_PER_MINUTE` such lines a
@@ -106,6 +111,7 @@ class MonitoringServer:
         self._routes: list[web.RouteDef] = []
         self._not_ready: list[NotReady] = []
         self._degraded: list[Degraded] = []
+        self._on_stop: list[Callable[[], None]] = []
         self._runner: web.AppRunner | None = None
 
     # -- what the parts register ------------------------------------------------------------
@@ -113,6 +119,10 @@ class MonitoringServer:
         if self._runner is not None:
             raise RuntimeError("routes must be added before the monitoring server starts")
         self._routes.extend(routes)
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the server starts stopping, before it waits for handlers."""
+        self._on_stop.append(callback)
 
     def add_readiness(
         self, not_ready: NotReady | None = None, degraded: Degraded | None = None
@@ -136,6 +146,7 @@ class MonitoringServer:
             [
                 web.get("/metrics", self._serve_metrics),
                 web.get("/healthz/ready", self._serve_ready),
+                web.get("/healthz/live", self._serve_live),
                 *self._routes,
             ]
         )
@@ -153,6 +164,8 @@ class MonitoringServer:
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None
+        for callback in self._on_stop:
+            callback()
         if runner is not None:
             await runner.cleanup()
 
@@ -180,6 +193,9 @@ class MonitoringServer:
     async def _serve_metrics(self, request: web.Request) -> web.Response:
         body = b"".join(generate_latest(r) for r in self._metrics)
         return web.Response(body=body, content_type="text/plain", charset="utf-8")
+
+    async def _serve_live(self, request: web.Request) -> web.Response:
+        return web.json_response({"live": True})
 
     async def _serve_ready(self, request: web.Request) -> web.Response:
         state = self.readiness()

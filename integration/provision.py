@@ -267,43 +267,38 @@ def _redis_present() -> bool:
     return shutil.which("redis-server") is not None or Path("/usr/bin/redis-server").exists()
 
 
+def go_artefact(
+    step: str, label: str, package: str, path: Callable[[], Path], ldflags: str = ""
+) -> Artefact:
+    """A binary built by ``go build`` from a build module: present when the cached file is."""
+    return Artefact(
+        step,
+        label,
+        lambda: path().exists(),
+        lambda: go_build(step, package, path(), ldflags),
+        lambda: str(path()),
+    )
+
+
 ARTEFACTS = [
-    Artefact(
-        "consul",
-        f"consul {CONSUL_VERSION}",
-        lambda: consul_path().exists(),
-        lambda: go_build("consul", "github.com/hashicorp/consul", consul_path()),
-        lambda: str(consul_path()),
-    ),
-    Artefact(
-        "kube",
-        f"etcd {ETCD_VERSION}",
-        lambda: etcd_path().exists(),
-        lambda: go_build("kube", "go.etcd.io/etcd/server/v3", etcd_path()),
-        lambda: str(etcd_path()),
-    ),
-    Artefact(
+    go_artefact("consul", f"consul {CONSUL_VERSION}", "github.com/hashicorp/consul", consul_path),
+    go_artefact("kube", f"etcd {ETCD_VERSION}", "go.etcd.io/etcd/server/v3", etcd_path),
+    go_artefact(
         "kube",
         f"kube-apiserver {KUBERNETES_VERSION}",
-        lambda: kube_apiserver_path().exists(),
-        lambda: go_build(
-            "kube", "k8s.io/kubernetes/cmd/kube-apiserver", kube_apiserver_path(), kube_ldflags()
-        ),
-        lambda: str(kube_apiserver_path()),
+        "k8s.io/kubernetes/cmd/kube-apiserver",
+        kube_apiserver_path,
+        kube_ldflags(),
     ),
-    Artefact(
+    go_artefact(
         "kube",
         f"kubectl {KUBERNETES_VERSION}",
-        lambda: kubectl_path().exists(),
-        lambda: go_build("kube", "k8s.io/kubernetes/cmd/kubectl", kubectl_path(), kube_ldflags()),
-        lambda: str(kubectl_path()),
+        "k8s.io/kubernetes/cmd/kubectl",
+        kubectl_path,
+        kube_ldflags(),
     ),
-    Artefact(
-        "helm",
-        f"helm {HELM_VERSION}",
-        lambda: helm_path().exists(),
-        lambda: go_build("helm", "helm.sh/helm/v3/cmd/helm", helm_path(), helm_ldflags()),
-        lambda: str(helm_path()),
+    go_artefact(
+        "helm", f"helm {HELM_VERSION}", "helm.sh/helm/v3/cmd/helm", helm_path, helm_ldflags()
     ),
     Artefact(
         "eureka",
@@ -347,12 +342,11 @@ ARTEFACTS = [
         lambda: apt_install("iptables"),
         lambda: shutil.which("iptables") or "/usr/sbin/iptables",
     ),
-    Artefact(
+    go_artefact(
         "jaeger",
         f"jaeger {JAEGER_VERSION} (all-in-one), for the tracing tests",
-        lambda: jaeger_path().exists(),
-        lambda: go_build("jaeger", "github.com/jaegertracing/jaeger/cmd/jaeger", jaeger_path()),
-        lambda: str(jaeger_path()),
+        "github.com/jaegertracing/jaeger/cmd/jaeger",
+        jaeger_path,
     ),
     Artefact(
         "envoy",

@@ -22,7 +22,12 @@ from typing import Any
 from meshfed.config import load_mesh_config
 from meshfed.core.resources import ConfigErrors
 
-COMMAND_MODULES = ("meshfed.cli_pilot", "meshfed.cli_security")
+COMMAND_MODULES = (
+    "meshfed.cli_pilot",
+    "meshfed.cli_security",
+    "meshfed.cli_completion",
+    "meshfed.cli_inject",
+)
 
 
 HUB_ENV = "MESHFED_HUB"  # the hub's monitoring URL when --hub is not given

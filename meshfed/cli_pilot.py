@@ -137,7 +137,7 @@ def mtls_warning(args: argparse.Namespace) -> str:
     """What to tell the operator of a proxy run without SDS in a mesh with mutual TLS on
     ("" when there is nothing to say): it would reach STRICT services in plain text and be
     refused. Pilot also lists the affected clusters under the proxy's problems."""
-    if args.sds_socket:
+    if args.sds_socket or getattr(args, "ca", None):
         return ""
     from meshfed.config import load_mesh_config
     from meshfed.security import mtls
@@ -161,11 +161,65 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     return 0
 
 
+def identity_agent(args: argparse.Namespace, spec: Any) -> Any:
+    """With ``--ca``: the node agent that gets this proxy's certificate (with the pod's
+    service-account token, or a join token) and serves it over SDS on a private socket; the
+    proxy then runs as if given ``--sds-socket``. None without ``--ca``."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    if not getattr(args, "ca", None):
+        return None
+    from meshfed.nodeagent.agent import AgentConfig, NodeAgent
+    from meshfed.registry.model import parse_spiffe_id
+
+    trust_domain, namespace, account = parse_spiffe_id(spec.identity)
+    if args.service_account and args.service_account != account:
+        raise SystemExit(f"error: --service-account {args.service_account} is not {spec.identity}")
+
+    def secret(path: str | None) -> str | None:
+        if not path:
+            return None
+        try:
+            return Path(path).read_text().strip()
+        except OSError as exc:
+            raise SystemExit(f"error: cannot read {path}: {exc.strerror or exc}") from None
+
+    try:
+        root = Path(args.ca_root).read_bytes()
+    except OSError as exc:
+        raise SystemExit(f"error: cannot read --ca-root {args.ca_root}: {exc}") from None
+    join = secret(args.token_file) or os.environ.get("MESHFED_JOIN_TOKEN")
+    kube = secret(args.kubernetes_token_file)
+    if not join and not kube:
+        raise SystemExit("error: --ca needs --kubernetes-token-file or --token-file")
+    folder = Path(tempfile.mkdtemp(prefix="meshfed-proxy-sds-"))
+    folder.chmod(0o700)
+    config = AgentConfig(
+        ca_address=args.ca,
+        ca_renewal_address=args.ca_renewal or args.ca,
+        ca_root_pem=root,
+        trust_domain=trust_domain,
+        namespace=namespace,
+        service_account=account,
+        sds_socket=folder / "sds.sock",
+        join_token=None if kube else join,
+        kubernetes_token=kube,
+    )
+    return NodeAgent(config)
+
+
 def cmd_proxy(args: argparse.Namespace) -> int:
+    import attrs
+
     from meshfed.cli import hub_url
     from meshfed.proxy import EnvoyProcess, ReadinessServer, wait_ready
 
     spec = _spec(args)
+    agent = identity_agent(args, spec)
+    if agent is not None:
+        spec = attrs.evolve(spec, sds_socket=str(agent.config.sds_socket))
     hub = hub_url(args)
     warning = mtls_warning(args)
     if warning:
@@ -190,6 +244,13 @@ def cmd_proxy(args: argparse.Namespace) -> int:
         try:
             if probe is not None:
                 await probe.start()
+            if agent is not None:
+                try:  # before Envoy: its first SDS request finds the secrets
+                    await agent.start()
+                except Exception as exc:  # refused, or the CA unreachable after retries
+                    print(f"error: no certificate from the CA at {args.ca}: {exc}", file=sys.stderr)
+                    return 1
+                print(f"identity {agent.config.identity} from {args.ca}", flush=True)
             if mixer is not None:
                 await mixer.start()  # before Envoy: its first Check finds the socket
                 print(f"mixer client on unix:{spec.mixer_socket} -> {args.mixer}", flush=True)
@@ -220,6 +281,8 @@ def cmd_proxy(args: argparse.Namespace) -> int:
             return 1
         finally:
             await envoy.stop()
+            if agent is not None:
+                await agent.stop()
             if mixer is not None:
                 await mixer.stop()
             if probe is not None:
@@ -372,6 +435,22 @@ def register(sub: Any) -> None:
         help="readiness probe port on --ip (GET /healthz/ready); 0 disables",
     )
     proxy.add_argument("--envoy-log-level", default="warning")
+    proxy.add_argument(
+        "--ca",
+        default="",
+        metavar="HOST:PORT",
+        help="get this proxy's certificate from the CA's bootstrap port and serve it to Envoy "
+        "over SDS (as meshfed nodeagent does; an injected sidecar's identity)",
+    )
+    proxy.add_argument("--ca-renewal", default="", help="the CA's renewal port (default: --ca)")
+    proxy.add_argument("--ca-root", default="", help="with --ca: the trust bundle (PEM file)")
+    proxy.add_argument(
+        "--kubernetes-token-file", default="", help="with --ca: the service-account token file"
+    )
+    proxy.add_argument("--token-file", default="", help="with --ca: a join token file")
+    proxy.add_argument(
+        "--service-account", default="", help="with --ca: checked against --identity"
+    )
     proxy.add_argument(
         "--mixer-cache-size",
         type=int,

@@ -70,9 +70,12 @@ def ca_storage(args: argparse.Namespace) -> Any:
     from meshfed.security.storage import FileStorage, KubernetesSecretStorage
 
     if args.storage == "kubernetes":
-        from kubernetes import client, config
+        from kubernetes import client
 
-        api_client = config.new_client_from_config(config_file=args.kubeconfig)
+        from meshfed.adapters.kubernetes.client import load_api_client
+
+        # In a pod without --kubeconfig: the pod's service account (the chart's CA Deployment).
+        api_client = load_api_client(args.kubeconfig)
         return KubernetesSecretStorage(
             client.CoreV1Api(api_client), _system_namespace(args), args.secret_name
         )
@@ -97,11 +100,11 @@ async def serve_ca(args: argparse.Namespace, stop: asyncio.Event) -> int:
     from meshfed.security.service import KubernetesTokenReviewer
 
     reviewer = None
-    if args.tokenreview_kubeconfig:
-        from kubernetes import config
+    if args.tokenreview_kubeconfig or args.tokenreview:
+        from meshfed.adapters.kubernetes.client import load_api_client
 
         reviewer = KubernetesTokenReviewer(
-            config.new_client_from_config(config_file=args.tokenreview_kubeconfig),
+            load_api_client(args.tokenreview_kubeconfig),
             audiences=args.token_audience or None,
         )
     settings = CASettings(
@@ -427,6 +430,11 @@ def register(sub: Any) -> None:
     )
     serve.add_argument(
         "--tokenreview-kubeconfig", help="accept Kubernetes service-account tokens (TokenReview)"
+    )
+    serve.add_argument(
+        "--tokenreview",
+        action="store_true",
+        help="accept service-account tokens of the cluster the CA runs in (in-cluster credentials)",
     )
     serve.add_argument("--token-audience", action="append", default=[])
     serve.set_defaults(func=cmd_ca_serve)

@@ -348,10 +348,15 @@ def default_components(mesh: MeshConfig) -> list[HubComponent]:
     )
     # Registration first: its member must exist before Pilot waits for every member to sync.
     components: list[HubComponent] = [WorkloadRegistration(), pilot, *kube_config_components(mesh)]
+    mixer = None
     if mesh.mixer is not None and mesh.mixer.enabled:
         from meshfed.mixer.component import Mixer
 
-        components.append(Mixer(mesh.mixer))
+        mixer = Mixer(mesh.mixer)
+        components.append(mixer)
+    from meshfed.dashboard import Dashboard  # /dashboard on the monitoring port
+
+    components.append(Dashboard(pilot=pilot, mixer=mixer))
     return components
 
 

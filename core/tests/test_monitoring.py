@@ -43,6 +43,10 @@ async def test_serves_metrics_readiness_and_registered_routes() -> None:
             async with session.get(f"{base}/healthz/ready") as response:
                 assert response.status == 503
                 body = await response.json()
+            # Not ready is still alive: a liveness probe must not restart a syncing process.
+            async with session.get(f"{base}/healthz/live") as response:
+                assert response.status == 200
+                assert await response.json() == {"live": True}
             assert body == {
                 "ready": False,
                 "not_ready": ["registry a has not synced"],

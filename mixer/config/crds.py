@@ -1,6 +1,7 @@
 """CustomResourceDefinitions for Mixer's kinds (``python -m meshfed.mixer.config.crds``).
 
-Writes ``manifests/crds/mixer.config.istio.io.yaml``: ``rule``, ``attributemanifest``, one kind per
+Writes ``chart/meshfed/crds/mixer.config.istio.io.yaml`` (copied to ``manifests/crds/`` by
+``python -m meshfed.tools.render_manifests``): ``rule``, ``attributemanifest``, one kind per
 template with the template's fields, and one kind per handler kind Istio 0.2 had (plus
 ``redisquota``). Expressions are strings, so the API server checks shapes; types, attribute names
 and references are checked by Mixer, which records its verdict as an Event on the object.
@@ -142,7 +143,9 @@ class _NoAliases(yaml.SafeDumper):
 
 
 def main() -> int:
-    target = Path(sys.argv[1] if len(sys.argv) > 1 else "manifests/crds/mixer.config.istio.io.yaml")
+    target = Path(
+        sys.argv[1] if len(sys.argv) > 1 else "chart/meshfed/crds/mixer.config.istio.io.yaml"
+    )
     target.write_text(render())
     print(f"wrote {target}")
     return 0

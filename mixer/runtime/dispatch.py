@@ -31,7 +31,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -92,6 +92,9 @@ class Dispatcher:
         )
         self._matches: dict[str, Any] = {}  # rule -> its match counter (labels() is slow)
         self._calls: dict[tuple[str, str], Any] = {}
+        # Read-only taps on every reported bag after enrichment (e.g. a service graph); each
+        # must be cheap and must not raise: they run on the Report path.
+        self.report_observers: list[Callable[[Mapping[str, Any]], None]] = []
 
     # -- rule selection --------------------------------------------------------------------
     def _select(
@@ -304,8 +307,11 @@ class Dispatcher:
         batches: dict[str, list[Any]] = {}
         rules = snap.config.report_rules
         enrich = self._enrich
+        observers = self.report_observers
         for wire in bags:
             bag = enrich(wire)
+            for observe in observers:
+                observe(bag)
             refs: dict[Any, int] = {}
             for rule in self._select(rules, bag, refs):
                 for action in rule.report:

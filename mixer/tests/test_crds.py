@@ -10,7 +10,7 @@ from meshfed.mixer.config import crds
 from meshfed.mixer.config.kube import plural
 from meshfed.mixer.templates import TEMPLATES
 
-SHIPPED = Path(__file__).parents[2] / "manifests" / "crds" / "mixer.config.istio.io.yaml"
+SHIPPED = Path(__file__).parents[2] / "chart" / "meshfed" / "crds" / "mixer.config.istio.io.yaml"
 
 
 def test_shipped_file_is_current():

@@ -1,0 +1,1 @@
+"""Sidecar injection: the pure pod mutation, the admission webhook and the offline path."""
