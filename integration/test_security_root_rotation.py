@@ -115,7 +115,11 @@ def _refused(call: Any) -> str:
 
 def _ca_cli(*args: str) -> dict[str, Any]:
     out = subprocess.run(
-        [*MESHFED, "ca", *args], capture_output=True, text=True, timeout=60, check=True
+        [*MESHFED, "ca", *args, "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     return json.loads(out.stdout)
 

@@ -238,8 +238,36 @@ def cmd_ca_rotate_root(args: argparse.Namespace) -> int:
     except (CAConfigError, StorageError) as exc:  # includes a rotation already running
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(ca.status(), indent=1))
+    status = ca.status()
+    if args.output != "table":
+        from meshfed.cli import print_document
+
+        print_document(status, args.output)
+        return 0
+    print(_status_table(status))
     return 0
+
+
+def _status_table(status: dict[str, Any]) -> str:
+    """``ca status`` for a terminal: the phase, then one row per certificate in play."""
+    from meshfed.cli import format_table
+
+    signer = status["signer"]
+    rows = [["signer", signer["subject"], signer["serial"], signer["not_after"]]]
+    rows += [["root", r["subject"], r["serial"], r["not_after"]] for r in status["roots"]]
+    lines = [
+        f"trust domain: {status['trust_domain']}",
+        f"phase: {status['phase']}",
+        f"max ttl: {status['max_ttl_seconds']:g}s",
+    ]
+    rotation = status.get("rotation")
+    if rotation:
+        lines.append(
+            f"rotation: started {rotation['started_at']}, switch {rotation['switch_at']}, "
+            f"retire {rotation['retire_at']}"
+        )
+    lines += ["", format_table(rows, ["ROLE", "SUBJECT", "SERIAL", "NOT AFTER"])]
+    return "\n".join(lines)
 
 
 def cmd_ca_status(args: argparse.Namespace) -> int:
@@ -257,7 +285,13 @@ def cmd_ca_status(args: argparse.Namespace) -> int:
         ca = CertificateAuthority.from_storage(
             storage, material, trust_domain, max_ttl=args.max_ttl
         )
-    print(json.dumps(ca.status(), indent=1))
+    status = ca.status()
+    if args.output != "table":
+        from meshfed.cli import print_document
+
+        print_document(status, args.output)
+        return 0
+    print(_status_table(status))
     return 0
 
 
@@ -277,8 +311,17 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 def cmd_token_list(args: argparse.Namespace) -> int:
     from meshfed.security.tokens import JoinTokenStore
 
-    for record in JoinTokenStore(_state_dir(args) / "tokens.json").list():
-        print(json.dumps(record))
+    records = JoinTokenStore(_state_dir(args) / "tokens.json").list()
+    if args.output != "table":
+        from meshfed.cli import print_document
+
+        print_document(records, args.output)
+        return 0
+    from meshfed.cli import format_table
+
+    columns = sorted({k for r in records for k in r} - {"id"})
+    rows = [[str(r.get("id", "")), *(str(r.get(c, "")) for c in columns)] for r in records]
+    print(format_table(rows, ["ID", *(c.upper().replace("_", " ") for c in columns)]))
     return 0
 
 
@@ -501,10 +544,12 @@ def register(sub: Any) -> None:
         "--margin", type=parse_duration, help="added to each phase (default: 10%%, min 1m)"
     )
     rotate.add_argument("--force", action="store_true", help="allow phases shorter than --max-ttl")
+    rotate.add_argument("--output", "-o", choices=["table", "json", "yaml"], default="table")
     rotate.set_defaults(func=cmd_ca_rotate_root)
 
     status = ca_sub.add_parser("status", help="the root rotation phase, signer and trust bundle")
     storage_options(status)
+    status.add_argument("--output", "-o", choices=["table", "json", "yaml"], default="table")
     status.set_defaults(func=cmd_ca_status)
 
     token = ca_sub.add_parser("token", help="join tokens for VMs")
@@ -517,6 +562,7 @@ def register(sub: Any) -> None:
     create.set_defaults(func=cmd_token_create)
     listing = token_sub.add_parser("list", help="stored tokens (hashes only)")
     listing.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
+    listing.add_argument("--output", "-o", choices=["table", "json", "yaml"], default="table")
     listing.set_defaults(func=cmd_token_list)
 
     agent = sub.add_parser("nodeagent", help="join this machine to the mesh")

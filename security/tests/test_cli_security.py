@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 from pathlib import Path
 
 import pytest
@@ -33,9 +34,15 @@ def test_token_create_prints_a_token_the_ca_accepts_once(
     assert token.startswith("mfjt.")
     grant = JoinTokenStore(Path(state) / "tokens.json").redeem(token)
     assert (grant.namespace, grant.service_account) == ("shop", "cart")
-    assert main(["ca", "token", "list", "--state-dir", state]) == 0
+    assert main(["ca", "token", "list", "--state-dir", state, "-o", "json"]) == 0
     listing = capsys.readouterr().out
-    assert '"namespace": "shop"' in listing and token.split(".")[2] not in listing
+    records = json.loads(listing)
+    assert [(r["namespace"], r["service_account"]) for r in records] == [("shop", "cart")]
+    assert token.split(".")[2] not in listing
+    assert main(["ca", "token", "list", "--state-dir", state]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[0] == "ID" and "NAMESPACE" in table[0], table
+    assert len(table) == 2 and "shop" in table[1].split() and token.split(".")[2] not in table[1]
 
 
 def test_nodeagent_refuses_to_start_without_a_credential(

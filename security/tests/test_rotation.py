@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from cryptography import x509
 
 from meshfed.cli import main
@@ -195,17 +196,24 @@ def test_rotate_root_and_status_on_the_command_line(
     # Phases shorter than the longest leaf lifetime would break traffic: refused.
     assert main(["ca", "rotate-root", *common, "--max-ttl", "1h", "--add-phase", "10m"]) == 2
     assert "add phase" in capsys.readouterr().err
-    assert main(["ca", "rotate-root", *common, "--max-ttl", "1h"]) == 0
+    assert main(["ca", "rotate-root", *common, "--max-ttl", "1h", "-o", "json"]) == 0
     started = json.loads(capsys.readouterr().out)
     assert started["phase"] == "add" and len(started["roots"]) == 2
     # Derived from --max-ttl: 1 h plus the default margin (10 %, at least a minute).
     assert started["rotation"]["add_seconds"] == started["rotation"]["switch_seconds"] == 3960
     assert main(["ca", "rotate-root", *common, "--max-ttl", "1h"]) == 1
     assert "in progress" in capsys.readouterr().err
-    assert main(["ca", "status", *common]) == 0
+    assert main(["ca", "status", *common, "-o", "json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["phase"] == "add"
     assert status["signer"] == status["rotation"]["old_root"]
+    assert main(["ca", "status", *common]) == 0  # a table by default, as istioctl prints
+    table = capsys.readouterr().out
+    assert "phase: add" in table
+    rows = [line.split()[0] for line in table.splitlines() if line.startswith(("signer", "root"))]
+    assert rows == ["signer", "root", "root"], table
+    assert main(["ca", "status", *common, "-o", "yaml"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == status
 
 
 def test_rotate_root_refuses_bring_your_own_material(tmp_path: Path) -> None:
