@@ -461,7 +461,24 @@ def main(argv: list[str] | None = None) -> int:
     from meshfed.logformat import configure_logging
 
     configure_logging(plan.log_level, plan.log_format)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(ProxyField(plan.node_id))
     return run(plan)
+
+
+class ProxyField(logging.Filter):
+    """Every record of this process names its proxy (``proxy``, a field of JSON logs): the
+    process serves one Envoy, so its Mixer client's and identity agent's lines are that
+    proxy's too."""
+
+    def __init__(self, node_id: str) -> None:
+        super().__init__()
+        self.node_id = node_id
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "proxy"):
+            record.proxy = self.node_id
+        return True
 
 
 if __name__ == "__main__":

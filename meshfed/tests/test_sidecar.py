@@ -134,3 +134,29 @@ def test_a_probe_port_in_use_is_an_error_line_not_a_traceback(tmp_path: Path, ca
         assert run(p) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err
+
+
+def test_every_json_log_line_of_the_sidecar_names_its_proxy() -> None:
+    import io
+    import logging
+
+    from meshfed.logformat import json_formatter
+    from meshfed.sidecar import ProxyField
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(json_formatter())
+    handler.addFilter(ProxyField("sidecar~127.0.0.5~web-1.default~default.svc.cluster.local"))
+    logger = logging.getLogger("meshfed.test.sidecar")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("mixer check failed: %s", "UNAVAILABLE")
+        logger.warning("given", extra={"proxy": "other"})
+    finally:
+        logger.removeHandler(handler)
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert (
+        first["proxy"].startswith("sidecar~127.0.0.5~web-1") and "UNAVAILABLE" in first["message"]
+    )
+    assert second["proxy"] == "other"  # a caller's own field is kept
