@@ -111,7 +111,17 @@ def installed(kube_apiserver: KubeAPIServer) -> Iterator[str]:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     yield ns
-    run_helm("uninstall", "meshfed", "-n", ns, "--wait", kubeconfig=kube_apiserver.kubeconfig)
+    done = run_helm(
+        "uninstall", "meshfed", "-n", ns, "--wait", kubeconfig=kube_apiserver.kubeconfig
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    try:  # cluster-scoped with a fixed name: never left for the next test to trip over
+        k8s.AdmissionregistrationV1Api(
+            kube_apiserver.api_client()
+        ).delete_mutating_webhook_configuration(WEBHOOK)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
     core = k8s.CoreV1Api(kube_apiserver.api_client())
     try:
         core.delete_namespace(ns)

@@ -184,6 +184,14 @@ def release(kube_apiserver: KubeAPIServer) -> Iterator[list[str]]:
         except ApiException as exc:
             if exc.status != 404:
                 raise
+    if installed:  # cluster-scoped with a fixed name: never left for the next test
+        try:
+            k8s.AdmissionregistrationV1Api(
+                kube_apiserver.api_client()
+            ).delete_mutating_webhook_configuration(WEBHOOK)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
 
 
 def _install(kube: KubeAPIServer, ns: str, *values: str) -> None:

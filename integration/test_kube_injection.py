@@ -77,12 +77,17 @@ def _namespaces(core: k8s.CoreV1Api, run: str) -> tuple[str, str]:
 @pytest.fixture
 def admission(kube_apiserver: KubeAPIServer):
     api = k8s.AdmissionregistrationV1Api(kube_apiserver.api_client())
+
+    def remove() -> None:
+        try:
+            api.delete_mutating_webhook_configuration(WEBHOOK)
+        except k8s.ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    remove()  # the session's API server is shared: no earlier test's configuration in the way
     yield api
-    try:
-        api.delete_mutating_webhook_configuration(WEBHOOK)
-    except k8s.ApiException as exc:
-        if exc.status != 404:
-            raise
+    remove()
 
 
 def _plain(api: k8s.ApiClient, pod: k8s.V1Pod) -> dict[str, Any]:

@@ -117,9 +117,9 @@ async def test_mixer_down_fail_policy_and_proxy_status(tmp_path: Path, fail_open
             code, out = await run_cli("proxy-status", "--hub", mesh.hub_url)
             assert code == 0, out
             row = next(r for r in out.splitlines() if r.startswith(node_id))
-            assert row.split()[-2:] == ["ok", f":{STATUS_PORT}"], out
+            assert row.split()[-3:-1] == ["ok", f":{STATUS_PORT}"], out
             caller = next(r for r in out.splitlines() if r.startswith(f"sidecar~{CLIENT_IP}~"))
-            assert caller.split()[-1] == "-", out  # no client there, nothing to reach
+            assert caller.split()[-2] == "-", out  # no client there, nothing to reach
 
             await mesh.mixer.stop()  # the hub's Mixer is gone; the hub and Pilot stay
             status, body = await call(sidecar, WEB)
@@ -133,7 +133,7 @@ async def test_mixer_down_fail_policy_and_proxy_status(tmp_path: Path, fail_open
             async def marked() -> bool:
                 code, out = await run_cli("proxy-status", "--hub", mesh.hub_url)
                 row = next(r for r in out.splitlines() if r.startswith(node_id))
-                return code == 0 and row.split()[-2:] == ["UNREACHABLE", f":{STATUS_PORT}"]
+                return code == 0 and row.split()[-3:-1] == ["UNREACHABLE", f":{STATUS_PORT}"]
 
             await eventually(marked, 15, "proxy-status to mark web's Mixer client UNREACHABLE")
             code, out = await run_cli("proxy-status", node_id, "--hub", mesh.hub_url, "--no-envoy")

@@ -171,9 +171,14 @@ async def test_metrics_and_debug_endpoints_as_istio_names_them(mesh) -> None:
     assert instance["endpoint"]["registry"] == "files"
     assert instance["endpoint"]["labels"] == {"version": "v2"}
 
-    _, body = await get(f"{url}/debug/push_status")
-    push = json.loads(body)
-    assert push["Pushes"] >= 1 and push["End"] >= push["Start"] > 0
+    # The trigger is counted when the event arrives; its push follows after the debounce.
+    for _ in range(100):
+        _, body = await get(f"{url}/debug/push_status")
+        push = json.loads(body)
+        if push["Pushes"] >= 1 and push["End"] >= push["Start"] > 0:
+            break
+        await asyncio.sleep(0.1)
+    assert push["Pushes"] >= 1 and push["End"] >= push["Start"] > 0, push
     assert push["Triggers"].get("registry", 0) >= 1 and push["Responses"] >= 1
     assert f"outbound|80||{API}" in push["EndpointsChanged"]
 
