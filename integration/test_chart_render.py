@@ -26,6 +26,7 @@ from integration.chart_helpers import (
 from meshfed.adapters.kubernetes.configstore import REGISTRY_KINDS, ROUTING_KINDS
 from meshfed.adapters.static.kinds import PROTOCOL_ALIASES
 from meshfed.config import load_mesh_config
+from meshfed.injection.template import parse_template
 from meshfed.mixer.config.kube import GROUP as MIXER_GROUP
 from meshfed.mixer.config.kube import mixer_kinds, plural
 from meshfed.mixer.handlers.api import load_kinds
@@ -102,7 +103,7 @@ def test_the_mesh_config_written_is_one_the_hub_accepts(tmp_path: Path) -> None:
     assert ports == {"grpc-xds": 15010, "http-monitoring": 15014, "grpc-mixer": 9091}
 
 
-def test_the_webhook_points_at_the_port_the_mesh_config_listens_on() -> None:
+def test_the_webhook_points_at_the_port_the_mesh_config_listens_on(tmp_path: Path) -> None:
     docs = documents(render("mesh-c", ["injector.port=15117", "injector.failurePolicy=Ignore"]))
     injection = yaml.safe_load(mesh_yaml(docs))["spec"]["injection"]
     assert injection == {
@@ -132,8 +133,21 @@ def test_the_webhook_points_at_the_port_the_mesh_config_listens_on() -> None:
         assert "caBundle" not in entry["clientConfig"]  # the hub writes it
     ports = {p["name"]: p["port"] for p in one(docs, "Service", "meshfed-hub")["spec"]["ports"]}
     assert ports["https-inject"] == 15117
+    # No template given: the ConfigMap has no key, so the hub injects its built-in template
+    # (an empty document would be an invalid template, reported and ignored).
     template = one(docs, "ConfigMap", "meshfed-sidecar-injector")
-    assert set(template["data"]) == {"config"}
+    assert not template.get("data"), template
+    # A template given as a value reaches the hub as written.
+    from importlib import resources
+
+    builtin = resources.files("meshfed.injection").joinpath("default-template.yaml").read_text()
+    site = yaml.safe_load(builtin) | {"version": "site-1"}
+    values_file = tmp_path / "values.yaml"
+    values_file.write_text(yaml.safe_dump({"injector": {"config": site}}))
+    done = run_helm("template", "meshfed", str(CHART), "-n", "mesh-c", "-f", str(values_file))
+    assert done.returncode == 0, done.stderr
+    text = one(documents(done.stdout), "ConfigMap", "meshfed-sidecar-injector")["data"]["config"]
+    assert parse_template(text, "chart").version == "site-1"
     off = documents(render("mesh-c", ["injector.enabled=false"]))
     assert not list(of_kind(off, "MutatingWebhookConfiguration"))
     assert "--hub-service-account" not in container(off, "meshfed-ca")["args"]
