@@ -43,6 +43,8 @@ sys.path.insert(0, str(ROOT))
 import aiohttp  # noqa: E402
 
 from integration.mixer_datapath_helpers import (  # noqa: E402
+    DENY_WEB,
+    REQUEST_COUNT,
     HubProcess,
     datapath_mesh,
     mixer_hub_process,
@@ -58,55 +60,7 @@ API = "api.default.svc.cluster.local"
 SERVICES = workload("client", "client.default.svc.cluster.local", CLIENT_IP, 9080) + workload(
     "api", API, API_IP, 9080
 )
-POLICY = """
-apiVersion: config.istio.io/v1alpha2
-kind: denier
-metadata: {name: closed, namespace: istio-system}
-spec:
-  status: {code: 7, message: closed}
----
-apiVersion: config.istio.io/v1alpha2
-kind: checknothing
-metadata: {name: nothing, namespace: istio-system}
-spec:
----
-apiVersion: config.istio.io/v1alpha2
-kind: rule
-metadata: {name: deny-web, namespace: istio-system}
-spec:
-  match: destination.service == "web.default.svc.cluster.local"
-  actions:
-  - handler: closed.denier
-    instances: [nothing.checknothing]
----
-apiVersion: config.istio.io/v1alpha2
-kind: metric
-metadata: {name: requestcount, namespace: istio-system}
-spec:
-  value: "1"
-  dimensions:
-    source_service: source.service | "unknown"
-    destination_service: destination.service | "unknown"
-    response_code: response.code | 200
----
-apiVersion: config.istio.io/v1alpha2
-kind: prometheus
-metadata: {name: handler, namespace: istio-system}
-spec:
-  metrics:
-  - name: request_count
-    instance_name: requestcount.metric.istio-system
-    kind: COUNTER
-    label_names: [source_service, destination_service, response_code]
----
-apiVersion: config.istio.io/v1alpha2
-kind: rule
-metadata: {name: promhttp, namespace: istio-system, labels: {istio-protocol: http}}
-spec:
-  actions:
-  - handler: handler.prometheus
-    instances: [requestcount.metric]
-"""
+POLICY = DENY_WEB + "---\n" + REQUEST_COUNT  # web refused; every request counted
 WARMUP, REQUESTS = 50, 1000
 RATE, SECONDS = 200, 8  # the paced load of figures 2 and 3
 

@@ -453,3 +453,89 @@ async def mixer_hub_process(folder: Path, host: str, policy: Path) -> AsyncItera
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
+
+
+# -- policies the data-path tests share (Istio 0.2's config kinds, as its users write them) --
+WEB_HOST = "web.default.svc.cluster.local"
+API_HOST = "api.default.svc.cluster.local"
+
+# A denier on web: Checks for it answer PERMISSION_DENIED ("web is closed today").
+DENY_WEB = f"""
+apiVersion: config.istio.io/v1alpha2
+kind: denier
+metadata: {{name: closed, namespace: istio-system}}
+spec:
+  status: {{code: 7, message: web is closed today}}
+---
+apiVersion: config.istio.io/v1alpha2
+kind: checknothing
+metadata: {{name: nothing, namespace: istio-system}}
+spec:
+---
+apiVersion: config.istio.io/v1alpha2
+kind: rule
+metadata: {{name: deny-web, namespace: istio-system}}
+spec:
+  match: destination.service == "{WEB_HOST}"
+  actions:
+  - handler: closed.denier
+    instances: [nothing.checknothing]
+"""
+
+# Istio 0.2's requestcount metric, by source, destination and response code, in the
+# prometheus handler (request_count) for every HTTP request.
+REQUEST_COUNT = """
+apiVersion: config.istio.io/v1alpha2
+kind: metric
+metadata: {name: requestcount, namespace: istio-system}
+spec:
+  value: "1"
+  dimensions:
+    source_service: source.service | "unknown"
+    destination_service: destination.service | "unknown"
+    response_code: response.code | 200
+---
+apiVersion: config.istio.io/v1alpha2
+kind: prometheus
+metadata: {name: handler, namespace: istio-system}
+spec:
+  metrics:
+  - name: request_count
+    instance_name: requestcount.metric.istio-system
+    kind: COUNTER
+    label_names: [source_service, destination_service, response_code]
+---
+apiVersion: config.istio.io/v1alpha2
+kind: rule
+metadata: {name: promhttp, namespace: istio-system, labels: {istio-protocol: http}}
+spec:
+  actions:
+  - handler: handler.prometheus
+    instances: [requestcount.metric]
+"""
+
+# A memquota of 10 requests a second on api (the rule's quota is asked for in each Check).
+MEMQUOTA_API = f"""
+apiVersion: config.istio.io/v1alpha2
+kind: quota
+metadata: {{name: requestcount, namespace: istio-system}}
+spec:
+  dimensions:
+    destination: destination.service | "unknown"
+---
+apiVersion: config.istio.io/v1alpha2
+kind: memquota
+metadata: {{name: limit, namespace: istio-system}}
+spec:
+  quotas:
+  - {{name: requestcount.quota.istio-system, maxAmount: 10, validDuration: 1s}}
+---
+apiVersion: config.istio.io/v1alpha2
+kind: rule
+metadata: {{name: quota-api, namespace: istio-system}}
+spec:
+  match: destination.service == "{API_HOST}"
+  actions:
+  - handler: limit.memquota
+    instances: [requestcount.quota]
+"""

@@ -20,6 +20,9 @@ from pathlib import Path
 import attrs
 
 from integration.mixer_datapath_helpers import (
+    DENY_WEB,
+    MEMQUOTA_API,
+    REQUEST_COUNT,
     DataPathMesh,
     call,
     cli_proxy,
@@ -60,27 +63,9 @@ spec:
 """
 )
 
-DENY_WEB = """
-apiVersion: config.istio.io/v1alpha2
-kind: denier
-metadata: {name: closed, namespace: istio-system}
-spec:
-  status: {code: 7, message: web is closed today}
----
-apiVersion: config.istio.io/v1alpha2
-kind: checknothing
-metadata: {name: nothing, namespace: istio-system}
-spec:
----
-apiVersion: config.istio.io/v1alpha2
-kind: rule
-metadata: {name: deny-web, namespace: istio-system}
-spec:
-  match: destination.service == "web.default.svc.cluster.local"
-  actions:
-  - handler: closed.denier
-    instances: [nothing.checknothing]
----
+DENY_WEB_AND_DB = (
+    DENY_WEB
+    + """---
 apiVersion: config.istio.io/v1alpha2
 kind: rule
 metadata: {name: deny-db-from-client, namespace: istio-system, labels: {istio-protocol: tcp}}
@@ -92,63 +77,9 @@ spec:
   - handler: closed.denier
     instances: [nothing.checknothing]
 """
+)
 
-TELEMETRY = """
----
-apiVersion: config.istio.io/v1alpha2
-kind: metric
-metadata: {name: requestcount, namespace: istio-system}
-spec:
-  value: "1"
-  dimensions:
-    source_service: source.service | "unknown"
-    destination_service: destination.service | "unknown"
-    response_code: response.code | 200
----
-apiVersion: config.istio.io/v1alpha2
-kind: prometheus
-metadata: {name: handler, namespace: istio-system}
-spec:
-  metrics:
-  - name: request_count
-    instance_name: requestcount.metric.istio-system
-    kind: COUNTER
-    label_names: [source_service, destination_service, response_code]
----
-apiVersion: config.istio.io/v1alpha2
-kind: rule
-metadata: {name: promhttp, namespace: istio-system, labels: {istio-protocol: http}}
-spec:
-  actions:
-  - handler: handler.prometheus
-    instances: [requestcount.metric]
-"""
-
-QUOTA = """
----
-apiVersion: config.istio.io/v1alpha2
-kind: quota
-metadata: {name: requestcount, namespace: istio-system}
-spec:
-  dimensions:
-    destination: destination.service | "unknown"
----
-apiVersion: config.istio.io/v1alpha2
-kind: memquota
-metadata: {name: limit, namespace: istio-system}
-spec:
-  quotas:
-  - {name: requestcount.quota.istio-system, maxAmount: 10, validDuration: 1s}
----
-apiVersion: config.istio.io/v1alpha2
-kind: rule
-metadata: {name: quota-api, namespace: istio-system}
-spec:
-  match: destination.service == "api.default.svc.cluster.local"
-  actions:
-  - handler: limit.memquota
-    instances: [requestcount.quota]
-"""
+TELEMETRY = REQUEST_COUNT
 
 
 async def start_web_and_api(mesh: DataPathMesh) -> None:
@@ -160,7 +91,7 @@ async def start_web_and_api(mesh: DataPathMesh) -> None:
 
 
 async def test_denier_through_sidecar_and_gateway_and_telemetry(tmp_path: Path) -> None:
-    async with datapath_mesh(tmp_path, SERVICES, DENY_WEB + TELEMETRY) as mesh:
+    async with datapath_mesh(tmp_path, SERVICES, DENY_WEB_AND_DB + "---\n" + TELEMETRY) as mesh:
         await start_web_and_api(mesh)
         await mesh.proxy(GW_IP, "ingress", gateway_port=GW_PORT)
         sidecar = f"http://{CLIENT_IP}:15001"
@@ -206,7 +137,7 @@ async def test_denier_through_sidecar_and_gateway_and_telemetry(tmp_path: Path) 
 
 
 async def test_a_proxy_without_a_local_client_is_served_without_mixer(tmp_path: Path) -> None:
-    async with datapath_mesh(tmp_path, SERVICES, DENY_WEB) as mesh:
+    async with datapath_mesh(tmp_path, SERVICES, DENY_WEB_AND_DB) as mesh:
         await mesh.backend("web", WEB_IP, 8080)
         web = await mesh.proxy(WEB_IP, "web", "9080:8080", mixer_client=False)
         client = await mesh.proxy(CLIENT_IP, "client")
@@ -219,7 +150,7 @@ async def test_a_proxy_without_a_local_client_is_served_without_mixer(tmp_path: 
 
 
 async def test_tcp_policy_closes_denied_connections(tmp_path: Path) -> None:
-    async with datapath_mesh(tmp_path, SERVICES, DENY_WEB) as mesh:
+    async with datapath_mesh(tmp_path, SERVICES, DENY_WEB_AND_DB) as mesh:
         echoed: list[bytes] = []
 
         async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -258,7 +189,7 @@ async def test_tcp_policy_closes_denied_connections(tmp_path: Path) -> None:
 
 async def test_memquota_gives_429_past_its_limit(tmp_path: Path) -> None:
     data_path = DataPathSettings(quotas=("requestcount",))
-    async with datapath_mesh(tmp_path, SERVICES, QUOTA, data_path) as mesh:
+    async with datapath_mesh(tmp_path, SERVICES, MEMQUOTA_API, data_path) as mesh:
         await start_web_and_api(mesh)
         sidecar = f"http://{CLIENT_IP}:15001"
         codes = [(await call(sidecar, API))[0] for _ in range(25)]
@@ -272,7 +203,7 @@ async def test_memquota_gives_429_past_its_limit(tmp_path: Path) -> None:
 
 async def test_mixer_down_fail_open_then_fail_closed(tmp_path: Path) -> None:
     # No Check cache: a cached answer would (rightly) keep serving while Mixer is away.
-    async with datapath_mesh(tmp_path, SERVICES, DENY_WEB, cache_entries=0) as mesh:
+    async with datapath_mesh(tmp_path, SERVICES, DENY_WEB_AND_DB, cache_entries=0) as mesh:
         await start_web_and_api(mesh)
         sidecar = f"http://{CLIENT_IP}:15001"
         assert (await call(sidecar, WEB))[0] == 403
@@ -321,7 +252,7 @@ async def test_reports_logged_while_mixer_is_down_arrive_after_its_restart(tmp_p
 
 async def test_meshfed_proxy_runs_the_client_beside_its_envoy(tmp_path: Path) -> None:
     """``meshfed proxy --mixer`` as the user runs it: its sidecar enforces Mixer's policy."""
-    async with datapath_mesh(tmp_path, SERVICES, DENY_WEB) as mesh:
+    async with datapath_mesh(tmp_path, SERVICES, DENY_WEB_AND_DB) as mesh:
         await mesh.backend("web", WEB_IP, 8080)
         await mesh.proxy(CLIENT_IP, "client")
         async with cli_proxy(

@@ -22,6 +22,7 @@ import aiohttp
 import pytest
 
 from integration.mixer_datapath_helpers import (
+    DENY_WEB,
     call,
     cli_proxy,
     datapath_mesh,
@@ -41,28 +42,6 @@ STATUS_PORT = 15021
 SERVICES = workload("client", "client.default.svc.cluster.local", CLIENT_IP, 9080) + workload(
     "web", WEB, WEB_IP, 9080
 )
-
-DENY_WEB = f"""
-apiVersion: config.istio.io/v1alpha2
-kind: denier
-metadata: {{name: closed, namespace: istio-system}}
-spec:
-  status: {{code: 7, message: web is closed today}}
----
-apiVersion: config.istio.io/v1alpha2
-kind: checknothing
-metadata: {{name: nothing, namespace: istio-system}}
-spec:
----
-apiVersion: config.istio.io/v1alpha2
-kind: rule
-metadata: {{name: deny-web, namespace: istio-system}}
-spec:
-  match: destination.service == "{WEB}"
-  actions:
-  - handler: closed.denier
-    instances: [nothing.checknothing]
-"""
 
 
 def mesh_config_file(folder: Path, mixer_port: int, fail_open: bool) -> Path:

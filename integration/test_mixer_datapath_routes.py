@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from integration.mixer_datapath_helpers import call, datapath_mesh, eventually, workload
+from integration.mixer_datapath_helpers import DENY_WEB, call, datapath_mesh, eventually, workload
 from meshfed.mixer.settings import DataPathSettings
 
 pytestmark = pytest.mark.timeout(120)
@@ -22,27 +22,6 @@ WEB = "web.default.svc.cluster.local"
 SERVICES = workload("client", "client.default.svc.cluster.local", CLIENT_IP, 9080) + workload(
     "web", WEB, WEB_IP, 9080
 )
-DENY_WEB = f"""
-apiVersion: config.istio.io/v1alpha2
-kind: denier
-metadata: {{name: closed, namespace: istio-system}}
-spec:
-  status: {{code: 7, message: web is closed today}}
----
-apiVersion: config.istio.io/v1alpha2
-kind: checknothing
-metadata: {{name: nothing, namespace: istio-system}}
-spec:
----
-apiVersion: config.istio.io/v1alpha2
-kind: rule
-metadata: {{name: deny-web, namespace: istio-system}}
-spec:
-  match: destination.service == "{WEB}"
-  actions:
-  - handler: closed.denier
-    instances: [nothing.checknothing]
-"""
 
 
 async def test_a_disabled_route_passes_a_denier_and_is_still_reported(tmp_path: Path) -> None:

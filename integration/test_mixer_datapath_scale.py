@@ -27,6 +27,7 @@ import consul
 import pytest
 
 from integration.mixer_datapath_helpers import (
+    MEMQUOTA_API,
     call,
     datapath_mesh,
     eventually,
@@ -258,36 +259,10 @@ async def test_check_cache_hit_ratio_and_no_stale_answer_after_a_rule_change(
             assert code == (403 if refused else 200), (service, user, code, f"{took:.1f}s")
 
 
-QUOTA = """
-apiVersion: config.istio.io/v1alpha2
-kind: quota
-metadata: {name: requestcount, namespace: istio-system}
-spec:
-  dimensions:
-    destination: destination.service | "unknown"
----
-apiVersion: config.istio.io/v1alpha2
-kind: memquota
-metadata: {name: limit, namespace: istio-system}
-spec:
-  quotas:
-  - {name: requestcount.quota.istio-system, maxAmount: 10, validDuration: 1s}
----
-apiVersion: config.istio.io/v1alpha2
-kind: rule
-metadata: {name: quota-api, namespace: istio-system}
-spec:
-  match: destination.service == "api.default.svc.cluster.local"
-  actions:
-  - handler: limit.memquota
-    instances: [requestcount.quota]
-"""
-
-
 async def test_memquota_ten_per_second_over_five_seconds(tmp_path: Path) -> None:
     services = workload("client", CLIENT, CLIENT_IP, 9080) + workload("api", API, API_IP, 9080)
     data_path = DataPathSettings(quotas=("requestcount",))
-    async with datapath_mesh(tmp_path, services, QUOTA, data_path) as mesh:
+    async with datapath_mesh(tmp_path, services, MEMQUOTA_API, data_path) as mesh:
         await mesh.backend("api", API_IP, 8080)
         await mesh.proxy(API_IP, "api", "9080:8080")
         await mesh.proxy(CLIENT_IP, "client", mixer_client=False)
