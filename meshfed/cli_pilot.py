@@ -118,13 +118,14 @@ def _collector(value: str) -> str:
 def mixer_address(args: argparse.Namespace, mesh: Any) -> str:
     """The hub Mixer the proxy's client calls ("" for none): ``--mixer``, else (for
     ``meshfed proxy``, which runs the client) the mesh config's ``spec.mixer.listen`` when it
-    enables Mixer and its data path; a wildcard host there means this host's loopback."""
+    enables Mixer (with the data path off, CUSTOM AuthorizationPolicies still check through
+    the client); a wildcard host there means this host's loopback."""
     if args.no_mixer:
         return ""
     if args.mixer or not getattr(args, "mixer_from_config", False):
         return str(args.mixer)
     settings = mesh.mixer  # None: the mesh config has no spec.mixer
-    if settings is None or not (settings.enabled and settings.data_path.enabled):
+    if settings is None or not settings.enabled:
         return ""
     host, _, port = settings.listen.rpartition(":")
     if port in ("", "0"):

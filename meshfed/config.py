@@ -110,8 +110,15 @@ def load_mesh_config(path: Path | str | None) -> MeshConfig:
             "injection",
             "initialSyncTimeout",
             "tracing",
+            "extensionProviders",
         }
     )
+    if "extensionProviders" in reader.data:
+        reader.error(
+            "extensionProviders",
+            "not supported by meshfed (CUSTOM AuthorizationPolicies name the built-in "
+            "provider 'mixer': Mixer, through each proxy's node-local client); remove it",
+        )
     defaults = MeshConfig()
     listen = reader.reader("listen")
     if listen is not None:

@@ -51,6 +51,7 @@ from meshfed.core.xds import unix_socket_grpc_cluster
 from meshfed.pilot.plugins import ChainContext, HttpChain, PluginBase, TcpChain
 from meshfed.pilot.translate import names
 from meshfed.pilot.translate.protos import pack
+from meshfed.security import rbac
 
 CLIENT_CLUSTER = "mixer-client"
 HTTP_AUTHZ = "envoy.filters.http.ext_authz"
@@ -176,6 +177,8 @@ class MixerPlugin(PluginBase):
                 code=http_status_pb2.StatusCode.ServiceUnavailable
             ),
             include_peer_certificate=True,
+            # A request a CUSTOM AuthorizationPolicy sent to Mixer already had its Check.
+            filter_enabled_metadata=rbac.custom_matched(invert=True),
         )
 
     def _http(self, ctx: ChainContext, chain: HttpChain) -> None:
