@@ -42,6 +42,7 @@ from meshfed.pilot.translate.protos import pack
 from meshfed.security import rbac
 
 CUSTOM_AUTHZ = "envoy.filters.http.ext_authz.custom"
+STAT_PREFIX = "custom"  # Envoy's http.<chain>.ext_authz.custom.* counters
 CHECK_TIMEOUT = 1.0  # seconds; Envoy's bound on one CUSTOM Check to the local client
 
 NO_CLIENT = (
@@ -77,6 +78,7 @@ def check_filter(quotas: Sequence[str] = ()) -> hcm.HttpFilter:
         status_on_error=http_status_pb2.HttpStatus(code=http_status_pb2.StatusCode.Forbidden),
         include_peer_certificate=True,
         filter_enabled_metadata=rbac.custom_matched(),
+        stat_prefix=STAT_PREFIX,
     )
     return hcm.HttpFilter(name=CUSTOM_AUTHZ, typed_config=pack(config))
 
