@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import attrs
+import pytest
 import yaml
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2 as http_authz
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter
@@ -253,3 +254,22 @@ def test_the_hub_gives_custom_and_the_data_path_the_same_settings() -> None:
     authz = next(p for p in pilot.plugins if isinstance(p, AuthorizationPlugin))
     mixer = next(p for p in pilot.plugins if isinstance(p, MixerPlugin))
     assert authz.mixer == mixer.config and authz.mixer.quotas == ("requestcount",)
+
+
+def test_validate_warns_of_custom_in_a_mesh_without_mixer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from meshfed.cli import main
+
+    mesh = tmp_path / "mesh.yaml"
+    head = "apiVersion: meshfed.io/v1alpha1\nkind: MeshConfig\nmetadata: {name: mesh}\nspec:\n"
+    mesh.write_text(head + "  configPaths: [.]\n")
+    policy = tmp_path / "authz.yaml"
+    policy.write_text(textwrap.dedent(POLICIES))
+    assert main(["validate", "--config", str(mesh), str(policy)]) == 0
+    err = capsys.readouterr().err
+    (line,) = [x for x in err.splitlines() if x.startswith("warning:")]
+    assert "AuthorizationPolicy default/ext" in line and "spec.mixer.enabled" in line
+    mesh.write_text(head + "  mixer: {enabled: true, listen: '127.0.0.1:9091'}\n")
+    assert main(["validate", "--config", str(mesh), str(policy)]) == 0
+    assert "warning:" not in capsys.readouterr().err
