@@ -86,14 +86,15 @@ def _add_proxy_args(p: argparse.ArgumentParser) -> None:
         default="",
         metavar="HOST:PORT",
         help="run the node-local Mixer client beside Envoy, calling the hub's Mixer there: "
-        "Pilot then adds policy checks and telemetry (spec.mixer.dataPath) to this proxy "
-        "(meshfed proxy: default spec.mixer.listen when the mesh config enables Mixer's "
-        "data path)",
+        "Pilot then adds policy checks and telemetry (spec.mixer.dataPath) and CUSTOM "
+        "AuthorizationPolicy checks to this proxy (meshfed proxy: default spec.mixer.listen "
+        "when the mesh config enables Mixer)",
     )
     p.add_argument(
         "--no-mixer",
         action="store_true",
-        help="no Mixer client, even when the mesh config enables Mixer's data path",
+        help="no Mixer client, even when the mesh config enables Mixer (CUSTOM "
+        "AuthorizationPolicies then refuse the requests they match)",
     )
     p.add_argument(
         "--mixer-socket",
