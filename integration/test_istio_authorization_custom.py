@@ -12,7 +12,9 @@ that admits everyone. Asserted over repeated requests, each on a new connection:
 - data path on: every request has exactly one Check, from the CUSTOM filter for ``/admin``
   (Envoy's ``ext_authz.custom`` counters) and from the data path's for the rest;
 - a web sidecar without a client: ``/admin`` is refused (fail closed), ``/public`` served, and
-  ``proxy-status`` names the problem.
+  ``proxy-status`` names the problem;
+- Mixer stopped, the data path failing open: ``/public`` is served, ``/admin`` refused (503):
+  CUSTOM fails closed.
 
 Hosts: 127.0.137.x.
 """
@@ -66,6 +68,7 @@ OFF = DataPathSettings(enabled=False)
 # Envoy's per-connection-manager ext_authz counters (not the cluster.* ones it also charges)
 CUSTOM_DENIED = r"^http\..*\.ext_authz\.custom\.denied$"
 DATA_DENIED = r"^http\..*\.ext_authz\.denied$"
+CUSTOM_OK = r"^http\..*\.ext_authz\.custom\.ok$"
 
 
 async def _mesh_with_policies(mesh: DataPathMesh) -> None:
@@ -181,3 +184,25 @@ async def test_a_sidecar_without_a_client_refuses_what_custom_matches(tmp_path: 
             return any("CUSTOM" in p and "default/admin-ext" in p for p in await mesh.problems(web))
 
         await eventually(reported, 15, "proxy-status to name the CUSTOM problem")
+
+
+async def test_custom_fails_closed_where_the_data_path_fails_open(tmp_path: Path) -> None:
+    async with datapath_mesh(tmp_path, SERVICES, "", cache_entries=0) as mesh:
+        await _mesh_with_policies(mesh)
+        await mesh.backend("web", WEB_IP, 8080)
+        web = await mesh.proxy(WEB_IP, "web", "9080:8080")
+        await mesh.proxy(CLIENT_IP, "client", mixer_client=False)
+        sidecar = f"http://{CLIENT_IP}:15001"
+
+        async def custom_in_force() -> bool:
+            seen = await _stat(web, CUSTOM_OK)
+            status, _ = await call(sidecar, WEB_HOST, "/admin")
+            return status == 200 and await _stat(web, CUSTOM_OK) > seen
+
+        await eventually(custom_in_force, 30, "the CUSTOM filter to pass /admin", every=0.2)
+        await mesh.mixer.stop()  # the hub's Mixer is gone; the clients stay
+        # dataPath.failOpen (true) serves the rest of web; CUSTOM's Check refuses.
+        await _until(sidecar, "/admin", 503, "mixer unavailable")
+        assert await _served(sidecar, "/public") == {(200, "web")}
+        answers = await _served(sidecar, "/admin/users")
+        assert {s for s, _ in answers} == {503}, answers
