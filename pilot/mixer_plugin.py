@@ -8,6 +8,10 @@ access-log service. When the mesh config enables Mixer's data path, this plugin 
 - every inbound TCP chain of a sidecar: ``envoy.filters.network.ext_authz`` and a ``tcp_grpc``
   access log on its ``tcp_proxy``.
 
+The HTTP ``ext_authz`` skips a request a ``CUSTOM`` AuthorizationPolicy already sent to Mixer
+(:mod:`pilot.custom_authz`; ``filter_enabled_metadata`` on the mark its shadow RBAC filter
+leaves), so each request is checked once.
+
 Both talk gRPC to the **node-local Mixer client** (``nodeagent/mixerclient``) through the
 static cluster :data:`CLIENT_CLUSTER` on a Unix socket, which ``meshfed proxy --mixer`` writes
 into the bootstrap (:func:`client_cluster`) and announces with the node metadata
