@@ -10,7 +10,9 @@ Promises:
   file, the object and the field, and ``enabled`` without a ``collector`` is an error.
 - :func:`tracer_provider` builds an SDK provider that exports over OTLP/gRPC from a worker
   thread (never from the event loop) and samples as Envoy does: a span with a remote parent
-  follows the parent's sampled flag; a span without one is kept with ``sampling`` percent.
+  follows the parent's sampled flag; a span without one is kept when one of its links points
+  at a sampled span (a batch of work done for traced requests is as interesting as they are),
+  else with ``sampling`` percent.
 - :func:`extract` reads W3C ``traceparent``/``tracestate`` from a header or metadata mapping
   (keys in any case) and returns the remote context, or None when there is none.
 """
@@ -28,6 +30,7 @@ from meshfed.core.resources import FieldReader
 if TYPE_CHECKING:
     from opentelemetry.context import Context
     from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import Sampler
 
 TRACING_FIELDS = frozenset({"enabled", "collector", "sampling"})
 TRACE_HEADERS = ("traceparent", "tracestate")
@@ -73,15 +76,34 @@ def tracer_provider(settings: TracingSettings, service_name: str) -> TracerProvi
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
-    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+    from opentelemetry.sdk.trace.sampling import ParentBased
 
-    sampler = ParentBased(root=TraceIdRatioBased(settings.sampling / 100.0))
+    sampler = ParentBased(root=linked_or_ratio(settings.sampling / 100.0))
     provider = TracerProvider(
         sampler=sampler, resource=Resource.create({"service.name": service_name})
     )
     exporter = OTLPSpanExporter(endpoint=settings.collector, insecure=True)
     provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=EXPORT_DELAY_MS))
     return provider
+
+
+def linked_or_ratio(rate: float) -> Sampler:
+    from opentelemetry.sdk.trace.sampling import Decision, SamplingResult, TraceIdRatioBased
+
+    class LinkedOrRatio(TraceIdRatioBased):
+        def should_sample(  # type: ignore[no-untyped-def]
+            self, parent_context, trace_id, name, kind=None, attributes=None, links=None, *rest
+        ) -> SamplingResult:
+            if any(link.context.trace_flags.sampled for link in links or ()):
+                return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
+            return super().should_sample(
+                parent_context, trace_id, name, kind, attributes, links, *rest
+            )
+
+        def get_description(self) -> str:
+            return f"LinkedOrRatio{{{rate}}}"
+
+    return LinkedOrRatio(rate)
 
 
 def trace_headers(carrier: Mapping[str, object] | Iterable[tuple[str, object]]) -> dict[str, str]:

@@ -135,6 +135,37 @@ async def test_one_trace_holds_both_sidecars_and_mixers_check(
 
         await eventually(reported, 30, "Mixer's Report span in the request's trace")
 
+        # web's client sent that report in a batch: a MixerClient.Report span at the root of
+        # its own trace, linked to this request's trace (Jaeger: a FOLLOWS_FROM reference),
+        # and Mixer's Report span in the request's trace links back to the batch
+        batch: dict[str, Any] = {}
+
+        async def batched() -> bool:
+            for got in await traces(jaeger_server, "mixer-client"):
+                for span in got["spans"]:
+                    refs = span.get("references", [])
+                    if span["operationName"] == "MixerClient.Report" and any(
+                        r["traceID"] == trace_id for r in refs
+                    ):
+                        batch["span"] = span
+                        return True
+            return False
+
+        await eventually(batched, 30, "the client's Report batch span linked to the request")
+        span = batch["span"]
+        assert not parent_of(span) and span["traceID"] != trace_id
+        (link,) = [r for r in span["references"] if r["traceID"] == trace_id]
+        assert link["refType"] == "FOLLOWS_FROM"
+        batch_tags = {t["key"]: t["value"] for t in span["tags"]}
+        assert batch_tags["mixer.report.entries"] >= batch_tags["mixer.report.traced"] >= 1
+        assert batch_tags["span.kind"] == "client"
+        got = await asyncio.to_thread(jaeger_server.trace, trace_id)
+        assert got is not None
+        (mixer_report,) = [s for s in got["spans"] if s["operationName"] == "Mixer.Report"]
+        assert {(r["traceID"], r["spanID"], r["refType"]) for r in mixer_report["references"]} >= {
+            (span["traceID"], span["spanID"], "FOLLOWS_FROM")
+        }, mixer_report["references"]
+
         # the same request again: web's client answers from its cache, so the trace has the
         # client's span (a hit) and no Mixer.Check
         again = uuid.uuid4().hex

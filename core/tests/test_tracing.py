@@ -71,6 +71,17 @@ def test_sampler_follows_the_caller_and_samples_roots_by_percent() -> None:
     always = every.sampler
     assert always.should_sample(None, trace_id, "x").decision is Decision.RECORD_AND_SAMPLE
     assert always.should_sample(unsampled, trace_id, "x").decision is Decision.DROP
+    # a root span linked to a sampled span (a Report batch carrying a traced request) is kept
+    # even at 0 %; linked only to unsampled ones, it is not
+    from opentelemetry.trace import Link
+
+    def link(context: object) -> Link:
+        return Link(trace.get_current_span(context).get_span_context())  # type: ignore[arg-type]
+
+    linked = sampler.should_sample(None, trace_id, "x", links=[link(unsampled), link(sampled)])
+    assert linked.decision is Decision.RECORD_AND_SAMPLE
+    alone = sampler.should_sample(None, trace_id, "x", links=[link(unsampled)])
+    assert alone.decision is Decision.DROP
     never.shutdown()
     every.shutdown()
 
