@@ -149,3 +149,28 @@ def test_any_section_gives_settings_or_named_errors_never_an_exception(data: dic
         host, port = parsed.collector_host_port
         assert host and 1 <= port <= 65535
         assert 0.0 <= parsed.sampling <= 100.0
+
+
+_header_values = st.one_of(
+    st.text(max_size=80),
+    st.from_regex(r"[0-9a-f]{1,40}(-[0-9a-f]{1,20}(-[01d])?(-[0-9a-f]{1,20})?)?", fullmatch=True),
+    st.integers(),
+    st.none(),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            ["traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid", "X-B3-Sampled"]
+        ),
+        _header_values,
+        max_size=5,
+    )
+)
+def test_hostile_trace_headers_give_a_context_or_none_never_an_exception(carrier: dict) -> None:
+    context = extract(carrier)
+    if context is not None:
+        span = trace.get_current_span(context).get_span_context()
+        assert span.is_valid and span.trace_id != 0 and span.span_id != 0
