@@ -12,7 +12,8 @@ how long the hub waits for a registry's first sync before it serves what the oth
 listing the late one as degraded until it arrives.
 
 ``tracing`` (``enabled``, ``collector``: an OTLP/gRPC ``host:port``, ``sampling``: percent) turns
-on Envoy's OpenTelemetry tracer in every sidecar and gateway, and Mixer's Check/Report spans.
+on Envoy's OpenTelemetry tracer in every sidecar and gateway, and Mixer's Check/Report spans;
+``zipkin`` (a ``host:port``) makes Envoy trace with its Zipkin tracer and B3 headers instead.
 """
 
 from __future__ import annotations

@@ -51,6 +51,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.type.tracing.v3 import custom_tag_pb2
 from envoy.type.v3 import http_status_pb2
 
+from meshfed.core.tracing import TRACE_HEADERS
 from meshfed.core.xds import unix_socket_grpc_cluster
 from meshfed.pilot.plugins import ChainContext, HttpChain, PluginBase, TcpChain
 from meshfed.pilot.translate import names
@@ -68,15 +69,14 @@ DESTINATION_SERVICE = "destination.service"  # context extension / custom tag
 FAIL_OPEN_HEADER = "x-meshfed-mixer-fail-open"  # "true" | "false"
 QUOTAS_HEADER = "x-meshfed-mixer-quotas"  # comma-separated quota names
 # Request headers the access log carries into request.headers (Envoy logs only those named);
-# the W3C trace headers let Mixer's Report spans join each request's trace.
+# the trace headers (W3C and B3) let Mixer's Report spans join each request's trace.
 LOGGED_HEADERS = (
     "x-request-id",
     "user-agent",
     "referer",
     "content-type",
     "x-forwarded-for",
-    "traceparent",
-    "tracestate",
+    *TRACE_HEADERS,
 )
 
 NO_CLIENT = (
