@@ -61,6 +61,7 @@ import tenacity
 
 from meshfed.adapters.consul.client import ConsulClients, QueryResult, bexpr_string
 from meshfed.adapters.consul.params import ConsulParams
+from meshfed.adapters.consul.stages import StageTimes
 from meshfed.adapters.consul.watch import (
     BACKOFF_MULTIPLIER_S,
     CATCH_UP_S,
@@ -234,6 +235,8 @@ class CatalogFollower:
         self.errors = 0
         self.last_error: str | None = None
         self.address = ""
+        self.stages = StageTimes()
+        self._moved_at = 0.0  # when the list moved with no read yet applied since (0: none)
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -288,6 +291,8 @@ class CatalogFollower:
                 # test_consul_catalog_cluster.py). A sweep reads everything, later moves included.
                 self._unexplained_at = time.monotonic()
             self._unexplained = index
+            if not self._moved_at:
+                self._moved_at = time.monotonic()
         self._wake.set()
 
     def _on_checks(self, result: QueryResult) -> None:
@@ -375,7 +380,7 @@ class CatalogFollower:
         await self.checks_watch.first_result.wait()
         # The node baseline, before the first service read: a node written after it is then
         # either in a later node list's difference or in what those reads see.
-        nodes = await self._hint_read(lambda: self.clients.nodes(self.dc, self.route))
+        nodes = await self._hint_read("nodes", lambda: self.clients.nodes(self.dc, self.route))
         if nodes is not None:
             self.nodes = node_indexes(nodes.data)
         while True:
@@ -414,16 +419,19 @@ class CatalogFollower:
     def _wants_hint(self) -> bool:
         return bool(self._unexplained) and self._hinted != self._unexplained
 
-    async def _hint_read(self, query: Callable[[], QueryResult]) -> QueryResult | None:
+    async def _hint_read(self, stage: str, query: Callable[[], QueryResult]) -> QueryResult | None:
         """One read on the follower's connection; None if it failed (the caller falls back on
         the settle-then-sweep path, which retries reads properly)."""
         await self.limiter.wait()
+        started = time.monotonic()
         try:
             result = await run_blocking(query, name=self.key)
         except Exception as exc:
             self.observe("hint", "error")
             log.debug("consul %s: hint read failed: %s", self.key, exc)
             return None
+        finally:
+            self.stages.record(stage, time.monotonic() - started)
         self.reads += 1
         return result
 
@@ -444,7 +452,7 @@ class CatalogFollower:
         else to a sweep at once.
         """
         self._hinted = index
-        nodes = await self._hint_read(lambda: self.clients.nodes(self.dc, self.route))
+        nodes = await self._hint_read("nodes", lambda: self.clients.nodes(self.dc, self.route))
         if nodes is None:
             return
         if nodes.index < index:
@@ -464,7 +472,7 @@ class CatalogFollower:
         quotable = all(bexpr_string(node) is not None for node in written)
         if old is not None and 0 < len(written) <= MAX_HINT_NODES and quotable:
             on_nodes = await self._hint_read(
-                lambda: self.clients.services_on_nodes(self.dc, written, self.route)
+                "onNodes", lambda: self.clients.services_on_nodes(self.dc, written, self.route)
             )
             if on_nodes is None:
                 return
@@ -483,7 +491,9 @@ class CatalogFollower:
         if self.checks_watch.applied_index < index:
             # Did the write touch a check? Then the check list will name the service (the
             # settle wait). The check table's index alone: a filtered read with no body.
-            probe = await self._hint_read(lambda: self.clients.checks_index(self.dc, self.route))
+            probe = await self._hint_read(
+                "probe", lambda: self.clients.checks_index(self.dc, self.route)
+            )
             if probe is None or probe.index >= index:
                 self.hints["checks"] += 1
                 self.observe("hint", "checks")
@@ -508,15 +518,17 @@ class CatalogFollower:
         # Counted as the sweep it stands for, whichever way it ends.
         self.sweeps["unexplained"] += 1
         self.observe("sweep", "unexplained")
-        dump = await self._hint_read(lambda: self.clients.node_dump(self.dc, self.route))
+        dump = await self._hint_read("dump", lambda: self.clients.node_dump(self.dc, self.route))
         if dump is None or dump.index < index:
             self._start_sweep("unexplained", counted=True)
             return
+        started = time.monotonic()
         try:
             names = dump_changes(dump.data, self.applied, self.known_instances(self.names))
         except (TypeError, ValueError, AttributeError) as exc:
             log.warning("consul %s: unexpected catalog dump (%s); sweeping", self.key, exc)
             names = set()
+        self.stages.record("dumpScan", time.monotonic() - started)
         if not names:
             self._start_sweep("unexplained", counted=True)
             return
@@ -534,9 +546,11 @@ class CatalogFollower:
         )
         async for attempt in retrying:
             with attempt:
+                started = time.monotonic()
                 result = await run_blocking(
                     self.clients.health, self.dc, name, 0, None, self.route, name=self.key
                 )
+                self.stages.record("read", time.monotonic() - started)
                 self.reads += 1
                 self.address = result.address
                 if self.last_error is not None:
@@ -580,7 +594,13 @@ class CatalogFollower:
             return
         self.applied[name] = result.index
         self.observe("fetch", "change")
+        started = time.monotonic()
         self.apply(name, result)
+        now = time.monotonic()
+        self.stages.record("apply", now - started)
+        if self._moved_at:
+            self.stages.record("moveToApply", now - self._moved_at)
+            self._moved_at = 0.0
 
     def _answer_predates(self, name: str, result: QueryResult) -> None:
         """Read ``name`` again shortly if this answer came from a server that has not applied the
@@ -638,4 +658,5 @@ class CatalogFollower:
             "address": self.address,
             "errors": self.errors,
             "lastError": self.last_error,
+            "stages": self.stages.summary(),
         }
