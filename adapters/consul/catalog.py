@@ -1,4 +1,4 @@
-"""Catalog-wide following of one datacenter: any number of services on four connections.
+"""Catalog-wide following of one datacenter: any number of services on three connections.
 
 Why this exists: a blocking query per service holds one HTTP connection per service, and Consul
 refuses more than ``limits.http_max_conns_per_client`` (default 200) per client IP with 429. Past
@@ -14,9 +14,7 @@ refuses more than ``limits.http_max_conns_per_client`` (default 200) per client 
   service list moved for no reason the two watches explain, a look at the service summaries
   (``/v1/internal/ui/services``: per service its instance count, nodes, tags, check counts),
   then if need be at ``/v1/catalog/nodes`` (whose index moves on every node *and* service
-  write, each node with its own ModifyIndex) and at the catalog dump. The summary read runs
-  beside the reads, on a fourth connection, so a read the check list asks for meanwhile does
-  not wait for it.
+  write, each node with its own ModifyIndex) and at the catalog dump.
 
 What needs a read, and why:
 
@@ -255,9 +253,7 @@ class CatalogFollower:
         # before the service list reports the same write.
         self._recent: deque[int] = deque(maxlen=64)
         self._unexplained_at = 0.0
-        self._hinted = 0  # the unexplained list index the summaries were last consulted for
-        self._summary_task: asyncio.Task[None] | None = None
-        self._after_summary = 0  # an unexplained index the summaries did not name: node list
+        self._hinted = 0  # the unexplained list index the node list was last consulted for
         self._dump_for = 0  # an unexplained list index to look for in the catalog dump
         self.nodes: dict[str, int] | None = None  # node -> ModifyIndex, at the last nodes read
         self.summaries: dict[str, ServiceSummary] | None = None  # at the last summary read
@@ -297,9 +293,8 @@ class CatalogFollower:
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
-        running = (self.checks_watch.cancel(), self._task, self._summary_task)
-        tasks = [t for t in running if t is not None]
-        self._task = self._summary_task = None
+        tasks = [t for t in (self.checks_watch.cancel(), self._task) if t is not None]
+        self._task = None
         for task in tasks:
             task.cancel()
         return tasks
@@ -407,10 +402,8 @@ class CatalogFollower:
     def _idle_timeout(self) -> float:
         """Seconds until something must happen without an input (a settled move, a reconcile)."""
         now = time.monotonic()
-        if self._summary_task is not None:
-            return SETTLE_S  # its end wakes the loop; no sweep while it may name the service
         if self._wants_hint():
-            return 0.0  # the summaries first; a sweep only if nothing explains the move
+            return 0.0  # the node list first; a sweep only if nothing explains the move
         if self._unexplained:
             checks_index = self.checks_watch.applied_index
             if checks_index >= self._unexplained:
@@ -441,13 +434,10 @@ class CatalogFollower:
         while True:
             # The check baseline must exist before any read (see the module docstring).
             name = self._next(sweep=False) if self.checks is not None else None
-            if self.checks is not None and self._wants_hint():
-                self._start_summary_look(self._unexplained)
             # A new write is looked for before the rest of a running sweep (a reconcile reads
             # every service: 1,000 of them take seconds).
-            if name is None and self._after_summary:
-                index, self._after_summary = self._after_summary, 0
-                await self._find_unexplained(index)
+            if name is None and self.checks is not None and self._wants_hint():
+                await self._find_unexplained(self._unexplained)
                 continue
             if name is None and self._dump_for:
                 await self._find_in_dump(self._dump_for)
@@ -493,39 +483,8 @@ class CatalogFollower:
         self.reads += 1
         return result
 
-    def _start_summary_look(self, index: int) -> None:
-        """Look for what moved the list to ``index`` in the summaries, beside the reads.
-
-        Why beside: a registration with a check moves the service list and the check list at
-        once; the service list, the smaller read, usually arrives first, and the check list then
-        names the service while the summary read is still under way (at 1,000 services x 5
-        under load, 0.16 s). Its read of the service need not wait for the summary: the look
-        runs as a task of its own (a second connection, at most one look at a time), and the
-        read loop goes on with the reads already queued.
-        """
-        if self._summary_task is not None:
-            return  # the running look ends soon; a later move gets its own
-        self._hinted = index
-        self._summary_task = asyncio.create_task(
-            self._summary_look(index), name=f"consul-catalog {self.dc} summaries"
-        )
-
-    async def _summary_look(self, index: int) -> None:
-        found = False
-        try:
-            found = await self._find_in_summaries(index)
-        except Exception:
-            log.exception("consul %s: looking at the service summaries failed", self.key)
-        finally:
-            self._summary_task = None
-            if not found and self._unexplained == index:
-                self._after_summary = index
-            self._wake.set()
-
     async def _find_unexplained(self, index: int) -> None:
         """Say which services the list's move to ``index`` touched, from the node list.
-
-        Runs when the summaries named nothing (see :meth:`_find_in_summaries`).
 
         Why: a write moves the service list, which says nothing about which service (indexes
         cannot be filtered on, measured on Consul 1.16); before this, a write without a check
@@ -540,6 +499,9 @@ class CatalogFollower:
         as it was -- is left to the check list if the write touched a check (the probe below),
         else to a sweep at once.
         """
+        self._hinted = index
+        if await self._find_in_summaries(index):
+            return
         nodes = await self._hint_read("nodes", lambda: self.clients.nodes(self.dc, self.route))
         if nodes is None:
             return
