@@ -253,7 +253,7 @@ class CatalogFollower:
         # before the service list reports the same write.
         self._recent: deque[int] = deque(maxlen=64)
         self._unexplained_at = 0.0
-        self._hinted = 0  # the unexplained list index the node list was last consulted for
+        self._hinted = 0  # the unexplained list index the summaries were last consulted for
         self._dump_for = 0  # an unexplained list index to look for in the catalog dump
         self.nodes: dict[str, int] | None = None  # node -> ModifyIndex, at the last nodes read
         self.summaries: dict[str, ServiceSummary] | None = None  # at the last summary read
@@ -484,20 +484,22 @@ class CatalogFollower:
         return result
 
     async def _find_unexplained(self, index: int) -> None:
-        """Say which services the list's move to ``index`` touched, from the node list.
+        """Say which services the list's move to ``index`` touched: from the service summaries
+        (:meth:`_find_in_summaries`), else from the node list.
 
         Why: a write moves the service list, which says nothing about which service (indexes
         cannot be filtered on, measured on Consul 1.16); before this, a write without a check
-        cost a settle wait and then a read of every service (a sweep). The node list answers
+        cost a settle wait and then a read of every service (a sweep). The summaries name an
+        instance added or removed anywhere; for what they cannot see, the node list answers
         much of it in one read: its index moves on every node *and* service write, and each node
         carries its own ModifyIndex, so a registration that created or rewrote its node (every
         catalog-API registration of an external instance does) names that node, and a
         deregistered node is simply missing; one filtered service-list read then names the
         services on the written nodes. It is read at once, also when the write had a check:
-        the check list is the bigger read (every check) and often arrives later. What the node
-        list cannot see -- an instance added, changed or removed on a node that itself stayed
-        as it was -- is left to the check list if the write touched a check (the probe below),
-        else to a sweep at once.
+        the check list is the bigger read (every check) and often arrives later. What neither
+        can see -- an instance changed in place on a node that itself stayed as it was -- is
+        left to the check list if the write touched a check (the probe below), else to a sweep
+        at once.
         """
         self._hinted = index
         if await self._find_in_summaries(index):
