@@ -14,8 +14,8 @@ Why a terminating gateway and not a sidecar with upstreams: a Connect sidecar's 
 holds the upstream's *Connect-capable* instances (its sidecar proxies), so a plain registration
 would never reach it; the terminating gateway is the Connect component whose clusters are plain
 catalog instances, which is exactly what meshfed sends. Both sides therefore watch the same
-registration (a new instance on its own node, with or without a passing check), both get every
-service as a cluster, and both are measured the same way: from just before the registration is
+registration (a new instance of an existing service, with or without a passing check), both get
+every service as a cluster, and both are measured the same way: from just before the registration is
 sent until that Envoy's cluster for the service has one more member. The poll reads one stat per
 Envoy (``membership_total``, the only stat either Envoy keeps -- both get the same
 ``stats_matcher``, so a poll costs Envoy microseconds rather than a dump of every cluster),
@@ -29,9 +29,15 @@ Run it (a pytest module because it uses the integration harness)::
     # MESHFED_BENCH_SIZES (1,200,1000): services, each with MESHFED_BENCH_INSTANCES (5)
     # MESHFED_BENCH_CHECKS (0,1): without / with a passing check on every instance
     # MESHFED_BENCH_CHANGES (60) registrations timed per size
-    # MESHFED_BENCH_SAME_NODE=1: each new instance joins a node that already exists (its
-    #   service's first instance's) instead of bringing its own -- how agents register
-    # results: bench/results/consul_vs_connect_<services>[_checks][_samenode].json
+    # MESHFED_BENCH_OWN_NODE=1: each new instance brings a node of its own instead of joining
+    #   one that already exists (its service's first instance's node, the default: that is how
+    #   Consul agents register their services -- the node stays as it was)
+    # results: bench/results/consul_vs_connect_<services>[_checks][_ownnode].json
+
+Besides the end-to-end figures, the JSON says where meshfed's time went during the timed
+changes: the catalog follower's stages (each read before the service's own, the read itself,
+the apply into the model, and ``moveToApply`` from the service list's move to that apply) and
+Pilot's debounce wait and push build, from the hub's own metrics.
 
 Nothing leaves 127.0.0.0/8; instances are 127.9x.y.z addresses (data only, never dialled).
 """
@@ -57,6 +63,7 @@ from typing import Any
 
 import aiohttp
 import consul
+import prometheus_client
 import pytest
 
 from integration.peers.artifacts import consul_path
@@ -67,11 +74,17 @@ from integration.pilot_helpers import running_mesh
 from meshfed.adapters.consul.testing import running_adapter
 from meshfed.proxy import EnvoyProcess, ProxySpec, wait_ready
 
+# Pilot's own histograms (process-wide registry): how long batches waited, how long pushes took.
+PILOT_HISTOGRAMS = {
+    "debounceWait": ("meshfed_pilot_debounce_seconds", {}),
+    "pushBuild": ("meshfed_pilot_xds_push_seconds", {"type": "eds"}),
+}
+
 SIZES = [int(s) for s in os.environ.get("MESHFED_BENCH_SIZES", "1,200,1000").split(",") if s]
 CHECK_MODES = [c == "1" for c in os.environ.get("MESHFED_BENCH_CHECKS", "0,1").split(",") if c]
 INSTANCES = int(os.environ.get("MESHFED_BENCH_INSTANCES", "5"))
 CHANGES = int(os.environ.get("MESHFED_BENCH_CHANGES", "60"))
-SAME_NODE = os.environ.get("MESHFED_BENCH_SAME_NODE", "") == "1"
+SAME_NODE = os.environ.get("MESHFED_BENCH_OWN_NODE", "") != "1"
 RESULTS = Path(__file__).parent / "results"
 SIDECAR_IP = "127.0.98.3"
 CHANGE_TIMEOUT_S = 30.0
@@ -109,6 +122,29 @@ def register(
         },
         check=check if checks else None,
     )
+
+
+def histogram_totals() -> dict[str, tuple[float, float]]:
+    """Pilot histogram -> (sum of seconds, count) so far, in this process."""
+    totals: dict[str, tuple[float, float]] = {}
+    for key, (metric, labels) in PILOT_HISTOGRAMS.items():
+        total = prometheus_client.REGISTRY.get_sample_value(f"{metric}_sum", labels) or 0.0
+        count = prometheus_client.REGISTRY.get_sample_value(f"{metric}_count", labels) or 0.0
+        totals[key] = (total, count)
+    return totals
+
+
+def histogram_means_ms(
+    before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
+) -> dict[str, dict[str, float]]:
+    out = {}
+    for key, (total, count) in after.items():
+        d_total, d_count = total - before[key][0], count - before[key][1]
+        out[key] = {
+            "count": d_count,
+            "meanMs": round(d_total / d_count * 1000, 2) if d_count else 0.0,
+        }
+    return out
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -341,6 +377,11 @@ async def test_meshfed_vs_consul_connect(tmp_path: Path, services: int, checks: 
 
                 rng = random.Random(18)
                 took: dict[str, list[float]] = {name: [] for name in sides}
+                call_s: list[float] = []
+                follower = run.adapter._followers.get("dc1")
+                if follower is not None:
+                    follower.stages.clear()  # only the timed changes
+                pilot_before = histogram_totals()
                 deadline_total = time.monotonic() + 600
                 for n in range(CHANGES):
                     if time.monotonic() > deadline_total:
@@ -352,6 +393,7 @@ async def test_meshfed_vs_consul_connect(tmp_path: Path, services: int, checks: 
                     await asyncio.to_thread(
                         register, c, service, INSTANCES + n, checks, 0 if SAME_NODE else None
                     )
+                    call_s.append(time.monotonic() - sent)
                     seen = await polls.first_above(
                         list(sides.values()), name, [before[k] for k in sides]
                     )
@@ -363,6 +405,7 @@ async def test_meshfed_vs_consul_connect(tmp_path: Path, services: int, checks: 
                     await asyncio.sleep(rng.uniform(0.3, 0.6))
                 assert run.member.degraded is None
                 described = run.adapter.describe()
+                pilot_ms = histogram_means_ms(pilot_before, histogram_totals())
 
     results: dict[str, Any] = {
         "consul": "1.16.1 -dev, default limits (http_max_conns_per_client 200)",
@@ -374,6 +417,8 @@ async def test_meshfed_vs_consul_connect(tmp_path: Path, services: int, checks: 
         "envoy_full_seconds": ready,
         "changes": len(took["meshfed"]),
         "registration_to_envoy_clusters_ms": {k: summary_ms(v) for k, v in took.items()},
+        "registration_call_ms": summary_ms(call_s) if call_s else None,
+        "pilot_during_changes": pilot_ms,
         "pilot_debounce_s": {"quiet": 0.1, "max": 1.0},
     }
     ms = results["registration_to_envoy_clusters_ms"]
@@ -381,7 +426,7 @@ async def test_meshfed_vs_consul_connect(tmp_path: Path, services: int, checks: 
         q: round(ms["meshfed"][q] / ms["consul"][q], 2) for q in ("p50", "p99")
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    suffix = ("_checks" if checks else "") + ("_samenode" if SAME_NODE else "")
+    suffix = ("_checks" if checks else "") + ("" if SAME_NODE else "_ownnode")
     out = RESULTS / f"consul_vs_connect_{services}{suffix}.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))

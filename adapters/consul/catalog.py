@@ -11,9 +11,10 @@ refuses more than ``limits.http_max_conns_per_client`` (default 200) per client 
   ServiceID, ServiceName), whose index moves on every check write;
 - non-blocking reads of ``/v1/health/service/<name>`` (one keep-alive connection, paced by
   ``fetchRate``) for just the services that need one, and on that same connection, when the
-  service list moved for no reason the two watches explain, a look at ``/v1/catalog/nodes``
-  (whose index moves on every node *and* service write, each node with its own ModifyIndex)
-  and, if need be, at the catalog dump.
+  service list moved for no reason the two watches explain, a look at the service summaries
+  (``/v1/internal/ui/services``: per service its instance count, nodes, tags, check counts),
+  then if need be at ``/v1/catalog/nodes`` (whose index moves on every node *and* service
+  write, each node with its own ModifyIndex) and at the catalog dump.
 
 What needs a read, and why:
 
@@ -24,19 +25,23 @@ What needs a read, and why:
   node maintenance) means every service with an instance on that node;
 - a move of the service-list index that nothing above explains -- a write the check list has
   not named (yet): an instance without checks registered, moved or removed, a re-registration
-  that kept its checks, or one with checks whose check list is still on its way. The node list
-  is read at once: nodes created or rewritten since the last look (ModifyIndex), and nodes gone,
-  name the services on them (one ``/v1/catalog/services`` read filtered to those nodes) --
-  every catalog-API registration of an external instance creates or rewrites its node. If that
-  explains nothing, a probe of the check table's index (a filtered, empty read) says whether
-  the write touched a check: then the check list gets ``SETTLE_S`` to name the service. Else, or
-  after that, the whole catalog is looked at (a *sweep*): one dump, ``/v1/internal/ui/nodes``,
-  every instance with its ModifyIndex, names the services with an instance newer than their
-  last read or one missing; only if the dump fails (it is an internal endpoint) or shows
-  nothing, every service is read. This is what an instance added, changed or removed on a node
-  that itself stayed as it was costs: no list says *which* service, and the filter language
-  cannot see indexes. The move counts as explained when the node it wrote has exactly the
-  list's new index, or a read answers with exactly that index (that read saw the write);
+  that kept its checks, or one with checks whose check list is still on its way. The service
+  summaries are read at once: a service whose instance count, nodes, tags or check counts
+  differ from the last summary read is read -- this finds an instance added to or removed
+  from a node that stays as it was, which is how Consul agents register their services. If
+  the summaries show nothing (an instance changed in place), the node list: nodes created or
+  rewritten since the last look (ModifyIndex), and nodes gone, name the services on them
+  (one ``/v1/catalog/services`` read filtered to those nodes). If that explains nothing, a
+  probe of the check table's index (a filtered, empty read) says whether the write touched a
+  check: then the check list gets ``SETTLE_S`` to name the service. Else, or after that, the
+  whole catalog is looked at (a *sweep*): one dump, ``/v1/internal/ui/nodes``, every
+  instance with its ModifyIndex, names the services with an instance newer than their last
+  read or one missing; only if the dump fails (it is an internal endpoint) or shows nothing,
+  every service is read. This is what an instance changed in place on a node that itself
+  stayed as it was costs: no list says *which* service, and the filter language cannot see
+  indexes. The move counts as explained when the node it wrote has exactly the list's new
+  index, or a read answers with exactly that index (that read saw the write); a write
+  coalesced into the same move as another that explains it is left to the reconcile;
 - every ``reconcile`` interval, a sweep anyway: node address and node meta changes move neither
   watched index (only the node list's and the node's services' own), so unless a later look at
   the node list sees them first, this is the bound for them.
@@ -61,6 +66,7 @@ import tenacity
 
 from meshfed.adapters.consul.client import ConsulClients, QueryResult, bexpr_string
 from meshfed.adapters.consul.params import ConsulParams
+from meshfed.adapters.consul.stages import StageTimes
 from meshfed.adapters.consul.watch import (
     BACKOFF_MULTIPLIER_S,
     CATCH_UP_S,
@@ -115,6 +121,37 @@ def changed_checks(
             else:
                 nodes.add(key[0])
     return services, nodes
+
+
+ServiceSummary = tuple[tuple[str, int, tuple[str, ...], tuple[str, ...], int, int, int], ...]
+
+
+def service_summaries(entries: Iterable[dict[str, Any]] | None) -> dict[str, ServiceSummary]:
+    """``/v1/internal/ui/services`` entries -> service name -> what an instance write changes.
+
+    Per service: its kind, instance count, nodes, tags and check counts by status. An instance
+    added to or removed from any node changes the count; one moved to another node changes the
+    nodes. Raises TypeError or ValueError on entries of the wrong shape.
+    """
+    found: dict[str, list[tuple[str, int, tuple[str, ...], tuple[str, ...], int, int, int]]] = {}
+    for entry in entries or ():
+        found.setdefault(str(entry.get("Name", "")), []).append(
+            (
+                str(entry.get("Kind") or ""),
+                int(entry.get("InstanceCount") or 0),
+                tuple(sorted(str(n) for n in entry.get("Nodes") or ())),
+                tuple(sorted(str(t) for t in entry.get("Tags") or ())),
+                int(entry.get("ChecksPassing") or 0),
+                int(entry.get("ChecksWarning") or 0),
+                int(entry.get("ChecksCritical") or 0),
+            )
+        )
+    return {name: tuple(sorted(entries_)) for name, entries_ in found.items()}
+
+
+def changed_summaries(old: dict[str, ServiceSummary], new: dict[str, ServiceSummary]) -> set[str]:
+    """Services whose summary differs between two reads (appeared and gone included)."""
+    return {name for name in old.keys() | new.keys() if old.get(name) != new.get(name)}
 
 
 def node_indexes(nodes: Iterable[dict[str, Any]] | None) -> dict[str, int]:
@@ -216,10 +253,19 @@ class CatalogFollower:
         # before the service list reports the same write.
         self._recent: deque[int] = deque(maxlen=64)
         self._unexplained_at = 0.0
-        self._hinted = 0  # the unexplained list index the node list was last consulted for
+        self._hinted = 0  # the unexplained list index the summaries were last consulted for
         self._dump_for = 0  # an unexplained list index to look for in the catalog dump
         self.nodes: dict[str, int] | None = None  # node -> ModifyIndex, at the last nodes read
-        self.hints = {"found": 0, "explained": 0, "none": 0, "checks": 0, "lagging": 0, "dump": 0}
+        self.summaries: dict[str, ServiceSummary] | None = None  # at the last summary read
+        self.hints = {
+            "summary": 0,
+            "found": 0,
+            "explained": 0,
+            "none": 0,
+            "checks": 0,
+            "lagging": 0,
+            "dump": 0,
+        }
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._timers: set[asyncio.TimerHandle] = set()
@@ -234,6 +280,8 @@ class CatalogFollower:
         self.errors = 0
         self.last_error: str | None = None
         self.address = ""
+        self.stages = StageTimes()
+        self._moved_at = 0.0  # when the list moved with no read yet applied since (0: none)
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -288,6 +336,8 @@ class CatalogFollower:
                 # test_consul_catalog_cluster.py). A sweep reads everything, later moves included.
                 self._unexplained_at = time.monotonic()
             self._unexplained = index
+            if not self._moved_at:
+                self._moved_at = time.monotonic()
         self._wake.set()
 
     def _on_checks(self, result: QueryResult) -> None:
@@ -375,9 +425,12 @@ class CatalogFollower:
         await self.checks_watch.first_result.wait()
         # The node baseline, before the first service read: a node written after it is then
         # either in a later node list's difference or in what those reads see.
-        nodes = await self._hint_read(lambda: self.clients.nodes(self.dc, self.route))
+        nodes = await self._hint_read("nodes", lambda: self.clients.nodes(self.dc, self.route))
         if nodes is not None:
             self.nodes = node_indexes(nodes.data)
+        read = await self._read_summaries()
+        if read is not None:
+            self.summaries = read[1]
         while True:
             # The check baseline must exist before any read (see the module docstring).
             name = self._next(sweep=False) if self.checks is not None else None
@@ -414,37 +467,44 @@ class CatalogFollower:
     def _wants_hint(self) -> bool:
         return bool(self._unexplained) and self._hinted != self._unexplained
 
-    async def _hint_read(self, query: Callable[[], QueryResult]) -> QueryResult | None:
+    async def _hint_read(self, stage: str, query: Callable[[], QueryResult]) -> QueryResult | None:
         """One read on the follower's connection; None if it failed (the caller falls back on
         the settle-then-sweep path, which retries reads properly)."""
         await self.limiter.wait()
+        started = time.monotonic()
         try:
             result = await run_blocking(query, name=self.key)
         except Exception as exc:
             self.observe("hint", "error")
             log.debug("consul %s: hint read failed: %s", self.key, exc)
             return None
+        finally:
+            self.stages.record(stage, time.monotonic() - started)
         self.reads += 1
         return result
 
     async def _find_unexplained(self, index: int) -> None:
-        """Say which services the list's move to ``index`` touched, from the node list.
+        """Say which services the list's move to ``index`` touched: from the service summaries
+        (:meth:`_find_in_summaries`), else from the node list.
 
         Why: a write moves the service list, which says nothing about which service (indexes
         cannot be filtered on, measured on Consul 1.16); before this, a write without a check
-        cost a settle wait and then a read of every service (a sweep). The node list answers
+        cost a settle wait and then a read of every service (a sweep). The summaries name an
+        instance added or removed anywhere; for what they cannot see, the node list answers
         much of it in one read: its index moves on every node *and* service write, and each node
         carries its own ModifyIndex, so a registration that created or rewrote its node (every
         catalog-API registration of an external instance does) names that node, and a
         deregistered node is simply missing; one filtered service-list read then names the
         services on the written nodes. It is read at once, also when the write had a check:
-        the check list is the bigger read (every check) and often arrives later. What the node
-        list cannot see -- an instance added, changed or removed on a node that itself stayed
-        as it was -- is left to the check list if the write touched a check (the probe below),
-        else to a sweep at once.
+        the check list is the bigger read (every check) and often arrives later. What neither
+        can see -- an instance changed in place on a node that itself stayed as it was -- is
+        left to the check list if the write touched a check (the probe below), else to a sweep
+        at once.
         """
         self._hinted = index
-        nodes = await self._hint_read(lambda: self.clients.nodes(self.dc, self.route))
+        if await self._find_in_summaries(index):
+            return
+        nodes = await self._hint_read("nodes", lambda: self.clients.nodes(self.dc, self.route))
         if nodes is None:
             return
         if nodes.index < index:
@@ -464,7 +524,7 @@ class CatalogFollower:
         quotable = all(bexpr_string(node) is not None for node in written)
         if old is not None and 0 < len(written) <= MAX_HINT_NODES and quotable:
             on_nodes = await self._hint_read(
-                lambda: self.clients.services_on_nodes(self.dc, written, self.route)
+                "onNodes", lambda: self.clients.services_on_nodes(self.dc, written, self.route)
             )
             if on_nodes is None:
                 return
@@ -483,7 +543,9 @@ class CatalogFollower:
         if self.checks_watch.applied_index < index:
             # Did the write touch a check? Then the check list will name the service (the
             # settle wait). The check table's index alone: a filtered read with no body.
-            probe = await self._hint_read(lambda: self.clients.checks_index(self.dc, self.route))
+            probe = await self._hint_read(
+                "probe", lambda: self.clients.checks_index(self.dc, self.route)
+            )
             if probe is None or probe.index >= index:
                 self.hints["checks"] += 1
                 self.observe("hint", "checks")
@@ -494,6 +556,54 @@ class CatalogFollower:
         outcome = "found" if names else "none"
         self.hints[outcome] += 1
         self.observe("hint", outcome)
+
+    async def _read_summaries(self) -> tuple[QueryResult, dict[str, ServiceSummary]] | None:
+        result = await self._hint_read(
+            "summary", lambda: self.clients.service_summaries(self.dc, self.route)
+        )
+        if result is None:
+            return None
+        try:
+            return result, service_summaries(result.data)
+        except (TypeError, ValueError, AttributeError) as exc:
+            log.debug("consul %s: unexpected service summaries (%s)", self.key, exc)
+            return None
+
+    async def _find_in_summaries(self, index: int) -> bool:
+        """Name the services the list's move to ``index`` touched from one summary read; True
+        if it named any (their reads are queued), False to go on with the node list.
+
+        Why first: an instance added to or removed from a node that stays as it was -- how
+        Consul agents register their services -- moves only the service list, and the node
+        list cannot see it; the summary (``/v1/internal/ui/services``: each service's instance
+        count, nodes, tags, check counts) can, at a tenth of the dump's size (measured at
+        1,000 services x 5: 0.6 MB against 4.6 MB, 0.04 s against 0.22 s to fetch and parse),
+        and it scales with services, not instances. What it cannot see -- an instance changed
+        in place (address, port, meta) -- leaves it unchanged; then the node list, the check
+        probe and the dump follow as before. Its baseline moves with every read, so writes a
+        check list explained meanwhile may be named again: their reads answer with the index
+        already applied and are skipped.
+        """
+        read = await self._read_summaries()
+        if read is None:
+            return False
+        result, new = read
+        if result.index < index:
+            return False  # a lagging server; the node list's look says so
+        old, self.summaries = self.summaries, new
+        if old is None:
+            return False
+        names = changed_summaries(old, new) & self.names.keys()
+        if not names:
+            return False
+        for name in sorted(names):
+            self._enqueue(name)
+        # Unless one of these reads answers with exactly the list's index (it saw the write
+        # that moved the list), the dump follows them at once: see _idle_timeout.
+        self._unexplained_at = 0.0
+        self.hints["summary"] += 1
+        self.observe("hint", "summary")
+        return True
 
     async def _find_in_dump(self, index: int) -> None:
         """Find what the node list could not from one dump of the catalog, else sweep.
@@ -508,15 +618,17 @@ class CatalogFollower:
         # Counted as the sweep it stands for, whichever way it ends.
         self.sweeps["unexplained"] += 1
         self.observe("sweep", "unexplained")
-        dump = await self._hint_read(lambda: self.clients.node_dump(self.dc, self.route))
+        dump = await self._hint_read("dump", lambda: self.clients.node_dump(self.dc, self.route))
         if dump is None or dump.index < index:
             self._start_sweep("unexplained", counted=True)
             return
+        started = time.monotonic()
         try:
             names = dump_changes(dump.data, self.applied, self.known_instances(self.names))
         except (TypeError, ValueError, AttributeError) as exc:
             log.warning("consul %s: unexpected catalog dump (%s); sweeping", self.key, exc)
             names = set()
+        self.stages.record("dumpScan", time.monotonic() - started)
         if not names:
             self._start_sweep("unexplained", counted=True)
             return
@@ -534,9 +646,11 @@ class CatalogFollower:
         )
         async for attempt in retrying:
             with attempt:
+                started = time.monotonic()
                 result = await run_blocking(
                     self.clients.health, self.dc, name, 0, None, self.route, name=self.key
                 )
+                self.stages.record("read", time.monotonic() - started)
                 self.reads += 1
                 self.address = result.address
                 if self.last_error is not None:
@@ -580,7 +694,13 @@ class CatalogFollower:
             return
         self.applied[name] = result.index
         self.observe("fetch", "change")
+        started = time.monotonic()
         self.apply(name, result)
+        now = time.monotonic()
+        self.stages.record("apply", now - started)
+        if self._moved_at:
+            self.stages.record("moveToApply", now - self._moved_at)
+            self._moved_at = 0.0
 
     def _answer_predates(self, name: str, result: QueryResult) -> None:
         """Read ``name`` again shortly if this answer came from a server that has not applied the
@@ -631,6 +751,7 @@ class CatalogFollower:
             "heldBack": self.behind,
             "sweeps": dict(self.sweeps),
             "nodes": len(self.nodes or {}),
+            "summaries": len(self.summaries or {}),
             "hints": dict(self.hints),
             "lastSweepSeconds": self.last_sweep_seconds,
             "reconcileSeconds": self.params.reconcile_s,
@@ -638,4 +759,5 @@ class CatalogFollower:
             "address": self.address,
             "errors": self.errors,
             "lastError": self.last_error,
+            "stages": self.stages.summary(),
         }

@@ -265,6 +265,12 @@ class ConsulClients:
         """``/v1/internal/ui/nodes``: every node with its services (each with ModifyIndex)."""
         return self._get("/v1/internal/ui/nodes", self._params(datacenter, 0, None, ()), route)
 
+    def service_summaries(self, datacenter: str, route: Route | None = None) -> QueryResult:
+        """``/v1/internal/ui/services``: per service its instance count, nodes, tags and check
+        counts (what Consul's UI lists; internal, so callers must survive its absence)."""
+        params = self._params(datacenter, 0, None, ())
+        return self._get("/v1/internal/ui/services", params, route)
+
     def services_on_nodes(
         self, datacenter: str, nodes: Sequence[str], route: Route | None = None
     ) -> QueryResult:

@@ -10,9 +10,11 @@ from hypothesis import strategies as st
 from meshfed.adapters.consul.catalog import (
     changed_checks,
     changed_nodes,
+    changed_summaries,
     check_states,
     dump_changes,
     node_indexes,
+    service_summaries,
 )
 from meshfed.adapters.consul.client import bexpr_string
 from meshfed.adapters.consul.params import ConsulParamsError, parse_params
@@ -113,3 +115,72 @@ def test_dump_names_services_with_newer_or_missing_instances():
     assert dump_changes(dump, applied, known) == {"web", "db"}
     assert dump_changes(dump, {**applied, "web": 12}, known) == {"db"}
     assert dump_changes([], applied, {}) == set()
+
+
+def summary(name, count, nodes, tags=("protocol=http",), passing=0, critical=0, kind=""):
+    return {
+        "Kind": kind,
+        "Name": name,
+        "Datacenter": "dc1",
+        "Tags": list(tags),
+        "Nodes": list(nodes),
+        "InstanceCount": count,
+        "ChecksPassing": passing,
+        "ChecksWarning": 0,
+        "ChecksCritical": critical,
+        "GatewayConfig": {},
+    }
+
+
+def test_summaries_name_services_whose_instances_were_added_removed_or_moved():
+    old = service_summaries(
+        [
+            summary("web", 2, ["n1", "n2"]),
+            summary("api", 1, ["n1"]),
+            summary("db", 1, ["n3"], passing=1),
+            summary("gone", 1, ["n4"]),
+        ]
+    )
+    # The same services listed in another order, nodes and tags reordered: no change.
+    same = service_summaries(
+        [
+            summary("gone", 1, ["n4"]),
+            summary("db", 1, ["n3"], passing=1),
+            summary("api", 1, ["n1"]),
+            summary("web", 2, ["n2", "n1"]),
+        ]
+    )
+    assert changed_summaries(old, same) == set()
+    new = service_summaries(
+        [
+            summary("web", 3, ["n1", "n2"]),  # a third instance on a node that was there
+            summary("api", 1, ["n5"]),  # moved to another node
+            summary("db", 1, ["n3"], critical=1),  # its check turned critical
+            summary("new", 1, ["n1"]),
+        ]
+    )
+    assert changed_summaries(old, new) == {"web", "api", "db", "gone", "new"}
+    assert service_summaries(None) == {}
+
+
+def test_summaries_of_one_name_in_two_kinds_are_kept_apart():
+    one = service_summaries([summary("web", 1, ["n1"]), summary("web", 1, ["n1"], kind="k")])
+    two = service_summaries([summary("web", 2, ["n1"]), summary("web", 1, ["n1"], kind="k")])
+    assert changed_summaries(one, two) == {"web"}
+
+
+@given(
+    st.lists(
+        st.dictionaries(
+            st.sampled_from(["Name", "InstanceCount", "Nodes", "Tags", "ChecksPassing", "Kind"]),
+            st.one_of(st.none(), st.integers(), st.text(max_size=5), st.lists(st.text())),
+        ),
+        max_size=5,
+    )
+)
+def test_hostile_summaries_parse_or_raise_what_the_follower_catches(entries):
+    try:
+        parsed = service_summaries(entries)
+    except (TypeError, ValueError):
+        return
+    assert changed_summaries(parsed, parsed) == set()
