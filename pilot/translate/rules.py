@@ -167,15 +167,9 @@ def rule_route(
     rule: RouteRule, service: Service, port: Port, default: rc.Route, index: TrafficIndex
 ) -> rc.Route:
     """One rule as one route of ``service``'s virtual host for ``port``."""
-    route = rc.Route(name=rule.ref, match=route_match(rule.match))
     if rule.redirect is not None:
-        redirect = rc.RedirectAction()
-        if rule.redirect.uri:
-            redirect.path_redirect = rule.redirect.uri
-        if rule.redirect.authority:
-            redirect.host_redirect = rule.redirect.authority
-        route.redirect.CopyFrom(redirect)
-        return route
+        return redirect_route(rule)
+    route = rc.Route(name=rule.ref, match=route_match(rule.match))
     action = rc.RouteAction()
     action.CopyFrom(default.route)
     action.ClearField("cluster")
@@ -249,6 +243,19 @@ def rule_route(
         route.typed_per_filter_config[FAULT_FILTER].CopyFrom(pack(fault_config(rule.fault)))
     if rule.cors is not None:
         route.typed_per_filter_config[CORS_FILTER].CopyFrom(pack(cors_policy(rule.cors)))
+    return route
+
+
+def redirect_route(rule: RouteRule) -> rc.Route:
+    """A rule with ``redirect``: a 301, no backend."""
+    assert rule.redirect is not None
+    route = rc.Route(name=rule.ref, match=route_match(rule.match))
+    redirect = rc.RedirectAction()
+    if rule.redirect.uri:
+        redirect.path_redirect = rule.redirect.uri
+    if rule.redirect.authority:
+        redirect.host_redirect = rule.redirect.authority
+    route.redirect.CopyFrom(redirect)
     return route
 
 
