@@ -22,12 +22,21 @@ from meshfed.core.resources import ConfigError, ConfigErrors, Document, load_doc
 from meshfed.mixer.config.store import is_mixer_document
 from meshfed.pilot.config import PARSERS as PILOT_PARSERS
 from meshfed.pilot.config.istio import DestinationRule, VirtualService
-from meshfed.pilot.config.model import DestinationPolicy, RouteRule
+from meshfed.pilot.config.istio_gateway import IstioGateway
+from meshfed.pilot.config.model import DestinationPolicy, Gateway, RouteRule
 from meshfed.pilot.config.parse import IngressSelection, routing_parsers
 from meshfed.pilot.config.peer_authentication import PeerAuthentication
 from meshfed.pilot.config.store import ConfigSnapshot
 
-ROUTING_TYPES = (RouteRule, DestinationPolicy, VirtualService, DestinationRule, PeerAuthentication)
+ROUTING_TYPES = (
+    RouteRule,
+    DestinationPolicy,
+    VirtualService,
+    DestinationRule,
+    PeerAuthentication,
+    Gateway,
+    IstioGateway,
+)
 Parser = Callable[[Document], tuple[Any, list[ConfigError]]]
 
 

@@ -377,8 +377,7 @@ def binding_notes(
             gw = claimed.get(host)
             if gw is not None:
                 notes.append(
-                    f"{ingress.ref}: host {host} is also served by {gw.ref}; on a gateway port "
-                    f"both serve, the Gateway's VirtualServices route it and the {ingress.kind}'s "
-                    "paths for it are not applied there"
+                    f"{ingress.ref} is not applied for host {host} where {gw.ref} also serves "
+                    "it: on a gateway port both serve, the Gateway's VirtualServices route it"
                 )
     return notes

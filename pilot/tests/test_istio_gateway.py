@@ -6,6 +6,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+import pytest
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
 )
@@ -173,8 +174,7 @@ def test_selector_chooses_gateways_by_proxy_labels(tmp_path: Path) -> None:
     assert set(listeners) == {"15001"}  # only the default Ingress port, no Gateway servers
 
 
-def test_gateway_wins_over_ingress_on_the_same_host_and_port(tmp_path: Path) -> None:
-    ingress = """
+INGRESS = """
 apiVersion: networking.k8s.io/v1
 kind: Ingress
 metadata: {name: old, namespace: default}
@@ -187,7 +187,10 @@ spec:
     http:
       paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]
 """
-    snap = snapshot(tmp_path, CONFIG + "---" + ingress)
+
+
+def test_gateway_wins_over_ingress_on_the_same_host_and_port(tmp_path: Path) -> None:
+    snap = snapshot(tmp_path, CONFIG + "---" + INGRESS)
     node = ProxyNode(id=NODE.id, ip=NODE.ip, outbound_http_port=8080)
     _, routes, _ = resources(snap, node)
     vhosts = {vh.name: vh for vh in routes["gateway|8080"].virtual_hosts}
@@ -198,9 +201,27 @@ spec:
     assert len(vhosts["gateway|web.example.com"].routes) == 2
     assert "gateway|legacy.example.com" in vhosts
     assert any(
-        "Ingress default/old: host web.example.com is also served by Gateway default/front" in n
+        "Ingress default/old is not applied for host web.example.com where Gateway "
+        "default/front also serves it" in n
         for n in snap.notes
     ), snap.notes
+
+
+def test_validate_and_analyze_report_the_precedence(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from meshfed.cli import main
+    from meshfed.pilot.analysis import Catalog, analyze
+
+    path = tmp_path / "both.yaml"
+    path.write_text(CONFIG + "---" + INGRESS)
+    assert main(["validate", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: Ingress default/old is not applied for host web.example.com" in err
+    objects, _ = parse_config_file(path)
+    assert objects is not None
+    findings = analyze(ConfigSnapshot.of(objects), Catalog())
+    assert any(f.code == "MF0108" and f.object == "Ingress default/old" for f in findings)
 
 
 def test_a_virtual_service_naming_a_missing_gateway_is_reported(tmp_path: Path) -> None:
