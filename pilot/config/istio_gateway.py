@@ -240,7 +240,7 @@ def _tls(r: FieldReader, protocol: ServerProtocol) -> ServerTls:
             r.error("caCertificates", "is required for MUTUAL (or use credentialName with ca.crt)")
         if mode is TlsMode.SIMPLE and ca:
             r.error("caCertificates", "expected only with mode MUTUAL")
-    elif mode is TlsMode.PASSTHROUGH or mode is None:
+    elif mode is TlsMode.PASSTHROUGH or raw_mode is None:
         for name in ("serverCertificate", "privateKey", "caCertificates", "credentialName"):
             if name in r.data:
                 what = (

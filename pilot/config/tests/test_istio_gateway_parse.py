@@ -90,6 +90,7 @@ def test_refused_tls_settings_name_the_field(tmp_path: Path, case: str) -> None:
     errors = errors_of(tmp_path, spec)
     prefix = f"{tmp_path / 'gw.yaml'}: Gateway shop/gw: "
     assert any(e.startswith(prefix + expected) for e in errors), errors
+    assert len(errors) == 1, errors  # one mistake, one error
 
 
 @pytest.mark.parametrize(
