@@ -22,6 +22,7 @@ from integration.routing_helpers import (
     count,
     https_get,
     make_tls_pair,
+    request,
     routing_mesh,
 )
 from meshfed.pilot.translate.traffic import TrafficOptions
@@ -31,6 +32,7 @@ from meshfed.registry.model import Endpoint, Port, Protocol, Service
 GW_IP, SIDECAR_IP = "127.0.157.2", "127.0.157.3"
 WEB_IP, API_IP, SECURE_IP = "127.0.157.11", "127.0.157.12", "127.0.157.13"
 HTTP_PORT, HTTPS_PORT, PASSTHROUGH_PORT = 8080, 8443, 9443
+REDIRECT_PORT, TCP_PORT = 8081, 9000
 WEB = "web.default.svc.cluster.local"
 API = "api.default.svc.cluster.local"
 SECURE = "secure.default.svc.cluster.local"
@@ -46,9 +48,18 @@ spec:
   - port: {{number: {HTTPS_PORT}, name: https, protocol: HTTPS}}
     hosts: [shop.example.com]
     tls: {{mode: SIMPLE, credentialName: shop-cert}}
+  - port: {{number: {HTTPS_PORT}, name: https-mutual, protocol: HTTPS}}
+    hosts: [mtls.example.com]
+    tls: {{mode: MUTUAL, serverCertificate: {{mtls_crt}}, privateKey: {{mtls_key}},
+          caCertificates: {{client_ca}}, minProtocolVersion: TLSV1_2}}
   - port: {{number: {PASSTHROUGH_PORT}, name: tls, protocol: TLS}}
     hosts: [secure.example.com]
     tls: {{mode: PASSTHROUGH}}
+  - port: {{number: {REDIRECT_PORT}, name: http-redirect, protocol: HTTP}}
+    hosts: [shop.example.com]
+    tls: {{httpsRedirect: true}}
+  - port: {{number: {TCP_PORT}, name: tcp, protocol: TCP}}
+    hosts: ["*"]
 """
 
 ROUTES = """apiVersion: networking.istio.io/v1beta1
@@ -79,6 +90,22 @@ spec:
   tls:
   - match: [{sniHosts: [secure.example.com]}]
     route: [{destination: {host: secure, port: {number: 8443}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: raw, namespace: default}
+spec:
+  hosts: [raw.example.com]
+  gateways: [front]
+  tcp: [{route: [{destination: {host: api, port: {number: 80}}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: mtls, namespace: default}
+spec:
+  hosts: [mtls.example.com]
+  gateways: [front]
+  http: [{route: [{destination: {host: api}}]}]
 """
 
 
@@ -100,9 +127,69 @@ async def wait_for_error(mesh: RoutingMesh, text: str, timeout: float = 10.0) ->
     raise AssertionError(f"no error with {text!r}: {mesh.store.errors}")
 
 
+def client_pair(folder: Path) -> tuple[Path, Path, Path]:
+    """A client CA and a client certificate it signed: (ca.crt, client.crt, client.key)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    from integration.peers.certs import issue_leaf, new_ca, write_pem
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ca = new_ca("client test CA")
+    cert, key = issue_leaf(
+        ca, "client", None, ExtendedKeyUsageOID.CLIENT_AUTH, [x509.DNSName("client")]
+    )
+    paths = folder / "ca.crt", folder / "client.crt", folder / "client.key"
+    paths[0].write_bytes(ca[0].public_bytes(serialization.Encoding.PEM))
+    write_pem(paths[1], cert, paths[2], key)
+    return paths
+
+
+async def mutual_get(
+    server_name: str, ca: Path, client: tuple[Path, Path] | None, timeout: float = 5.0
+) -> str:
+    """GET / over TLS with (or without) a client certificate; the last line of the answer."""
+    context = ssl.create_default_context(cafile=str(ca))
+    if client is not None:
+        context.load_cert_chain(client[0], client[1])
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(GW_IP, HTTPS_PORT, ssl=context, server_hostname=server_name),
+        timeout,
+    )
+    try:
+        writer.write(f"GET / HTTP/1.1\r\nHost: {server_name}\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()
+    return data.decode(errors="replace").splitlines()[-1] if data else ""
+
+
+async def raw_http(port: int, host: str, timeout: float = 5.0) -> str:
+    """A plain HTTP/1.1 request over TCP; the last line of the answer."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(GW_IP, port), timeout)
+    try:
+        writer.write(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()
+    return data.decode(errors="replace").splitlines()[-1] if data else ""
+
+
 async def test_gateway_routes_terminates_and_passes_through_tls(tmp_path: Path) -> None:
     certs = tmp_path / "certs"
     ca, crt, _ = make_tls_pair(certs / "shop-cert", ["shop.example.com"], name="shop")
+    mtls_ca, mtls_crt, mtls_key = make_tls_pair(
+        tmp_path / "mtls", ["mtls.example.com"], name="mtls"
+    )
+    client_ca, client_crt, client_key = client_pair(tmp_path / "client")
+    gateway_text = (
+        GATEWAY.replace("{mtls_crt}", str(mtls_crt))
+        .replace("{mtls_key}", str(mtls_key))
+        .replace("{client_ca}", str(client_ca))
+    )
     secure_ca, secure_crt, secure_key = make_tls_pair(
         tmp_path / "secure", ["secure.example.com"], name="secure"
     )
@@ -126,7 +213,7 @@ async def test_gateway_routes_terminates_and_passes_through_tls(tmp_path: Path) 
                 },
             )
             mesh.write("routes", ROUTES)
-            await mesh.apply("front", GATEWAY)
+            await mesh.apply("front", gateway_text)
             pilot = f"127.0.0.1:{mesh.pilot.port}"
             await start_proxy(
                 mesh,
@@ -163,7 +250,25 @@ async def test_gateway_routes_terminates_and_passes_through_tls(tmp_path: Path) 
                 assert secure.sni[-1] == "secure.example.com"
 
                 # An invalid Gateway: a named error, and the last good one stays in force.
-                mesh.write("front", GATEWAY.replace("mode: SIMPLE", "mode: ISTIO_MUTUAL"))
+                # MUTUAL: a client certificate from the trusted CA is required.
+                assert await mutual_get("mtls.example.com", mtls_ca, (client_crt, client_key)) == (
+                    "api"
+                )
+                try:
+                    refused = await mutual_get("mtls.example.com", mtls_ca, None)
+                except (ssl.SSLError, ConnectionError):
+                    refused = ""
+                assert refused == ""
+                # httpsRedirect: a 301 to https.
+                status, _, headers = await request(
+                    session, f"http://{GW_IP}:{REDIRECT_PORT}/a", "shop.example.com"
+                )
+                assert status == 301
+                assert headers["location"] == "https://shop.example.com/a"
+                # TCP: the bytes reach the tcp route's backend, whatever they say.
+                assert await raw_http(TCP_PORT, "anything") == "api"
+
+                mesh.write("front", gateway_text.replace("mode: SIMPLE", "mode: ISTIO_MUTUAL"))
                 errors = await wait_for_error(mesh, "tls.mode")
                 assert any(
                     e.startswith(
