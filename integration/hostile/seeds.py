@@ -325,6 +325,35 @@ SEEDS: dict[str, dict[str, Any]] = {
             ],
         },
     },
+    "IstioGateway": {
+        "apiVersion": "networking.istio.io/v1beta1",
+        "kind": "Gateway",
+        "metadata": {"name": "front", "namespace": "default"},
+        "spec": {
+            "selector": {"istio": "ingressgateway"},
+            "servers": [
+                {
+                    "port": {"number": 8080, "name": "http", "protocol": "HTTP"},
+                    "hosts": ["shop.example.com", "default/*.web.example.com"],
+                    "tls": {"httpsRedirect": True},
+                },
+                {
+                    "port": {"number": 8443, "name": "https", "protocol": "HTTPS"},
+                    "hosts": ["./shop.example.com"],
+                    "tls": {
+                        "mode": "MUTUAL",
+                        "credentialName": "shop-cert",
+                        "minProtocolVersion": "TLSV1_2",
+                    },
+                },
+                {
+                    "port": {"number": 9443, "name": "tls", "protocol": "TLS"},
+                    "hosts": ["*/db.example.com"],
+                    "tls": {"mode": "PASSTHROUGH"},
+                },
+            ],
+        },
+    },
     "Sidecar": {
         "apiVersion": "networking.istio.io/v1",
         "kind": "Sidecar",

@@ -225,7 +225,7 @@ def _tls(r: FieldReader, protocol: ServerProtocol) -> ServerTls:
     versions = []
     for name in ("minProtocolVersion", "maxProtocolVersion"):
         raw = r.data.get(name)
-        if raw is not None and raw not in TLS_VERSIONS:
+        if raw is not None and (not isinstance(raw, str) or raw not in TLS_VERSIONS):
             r.error(name, f"expected one of {', '.join(TLS_VERSIONS)}, got {describe(raw)}")
         versions.append(TLS_VERSIONS.get(raw, "") if isinstance(raw, str) else "")
     if mode in (TlsMode.SIMPLE, TlsMode.MUTUAL):

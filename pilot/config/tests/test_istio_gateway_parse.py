@@ -201,11 +201,13 @@ TLS = st.fixed_dictionaries(
     optional={
         "mode": st.sampled_from(["SIMPLE", "MUTUAL", "PASSTHROUGH", "ISTIO_MUTUAL", "x"]) | JSON,
         "credentialName": st.text(max_size=10) | JSON,
-        "serverCertificate": st.text(max_size=10),
-        "privateKey": st.text(max_size=10),
-        "caCertificates": st.text(max_size=10),
+        "serverCertificate": st.text(max_size=10) | JSON,
+        "privateKey": st.text(max_size=10) | JSON,
+        "caCertificates": st.text(max_size=10) | JSON,
         "httpsRedirect": JSON,
-        "minProtocolVersion": st.sampled_from(["TLSV1_2", "TLS_AUTO", "v9"]),
+        "minProtocolVersion": st.sampled_from(["TLSV1_2", "TLS_AUTO", "v9"]) | JSON,
+        "maxProtocolVersion": JSON,
+        "subjectAltNames": JSON,
     },
 )
 SERVER = st.fixed_dictionaries(
