@@ -325,6 +325,15 @@ SEEDS: dict[str, dict[str, Any]] = {
             ],
         },
     },
+    "Sidecar": {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "Sidecar",
+        "metadata": {"name": "default", "namespace": "default"},
+        "spec": {
+            "workloadSelector": {"labels": {"app": "web"}},
+            "egress": [{"hosts": ["./*", "istio-system/*"]}],
+        },
+    },
     "IstioGateway": {
         "apiVersion": "networking.istio.io/v1beta1",
         "kind": "Gateway",
@@ -352,15 +361,6 @@ SEEDS: dict[str, dict[str, Any]] = {
                     "tls": {"mode": "PASSTHROUGH"},
                 },
             ],
-        },
-    },
-    "Sidecar": {
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "Sidecar",
-        "metadata": {"name": "default", "namespace": "default"},
-        "spec": {
-            "workloadSelector": {"labels": {"app": "web"}},
-            "egress": [{"hosts": ["./*", "istio-system/*"]}],
         },
     },
 }
