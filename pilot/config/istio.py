@@ -260,16 +260,24 @@ def _fault(r: FieldReader) -> Fault:
     return fault
 
 
-def _destination(r: FieldReader | None, namespace: str) -> tuple[ServiceRef | None, str]:
+def _destination(
+    r: FieldReader | None, namespace: str, allow_port: bool = False
+) -> tuple[ServiceRef | None, str, int]:
     if r is None:
-        return None, ""
+        return None, "", 0
     r.unknown_fields({"host", "subset", "port"})
     port = r.reader("port")
-    if port is not None:
-        port.error("", "not supported by meshfed (routes go to the port the request used)")
+    number = 0
+    if port is not None and not allow_port:
+        port.error(
+            "", "not supported by meshfed with `mesh` (routes go to the port the request used)"
+        )
+    elif port is not None:
+        port.unknown_fields({"number"})
+        number = port.port("number", required=True)
     host = _host(r, "host")
     subset = r.checked("subset", v.dns1123_label)
-    return (host_ref(host, namespace) if host else None), subset
+    return (host_ref(host, namespace) if host else None), subset, number
 
 
 def _cors(r: FieldReader) -> Cors:
@@ -335,7 +343,7 @@ HTTP_REFUSED = {"delegate", "directResponse", "mirrorPercent", "mirrorPercentage
 
 
 def _http_route(
-    r: FieldReader, dest: ServiceRef, namespace: str
+    r: FieldReader, dest: ServiceRef, namespace: str, allow_port: bool = False
 ) -> tuple[list[Match], dict[str, object], SubsetRefs]:
     _refuse(r, sorted(HTTP_REFUSED), "not implemented")
     r.unknown_fields(HTTP_FIELDS | HTTP_REFUSED)
@@ -347,14 +355,18 @@ def _http_route(
     for route in route_list:
         route.unknown_fields({"destination", "weight", "headers"})
         _refuse(route, ["headers"], "per-destination header edits are not implemented")
-        target, subset = _destination(route.reader("destination", required=True), namespace)
+        target, subset, port = _destination(
+            route.reader("destination", required=True), namespace, allow_port
+        )
         weight = route.int(
             "weight", default=100 if len(route_list) == 1 else 0, minimum=0, maximum=100
         )
         if target is None:
             continue
         same = host_key(target, namespace) == host_key(dest, namespace)
-        routes.append(WeightedDestination(weight=weight, destination=None if same else target))
+        routes.append(
+            WeightedDestination(weight=weight, destination=None if same else target, port=port)
+        )
         subsets.append(subset)
     if not route_list and "redirect" not in r.data:
         r.error("route", "expected route or redirect")
@@ -396,7 +408,7 @@ def _http_route(
     mirror_subset = ""
     mirror = r.reader("mirror")
     if mirror is not None:
-        fields["mirror"], mirror_subset = _destination(mirror, namespace)
+        fields["mirror"], mirror_subset, _ = _destination(mirror, namespace)
     cors = r.reader("corsPolicy")
     if cors is not None:
         fields["cors"] = _cors(cors)
@@ -522,7 +534,7 @@ def parse_virtual_service(doc: Document) -> tuple[VirtualService | None, list[Co
     for http in https:
         # The first host is the routing target the routes are relative to.
         dest = host_ref(hosts[0], doc.namespace) if hosts else ServiceRef(name="invalid")
-        converted.append(_http_route(http, dest, doc.namespace))
+        converted.append(_http_route(http, dest, doc.namespace, allow_port=not on_mesh))
     l4: list[L4Route] = []
     if not on_mesh:
         l4 = _l4_routes(r, "tls", doc, bound) + _l4_routes(r, "tcp", doc, bound)

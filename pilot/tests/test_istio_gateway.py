@@ -241,3 +241,95 @@ spec:
         "VirtualService default/lost.http[0] is bound to Gateway default/nowhere, "
         "which does not exist" in snap.notes
     )
+
+
+BOOKINFO_GATEWAY = """
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: bookinfo-gateway
+spec:
+  # The selector matches the ingress gateway pod labels.
+  selector:
+    istio: ingressgateway # use istio default controller
+  servers:
+  - port:
+      number: 8080
+      name: http
+      protocol: HTTP
+    hosts:
+    - "*"
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: bookinfo
+spec:
+  hosts:
+  - "*"
+  gateways:
+  - bookinfo-gateway
+  http:
+  - match:
+    - uri:
+        exact: /productpage
+    - uri:
+        prefix: /static
+    - uri:
+        exact: /login
+    - uri:
+        exact: /logout
+    - uri:
+        prefix: /api/v1/products
+    route:
+    - destination:
+        host: productpage
+        port:
+          number: 9080
+"""
+PRODUCTPAGE = Service(
+    "productpage.default.svc.cluster.local",
+    ports=(Port(9080, "http", Protocol.HTTP), Port(9090, "http-admin", Protocol.HTTP)),
+)
+
+
+def test_istios_bookinfo_gateway_sample_as_written(tmp_path: Path) -> None:
+    snap = snapshot(tmp_path, BOOKINFO_GATEWAY)
+    assert snap.route_rules == ()  # nothing for sidecars
+    index = TrafficIndex.build(snap, [PRODUCTPAGE])
+    _, tables, problems = gateway.gateway_resources(NODE, index)
+    assert problems == []
+    (vhost,) = {t.name: t for t in tables}["gateway|8080"].virtual_hosts
+    assert list(vhost.domains) == ["*"]
+    matches = [(r.match.path or r.match.prefix) for r in vhost.routes]
+    assert matches == ["/productpage", "/static", "/login", "/logout", "/api/v1/products"]
+    cluster = f"outbound|9080||{PRODUCTPAGE.hostname}"
+    assert {r.route.cluster for r in vhost.routes} == {cluster}
+
+
+def test_a_virtual_service_on_mesh_and_a_gateway_configures_both(tmp_path: Path) -> None:
+    text = CONFIG.replace(
+        "  hosts: [web.example.com, mtls.example.com]\n  gateways: [front]",
+        "  hosts: [web]\n  gateways: [mesh, front]",
+    )
+    snap = snapshot(tmp_path, text)
+    assert [r.ref for r in snap.route_rules] == [
+        "VirtualService default/web.http[0]",
+        "VirtualService default/web.http[1]",
+    ]
+    assert any(g.host == WEB.hostname for g in snap.gateway_routes)
+
+
+def test_a_destination_port_is_refused_with_mesh(tmp_path: Path) -> None:
+    path = tmp_path / "vs.yaml"
+    path.write_text(
+        BOOKINFO_GATEWAY.split("---")[1]
+        .replace("- bookinfo-gateway", "- mesh")
+        .replace('- "*"\n  gateways', "- productpage\n  gateways")
+    )
+    objects, errors = parse_config_file(path)
+    assert objects is None
+    assert any(
+        "spec.http[0].route[0].destination.port: not supported by meshfed with `mesh`" in str(e)
+        for e in errors
+    ), errors

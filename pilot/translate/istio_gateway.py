@@ -106,19 +106,22 @@ def _domains_for(
 
 def _route(bound: GatewayRoute, index: TrafficIndex, problems: list[str]) -> rc.Route | None:
     rule = bound.rule
-    service = None
+    service, wanted = None, 0
     for dest in rule.route:
         assert dest.destination is not None
         host = index.host_of(dest.destination, rule.namespace)
         if host is not None and host in index.services:
-            service = index.services[host]
+            service, wanted = index.services[host], dest.port
             break
     if service is None and rule.redirect is None:
         problems.append(f"{rule.ref}: no destination resolves to a service; route left out")
         return None
-    port = routes.default_http_port(service) if service is not None else None
-    if service is not None and port is None:
-        problems.append(f"{rule.ref}: {service.hostname} has no HTTP port; route left out")
+    port = None
+    if service is not None:
+        port = service.port_by_number(wanted) if wanted else routes.default_http_port(service)
+    if service is not None and (port is None or not port.protocol.is_http):
+        what = f"port {wanted}" if wanted else "an HTTP port"
+        problems.append(f"{rule.ref}: {service.hostname} has no {what}; route left out")
         return None
     if service is None or port is None:  # a redirect needs no backend
         return rules.redirect_route(rule)

@@ -271,7 +271,8 @@ def _destinations(
             continue
         if dest.destination is not None:
             host = index.host_of(dest.destination, rule.namespace)
-            cluster = index.cluster_for(host, port, dest.labels) if host else None
+            prefer = dest.port or None
+            cluster = index.cluster_for(host, port, dest.labels, prefer) if host else None
         else:
             subset = subset_name(dest.labels)
             cluster = names.outbound_cluster(service.hostname, port.number, subset)
