@@ -333,3 +333,12 @@ def test_a_destination_port_is_refused_with_mesh(tmp_path: Path) -> None:
         "spec.http[0].route[0].destination.port: not supported by meshfed with `mesh`" in str(e)
         for e in errors
     ), errors
+
+
+def test_a_server_on_the_admin_port_is_a_problem_not_a_listener(tmp_path: Path) -> None:
+    snap = snapshot(tmp_path, CONFIG.replace("number: 8081", "number: 15000"))
+    listeners, _, problems = resources(snap)
+    assert "15000" not in listeners
+    assert any(
+        "port 15000 (Gateway default/front) is the gateway's admin port" in p for p in problems
+    )

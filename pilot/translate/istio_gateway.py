@@ -277,6 +277,11 @@ def plans(
     out: dict[int, PortPlan] = {}
     certs_dir = index.options.gateway_certs_dir
     for port, servers in sorted(by_port.items()):
+        if port == node.admin_port:
+            # Envoy's admin already listens there: binding it would fail the whole update.
+            refs = ", ".join(sorted({g.ref for g, _ in servers}))
+            problems.append(f"port {port} ({refs}) is the gateway's admin port; not served")
+            continue
         kinds = {_kind(s) for _, s in servers}
         kind = sorted(kinds)[0]
         if len(kinds) > 1:
