@@ -342,3 +342,20 @@ def test_a_server_on_the_admin_port_is_a_problem_not_a_listener(tmp_path: Path) 
     assert any(
         "port 15000 (Gateway default/front) is the gateway's admin port" in p for p in problems
     )
+
+
+def test_analyze_reports_unbound_gateways_and_routes_to_no_service(tmp_path: Path) -> None:
+    from meshfed.pilot.analysis import Catalog, analyze
+
+    lonely = CONFIG.split("---")[0].replace("name: front", "name: lonely")
+    snap = snapshot(tmp_path, CONFIG + "---" + lonely)
+    catalog = Catalog({s.hostname: s for s in (WEB, SECURE)})  # no api
+    found = {(f.code, f.object, f.message) for f in analyze(snap, catalog)}
+    assert (
+        "MF0105",
+        "Gateway default/lonely",
+        "no VirtualService is bound to the gateway: it serves only 404s",
+    ) in found
+    assert ("MF0106", "VirtualService default/web.web.example.com.http[0]",
+            "gateway route to api.shop names no service") in found  # fmt: skip
+    assert not any(code == "MF0105" and obj == "Gateway default/front" for code, obj, _ in found)
