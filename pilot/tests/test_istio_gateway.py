@@ -359,3 +359,24 @@ def test_analyze_reports_unbound_gateways_and_routes_to_no_service(tmp_path: Pat
     assert ("MF0106", "VirtualService default/web.web.example.com.http[0]",
             "gateway route to api.shop names no service") in found  # fmt: skip
     assert not any(code == "MF0105" and obj == "Gateway default/front" for code, obj, _ in found)
+
+
+def test_ingress_tls_shares_the_https_port_with_a_gateway_that_wins_its_hosts(
+    tmp_path: Path,
+) -> None:
+    ingress = INGRESS.replace(
+        "spec:\n",
+        "spec:\n  tls: [{hosts: [web.example.com, legacy.example.com], secretName: old}]\n",
+    )
+    node = ProxyNode(id=NODE.id, ip=NODE.ip, outbound_http_port=7080)  # its TLS port: 7443
+    text = CONFIG.replace("{number: 8443, name: https", "{number: 7443, name: https")
+    snap = snapshot(tmp_path, text + "---" + ingress)
+    listeners, _, problems = resources(snap, node)
+    chains = {
+        tuple(c.filter_chain_match.server_names): c.name for c in listeners["7443"].filter_chains
+    }
+    # legacy.example.com stays the Ingress's; web.example.com is the Gateway's SIMPLE server.
+    assert chains[("legacy.example.com",)] == "tls|/certs/old"
+    assert chains[("web.example.com",)].startswith("tls|gateway|7443|default/front|")
+    assert ("mtls.example.com",) in chains
+    assert not any("SNI" in p for p in problems), problems
