@@ -120,7 +120,7 @@ async def throughput(folder: Path, entries: int, max_entries: int) -> dict[str, 
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{mixer.port}")
     stub = MixerStub(channel)
 
-    async def send(request: report_pb2.ReportRequest) -> None:
+    async def send(request: report_pb2.ReportRequest, bags: object = ()) -> None:
         await stub.Report(request, timeout=5)
 
     batcher = ReportBatcher(send, max_entries=max_entries, max_delay=0.05)
@@ -156,7 +156,7 @@ async def restart(folder: Path, entries: int = 10_000, rate: float = 2000.0) -> 
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     stub = MixerStub(channel)
 
-    async def send(request: report_pb2.ReportRequest) -> None:
+    async def send(request: report_pb2.ReportRequest, bags: object = ()) -> None:
         await stub.Report(request, timeout=2)
 
     batcher = ReportBatcher(send, max_delay=0.2, retry_min=0.05, retry_max=0.5)

@@ -404,55 +404,104 @@ class HubProcess:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class MixerHubProcess:
+    """``meshfed up`` serving only Mixer (``policy`` its config folder) on ``host:port`` and
+    its monitoring on ``host:monitoring``: started, killed and started again on the same
+    addresses, as an operator's supervisor restarts a hub."""
+
+    def __init__(self, folder: Path, host: str, policy: Path, registry: Path | None = None) -> None:
+        from integration.routing_helpers import free_port
+
+        self.folder, self.host = folder, host
+        self.port, self.monitoring_port = free_port(), free_port()
+        folder.mkdir(parents=True, exist_ok=True)
+        self.config = folder / "mesh.yaml"
+        self.config.write_text(
+            "apiVersion: meshfed.io/v1alpha1\nkind: MeshConfig\nmetadata: {name: m}\nspec:\n"
+            f"  listen: {{monitoring: '{host}:{self.monitoring_port}', discovery: '{host}:0'}}\n"
+            f"  mixer: {{enabled: true, listen: '{host}:{self.port}', configPaths: ['{policy}'],"
+            " kubernetes: false}\n"
+            # a registry: Mixer learns source.service and its labels from the source's address
+            + (f"  registries:\n  - {{name: files, kind: static, paths: ['{registry}']}}\n"
+               if registry is not None else "")
+        )  # fmt: skip
+        self.proc: asyncio.subprocess.Process | None = None
+        self.runs = 0
+        self.log_path = folder / "hub-0.log"
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def info(self) -> HubProcess:
+        assert self.proc is not None
+        return HubProcess(self.address, f"{self.host}:{self.monitoring_port}", self.proc.pid)
+
+    async def start(self) -> None:
+        """A new process (its own log file), returning once Mixer's gRPC health is SERVING."""
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        self.log_path = self.folder / f"hub-{self.runs}.log"
+        self.runs += 1
+        with self.log_path.open("wb") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "meshfed.cli", "up", "--config", str(self.config),
+                cwd=ROOT, stdout=log, stderr=asyncio.subprocess.STDOUT,
+                env={**os.environ, "MESHFED_WORKLOAD_STATE": ""}, start_new_session=True,
+            )  # fmt: skip
+        proc = self.proc
+        async with grpc.aio.insecure_channel(self.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            request = health_pb2.HealthCheckRequest(service="istio.mixer.v1.Mixer")
+            deadline = time.monotonic() + 30
+            while True:
+                assert proc.returncode is None, self.log_path.read_text()
+                assert time.monotonic() < deadline, "the hub did not serve Mixer in 30 s"
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    reply = await health.Check(request, timeout=2)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                await asyncio.sleep(0.2)
+
+    async def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Send ``sig`` and wait for the process to end; its exit code (after SIGTERM it must
+        be 0 and its log free of tracebacks)."""
+        assert self.proc is not None and self.proc.returncode is None
+        self.proc.send_signal(sig)
+        code = await asyncio.wait_for(self.proc.wait(), 15)
+        if sig == signal.SIGTERM:
+            text = self.log_path.read_text()
+            assert code == 0, text
+            assert "Traceback" not in text, text
+        return code
+
+    async def close(self) -> None:
+        """Kill what is still running (a failed test's cleanup)."""
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            await self.proc.wait()
+
+    async def metrics(self) -> str:
+        url = f"http://{self.host}:{self.monitoring_port}/metrics"
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            return await response.text()
+
+
 @contextlib.asynccontextmanager
 async def mixer_hub_process(folder: Path, host: str, policy: Path) -> AsyncIterator[HubProcess]:
     """Another hub, as ``meshfed up`` runs it, serving only Mixer (``policy`` its config
     folder) on ``host``; yields it once Mixer's gRPC health says SERVING, and checks on exit
     that it stopped cleanly on SIGTERM."""
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    from integration.routing_helpers import free_port
-
-    port, monitoring = free_port(), free_port()
-    folder.mkdir(parents=True, exist_ok=True)
-    config = folder / "mesh.yaml"
-    config.write_text(
-        "apiVersion: meshfed.io/v1alpha1\nkind: MeshConfig\nmetadata: {name: m}\nspec:\n"
-        f"  listen: {{monitoring: '{host}:{monitoring}', discovery: '{host}:0'}}\n"
-        f"  mixer: {{enabled: true, listen: '{host}:{port}', configPaths: ['{policy}'],"
-        " kubernetes: false}\n"
-    )
-    log_path = folder / "hub.log"
-    with log_path.open("wb") as log:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "meshfed.cli", "up", "--config", str(config), cwd=ROOT,
-            stdout=log, stderr=asyncio.subprocess.STDOUT,
-            env={**os.environ, "MESHFED_WORKLOAD_STATE": ""}, start_new_session=True,
-        )  # fmt: skip
-    channel = grpc.aio.insecure_channel(f"{host}:{port}")
+    hub = MixerHubProcess(folder, host, policy)
     try:
-        health = health_pb2_grpc.HealthStub(channel)
-        request = health_pb2.HealthCheckRequest(service="istio.mixer.v1.Mixer")
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.returncode is None, log_path.read_text()
-            assert time.monotonic() < deadline, "the second hub did not serve Mixer in 30 s"
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                reply = await health.Check(request, timeout=2)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    break
-            await asyncio.sleep(0.2)
-        yield HubProcess(f"{host}:{port}", f"{host}:{monitoring}", proc.pid)
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 15) == 0, log_path.read_text()
-        assert "Traceback" not in log_path.read_text(), log_path.read_text()
+        await hub.start()
+        yield hub.info
+        await hub.stop(signal.SIGTERM)
     finally:
-        await channel.close()
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+        await hub.close()
 
 
 # -- policies the data-path tests share (Istio 0.2's config kinds, as its users write them) --

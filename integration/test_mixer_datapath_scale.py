@@ -1,10 +1,11 @@
 """Mixer in the data path at full size, through real Envoy and the real hub: every figure
 the feature promises, counted on real traffic (each load bounded in count and time).
 
-- Telemetry: 1,000 requests give ``request_count`` = 1,000 in the ``prometheus`` handler
-  (source, destination, code) and 1,000 ``stdio`` JSON lines, though the hub's Mixer is
-  stopped after 400 of them and restarted after 700: the queued batch is retried, nothing is
-  lost and nothing counted twice.
+- Telemetry: 1,000 requests give 1,000 ``stdio`` JSON lines, one per request and none twice,
+  though the hub (a ``meshfed up`` process) is stopped with SIGTERM while its Reports are in
+  flight, started again on the same address, killed with SIGKILL and started again: the
+  client holds and retries the batches; each new process's ``prometheus`` ``request_count``
+  (source, destination, code) equals the entries it received.
 - Check cache: 5,000 bookinfo-shaped requests (two destinations, three users, many paths, a
   new request id each) are answered from the sidecars' caches at least 90 % of the time; a
   rule change makes the stale answers unused within their validity.
@@ -20,6 +21,7 @@ Hosts: 127.0.135.x.
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from pathlib import Path
 
@@ -28,6 +30,7 @@ import pytest
 
 from integration.mixer_datapath_helpers import (
     MEMQUOTA_API,
+    MixerHubProcess,
     call,
     datapath_mesh,
     eventually,
@@ -46,7 +49,7 @@ pytestmark = pytest.mark.timeout(240)
 CLIENT_IP, API_IP, API_B_IP = "127.0.135.2", "127.0.135.11", "127.0.135.12"
 REVIEWS_IP, RATINGS_IP = "127.0.135.21", "127.0.135.22"
 FRONT_IP, BACK_IP, WEB_IP = "127.0.135.31", "127.0.135.32", "127.0.135.33"
-HUB2_IP = "127.0.135.50"
+HUB_IP, HUB2_IP = "127.0.135.49", "127.0.135.50"
 CLIENT = "client.default.svc.cluster.local"
 API = "api.default.svc.cluster.local"
 REVIEWS = "reviews.default.svc.cluster.local"
@@ -107,60 +110,88 @@ spec:
 """
 
 
-async def test_thousand_requests_counted_and_logged_across_a_mixer_restart(
+async def test_thousand_requests_logged_once_across_hub_processes_killed_and_restarted(
     tmp_path: Path,
 ) -> None:
-    from integration.routing_helpers import free_port
-
-    log = tmp_path / "access.jsonl"
-    listen = f"127.0.0.1:{free_port()}"
+    """The hub is a real ``meshfed up`` process on one address, run three times: the first
+    gets SIGTERM while traffic and its Reports are in flight, the second SIGKILL, the third
+    takes the rest. Each outage's Reports wait in the sidecar's client and are retried."""
+    log = tmp_path / "access.jsonl"  # every hub process appends to the same file
+    policy = tmp_path / "hub-policy"
+    policy.mkdir()
+    (policy / "mixer.yaml").write_text(TELEMETRY.format(log=log))
     services = workload("client", CLIENT, CLIENT_IP, 9080) + workload("api", API, API_IP, 9080)
-    async with datapath_mesh(
-        tmp_path, services, TELEMETRY.format(log=log), mixer_listen=listen
-    ) as mesh:
-        await mesh.backend("api", API_IP, 8080)
-        await mesh.proxy(API_IP, "api", "9080:8080")
-        await mesh.proxy(CLIENT_IP, "client", mixer_client=False)
-        (api_client,) = mesh.clients
+    registry = tmp_path / "hub-registry"
+    registry.mkdir()
+    (registry / "services.yaml").write_text(services)
+    hub = MixerHubProcess(tmp_path / "hub", HUB_IP, policy, registry)
+    # the in-process hub serves Pilot only here: its own Mixer has no rule
+    async with datapath_mesh(tmp_path / "pilot", services, "") as mesh:
+        try:
+            await hub.start()
+            await mesh.backend("api", API_IP, 8080)
+            await mesh.proxy(API_IP, "api", "9080:8080", mixer_address=hub.address)
+            await mesh.proxy(CLIENT_IP, "client", mixer_client=False)
+            (api_client,) = mesh.clients
+            batcher = api_client.batcher
 
-        def path(i: int) -> str:
-            return f"/item/{i}"
+            def path(i: int) -> str:
+                return f"/item/{i}"  # each request's unique id, as the stdio line shows it
 
-        async def counted(n: int) -> bool:
-            return request_count(await mesh.metrics(), CLIENT, API, 200) == n
+            async def requests(first: int, count: int) -> None:
+                codes = await load(SIDECAR, API, count, path=lambda i: path(first + i))
+                assert codes == [200] * count  # cached answers, else the fail policy (open)
 
-        async def logged(n: int) -> bool:
-            return len(stdio_lines(log)) == n
+            async def logged(n: int) -> bool:
+                return len(stdio_lines(log)) == n
 
-        codes = await load(SIDECAR, API, 400, path=path)
-        assert codes == [200] * 400
-        await eventually(lambda: counted(400), 20, "400 requests counted")
-        await eventually(lambda: logged(400), 10, "400 lines logged")
+            async def this_hub_counted(n: int) -> bool:
+                return request_count(await hub.metrics(), CLIENT, API, 200) == n
 
-        await mesh.mixer.stop()  # Report cannot reach the hub: the client holds the bags
-        codes = await load(SIDECAR, API, 300, path=lambda i: path(400 + i))
-        assert codes == [200] * 300  # cached answers, else the fail policy (open)
+            # 1. SIGTERM while requests 300..400 are answered and their Reports sent: what
+            # the hub took it finishes (its stdio lines are written before it exits), what
+            # it refused stays queued in the client
+            await requests(0, 300)
+            traffic = asyncio.create_task(requests(300, 100))
 
-        async def queued() -> bool:
-            return api_client.batcher.pending == 300
+            async def reported(n: int) -> bool:
+                return batcher.stats.added >= n
 
-        await eventually(queued, 10, "300 bags queued while Mixer is away")
-        assert api_client.batcher.stats.send_failures >= 1  # a batch was tried and failed
+            await eventually(lambda: reported(350), 20, "350 bags given to the client")
+            assert await hub.stop(signal.SIGTERM) == 0
+            await traffic
+            await requests(400, 150)  # the hub is away
+            before = len(stdio_lines(log))
+            assert before < 550
 
-        await mesh.restart_mixer()  # the same address: the queued batch is retried
-        codes = await load(SIDECAR, API, 300, path=lambda i: path(700 + i))
-        assert codes == [200] * 300
-        # the restarted Mixer's prometheus handler counts from 0: the queued 300 and 300 more
-        await eventually(lambda: counted(600), 30, "the queued and the new reports counted")
-        await eventually(lambda: logged(1000), 10, "1,000 lines logged")
-        await asyncio.sleep(1.0)  # nothing more arrives: no report was sent twice
-        assert await counted(600) and await logged(1000)
+            # 2. a new process on the same address: the queued bags arrive, once
+            await hub.start()
+            await requests(550, 150)
+            await eventually(lambda: logged(700), 30, "700 lines once the hub is back")
+            await eventually(lambda: this_hub_counted(700 - before), 10, "its request_count")
+
+            # 3. SIGKILL (every Report so far delivered and written), 150 requests away,
+            # a third process
+            assert await hub.stop(signal.SIGKILL) == -signal.SIGKILL
+            await requests(700, 150)
+            await hub.start()
+            await requests(850, 150)
+            await eventually(lambda: logged(1000), 30, "1,000 lines")
+            await eventually(lambda: this_hub_counted(300), 10, "the third hub's count")
+            await asyncio.sleep(1.0)  # nothing more arrives: no report was sent twice
+            assert await logged(1000) and await this_hub_counted(300)
+        finally:
+            await hub.close()
         lines = stdio_lines(log)
-        assert sorted(line["url"] for line in lines) == sorted(path(i) for i in range(1000))
+        urls = [line["url"] for line in lines]
+        assert len(urls) == len(set(urls)) == 1000, "a report lost or logged twice"
+        assert set(urls) == {path(i) for i in range(1000)}
         assert {(line["responseCode"], line["method"]) for line in lines} == {(200, "GET")}
         assert {(line["source"], line["destination"]) for line in lines} == {(CLIENT, API)}
         assert {line["instance"] for line in lines} == {"accesslog.logentry.istio-system"}
-        assert api_client.batcher.stats.dropped == 0 and api_client.batcher.pending == 0
+        assert batcher.stats.send_failures >= 2  # both outages were felt and waited out
+        assert batcher.stats.dropped == 0 and batcher.pending == 0
+        assert batcher.stats.sent == 1000
 
 
 BOOKINFO_POLICY = """

@@ -65,6 +65,19 @@ def _served_serials(envoy: EnvoyProxy) -> set[int]:
     return serials
 
 
+def _failure_stats(envoy: EnvoyProxy) -> dict[str, int]:
+    """The non-zero TLS, connect-failure and reset counters: what a failed request left behind."""
+    status, body = get(f"{envoy.admin_url}/stats?format=json", timeout=5)
+    if status != 200:
+        return {}
+    wanted = ("ssl.", "cx_connect_fail", "rq_5xx", "reset", "cx_destroy_with_active_rq")
+    return {
+        s["name"]: s["value"]
+        for s in json.loads(body).get("stats", [])
+        if "value" in s and s["value"] and any(w in s["name"] for w in wanted)
+    }
+
+
 def _add_tcp(
     boot: dict[str, Any], name: str, at: tuple[str, int], to: tuple[str, int], tls: Any = None
 ) -> None:
@@ -137,12 +150,13 @@ def test_rotation_under_traffic_without_failures_or_restarts(tmp_path: Path) -> 
                 while not stop.is_set():
                     try:
                         status, body = get(url, timeout=5)
-                        xfcc = json.loads(body).get("x-forwarded-client-cert", "")
-                        results.append((status, xfcc))
                         if status != 200:
-                            failures.append(f"{status}: {body[:200]!r}")
+                            failures.append(f"{time.monotonic():.2f} {status}: {body[:300]!r}")
+                        else:
+                            xfcc = json.loads(body).get("x-forwarded-client-cert", "")
+                            results.append((status, xfcc))
                     except Exception as exc:  # any error is a failed request
-                        failures.append(repr(exc))
+                        failures.append(f"{time.monotonic():.2f} {exc!r}")
                     time.sleep(REQUEST_INTERVAL)
 
             conn = socket.create_connection((client_host, c_tcp), timeout=5)
@@ -175,15 +189,26 @@ def test_rotation_under_traffic_without_failures_or_restarts(tmp_path: Path) -> 
             pinger.start()
             try:
                 deadline = time.monotonic() + RUN_SECONDS
+                # When each side's new certificate appeared, to set against failures' times.
+                seen: list[str] = []
+                counts = (len(server_agent.serials), len(client_agent.serials))
                 while time.monotonic() < deadline and not failures:
-                    time.sleep(0.5)
+                    time.sleep(0.1)
+                    now = (len(server_agent.serials), len(client_agent.serials))
+                    if now != counts:
+                        seen.append(f"{time.monotonic():.2f} server={now[0]} client={now[1]}")
+                        counts = now
             finally:
                 stop.set()
                 worker.join(15)
                 pinger.join(15)
                 conn.close()
 
-            assert not failures, f"{len(failures)} failed of {len(results)}: {failures[:5]}"
+            assert not failures, (
+                f"{len(failures)} failed of {len(results)}: {failures[:5]}; "
+                f"new serials seen at {seen}; "
+                f"server {_failure_stats(server)}; client {_failure_stats(client)}"
+            )
             assert len(results) > RUN_SECONDS * 10  # the load really ran throughout
             # One TCP connection kept working through every rotation, and past the expiry of
             # the certificates its handshake used (the run is longer than their lifetime).

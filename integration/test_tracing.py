@@ -135,6 +135,37 @@ async def test_one_trace_holds_both_sidecars_and_mixers_check(
 
         await eventually(reported, 30, "Mixer's Report span in the request's trace")
 
+        # web's client sent that report in a batch: a MixerClient.Report span at the root of
+        # its own trace, linked to this request's trace (Jaeger: a FOLLOWS_FROM reference),
+        # and Mixer's Report span in the request's trace links back to the batch
+        batch: dict[str, Any] = {}
+
+        async def batched() -> bool:
+            for got in await traces(jaeger_server, "mixer-client"):
+                for span in got["spans"]:
+                    refs = span.get("references", [])
+                    if span["operationName"] == "MixerClient.Report" and any(
+                        r["traceID"] == trace_id for r in refs
+                    ):
+                        batch["span"] = span
+                        return True
+            return False
+
+        await eventually(batched, 30, "the client's Report batch span linked to the request")
+        span = batch["span"]
+        assert not parent_of(span) and span["traceID"] != trace_id
+        (link,) = [r for r in span["references"] if r["traceID"] == trace_id]
+        assert link["refType"] == "FOLLOWS_FROM"
+        batch_tags = {t["key"]: t["value"] for t in span["tags"]}
+        assert batch_tags["mixer.report.entries"] >= batch_tags["mixer.report.traced"] >= 1
+        assert batch_tags["span.kind"] == "client"
+        got = await asyncio.to_thread(jaeger_server.trace, trace_id)
+        assert got is not None
+        (mixer_report,) = [s for s in got["spans"] if s["operationName"] == "Mixer.Report"]
+        assert {(r["traceID"], r["spanID"], r["refType"]) for r in mixer_report["references"]} >= {
+            (span["traceID"], span["spanID"], "FOLLOWS_FROM")
+        }, mixer_report["references"]
+
         # the same request again: web's client answers from its cache, so the trace has the
         # client's span (a hit) and no Mixer.Check
         again = uuid.uuid4().hex
@@ -240,3 +271,74 @@ def test_the_sdk_provider_exports_to_jaeger_over_otlp_grpc(jaeger_server: Jaeger
     assert span["operationName"] == "joined"
     assert got["processes"][span["processID"]]["serviceName"] == "sdk-smoke"
     assert [t["traceID"] for t in jaeger_server.traces("sdk-smoke")] == [trace_id]
+
+
+async def test_b3_headers_keep_one_trace_through_envoys_zipkin_tracer(
+    tmp_path: Path, jaeger_server: JaegerServer
+) -> None:
+    """Istio 0.2's way: Envoy's Zipkin tracer (to Jaeger's Zipkin receiver) and an app that
+    forwards ``x-b3-*``; the node-local client and Mixer read B3 and join the same trace."""
+    tracing = TracingSettings(
+        enabled=True,
+        collector=jaeger_server.otlp_grpc,
+        sampling=100.0,
+        zipkin=jaeger_server.zipkin,
+    )
+    async with datapath_mesh(tmp_path, SERVICES, ALLOW, tracing=tracing) as mesh:
+        await start(mesh)
+        sidecar = f"http://{CLIENT_IP}:15001"
+        multi_id, single_id = uuid.uuid4().hex, uuid.uuid4().hex
+        app_span = "00f067aa0ba902b7"  # the calling app's span, as it forwards it
+        multi = {"x-b3-traceid": multi_id, "x-b3-spanid": app_span, "x-b3-sampled": "1"}
+        assert await call(sidecar, WEB, "/b3-multi", multi) == (200, "web")
+        single = {"b3": f"{single_id}-{app_span}-1"}
+        assert await call(sidecar, WEB, "/b3-single", single) == (200, "web")
+
+        # the first Check misses web's client cache and reaches Mixer; the second is a hit
+        for trace_id, path, cache in (
+            (multi_id, "/b3-multi", "miss"),
+            (single_id, "/b3-single", "hit"),
+        ):
+            wanted = {"MixerClient.Check", "Mixer.Report"} | (
+                {"Mixer.Check"} if cache == "miss" else set()
+            )
+            found: dict[str, Any] = {}
+
+            async def complete(
+                trace_id: str = trace_id, found: dict[str, Any] = found, wanted: set[str] = wanted
+            ) -> bool:
+                got = await asyncio.to_thread(jaeger_server.trace, trace_id)
+                found["trace"] = got
+                names = {s["operationName"] for s in got["spans"]} if got else set()
+                return wanted <= names and (
+                    len(set(services_of(got).values()) - {"mixer", "mixer-client"}) >= 2
+                )
+
+            try:
+                await eventually(complete, 30, f"the {path} trace with Envoy's and Mixer's spans")
+            except AssertionError:
+                got = found.get("trace")
+                spans = (
+                    []
+                    if not got
+                    else [(s["operationName"], services_of(got)[s["spanID"]]) for s in got["spans"]]
+                )
+                raise AssertionError(f"{path}: {spans}") from None
+            trace = found["trace"]
+            service = services_of(trace)
+            envoy_spans = [
+                s for s in trace["spans"] if service[s["spanID"]] not in ("mixer", "mixer-client")
+            ]
+            # the sidecars' spans (Zipkin), the client's outbound one the child of the app's
+            urls = [t["value"] for s in envoy_spans for t in s["tags"] if t["key"] == "http.url"]
+            assert any(path in str(u) for u in urls), urls
+            assert any(parent_of(s) == app_span for s in envoy_spans), [
+                (s["operationName"], parent_of(s)) for s in envoy_spans
+            ]
+            assert len({service[s["spanID"]] for s in envoy_spans}) >= 2  # both sidecars
+            (local,) = [s for s in trace["spans"] if s["operationName"] == "MixerClient.Check"]
+            assert {"key": "mixer.cache", "type": "string", "value": cache} in local["tags"]
+            checks = [s for s in trace["spans"] if s["operationName"] == "Mixer.Check"]
+            assert [parent_of(c) for c in checks] == ([local["spanID"]] if cache == "miss" else [])
+            # the client's span hangs below an Envoy span (the ext_authz call's B3 context)
+            assert service.get(parent_of(local)) not in (None, "mixer", "mixer-client")

@@ -95,14 +95,15 @@ def _add_proxy_args(p: argparse.ArgumentParser) -> None:
         default="",
         metavar="HOST:PORT",
         help="run the node-local Mixer client beside Envoy, calling the hub's Mixer there: "
-        "Pilot then adds policy checks and telemetry (spec.mixer.dataPath) to this proxy "
-        "(meshfed proxy: default spec.mixer.listen when the mesh config enables Mixer's "
-        "data path)",
+        "Pilot then adds policy checks and telemetry (spec.mixer.dataPath) and CUSTOM "
+        "AuthorizationPolicy checks to this proxy (meshfed proxy: default spec.mixer.listen "
+        "when the mesh config enables Mixer)",
     )
     p.add_argument(
         "--no-mixer",
         action="store_true",
-        help="no Mixer client, even when the mesh config enables Mixer's data path",
+        help="no Mixer client, even when the mesh config enables Mixer (CUSTOM "
+        "AuthorizationPolicies then refuse the requests they match)",
     )
     p.add_argument(
         "--mixer-socket",
@@ -141,13 +142,14 @@ def _collector(value: str) -> str:
 def mixer_address(args: argparse.Namespace, mesh: Any) -> str:
     """The hub Mixer the proxy's client calls ("" for none): ``--mixer``, else (for
     ``meshfed proxy``, which runs the client) the mesh config's ``spec.mixer.listen`` when it
-    enables Mixer and its data path; a wildcard host there means this host's loopback."""
+    enables Mixer (with the data path off, CUSTOM AuthorizationPolicies still check through
+    the client); a wildcard host there means this host's loopback."""
     if args.no_mixer:
         return ""
     if args.mixer or not getattr(args, "mixer_from_config", False):
         return str(args.mixer)
     settings = mesh.mixer  # None: the mesh config has no spec.mixer
-    if settings is None or not (settings.enabled and settings.data_path.enabled):
+    if settings is None or not settings.enabled:
         return ""
     host, _, port = settings.listen.rpartition(":")
     if port in ("", "0"):

@@ -12,7 +12,8 @@ how long the hub waits for a registry's first sync before it serves what the oth
 listing the late one as degraded until it arrives.
 
 ``tracing`` (``enabled``, ``collector``: an OTLP/gRPC ``host:port``, ``sampling``: percent) turns
-on Envoy's OpenTelemetry tracer in every sidecar and gateway, and Mixer's Check/Report spans.
+on Envoy's OpenTelemetry tracer in every sidecar and gateway, and Mixer's Check/Report spans;
+``zipkin`` (a ``host:port``) makes Envoy trace with its Zipkin tracer and B3 headers instead.
 """
 
 from __future__ import annotations
@@ -110,8 +111,15 @@ def load_mesh_config(path: Path | str | None) -> MeshConfig:
             "injection",
             "initialSyncTimeout",
             "tracing",
+            "extensionProviders",
         }
     )
+    if "extensionProviders" in reader.data:
+        reader.error(
+            "extensionProviders",
+            "not supported by meshfed (CUSTOM AuthorizationPolicies name the built-in "
+            "provider 'mixer': Mixer, through each proxy's node-local client); remove it",
+        )
     defaults = MeshConfig()
     listen = reader.reader("listen")
     if listen is not None:

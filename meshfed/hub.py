@@ -341,12 +341,13 @@ def default_components(mesh: MeshConfig) -> list[HubComponent]:
     from meshfed.security.mtls import policy_from_config
 
     # Pilot's listener plugins, in order: mutual TLS first, so later plugins' filters run
-    # behind it.
+    # behind it. CUSTOM authorization and the Mixer data path share one Check per request.
+    data_path = mixer_data_path(mesh)
     pilot = PilotServer(
         plugins=[
             MtlsPlugin(policy_from_config(mesh.pilot)),
-            AuthorizationPlugin(),
-            MixerPlugin(mixer_data_path(mesh)),
+            AuthorizationPlugin(mixer=data_path),
+            MixerPlugin(data_path),
             TracingPlugin(mesh.tracing),
         ]
     )

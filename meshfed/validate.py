@@ -21,12 +21,14 @@ from meshfed.config import MeshConfig, load_mesh_config
 from meshfed.core.resources import ConfigError, ConfigErrors, Document, load_documents
 from meshfed.mixer.config.store import is_mixer_document
 from meshfed.pilot.config import PARSERS as PILOT_PARSERS
+from meshfed.pilot.config.authorization import AuthorizationPolicy
 from meshfed.pilot.config.istio import DestinationRule, VirtualService
 from meshfed.pilot.config.istio_gateway import IstioGateway
 from meshfed.pilot.config.model import DestinationPolicy, Gateway, RouteRule
 from meshfed.pilot.config.parse import IngressSelection, routing_parsers
 from meshfed.pilot.config.peer_authentication import PeerAuthentication
 from meshfed.pilot.config.store import ConfigSnapshot
+from meshfed.security.rbac import Action
 
 ROUTING_TYPES = (
     RouteRule,
@@ -68,7 +70,8 @@ def validate_files(
     default selection applies (Ingresses of class meshfed or istio, or of no class).
 
     Warnings are conflicts meshfed resolves deterministically (route rules for one destination
-    with equal precedence): valid, but worth an explicit precedence.
+    with equal precedence): valid, but worth an explicit precedence; and, with ``mesh``,
+    CUSTOM AuthorizationPolicies in a mesh that runs no Mixer.
     """
     parsers = KIND_PARSERS
     if mesh is not None:
@@ -108,7 +111,21 @@ def validate_files(
     errors.extend(duplicate_errors(parsed))
     if mixer_docs:
         errors.extend(mixer_errors(mixer_docs))
-    return count, errors, rule_conflicts(parsed)
+    return count, errors, rule_conflicts(parsed) + custom_warnings(parsed, mesh)
+
+
+def custom_warnings(objects: list[Any], mesh: MeshConfig | None) -> list[str]:
+    """CUSTOM AuthorizationPolicies checked against a mesh config that runs no Mixer: valid,
+    but every request they match will be refused (their Check cannot be answered)."""
+    if mesh is None or (mesh.mixer is not None and mesh.mixer.enabled):
+        return []
+    return [
+        f"{p.file}: {p.ref}: action CUSTOM names provider {p.provider!r}, but the mesh config "
+        f"{mesh.source} does not enable Mixer (spec.mixer.enabled): the requests it matches "
+        "will be refused"
+        for p in objects
+        if isinstance(p, AuthorizationPolicy) and p.action is Action.CUSTOM
+    ]
 
 
 def duplicate_errors(objects: list[Any]) -> list[ConfigError]:

@@ -110,7 +110,7 @@ class MixerService(MixerServicer):
             await context.abort(grpc.StatusCode.INTERNAL, f"report failed: {exc}")
             raise AssertionError("unreachable") from exc
         try:
-            self.tracing.reported(bags, started)
+            self.tracing.reported(bags, started, context.invocation_metadata() or ())
         except Exception:  # spans are a view of the work, never a reason to fail it
             log.exception("report spans failed")
         metrics.REPORTS.labels("0").inc()

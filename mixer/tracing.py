@@ -10,7 +10,10 @@ time. Mixer therefore continues the trace the request carries:
   ``request.headers``; it records the destination, the answer's code and the quotas asked for;
 - a **Report** call carries many requests of many traces, so each reported request whose
   ``request.headers`` carry a trace context gets its own ``Mixer.Report`` span in that trace
-  (at most :data:`MAX_REPORT_SPANS` per call), all spanning the one dispatch of the batch.
+  (at most :data:`MAX_REPORT_SPANS` per call), all spanning the one dispatch of the batch;
+  when the call's metadata carries a trace context (the node-local client's
+  ``MixerClient.Report`` span of the batch), each of those spans links to it, so a request's
+  trace leads to the batch that carried its report and to the batch's other requests.
 
 Sampling follows the request: a context whose sampled flag is off makes no span (the
 provider's parent-based sampler), one without any context is sampled at the mesh config's
@@ -88,12 +91,23 @@ class MixerTracing:
         finally:
             span.end()
 
-    def reported(self, bags: Sequence[Mapping[str, Any]], started_ns: int) -> None:
-        """A span per traced request of one Report, from ``started_ns`` to now."""
+    def reported(
+        self,
+        bags: Sequence[Mapping[str, Any]],
+        started_ns: int,
+        metadata: Iterable[tuple[str, Any]] = (),
+    ) -> None:
+        """A span per traced request of one Report, from ``started_ns`` to now, each linked
+        to the sender's span of the batch when ``metadata`` carries one."""
         if self.tracer is None:
             return
-        from opentelemetry.trace import SpanKind
+        from opentelemetry import trace
+        from opentelemetry.trace import Link, SpanKind
 
+        links: list[Link] = []
+        batch = extract(list(metadata))
+        if batch is not None:
+            links.append(Link(trace.get_current_span(batch).get_span_context()))
         ended = time.time_ns()
         made = 0
         for bag in bags:
@@ -101,7 +115,11 @@ class MixerTracing:
             if parent is None:
                 continue
             span = self.tracer.start_span(
-                "Mixer.Report", context=parent, kind=SpanKind.SERVER, start_time=started_ns
+                "Mixer.Report",
+                context=parent,
+                kind=SpanKind.SERVER,
+                start_time=started_ns,
+                links=links,
             )
             span.set_attribute("mixer.report.batch", len(bags))
             destination = bag.get("destination.service")

@@ -8,6 +8,10 @@ access-log service. When the mesh config enables Mixer's data path, this plugin 
 - every inbound TCP chain of a sidecar: ``envoy.filters.network.ext_authz`` and a ``tcp_grpc``
   access log on its ``tcp_proxy``.
 
+The HTTP ``ext_authz`` skips a request a ``CUSTOM`` AuthorizationPolicy already sent to Mixer
+(:mod:`pilot.custom_authz`; ``filter_enabled_metadata`` on the mark its shadow RBAC filter
+leaves), so each request is checked once.
+
 Both talk gRPC to the **node-local Mixer client** (``nodeagent/mixerclient``) through the
 static cluster :data:`CLIENT_CLUSTER` on a Unix socket, which ``meshfed proxy --mixer`` writes
 into the bootstrap (:func:`client_cluster`) and announces with the node metadata
@@ -47,10 +51,12 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.type.tracing.v3 import custom_tag_pb2
 from envoy.type.v3 import http_status_pb2
 
+from meshfed.core.tracing import TRACE_HEADERS
 from meshfed.core.xds import unix_socket_grpc_cluster
 from meshfed.pilot.plugins import ChainContext, HttpChain, PluginBase, TcpChain
 from meshfed.pilot.translate import names
 from meshfed.pilot.translate.protos import pack
+from meshfed.security import rbac
 
 CLIENT_CLUSTER = "mixer-client"
 HTTP_AUTHZ = "envoy.filters.http.ext_authz"
@@ -63,15 +69,14 @@ DESTINATION_SERVICE = "destination.service"  # context extension / custom tag
 FAIL_OPEN_HEADER = "x-meshfed-mixer-fail-open"  # "true" | "false"
 QUOTAS_HEADER = "x-meshfed-mixer-quotas"  # comma-separated quota names
 # Request headers the access log carries into request.headers (Envoy logs only those named);
-# the W3C trace headers let Mixer's Report spans join each request's trace.
+# the trace headers (W3C and B3) let Mixer's Report spans join each request's trace.
 LOGGED_HEADERS = (
     "x-request-id",
     "user-agent",
     "referer",
     "content-type",
     "x-forwarded-for",
-    "traceparent",
-    "tracestate",
+    *TRACE_HEADERS,
 )
 
 NO_CLIENT = (
@@ -176,6 +181,8 @@ class MixerPlugin(PluginBase):
                 code=http_status_pb2.StatusCode.ServiceUnavailable
             ),
             include_peer_certificate=True,
+            # A request a CUSTOM AuthorizationPolicy sent to Mixer already had its Check.
+            filter_enabled_metadata=rbac.custom_matched(invert=True),
         )
 
     def _http(self, ctx: ChainContext, chain: HttpChain) -> None:

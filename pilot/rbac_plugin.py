@@ -2,7 +2,9 @@
 
 Every inbound HTTP port of a sidecar gets the RBAC filters of the AuthorizationPolicies that
 select one of the workloads it serves there (by namespace and endpoint labels; mesh-wide
-policies apply everywhere), before the router. The policies come from the config stores;
+policies apply everywhere), before the router: ``CUSTOM`` first (:mod:`pilot.custom_authz`:
+Mixer's Check for the requests those policies match), then AUDIT, DENY, ALLOW. The policies
+come from the config stores;
 Pilot sets :attr:`AuthorizationPlugin.policies` when they change, and the plugin's version
 moves with them, so only the listeners whose bytes change are pushed.
 """
@@ -12,7 +14,9 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
+from meshfed.pilot import custom_authz
 from meshfed.pilot.config.authorization import AuthorizationPolicy
+from meshfed.pilot.mixer_plugin import MixerDataPath
 from meshfed.pilot.plugins import ChainContext, HttpChain, PluginBase
 from meshfed.security import rbac
 
@@ -22,13 +26,20 @@ class AuthorizationPlugin(PluginBase):
 
     name = "authorization"
 
-    def __init__(self, policies: Sequence[AuthorizationPolicy] = ()) -> None:
+    def __init__(
+        self,
+        policies: Sequence[AuthorizationPolicy] = (),
+        mixer: MixerDataPath | None = None,
+    ) -> None:
         self.policies: tuple[AuthorizationPolicy, ...] = tuple(policies)
+        # The Mixer data path CUSTOM checks compose with (its quotas); Pilot's Mixer plugin
+        # is given the same value.
+        self.mixer = mixer or MixerDataPath()
 
     def version(self) -> str:
         if not self.policies:
             return ""
-        return hashlib.sha256(repr(self.policies).encode()).hexdigest()[:16]
+        return hashlib.sha256(repr((self.policies, self.mixer)).encode()).hexdigest()[:16]
 
     def on_inbound_http(self, ctx: ChainContext, chain: HttpChain) -> None:
         served = {s.hostname for s in ctx.services}
@@ -36,7 +47,7 @@ class AuthorizationPlugin(PluginBase):
         chosen = [
             p for p in self.policies if any(p.applies_to(s.namespace, e.labels) for s, e in pairs)
         ]
-        for filt in rbac.http_filters(
-            [rbac.Policy(p.ref.split(" ", 1)[1], p.action, p.rules) for p in chosen]
-        ):
+        policies = [rbac.Policy(p.ref.split(" ", 1)[1], p.action, p.rules) for p in chosen]
+        custom_authz.apply(ctx, chain, policies, self.mixer)
+        for filt in rbac.http_filters(policies):
             chain.add_filter(filt)

@@ -8,6 +8,12 @@ Envoy exports its spans over OTLP/gRPC. ``random_sampling`` is the mesh config's
 percent; a request that arrives with a sampling decision (W3C ``traceparent``) keeps it, so
 the destination's sidecar traces exactly the requests the caller's sidecar traced.
 
+With ``zipkin`` set, Envoy's Zipkin tracer (``envoy.tracers.zipkin``) takes the
+OpenTelemetry one's place: spans go as Zipkin v2 JSON over HTTP to the cluster
+:data:`ZIPKIN_CLUSTER`, 128-bit trace ids, a span per hop (not Zipkin's shared client/server
+span, which OpenTelemetry-based collectors such as Jaeger do not merge), and the context
+travels as B3 (``x-b3-*``) headers: what Istio 0.2's apps forward, so their traces stay one.
+
 Each connection manager names its spans' service (OpenTelemetry ``service.name``): an inbound
 chain by the service it serves, an outbound one by the proxy's own service (the registry's
 endpoints at its address), else by the proxy's address. All of these are in the proxy's view
@@ -24,7 +30,7 @@ from collections.abc import Sequence
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import grpc_service_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
-from envoy.config.trace.v3 import http_tracer_pb2, opentelemetry_pb2
+from envoy.config.trace.v3 import http_tracer_pb2, opentelemetry_pb2, zipkin_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
 )
@@ -36,13 +42,19 @@ from meshfed.pilot.plugins import ChainContext, Direction, HttpChain, PluginBase
 from meshfed.pilot.translate.protos import pack, socket_address
 
 COLLECTOR_CLUSTER = "tracing-collector"
+ZIPKIN_CLUSTER = "tracing-zipkin"
 OTEL_TRACER = "envoy.tracers.opentelemetry"
+ZIPKIN_TRACER = "envoy.tracers.zipkin"
+ZIPKIN_ENDPOINT = "/api/v2/spans"
 CONNECT_TIMEOUT_MS = 1000
 EXPORT_TIMEOUT_MS = 1000
 
 
-def collector_cluster(collector: str) -> cluster_pb2.Cluster:
-    """The HTTP/2 cluster to the OTLP/gRPC collector ``host:port`` (an IP or a DNS name)."""
+def collector_cluster(
+    collector: str, name: str = COLLECTOR_CLUSTER, http2: bool = True
+) -> cluster_pb2.Cluster:
+    """The cluster to the collector ``host:port`` (an IP or a DNS name): HTTP/2 for
+    OTLP/gRPC, HTTP/1.1 for a Zipkin receiver."""
     host, _, port = collector.rpartition(":")
     host = host.strip("[]")
     try:
@@ -50,14 +62,15 @@ def collector_cluster(collector: str) -> cluster_pb2.Cluster:
         kind = cluster_pb2.Cluster.STATIC
     except ValueError:
         kind = cluster_pb2.Cluster.STRICT_DNS
-    cluster = cluster_pb2.Cluster(name=COLLECTOR_CLUSTER, type=kind)
+    cluster = cluster_pb2.Cluster(name=name, type=kind)
     cluster.connect_timeout.FromMilliseconds(CONNECT_TIMEOUT_MS)
-    assignment = endpoint_pb2.ClusterLoadAssignment(cluster_name=COLLECTOR_CLUSTER)
+    assignment = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
     assignment.endpoints.add().lb_endpoints.add().endpoint.address.CopyFrom(
         socket_address(host, int(port))
     )
     cluster.load_assignment.CopyFrom(assignment)
-    cluster.typed_extension_protocol_options[HTTP_OPTIONS_KEY].CopyFrom(pack(http2_options()))
+    if http2:
+        cluster.typed_extension_protocol_options[HTTP_OPTIONS_KEY].CopyFrom(pack(http2_options()))
     return cluster
 
 
@@ -94,6 +107,24 @@ class TracingPlugin(PluginBase):
         return self._version
 
     def _tracing(self, ctx: ChainContext) -> hcm.HttpConnectionManager.Tracing:
+        sampling = percent_pb2.Percent(value=self.settings.sampling)
+        if self.settings.zipkin:
+            zipkin = zipkin_pb2.ZipkinConfig(
+                collector_cluster=ZIPKIN_CLUSTER,
+                collector_endpoint=ZIPKIN_ENDPOINT,
+                collector_endpoint_version=zipkin_pb2.ZipkinConfig.HTTP_JSON,
+                collector_hostname=self.settings.zipkin,
+                trace_id_128bit=True,
+            )
+            zipkin.shared_span_context.value = False
+            return hcm.HttpConnectionManager.Tracing(
+                provider=http_tracer_pb2.Tracing.Http(
+                    name=ZIPKIN_TRACER, typed_config=pack(zipkin)
+                ),
+                random_sampling=sampling,
+                # the Zipkin tracer has no service name of its own: the connection manager's
+                # cluster name is the span's local endpoint
+            )
         service = grpc_service_pb2.GrpcService(
             envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=COLLECTOR_CLUSTER)
         )
@@ -103,7 +134,7 @@ class TracingPlugin(PluginBase):
         )
         return hcm.HttpConnectionManager.Tracing(
             provider=http_tracer_pb2.Tracing.Http(name=OTEL_TRACER, typed_config=pack(tracer)),
-            random_sampling=percent_pb2.Percent(value=self.settings.sampling),
+            random_sampling=sampling,
         )
 
     def _http(self, ctx: ChainContext, chain: HttpChain) -> None:
@@ -122,4 +153,6 @@ class TracingPlugin(PluginBase):
     def extra_clusters(self, ctx: ProxyContext) -> Sequence[cluster_pb2.Cluster]:
         if not self.settings.enabled:
             return ()
+        if self.settings.zipkin:
+            return (collector_cluster(self.settings.zipkin, ZIPKIN_CLUSTER, http2=False),)
         return (collector_cluster(self.settings.collector),)

@@ -14,6 +14,11 @@ Promises (Istio's AuthorizationPolicy semantics):
 - Principals are SPIFFE IDs without the scheme (``cluster.local/ns/default/sa/sleep``) and come
   from the verified client certificate; a plain-text client has none. ``*`` in a value is a
   prefix or suffix wildcard (``*`` alone: present).
+- ``CUSTOM`` rules never decide here: :func:`custom_shadow_filter` runs them as *shadow* rules
+  (nothing is enforced), which marks a request they match in Envoy's dynamic metadata
+  (:func:`custom_matched`); the external authorizer's filter is gated on that mark, so only
+  those requests are sent to it. :func:`custom_deny_filter` is the fail-closed form, for a
+  proxy that cannot reach the authorizer: the requests the rules match are refused.
 """
 
 from __future__ import annotations
@@ -31,18 +36,25 @@ from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
 )
-from envoy.type.matcher.v3 import path_pb2, regex_pb2, string_pb2
+from envoy.type.matcher.v3 import metadata_pb2, path_pb2, regex_pb2, string_pb2, value_pb2
 
 from meshfed.core.xds import pack
 
 RBAC_FILTER = "envoy.filters.http.rbac"
 SPIFFE = "spiffe://"
+# Envoy writes a shadow match under "<stat prefix>shadow_effective_policy_id" in the RBAC
+# filter's dynamic metadata; the policy names carry a prefix so the gate cannot be confused
+# with any other shadow rules.
+CUSTOM_STAT_PREFIX = "meshfed_custom_"
+CUSTOM_POLICY_PREFIX = "meshfed-custom:"
+CUSTOM_MATCHED_KEY = CUSTOM_STAT_PREFIX + "shadow_effective_policy_id"
 
 
 class Action(enum.Enum):
     ALLOW = "ALLOW"
     DENY = "DENY"
     AUDIT = "AUDIT"
+    CUSTOM = "CUSTOM"
 
 
 @attrs.frozen(slots=True)
@@ -275,7 +287,8 @@ ENVOY_ACTION = {
 
 def http_filters(policies: Sequence[Policy]) -> list[hcm.HttpFilter]:
     """The RBAC filters for the policies that apply to one inbound port, in the order they
-    must run: AUDIT (never blocks), DENY, ALLOW. Empty when no policy applies."""
+    must run: AUDIT (never blocks), DENY, ALLOW. Empty when no policy applies. ``CUSTOM``
+    policies are not among them (see :func:`custom_shadow_filter`)."""
     out = []
     for action in (Action.AUDIT, Action.DENY, Action.ALLOW):
         mine = [p for p in policies if p.action is action]
@@ -290,3 +303,46 @@ def http_filters(policies: Sequence[Policy]) -> list[hcm.HttpFilter]:
             hcm.HttpFilter(name=f"{RBAC_FILTER}.{action.value.lower()}", typed_config=pack(config))
         )
     return out
+
+
+def _custom_rules(policies: Sequence[Policy], action: int, prefix: str) -> rbac_pb2.RBAC:
+    rules = rbac_pb2.RBAC(action=action)  # type: ignore[arg-type]
+    for policy in sorted(policies, key=lambda p: p.name):
+        for i, rule in enumerate(policy.rules):
+            rules.policies[f"{prefix}{policy.name}[{i}]"].CopyFrom(_rule(rule))
+    return rules
+
+
+def custom_shadow_filter(policies: Sequence[Policy]) -> hcm.HttpFilter | None:
+    """An RBAC filter that enforces nothing and marks the requests a ``CUSTOM`` rule matches
+    (:func:`custom_matched`); None when there are no ``CUSTOM`` policies."""
+    mine = [p for p in policies if p.action is Action.CUSTOM]
+    if not mine:
+        return None
+    config = rbac_filter.RBAC(
+        shadow_rules=_custom_rules(mine, rbac_pb2.RBAC.ALLOW, CUSTOM_POLICY_PREFIX),
+        shadow_rules_stat_prefix=CUSTOM_STAT_PREFIX,
+    )
+    return hcm.HttpFilter(name=f"{RBAC_FILTER}.custom", typed_config=pack(config))
+
+
+def custom_deny_filter(policies: Sequence[Policy]) -> hcm.HttpFilter | None:
+    """The requests ``CUSTOM`` rules match, refused (403): what a proxy that cannot reach
+    the external authorizer enforces instead of asking it. None without ``CUSTOM`` policies."""
+    mine = [p for p in policies if p.action is Action.CUSTOM]
+    if not mine:
+        return None
+    config = rbac_filter.RBAC(rules=_custom_rules(mine, rbac_pb2.RBAC.DENY, ""))
+    return hcm.HttpFilter(name=f"{RBAC_FILTER}.custom-unreachable", typed_config=pack(config))
+
+
+def custom_matched(invert: bool = False) -> metadata_pb2.MetadataMatcher:
+    """Matches a request :func:`custom_shadow_filter` marked (``invert``: one it did not)."""
+    return metadata_pb2.MetadataMatcher(
+        filter=RBAC_FILTER,
+        path=[metadata_pb2.MetadataMatcher.PathSegment(key=CUSTOM_MATCHED_KEY)],
+        value=value_pb2.ValueMatcher(
+            string_match=string_pb2.StringMatcher(prefix=CUSTOM_POLICY_PREFIX)
+        ),
+        invert=invert,
+    )

@@ -31,6 +31,11 @@ def test_parse_names_the_bad_field() -> None:
     assert any(e.startswith("spec.tracing.sampling: expected a number 0..100") for e in errors)
     _, errors = read({"enabled": False})
     assert errors == []  # a switched-off section needs no collector
+    settings, errors = read({"collector": "127.0.0.1:4317", "zipkin": "127.0.0.1:9411"})
+    assert errors == [] and settings.zipkin == "127.0.0.1:9411"  # type: ignore[attr-defined]
+    assert settings.zipkin_host_port == ("127.0.0.1", 9411)  # type: ignore[attr-defined]
+    _, errors = read({"collector": "127.0.0.1:4317", "zipkin": "nowhere"})
+    assert [e.split(":")[0] for e in errors] == ["spec.tracing.zipkin"], errors
     settings, _ = read({"collector": "[::1]:4317"})
     assert settings.collector == "[::1]:4317"  # type: ignore[attr-defined]
     assert settings.collector_host_port == ("::1", 4317)  # type: ignore[attr-defined]
@@ -48,10 +53,41 @@ def test_extract_reads_traceparent_in_any_case_and_ignores_garbage() -> None:
     assert extract({}) is None
     assert extract({"traceparent": "00-zz-yy-01"}) is None
     assert extract({"traceparent": f"00-{'0' * 32}-{PARENT}-01"}) is None  # invalid all-zero id
-    assert trace_headers({"traceparent": "a", "tracestate": "b", "b3": "c", "n": 1}) == {
+    assert trace_headers({"traceparent": "a", "tracestate": "b", "X-B3-Sampled": "1", "n": 1}) == {
         "traceparent": "a",
         "tracestate": "b",
+        "x-b3-sampled": "1",
     }
+
+
+def context_of(carrier: dict) -> tuple[str, str, bool] | None:
+    context = extract(carrier)
+    if context is None:
+        return None
+    span = trace.get_current_span(context).get_span_context()
+    return f"{span.trace_id:032x}", f"{span.span_id:016x}", span.trace_flags.sampled
+
+
+def test_extract_reads_b3_multi_and_single_headers() -> None:
+    multi = {"X-B3-TraceId": TRACE_ID, "X-B3-SpanId": PARENT, "X-B3-Sampled": "1"}
+    assert context_of(multi) == (TRACE_ID, PARENT, True)
+    assert context_of({**multi, "X-B3-Sampled": "0"}) == (TRACE_ID, PARENT, False)
+    assert context_of({**multi, "X-B3-Sampled": None, "x-b3-flags": "1"}) == (
+        TRACE_ID,
+        PARENT,
+        True,
+    )  # debug
+    short = {"x-b3-traceid": PARENT, "x-b3-spanid": PARENT, "x-b3-sampled": "1"}
+    assert context_of(short) == ("0" * 16 + PARENT, PARENT, True)  # 64-bit ids, zero-padded
+    assert context_of({"b3": f"{TRACE_ID}-{PARENT}-1"}) == (TRACE_ID, PARENT, True)
+    assert context_of({"B3": f"{TRACE_ID}-{PARENT}-0-{'1' * 16}"}) == (TRACE_ID, PARENT, False)
+    # W3C wins when both are there; a broken traceparent falls back to B3
+    other = "a" * 32
+    both = {"traceparent": f"00-{other}-{PARENT}-01", "b3": f"{TRACE_ID}-{PARENT}-1"}
+    assert context_of(both) == (other, PARENT, True)
+    assert context_of({**both, "traceparent": "garbage"}) == (TRACE_ID, PARENT, True)
+    for bad in ({"b3": "garbage"}, {"x-b3-traceid": "zz", "x-b3-spanid": PARENT}, {"b3": "0"}):
+        assert context_of(bad) is None, bad
 
 
 def test_sampler_follows_the_caller_and_samples_roots_by_percent() -> None:
@@ -71,6 +107,17 @@ def test_sampler_follows_the_caller_and_samples_roots_by_percent() -> None:
     always = every.sampler
     assert always.should_sample(None, trace_id, "x").decision is Decision.RECORD_AND_SAMPLE
     assert always.should_sample(unsampled, trace_id, "x").decision is Decision.DROP
+    # a root span linked to a sampled span (a Report batch carrying a traced request) is kept
+    # even at 0 %; linked only to unsampled ones, it is not
+    from opentelemetry.trace import Link
+
+    def link(context: object) -> Link:
+        return Link(trace.get_current_span(context).get_span_context())  # type: ignore[arg-type]
+
+    linked = sampler.should_sample(None, trace_id, "x", links=[link(unsampled), link(sampled)])
+    assert linked.decision is Decision.RECORD_AND_SAMPLE
+    alone = sampler.should_sample(None, trace_id, "x", links=[link(unsampled)])
+    assert alone.decision is Decision.DROP
     never.shutdown()
     every.shutdown()
 
@@ -89,7 +136,9 @@ _values = st.one_of(
 @settings(max_examples=300, deadline=None)
 @given(
     st.dictionaries(
-        st.sampled_from(["enabled", "collector", "sampling", "other"]), _values, max_size=4
+        st.sampled_from(["enabled", "collector", "sampling", "zipkin", "other"]),
+        _values,
+        max_size=4,
     )
 )
 def test_any_section_gives_settings_or_named_errors_never_an_exception(data: dict) -> None:
@@ -100,3 +149,28 @@ def test_any_section_gives_settings_or_named_errors_never_an_exception(data: dic
         host, port = parsed.collector_host_port
         assert host and 1 <= port <= 65535
         assert 0.0 <= parsed.sampling <= 100.0
+
+
+_header_values = st.one_of(
+    st.text(max_size=80),
+    st.from_regex(r"[0-9a-f]{1,40}(-[0-9a-f]{1,20}(-[01d])?(-[0-9a-f]{1,20})?)?", fullmatch=True),
+    st.integers(),
+    st.none(),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            ["traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid", "X-B3-Sampled"]
+        ),
+        _header_values,
+        max_size=5,
+    )
+)
+def test_hostile_trace_headers_give_a_context_or_none_never_an_exception(carrier: dict) -> None:
+    context = extract(carrier)
+    if context is not None:
+        span = trace.get_current_span(context).get_span_context()
+        assert span.is_valid and span.trace_id != 0 and span.span_id != 0

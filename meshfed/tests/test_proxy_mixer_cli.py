@@ -29,8 +29,11 @@ def test_the_address_comes_from_the_mesh_config_unless_given_or_refused() -> Non
     assert mixer_address(args(no_mixer=True), Mesh(ON)) == ""
     assert mixer_address(args(), Mesh(None)) == ""  # no spec.mixer at all
     assert mixer_address(args(), Mesh(MixerSettings(enabled=False))) == ""
-    off = MixerSettings(enabled=True, data_path=DataPathSettings(enabled=False))
-    assert mixer_address(args(), Mesh(off)) == ""
+    # the data path off, CUSTOM AuthorizationPolicies still reach Mixer through the client
+    off = MixerSettings(
+        enabled=True, listen="0.0.0.0:9091", data_path=DataPathSettings(enabled=False)
+    )
+    assert mixer_address(args(), Mesh(off)) == "127.0.0.1:9091"
     assert mixer_address(args(), Mesh(MixerSettings(enabled=True, listen="[::]:9091"))) == (
         "127.0.0.1:9091"
     )

@@ -62,6 +62,11 @@ def _with(path: tuple, value: object) -> dict:
             [{"name": "files", "kind": "static", "path": ["."]}],
             "spec.registries[0]",
         ),
+        (
+            ("spec", "extensionProviders"),
+            [{"name": "opa", "envoyExtAuthzGrpc": {"service": "opa", "port": 9191}}],
+            "spec.extensionProviders",
+        ),
     ],
 )
 def test_validate_and_up_refuse_the_same_mesh_config(tmp_path: Path, capsys, path, value, field):

@@ -18,8 +18,9 @@ Promises:
 - A bag that cannot be encoded (a value of no attribute type) is dropped and counted
   (``stats.invalid``) instead of blocking the queue behind it.
 
-The send function is injected (``Callable[[ReportRequest], Awaitable[None]]``; an exception
-means "not delivered"), so this module knows nothing of gRPC. One event loop owns a batcher.
+The send function is injected (``Callable[[ReportRequest, bags], Awaitable[None]]``: the
+request and the bags it carries, in order, for a caller that traces them; an exception means
+"not delivered"), so this module knows nothing of gRPC. One event loop owns a batcher.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from meshfed.mixer.attributes import codec
 
 log = logging.getLogger("meshfed.nodeagent.mixerclient.report")
 
-SendReport = Callable[[report_pb2.ReportRequest], Awaitable[None]]
+SendReport = Callable[[report_pb2.ReportRequest, Sequence[Mapping[str, Any]]], Awaitable[None]]
 
 
 @attrs.define(slots=True)
@@ -162,8 +163,8 @@ class ReportBatcher:
             try:
                 requests = self._encode()
                 for request in requests:
-                    await self._send(request)
                     n = len(request.attributes)
+                    await self._send(request, [p.bag for p in self._inflight[:n]])
                     del self._inflight[:n]
                     self.stats.sent += n
                     self.stats.requests += 1

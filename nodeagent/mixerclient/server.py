@@ -23,7 +23,12 @@ Promises:
 - Access-log entries become Report bags, queued in a :class:`.report_batcher.ReportBatcher`
   (sent when ``report_batch`` are pending or the oldest has waited ``report_delay``; retried
   while Mixer is away; at most ``report_pending`` held, the oldest dropped beyond that). A bad
-  entry or a failed Report never ends Envoy's stream.
+  entry or a failed Report never ends Envoy's stream. With a ``tracer``, each Report call is
+  a ``MixerClient.Report`` span (kind CLIENT) at the root of its own trace, since a batch
+  belongs to no single request: it counts its entries, links to the traces of the first
+  :data:`MAX_REPORT_LINKS` traced ones, is marked an error when Mixer did not take it (the
+  retry is another span), and its context goes to Mixer, whose per-request ``Mixer.Report``
+  spans link back to it.
 - Whether Mixer can be reached is known even while every Check is a cache hit: the client
   asks Mixer's gRPC health every ``probe_interval`` seconds, and every Check and Report
   counts too. :meth:`MixerClient.describe` (served by ``meshfed proxy`` on its status port,
@@ -73,6 +78,10 @@ from meshfed.nodeagent.mixerclient.report_batcher import ReportBatcher
 from meshfed.pilot.mixer_plugin import DESTINATION_SERVICE, FAIL_OPEN_HEADER, QUOTAS_HEADER
 
 log = logging.getLogger("meshfed.nodeagent.mixerclient")
+
+# OpenTelemetry's default bound on a span's links: a batch of 1,000 entries links to the
+# first 128 distinct requests it carries (``mixer.report.traced`` counts them all)
+MAX_REPORT_LINKS = 128
 
 CHECKS = Counter(
     "meshfed_mixerclient_checks_total",
@@ -457,18 +466,77 @@ class MixerClient:
         """Send what is queued now (tests, shutdown); ``True`` when all was delivered."""
         return await self.batcher.flush()
 
-    async def _deliver(self, request: report_pb2.ReportRequest) -> None:
+    async def _deliver(
+        self, request: report_pb2.ReportRequest, bags: Sequence[Mapping[str, Any]]
+    ) -> None:
         """The batcher's send: raises when Mixer did not take ``request`` (it is retried)."""
         assert self._mixer is not None, "start() first"
+        span = self._report_span(bags)
+        metadata: tuple[tuple[str, str], ...] | None = None
+        if span is not None:
+            carrier: dict[str, str] = {}
+            _inject(span, carrier)
+            metadata = tuple(carrier.items()) or None
         try:
-            await self._mixer.Report(request, timeout=5.0)
+            await self._mixer.Report(request, timeout=5.0, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             self._failed(exc)
             REPORTS.labels("failed").inc()
+            if span is not None:
+                _failed_span(span, self.last_error)
             raise
+        finally:
+            if span is not None:
+                span.end()
         self._answered()
         self.reports += 1
         REPORTS.labels("ok").inc()
+
+    def _report_span(self, bags: Sequence[Mapping[str, Any]]) -> Any:
+        """A ``MixerClient.Report`` span for one batch: the root of its own trace (a batch
+        belongs to no single request), linked to the trace of each entry that carries one."""
+        if self.tracer is None:
+            return None
+        try:
+            from opentelemetry import context as otel_context
+            from opentelemetry import trace
+            from opentelemetry.trace import Link, SpanKind
+
+            seen: set[tuple[int, int]] = set()
+            links: list[Link] = []
+            traced = 0
+            for bag in bags:
+                headers = bag.get("request.headers")
+                parent = extract(headers) if isinstance(headers, Mapping) else None
+                if parent is None:
+                    continue
+                traced += 1
+                ctx = trace.get_current_span(parent).get_span_context()
+                if (ctx.trace_id, ctx.span_id) in seen or len(links) >= MAX_REPORT_LINKS:
+                    continue
+                seen.add((ctx.trace_id, ctx.span_id))
+                links.append(Link(ctx))
+            return self.tracer.start_span(
+                "MixerClient.Report",
+                context=otel_context.Context(),
+                kind=SpanKind.CLIENT,
+                links=links,
+                attributes={
+                    "mixer.report.entries": len(bags),
+                    "mixer.report.traced": traced,
+                    "mixer.report.links": len(links),
+                    "mixer.report.pending": self.batcher.pending,
+                },
+            )
+        except Exception:  # spans are a view of the work, never a reason to fail it
+            log.exception("report span failed")
+            return None
+
+
+def _failed_span(span: Any, error: str) -> None:
+    from opentelemetry.trace import Status, StatusCode
+
+    span.set_status(Status(StatusCode.ERROR, f"not delivered, kept to retry: {error}"))
 
 
 def _inject(span: Any, carrier: dict[str, str]) -> None:

@@ -7,11 +7,13 @@ ports of the workloads each policy selects. A policy in the root namespace
 whole mesh, one elsewhere without a selector to its namespace, one with a selector to the
 matching workloads of its namespace.
 
-Understood: ``action`` ``ALLOW`` (the default), ``DENY`` and ``AUDIT``;
+Understood: ``action`` ``ALLOW`` (the default), ``DENY``, ``AUDIT`` and ``CUSTOM`` with
+``provider.name: mixer`` (:data:`MIXER_PROVIDER`, meshfed's built-in external authorizer:
+Mixer's Check through each proxy's node-local client, see :mod:`pilot.custom_authz`);
 ``from.source.principals/namespaces/ipBlocks`` and their ``not`` forms;
 ``to.operation.hosts/methods/paths/ports`` and their ``not`` forms; ``when`` on
 ``request.headers[NAME]``, ``source.ip``, ``source.namespace``, ``source.principal``,
-``destination.ip``, ``destination.port``. Everything else (``CUSTOM``, ``provider``,
+``destination.ip``, ``destination.port``. Everything else (other providers,
 ``requestPrincipals``, ``remoteIpBlocks``, JWT claims, ``targetRef``) is refused naming the
 field: an accepted policy is an enforced one.
 """
@@ -29,7 +31,8 @@ from meshfed.registry.model import Labels
 from meshfed.security import rbac
 
 API_VERSIONS = frozenset({"security.istio.io/v1beta1", "security.istio.io/v1"})
-ACTIONS = {"ALLOW": rbac.Action.ALLOW, "DENY": rbac.Action.DENY, "AUDIT": rbac.Action.AUDIT}
+ACTIONS = {a.value: a for a in rbac.Action}
+MIXER_PROVIDER = "mixer"
 MAX_ITEMS = 1000
 HEADER_KEY = re.compile(r"^request\.headers\[([!#$%&'*+.^_`|~0-9A-Za-z-]+)\]$")
 WHEN_KEYS = {
@@ -49,6 +52,7 @@ class AuthorizationPolicy:
     selector: Labels | None
     action: rbac.Action
     rules: tuple[rbac.Rule, ...]
+    provider: str = ""  # CUSTOM: the external authorizer (only MIXER_PROVIDER)
 
     @property
     def ref(self) -> str:
@@ -160,9 +164,9 @@ def parse_authorization_policy(
                 f"expected one of {', '.join(sorted(API_VERSIONS))}, got {doc.api_version!r}",
             )
         )
-    refused = ["provider", "targetRef", "targetRefs"]
-    _refuse(r, refused, "CUSTOM providers and target references are not implemented")
-    r.unknown_fields({"selector", "action", "rules"} | set(refused))
+    refused = ["targetRef", "targetRefs"]
+    _refuse(r, refused, "target references are not implemented")
+    r.unknown_fields({"selector", "action", "rules", "provider"} | set(refused))
     selector = None
     sel = r.reader("selector")
     if sel is not None:
@@ -170,10 +174,9 @@ def parse_authorization_policy(
         selector = Labels(sel.labels("matchLabels"))
     action_name = r.str("action", default="ALLOW")
     action = ACTIONS.get(action_name, rbac.Action.ALLOW)
-    if action_name == "CUSTOM":
-        r.error("action", "not supported by meshfed (CUSTOM authorization providers)")
-    elif action_name not in ACTIONS:
-        r.error("action", f"expected ALLOW, DENY or AUDIT, got {action_name!r}")
+    if action_name not in ACTIONS:
+        r.error("action", f"expected ALLOW, DENY, AUDIT or CUSTOM, got {action_name!r}")
+    provider = _provider(r, action_name == "CUSTOM")
     rules: list[rbac.Rule] = []
     readers = list(r.readers("rules"))
     if len(readers) > MAX_ITEMS:
@@ -198,5 +201,33 @@ def parse_authorization_policy(
     if r.errors:
         return None, r.errors
     return AuthorizationPolicy(
-        doc.name, doc.namespace, doc.file, selector, action, tuple(rules)
+        doc.name, doc.namespace, doc.file, selector, action, tuple(rules), provider
     ), []
+
+
+def _provider(r: FieldReader, custom: bool) -> str:
+    """``provider.name`` of a CUSTOM policy: only meshfed's built-in ``mixer``."""
+    if "provider" not in r.data:
+        if custom:
+            r.error(
+                "provider",
+                f"expected provider.name for action CUSTOM (meshfed's provider: "
+                f"{MIXER_PROVIDER!r})",
+            )
+        return ""
+    if not custom:
+        r.error("provider", "only allowed with action CUSTOM; remove it")
+        return ""
+    provider = r.reader("provider", required=True)
+    if provider is None:
+        return ""
+    provider.unknown_fields({"name"})
+    name = provider.str("name", required=True)
+    if name and name != MIXER_PROVIDER:
+        provider.error(
+            "name",
+            f"expected {MIXER_PROVIDER!r} (meshfed's built-in external authorizer: Mixer, "
+            f"through each proxy's node-local client; mesh config extensionProviders are not "
+            f"supported), got {name[:100]!r}",
+        )
+    return name

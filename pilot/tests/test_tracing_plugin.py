@@ -131,3 +131,34 @@ def test_collector_cluster_for_an_ipv6_collector() -> None:
     address = cluster.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address
     assert address.socket_address.address == "::1"
     assert cluster.type == cluster_pb2.Cluster.STATIC
+
+
+def test_zipkin_puts_envoys_zipkin_tracer_on_every_manager_and_its_cluster() -> None:
+    from envoy.config.trace.v3 import zipkin_pb2
+
+    from meshfed.pilot.tracing_plugin import ZIPKIN_CLUSTER, ZIPKIN_TRACER
+
+    zipkin = attrs.evolve(ON, zipkin="127.0.0.78:9411")
+    for proxy in (SIDECAR, GATEWAY):
+        view = cache_with(TracingPlugin(zipkin)).view(proxy)
+        traced = [m for listener in listeners(view).values() for m in managers(listener)]
+        assert traced
+        for manager in traced:
+            assert manager.tracing.provider.name == ZIPKIN_TRACER
+            assert manager.tracing.random_sampling.value == 25.0
+            config = zipkin_pb2.ZipkinConfig()
+            assert manager.tracing.provider.typed_config.Unpack(config)
+            assert config.collector_cluster == ZIPKIN_CLUSTER
+            assert config.collector_endpoint == "/api/v2/spans"
+            assert config.collector_endpoint_version == zipkin_pb2.ZipkinConfig.HTTP_JSON
+            assert config.trace_id_128bit  # the ids W3C and OpenTelemetry use
+            assert config.shared_span_context.value is False
+        found = clusters(view)
+        assert COLLECTOR_CLUSTER not in found  # Envoy sends nothing over OTLP then
+        cluster = found[ZIPKIN_CLUSTER]
+        address = cluster.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address
+        assert (address.socket_address.address, address.socket_address.port_value) == (
+            "127.0.0.78",
+            9411,
+        )
+        assert not cluster.typed_extension_protocol_options  # HTTP/1.1 JSON POSTs

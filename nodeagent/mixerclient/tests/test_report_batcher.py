@@ -23,7 +23,7 @@ class Hub:
         self.down = False
         self.calls = 0
 
-    async def send(self, request: report_pb2.ReportRequest) -> None:
+    async def send(self, request: report_pb2.ReportRequest, bags: object = ()) -> None:
         self.calls += 1
         await asyncio.sleep(0)
         if self.down or self.fail_times > 0:
@@ -179,7 +179,7 @@ async def test_bags_added_while_a_batch_is_in_flight_never_drop_that_batch():
     release = asyncio.Event()
     got: list[report_pb2.ReportRequest] = []
 
-    async def slow(request: report_pb2.ReportRequest) -> None:
+    async def slow(request: report_pb2.ReportRequest, bags: object = ()) -> None:
         await release.wait()
         got.append(request)
 
@@ -212,7 +212,7 @@ async def test_a_cancelled_send_keeps_its_batch_for_the_final_flush():
     hang = asyncio.Event()
     hub = Hub()
 
-    async def send(request: report_pb2.ReportRequest) -> None:
+    async def send(request: report_pb2.ReportRequest, bags: object = ()) -> None:
         if not hang.is_set():
             await asyncio.Event().wait()  # a hub that never answers, until cancelled
         await hub.send(request)
@@ -239,7 +239,7 @@ async def test_flush_stops_at_a_failure_and_keeps_the_rest():
 
 
 def test_bad_settings_are_refused():
-    async def send(request: report_pb2.ReportRequest) -> None:
+    async def send(request: report_pb2.ReportRequest, bags: object = ()) -> None:
         return None
 
     with pytest.raises(ValueError, match="max_pending"):

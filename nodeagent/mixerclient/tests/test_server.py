@@ -238,3 +238,78 @@ async def test_metrics_count_drops_pending_and_cache(tmp_path: Path) -> None:
         assert client.describe()["reportStats"]["dropped"] == 3
     finally:
         await client.stop()
+
+
+async def test_a_report_batch_is_one_client_span_linked_to_its_requests_traces(
+    tmp_path: Path,
+) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind, StatusCode
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    port = closed_port()
+    settings = MixerSettings(
+        enabled=True, listen=f"127.0.0.1:{port}", config_paths=(str(tmp_path),), kubernetes=False
+    )
+    client = MixerClient(
+        tmp_path / "c" / "mixer.sock",
+        f"127.0.0.1:{port}",
+        tracer=provider.get_tracer("client"),
+        report_delay=60,  # sent by flush_reports() only
+        probe_interval=0,
+    )
+    await client.start()
+    mixer = Mixer(settings)
+    a, b = "a" * 32, "b" * 32
+    traced = [
+        {**bag("/1"), "request.headers": {"traceparent": f"00-{a}-{'1' * 16}-01"}},
+        {**bag("/2"), "request.headers": {"traceparent": f"00-{a}-{'1' * 16}-01"}},  # retried
+        {**bag("/3"), "request.headers": {"traceparent": f"00-{b}-{'2' * 16}-01"}},
+        {**bag("/4"), "request.headers": {"x-request-id": "no trace"}},
+    ]
+    try:
+        client.report(traced)
+        assert not await client.flush_reports()  # Mixer not there yet: an error span
+        (failed,) = exporter.get_finished_spans()
+        assert failed.name == "MixerClient.Report" and failed.kind is SpanKind.CLIENT
+        assert failed.status.status_code is StatusCode.ERROR
+        assert "kept to retry" in (failed.status.description or "")
+        exporter.clear()
+
+        await mixer.start()
+        mixer.tracing.tracer = provider.get_tracer("mixer")
+        await mixer.reload()
+        await _until(lambda: client.batcher.pending == 4 and client.reachable is not True)
+        for _ in range(50):
+            if await client.flush_reports():
+                break
+            await asyncio.sleep(0.1)
+        assert client.batcher.pending == 0
+        spans = exporter.get_finished_spans()
+        # retries while the channel reconnects are error spans; one span delivered the batch
+        (batch,) = [
+            s
+            for s in spans
+            if s.name == "MixerClient.Report" and s.status.status_code is not StatusCode.ERROR
+        ]
+        assert batch.parent is None  # its own trace: a batch belongs to no one request
+        attributes = dict(batch.attributes or {})
+        assert attributes["mixer.report.entries"] == 4
+        assert attributes["mixer.report.traced"] == 3
+        assert attributes["mixer.report.links"] == 2  # one per distinct span
+        assert sorted(f"{link.context.trace_id:032x}" for link in batch.links) == [a, b]
+        # Mixer's span in each request's trace links back to the batch
+        mixer_spans = [s for s in spans if s.name == "Mixer.Report"]
+        assert sorted(f"{s.context.trace_id:032x}" for s in mixer_spans) == [a, a, b]
+        for span in mixer_spans:
+            (link,) = span.links
+            assert link.context.span_id == batch.context.span_id
+            assert link.context.trace_id == batch.context.trace_id
+    finally:
+        await client.stop()
+        await mixer.stop()

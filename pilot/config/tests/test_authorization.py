@@ -99,8 +99,11 @@ def test_filters_run_audit_then_deny_then_allow(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("spec", "field"),
     [
-        ("{action: CUSTOM, provider: {name: x}}", "spec.action"),
-        ("{action: CUSTOM, provider: {name: x}}", "spec.provider"),
+        ("{action: CUSTOM, provider: {name: x}}", "spec.provider.name"),
+        ("{action: CUSTOM, provider: {name: mixer, port: 9}}", "spec.provider.port"),
+        ("{action: CUSTOM, provider: mixer}", "spec.provider"),
+        ("{action: CUSTOM}", "spec.provider"),
+        ("{action: DENY, provider: {name: mixer}}", "spec.provider"),
         ("{action: PERMIT}", "spec.action"),
         ("{rules: [{from: [{source: {requestPrincipals: ['*']}}]}]}", "spec.rules[0].from[0]"),
         ("{rules: [{from: [{source: {ipBlocks: [300.1.1.1]}}]}]}", "spec.rules[0].from[0]"),
