@@ -62,7 +62,7 @@ class ConfigSnapshot:
     l4_routes: tuple[L4Route, ...] = ()
 
     @classmethod
-    def of(cls, objects: Iterable[ConfigObject]) -> ConfigSnapshot:
+    def of(cls, objects: Iterable[ConfigObject | GatewayRoute | L4Route]) -> ConfigSnapshot:
         objects = list(objects)
 
         def key(o: Any) -> tuple[str, str]:
@@ -75,14 +75,24 @@ class ConfigSnapshot:
             [o for o in objects if isinstance(o, DestinationRule)],
         )
         rules = resolved.route_rules
+        # Several stores' snapshots are merged by handing their contents back to this function:
+        # gateway routes arrive already resolved then.
+        gateway_routes: tuple[GatewayRoute, ...] = (
+            *resolved.gateway_routes,
+            *(o for o in objects if isinstance(o, GatewayRoute)),
+        )
+        l4_routes: tuple[L4Route, ...] = (
+            *resolved.l4_routes,
+            *(o for o in objects if isinstance(o, L4Route)),
+        )
         peer = tuple(sorted((o for o in objects if isinstance(o, PeerAuthentication)), key=key))
         # Two PeerAuthentications for one scope: the one not applied is reported like an
         # override between API generations.
         peer_notes = peer_authentication.policy(mtls.Policy(), peer).notes
         istio_gateways = tuple(sorted((o for o in objects if isinstance(o, IstioGateway)), key=key))
         ingresses = tuple(sorted((o for o in objects if isinstance(o, Gateway)), key=key))
-        bindings = [(r.rule.ref, r.host, r.gateways) for r in resolved.gateway_routes]
-        bindings += [(r.ref, h, r.gateways) for r in resolved.l4_routes for h in r.sni_hosts]
+        bindings = [(r.rule.ref, r.host, r.gateways) for r in gateway_routes]
+        bindings += [(r.ref, h, r.gateways) for r in l4_routes for h in r.sni_hosts]
         gateway_notes = binding_notes(istio_gateways, bindings, ingresses)
         return cls(
             route_rules=ordered_rules(rules),
@@ -97,8 +107,8 @@ class ConfigSnapshot:
             ),
             sidecars=tuple(sorted((o for o in objects if isinstance(o, Sidecar)), key=key)),
             istio_gateways=istio_gateways,
-            gateway_routes=resolved.gateway_routes,
-            l4_routes=resolved.l4_routes,
+            gateway_routes=gateway_routes,
+            l4_routes=l4_routes,
         )
 
 

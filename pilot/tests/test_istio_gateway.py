@@ -6,6 +6,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+import attrs
 import pytest
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
@@ -380,3 +381,29 @@ def test_ingress_tls_shares_the_https_port_with_a_gateway_that_wins_its_hosts(
     assert chains[("web.example.com",)].startswith("tls|gateway|7443|default/front|")
     assert ("mtls.example.com",) in chains
     assert not any("SNI" in p for p in problems), problems
+
+
+def test_gateways_and_their_routes_survive_the_merge_of_several_stores(tmp_path: Path) -> None:
+    from meshfed.pilot.config.store import FileConfigStore
+    from meshfed.pilot.server import PilotServer
+
+    docs = CONFIG.split("---")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "gw.yaml").write_text(docs[0])
+    (tmp_path / "b" / "vs.yaml").write_text("---".join(docs[1:]))
+    stores = [FileConfigStore([tmp_path / "a"]), FileConfigStore([tmp_path / "b"])]
+    for store in stores:
+        store.load()
+    merged = PilotServer(config_stores=stores).config_snapshot()
+    one = snapshot(tmp_path / "a", CONFIG)  # the same folder: relative certificate paths agree
+    strip = [attrs.evolve(g, file="") for g in merged.istio_gateways]
+    assert strip == [attrs.evolve(g, file="") for g in one.istio_gateways]
+
+    def routes_of(snap: ConfigSnapshot) -> list[tuple]:
+        http = [(r.gateways, r.host, r.rule.name, r.rule.route) for r in snap.gateway_routes]
+        return http + [(r.gateways, r.name, r.destinations) for r in snap.l4_routes]
+
+    assert routes_of(merged) == routes_of(one) and len(routes_of(one)) == 7
+    assert not any("does not exist" in n for n in merged.notes), merged.notes
+    assert resources(merged)[:2] == resources(one)[:2]
