@@ -407,3 +407,25 @@ def test_gateways_and_their_routes_survive_the_merge_of_several_stores(tmp_path:
     assert routes_of(merged) == routes_of(one) and len(routes_of(one)) == 7
     assert not any("does not exist" in n for n in merged.notes), merged.notes
     assert resources(merged)[:2] == resources(one)[:2]
+
+
+def test_listener_plugins_shape_every_gateway_connection_manager(tmp_path: Path) -> None:
+    from meshfed.pilot.plugins import ChainContext, HttpChain, PluginBase, PluginSet
+
+    seen: list[tuple[int, bool, str]] = []
+
+    class Spy(PluginBase):
+        name = "spy"
+
+        def on_gateway_http(self, ctx: ChainContext, chain: HttpChain) -> None:
+            table = chain.route_config
+            seen.append((ctx.port, ctx.tls, table.name if table is not None else ""))
+
+    index = TrafficIndex.build(
+        snapshot(tmp_path), [WEB, API, SECURE], TrafficOptions(gateway_certs_dir="/certs")
+    )
+    gateway.gateway_resources(NODE, index, PluginSet([Spy()]))
+    tls = sorted(name for port, is_tls, name in seen if is_tls)
+    assert tls == ["gateway|8443|default/front|https", "gateway|8443|default/front|https-mtls"]
+    plain = sorted(name for port, is_tls, name in seen if not is_tls)
+    assert plain == ["gateway|15001", "gateway|8080", "gateway|8081"]

@@ -11,7 +11,7 @@ merges both): per server port one listener on the gateway's IP, and
 - ``SIMPLE`` / ``MUTUAL`` servers: one filter chain per server, matched by SNI (its hosts;
   ``*`` matches any), terminating TLS with the server's certificate files (``MUTUAL``: client
   certificates required, verified against ``caCertificates``), each with its own route table
-  ``gateway|<port>|<namespace>/<gateway>|<server>``;
+  ``gateway|<port>|<namespace>/<gateway>|<server name, port name or index>``;
 - ``PASSTHROUGH`` servers: one filter chain per bound ``tls`` route, matched by its SNI hosts,
   a ``tcp_proxy`` to the route's cluster (or weighted clusters): TLS goes to the backend
   untouched;
@@ -305,7 +305,7 @@ def plans(
                 plan.chains.append(lc.FilterChain(name=f"tcp|{port}", filters=[filt]))
         else:
             for i, (gw, server) in enumerate(servers):
-                what = f"{gw.ref} server {server.name or i}"
+                what = f"{gw.ref} server {server.name or server.port_name or i}"
                 if server.tls.mode is TlsMode.PASSTHROUGH:
                     for route, sni in _l4_bound(gw, server, "tls", index):
                         clusters = _l4_clusters(route, index, problems)
@@ -325,7 +325,7 @@ def plans(
                 if not free:
                     continue
                 table = route_pb2.RouteConfiguration(
-                    name=f"gateway|{port}|{gw.key}|{server.name or i}",
+                    name=f"gateway|{port}|{gw.key}|{server.name or server.port_name or i}",
                     virtual_hosts=_vhosts([(gw, server)], index, port, problems),
                     validate_clusters=wrappers_pb2.BoolValue(value=False),
                 )
