@@ -332,7 +332,16 @@ def parse_istio_gateway(doc: Document) -> tuple[IstioGateway | None, list[Config
         readers = []
     servers = [s for s in (_server(sr, doc.namespace) for sr in readers) if s is not None]
     kinds: dict[int, str] = {}
+    names: dict[str, int] = {}
     for i, server in enumerate(servers):
+        for field, value in (("name", server.name), ("port.name", server.port_name)):
+            key = f"{field}={value}"
+            if value and key in names:
+                r.error(
+                    f"servers[{i}].{field}",
+                    f"expected a name no other server uses (servers[{names[key]}] has {value!r})",
+                )
+            names.setdefault(key, i)
         kind = _kind(server)
         seen = kinds.setdefault(server.port, kind)
         if seen != kind or (kind == "tcp" and sum(s.port == server.port for s in servers) > 1):

@@ -284,3 +284,16 @@ def test_hostile_gateways_give_errors_or_translatable_objects(spec: Any) -> None
             for c in listener.filter_chains
         ]
         assert len(matches) == len(set(matches)), listener
+
+
+def test_port_names_are_unique_across_servers(tmp_path: Path) -> None:
+    errors = errors_of(
+        tmp_path,
+        "spec:\n  servers:\n  - port: {number: 80, name: web, protocol: HTTP}\n    hosts: [a]\n"
+        "  - port: {number: 81, name: web, protocol: HTTP}\n    hosts: [b]\n",
+    )
+    assert any(
+        "spec.servers[1].port.name: expected a name no other server uses (servers[0] has 'web')"
+        in e
+        for e in errors
+    ), errors
