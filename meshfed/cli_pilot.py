@@ -70,6 +70,15 @@ def _add_proxy_args(p: argparse.ArgumentParser) -> None:
         help="run an ingress gateway (Ingress / Gateway config) instead of a sidecar",
     )
     p.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        type=_label,
+        help="a workload label of this proxy (repeatable); Istio Gateways select gateways by "
+        "these (a gateway without any carries istio=ingressgateway)",
+    )
+    p.add_argument(
         "--gateway-port",
         type=int,
         default=0,
@@ -102,6 +111,20 @@ def _add_proxy_args(p: argparse.ArgumentParser) -> None:
         help="the Mixer client's Unix socket (default: a private folder per proxy)",
     )
     p.add_argument("--config", "-c", help="MeshConfig file (Pilot and hub addresses)")
+
+
+def _label(value: str) -> str:
+    from meshfed.core import validators
+
+    key, eq, val = value.partition("=")
+    try:
+        if not eq:
+            raise validators.Invalid(f"expected KEY=VALUE, got {value!r}")
+        validators.label_key(key)
+        validators.label_value(val)
+    except validators.Invalid as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
 
 
 def _collector(value: str) -> str:
@@ -179,6 +202,7 @@ def _spec(args: argparse.Namespace) -> Any:
         sds_socket=sds,
         mixer_socket=_mixer_socket(args),
         mixer_status_port=getattr(args, "status_port", 0) if args.mixer else 0,
+        labels=",".join(getattr(args, "label", []) or []),
     )
 
 

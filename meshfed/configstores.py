@@ -39,7 +39,8 @@ class RoutingSnapshots:
             "route_rules": [r.ref for r in snapshot.route_rules],
             "destination_policies": [p.ref for p in snapshot.destination_policies],
             "egress_rules": [e.ref for e in snapshot.egress_rules],
-            "gateways": [g.ref for g in snapshot.gateways],
+            "gateways": [g.ref for g in snapshot.gateways]
+            + [g.ref for g in snapshot.istio_gateways],
             "conflicts": [str(c) for c in snapshot.conflicts],
             "notes": list(snapshot.notes),
         }

@@ -86,6 +86,8 @@ class ProxySpec:
     mixer_socket: str = ""
     # Where the proxy's status port serves the Mixer client's metrics and state (0: nowhere).
     mixer_status_port: int = 0
+    # "k=v,k=v": the workload's labels (metadata LABELS), which Istio Gateways select on.
+    labels: str = ""
 
     @property
     def node_id(self) -> str:
@@ -118,6 +120,9 @@ def bootstrap(spec: ProxySpec) -> dict[str, Any]:
         meta["MIXER_CLIENT"] = "true"
         if spec.mixer_status_port:
             meta["MIXER_CLIENT_STATUS_PORT"] = str(spec.mixer_status_port)
+    if spec.labels:
+        pairs = (item.partition("=") for item in spec.labels.split(",") if item)
+        meta["LABELS"] = {k: val for k, _, val in pairs}
     metadata.update(meta)
     xds = cluster_pb2.Cluster(
         name=XDS_CLUSTER,

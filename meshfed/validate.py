@@ -23,13 +23,22 @@ from meshfed.mixer.config.store import is_mixer_document
 from meshfed.pilot.config import PARSERS as PILOT_PARSERS
 from meshfed.pilot.config.authorization import AuthorizationPolicy
 from meshfed.pilot.config.istio import DestinationRule, VirtualService
-from meshfed.pilot.config.model import DestinationPolicy, RouteRule
+from meshfed.pilot.config.istio_gateway import IstioGateway
+from meshfed.pilot.config.model import DestinationPolicy, Gateway, RouteRule
 from meshfed.pilot.config.parse import IngressSelection, routing_parsers
 from meshfed.pilot.config.peer_authentication import PeerAuthentication
 from meshfed.pilot.config.store import ConfigSnapshot
 from meshfed.security.rbac import Action
 
-ROUTING_TYPES = (RouteRule, DestinationPolicy, VirtualService, DestinationRule, PeerAuthentication)
+ROUTING_TYPES = (
+    RouteRule,
+    DestinationPolicy,
+    VirtualService,
+    DestinationRule,
+    PeerAuthentication,
+    Gateway,
+    IstioGateway,
+)
 Parser = Callable[[Document], tuple[Any, list[ConfigError]]]
 
 

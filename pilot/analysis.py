@@ -93,6 +93,7 @@ def analyze(snapshot: ConfigSnapshot, catalog: Catalog) -> list[Finding]:
         *_rules(snapshot.route_rules, catalog),
         *_policies(snapshot.destination_policies, catalog),
         *_gateways(snapshot, catalog),
+        *_istio_gateways(snapshot, catalog),
         *_overlaps(catalog),
         *(Finding("MF0107", "warning", c.loser, str(c), "") for c in snapshot.conflicts),
         *(
@@ -234,6 +235,38 @@ def _gateways(snapshot: ConfigSnapshot, catalog: Catalog) -> Iterator[Finding]:
                 "none of the gateway's routes has a backend that exists: it serves only errors",
                 gateway.file,
             )  # fmt: skip
+
+
+def _istio_gateways(snapshot: ConfigSnapshot, catalog: Catalog) -> Iterator[Finding]:
+    """Today's Gateways: one no VirtualService is bound to serves nothing; a bound route's
+    destination that names no service is left out of the gateway's routes."""
+    resolver = _Resolver(catalog)
+    bound = {g for r in snapshot.gateway_routes for g in r.gateways}
+    bound |= {g for r in snapshot.l4_routes for g in r.gateways}
+    for gw in snapshot.istio_gateways:
+        if gw.key not in bound:
+            yield Finding(
+                "MF0105", "error", gw.ref,
+                "no VirtualService is bound to the gateway: it serves only 404s", gw.file,
+            )  # fmt: skip
+    for route in snapshot.gateway_routes:
+        rule = route.rule
+        for dest in rule.route:
+            if (
+                dest.destination is not None
+                and resolver.host(dest.destination, rule.namespace) is None
+            ):
+                yield Finding(
+                    "MF0106", "error", rule.ref,
+                    f"gateway route to {dest.destination} names no service", rule.file,
+                )  # fmt: skip
+    for l4 in snapshot.l4_routes:
+        for d in l4.destinations:
+            if resolver.host(d.host, l4.namespace) is None:
+                yield Finding(
+                    "MF0106", "error", l4.ref,
+                    f"{l4.kind} route to {d.host} names no service", l4.file,
+                )  # fmt: skip
 
 
 def _overlaps(catalog: Catalog) -> Iterator[Finding]:

@@ -229,6 +229,7 @@ class PilotServer:
             objects += [*snap.route_rules, *snap.destination_policies]
             objects += [*snap.egress_rules, *snap.gateways, *snap.peer_authentications]
             objects += [*snap.authorization_policies, *snap.sidecars]
+            objects += [*snap.istio_gateways, *snap.gateway_routes, *snap.l4_routes]
         return ConfigSnapshot.of(objects)
 
     def _fold_peer_authentication(self) -> bool:

@@ -10,7 +10,8 @@ version that parsed.
   ``async run()``, ``stop()``, ``describe()``. It knows no feature: the composition root hands
   it the kinds to watch (:data:`ROUTING_KINDS` for Pilot: RouteRule, DestinationPolicy,
   EgressRule, Gateway in ``config.meshfed.io/v1alpha1`` and Istio 0.2's
-  ``config.istio.io/v1alpha2``, today's Istio VirtualService, DestinationRule and Sidecar in
+  ``config.istio.io/v1alpha2``, today's Istio VirtualService, DestinationRule, Sidecar and
+  Gateway in
   ``networking.istio.io``, PeerAuthentication and AuthorizationPolicy in
   ``security.istio.io``, plus ``networking.k8s.io/v1`` Ingress), the feature's parsers
   and its :class:`~core.configstore.Snapshots`. Subscribers hear only about real changes of the
@@ -111,6 +112,7 @@ def _routing_kinds() -> tuple[ResourceKind, ...]:
         ("virtualservices", "VirtualService"),
         ("destinationrules", "DestinationRule"),
         ("sidecars", "Sidecar"),
+        ("gateways", "Gateway"),
     ):
         out.append(ResourceKind("networking.istio.io", "v1beta1", plural, kind))
     for plural, kind in (

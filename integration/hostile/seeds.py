@@ -334,6 +334,35 @@ SEEDS: dict[str, dict[str, Any]] = {
             "egress": [{"hosts": ["./*", "istio-system/*"]}],
         },
     },
+    "IstioGateway": {
+        "apiVersion": "networking.istio.io/v1beta1",
+        "kind": "Gateway",
+        "metadata": {"name": "front", "namespace": "default"},
+        "spec": {
+            "selector": {"istio": "ingressgateway"},
+            "servers": [
+                {
+                    "port": {"number": 8080, "name": "http", "protocol": "HTTP"},
+                    "hosts": ["shop.example.com", "default/*.web.example.com"],
+                    "tls": {"httpsRedirect": True},
+                },
+                {
+                    "port": {"number": 8443, "name": "https", "protocol": "HTTPS"},
+                    "hosts": ["./shop.example.com"],
+                    "tls": {
+                        "mode": "MUTUAL",
+                        "credentialName": "shop-cert",
+                        "minProtocolVersion": "TLSV1_2",
+                    },
+                },
+                {
+                    "port": {"number": 9443, "name": "tls", "protocol": "TLS"},
+                    "hosts": ["*/db.example.com"],
+                    "tls": {"mode": "PASSTHROUGH"},
+                },
+            ],
+        },
+    },
 }
 
 # Values no field of any kind should accept as they are, or accept only where they fit; each

@@ -63,12 +63,61 @@ class SubsetRefs:
     mirror: str = ""
 
 
+MESH = "mesh"
+
+
+@attrs.frozen(slots=True)
+class L4Destination:
+    host: ServiceRef
+    port: int
+    weight: int = 100
+    subset: str = ""
+
+
+@attrs.frozen(slots=True)
+class L4Route:
+    """A VirtualService ``tls`` (by SNI) or ``tcp`` route entry, as bound to gateways."""
+
+    name: str
+    namespace: str
+    file: str
+    kind: str  # "tls" or "tcp"
+    gateways: tuple[str, ...]  # "namespace/name"
+    sni_hosts: tuple[str, ...]  # tls: the SNI names it matches (patterns)
+    port: int  # the gateway port it is limited to, 0: any
+    destinations: tuple[L4Destination, ...]
+
+    @property
+    def ref(self) -> str:
+        return f"VirtualService {self.namespace}/{self.name}"
+
+
+@attrs.frozen(slots=True)
+class GatewayRoute:
+    """One converted http rule of a VirtualService bound to gateways, for one of its hosts."""
+
+    gateways: tuple[str, ...]  # "namespace/name"
+    host: str  # the virtual host's domain pattern (a short name already made an FQDN)
+    rule: RouteRule  # every route names its destination
+
+
 @attrs.frozen(slots=True)
 class VirtualService:
     name: str
     namespace: str
     file: str
     rules: tuple[tuple[RouteRule, SubsetRefs], ...]
+    gateways: tuple[str, ...] = (MESH,)  # "mesh" and/or "namespace/name"
+    hosts: tuple[str, ...] = ()
+    l4_routes: tuple[L4Route, ...] = ()
+
+    @property
+    def on_mesh(self) -> bool:
+        return MESH in self.gateways
+
+    @property
+    def bound_gateways(self) -> tuple[str, ...]:
+        return tuple(g for g in self.gateways if g != MESH)
 
     @property
     def ref(self) -> str:
@@ -211,16 +260,24 @@ def _fault(r: FieldReader) -> Fault:
     return fault
 
 
-def _destination(r: FieldReader | None, namespace: str) -> tuple[ServiceRef | None, str]:
+def _destination(
+    r: FieldReader | None, namespace: str, allow_port: bool = False
+) -> tuple[ServiceRef | None, str, int]:
     if r is None:
-        return None, ""
+        return None, "", 0
     r.unknown_fields({"host", "subset", "port"})
     port = r.reader("port")
-    if port is not None:
-        port.error("", "not supported by meshfed (routes go to the port the request used)")
+    number = 0
+    if port is not None and not allow_port:
+        port.error(
+            "", "not supported by meshfed with `mesh` (routes go to the port the request used)"
+        )
+    elif port is not None:
+        port.unknown_fields({"number"})
+        number = port.port("number", required=True)
     host = _host(r, "host")
     subset = r.checked("subset", v.dns1123_label)
-    return (host_ref(host, namespace) if host else None), subset
+    return (host_ref(host, namespace) if host else None), subset, number
 
 
 def _cors(r: FieldReader) -> Cors:
@@ -286,7 +343,7 @@ HTTP_REFUSED = {"delegate", "directResponse", "mirrorPercent", "mirrorPercentage
 
 
 def _http_route(
-    r: FieldReader, dest: ServiceRef, namespace: str
+    r: FieldReader, dest: ServiceRef, namespace: str, allow_port: bool = False
 ) -> tuple[list[Match], dict[str, object], SubsetRefs]:
     _refuse(r, sorted(HTTP_REFUSED), "not implemented")
     r.unknown_fields(HTTP_FIELDS | HTTP_REFUSED)
@@ -298,14 +355,18 @@ def _http_route(
     for route in route_list:
         route.unknown_fields({"destination", "weight", "headers"})
         _refuse(route, ["headers"], "per-destination header edits are not implemented")
-        target, subset = _destination(route.reader("destination", required=True), namespace)
+        target, subset, port = _destination(
+            route.reader("destination", required=True), namespace, allow_port
+        )
         weight = route.int(
             "weight", default=100 if len(route_list) == 1 else 0, minimum=0, maximum=100
         )
         if target is None:
             continue
         same = host_key(target, namespace) == host_key(dest, namespace)
-        routes.append(WeightedDestination(weight=weight, destination=None if same else target))
+        routes.append(
+            WeightedDestination(weight=weight, destination=None if same else target, port=port)
+        )
         subsets.append(subset)
     if not route_list and "redirect" not in r.data:
         r.error("route", "expected route or redirect")
@@ -347,7 +408,7 @@ def _http_route(
     mirror_subset = ""
     mirror = r.reader("mirror")
     if mirror is not None:
-        fields["mirror"], mirror_subset = _destination(mirror, namespace)
+        fields["mirror"], mirror_subset, _ = _destination(mirror, namespace)
     cors = r.reader("corsPolicy")
     if cors is not None:
         fields["cors"] = _cors(cors)
@@ -357,16 +418,114 @@ def _http_route(
     return matches, fields, SubsetRefs(tuple(subsets), mirror_subset)
 
 
+def _gateway_names(r: FieldReader, namespace: str) -> tuple[str, ...]:
+    """``gateways``: ``mesh`` (every sidecar; the default) and Gateways as ``[namespace/]name``."""
+    out: list[str] = []
+    for i, item in enumerate(r.str_list("gateways")):
+        raw = f"{item}"
+        if raw == MESH:
+            out.append(MESH)
+            continue
+        ns, slash, name = raw.rpartition("/")
+        try:
+            v.dns1123_label(name, "a Gateway name")
+            if slash:
+                v.dns1123_label(ns, "a namespace")
+        except v.Invalid as exc:
+            r.error(f"gateways[{i}]", f"expected mesh or [namespace/]name: {exc}")
+            continue
+        out.append(f"{ns if slash else namespace}/{name}")
+    return tuple(dict.fromkeys(out)) or (MESH,)
+
+
+L4_MATCH_REFUSED = {"destinationSubnets", "sourceLabels", "sourceNamespace", "gateways"}
+
+
+def _l4_routes(
+    r: FieldReader, kind: str, doc: Document, gateways: tuple[str, ...]
+) -> list[L4Route]:
+    out = []
+    for i, entry in enumerate(r.readers(kind)):
+        entry.unknown_fields({"match", "route"})
+        sni: list[str] = []
+        port = 0
+        matches = list(entry.readers("match", required=kind == "tls"))
+        if len(matches) > 1:
+            entry.error("match", "expected at most one match block (write one entry per match)")
+        for m in matches[:1]:
+            _refuse(m, sorted(L4_MATCH_REFUSED), "a match on this attribute is not implemented")
+            m.unknown_fields({"sniHosts", "port"} | L4_MATCH_REFUSED)
+            if kind == "tls":
+                sni = m.checked_list(
+                    "sniHosts",
+                    functools.partial(v.hostname, wildcard=True, bare_wildcard=True),
+                    required=True,
+                )
+            elif "sniHosts" in m.data:
+                m.error("sniHosts", "expected only in tls routes")
+            port = m.port("port")
+        dests = []
+        route_list = list(entry.readers("route", required=True))
+        for route in route_list:
+            route.unknown_fields({"destination", "weight"})
+            dest = route.reader("destination", required=True)
+            if dest is None:
+                continue
+            dest.unknown_fields({"host", "subset", "port"})
+            host = _host(dest, "host")
+            subset = dest.checked("subset", v.dns1123_label)
+            port_reader = dest.reader("port", required=True)
+            number = 0
+            if port_reader is not None:
+                port_reader.unknown_fields({"number"})
+                number = port_reader.port("number", required=True)
+            weight = route.int(
+                "weight", default=100 if len(route_list) == 1 else 0, minimum=0, maximum=100
+            )
+            if host:
+                dests.append(L4Destination(host_ref(host, doc.namespace), number, weight, subset))
+        if dests and sum(d.weight for d in dests) != 100:
+            entry.error(
+                "route", f"expected weights summing to 100, got {sum(d.weight for d in dests)}"
+            )
+        out.append(
+            L4Route(
+                f"{doc.name}.{kind}[{i}]",
+                doc.namespace,
+                doc.file,
+                kind,
+                gateways,
+                tuple(sni),
+                port,
+                tuple(dests),
+            )
+        )
+    return out
+
+
+def gateway_domain(host: str, namespace: str) -> str:
+    """A VirtualService host as a gateway virtual host's domain (Istio makes a short name the
+    Kubernetes FQDN in the VirtualService's namespace)."""
+    if host.startswith("*"):
+        return host
+    return host_key(host_ref(host, namespace), namespace)
+
+
 def parse_virtual_service(doc: Document) -> tuple[VirtualService | None, list[ConfigError]]:
     r = FieldReader(doc.file, doc.ref, doc.spec, "spec")
     _api(doc, r)
     r.unknown_fields({"hosts", "gateways", "http", "tcp", "tls", "exportTo"})
-    _refuse(r, ["tcp", "tls"], "TCP and TLS routes of a VirtualService are not implemented")
     _refuse(r, ["exportTo"], "every rule is visible mesh-wide")
-    gateways = r.str_list("gateways")
-    if any(g != "mesh" for g in gateways):
-        r.error("gateways", "expected only `mesh` (binding to a Gateway is not implemented)")
-    hosts = r.checked_list("hosts", functools.partial(v.hostname, wildcard=False), required=True)
+    gateways = _gateway_names(r, doc.namespace)
+    on_mesh = MESH in gateways
+    bound = tuple(g for g in gateways if g != MESH)
+    if on_mesh:
+        _refuse(
+            r, ["tcp", "tls"], "TCP and TLS routes are implemented for gateways only, not `mesh`"
+        )
+    # Sidecars route by service name; a gateway's virtual hosts may be wildcards.
+    check = functools.partial(v.hostname, wildcard=not on_mesh, bare_wildcard=not on_mesh)
+    hosts = r.checked_list("hosts", check, required=True)
     https = list(r.readers("http"))
     if len(https) > MAX_HTTP_ROUTES:
         r.error("http", f"expected at most {MAX_HTTP_ROUTES} routes, got {len(https)}")
@@ -375,7 +534,10 @@ def parse_virtual_service(doc: Document) -> tuple[VirtualService | None, list[Co
     for http in https:
         # The first host is the routing target the routes are relative to.
         dest = host_ref(hosts[0], doc.namespace) if hosts else ServiceRef(name="invalid")
-        converted.append(_http_route(http, dest, doc.namespace))
+        converted.append(_http_route(http, dest, doc.namespace, allow_port=not on_mesh))
+    l4: list[L4Route] = []
+    if not on_mesh:
+        l4 = _l4_routes(r, "tls", doc, bound) + _l4_routes(r, "tcp", doc, bound)
     if r.errors:
         return None, r.errors
     total = sum(len(m) for m, _, _ in converted)
@@ -399,7 +561,9 @@ def parse_virtual_service(doc: Document) -> tuple[VirtualService | None, list[Co
                 )
                 rules.append((rule, subsets))
                 position += 1
-    return VirtualService(doc.name, doc.namespace, doc.file, tuple(rules)), []
+    return VirtualService(
+        doc.name, doc.namespace, doc.file, tuple(rules), gateways, tuple(hosts), tuple(l4)
+    ), []
 
 
 LB_NAMES = {
@@ -560,6 +724,8 @@ class Resolved:
     route_rules: tuple[RouteRule, ...]
     destination_policies: tuple[DestinationPolicy, ...]
     notes: tuple[str, ...]  # overrides between generations, undefined subsets
+    gateway_routes: tuple[GatewayRoute, ...] = ()
+    l4_routes: tuple[L4Route, ...] = ()
 
 
 def resolve(
@@ -589,7 +755,9 @@ def resolve(
         return found
 
     converted: list[RouteRule] = []
-    for vs in services:
+    gateway_routes: list[GatewayRoute] = []
+    l4_routes: list[L4Route] = []
+    for vs in sorted(services, key=lambda s: (s.namespace, s.name)):
         for rule, refs in vs.rules:
             routes = []
             for route, subset in zip(rule.route, refs.route, strict=True):
@@ -600,7 +768,29 @@ def resolve(
             if mirror is not None and refs.mirror:
                 host = host_key(mirror, rule.namespace)
                 mirror = attrs.evolve(mirror, labels=labels_of(host, refs.mirror, rule.ref))
-            converted.append(attrs.evolve(rule, route=tuple(routes), mirror=mirror))
+            done = attrs.evolve(rule, route=tuple(routes), mirror=mirror)
+            if vs.on_mesh:
+                converted.append(done)
+            if vs.bound_gateways:
+                # At a gateway the host is a name clients send, not a service: every route
+                # names the service it goes to (the first host, when the author left it out).
+                first = host_ref(vs.hosts[0], vs.namespace) if vs.hosts else rule.destination
+                explicit = tuple(
+                    attrs.evolve(w, destination=w.destination or first) for w in routes
+                )
+                gateway_routes.append(
+                    GatewayRoute(
+                        vs.bound_gateways,
+                        gateway_domain(_written_host(rule, vs), vs.namespace),
+                        attrs.evolve(done, route=explicit),
+                    )
+                )
+        for l4 in vs.l4_routes:
+            dests = []
+            for d in l4.destinations:
+                labels = labels_of(host_key(d.host, l4.namespace), d.subset, l4.ref)
+                dests.append(attrs.evolve(d, host=attrs.evolve(d.host, labels=labels)))
+            l4_routes.append(attrs.evolve(l4, destinations=tuple(dests)))
     vs_hosts = {host_key(r.destination, r.namespace): r.ref for r in converted}
     kept_rules = []
     for rule in rules:
@@ -619,4 +809,18 @@ def resolve(
             kept_policies.append(policy)
     for dr in destination_rules:
         kept_policies.extend(dr.policies)
-    return Resolved(tuple(kept_rules + converted), tuple(kept_policies), tuple(sorted(set(notes))))
+    return Resolved(
+        tuple(kept_rules + converted),
+        tuple(kept_policies),
+        tuple(sorted(set(notes))),
+        tuple(gateway_routes),
+        tuple(l4_routes),
+    )
+
+
+def _written_host(rule: RouteRule, vs: VirtualService) -> str:
+    """The host, as written in ``hosts``, that ``rule`` (one per host) was made for."""
+    for host in vs.hosts:
+        if host_ref(host, vs.namespace) == rule.destination:
+            return host
+    return vs.hosts[0] if vs.hosts else ""

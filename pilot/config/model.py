@@ -89,6 +89,7 @@ class WeightedDestination:
     labels: Labels = attrs.field(factory=Labels, converter=_labels)
     weight: int = 100
     destination: ServiceRef | None = None  # another service instead of a subset
+    port: int = 0  # the destination's port (a gateway's VirtualService); 0: the request's
 
 
 @attrs.frozen(slots=True)

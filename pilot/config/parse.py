@@ -26,6 +26,7 @@ from meshfed.pilot.config.istio import (
     parse_destination_rule,
     parse_virtual_service,
 )
+from meshfed.pilot.config.istio_gateway import IstioGateway, is_istio_api, parse_istio_gateway
 from meshfed.pilot.config.model import (
     CircuitBreaker,
     Cors,
@@ -633,12 +634,22 @@ def parse_ingress(
     return Gateway(doc.name, doc.namespace, doc.file, doc.kind, tuple(paths), tuple(tls), port), []
 
 
+def parse_gateway(
+    doc: Document, selection: IngressSelection = DEFAULT_INGRESS
+) -> tuple[Gateway | IstioGateway | None, list[ConfigError]]:
+    """``Gateway``: today's Istio kind under ``networking.istio.io``, else meshfed's own."""
+    if is_istio_api(doc):
+        return parse_istio_gateway(doc)
+    return parse_ingress(doc, selection)
+
+
 # Every kind the routing stores hold: Istio 0.2's and today's Istio API's.
 ConfigObject = (
     RouteRule
     | DestinationPolicy
     | EgressRule
     | Gateway
+    | IstioGateway
     | VirtualService
     | DestinationRule
     | PeerAuthentication
@@ -656,7 +667,7 @@ PARSERS: dict[str, Parser] = {
     "PeerAuthentication": parse_peer_authentication,
     "AuthorizationPolicy": parse_authorization_policy,
     "Sidecar": parse_sidecar,
-    "Gateway": parse_ingress,
+    "Gateway": parse_gateway,
     "Ingress": parse_ingress,
 }
 

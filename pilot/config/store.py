@@ -22,7 +22,14 @@ from meshfed.core.resources import ConfigError
 from meshfed.pilot.config import peer_authentication
 from meshfed.pilot.config.authorization import AuthorizationPolicy
 from meshfed.pilot.config.conflicts import RuleConflict, find_conflicts, ordered_rules
-from meshfed.pilot.config.istio import DestinationRule, VirtualService, resolve
+from meshfed.pilot.config.istio import (
+    DestinationRule,
+    GatewayRoute,
+    L4Route,
+    VirtualService,
+    resolve,
+)
+from meshfed.pilot.config.istio_gateway import IstioGateway, binding_notes
 from meshfed.pilot.config.model import (
     DestinationPolicy,
     EgressRule,
@@ -49,9 +56,13 @@ class ConfigSnapshot:
     peer_authentications: tuple[PeerAuthentication, ...] = ()
     authorization_policies: tuple[AuthorizationPolicy, ...] = ()
     sidecars: tuple[Sidecar, ...] = ()
+    # Today's Istio Gateways and what VirtualServices bound to them route (never sidecars').
+    istio_gateways: tuple[IstioGateway, ...] = ()
+    gateway_routes: tuple[GatewayRoute, ...] = ()
+    l4_routes: tuple[L4Route, ...] = ()
 
     @classmethod
-    def of(cls, objects: Iterable[ConfigObject]) -> ConfigSnapshot:
+    def of(cls, objects: Iterable[ConfigObject | GatewayRoute | L4Route]) -> ConfigSnapshot:
         objects = list(objects)
 
         def key(o: Any) -> tuple[str, str]:
@@ -64,22 +75,40 @@ class ConfigSnapshot:
             [o for o in objects if isinstance(o, DestinationRule)],
         )
         rules = resolved.route_rules
+        # Several stores' snapshots are merged by handing their contents back to this function:
+        # gateway routes arrive already resolved then.
+        gateway_routes: tuple[GatewayRoute, ...] = (
+            *resolved.gateway_routes,
+            *(o for o in objects if isinstance(o, GatewayRoute)),
+        )
+        l4_routes: tuple[L4Route, ...] = (
+            *resolved.l4_routes,
+            *(o for o in objects if isinstance(o, L4Route)),
+        )
         peer = tuple(sorted((o for o in objects if isinstance(o, PeerAuthentication)), key=key))
         # Two PeerAuthentications for one scope: the one not applied is reported like an
         # override between API generations.
         peer_notes = peer_authentication.policy(mtls.Policy(), peer).notes
+        istio_gateways = tuple(sorted((o for o in objects if isinstance(o, IstioGateway)), key=key))
+        ingresses = tuple(sorted((o for o in objects if isinstance(o, Gateway)), key=key))
+        bindings = [(r.rule.ref, r.host, r.gateways) for r in gateway_routes]
+        bindings += [(r.ref, h, r.gateways) for r in l4_routes for h in r.sni_hosts]
+        gateway_notes = binding_notes(istio_gateways, bindings, ingresses)
         return cls(
             route_rules=ordered_rules(rules),
             destination_policies=tuple(sorted(resolved.destination_policies, key=key)),
             egress_rules=tuple(sorted((o for o in objects if isinstance(o, EgressRule)), key=key)),
-            gateways=tuple(sorted((o for o in objects if isinstance(o, Gateway)), key=key)),
+            gateways=ingresses,
             conflicts=find_conflicts(rules),
-            notes=tuple(sorted({*resolved.notes, *peer_notes})),
+            notes=tuple(sorted({*resolved.notes, *peer_notes, *gateway_notes})),
             peer_authentications=peer,
             authorization_policies=tuple(
                 sorted((o for o in objects if isinstance(o, AuthorizationPolicy)), key=key)
             ),
             sidecars=tuple(sorted((o for o in objects if isinstance(o, Sidecar)), key=key)),
+            istio_gateways=istio_gateways,
+            gateway_routes=gateway_routes,
+            l4_routes=l4_routes,
         )
 
 
@@ -146,7 +175,7 @@ class FileConfigStore:
             "route_rules": [r.ref for r in snap.route_rules],
             "destination_policies": [p.ref for p in snap.destination_policies],
             "egress_rules": [e.ref for e in snap.egress_rules],
-            "gateways": [g.ref for g in snap.gateways],
+            "gateways": [g.ref for g in snap.gateways] + [g.ref for g in snap.istio_gateways],
             "conflicts": [str(c) for c in snap.conflicts],
             "notes": list(snap.notes),
             "errors": [str(e) for e in self.errors],

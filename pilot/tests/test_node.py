@@ -21,3 +21,25 @@ def test_bad_metadata_is_reported_not_fatal() -> None:
     node.metadata.update({"IP": "not-an-ip", "APP_PORTS": "abc,70000", "ADMIN_PORT": "x"})
     p = from_proto(node)
     assert p.ip == "" and p.app_ports == () and len(p.problems) == 4
+
+
+def test_labels_come_from_metadata_as_a_map_or_a_string() -> None:
+    from google.protobuf import json_format
+
+    from meshfed.pilot.node import from_proto
+    from meshfed.proxy import ProxySpec, bootstrap
+    from meshfed.registry.model import Labels
+
+    boot = bootstrap(
+        ProxySpec(
+            ip="127.0.0.9", workload="gw", role="router", labels="istio=ingressgateway,app=gw"
+        )
+    )
+    node = json_format.ParseDict(boot["node"], base_pb2.Node())
+    assert from_proto(node).labels == Labels({"istio": "ingressgateway", "app": "gw"})
+    node.metadata.fields["LABELS"].string_value = "a=1, b=2,broken"
+    parsed = from_proto(node)
+    assert parsed.labels == Labels({"a": "1", "b": "2"})
+    assert any("LABELS entry 'broken'" in p for p in parsed.problems)
+    node.metadata.fields["LABELS"].number_value = 3
+    assert from_proto(node).labels == Labels() and from_proto(node).problems

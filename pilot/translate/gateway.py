@@ -44,7 +44,7 @@ without it gets plain copies of those clusters and a problem (:mod:`pilot.sds_fa
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from envoy.config.core.v3 import base_pb2
@@ -62,8 +62,9 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from meshfed.pilot.config.model import Gateway, IngressPath, PathType
 from meshfed.pilot.node import ProxyNode
 from meshfed.pilot.plugins import NO_PLUGINS, ChainContext, Direction, HttpChain, PluginSet
-from meshfed.pilot.translate import names
+from meshfed.pilot.translate import istio_gateway, names
 from meshfed.pilot.translate.protos import ads_source, pack, seconds, socket_address
+from meshfed.pilot.translate.rules import http_filters as rule_filters
 from meshfed.pilot.translate.traffic import TrafficIndex
 from meshfed.registry.model import Service
 
@@ -161,13 +162,18 @@ def gateway_route_config(
     return config, problems
 
 
-def _manager(port: int) -> hcm.HttpConnectionManager:
+def _manager(
+    port: int, route: str = "", filters: Sequence[hcm.HttpFilter] = ()
+) -> hcm.HttpConnectionManager:
     manager = hcm.HttpConnectionManager(
         stat_prefix=f"gateway_{port}",
         codec_type=hcm.HttpConnectionManager.AUTO,
-        rds=hcm.Rds(config_source=ads_source(), route_config_name=route_name(port)),
+        rds=hcm.Rds(config_source=ads_source(), route_config_name=route or route_name(port)),
         http_filters=[
-            hcm.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router()))
+            *filters,
+            hcm.HttpFilter(
+                name="envoy.filters.http.router", typed_config=pack(router_pb2.Router())
+            ),
         ],
         # Clients connect from outside the mesh: keep their X-Forwarded-For, mark edge.
         use_remote_address={"value": True},
@@ -182,10 +188,12 @@ def _hcm_filter(
     plugins: PluginSet,
     problems: list[str],
     tls: bool = False,
+    filters: Sequence[hcm.HttpFilter] = (),
 ) -> lc.Filter:
     """The connection manager of every chain on ``port``, after ``on_gateway_http`` (which
-    may also set per-route config on ``routes``, the port's RDS table)."""
-    manager = _manager(port)
+    may also set per-route config on ``routes``, the chain's RDS table). ``filters`` go before
+    the router: the inert fault and CORS filters VirtualService routes configure per route."""
+    manager = _manager(port, routes.name, filters)
     if plugins:
         ctx = ChainContext(node, Direction.GATEWAY, port, tls=tls)
         plugins.http(ctx, HttpChain(manager, routes))
@@ -202,7 +210,7 @@ def _cert_dir(secret: str, gateway: Gateway, certs_dir: str) -> Path:
     return Path(certs_dir or "/etc/meshfed/gateway-certs") / secret
 
 
-def _tls_chain(secret_dir: Path, hosts: list[str], manager: lc.Filter) -> lc.FilterChain:
+def _tls_chain(secret_dir: Path, hosts: Sequence[str], manager: lc.Filter) -> lc.FilterChain:
     context = tls_pb2.DownstreamTlsContext(
         common_tls_context=tls_pb2.CommonTlsContext(
             tls_certificates=[
@@ -228,23 +236,73 @@ def _tls_chain(secret_dir: Path, hosts: list[str], manager: lc.Filter) -> lc.Fil
     )
 
 
+def _tls_listener(
+    node: ProxyNode, port: int, chains: list[lc.FilterChain]
+) -> listener_pb2.Listener:
+    return listener_pb2.Listener(
+        name=f"gateway|{node.ip}:{port}",
+        address=socket_address(node.ip, port),
+        listener_filters=[
+            lc.ListenerFilter(
+                name="envoy.filters.listener.tls_inspector",
+                typed_config=pack(tls_inspector_pb2.TlsInspector()),
+            )
+        ],
+        filter_chains=chains,
+    )
+
+
+def _not_claimed(vhost: rc.VirtualHost, plan: istio_gateway.PortPlan) -> bool:
+    """Whether an Ingress virtual host keeps its place next to a Gateway's on one port: a
+    host the Gateway's VirtualServices route is theirs (the documented precedence)."""
+    return not (set(vhost.domains) & plan.domains)
+
+
 def gateway_resources(
     node: ProxyNode, index: TrafficIndex, plugins: PluginSet = NO_PLUGINS
 ) -> tuple[list[listener_pb2.Listener], list[route_pb2.RouteConfiguration], list[str]]:
-    """Listeners and route configs for the gateway ``node``, plus problems to report."""
+    """Listeners and route configs for the gateway ``node``, plus problems to report.
+
+    Istio ``Gateway`` servers (:mod:`pilot.translate.istio_gateway`) and Ingress / meshfed
+    Gateway routes share a port's listener; where both serve a host there, the Gateway wins.
+    """
     http_port = node.outbound_http_port
     gateways = index.snapshot.gateways
     services = index.services
+    listeners: list[listener_pb2.Listener] = []
+    routes: list[route_pb2.RouteConfiguration] = []
+    problems: list[str] = []
+    route_filters = rule_filters()
+
+    def make_manager(port: int, table: route_pb2.RouteConfiguration, tls: bool) -> lc.Filter:
+        return _hcm_filter(node, port, table, plugins, problems, tls=tls, filters=route_filters)
+
+    istio = istio_gateway.plans(node, index, make_manager, problems)
     by_port: dict[int, list[Gateway]] = {}
     for gw in gateways:
         by_port.setdefault(gw.port or http_port, []).append(gw)
-    by_port.setdefault(http_port, [])
-    listeners, routes, problems = [], [], []
+    if not istio or http_port not in istio:
+        by_port.setdefault(http_port, [])
     for port, gws in sorted(by_port.items()):
         config, route_problems = gateway_route_config(port, gws, services)
-        routes.append(config)
         problems.extend(route_problems)
-        manager = _hcm_filter(node, port, config, plugins, problems)
+        plan = istio.pop(port, None)
+        if plan is not None and plan.kind != "http":
+            if gws:
+                problems.append(
+                    f"port {port}: a Gateway serves {plan.kind} there, so the routes of "
+                    f"{', '.join(g.ref for g in gws)} for it are not served"
+                )
+            istio[port] = plan
+            continue
+        if plan is not None:
+            kept = [vh for vh in config.virtual_hosts if _not_claimed(vh, plan)]
+            del config.virtual_hosts[:]
+            config.virtual_hosts.extend([*plan.vhosts, *kept])
+        routes.append(config)
+        manager = _hcm_filter(
+            node, port, config, plugins, problems, filters=route_filters if plan else ()
+        )
         listeners.append(
             listener_pb2.Listener(
                 name=f"gateway|{node.ip}:{port}",
@@ -264,22 +322,51 @@ def gateway_resources(
                 hosts.append(host)
     if tls_dirs:
         port = https_port(http_port)
-        config, route_problems = gateway_route_config(port, tls_gateways, services)
-        routes.append(config)
-        problems.extend(route_problems)
-        manager = _hcm_filter(node, port, config, plugins, problems, tls=True)
-        chains = [_tls_chain(d, hosts, manager) for d, hosts in sorted(tls_dirs.items())]
-        listeners.append(
-            listener_pb2.Listener(
-                name=f"gateway|{node.ip}:{port}",
-                address=socket_address(node.ip, port),
-                listener_filters=[
-                    lc.ListenerFilter(
-                        name="envoy.filters.listener.tls_inspector",
-                        typed_config=pack(tls_inspector_pb2.TlsInspector()),
-                    )
-                ],
-                filter_chains=chains,
+        plan = istio.pop(port, None)
+        if plan is not None and plan.kind != "tls":
+            problems.append(
+                f"port {port}: a Gateway serves {plan.kind} there, so Ingress TLS is not served"
             )
-        )
+            istio[port] = plan
+        else:
+            taken = plan.server_names if plan is not None else set()
+            config, route_problems = gateway_route_config(port, tls_gateways, services)
+            routes.append(config)
+            problems.extend(route_problems)
+            manager = _hcm_filter(node, port, config, plugins, problems, tls=True)
+            chains = []
+            for folder, hosts in sorted(tls_dirs.items()):
+                free = [h for h in hosts if h not in taken]
+                if free and not ("*" in free and "*" in taken):
+                    chains.append(_tls_chain(folder, free, manager))
+            if plan is not None:
+                chains.extend(plan.chains)
+                routes.extend(plan.routes)
+            listeners.append(_tls_listener(node, port, chains))
+    for port, plan in sorted(istio.items()):
+        if plan.kind == "http":
+            config = route_pb2.RouteConfiguration(
+                name=route_name(port), virtual_hosts=plan.vhosts, validate_clusters={"value": False}
+            )
+            routes.append(config)
+            manager = make_manager(port, config, False)
+            listeners.append(
+                listener_pb2.Listener(
+                    name=f"gateway|{node.ip}:{port}",
+                    address=socket_address(node.ip, port),
+                    filter_chains=[lc.FilterChain(filters=[manager])],
+                )
+            )
+        elif plan.chains:  # Envoy refuses a listener without chains
+            routes.extend(plan.routes)
+            if plan.kind == "tls":
+                listeners.append(_tls_listener(node, port, plan.chains))
+            else:
+                listeners.append(
+                    listener_pb2.Listener(
+                        name=f"gateway|{node.ip}:{port}",
+                        address=socket_address(node.ip, port),
+                        filter_chains=plan.chains,
+                    )
+                )
     return listeners, routes, problems

@@ -77,6 +77,11 @@ def _route(cluster: str) -> rc.Route:
     )
 
 
+def default_route(cluster: str) -> rc.Route:
+    """A service's route when no rule applies: all paths, connection-level retries."""
+    return _route(cluster)
+
+
 # Hook for traffic rules (pilot.translate.rules): a service port's routes given its default route.
 RoutesFor = Callable[[Service, Port, rc.Route], list[rc.Route]]
 

@@ -167,15 +167,9 @@ def rule_route(
     rule: RouteRule, service: Service, port: Port, default: rc.Route, index: TrafficIndex
 ) -> rc.Route:
     """One rule as one route of ``service``'s virtual host for ``port``."""
-    route = rc.Route(name=rule.ref, match=route_match(rule.match))
     if rule.redirect is not None:
-        redirect = rc.RedirectAction()
-        if rule.redirect.uri:
-            redirect.path_redirect = rule.redirect.uri
-        if rule.redirect.authority:
-            redirect.host_redirect = rule.redirect.authority
-        route.redirect.CopyFrom(redirect)
-        return route
+        return redirect_route(rule)
+    route = rc.Route(name=rule.ref, match=route_match(rule.match))
     action = rc.RouteAction()
     action.CopyFrom(default.route)
     action.ClearField("cluster")
@@ -252,6 +246,19 @@ def rule_route(
     return route
 
 
+def redirect_route(rule: RouteRule) -> rc.Route:
+    """A rule with ``redirect``: a 301, no backend."""
+    assert rule.redirect is not None
+    route = rc.Route(name=rule.ref, match=route_match(rule.match))
+    redirect = rc.RedirectAction()
+    if rule.redirect.uri:
+        redirect.path_redirect = rule.redirect.uri
+    if rule.redirect.authority:
+        redirect.host_redirect = rule.redirect.authority
+    route.redirect.CopyFrom(redirect)
+    return route
+
+
 def _destinations(
     rule: RouteRule, service: Service, port: Port, index: TrafficIndex
 ) -> list[tuple[str, int]]:
@@ -264,7 +271,8 @@ def _destinations(
             continue
         if dest.destination is not None:
             host = index.host_of(dest.destination, rule.namespace)
-            cluster = index.cluster_for(host, port, dest.labels) if host else None
+            prefer = dest.port or None
+            cluster = index.cluster_for(host, port, dest.labels, prefer) if host else None
         else:
             subset = subset_name(dest.labels)
             cluster = names.outbound_cluster(service.hostname, port.number, subset)

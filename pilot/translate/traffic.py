@@ -130,6 +130,24 @@ class TrafficIndex:
                     subsets.setdefault(target, set()).add(rule.mirror.labels)
             if rule.match.source is not None:
                 resolve(rule.match.source, rule.namespace, rule.ref + " source")
+        # What VirtualServices bound to gateways route to: resolved and given their subset
+        # clusters like sidecar rules, but never part of a sidecar's rules.
+        for bound in snapshot.gateway_routes:
+            rule = bound.rule
+            for dest in rule.route:
+                assert dest.destination is not None
+                target = resolve(dest.destination, rule.namespace, rule.ref) or ""
+                if target and dest.labels:
+                    subsets.setdefault(target, set()).add(dest.labels)
+            if rule.mirror is not None:
+                target = resolve(rule.mirror, rule.namespace, rule.ref + " mirror") or ""
+                if target and rule.mirror.labels:
+                    subsets.setdefault(target, set()).add(rule.mirror.labels)
+        for l4 in snapshot.l4_routes:
+            for d in l4.destinations:
+                target = resolve(d.host, l4.namespace, l4.ref) or ""
+                if target and d.host.labels:
+                    subsets.setdefault(target, set()).add(d.host.labels)
         policies: dict[str, list[DestinationPolicy]] = {}
         for policy in snapshot.destination_policies:
             host = resolve(policy.destination, policy.namespace, policy.ref)

@@ -107,9 +107,13 @@ def test_virtual_service_becomes_route_rules_in_first_match_order(
 REFUSED = {
     "tcp route": ("spec:\n  hosts: [a]\n  tcp: [{route: []}]", "spec.tcp"),
     "tls route": ("spec:\n  hosts: [a]\n  tls: [{}]", "spec.tls"),
-    "gateway binding": (
-        "spec:\n  hosts: [a]\n  gateways: [front]\n  http: [{route: [{destination: {host: a}}]}]",
-        "spec.gateways",
+    "gateway name": (
+        "spec:\n  hosts: [a]\n  gateways: [Front]\n  http: [{route: [{destination: {host: a}}]}]",
+        "spec.gateways[0]",
+    ),
+    "tls routes on mesh": (
+        "spec:\n  hosts: [a]\n  gateways: [mesh, front]\n  tls: [{route: []}]",
+        "spec.tls",
     ),
     "query match": (
         "spec:\n  hosts: [a]\n  http: [{match: [{queryParams: {q: {exact: x}}}], "
