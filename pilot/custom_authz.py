@@ -36,6 +36,7 @@ from meshfed.pilot.mixer_plugin import (
     FAIL_OPEN_HEADER,
     QUOTAS_HEADER,
     MixerDataPath,
+    route_host,
 )
 from meshfed.pilot.plugins import ChainContext, HttpChain
 from meshfed.pilot.translate.protos import pack
@@ -84,16 +85,19 @@ def check_filter(quotas: Sequence[str] = ()) -> hcm.HttpFilter:
 
 
 def _name_destination(ctx: ChainContext, routes: route_pb2.RouteConfiguration) -> None:
-    """Tell the client the destination service, as the data path does, on every route."""
-    if len(ctx.services) != 1:
-        return
-    per = http_authz.ExtAuthzPerRoute(
-        check_settings=http_authz.CheckSettings(
-            context_extensions={DESTINATION_SERVICE: ctx.services[0].hostname}
-        )
-    )
+    """Tell the client each route's destination service, as the data path does (a gateway's
+    routes each name theirs; an inbound port's is the one service it serves)."""
+    only = ctx.services[0].hostname if len(ctx.services) == 1 else ""
     for vhost in routes.virtual_hosts:
         for route in vhost.routes:
+            host = route_host(route) or only
+            if not host:
+                continue
+            per = http_authz.ExtAuthzPerRoute(
+                check_settings=http_authz.CheckSettings(
+                    context_extensions={DESTINATION_SERVICE: host}
+                )
+            )
             route.typed_per_filter_config[CUSTOM_AUTHZ].CopyFrom(pack(per))
 
 
@@ -103,7 +107,8 @@ def apply(
     policies: Sequence[rbac.Policy],
     data_path: MixerDataPath,
 ) -> None:
-    """Put the ``CUSTOM`` policies' filters on an inbound HTTP chain, ahead of the rest."""
+    """Put the ``CUSTOM`` policies' filters on an inbound or gateway HTTP chain, ahead of the
+    rest."""
     custom = [p for p in policies if p.action is rbac.Action.CUSTOM]
     if not custom:
         return

@@ -209,7 +209,7 @@ class MixerPlugin(PluginBase):
         for vhost in routes.virtual_hosts:
             out: list[rc.Route] = []
             for route in vhost.routes:
-                host = _route_host(route) or (
+                host = route_host(route) or (
                     ctx.services[0].hostname if len(ctx.services) == 1 else ""
                 )
                 if not host:
@@ -273,7 +273,7 @@ class MixerPlugin(PluginBase):
             chain.add_access_log(accesslog_pb2.AccessLog(name=TCP_LOG, typed_config=pack(tcp_log)))
 
 
-def _route_host(route: rc.Route) -> str:
+def route_host(route: rc.Route) -> str:
     """The mesh service a route sends to (its cluster's, or its first weighted cluster's)."""
     action = route.route
     cluster = action.cluster

@@ -25,6 +25,10 @@ A sidecar's bootstrap carries a node id and metadata. Pilot reads:
   ``MIXER_CLIENT_STATUS_PORT``: where, on the proxy's IP, that client's metrics and state are
   served (shown by ``proxy-status``; no part of the proxy's view).
 
+- ``LABELS``: the proxy's workload labels, as Istio's agent sends them (a map, or
+  ``"k=v,k=v"``); a gateway's Istio ``Gateway`` objects are chosen by their ``selector``
+  against them (``pilot/translate/istio_gateway.py``).
+
 Malformed metadata never crashes the server: bad entries are ignored and listed in ``problems``.
 """
 
@@ -36,7 +40,7 @@ import attrs
 from envoy.config.core.v3 import base_pb2
 from google.protobuf import struct_pb2
 
-from meshfed.registry.model import Locality
+from meshfed.registry.model import Labels, Locality
 
 DEFAULT_OUTBOUND_HTTP_PORT = 15001
 DEFAULT_ADMIN_PORT = 15000
@@ -64,6 +68,7 @@ class ProxyNode:
     # Where the proxy runs (Envoy's node.locality, ``meshfed proxy --locality``); empty: Pilot
     # takes the locality of the registry endpoints at the proxy's IP, if they agree on one.
     locality: Locality = attrs.field(factory=Locality)
+    labels: Labels = attrs.field(factory=Labels)
     problems: tuple[str, ...] = ()
 
     @property
@@ -80,6 +85,7 @@ class ProxyNode:
             self.sds,
             self.mixer_client,
             self.locality,
+            self.labels,
         )
 
     @property
@@ -171,8 +177,34 @@ def from_proto(node: base_pb2.Node) -> ProxyNode:
         mixer_client=str(meta.get("MIXER_CLIENT") or "").lower() in ("true", "1"),
         mixer_status_port=_int_field(meta, "MIXER_CLIENT_STATUS_PORT", 0, problems),
         locality=Locality(node.locality.region, node.locality.zone, node.locality.sub_zone),
+        labels=_labels(node.metadata.fields.get("LABELS"), problems),
         problems=tuple(problems),
     )
+
+
+def _labels(value: struct_pb2.Value | None, problems: list[str]) -> Labels:
+    if value is None:
+        return Labels()
+    kind = value.WhichOneof("kind")
+    pairs: dict[str, str] = {}
+    if kind == "struct_value":
+        for key, item in value.struct_value.fields.items():
+            if item.WhichOneof("kind") != "string_value":
+                problems.append(f"LABELS.{key}: expected a string value")
+                continue
+            pairs[key] = item.string_value
+    elif kind == "string_value":
+        for raw in value.string_value.split(","):
+            key, eq, val = raw.strip().partition("=")
+            if not raw.strip():
+                continue
+            if not eq or not key:
+                problems.append(f"LABELS entry {raw!r}: expected key=value")
+                continue
+            pairs[key] = val
+    else:
+        problems.append("LABELS: expected a map of labels or 'k=v,k=v'")
+    return Labels(pairs)
 
 
 def _scalar(value: struct_pb2.Value) -> object:
