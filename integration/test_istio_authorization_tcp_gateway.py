@@ -1,0 +1,292 @@
+"""AuthorizationPolicy on TCP ports and at the ingress gateway, through real Pilot and Envoy.
+
+TCP (hosts 127.0.150.x): the mesh of :mod:`integration.test_istio_authorization` (PERMISSIVE
+mutual TLS) with a TCP echo app behind the ``secure`` workload ``app: db``, meshed clients A
+and I with their own identities, plain clients bound to three loopback addresses. ALLOW: A's
+principal; I's principal *with* ``methods: [GET]`` (an HTTP-only field: on TCP the rule never
+matches); the block 127.0.150.8/31. DENY: 127.0.150.8. Asserted, on fresh connections: A's
+and .9's bytes are echoed; I's, .8's (DENY beats ALLOW) and .7's connections are closed with
+no byte echoed; a DENY of only ``methods: [GET]`` closes every connection (HTTP-only parts
+dropped); without policies everyone is echoed again.
+
+Gateway (hosts 127.0.151.x): a real gateway Envoy (no labels, so ``istio: ingressgateway``)
+routing web.example.com to a backend; policies selecting ``istio: ingressgateway`` allow the
+client address .40 (``ipBlocks``) and .41 (``remoteIpBlocks``) and deny ``/admin*``. Asserted:
+.40 and .41 get 200; .42 gets 403, also when it claims .41 in X-Forwarded-For; ``/admin`` gets
+403 from an allowed address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, ExitStack
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from integration.routing_helpers import routing_mesh
+from integration.security_helpers import TRUST_DOMAIN, tcp_echo
+from integration.test_istio_peer_authentication import MESH_WIDE, MESHED, _agent, _id
+from meshfed.pilot.config.store import FileConfigStore
+from meshfed.pilot.server import PilotServer
+from meshfed.proxy import EnvoyProcess, ProxySpec, wait_ready
+from meshfed.registry.aggregate import AggregateRegistry
+from meshfed.registry.model import Endpoint, Port, Protocol, Service
+from meshfed.security import mtls
+from meshfed.security.ca import CertificateAuthority
+from meshfed.security.service import CAServer, SigningService
+from meshfed.security.storage import FileStorage
+from meshfed.security.tokens import JoinTokenStore
+
+pytestmark = pytest.mark.timeout(240)
+
+A_IP, I_IP, T_IP = "127.0.150.2", "127.0.150.5", "127.0.150.3"
+PLAIN_IN, PLAIN_DENIED, PLAIN_OUT = "127.0.150.9", "127.0.150.8", "127.0.150.7"
+T_HOST, T_PORT, T_APP = "db.secure.svc.cluster.local", 7379, 17379
+DB_LABELS = {**MESHED, "app": "db"}
+TCP_POLICIES = """apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: db-clients, namespace: secure}
+spec:
+  selector: {matchLabels: {app: db}}
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/default/sa/client]}}]
+  - from: [{source: {principals: [cluster.local/ns/default/sa/intruder]}}]
+    to: [{operation: {methods: [GET]}}]
+  - from: [{source: {ipBlocks: [127.0.150.8/31]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-eight, namespace: secure}
+spec:
+  selector: {matchLabels: {app: db}}
+  action: DENY
+  rules: [{from: [{source: {ipBlocks: [127.0.150.8]}}]}]
+"""
+DENY_GET = """apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-get, namespace: secure}
+spec:
+  selector: {matchLabels: {app: db}}
+  action: DENY
+  rules: [{to: [{operation: {methods: [GET]}}]}]
+"""
+N = 10
+
+
+async def echo(local: str, host: str, port: int, payload: bytes) -> bytes:
+    """Send ``payload`` from the address ``local``; what came back before the connection
+    closed or 3 s passed (b"" for a refused connection)."""
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, local_addr=(local, 0)), 5
+        )
+    except OSError:
+        return b""
+    got = b""
+    try:
+        writer.write(payload)
+        await writer.drain()
+        async with asyncio.timeout(3):
+            while len(got) < len(payload):
+                chunk = await reader.read(65536)
+                if not chunk:
+                    break
+                got += chunk
+    except (OSError, TimeoutError):
+        pass
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    return got
+
+
+async def until(local: str, host: str, port: int, echoed: bool, timeout: float = 40.0) -> None:
+    payload = f"from {local}".encode()
+    deadline = asyncio.get_running_loop().time() + timeout
+    last = b""
+    while asyncio.get_running_loop().time() < deadline:
+        last = await echo(local, host, port, payload)
+        if (last == payload) is echoed:
+            return
+        await asyncio.sleep(0.3)
+    raise AssertionError(
+        f"{local} -> {host}:{port} never {'echoed' if echoed else 'closed'}: {last!r}"
+    )
+
+
+async def echoes(local: str, host: str, port: int) -> set[bool]:
+    payload = f"from {local}".encode()
+    return {await echo(local, host, port, payload) == payload for _ in range(N)}
+
+
+@pytest.fixture
+async def tcp_pilot(tmp_path: Path) -> AsyncIterator[tuple[PilotServer, Path]]:
+    folder = tmp_path / "config"
+    folder.mkdir()
+    (folder / "mesh.yaml").write_text(MESH_WIDE)
+    (folder / "authz.yaml").write_text(TCP_POLICIES)
+    aggregate = AggregateRegistry()
+    member = aggregate.add_member("test")
+    member.replace(
+        [Service(T_HOST, namespace="secure", ports=[Port(T_PORT, "tcp", Protocol.TCP)])],
+        {T_HOST: [Endpoint(T_IP, {"tcp": T_PORT}, DB_LABELS, identity=_id("secure", "db"))]},
+    )
+    member.mark_synced()
+    store = FileConfigStore([folder])
+    store.load()
+    task = asyncio.create_task(store.run())
+    server = PilotServer(
+        aggregate, "127.0.0.1:0", 0.02, 0.2, config_stores=[store], mtls_policy=mtls.Policy()
+    )
+    await server.start()
+    try:
+        yield server, folder
+    finally:
+        await server.stop()
+        store.stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 5)
+
+
+async def test_tcp_principals_and_addresses_deny_beats_allow_and_http_only_fields(
+    tcp_pilot: tuple[PilotServer, Path], tmp_path: Path
+) -> None:
+    server, folder = tcp_pilot
+    ca = CertificateAuthority.load_or_create(FileStorage(tmp_path / "ca"), TRUST_DOMAIN)
+    tokens = JoinTokenStore(tmp_path / "ca" / "tokens.json")
+    ca_server = CAServer(SigningService(ca, tokens), "127.0.0.1:0", "127.0.0.1:0")
+    await ca_server.start()
+    with ExitStack() as apps:
+        apps.enter_context(tcp_echo(T_IP, T_APP))
+        async with AsyncExitStack() as stack:
+            stack.push_async_callback(ca_server.stop)
+            for ip, ns, sa, ports in (
+                (A_IP, "default", "client", ""),
+                (I_IP, "default", "intruder", ""),
+                (T_IP, "secure", "db", f"{T_PORT}:{T_APP}"),
+            ):
+                await _agent(stack, tmp_path, ca_server, tokens, server, ip, ns, sa, ports)
+            # In force once A (over mutual TLS through its sidecar) is echoed and I is not.
+            await until(A_IP, A_IP, T_PORT, echoed=True)
+            await until(I_IP, I_IP, T_PORT, echoed=False)
+            assert await echoes(A_IP, A_IP, T_PORT) == {True}
+            # I's only rule names a method: on TCP it never matches, so I is refused.
+            assert await echoes(I_IP, I_IP, T_PORT) == {False}
+            # Plain clients straight to the workload's port (PERMISSIVE), by address.
+            assert await echoes(PLAIN_IN, T_IP, T_PORT) == {True}
+            assert await echoes(PLAIN_DENIED, T_IP, T_PORT) == {False}  # DENY beats ALLOW
+            assert await echoes(PLAIN_OUT, T_IP, T_PORT) == {False}
+            # A DENY naming only a method refuses every connection (its HTTP part dropped).
+            (folder / "authz.yaml").write_text(DENY_GET)
+            await until(A_IP, A_IP, T_PORT, echoed=False)
+            await until(PLAIN_IN, T_IP, T_PORT, echoed=False)
+            assert await echoes(A_IP, A_IP, T_PORT) == {False}
+            assert await echoes(PLAIN_OUT, T_IP, T_PORT) == {False}
+            # Without policies everyone is echoed again.
+            (folder / "authz.yaml").unlink()
+            await until(I_IP, I_IP, T_PORT, echoed=True)
+            await until(PLAIN_DENIED, T_IP, T_PORT, echoed=True)
+            assert await echoes(I_IP, I_IP, T_PORT) == {True}
+            assert await echoes(PLAIN_DENIED, T_IP, T_PORT) == {True}
+
+
+GW_IP, WEB_IP = "127.0.151.2", "127.0.151.11"
+ALLOWED, REMOTE_ALLOWED, REFUSED = "127.0.151.40", "127.0.151.41", "127.0.151.42"
+GW_PORT = 8080
+WEB = "web.default.svc.cluster.local"
+GATEWAY = """apiVersion: config.meshfed.io/v1alpha1
+kind: Gateway
+metadata: {name: front, namespace: default}
+spec:
+  rules:
+  - host: web.example.com
+    http:
+      paths:
+      - {path: /, backend: {serviceName: web, servicePort: 80}}
+"""
+GATEWAY_POLICIES = """apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: front-door, namespace: default}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  rules:
+  - from: [{source: {ipBlocks: [127.0.151.40]}}, {source: {remoteIpBlocks: [127.0.151.41/32]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin, namespace: default}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin*"]}}]}]
+"""
+
+
+async def _status(local: str, path: str, headers: dict[str, str] | None = None) -> int:
+    connector = aiohttp.TCPConnector(local_addr=(local, 0), force_close=True)
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.get(
+            f"http://{GW_IP}:{GW_PORT}{path}",
+            headers={"Host": "web.example.com", **(headers or {})},
+            timeout=aiohttp.ClientTimeout(total=5),
+        ) as r,
+    ):
+        await r.read()
+        return r.status
+
+
+async def _statuses(local: str, path: str, headers: dict[str, str] | None = None) -> set[int]:
+    return {await _status(local, path, headers) for _ in range(N)}
+
+
+async def _until_status(local: str, path: str, want: int, timeout: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    last: object = None
+    while asyncio.get_running_loop().time() < deadline:
+        with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+            last = await _status(local, path)
+            if last == want:
+                return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{local} GET {path} never gave {want}; last {last!r}")
+
+
+async def test_gateway_allows_listed_addresses_and_denies_a_path(tmp_path: Path) -> None:
+    async with routing_mesh(tmp_path / "rules") as mesh:
+        await mesh.version_backend("web", WEB_IP)
+        mesh.member.replace(
+            [Service(WEB, ports=(Port(80, "http", Protocol.HTTP),))],
+            {WEB: [Endpoint(WEB_IP, ports={"http": 9080})]},
+        )
+        mesh.write("front", GATEWAY)
+        spec = ProxySpec(
+            ip=GW_IP,
+            workload="ingress",
+            pilot=f"127.0.0.1:{mesh.pilot.port}",
+            outbound_http_port=GW_PORT,
+            role="router",
+        )
+        envoy = EnvoyProcess(spec)
+        mesh.envoys.append(envoy)
+        await envoy.start()
+        await wait_ready(envoy, mesh.hub_url, timeout=30)
+        # Without policies the gateway serves everyone.
+        await _until_status(REFUSED, "/", 200)
+        await mesh.apply("authz", GATEWAY_POLICIES)
+        await _until_status(REFUSED, "/", 403)
+        assert await _statuses(ALLOWED, "/") == {200}
+        assert await _statuses(REMOTE_ALLOWED, "/") == {200}
+        assert await _statuses(REFUSED, "/") == {403}
+        # The gateway trusts no forwarding hop: claiming an allowed address changes nothing.
+        assert await _statuses(REFUSED, "/", {"X-Forwarded-For": REMOTE_ALLOWED}) == {403}
+        # DENY beats ALLOW: an allowed address is refused the admin path.
+        assert await _statuses(ALLOWED, "/admin/users") == {403}
+        assert await _statuses(ALLOWED, "/public") == {200}
+        await mesh.unapply("authz")
+        await _until_status(REFUSED, "/admin", 200)
