@@ -14,7 +14,7 @@ from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2 as http_authz
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from meshfed.pilot import xds_types as T
@@ -301,3 +301,77 @@ def test_custom_at_a_gateway_checks_with_mixer_naming_each_routes_destination(
     per = http_authz.ExtAuthzPerRoute()
     routes.virtual_hosts[0].routes[0].typed_per_filter_config[CUSTOM_AUTHZ].Unpack(per)
     assert per.check_settings.context_extensions["destination.service"].startswith("web.")
+
+
+# -- hostile policies through the parser, then every kind of chain -----------------------------
+_text = st.one_of(
+    st.text(max_size=12),
+    st.sampled_from(["*", "GET", "/a*", "127.0.0.1", "::1/128", "80", "0", "70000", "a\nb"]),
+)
+_field_values = st.one_of(st.lists(_text, max_size=3), _text, st.integers(), st.none())
+_source = st.dictionaries(
+    st.sampled_from(["principals", "ipBlocks", "remoteIpBlocks", "notRemoteIpBlocks", "x"]),
+    _field_values,
+    max_size=3,
+)
+_operation = st.dictionaries(
+    st.sampled_from(["hosts", "methods", "paths", "ports", "notPorts", "notPaths"]),
+    _field_values,
+    max_size=3,
+)
+_when = st.fixed_dictionaries(
+    {
+        "key": st.sampled_from(
+            ["request.headers[a]", "source.ip", "destination.port", "remote.ip", ""]
+        ),
+        "values": _field_values,
+    }
+)
+_rule = st.fixed_dictionaries(
+    {},
+    optional={
+        "from": st.lists(st.fixed_dictionaries({"source": _source}), max_size=2),
+        "to": st.lists(st.fixed_dictionaries({"operation": _operation}), max_size=2),
+        "when": st.lists(_when, max_size=2),
+    },
+)
+_spec = st.fixed_dictionaries(
+    {"rules": st.lists(_rule, max_size=3)},
+    optional={
+        "action": st.sampled_from(["ALLOW", "DENY", "AUDIT", "CUSTOM", "deny"]),
+        "selector": st.just({"matchLabels": {"istio": "ingressgateway"}}),
+        "provider": st.just({"name": "mixer"}),
+    },
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(spec=_spec)
+def test_hostile_policies_are_refused_or_build_tcp_and_gateway_chains(
+    tmp_path_factory: object, spec: dict
+) -> None:
+    import yaml
+
+    folder = tmp_path_factory.mktemp("h")  # type: ignore[attr-defined]
+    path = folder / "authz.yaml"
+    doc = {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "h", "namespace": "default"},
+        "spec": spec,
+    }
+    path.write_text(yaml.safe_dump(doc))
+    objects, errors = parse_config_file(path)
+    event("refused" if objects is None else "accepted")
+    if objects is None:
+        assert errors and all(
+            str(e).startswith(f"{path}: AuthorizationPolicy default/h: spec") for e in errors
+        )
+        return
+    plugin = AuthorizationPlugin(ConfigSnapshot.of(objects).authorization_policies)
+    cache = cache_with(plugin)
+    for node in (DB_SIDECAR, GATEWAY):
+        view = cache.view(node)
+        assert not [p for p in view.problems if "failed in" in p], view.problems
+        for listener in listeners(view).values():
+            listener.SerializeToString()
