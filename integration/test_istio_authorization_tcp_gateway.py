@@ -7,7 +7,8 @@ principal; I's principal *with* ``methods: [GET]`` (an HTTP-only field: on TCP t
 matches); the block 127.0.150.8/31. DENY: 127.0.150.8. Asserted, on fresh connections: A's
 and .9's bytes are echoed; I's, .8's (DENY beats ALLOW) and .7's connections are closed with
 no byte echoed; a DENY of only ``methods: [GET]`` closes every connection (HTTP-only parts
-dropped); without policies everyone is echoed again.
+dropped); a CUSTOM policy (not supported on TCP) closes the connections it matches, serves
+the rest and is named in proxy-status; without policies everyone is echoed again.
 
 Gateway (hosts 127.0.151.x): a real gateway Envoy (no labels, so ``istio: ingressgateway``)
 routing web.example.com to a backend; policies selecting ``istio: ingressgateway`` allow the
@@ -32,6 +33,7 @@ from integration.security_helpers import TRUST_DOMAIN, tcp_echo
 from integration.test_istio_peer_authentication import MESH_WIDE, MESHED, _agent, _id
 from meshfed.pilot.config.store import FileConfigStore
 from meshfed.pilot.server import PilotServer
+from meshfed.pilot.status import syncz
 from meshfed.proxy import EnvoyProcess, ProxySpec, wait_ready
 from meshfed.registry.aggregate import AggregateRegistry
 from meshfed.registry.model import Endpoint, Port, Protocol, Service
@@ -74,7 +76,22 @@ spec:
   action: DENY
   rules: [{to: [{operation: {methods: [GET]}}]}]
 """
+CUSTOM_A = """apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ext, namespace: secure}
+spec:
+  selector: {matchLabels: {app: db}}
+  action: CUSTOM
+  provider: {name: mixer}
+  rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/client]}}]}]
+"""
 N = 10
+
+
+def problems(server: PilotServer, ip: str) -> list[str]:
+    """What proxy-status shows for the proxy at ``ip``."""
+    entries = [p for p in syncz(server.discovery)["proxies"] if f"~{ip}~" in p["proxy"]]
+    return [problem for entry in entries for problem in entry.get("problems", [])]
 
 
 async def echo(local: str, host: str, port: int, payload: bytes) -> bytes:
@@ -187,6 +204,14 @@ async def test_tcp_principals_and_addresses_deny_beats_allow_and_http_only_field
             await until(PLAIN_IN, T_IP, T_PORT, echoed=False)
             assert await echoes(A_IP, A_IP, T_PORT) == {False}
             assert await echoes(PLAIN_OUT, T_IP, T_PORT) == {False}
+            # CUSTOM cannot be asked for a TCP connection: what it matches is refused (fail
+            # closed), the rest served, and proxy-status says why.
+            (folder / "authz.yaml").write_text(CUSTOM_A)
+            await until(PLAIN_IN, T_IP, T_PORT, echoed=True)
+            assert await echoes(A_IP, A_IP, T_PORT) == {False}
+            assert await echoes(PLAIN_OUT, T_IP, T_PORT) == {True}
+            found = problems(server, T_IP)
+            assert any("secure/ext" in p and "CUSTOM" in p and str(T_PORT) in p for p in found)
             # Without policies everyone is echoed again.
             (folder / "authz.yaml").unlink()
             await until(I_IP, I_IP, T_PORT, echoed=True)
