@@ -14,7 +14,10 @@ Gateway (hosts 127.0.151.x): a real gateway Envoy (no labels, so ``istio: ingres
 routing web.example.com to a backend; policies selecting ``istio: ingressgateway`` allow the
 client address .40 (``ipBlocks``) and .41 (``remoteIpBlocks``) and deny ``/admin*``. Asserted:
 .40 and .41 get 200; .42 gets 403, also when it claims .41 in X-Forwarded-For; ``/admin`` gets
-403 from an allowed address.
+403 from an allowed address. A CUSTOM policy selecting the gateway (127.0.152.x, the hub with
+real Mixer and a ``denier`` on web, the gateway's node-local client): ``/admin`` is refused by
+Mixer with its message, one Check each; ``/public`` is served without a Check; Mixer allowing
+gives 200.
 """
 
 from __future__ import annotations
@@ -28,9 +31,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from integration.mixer_datapath_helpers import DENY_WEB, call, datapath_mesh, eventually, workload
+from integration.mixer_datapath_helpers import WEB_HOST as DENIED_HOST
 from integration.routing_helpers import routing_mesh
 from integration.security_helpers import TRUST_DOMAIN, tcp_echo
 from integration.test_istio_peer_authentication import MESH_WIDE, MESHED, _agent, _id
+from meshfed.mixer.settings import DataPathSettings
 from meshfed.pilot.config.store import FileConfigStore
 from meshfed.pilot.server import PilotServer
 from meshfed.pilot.status import syncz
@@ -315,3 +321,58 @@ async def test_gateway_allows_listed_addresses_and_denies_a_path(tmp_path: Path)
         assert await _statuses(ALLOWED, "/public") == {200}
         await mesh.unapply("authz")
         await _until_status(REFUSED, "/admin", 200)
+
+
+C_GW_IP, C_WEB_IP = "127.0.152.2", "127.0.152.11"
+C_GATEWAY = """---
+apiVersion: config.meshfed.io/v1alpha1
+kind: Gateway
+metadata: {name: front, namespace: default}
+spec:
+  rules:
+  - host: web.example.com
+    http:
+      paths:
+      - {path: /, backend: {serviceName: web, servicePort: 9080}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: gw-ext, namespace: default}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  action: CUSTOM
+  provider: {name: mixer}
+  rules: [{to: [{operation: {paths: ["/admin*"]}}]}]
+"""
+
+
+async def test_custom_at_the_gateway_asks_mixer_for_what_it_matches(tmp_path: Path) -> None:
+    services = workload("web", DENIED_HOST, C_WEB_IP, 9080)
+    async with datapath_mesh(
+        tmp_path, services, DENY_WEB, DataPathSettings(enabled=False), cache_entries=0
+    ) as mesh:
+        (mesh.folder / "registry" / "gateway.yaml").write_text(C_GATEWAY)
+        await mesh.backend("web", C_WEB_IP, 9080)
+        await mesh.proxy(C_GW_IP, "ingress", gateway_port=8080)
+        (client,) = mesh.clients
+        front = f"http://{C_GW_IP}:8080"
+
+        async def refused_by_mixer() -> bool:
+            status, body = await call(front, "web.example.com", "/admin")
+            return status == 403 and "web is closed today" in body
+
+        await eventually(refused_by_mixer, 30, "Mixer's denier to refuse /admin at the gateway")
+        before = client.checks
+        for _ in range(N):
+            status, body = await call(front, "web.example.com", "/admin/users")
+            assert status == 403 and "web is closed today" in body, (status, body)
+        # Not matched by CUSTOM: served, and never sent to Mixer.
+        for _ in range(N):
+            assert await call(front, "web.example.com", "/public") == (200, "web")
+        assert client.checks == before + N
+        mesh.write_policy("")
+
+        async def allowed() -> bool:
+            return await call(front, "web.example.com", "/admin") == (200, "web")
+
+        await eventually(allowed, 30, "Mixer allowing /admin at the gateway")
