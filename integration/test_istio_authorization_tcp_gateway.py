@@ -7,8 +7,8 @@ principal; I's principal *with* ``methods: [GET]`` (an HTTP-only field: on TCP t
 matches); the block 127.0.150.8/31. DENY: 127.0.150.8. Asserted, on fresh connections: A's
 and .9's bytes are echoed; I's, .8's (DENY beats ALLOW) and .7's connections are closed with
 no byte echoed; a DENY of only ``methods: [GET]`` closes every connection (HTTP-only parts
-dropped); a CUSTOM policy (not supported on TCP) closes the connections it matches, serves
-the rest and is named in proxy-status; without policies everyone is echoed again.
+dropped); a CUSTOM policy on this sidecar without a Mixer client closes the connections it
+matches, serves the rest and is named in proxy-status; without policies everyone is echoed again.
 
 Gateway (hosts 127.0.151.x): a real gateway Envoy (no labels, so ``istio: ingressgateway``)
 routing web.example.com to a backend; policies selecting ``istio: ingressgateway`` allow the
@@ -18,6 +18,10 @@ client address .40 (``ipBlocks``) and .41 (``remoteIpBlocks``) and deny ``/admin
 real Mixer and a ``denier`` on web, the gateway's node-local client): ``/admin`` is refused by
 Mixer with its message, one Check each; ``/public`` is served without a Check; Mixer allowing
 gives 200.
+
+CUSTOM on TCP (127.0.153.x, the same hub, db's sidecar with its Mixer client, a Mixer rule
+denying db to client): client's connections, matched, are closed with one Check each; api's,
+not matched, are echoed with none; matching everything, api is checked and echoed.
 """
 
 from __future__ import annotations
@@ -210,14 +214,16 @@ async def test_tcp_principals_and_addresses_deny_beats_allow_and_http_only_field
             await until(PLAIN_IN, T_IP, T_PORT, echoed=False)
             assert await echoes(A_IP, A_IP, T_PORT) == {False}
             assert await echoes(PLAIN_OUT, T_IP, T_PORT) == {False}
-            # CUSTOM cannot be asked for a TCP connection: what it matches is refused (fail
-            # closed), the rest served, and proxy-status says why.
+            # CUSTOM on a sidecar without a node-local Mixer client: what it matches is
+            # refused (fail closed), the rest served, and proxy-status says why.
             (folder / "authz.yaml").write_text(CUSTOM_A)
             await until(PLAIN_IN, T_IP, T_PORT, echoed=True)
             assert await echoes(A_IP, A_IP, T_PORT) == {False}
             assert await echoes(PLAIN_OUT, T_IP, T_PORT) == {True}
             found = problems(server, T_IP)
-            assert any("secure/ext" in p and "CUSTOM" in p and str(T_PORT) in p for p in found)
+            assert any("secure/ext" in p and "no node-local Mixer client" in p for p in found), (
+                found
+            )
             # Without policies everyone is echoed again.
             (folder / "authz.yaml").unlink()
             await until(I_IP, I_IP, T_PORT, echoed=True)
@@ -376,3 +382,95 @@ async def test_custom_at_the_gateway_asks_mixer_for_what_it_matches(tmp_path: Pa
             return await call(front, "web.example.com", "/admin") == (200, "web")
 
         await eventually(allowed, 30, "Mixer allowing /admin at the gateway")
+
+
+T_CLIENT_IP, T_API_IP, T_DB_IP = "127.0.153.2", "127.0.153.3", "127.0.153.11"
+T_DB = "db.default.svc.cluster.local"
+T_SERVICES = (
+    workload("client", "client.default.svc.cluster.local", T_CLIENT_IP, 9080)
+    + workload("api", "api.default.svc.cluster.local", T_API_IP, 9080)
+    + workload("db", T_DB, T_DB_IP, 5432, "TCP")
+)
+DENY_DB_FROM_CLIENT = (
+    DENY_WEB
+    + f"""---
+apiVersion: config.istio.io/v1alpha2
+kind: rule
+metadata: {{name: deny-db-from-client, namespace: istio-system, labels: {{istio-protocol: tcp}}}}
+spec:
+  match: >-
+    destination.service == "{T_DB}" && source.service == "client.default.svc.cluster.local"
+  actions:
+  - handler: closed.denier
+    instances: [nothing.checknothing]
+"""
+)
+CUSTOM_DB = """---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: db-ext, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: db}}}}
+  action: CUSTOM
+  provider: {{name: mixer}}
+  rules: [{rules}]
+"""
+
+
+async def test_custom_on_a_tcp_port_asks_mixer_for_the_connections_it_matches(
+    tmp_path: Path,
+) -> None:
+    async with datapath_mesh(
+        tmp_path, T_SERVICES, DENY_DB_FROM_CLIENT, DataPathSettings(enabled=False), cache_entries=0
+    ) as mesh:
+        policy = mesh.folder / "registry" / "authz.yaml"
+        # Only connections from outside api's address are sent to Mixer.
+        policy.write_text(
+            CUSTOM_DB.format(rules="{from: [{source: {notIpBlocks: [127.0.153.3]}}]}")
+        )
+        arrived: list[bytes] = []
+
+        async def app(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            data = await reader.read(100)
+            arrived.append(data)
+            writer.write(data.upper())
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(app, T_DB_IP, 15432)
+        try:
+            await mesh.proxy(T_DB_IP, "db", "5432:15432")
+            (db_client,) = mesh.clients
+            await mesh.proxy(T_CLIENT_IP, "client", mixer_client=False)
+            await mesh.proxy(T_API_IP, "api", mixer_client=False)
+
+            async def exchange(via: str) -> bytes:
+                return await echo(via, via, 5432, b"ping")
+
+            async def client_refused() -> bool:
+                return await exchange(T_CLIENT_IP) == b""
+
+            await eventually(client_refused, 30, "Mixer to close client's db connection")
+            before = db_client.checks
+            # Matched by CUSTOM and denied by Mixer's rule for client: closed, one Check each.
+            assert {await exchange(T_CLIENT_IP) for _ in range(N)} == {b""}
+            assert db_client.checks == before + N
+            # Not matched (api's address): served, never sent to Mixer.
+            assert {await exchange(T_API_IP) for _ in range(N)} == {b"PING"}
+            assert db_client.checks == before + N
+            assert b"ping" in arrived and all(d in (b"", b"ping") for d in arrived)
+            # Every connection matched: api is checked too, and Mixer lets it through.
+            policy.write_text(CUSTOM_DB.format(rules="{}"))
+
+            async def api_checked() -> bool:
+                seen = db_client.checks
+                return await exchange(T_API_IP) == b"PING" and db_client.checks > seen
+
+            await eventually(api_checked, 30, "api's connections to be checked by Mixer")
+            before = db_client.checks
+            assert {await exchange(T_API_IP) for _ in range(N)} == {b"PING"}
+            assert {await exchange(T_CLIENT_IP) for _ in range(N)} == {b""}
+            assert db_client.checks == before + 2 * N
+        finally:
+            server.close()
+            await server.wait_closed()

@@ -8,9 +8,9 @@ access-log service. When the mesh config enables Mixer's data path, this plugin 
 - every inbound TCP chain of a sidecar: ``envoy.filters.network.ext_authz`` and a ``tcp_grpc``
   access log on its ``tcp_proxy``.
 
-The HTTP ``ext_authz`` skips a request a ``CUSTOM`` AuthorizationPolicy already sent to Mixer
-(:mod:`pilot.custom_authz`; ``filter_enabled_metadata`` on the mark its shadow RBAC filter
-leaves), so each request is checked once.
+The HTTP and network ``ext_authz`` skip a request (a connection) a ``CUSTOM``
+AuthorizationPolicy already sent to Mixer (:mod:`pilot.custom_authz`; ``filter_enabled_metadata``
+on the mark its shadow RBAC filter leaves), so each is checked once.
 
 Both talk gRPC to the **node-local Mixer client** (``nodeagent/mixerclient``) through the
 static cluster :data:`CLIENT_CLUSTER` on a Unix socket, which ``meshfed proxy --mixer`` writes
@@ -264,6 +264,8 @@ class MixerPlugin(PluginBase):
                 failure_mode_allow=self.config.fail_open,
                 include_peer_certificate=True,
                 transport_api_version=config_source_pb2.ApiVersion.V3,
+                # A connection a CUSTOM AuthorizationPolicy sent to Mixer already had its Check.
+                filter_enabled_metadata=rbac.custom_network_matched(invert=True),
             )
             chain.add_filter(lc.Filter(name=TCP_AUTHZ, typed_config=pack(authz)))
         if self.config.report:

@@ -8,9 +8,9 @@ kind of chain; :mod:`security.rbac` decides what they mean there:
   filters before the router: ``CUSTOM`` first (:mod:`pilot.custom_authz`: Mixer's Check for
   the requests those policies match), then AUDIT, DENY, ALLOW;
 - a sidecar's inbound TCP port: the same policies as network RBAC filters ahead of
-  ``tcp_proxy`` (HTTP-only fields as Istio defines them, :func:`security.rbac.tcp_rule`).
-  ``CUSTOM`` cannot be asked on a TCP port: the connections its rules match are refused and
-  the proxy reports it;
+  ``tcp_proxy`` (HTTP-only fields as Istio defines them, :func:`security.rbac.tcp_rule`),
+  ``CUSTOM`` first (:func:`pilot.custom_authz.apply_tcp`: Mixer's Check for the connections
+  those policies match, through the network ext_authz);
 - a gateway's ports (plain and TLS): the policies of the gateway's namespace and the mesh that
   select the gateway proxy by its labels (``meshfed proxy --gateway --label``; a gateway
   without labels carries Istio's ``istio: ingressgateway``), as on an inbound HTTP port.
@@ -37,11 +37,6 @@ from meshfed.security import rbac
 # select it as written.
 DEFAULT_GATEWAY_LABELS = Labels({"istio": "ingressgateway"})
 
-CUSTOM_ON_TCP = (
-    "authorization: {names} set action CUSTOM, which meshfed does not support on TCP port "
-    "{port} (Mixer's Check is asked only for HTTP requests), so the connections their rules "
-    "match there are refused; use action ALLOW or DENY for TCP ports"
-)
 HTTP_ONLY_ON_TCP = (
     "authorization: {names} use HTTP-only fields (hosts, methods, paths, request.headers) on "
     "TCP port {port}: ALLOW rules naming them never match there; DENY, AUDIT and CUSTOM rules "
@@ -103,12 +98,8 @@ class AuthorizationPlugin(PluginBase):
         changed = sorted(p.name for p in policies if rbac.dropped_http_fields(p))
         if changed:
             ctx.report(HTTP_ONLY_ON_TCP.format(names=", ".join(changed), port=ctx.port))
+        custom_authz.apply_tcp(ctx, chain, policies, self.mixer)
         prefix = f"inbound_tcp_{ctx.port}."
-        refused = rbac.custom_network_deny_filter(policies, prefix)
-        if refused is not None:
-            names = sorted(p.name for p in policies if p.action is rbac.Action.CUSTOM)
-            ctx.report(CUSTOM_ON_TCP.format(names=", ".join(names), port=ctx.port))
-            chain.add_filter(refused)
         for filt in rbac.network_filters(policies, prefix):
             chain.add_filter(filt)
 

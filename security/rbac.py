@@ -410,7 +410,7 @@ def dropped_http_fields(policy: Policy) -> bool:
 def network_filters(policies: Sequence[Policy], stat_prefix: str) -> list[lc.Filter]:
     """Network RBAC filters for the policies that apply to one inbound TCP port, in the order
     AUDIT, DENY, ALLOW (as :func:`http_filters`), with :func:`tcp_policy` applied. ``CUSTOM``
-    policies are not among them (see :func:`custom_network_deny_filter`)."""
+    policies are not among them (see :func:`custom_network_shadow_filter`)."""
     out = []
     for action in (Action.AUDIT, Action.DENY, Action.ALLOW):
         mine = [tcp_policy(p) for p in policies if p.action is action]
@@ -427,8 +427,9 @@ def network_filters(policies: Sequence[Policy], stat_prefix: str) -> list[lc.Fil
 
 
 def custom_network_deny_filter(policies: Sequence[Policy], stat_prefix: str) -> lc.Filter | None:
-    """The connections ``CUSTOM`` rules match (HTTP-only parts dropped), refused: a TCP port
-    cannot ask the external authorizer, so it fails closed. None without ``CUSTOM`` policies."""
+    """The connections ``CUSTOM`` rules match (HTTP-only parts dropped), refused: what a proxy
+    that cannot reach the external authorizer enforces instead. None without ``CUSTOM``
+    policies."""
     mine = [tcp_policy(p) for p in policies if p.action is Action.CUSTOM]
     if not mine:
         return None
@@ -436,3 +437,26 @@ def custom_network_deny_filter(policies: Sequence[Policy], stat_prefix: str) -> 
         rules=_custom_rules(mine, rbac_pb2.RBAC.DENY, ""), stat_prefix=f"{stat_prefix}custom."
     )
     return lc.Filter(name=f"{NETWORK_RBAC_FILTER}.custom-refused", typed_config=pack(config))
+
+
+def custom_network_shadow_filter(policies: Sequence[Policy], stat_prefix: str) -> lc.Filter | None:
+    """The network form of :func:`custom_shadow_filter`: enforces nothing, marks a connection
+    a ``CUSTOM`` rule matches (HTTP-only parts dropped, :func:`tcp_policy`) for
+    :func:`custom_network_matched`. None without ``CUSTOM`` policies."""
+    mine = [tcp_policy(p) for p in policies if p.action is Action.CUSTOM]
+    if not mine:
+        return None
+    config = network_rbac.RBAC(
+        shadow_rules=_custom_rules(mine, rbac_pb2.RBAC.ALLOW, CUSTOM_POLICY_PREFIX),
+        shadow_rules_stat_prefix=CUSTOM_STAT_PREFIX,
+        stat_prefix=f"{stat_prefix}custom.",
+    )
+    return lc.Filter(name=f"{NETWORK_RBAC_FILTER}.custom", typed_config=pack(config))
+
+
+def custom_network_matched(invert: bool = False) -> metadata_pb2.MetadataMatcher:
+    """Matches a connection :func:`custom_network_shadow_filter` marked (``invert``: one it
+    did not)."""
+    matcher = custom_matched(invert)
+    matcher.filter = NETWORK_RBAC_FILTER
+    return matcher

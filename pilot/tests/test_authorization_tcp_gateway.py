@@ -1,6 +1,6 @@
 """AuthorizationPolicy beyond sidecars' HTTP ports: network RBAC on inbound TCP ports (Istio's
-meaning of HTTP-only fields there, CUSTOM refused and failing closed) and HTTP RBAC on the
-gateways a policy selects by the gateway proxy's labels."""
+meaning of HTTP-only fields there; CUSTOM through the network ext_authz, or failing closed
+without a Mixer client) and HTTP RBAC on the gateways a policy selects by their labels."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from envoy.config.rbac.v3 import rbac_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2 as http_authz
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter
+from envoy.extensions.filters.network.ext_authz.v3 import ext_authz_pb2 as tcp_authz
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
@@ -20,12 +21,12 @@ from hypothesis import strategies as st
 from meshfed.pilot import xds_types as T
 from meshfed.pilot.config.authorization import AuthorizationPolicy
 from meshfed.pilot.config.store import ConfigSnapshot, parse_config_file
-from meshfed.pilot.custom_authz import CUSTOM_AUTHZ
-from meshfed.pilot.mixer_plugin import MixerDataPath, MixerPlugin
+from meshfed.pilot.custom_authz import CUSTOM_AUTHZ, CUSTOM_TCP_AUTHZ
+from meshfed.pilot.mixer_plugin import FAIL_OPEN_HEADER, QUOTAS_HEADER, MixerDataPath, MixerPlugin
 from meshfed.pilot.rbac_plugin import AuthorizationPlugin
 from meshfed.registry.model import Labels
 from meshfed.security import rbac
-from pilot.tests.test_mixer_plugin import GW_WITH_CLIENT, manager_of
+from pilot.tests.test_mixer_plugin import DB_WITH_CLIENT, GW_WITH_CLIENT, manager_of
 from pilot.tests.test_plugins import DB_SIDECAR, GATEWAY, cache_with, http_filters, listeners
 
 DB_INBOUND = "inbound|10.0.0.7:5432"
@@ -125,22 +126,55 @@ def test_a_deny_of_only_http_fields_refuses_every_connection(tmp_path: Path) -> 
     assert policy.permissions[0].any and policy.principals[0].any
 
 
-def test_custom_on_a_tcp_port_is_refused_fail_closed_and_reported(tmp_path: Path) -> None:
-    filters, problems = tcp_chain(
-        tmp_path,
-        """
-        apiVersion: security.istio.io/v1
-        kind: AuthorizationPolicy
-        metadata: {name: ext, namespace: default}
-        spec:
-          action: CUSTOM
-          provider: {name: mixer}
-          rules: [{from: [{source: {notPrincipals: [cluster.local/ns/default/sa/app]}}]}]
-        """,
-    )
+CUSTOM_TCP = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ext, namespace: default}
+spec:
+  action: CUSTOM
+  provider: {name: mixer}
+  rules: [{from: [{source: {notPrincipals: [cluster.local/ns/default/sa/app]}}]}]
+"""
+
+
+def test_custom_on_a_tcp_port_without_a_client_is_refused_and_reported(tmp_path: Path) -> None:
+    filters, problems = tcp_chain(tmp_path, CUSTOM_TCP)
     assert [f.name for f in filters] == ["envoy.filters.network.rbac.custom-refused", TCP_PROXY]
     assert network_config(filters[0]).rules.action == rbac_pb2.RBAC.DENY
-    assert any("default/ext" in p and "CUSTOM" in p and "5432" in p for p in problems), problems
+    assert any("default/ext" in p and "CUSTOM" in p for p in problems), problems
+
+
+def test_custom_on_a_tcp_port_asks_mixer_once_for_the_connections_it_matches(
+    tmp_path: Path,
+) -> None:
+    data_path = MixerDataPath(enabled=True, quotas=("conns",))
+    plugins = (
+        AuthorizationPlugin(policies(tmp_path, CUSTOM_TCP), data_path),
+        MixerPlugin(data_path),
+    )
+    view = cache_with(*plugins).view(DB_WITH_CLIENT)
+    filters = list(listeners(view)[DB_INBOUND].filter_chains[0].filters)
+    assert [f.name for f in filters] == [
+        "envoy.filters.network.rbac.custom",
+        CUSTOM_TCP_AUTHZ,
+        "envoy.filters.network.ext_authz",
+        TCP_PROXY,
+    ]
+    shadow = network_config(filters[0])
+    assert not shadow.HasField("rules") and list(shadow.shadow_rules.policies) == [
+        "meshfed-custom:default/ext[0]"
+    ]
+    custom, data = tcp_authz.ExtAuthz(), tcp_authz.ExtAuthz()
+    filters[1].typed_config.Unpack(custom)
+    filters[2].typed_config.Unpack(data)
+    assert not custom.failure_mode_allow
+    headers = {h.key: h.value for h in custom.grpc_service.initial_metadata}
+    assert headers == {FAIL_OPEN_HEADER: "false", QUOTAS_HEADER: "conns"}
+    gate = custom.filter_enabled_metadata
+    assert gate.filter == rbac.NETWORK_RBAC_FILTER and not gate.invert
+    assert data.filter_enabled_metadata.filter == rbac.NETWORK_RBAC_FILTER
+    assert data.filter_enabled_metadata.invert
+    assert not [p for p in view.problems if "CUSTOM" in p]
 
 
 def test_policies_of_other_workloads_leave_the_tcp_port_alone(tmp_path: Path) -> None:

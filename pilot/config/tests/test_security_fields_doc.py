@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import yaml
 
@@ -96,7 +97,8 @@ REFUSED: dict[str, list[tuple[dict[str, Any], str]]] = {
 }
 MESH_REFUSED = {"mesh config `extensionProviders`": "spec.extensionProviders"}
 # Rows about TCP ports, decided when a TCP chain is built rather than when parsing:
-# row -> (status, spec, what the port's network filters are, whether a problem is reported)
+# row -> (status, spec, what the port's network filters are, whether a problem is reported),
+# on a sidecar with a node-local Mixer client
 NETWORK = "envoy.filters.network"
 TCP_ROWS: dict[str, tuple[str, dict[str, Any], list[str], bool]] = {
     "on a TCP port, ALLOW rules naming `hosts`, `methods`, `paths` (or `not` forms) or "
@@ -113,10 +115,10 @@ TCP_ROWS: dict[str, tuple[str, dict[str, Any], list[str], bool]] = {
         True,
     ),
     "`action: CUSTOM` on a TCP port": (
-        "refused",
+        "supported",
         {**MIXER, "rules": [{}]},
-        [f"{NETWORK}.rbac.custom-refused"],
-        True,
+        [f"{NETWORK}.rbac.custom", f"{NETWORK}.ext_authz.custom"],
+        False,
     ),
 }
 
@@ -154,7 +156,7 @@ def test_tcp_rows_are_what_a_tcp_port_gets(tmp_path: Path, row: str) -> None:
     objects, errors = parse_config_file(path)
     assert errors == [] and objects is not None
     plugin = AuthorizationPlugin(ConfigSnapshot.of(objects).authorization_policies)
-    view = cache_with(plugin).view(DB_SIDECAR)
+    view = cache_with(plugin).view(attrs.evolve(DB_SIDECAR, mixer_client=True))
     chain = listeners(view)["inbound|10.0.0.7:5432"].filter_chains[0]
     assert [f.name for f in chain.filters] == [*filters, f"{NETWORK}.tcp_proxy"]
     mine = [p for p in view.problems if "default/x" in p and "TCP port 5432" in p]
