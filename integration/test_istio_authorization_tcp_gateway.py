@@ -21,7 +21,9 @@ gives 200.
 
 CUSTOM on TCP (127.0.153.x, the same hub, db's sidecar with its Mixer client, a Mixer rule
 denying db to client): client's connections, matched, are closed with one Check each; api's,
-not matched, are echoed with none; matching everything, api is checked and echoed.
+not matched, are echoed with none; matching everything, api is checked and echoed. With the
+data path on, every connection has exactly one Check: client's from the CUSTOM filter (Envoy's
+``custom_tcp_5432`` counters), api's from the data path's.
 """
 
 from __future__ import annotations
@@ -471,6 +473,52 @@ async def test_custom_on_a_tcp_port_asks_mixer_for_the_connections_it_matches(
             assert {await exchange(T_API_IP) for _ in range(N)} == {b"PING"}
             assert {await exchange(T_CLIENT_IP) for _ in range(N)} == {b""}
             assert db_client.checks == before + 2 * N
+        finally:
+            server.close()
+            await server.wait_closed()
+
+
+async def test_with_the_data_path_each_tcp_connection_is_checked_once(tmp_path: Path) -> None:
+    async with datapath_mesh(tmp_path, T_SERVICES, DENY_DB_FROM_CLIENT, cache_entries=0) as mesh:
+        policy = mesh.folder / "registry" / "authz.yaml"
+        policy.write_text(CUSTOM_DB.format(rules="{from: [{source: {ipBlocks: [127.0.153.2]}}]}"))
+
+        async def app(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write((await reader.read(100)).upper())
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(app, T_DB_IP, 15432)
+        try:
+            db = await mesh.proxy(T_DB_IP, "db", "5432:15432")
+            (db_client,) = mesh.clients
+            await mesh.proxy(T_CLIENT_IP, "client", mixer_client=False)
+            await mesh.proxy(T_API_IP, "api", mixer_client=False)
+
+            async def custom_checks() -> int:
+                """Envoy's count of Checks by the CUSTOM network ext_authz on db's port."""
+                status, body = await db.admin("/stats?filter=custom_tcp_5432")
+                assert status == 200, body
+                total = 0
+                for line in body.splitlines():
+                    name, _, value = line.partition(": ")
+                    if name.endswith(".total") and value.strip().isdigit():
+                        total += int(value)
+                return total
+
+            async def custom_in_force() -> bool:
+                seen = await custom_checks()
+                closed = await echo(T_CLIENT_IP, T_CLIENT_IP, 5432, b"ping") == b""
+                return closed and await custom_checks() > seen
+
+            await eventually(custom_in_force, 30, "the CUSTOM network ext_authz to check client")
+            before, custom = db_client.checks, await custom_checks()
+            # client (matched by CUSTOM) is checked by the CUSTOM filter, api by the data path's;
+            # one Check per connection either way.
+            assert {await echo(T_CLIENT_IP, T_CLIENT_IP, 5432, b"ping") for _ in range(N)} == {b""}
+            assert {await echo(T_API_IP, T_API_IP, 5432, b"ping") for _ in range(N)} == {b"PING"}
+            assert db_client.checks == before + 2 * N
+            assert await custom_checks() == custom + N
         finally:
             server.close()
             await server.wait_closed()
