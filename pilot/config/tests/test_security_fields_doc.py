@@ -108,7 +108,7 @@ TCP_ROWS: dict[str, tuple[str, dict[str, Any], list[str], bool]] = {
         [f"{NETWORK}.rbac.allow"],
         True,
     ),
-    "on a TCP port, DENY / AUDIT rules naming them": (
+    "on a TCP port, DENY / AUDIT / CUSTOM rules naming them": (
         "differs",
         {"action": "DENY", "rules": [{"when": [{"key": "request.headers[a]", "values": ["1"]}]}]},
         [f"{NETWORK}.rbac.deny"],
