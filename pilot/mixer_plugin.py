@@ -8,9 +8,9 @@ access-log service. When the mesh config enables Mixer's data path, this plugin 
 - every inbound TCP chain of a sidecar: ``envoy.filters.network.ext_authz`` and a ``tcp_grpc``
   access log on its ``tcp_proxy``.
 
-The HTTP ``ext_authz`` skips a request a ``CUSTOM`` AuthorizationPolicy already sent to Mixer
-(:mod:`pilot.custom_authz`; ``filter_enabled_metadata`` on the mark its shadow RBAC filter
-leaves), so each request is checked once.
+The HTTP and network ``ext_authz`` skip a request (a connection) a ``CUSTOM``
+AuthorizationPolicy already sent to Mixer (:mod:`pilot.custom_authz`; ``filter_enabled_metadata``
+on the mark its shadow RBAC filter leaves), so each is checked once.
 
 Both talk gRPC to the **node-local Mixer client** (``nodeagent/mixerclient``) through the
 static cluster :data:`CLIENT_CLUSTER` on a Unix socket, which ``meshfed proxy --mixer`` writes
@@ -209,7 +209,7 @@ class MixerPlugin(PluginBase):
         for vhost in routes.virtual_hosts:
             out: list[rc.Route] = []
             for route in vhost.routes:
-                host = _route_host(route) or (
+                host = route_host(route) or (
                     ctx.services[0].hostname if len(ctx.services) == 1 else ""
                 )
                 if not host:
@@ -264,6 +264,8 @@ class MixerPlugin(PluginBase):
                 failure_mode_allow=self.config.fail_open,
                 include_peer_certificate=True,
                 transport_api_version=config_source_pb2.ApiVersion.V3,
+                # A connection a CUSTOM AuthorizationPolicy sent to Mixer already had its Check.
+                filter_enabled_metadata=rbac.custom_network_matched(invert=True),
             )
             chain.add_filter(lc.Filter(name=TCP_AUTHZ, typed_config=pack(authz)))
         if self.config.report:
@@ -273,7 +275,7 @@ class MixerPlugin(PluginBase):
             chain.add_access_log(accesslog_pb2.AccessLog(name=TCP_LOG, typed_config=pack(tcp_log)))
 
 
-def _route_host(route: rc.Route) -> str:
+def route_host(route: rc.Route) -> str:
     """The mesh service a route sends to (its cluster's, or its first weighted cluster's)."""
     action = route.route
     cluster = action.cluster

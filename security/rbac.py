@@ -1,4 +1,4 @@
-"""Authorization as Envoy's RBAC HTTP filter: the pure functions Pilot's plugin calls.
+"""Authorization as Envoy's RBAC filters, HTTP and network: the pure functions Pilot calls.
 
 Why here: which callers may do what is security policy; Pilot only decides on which inbound
 ports it applies (:mod:`pilot.rbac_plugin`). No I/O; messages in, messages out.
@@ -19,6 +19,14 @@ Promises (Istio's AuthorizationPolicy semantics):
   (:func:`custom_matched`); the external authorizer's filter is gated on that mark, so only
   those requests are sent to it. :func:`custom_deny_filter` is the fail-closed form, for a
   proxy that cannot reach the authorizer: the requests the rules match are refused.
+- TCP (:func:`network_filters`, Envoy's network RBAC filter ahead of ``tcp_proxy``): a
+  connection has no method, path, host or header, so :func:`tcp_rule` decides what a rule
+  naming them means, as Istio does: in an ``ALLOW`` policy such a rule never matches (it is
+  dropped, so the policy may allow nothing); in ``DENY``, ``AUDIT`` and ``CUSTOM`` policies
+  only the HTTP-only parts are dropped, so the rule matches more connections, never fewer.
+  A refused connection is closed before a byte reaches the workload.
+- ``remoteIpBlocks`` is Envoy's ``remote_ip``: the client address after the connection
+  manager's X-Forwarded-For handling (at a gateway, which trusts no forwarding hops, the peer).
 """
 
 from __future__ import annotations
@@ -30,17 +38,20 @@ from collections.abc import Iterable, Sequence
 
 import attrs
 from envoy.config.core.v3 import address_pb2
+from envoy.config.listener.v3 import listener_components_pb2 as lc
 from envoy.config.rbac.v3 import rbac_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
 )
+from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac
 from envoy.type.matcher.v3 import metadata_pb2, path_pb2, regex_pb2, string_pb2, value_pb2
 
 from meshfed.core.xds import pack
 
 RBAC_FILTER = "envoy.filters.http.rbac"
+NETWORK_RBAC_FILTER = "envoy.filters.network.rbac"
 SPIFFE = "spiffe://"
 # Envoy writes a shadow match under "<stat prefix>shadow_effective_policy_id" in the RBAC
 # filter's dynamic metadata; the policy names carry a prefix so the gate cannot be confused
@@ -65,6 +76,8 @@ class Source:
     not_namespaces: tuple[str, ...] = ()
     ip_blocks: tuple[str, ...] = ()
     not_ip_blocks: tuple[str, ...] = ()
+    remote_ip_blocks: tuple[str, ...] = ()
+    not_remote_ip_blocks: tuple[str, ...] = ()
 
 
 @attrs.frozen(slots=True)
@@ -192,6 +205,10 @@ def _source_ip(v: str) -> rbac_pb2.Principal:
     return rbac_pb2.Principal(direct_remote_ip=_cidr(v))
 
 
+def _remote_ip(v: str) -> rbac_pb2.Principal:
+    return rbac_pb2.Principal(remote_ip=_cidr(v))
+
+
 def _source(source: Source) -> rbac_pb2.Principal:
     ids = [
         *_ids(source.principals, _principal_name, False),
@@ -200,6 +217,8 @@ def _source(source: Source) -> rbac_pb2.Principal:
         *_ids(source.not_namespaces, _namespace, True),
         *_ids(source.ip_blocks, _source_ip, False),
         *_ids(source.not_ip_blocks, _source_ip, True),
+        *_ids(source.remote_ip_blocks, _remote_ip, False),
+        *_ids(source.not_remote_ip_blocks, _remote_ip, True),
     ]
     return _all_ids(ids)
 
@@ -346,3 +365,98 @@ def custom_matched(invert: bool = False) -> metadata_pb2.MetadataMatcher:
         ),
         invert=invert,
     )
+
+
+# -- TCP ---------------------------------------------------------------------------------------
+def _http_only(op: Operation) -> bool:
+    return bool(
+        op.hosts or op.not_hosts or op.methods or op.not_methods or op.paths or op.not_paths
+    )
+
+
+def _tcp_condition(c: Condition) -> bool:
+    return c.key in PRINCIPAL_KEYS or c.key in PERMISSION_KEYS
+
+
+def tcp_rule(rule: Rule, action: Action) -> Rule | None:
+    """``rule`` as it applies to a TCP connection (Istio's semantics for HTTP-only fields:
+    ``hosts``, ``methods``, ``paths`` and their ``not`` forms, ``request.headers`` conditions).
+
+    ``ALLOW``: None when the rule names any of them, since it could never be satisfied by a
+    connection. Other actions: the rule without them, so it matches at least every connection
+    it would have matched with them (a DENY of ``GET`` on TCP refuses every connection)."""
+    http_ops = any(_http_only(op) for op in rule.operations)
+    http_conditions = any(not _tcp_condition(c) for c in rule.conditions)
+    if not (http_ops or http_conditions):
+        return rule
+    if action is Action.ALLOW:
+        return None
+    operations = tuple(Operation(ports=op.ports, not_ports=op.not_ports) for op in rule.operations)
+    conditions = tuple(c for c in rule.conditions if _tcp_condition(c))
+    return Rule(rule.sources, operations, conditions)
+
+
+def tcp_policy(policy: Policy) -> Policy:
+    """``policy`` with :func:`tcp_rule` applied to each rule (dropped ones left out)."""
+    rules = (tcp_rule(r, policy.action) for r in policy.rules)
+    return Policy(policy.name, policy.action, tuple(r for r in rules if r is not None))
+
+
+def dropped_http_fields(policy: Policy) -> bool:
+    """Whether :func:`tcp_policy` changes ``policy``: worth telling the operator."""
+    return tcp_policy(policy) != policy
+
+
+def network_filters(policies: Sequence[Policy], stat_prefix: str) -> list[lc.Filter]:
+    """Network RBAC filters for the policies that apply to one inbound TCP port, in the order
+    AUDIT, DENY, ALLOW (as :func:`http_filters`), with :func:`tcp_policy` applied. ``CUSTOM``
+    policies are not among them (see :func:`custom_network_shadow_filter`)."""
+    out = []
+    for action in (Action.AUDIT, Action.DENY, Action.ALLOW):
+        mine = [tcp_policy(p) for p in policies if p.action is action]
+        if not mine:
+            continue
+        rules = rbac_pb2.RBAC(action=ENVOY_ACTION[action])
+        for policy in sorted(mine, key=lambda p: p.name):
+            for i, rule in enumerate(policy.rules):
+                rules.policies[f"{policy.name}[{i}]"].CopyFrom(_rule(rule))
+        name = action.value.lower()
+        config = network_rbac.RBAC(rules=rules, stat_prefix=f"{stat_prefix}{name}.")
+        out.append(lc.Filter(name=f"{NETWORK_RBAC_FILTER}.{name}", typed_config=pack(config)))
+    return out
+
+
+def custom_network_deny_filter(policies: Sequence[Policy], stat_prefix: str) -> lc.Filter | None:
+    """The connections ``CUSTOM`` rules match (HTTP-only parts dropped), refused: what a proxy
+    that cannot reach the external authorizer enforces instead. None without ``CUSTOM``
+    policies."""
+    mine = [tcp_policy(p) for p in policies if p.action is Action.CUSTOM]
+    if not mine:
+        return None
+    config = network_rbac.RBAC(
+        rules=_custom_rules(mine, rbac_pb2.RBAC.DENY, ""), stat_prefix=f"{stat_prefix}custom."
+    )
+    return lc.Filter(name=f"{NETWORK_RBAC_FILTER}.custom-refused", typed_config=pack(config))
+
+
+def custom_network_shadow_filter(policies: Sequence[Policy], stat_prefix: str) -> lc.Filter | None:
+    """The network form of :func:`custom_shadow_filter`: enforces nothing, marks a connection
+    a ``CUSTOM`` rule matches (HTTP-only parts dropped, :func:`tcp_policy`) for
+    :func:`custom_network_matched`. None without ``CUSTOM`` policies."""
+    mine = [tcp_policy(p) for p in policies if p.action is Action.CUSTOM]
+    if not mine:
+        return None
+    config = network_rbac.RBAC(
+        shadow_rules=_custom_rules(mine, rbac_pb2.RBAC.ALLOW, CUSTOM_POLICY_PREFIX),
+        shadow_rules_stat_prefix=CUSTOM_STAT_PREFIX,
+        stat_prefix=f"{stat_prefix}custom.",
+    )
+    return lc.Filter(name=f"{NETWORK_RBAC_FILTER}.custom", typed_config=pack(config))
+
+
+def custom_network_matched(invert: bool = False) -> metadata_pb2.MetadataMatcher:
+    """Matches a connection :func:`custom_network_shadow_filter` marked (``invert``: one it
+    did not)."""
+    matcher = custom_matched(invert)
+    matcher.filter = NETWORK_RBAC_FILTER
+    return matcher

@@ -1,8 +1,9 @@
 """``security.istio.io`` ``AuthorizationPolicy``: who may call a workload, and what.
 
 Parsed here into :class:`security.rbac.Rule` values; :mod:`security.rbac` turns them into
-Envoy's RBAC HTTP filter and :mod:`pilot.rbac_plugin` puts that filter on the inbound HTTP
-ports of the workloads each policy selects. A policy in the root namespace
+Envoy's RBAC filters and :mod:`pilot.rbac_plugin` puts them on the inbound HTTP and TCP ports
+of the workloads each policy selects and on the gateways it selects (by the gateway proxy's
+labels). A policy in the root namespace
 (:data:`~pilot.config.peer_authentication.ROOT_NAMESPACE`) without a selector applies to the
 whole mesh, one elsewhere without a selector to its namespace, one with a selector to the
 matching workloads of its namespace.
@@ -10,11 +11,11 @@ matching workloads of its namespace.
 Understood: ``action`` ``ALLOW`` (the default), ``DENY``, ``AUDIT`` and ``CUSTOM`` with
 ``provider.name: mixer`` (:data:`MIXER_PROVIDER`, meshfed's built-in external authorizer:
 Mixer's Check through each proxy's node-local client, see :mod:`pilot.custom_authz`);
-``from.source.principals/namespaces/ipBlocks`` and their ``not`` forms;
+``from.source.principals/namespaces/ipBlocks/remoteIpBlocks`` and their ``not`` forms;
 ``to.operation.hosts/methods/paths/ports`` and their ``not`` forms; ``when`` on
 ``request.headers[NAME]``, ``source.ip``, ``source.namespace``, ``source.principal``,
 ``destination.ip``, ``destination.port``. Everything else (other providers,
-``requestPrincipals``, ``remoteIpBlocks``, JWT claims, ``targetRef``) is refused naming the
+``requestPrincipals``, JWT claims, ``targetRef``) is refused naming the
 field: an accepted policy is an enforced one.
 """
 
@@ -102,6 +103,8 @@ SOURCE_FIELDS = {
     "notNamespaces": ("not_namespaces", ""),
     "ipBlocks": ("ip_blocks", "cidr"),
     "notIpBlocks": ("not_ip_blocks", "cidr"),
+    "remoteIpBlocks": ("remote_ip_blocks", "cidr"),
+    "notRemoteIpBlocks": ("not_remote_ip_blocks", "cidr"),
 }
 OPERATION_FIELDS = {
     "hosts": ("hosts", ""),
@@ -116,8 +119,8 @@ OPERATION_FIELDS = {
 
 
 def _source(r: FieldReader) -> rbac.Source:
-    refused = ["requestPrincipals", "notRequestPrincipals", "remoteIpBlocks", "notRemoteIpBlocks"]
-    _refuse(r, refused, "request authentication and remote addresses are not implemented")
+    refused = ["requestPrincipals", "notRequestPrincipals"]
+    _refuse(r, refused, "request authentication is not implemented")
     r.unknown_fields(set(SOURCE_FIELDS) | set(refused))
     return rbac.Source(
         **{attr: _strings(r, key, check) for key, (attr, check) in SOURCE_FIELDS.items()}

@@ -1,18 +1,22 @@
 """The AuthorizationPolicy field table of docs/security.md is what the parser does: each row has
 examples here (a row without them fails), a supported row's examples are accepted and a refused
-row's are refused with an error naming the field."""
+row's are refused with an error naming the field; the rows about TCP ports are what a TCP
+port's filters and problems are."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import yaml
 
 from meshfed.config import load_mesh_config
 from meshfed.core.resources import ConfigErrors
-from meshfed.pilot.config.store import parse_config_file
+from meshfed.pilot.config.store import ConfigSnapshot, parse_config_file
+from meshfed.pilot.rbac_plugin import AuthorizationPlugin
+from pilot.tests.test_plugins import DB_SIDECAR, cache_with, listeners
 
 DOC = Path(__file__).parents[3] / "docs" / "security.md"
 SECTION = "## AuthorizationPolicy"
@@ -51,6 +55,9 @@ SUPPORTED: dict[str, list[dict[str, Any]]] = {
     "`from.source.ipBlocks`, `notIpBlocks`": [
         _from(ipBlocks=["127.0.0.0/8"], notIpBlocks=["127.0.0.9"])
     ],
+    "`from.source.remoteIpBlocks`, `notRemoteIpBlocks`": [
+        _from(remoteIpBlocks=["127.0.0.0/8"], notRemoteIpBlocks=["127.0.0.9"])
+    ],
     "`to.operation.hosts`, `notHosts`": [_to(hosts=["web"], notHosts=["*.evil"])],
     "`to.operation.methods`, `paths`, `ports` (and `not` forms)": [
         _to(methods=["GET"], paths=["/a*"], ports=["80"], notMethods=["PUT"]),
@@ -79,11 +86,9 @@ REFUSED: dict[str, list[tuple[dict[str, Any], str]]] = {
         ({"targetRef": {"kind": "Gateway", "name": "g"}}, "spec.targetRef"),
         ({"targetRefs": [{"kind": "Gateway", "name": "g"}]}, "spec.targetRefs"),
     ],
-    "`from.source.requestPrincipals`, `remoteIpBlocks` (and `not` forms)": [
+    "`from.source.requestPrincipals`, `notRequestPrincipals`": [
         (_from(requestPrincipals=["*"]), f"{SRC}.requestPrincipals"),
         (_from(notRequestPrincipals=["*"]), f"{SRC}.notRequestPrincipals"),
-        (_from(remoteIpBlocks=["127.0.0.1"]), f"{SRC}.remoteIpBlocks"),
-        (_from(notRemoteIpBlocks=["127.0.0.1"]), f"{SRC}.notRemoteIpBlocks"),
     ],
     "other `when` keys (`request.auth.*`, `connection.sni`, ...)": [
         (_when("request.auth.claims[iss]", ["x"]), "spec.rules[0].when[0].key"),
@@ -91,6 +96,31 @@ REFUSED: dict[str, list[tuple[dict[str, Any], str]]] = {
     ],
 }
 MESH_REFUSED = {"mesh config `extensionProviders`": "spec.extensionProviders"}
+# Rows about TCP ports, decided when a TCP chain is built rather than when parsing:
+# row -> (status, spec, what the port's network filters are, whether a problem is reported),
+# on a sidecar with a node-local Mixer client
+NETWORK = "envoy.filters.network"
+TCP_ROWS: dict[str, tuple[str, dict[str, Any], list[str], bool]] = {
+    "on a TCP port, ALLOW rules naming `hosts`, `methods`, `paths` (or `not` forms) or "
+    "`request.headers`": (
+        "differs",
+        {"rules": [{"to": [{"operation": {"methods": ["GET"]}}]}]},
+        [f"{NETWORK}.rbac.allow"],
+        True,
+    ),
+    "on a TCP port, DENY / AUDIT / CUSTOM rules naming them": (
+        "differs",
+        {"action": "DENY", "rules": [{"when": [{"key": "request.headers[a]", "values": ["1"]}]}]},
+        [f"{NETWORK}.rbac.deny"],
+        True,
+    ),
+    "`action: CUSTOM` on a TCP port": (
+        "supported",
+        {**MIXER, "rules": [{}]},
+        [f"{NETWORK}.rbac.custom", f"{NETWORK}.ext_authz.custom"],
+        False,
+    ),
+}
 
 
 def rows() -> dict[str, str]:
@@ -110,8 +140,27 @@ def test_every_row_has_examples_and_the_status_the_table_says() -> None:
         **dict.fromkeys(SUPPORTED, "supported"),
         **dict.fromkeys(REFUSED, "refused"),
         **dict.fromkeys(MESH_REFUSED, "refused"),
+        **{row: status for row, (status, *_) in TCP_ROWS.items()},
     }
     assert table == listed
+
+
+@pytest.mark.parametrize("row", list(TCP_ROWS))
+def test_tcp_rows_are_what_a_tcp_port_gets(tmp_path: Path, row: str) -> None:
+    _, spec, filters, reported = TCP_ROWS[row]
+    path = tmp_path / "authz.yaml"
+    doc = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy"}
+    path.write_text(
+        yaml.safe_dump({**doc, "metadata": {"name": "x", "namespace": "default"}, "spec": spec})
+    )
+    objects, errors = parse_config_file(path)
+    assert errors == [] and objects is not None
+    plugin = AuthorizationPlugin(ConfigSnapshot.of(objects).authorization_policies)
+    view = cache_with(plugin).view(attrs.evolve(DB_SIDECAR, mixer_client=True))
+    chain = listeners(view)["inbound|10.0.0.7:5432"].filter_chains[0]
+    assert [f.name for f in chain.filters] == [*filters, f"{NETWORK}.tcp_proxy"]
+    mine = [p for p in view.problems if "default/x" in p and "TCP port 5432" in p]
+    assert bool(mine) is reported, view.problems
 
 
 def _parse(tmp_path: Path, spec: dict[str, Any]) -> tuple[Path, list[str], bool]:
