@@ -252,6 +252,9 @@ class Hub:
         if self._sync_deadline is not None:
             self._sync_deadline.cancel()
             self._sync_deadline = None
+        for name in self.adapters:
+            # An adapter's stop may await (threads, sessions) while its run already returns.
+            self.supervisor.expect_exit(f"registry {name}")
         errors = []
         for name, adapter in self.adapters.items():
             try:
