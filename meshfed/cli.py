@@ -76,7 +76,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         asyncio.run(main())
     except (RegistryConfigError, StartFailed) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():
+            print(f"error: {line}", file=sys.stderr)
         return 1
     return 0
 

@@ -130,7 +130,7 @@ def duplicate_errors(objects: list[Any]) -> list[ConfigError]:
 def registry_errors(mesh: MeshConfig, doc: Document) -> list[ConfigError]:
     """Each registry entry's parameters, checked by constructing its adapter as the hub does
     (no I/O: nothing is contacted, no file is read)."""
-    from meshfed.hub import create_adapter
+    from meshfed.hub import adapter_problems, create_adapter
     from meshfed.registry.aggregate import AggregateRegistry
 
     out = []
@@ -140,7 +140,7 @@ def registry_errors(mesh: MeshConfig, doc: Document) -> list[ConfigError]:
             create_adapter(mesh, reg, member)
         except Exception as exc:  # the adapter's own parameter error, or an unknown kind
             where = f"spec.registries[{index}] ({reg.name}, kind {reg.kind})"
-            out.append(ConfigError(doc.file, doc.ref, where, str(exc)))
+            out.extend(ConfigError(doc.file, doc.ref, where, p) for p in adapter_problems(exc))
     return out
 
 
