@@ -133,7 +133,7 @@ def registry_errors(mesh: MeshConfig, doc: Document) -> list[ConfigError]:
     from meshfed.hub import adapter_problems, create_adapter
     from meshfed.registry.aggregate import AggregateRegistry
 
-    out = []
+    out: list[ConfigError] = []
     for index, reg in enumerate(mesh.registries):
         member = AggregateRegistry().add_member(reg.name, reg.kind)
         try:
