@@ -320,7 +320,11 @@ def cmd_token_list(args: argparse.Namespace) -> int:
     from meshfed.cli import format_table
 
     columns = sorted({k for r in records for k in r} - {"id"})
-    rows = [[str(r.get("id", "")), *(str(r.get(c, "")) for c in columns)] for r in records]
+
+    def cell(value: object) -> str:  # an unused token has used: null
+        return "-" if value is None or value == "" else str(value)
+
+    rows = [[cell(r.get("id")), *(cell(r.get(c)) for c in columns)] for r in records]
     print(format_table(rows, ["ID", *(c.upper().replace("_", " ") for c in columns)]))
     return 0
 

@@ -43,6 +43,12 @@ def test_token_create_prints_a_token_the_ca_accepts_once(
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[0] == "ID" and "NAMESPACE" in table[0], table
     assert len(table) == 2 and "shop" in table[1].split() and token.split(".")[2] not in table[1]
+    assert table[0].split()[-1] == "USED" and table[1].split()[-1].startswith("20")  # redeemed
+    assert main(["ca", "token", "create", "--state-dir", state, "-n", "shop", "-s", "web"]) == 0
+    capsys.readouterr()
+    assert main(["ca", "token", "list", "--state-dir", state]) == 0
+    unused = capsys.readouterr().out.splitlines()[-1].split()
+    assert unused[-1] == "-", unused  # never redeemed: no time, and not Python's None
 
 
 def test_nodeagent_refuses_to_start_without_a_credential(
