@@ -195,18 +195,22 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from meshfed.validate import validate_files
+    from meshfed.validate import expand_paths, validate_files
 
     mesh = load_mesh_config(args.config) if args.config else None
-    count, errors, warnings = validate_files((Path(p) for p in args.files), mesh)
+    files = expand_paths(Path(p) for p in args.files)  # a folder: its YAML files
+    count, errors, warnings = validate_files(files, mesh)
+    for arg in args.files:
+        if not expand_paths([Path(arg)]):
+            warnings.append(f"{arg}: a folder with no *.yaml or *.yml files")
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     for error in errors:
         print(error, file=sys.stderr)
     if errors:
-        print(f"{len(errors)} error(s) in {len(args.files)} file(s)", file=sys.stderr)
+        print(f"{len(errors)} error(s) in {len(files)} file(s)", file=sys.stderr)
         return 1
-    print(f"{count} document(s) in {len(args.files)} file(s) valid")
+    print(f"{count} document(s) in {len(files)} file(s) valid")
     return 0
 
 

@@ -51,6 +51,18 @@ def mixer_errors(docs: list[Document]) -> list[ConfigError]:
     return errors
 
 
+def expand_paths(paths: Iterable[Path]) -> list[Path]:
+    """Files as given, folders as their ``*.yaml`` / ``*.yml`` files (not subfolders), as the
+    hub's file stores read a configured path; a missing path is kept, to be reported."""
+    from meshfed.core.filestore import config_files
+
+    out: list[Path] = []
+    for path in paths:
+        files, missing = config_files([path])
+        out.extend(files or missing)
+    return out
+
+
 def validate_files(
     paths: Iterable[Path], mesh: MeshConfig | None = None
 ) -> tuple[int, list[ConfigError], list[str]]:
@@ -72,7 +84,7 @@ def validate_files(
     errors: list[ConfigError] = []
     parsed: list[Any] = []
     mixer_docs: list[Document] = []
-    for path in paths:
+    for path in expand_paths(paths):
         docs, file_errors = load_documents(path)
         errors.extend(file_errors)
         for doc in docs:
