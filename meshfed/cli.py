@@ -244,7 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     version.set_defaults(func=cmd_version)
 
     validate = sub.add_parser("validate", help="check config files; non-zero exit on errors")
-    validate.add_argument("files", nargs="+")
+    validate.add_argument(
+        "files", nargs="+", help="YAML files or folders (a folder: its *.yaml, *.yml)"
+    )
     validate.add_argument(
         "--config", "-c", help="the MeshConfig the files are for (its Ingress selection)"
     )
