@@ -489,22 +489,35 @@ def register(sub: Any) -> None:
             "--max-ttl",
             type=parse_duration,
             default=parse_duration("7d"),
-            help="the longest leaf lifetime the CA issues",
+            help="the longest leaf lifetime the CA issues (default 7d)",
         )
 
     serve = ca_sub.add_parser("serve", help="run the CA's signing service")
     storage_options(serve)
-    serve.add_argument("--listen", default="127.0.0.1:15012", help="bootstrap port (TLS)")
     serve.add_argument(
-        "--renew-listen", default="127.0.0.1:15013", help="renewal port (mutual TLS)"
+        "--listen", default="127.0.0.1:15012", help="bootstrap port (TLS; default %(default)s)"
     )
-    serve.add_argument("--monitoring", default="127.0.0.1:15016")
-    serve.add_argument("--default-ttl", type=parse_duration, default=parse_duration("1h"))
+    serve.add_argument(
+        "--renew-listen",
+        default="127.0.0.1:15013",
+        help="renewal port (mutual TLS; default %(default)s)",
+    )
+    serve.add_argument(
+        "--monitoring",
+        default="127.0.0.1:15016",
+        help="/metrics, /healthz/ready, /debug/ca (default %(default)s)",
+    )
+    serve.add_argument(
+        "--default-ttl",
+        type=parse_duration,
+        default=parse_duration("1h"),
+        help="leaf lifetime when the agent asks for none (default 1h)",
+    )
     serve.add_argument(
         "--reload-interval",
         type=parse_duration,
         default=parse_duration("10s"),
-        help="how often to re-read the storage for a root rotation",
+        help="how often to re-read the storage for a root rotation (default 10s)",
     )
     serve.add_argument(
         "--tokenreview-kubeconfig", help="accept Kubernetes service-account tokens (TokenReview)"

@@ -47,7 +47,7 @@ def test_token_create_prints_a_token_the_ca_accepts_once(
     assert main(["ca", "token", "create", "--state-dir", state, "-n", "shop", "-s", "web"]) == 0
     capsys.readouterr()
     assert main(["ca", "token", "list", "--state-dir", state]) == 0
-    unused = capsys.readouterr().out.splitlines()[-1].split()
+    (unused,) = [r.split() for r in capsys.readouterr().out.splitlines() if " web " in r]
     assert unused[-1] == "-", unused  # never redeemed: no time, and not Python's None
 
 
@@ -122,3 +122,23 @@ def test_hub_service_account_names_the_hub_service_dns_names() -> None:
             names(bad, [])
     with pytest.raises(SystemExit, match="needs --hub-service-account"):
         names(None, ["hub.example"])
+
+
+def test_ca_serve_help_names_the_defaults_docs_security_states(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["ca", "serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag, default in [
+        ("--max-ttl", "7d"),
+        ("--default-ttl", "1h"),
+        ("--reload-interval", "10s"),
+        ("--listen", "127.0.0.1:15012"),
+        ("--renew-listen", "127.0.0.1:15013"),
+        ("--monitoring", "127.0.0.1:15016"),
+    ]:
+        after = text.split(f"{flag} {flag.lstrip('-').upper().replace('-', '_')} ", 1)[1]
+        assert f"(default {default})" in after.split(" --", 1)[0] or (
+            f"default {default})" in after.split(" --", 1)[0]
+        ), (flag, after[:120])
