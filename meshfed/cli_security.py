@@ -311,7 +311,12 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 def cmd_token_list(args: argparse.Namespace) -> int:
     from meshfed.security.tokens import JoinTokenStore
 
-    records = JoinTokenStore(_state_dir(args) / "tokens.json").list()
+    path = _state_dir(args) / "tokens.json"
+    if not path.exists():  # a read: a mistyped --state-dir must not create folders
+        print(f"no join tokens in {path.parent} (no {path.name})", file=sys.stderr)
+        records: list[dict[str, Any]] = []
+    else:
+        records = JoinTokenStore(path).list()
     if args.output != "table":
         from meshfed.cli import print_document
 

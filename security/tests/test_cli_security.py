@@ -142,3 +142,14 @@ def test_ca_serve_help_names_the_defaults_docs_security_states(
         assert f"(default {default})" in after.split(" --", 1)[0] or (
             f"default {default})" in after.split(" --", 1)[0]
         ), (flag, after[:120])
+
+
+def test_token_list_of_a_missing_state_dir_says_so_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "typo" / "ca"
+    assert main(["ca", "token", "list", "--state-dir", str(state)]) == 0
+    assert f"no join tokens in {state}" in capsys.readouterr().err
+    assert not (tmp_path / "typo").exists()
+    assert main(["ca", "token", "list", "--state-dir", str(state), "-o", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
