@@ -41,11 +41,9 @@ async def test_a_gateway_in_a_mesh_without_services_gets_ready(tmp_path: Path) -
     with (tmp_path / "hub.log").open("wb") as log:
         hub = subprocess.Popen([meshfed, "up", "--config", str(mesh)], stdout=log, stderr=log)
     url = f"http://{hub_ip}:{monitoring}"
-    proxy = CliProxy(
-        ["--gateway", "--ip", gw_ip, "--workload", "ingress", "--gateway-port", str(gw_port)]
-        + ["--pilot", f"{hub_ip}:{discovery}", "--hub", url, "--status-port", "0"],
-        tmp_path / "gw.log",
-    )
+    args = ["--gateway", "--ip", gw_ip, "--workload", "ingress", "--gateway-port", str(gw_port)]
+    args += ["--pilot", f"{hub_ip}:{discovery}", "--hub", url, "--status-port", "0"]
+    proxy = CliProxy(args, tmp_path / "gw.log")
     try:
         deadline = time.monotonic() + 30
         while not await asyncio.to_thread(_ready, url):
