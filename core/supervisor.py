@@ -163,15 +163,24 @@ class Supervisor:
         except Exception:
             log.exception("supervisor callback failed")
 
+    def expect_exit(self, name: str) -> None:
+        """Task ``name`` is about to be told to stop: its exit from now on is the end, not a
+        failure. For owners whose stop awaits before :meth:`retire` can run (the task may
+        return meanwhile). Unknown names are ignored."""
+        entry = self._tasks.get(name)
+        if entry is None:
+            return
+        entry.retired = True
+        entry.failure = None
+        FAILING.labels(name).set(0)
+
     async def retire(self, name: str, grace: float = 5.0) -> None:
         """End task ``name`` for good: its owner has told it to stop; wait ``grace`` s for it
         to return, then cancel it. Unknown names are ignored (a start that failed early)."""
         entry = self._tasks.get(name)
         if entry is None or entry.task is None:
             return
-        entry.retired = True
-        entry.failure = None
-        FAILING.labels(name).set(0)
+        self.expect_exit(name)
         task = entry.task
         if not task.done():
             await asyncio.wait([task], timeout=grace)

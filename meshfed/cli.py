@@ -76,7 +76,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         asyncio.run(main())
     except (RegistryConfigError, StartFailed) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():
+            print(f"error: {line}", file=sys.stderr)
         return 1
     return 0
 
@@ -194,18 +195,22 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from meshfed.validate import validate_files
+    from meshfed.validate import expand_paths, validate_files
 
     mesh = load_mesh_config(args.config) if args.config else None
-    count, errors, warnings = validate_files((Path(p) for p in args.files), mesh)
+    files = expand_paths(Path(p) for p in args.files)  # a folder: its YAML files
+    count, errors, warnings = validate_files(files, mesh)
+    for arg in args.files:
+        if not expand_paths([Path(arg)]):
+            warnings.append(f"{arg}: a folder with no *.yaml or *.yml files")
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     for error in errors:
         print(error, file=sys.stderr)
     if errors:
-        print(f"{len(errors)} error(s) in {len(args.files)} file(s)", file=sys.stderr)
+        print(f"{len(errors)} error(s) in {len(files)} file(s)", file=sys.stderr)
         return 1
-    print(f"{count} document(s) in {len(args.files)} file(s) valid")
+    print(f"{count} document(s) in {len(files)} file(s) valid")
     return 0
 
 
@@ -239,7 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     version.set_defaults(func=cmd_version)
 
     validate = sub.add_parser("validate", help="check config files; non-zero exit on errors")
-    validate.add_argument("files", nargs="+")
+    validate.add_argument(
+        "files", nargs="+", help="YAML files or folders (a folder: its *.yaml, *.yml)"
+    )
     validate.add_argument(
         "--config", "-c", help="the MeshConfig the files are for (its Ingress selection)"
     )

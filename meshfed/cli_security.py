@@ -311,7 +311,12 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 def cmd_token_list(args: argparse.Namespace) -> int:
     from meshfed.security.tokens import JoinTokenStore
 
-    records = JoinTokenStore(_state_dir(args) / "tokens.json").list()
+    path = _state_dir(args) / "tokens.json"
+    if not path.exists():  # a read: a mistyped --state-dir must not create folders
+        print(f"no join tokens in {path.parent} (no {path.name})", file=sys.stderr)
+        records: list[dict[str, Any]] = []
+    else:
+        records = JoinTokenStore(path).list()
     if args.output != "table":
         from meshfed.cli import print_document
 
@@ -320,7 +325,11 @@ def cmd_token_list(args: argparse.Namespace) -> int:
     from meshfed.cli import format_table
 
     columns = sorted({k for r in records for k in r} - {"id"})
-    rows = [[str(r.get("id", "")), *(str(r.get(c, "")) for c in columns)] for r in records]
+
+    def cell(value: object) -> str:  # an unused token has used: null
+        return "-" if value is None or value == "" else str(value)
+
+    rows = [[cell(r.get("id")), *(cell(r.get(c)) for c in columns)] for r in records]
     print(format_table(rows, ["ID", *(c.upper().replace("_", " ") for c in columns)]))
     return 0
 
@@ -485,22 +494,35 @@ def register(sub: Any) -> None:
             "--max-ttl",
             type=parse_duration,
             default=parse_duration("7d"),
-            help="the longest leaf lifetime the CA issues",
+            help="the longest leaf lifetime the CA issues (default 7d)",
         )
 
     serve = ca_sub.add_parser("serve", help="run the CA's signing service")
     storage_options(serve)
-    serve.add_argument("--listen", default="127.0.0.1:15012", help="bootstrap port (TLS)")
     serve.add_argument(
-        "--renew-listen", default="127.0.0.1:15013", help="renewal port (mutual TLS)"
+        "--listen", default="127.0.0.1:15012", help="bootstrap port (TLS; default %(default)s)"
     )
-    serve.add_argument("--monitoring", default="127.0.0.1:15016")
-    serve.add_argument("--default-ttl", type=parse_duration, default=parse_duration("1h"))
+    serve.add_argument(
+        "--renew-listen",
+        default="127.0.0.1:15013",
+        help="renewal port (mutual TLS; default %(default)s)",
+    )
+    serve.add_argument(
+        "--monitoring",
+        default="127.0.0.1:15016",
+        help="/metrics, /healthz/ready, /debug/ca (default %(default)s)",
+    )
+    serve.add_argument(
+        "--default-ttl",
+        type=parse_duration,
+        default=parse_duration("1h"),
+        help="leaf lifetime when the agent asks for none (default 1h)",
+    )
     serve.add_argument(
         "--reload-interval",
         type=parse_duration,
         default=parse_duration("10s"),
-        help="how often to re-read the storage for a root rotation",
+        help="how often to re-read the storage for a root rotation (default 10s)",
     )
     serve.add_argument(
         "--tokenreview-kubeconfig", help="accept Kubernetes service-account tokens (TokenReview)"

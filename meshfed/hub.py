@@ -47,6 +47,7 @@ from meshfed.core.component import HubComponent
 from meshfed.core.configstore import ConfigStore, stores_of
 from meshfed.core.lifecycle import Lifecycle, StartFailed, Step
 from meshfed.core.monitoring import MonitoringServer
+from meshfed.core.resources import ConfigError
 from meshfed.core.supervisor import Supervisor
 from meshfed.registry.aggregate import AggregateRegistry, Member
 from meshfed.registry.events import ChangeEvent
@@ -79,7 +80,23 @@ class UnknownRegistryKind(Exception):
 
 
 class RegistryConfigError(Exception):
-    """A configured registry cannot be created; the message names the file and the entry."""
+    """A configured registry cannot be created; the message names the file and the entry,
+    one line per problem."""
+
+
+def adapter_problems(exc: Exception) -> list[str]:
+    """Each problem an adapter's parameter check reported, one line each, without the
+    adapter's own "where" (the caller names the file and the registry entry)."""
+    errors = getattr(exc, "errors", None)
+    if isinstance(errors, list) and errors:
+        out = []
+        for error in errors:
+            if isinstance(error, ConfigError):
+                out.append(f"{error.field}: {error.message}" if error.field else error.message)
+            else:
+                out.append(str(error))
+        return out
+    return [str(exc)]
 
 
 def adapter_factory(kind: str, extra: Mapping[str, AdapterFactory] | None = None) -> AdapterFactory:
@@ -186,15 +203,17 @@ class Hub:
         """Create every adapter (RegistryConfigError before anything runs), then start the
         parts in order; a part that fails to start raises StartFailed after every part
         started before it has been stopped again."""
+        problems: list[str] = []
         for index, reg in enumerate(self.mesh.registries):
             member = self.aggregate.add_member(reg.name, reg.kind)
             try:
                 self.adapters[reg.name] = create_adapter(self.mesh, reg, member, self.factories)
             except Exception as exc:  # an adapter's own parameter check, or an unknown kind
-                raise RegistryConfigError(
-                    f"{self.mesh.source}: MeshConfig: spec.registries[{index}] "
-                    f"({reg.name}, kind {reg.kind}): {exc}"
-                ) from exc
+                where = f"{self.mesh.source}: MeshConfig: spec.registries[{index}] "
+                where += f"({reg.name}, kind {reg.kind})"
+                problems.extend(f"{where}: {problem}" for problem in adapter_problems(exc))
+        if problems:  # every entry's problems at once, as `meshfed validate` lists them
+            raise RegistryConfigError("\n".join(problems))
         self.monitoring = MonitoringServer(
             self.mesh.monitoring_address, name="meshfed.hub", metrics=[self.metrics]
         )
@@ -252,6 +271,9 @@ class Hub:
         if self._sync_deadline is not None:
             self._sync_deadline.cancel()
             self._sync_deadline = None
+        for name in self.adapters:
+            # An adapter's stop may await (threads, sessions) while its run already returns.
+            self.supervisor.expect_exit(f"registry {name}")
         errors = []
         for name, adapter in self.adapters.items():
             try:

@@ -267,6 +267,15 @@ def wait_hub_ready(hub: str, timeout: float, stop: threading.Event) -> None:
     raise TimeoutError(f"hub {hub} not ready after {timeout:g}s: {shown}")
 
 
+def acked_versions(state: dict[str, Any]) -> dict[str, str]:
+    """Per xDS type of Pilot's entry for a proxy, the version it ACKed; a type the proxy never
+    asked for (EDS of a gateway or sidecar with no service to reach) says so instead."""
+    return {
+        name: entry.get("acked_version") or entry.get("status") or "?"
+        for name, entry in state.get("types", {}).items()
+    }
+
+
 def wait_synced(envoy: Envoy, plan: Plan, stop: threading.Event) -> dict[str, Any]:
     """Until Envoy is LIVE and Pilot says this proxy ACKed a full config; Pilot's entry."""
     deadline = time.monotonic() + plan.ready_timeout
@@ -420,7 +429,7 @@ def run(plan: Plan) -> int:
         state = wait_synced(envoy, plan, stop)
         if probe is not None:
             probe.synced = True
-        versions = {k: v["acked_version"] for k, v in state["types"].items()}
+        versions = acked_versions(state)
         print(f"ready: {plan.node_id} ACKed {versions}", flush=True)
         while not stop.wait(0.2):
             code = envoy.exited()

@@ -60,6 +60,18 @@ def mixer_errors(docs: list[Document]) -> list[ConfigError]:
     return errors
 
 
+def expand_paths(paths: Iterable[Path]) -> list[Path]:
+    """Files as given, folders as their ``*.yaml`` / ``*.yml`` files (not subfolders), as the
+    hub's file stores read a configured path; a missing path is kept, to be reported."""
+    from meshfed.core.filestore import config_files
+
+    out: list[Path] = []
+    for path in paths:
+        files, missing = config_files([path])
+        out.extend(files or missing)
+    return out
+
+
 def validate_files(
     paths: Iterable[Path], mesh: MeshConfig | None = None
 ) -> tuple[int, list[ConfigError], list[str]]:
@@ -81,7 +93,7 @@ def validate_files(
     errors: list[ConfigError] = []
     parsed: list[Any] = []
     mixer_docs: list[Document] = []
-    for path in paths:
+    for path in expand_paths(paths):
         docs, file_errors = load_documents(path)
         errors.extend(file_errors)
         for doc in docs:
@@ -139,17 +151,17 @@ def duplicate_errors(objects: list[Any]) -> list[ConfigError]:
 def registry_errors(mesh: MeshConfig, doc: Document) -> list[ConfigError]:
     """Each registry entry's parameters, checked by constructing its adapter as the hub does
     (no I/O: nothing is contacted, no file is read)."""
-    from meshfed.hub import create_adapter
+    from meshfed.hub import adapter_problems, create_adapter
     from meshfed.registry.aggregate import AggregateRegistry
 
-    out = []
+    out: list[ConfigError] = []
     for index, reg in enumerate(mesh.registries):
         member = AggregateRegistry().add_member(reg.name, reg.kind)
         try:
             create_adapter(mesh, reg, member)
         except Exception as exc:  # the adapter's own parameter error, or an unknown kind
             where = f"spec.registries[{index}] ({reg.name}, kind {reg.kind})"
-            out.append(ConfigError(doc.file, doc.ref, where, str(exc)))
+            out.extend(ConfigError(doc.file, doc.ref, where, p) for p in adapter_problems(exc))
     return out
 
 

@@ -194,6 +194,42 @@ async def test_bad_registry_entry_is_named_not_a_traceback():
     await hub.stop()
 
 
+def test_each_bad_registry_parameter_is_its_own_line_naming_the_entry(tmp_path, capsys):
+    """Several problems in one Consul or Eureka entry: one line each (no escaped line
+    break), each naming the file, the entry and the key, in `validate` and in `up`."""
+    mesh = tmp_path / "mesh.yaml"
+    mesh.write_text(
+        textwrap.dedent(
+            """
+            apiVersion: meshfed.io/v1alpha1
+            kind: MeshConfig
+            metadata: {name: mesh}
+            spec:
+              listen: {monitoring: "127.0.0.1:0", discovery: "127.0.0.1:0"}
+              registries:
+                - {name: dc1, kind: consul, adress: "127.0.0.1:8500", wait: 20m}
+                - {name: eu, kind: eureka, servers: ["ftp://x"], colour: red}
+            """
+        )
+    )
+    for argv in (["validate", str(mesh)], ["up", "--config", str(mesh)]):
+        assert main(argv) == 1
+        lines = [line for line in capsys.readouterr().err.splitlines() if "registries[" in line]
+        assert "\\n" not in "".join(lines)
+        wanted = [
+            ("(dc1, kind consul)", "adress: unknown key"),
+            ("(dc1, kind consul)", "wait: expected at most 10m"),
+            ("(eu, kind eureka)", "colour: unknown field"),
+            ("(eu, kind eureka)", "servers[0]: expected an http(s) URL"),
+        ]
+        for entry, problem in wanted:
+            assert [x for x in lines if entry in x and problem in x and "mesh.yaml" in x], (
+                argv,
+                problem,
+                lines,
+            )
+
+
 def test_validate_checks_registry_parameters_as_the_hub_would(tmp_path, capsys):
     """`meshfed validate` constructs each registry's adapter (no I/O), so a typo in a Consul
     or Eureka entry fails here, before `meshfed up` would refuse it."""

@@ -127,6 +127,38 @@ async def test_an_adapter_own_degraded_reason_is_not_cleared_by_recovery() -> No
         await hub.stop()
 
 
+class SlowStopAdapter(FlakyAdapter):
+    """Tells its run to end, then waits for its own cleanup (threads, a session) to finish."""
+
+    async def stop(self) -> None:
+        self.stop_calls += 1
+        self.stopped.set()
+        await asyncio.sleep(0.05)  # the run returns meanwhile
+
+
+async def test_an_adapter_that_returns_while_its_stop_awaits_is_no_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    made: list[SlowStopAdapter] = []
+
+    def factory(context: AdapterContext) -> SlowStopAdapter:
+        made.append(SlowStopAdapter(context, 0))
+        return made[-1]
+
+    config = MeshConfig(
+        monitoring_address="127.0.0.1:0", registries=(RegistryConfig("slow", "slow"),)
+    )
+    hub = Hub(config, [], supervisor=_fast(), factories={"slow": factory})
+    await hub.start()
+    member = hub.aggregate.members[0]
+    await _until(lambda: member.synced)
+    with caplog.at_level("WARNING"):
+        await hub.stop()
+    assert made[0].runs == 1  # not restarted
+    assert member.degraded is None
+    assert [r.getMessage() for r in caplog.records if r.levelname in ("WARNING", "ERROR")] == []
+
+
 class FailingTaskComponent:
     """A component whose background work fails until ``healthy`` is set."""
 

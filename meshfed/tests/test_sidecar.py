@@ -160,3 +160,20 @@ def test_every_json_log_line_of_the_sidecar_names_its_proxy() -> None:
         first["proxy"].startswith("sidecar~127.0.0.5~web-1") and "UNAVAILABLE" in first["message"]
     )
     assert second["proxy"] == "other"  # a caller's own field is kept
+
+
+def test_ready_line_versions_keep_types_the_proxy_never_requested() -> None:
+    """A gateway (or a sidecar) with no service to reach never asks for EDS: Pilot's entry then
+    has only a status for it, and the ready line must not crash on that (it did, a traceback)."""
+    from meshfed.sidecar import acked_versions
+
+    state = {
+        "ready": True,
+        "types": {
+            "CDS": {"status": "SYNCED", "acked_version": "v3"},
+            "EDS": {"status": "NOT REQUESTED"},
+            "LDS": {"status": "SYNCED", "acked_version": "v3"},
+        },
+    }
+    assert acked_versions(state) == {"CDS": "v3", "EDS": "NOT REQUESTED", "LDS": "v3"}
+    assert acked_versions({"ready": True}) == {}

@@ -43,6 +43,12 @@ def test_token_create_prints_a_token_the_ca_accepts_once(
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[0] == "ID" and "NAMESPACE" in table[0], table
     assert len(table) == 2 and "shop" in table[1].split() and token.split(".")[2] not in table[1]
+    assert table[0].split()[-1] == "USED" and table[1].split()[-1].startswith("20")  # redeemed
+    assert main(["ca", "token", "create", "--state-dir", state, "-n", "shop", "-s", "web"]) == 0
+    capsys.readouterr()
+    assert main(["ca", "token", "list", "--state-dir", state]) == 0
+    (unused,) = [r.split() for r in capsys.readouterr().out.splitlines() if " web " in r]
+    assert unused[-1] == "-", unused  # never redeemed: no time, and not Python's None
 
 
 def test_nodeagent_refuses_to_start_without_a_credential(
@@ -116,3 +122,34 @@ def test_hub_service_account_names_the_hub_service_dns_names() -> None:
             names(bad, [])
     with pytest.raises(SystemExit, match="needs --hub-service-account"):
         names(None, ["hub.example"])
+
+
+def test_ca_serve_help_names_the_defaults_docs_security_states(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["ca", "serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag, default in [
+        ("--max-ttl", "7d"),
+        ("--default-ttl", "1h"),
+        ("--reload-interval", "10s"),
+        ("--listen", "127.0.0.1:15012"),
+        ("--renew-listen", "127.0.0.1:15013"),
+        ("--monitoring", "127.0.0.1:15016"),
+    ]:
+        after = text.split(f"{flag} {flag.lstrip('-').upper().replace('-', '_')} ", 1)[1]
+        assert f"(default {default})" in after.split(" --", 1)[0] or (
+            f"default {default})" in after.split(" --", 1)[0]
+        ), (flag, after[:120])
+
+
+def test_token_list_of_a_missing_state_dir_says_so_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "typo" / "ca"
+    assert main(["ca", "token", "list", "--state-dir", str(state)]) == 0
+    assert f"no join tokens in {state}" in capsys.readouterr().err
+    assert not (tmp_path / "typo").exists()
+    assert main(["ca", "token", "list", "--state-dir", str(state), "-o", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
