@@ -187,7 +187,7 @@ def main() -> int:
                 *MESHFED, "nodeagent", "--trust-domain", TRUST_DOMAIN,
                 "--ca", f"{HOST}:{ca_ports[0]}", "--ca-renewal", f"{HOST}:{ca_ports[1]}",
                 "--ca-root", info["root"], "-n", "bench", "-s", "web",
-                "--token-file", str(token_file), "--sds-socket", str(base / name / "sds.sock"),
+                "--token-file", str(token_file), "--secrets-dir", str(base / name),
             ]  # fmt: skip
             with process(argv, agent_log, env) as agent:
                 wait_line(agent, agent_log, lambda s: '"ready": true' in s, 60)

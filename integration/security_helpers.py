@@ -93,7 +93,7 @@ def agent_config(
     ttl: dt.timedelta | None = None,
 ) -> AgentConfig:
     """A node agent's config for ns/sa against an in-process CA, joined with a fresh token;
-    its SDS socket (and sidecar workdir when ``bootstrap`` is given) under ``base``."""
+    its secrets directory (and sidecar workdir when ``bootstrap`` is given) under ``base``."""
     name = name or account
     return AgentConfig(
         ca_address=ca.bootstrap_target,
@@ -102,7 +102,7 @@ def agent_config(
         trust_domain=TRUST_DOMAIN,
         namespace=namespace,
         service_account=account,
-        sds_socket=base / f"agent-{name}" / "sds.sock",
+        secrets_dir=base / f"agent-{name}",
         join_token=tokens.create(namespace, account),
         ttl=ttl,
         sidecar_bootstrap=bootstrap,
@@ -312,13 +312,16 @@ def bootstrap(
     node: str,
     admin_host: str,
     admin_port: int,
-    sds_socket: Path | None,
+    secrets_dir: Path | None,
     listeners: list[listener_pb2.Listener],
     clusters: list[cluster_pb2.Cluster],
 ) -> dict[str, Any]:
+    """A static bootstrap; with ``secrets_dir`` the mesh TLS that ``security.mtls`` built (for
+    all proxies) names that agent's secret files, as Pilot's per-proxy copy does."""
+    if secrets_dir is not None:
+        for resource in [*listeners, *clusters]:
+            mtls.use_secret_files(resource, str(secrets_dir))
     all_clusters = list(clusters)
-    if sds_socket is not None:
-        all_clusters.append(mtls.sds_cluster(str(sds_socket)))
     return {
         "node": {"id": node, "cluster": node},
         "admin": {"address": {"socket_address": {"address": admin_host, "port_value": admin_port}}},
@@ -335,7 +338,7 @@ def server_sidecar(
     admin_port: int,
     port: int,
     backend_port: int,
-    sds_socket: Path,
+    secrets_dir: Path,
     mode: mtls.Mode,
     protocol: str = "http",
     access_log: Path | None = None,
@@ -352,7 +355,7 @@ def server_sidecar(
         node,
         host,
         admin_port,
-        sds_socket,
+        secrets_dir,
         [inbound],
         [plain_cluster("backend", host, backend_port)],
     )
@@ -364,7 +367,7 @@ def client_sidecar(
     admin_port: int,
     port: int,
     upstream: tuple[str, int],
-    sds_socket: Path | None,
+    secrets_dir: Path | None,
     transport_socket: base_pb2.TransportSocket | None,
     protocol: str = "http",
 ) -> dict[str, Any]:
@@ -378,7 +381,7 @@ def client_sidecar(
         else tcp_filter("outbound_tcp", "upstream")
     )
     return bootstrap(
-        node, host, admin_port, sds_socket, [listener("outbound", host, port, filt)], [cluster]
+        node, host, admin_port, secrets_dir, [listener("outbound", host, port, filt)], [cluster]
     )
 
 

@@ -150,7 +150,7 @@ def test_root_rotation_under_traffic_without_a_failed_request(tmp_path: Path) ->
                     trust_domain=TRUST_DOMAIN,
                     namespace="shop",
                     service_account=account,
-                    sds_socket=tmp_path / f"agent-{name}" / "sds.sock",
+                    secrets_dir=tmp_path / f"agent-{name}",
                     join_token=create_token(state, "shop", account),
                     ttl=LEAF_TTL,
                     bundle_refresh=1.0,
@@ -171,7 +171,7 @@ def test_root_rotation_under_traffic_without_a_failed_request(tmp_path: Path) ->
                 s_admin,
                 s_port,
                 backend,
-                server_agent.config.sds_socket,
+                server_agent.config.secrets_dir,
                 mtls.Mode.STRICT,
             )
             client_boot = limit_requests_per_connection(
@@ -181,7 +181,7 @@ def test_root_rotation_under_traffic_without_a_failed_request(tmp_path: Path) ->
                     c_admin,
                     c_port,
                     (server_host, s_port),
-                    client_agent.config.sds_socket,
+                    client_agent.config.secrets_dir,
                     mtls.upstream_transport_socket([spiffe_id(TRUST_DOMAIN, "shop", "reviews")]),
                 ),
                 5,

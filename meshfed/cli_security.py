@@ -408,7 +408,7 @@ def agent_config(args: argparse.Namespace) -> Any:
         trust_domain=trust_domain,
         namespace=args.namespace,
         service_account=args.service_account,
-        sds_socket=Path(args.sds_socket).expanduser(),
+        secrets_dir=_secrets_dir(args),
         join_token=token,
         kubernetes_token=kube_token,
         ttl=args.ttl,
@@ -424,15 +424,27 @@ def agent_config(args: argparse.Namespace) -> Any:
     )
 
 
+def _secrets_dir(args: argparse.Namespace) -> Path:
+    if args.secrets_dir:
+        return Path(os.path.abspath(os.path.expanduser(args.secrets_dir)))
+    from meshfed.nodeagent.sdsfiles import default_directory
+
+    return default_directory(f"{args.namespace}.{args.service_account}")
+
+
 async def run_agent(args: argparse.Namespace, stop: asyncio.Event) -> int:
     from meshfed.nodeagent.agent import NodeAgent
     from meshfed.nodeagent.client import CARefused
+    from meshfed.nodeagent.sdsfiles import SecretDirError
 
     agent = NodeAgent(agent_config(args))
     try:
         await agent.start()
     except CARefused as exc:
         print(f"error: the CA refused: {exc}", file=sys.stderr)
+        return 1
+    except SecretDirError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     monitoring = None
     try:
@@ -576,7 +588,12 @@ def register(sub: Any) -> None:
     agent.add_argument("--kubernetes-token-file", help="service-account token file")
     agent.add_argument("--ttl", type=parse_duration, help="requested certificate lifetime")
     agent.add_argument("--key-type", choices=["ec-p256", "rsa-2048"], default="ec-p256")
-    agent.add_argument("--sds-socket", default="~/.meshfed/agent/sds.sock")
+    agent.add_argument(
+        "--secrets-dir",
+        help="where Envoy reads this identity's key, certificate and trust bundle (file-based "
+        "SDS; a 0700 directory of 0600 files, made if missing; default: one under "
+        "$XDG_RUNTIME_DIR or /dev/shm, tmpfs, so the key never reaches a disk)",
+    )
     agent.add_argument("--hub", help="hub URL to register with, e.g. http://127.0.0.1:15014")
     agent.add_argument("--workload", help="workload name (default: host name)")
     agent.add_argument("--address", help="the workload's address")

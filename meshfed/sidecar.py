@@ -324,7 +324,7 @@ class AsyncParts:
 
             fields = dict(plan.identity)
             fields["ca_root_pem"] = Path(fields.pop("ca_root")).read_bytes()
-            fields["sds_socket"] = Path(fields["sds_socket"])
+            fields["secrets_dir"] = Path(fields["secrets_dir"])
             self.agent = NodeAgent(AgentConfig(**fields))
         if plan.mixer:
             from meshfed.nodeagent.mixerclient.server import MixerClient

@@ -24,6 +24,7 @@ Promises:
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -60,8 +61,8 @@ def cert_document(chain_pem: bytes, key_pem: bytes, version: str) -> dict[str, A
         {
             "name": CERT_SECRET,
             "tls_certificate": {
-                "certificate_chain": {"inline_string": chain_pem.decode()},
-                "private_key": {"inline_string": key_pem.decode()},
+                "certificate_chain": _inline(chain_pem),
+                "private_key": _inline(key_pem),
             },
         },
     )
@@ -73,9 +74,14 @@ def root_document(root_pem: bytes, version: str) -> dict[str, Any]:
         version,
         {
             "name": ROOT_SECRET,
-            "validation_context": {"trusted_ca": {"inline_string": root_pem.decode()}},
+            "validation_context": {"trusted_ca": _inline(root_pem)},
         },
     )
+
+
+def _inline(pem: bytes) -> dict[str, str]:
+    # Bytes, as SDS over gRPC carried them: config dumps and ``proxy-config`` read them alike.
+    return {"inline_bytes": base64.b64encode(pem).decode()}
 
 
 def _response(version: str, secret: dict[str, Any]) -> dict[str, Any]:

@@ -7,9 +7,12 @@ and return Envoy protobuf messages and have no I/O, so Pilot can call them while
 snapshot and tests can call them to build static bootstraps for real Envoys.
 
 Promises:
-- Certificates come from the node agent over SDS: secret :data:`CERT_SECRET` (``default``) and
-  trust bundle :data:`ROOT_SECRET` (``ROOTCA``), through the static cluster :data:`SDS_CLUSTER`
-  that points at the agent's Unix socket (:func:`sds_cluster`). No key is ever in xDS.
+- Certificates come from the node agent as file-based SDS: secret :data:`CERT_SECRET`
+  (``default``: chain and key) and trust bundle :data:`ROOT_SECRET` (``ROOTCA``), files in the
+  proxy's secrets directory (:mod:`security.sds_files`). The config built here for all proxies
+  names them by a placeholder source (:func:`sds_config`, the never-defined cluster
+  :data:`SDS_CLUSTER`); :func:`use_secret_files` points a proxy's copy at its own directory.
+  No key is ever in xDS.
 - Outbound (:func:`apply_outbound_mtls`): mutual TLS to exactly those endpoints of a
   mesh-internal destination that have a sidecar terminating it: the endpoint carries a SPIFFE
   identity *and* the label :data:`TLS_MODE_LABEL` ``=`` :data:`TLS_MODE_MTLS` (set by
@@ -57,7 +60,7 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tl
 from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import struct_pb2
 
-from meshfed.core.xds import pack, unix_socket_grpc_cluster
+from meshfed.core.xds import pack
 from meshfed.registry.model import Endpoint, Location, Service
 from meshfed.security import sds_files
 
@@ -198,7 +201,11 @@ def policy_key(policy: Policy) -> str:
 
 # -- SDS ------------------------------------------------------------------------------------
 def sds_config() -> config_source_pb2.ConfigSource:
-    """Where secrets come from: the node agent, through the static :data:`SDS_CLUSTER`."""
+    """The placeholder source of the mesh's secrets in config shared by all proxies.
+
+    Never sent as is: Pilot replaces it per proxy with that proxy's files
+    (:func:`use_secret_files`) or strips the mesh TLS of a proxy without a node agent. Should it
+    ever reach an Envoy, the missing cluster makes Envoy reject the resource visibly."""
     return config_source_pb2.ConfigSource(
         api_config_source=config_source_pb2.ApiConfigSource(
             api_type=config_source_pb2.ApiConfigSource.GRPC,
@@ -286,11 +293,6 @@ def use_secret_files(resource: cluster_pb2.Cluster | listener_pb2.Listener, dire
                 chain.transport_socket, directory, tls_pb2.DownstreamTlsContext
             )
     return changed
-
-
-def sds_cluster(socket_path: str) -> cluster_pb2.Cluster:
-    """The bootstrap's static cluster for the node agent's SDS Unix socket (HTTP/2)."""
-    return unix_socket_grpc_cluster(SDS_CLUSTER, socket_path)
 
 
 def common_tls_context(

@@ -28,7 +28,7 @@ async def test_the_agent_loops_are_supervised_and_readiness_follows_the_certific
         trust_domain="cluster.local",
         namespace="shop",
         service_account="web",
-        sds_socket=tmp_path / "agent" / "sds.sock",
+        secrets_dir=tmp_path / "agent",
         join_token=tokens.create("shop", "web"),
         ttl=dt.timedelta(hours=1),
         bundle_refresh=30.0,

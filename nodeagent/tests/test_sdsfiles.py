@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import stat
@@ -32,15 +33,15 @@ def test_write_gives_envoy_one_secret_per_file_with_key_and_chain_together(tmp_p
     assert files.write(b"CHAIN1\n", b"KEY1\n", b"ROOT1\n") == 1
     version, cert = _secret(files.cert_path)
     assert (version, cert.name) == ("1", CERT_SECRET)
-    assert cert.tls_certificate.certificate_chain.inline_string == "CHAIN1\n"
-    assert cert.tls_certificate.private_key.inline_string == "KEY1\n"
+    assert cert.tls_certificate.certificate_chain.inline_bytes == b"CHAIN1\n"
+    assert cert.tls_certificate.private_key.inline_bytes == b"KEY1\n"
     version, root = _secret(files.root_path)
     assert (version, root.name) == ("1", ROOT_SECRET)
-    assert root.validation_context.trusted_ca.inline_string == "ROOT1\n"
+    assert root.validation_context.trusted_ca.inline_bytes == b"ROOT1\n"
 
     assert files.write(b"CHAIN2\n", b"KEY2\n", b"ROOT2\n") == 2
     version, cert = _secret(files.cert_path)
-    assert version == "2" and cert.tls_certificate.private_key.inline_string == "KEY2\n"
+    assert version == "2" and cert.tls_certificate.private_key.inline_bytes == b"KEY2\n"
     assert sorted(os.listdir(files.directory)) == ["ROOTCA.json", "default.json"]
 
 
@@ -81,8 +82,10 @@ def test_replacement_is_a_rename_so_a_reader_never_sees_a_partial_file(tmp_path:
             doc = json.loads(text)  # a partial file would not parse
             tls = doc["resources"][0]["tls_certificate"]
             # Chain and key always from the same write.
-            seen.append(tls["certificate_chain"]["inline_string"][-2:])
-            if tls["private_key"]["inline_string"][-2:] != seen[-1]:
+            chain = base64.b64decode(tls["certificate_chain"]["inline_bytes"])
+            key = base64.b64decode(tls["private_key"]["inline_bytes"])
+            seen.append(chain[-2:].decode())
+            if key[-2:].decode() != seen[-1]:
                 torn.append(seen[-1])
 
     reader = threading.Thread(target=read)
@@ -121,7 +124,7 @@ def test_a_failed_write_keeps_the_last_good_secrets(tmp_path: Path) -> None:
     finally:
         files.directory.chmod(0o700)
     assert files.version == 1 and files.failures == 1
-    assert _secret(files.cert_path)[1].tls_certificate.private_key.inline_string == "GOODKEY"
+    assert _secret(files.cert_path)[1].tls_certificate.private_key.inline_bytes == b"GOODKEY"
 
 
 def test_a_write_that_fails_midway_leaves_no_temporary_file_and_the_old_secret(
