@@ -47,7 +47,6 @@ from google.protobuf.message import Message
 from integration.peers.process import PeerProcess
 from meshfed.core import xds
 from meshfed.nodeagent.agent import AgentConfig, NodeAgent
-from meshfed.nodeagent.client import CAClient
 from meshfed.registry.model import spiffe_id
 from meshfed.security import mtls
 from meshfed.security.ca import CertificateAuthority
@@ -128,14 +127,12 @@ class Mesh:
     def agent(
         self, name: str, namespace: str, service_account: str, ttl: dt.timedelta | None = None
     ) -> NodeAgent:
-        """A started node agent for ns/sa (joined with a fresh token), serving SDS."""
+        """A started node agent for ns/sa (joined with a fresh token), its secret files written."""
         config = agent_config(
             self.base, self.server, self.tokens, namespace, service_account, name=name, ttl=ttl
         )
-        client = CAClient(
-            config.ca_address, config.ca_renewal_address, config.ca_root_pem, timeout=5
-        )
-        agent = NodeAgent(config, client)
+        config.ca_timeout = 5.0
+        agent = NodeAgent(config)
         self.loop.run(agent.start())
         self.agents.append(agent)
         return agent

@@ -1,9 +1,9 @@
 """Root rotation under continuous traffic: real ``meshfed ca serve``, real Envoys, no failure.
 
 A real CA process (self-signed root in a state folder, 12 s leaves, re-reading its storage every
-half second) and two in-process node agents feeding two Envoys over SDS; the client sidecar
-originates mutual TLS to the server sidecar (STRICT) and opens a new upstream connection every
-few requests, so handshakes keep happening with whatever is current. While a bounded stream of
+half second) and two in-process node agents writing two Envoys' secret files; the client
+sidecar originates mutual TLS to the server sidecar (STRICT) and opens a new upstream connection
+every few requests, so handshakes keep happening with whatever is current. While a bounded stream of
 requests runs, the operator's ``meshfed ca rotate-root`` (a separate process, the CA is not
 restarted) walks the mesh through add -> switch -> retire. Asserted:
 
@@ -52,7 +52,6 @@ from integration.security_helpers import (
 )
 from meshfed.nodeagent import keys
 from meshfed.nodeagent.agent import AgentConfig, NodeAgent
-from meshfed.nodeagent.client import CAClient
 from meshfed.registry.model import spiffe_id
 from meshfed.security import identity, mtls
 
@@ -154,9 +153,9 @@ def test_root_rotation_under_traffic_without_a_failed_request(tmp_path: Path) ->
                     join_token=create_token(state, "shop", account),
                     ttl=LEAF_TTL,
                     bundle_refresh=1.0,
+                    ca_timeout=5.0,
                 )
-                client = CAClient(config.ca_address, config.ca_renewal_address, root, timeout=5)
-                started = NodeAgent(config, client)
+                started = NodeAgent(config)
                 loop.run(started.start())
                 agents.append(started)
                 return started

@@ -434,16 +434,16 @@ def _secrets_dir(args: argparse.Namespace) -> Path:
 
 async def run_agent(args: argparse.Namespace, stop: asyncio.Event) -> int:
     from meshfed.nodeagent.agent import NodeAgent
-    from meshfed.nodeagent.client import CARefused
+    from meshfed.nodeagent.issuer import IssueFailed, IssueRefused
     from meshfed.nodeagent.sdsfiles import SecretDirError
 
     agent = NodeAgent(agent_config(args))
     try:
         await agent.start()
-    except CARefused as exc:
+    except IssueRefused as exc:
         print(f"error: the CA refused: {exc}", file=sys.stderr)
         return 1
-    except SecretDirError as exc:
+    except (IssueFailed, SecretDirError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     monitoring = None

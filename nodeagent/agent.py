@@ -41,8 +41,7 @@ import attrs
 import tenacity
 
 from meshfed.core.supervisor import Supervisor
-from meshfed.nodeagent import keys, registration
-from meshfed.nodeagent.client import CAClient, SignResponse
+from meshfed.nodeagent.issuer import ChildIssuer, Issued
 from meshfed.nodeagent.rotation import Rotator
 from meshfed.nodeagent.sdsfiles import SecretFiles
 from meshfed.registry.model import Workload, spiffe_id
@@ -82,6 +81,7 @@ class AgentConfig:
     renew_fraction: float = 0.5
     renew_jitter: float = 0.1
     bundle_refresh: float = 60.0  # seconds between trust-bundle polls; 0 = only at renewal
+    ca_timeout: float = 10.0  # seconds per CA call attempt
 
     @property
     def identity(self) -> str:
@@ -185,14 +185,13 @@ class SidecarProcess:
 class NodeAgent:
     """Key, certificate, secret files, registration, sidecar and rotation for one identity."""
 
-    def __init__(self, config: AgentConfig, client: CAClient | None = None) -> None:
+    def __init__(self, config: AgentConfig, issuer: ChildIssuer | None = None) -> None:
         self.config = config
-        self.client = client or CAClient(
-            config.ca_address, config.ca_renewal_address, config.ca_root_pem
-        )
+        # Keys, CSRs, CA calls and signed hub requests run in a short-lived child each.
+        self.issuer = issuer or ChildIssuer()
         self.files = SecretFiles(config.secrets_dir)
         self.rotator = Rotator(self.renew, config.renew_fraction, config.renew_jitter)
-        self.key: keys.PrivateKey | None = None
+        self.key_pem = b""
         self.chain_pem = b""
         self.root_pem = config.ca_root_pem
         self.not_after: dt.datetime | None = None
@@ -207,15 +206,12 @@ class NodeAgent:
     async def start(self) -> None:
         cfg = self.config
         await asyncio.to_thread(self.files.prepare)  # a bad directory fails before the CA call
-        key = keys.generate_key(cfg.key_type)
-        response = await self.client.bootstrap(
-            keys.make_csr(key, cfg.identity),
-            join_token=cfg.join_token,
-            kubernetes_token=cfg.kubernetes_token,
-            identity=cfg.identity,
-            ttl=cfg.ttl,
+        response = await self.issuer.issue(
+            self._ca_request(
+                "bootstrap", join_token=cfg.join_token, kubernetes_token=cfg.kubernetes_token
+            )
         )
-        await self._install(key, response)
+        await self._install(response)
         log.info(
             "obtained %s (valid until %s)",
             response.identity,
@@ -281,35 +277,42 @@ class NodeAgent:
             found.append(f"nodeagent: {self.files.last_error} (Envoy keeps the last good secrets)")
         return found
 
-    async def _install(self, key: keys.PrivateKey, response: SignResponse) -> None:
-        from cryptography import x509
+    def _ca_request(self, op: str, **extra: Any) -> dict[str, Any]:
+        cfg = self.config
+        return {
+            "op": op,
+            "ca_address": cfg.ca_address,
+            "ca_renewal_address": cfg.ca_renewal_address,
+            # Trust what the CA last said the roots are (a root rotation reaches the agent).
+            "root_pem": self.root_pem.decode(),
+            "identity": cfg.identity,
+            "key_type": cfg.key_type,
+            "ttl_seconds": cfg.ttl.total_seconds() if cfg.ttl else None,
+            "timeout": cfg.ca_timeout,
+            **extra,
+        }
 
-        leaf = x509.load_pem_x509_certificate(response.chain_pem)
+    async def _install(self, response: Issued) -> None:
         # Written first: if the files cannot be written, the agent keeps serving (and renewing
         # with) the certificate Envoy still has.
         await asyncio.to_thread(
-            self.files.write, response.chain_pem, keys.key_pem(key), response.root_pem
+            self.files.write, response.chain_pem, response.key_pem, response.root_pem
         )
-        self.key = key
+        self.key_pem = response.key_pem
         self.chain_pem = response.chain_pem
         self.root_pem = response.root_pem
-        # Trust what the CA now says the roots are (a root rotation reaches the agent).
-        self.client.root_pem = response.root_pem
         self.not_after = response.not_after
-        self.serials.append(leaf.serial_number)
+        self.serials.append(response.serial)
 
     async def renew(self) -> dt.datetime:
         """Renew now with the current certificate; returns the new certificate's notAfter."""
-        assert self.key is not None
-        new_key = keys.generate_key(self.config.key_type)
-        response = await self.client.renew(
-            keys.make_csr(new_key, self.config.identity),
-            keys.key_pem(self.key),
-            self.chain_pem,
-            identity=self.config.identity,
-            ttl=self.config.ttl,
+        assert self.key_pem
+        response = await self.issuer.issue(
+            self._ca_request(
+                "renew", key_pem=self.key_pem.decode(), chain_pem=self.chain_pem.decode()
+            )
         )
-        await self._install(new_key, response)
+        await self._install(response)
         log.info(
             "renewed %s (valid until %s)",
             response.identity,
@@ -320,11 +323,10 @@ class NodeAgent:
 
     async def update_bundle(self, root_pem: bytes) -> bool:
         """Hand Envoy a changed trust bundle (a root rotation) without a new certificate."""
-        if root_pem == self.root_pem or self.key is None:
+        if root_pem == self.root_pem or not self.key_pem:
             return False
-        await asyncio.to_thread(self.files.write, self.chain_pem, keys.key_pem(self.key), root_pem)
+        await asyncio.to_thread(self.files.write, self.chain_pem, self.key_pem, root_pem)
         self.root_pem = root_pem
-        self.client.root_pem = root_pem
         self.bundle_updates += 1
         log.info("trust bundle changed: %d root(s) pushed to Envoy", root_pem.count(b"BEGIN"))
         return True
@@ -335,23 +337,39 @@ class NodeAgent:
         while True:
             await asyncio.sleep(interval * random.uniform(0.9, 1.1))
             try:
-                await self.update_bundle(await self.client.trust_bundle())
+                answer = await self.issuer.call(self._ca_request("bundle"))
+                await self.update_bundle(answer["root_pem"].encode())
             except Exception as exc:  # the CA may be restarting: renewal still carries it
                 log.warning("trust bundle poll failed: %s", exc)
 
     async def register(self) -> None:
         cfg = self.config
-        assert cfg.hub_url and cfg.workload is not None and self.key is not None
+        assert cfg.hub_url and cfg.workload is not None and self.key_pem
         workload = cfg.workload
         if cfg.sidecar_bootstrap is not None:
             # This VM's sidecar terminates mesh mutual TLS: say so, so clients originate it.
             workload = attrs.evolve(
                 workload, labels=workload.labels.merged({TLS_MODE_LABEL: TLS_MODE_MTLS})
             )
-        body = registration.registration_body(
-            workload, list(cfg.services), cfg.definitions, cfg.register_interval
+        await self.issuer.call(
+            {
+                "op": "register",
+                "hub_url": cfg.hub_url,
+                "workload": {
+                    "name": workload.name,
+                    "namespace": workload.namespace,
+                    "address": workload.address,
+                    "ports": dict(workload.ports),
+                    "labels": dict(workload.labels),
+                    "service_account": workload.service_account,
+                },
+                "services": list(cfg.services),
+                "definitions": cfg.definitions,
+                "interval": cfg.register_interval,
+                "key_pem": self.key_pem.decode(),
+                "chain_pem": self.chain_pem.decode(),
+            }
         )
-        await registration.register(cfg.hub_url, body, self.key, self.chain_pem)
         if not self.registered:
             log.info(
                 "registered %s/%s with %s",
@@ -399,10 +417,17 @@ class NodeAgent:
         await self.supervisor.stop()
         self.supervisor = Supervisor()
         cfg = self.config
-        if self.registered and cfg.hub_url and cfg.workload is not None and self.key:
+        if self.registered and cfg.hub_url and cfg.workload is not None and self.key_pem:
             try:
-                await registration.deregister(
-                    cfg.hub_url, cfg.workload.namespace, cfg.workload.name, self.key, self.chain_pem
+                await self.issuer.call(
+                    {
+                        "op": "deregister",
+                        "hub_url": cfg.hub_url,
+                        "namespace": cfg.workload.namespace,
+                        "name": cfg.workload.name,
+                        "key_pem": self.key_pem.decode(),
+                        "chain_pem": self.chain_pem.decode(),
+                    }
                 )
                 log.info(
                     "deregistered %s/%s",

@@ -7,7 +7,6 @@ import datetime as dt
 from pathlib import Path
 
 from meshfed.nodeagent.agent import AgentConfig, NodeAgent
-from meshfed.nodeagent.client import CAClient
 from meshfed.security.ca import CertificateAuthority
 from meshfed.security.service import CAServer, SigningService
 from meshfed.security.storage import FileStorage
@@ -33,7 +32,7 @@ async def test_the_agent_loops_are_supervised_and_readiness_follows_the_certific
         ttl=dt.timedelta(hours=1),
         bundle_refresh=30.0,
     )
-    agent = NodeAgent(config, CAClient(config.ca_address, config.ca_renewal_address, ca.root_pem))
+    agent = NodeAgent(config)
     assert agent.not_ready() == ["nodeagent: no certificate yet"]
     await agent.start()
     try:
