@@ -432,47 +432,28 @@ def _secrets_dir(args: argparse.Namespace) -> Path:
     return default_directory(f"{args.namespace}.{args.service_account}")
 
 
-async def run_agent(args: argparse.Namespace, stop: asyncio.Event) -> int:
-    from meshfed.nodeagent.agent import NodeAgent
-    from meshfed.nodeagent.issuer import IssueFailed, IssueRefused
-    from meshfed.nodeagent.sdsfiles import SecretDirError
-
-    agent = NodeAgent(agent_config(args))
-    try:
-        await agent.start()
-    except IssueRefused as exc:
-        print(f"error: the CA refused: {exc}", file=sys.stderr)
-        return 1
-    except (IssueFailed, SecretDirError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    monitoring = None
-    try:
-        if args.monitoring:
-            # aiohttp is loaded only for the optional monitoring port: the agent stays small.
-            from aiohttp import web
-
-            from meshfed.core.monitoring import MonitoringServer
-
-            async def debug(request: web.Request) -> web.Response:
-                return web.json_response(agent.describe())
-
-            monitoring = MonitoringServer(args.monitoring, name="meshfed.nodeagent")
-            monitoring.add_routes([web.get("/debug/nodeagent", debug)])
-            monitoring.add_readiness(agent.not_ready, agent.degraded)
-            await monitoring.start()
-            print(json.dumps({"monitoring": monitoring.bound}), flush=True)
-        print(json.dumps({"identity": agent.config.identity, "ready": True}), flush=True)
-        await stop.wait()
-        return 0
-    finally:
-        if monitoring is not None:
-            await monitoring.stop()
-        await agent.stop()
-
-
 def cmd_nodeagent(args: argparse.Namespace) -> int:
-    return _run(lambda stop: run_agent(args, stop))
+    """Check everything here, then become the lean agent process (:mod:`meshfed.agentproc`)."""
+    import tempfile
+
+    from meshfed.agentproc import plan_of
+
+    config = agent_config(args)
+    plan = plan_of(config, args.monitoring or "")
+    plan["log_level"] = getattr(args, "log_level", "INFO")
+    plan["log_format"] = getattr(args, "log_format", "text")
+    fd, path = tempfile.mkstemp(prefix="meshfed-nodeagent-", suffix=".json")  # 0600
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        json.dump(plan, out)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    argv = [sys.executable, "-m", "meshfed.agentproc", path]
+    try:
+        os.execv(sys.executable, argv)
+    except OSError as exc:
+        os.unlink(path)
+        print(f"error: cannot start {' '.join(argv[:3])}: {exc}", file=sys.stderr)
+    return 1
 
 
 # -- registration ----------------------------------------------------------------------------

@@ -197,7 +197,7 @@ class NodeAgent:
         self.not_after: dt.datetime | None = None
         self.serials: list[int] = []  # every certificate this agent has served, in order
         self.sidecar: SidecarProcess | None = None
-        self.supervisor = Supervisor()
+        self.supervisor = Supervisor(export_metrics=False)
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.registered = False
         self.sidecar_restarts = 0
@@ -415,7 +415,7 @@ class NodeAgent:
 
     async def stop(self) -> None:
         await self.supervisor.stop()
-        self.supervisor = Supervisor()
+        self.supervisor = Supervisor(export_metrics=False)
         cfg = self.config
         if self.registered and cfg.hub_url and cfg.workload is not None and self.key_pem:
             try:
