@@ -7,9 +7,11 @@ the mesh routes to it, run the sidecar, renew the certificate before it expires,
 of that on stop.
 
 Promises:
-- The private key is generated on this machine, a fresh one for every renewal, and handed to
-  the local Envoy in a 0600 file in a 0700 directory this user owns (tmpfs by default); see
-  :mod:`nodeagent.sdsfiles` for what that protects and what it does not.
+- The private key is generated on this machine, a fresh one for every renewal, in a
+  short-lived child (:mod:`nodeagent.issuer`; so are the CA calls and the signed hub
+  requests), and handed to the local Envoy in a 0600 file in a 0700 directory this user owns
+  (tmpfs by default); see :mod:`nodeagent.sdsfiles` for why, and docs/security.md for what
+  that protects and what it does not.
 - Renewal happens at half the lifetime with jitter (:mod:`nodeagent.rotation`); the new
   certificate and key replace the old ones in one atomic rename, Envoy watches the directory
   and applies them to new connections, so it never restarts.
