@@ -1,0 +1,48 @@
+"""The lean node-agent process: what it keeps resident, and the plan round trip."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from meshfed.agentproc import config_of, plan_of
+from meshfed.nodeagent.agent import AgentConfig
+from meshfed.registry.model import Workload
+
+HEAVY = ("grpc", "cryptography", "envoy", "google.protobuf", "prometheus_client", "yaml", "aiohttp")
+
+
+def test_the_agent_process_loads_no_grpc_crypto_protos_metrics_or_yaml() -> None:
+    code = "import sys, meshfed.agentproc; print('\\n'.join(sys.modules))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    loaded = set(done.stdout.split())
+    assert not {m for m in loaded if m.split(".")[0] in {h.split(".")[0] for h in HEAVY}}
+
+
+def test_plan_round_trip_keeps_every_field(tmp_path: Path) -> None:
+    config = AgentConfig(
+        ca_address="127.0.0.1:1",
+        ca_renewal_address="127.0.0.1:2",
+        ca_root_pem=b"ROOT",
+        trust_domain="td",
+        namespace="shop",
+        service_account="web",
+        secrets_dir=tmp_path / "s",
+        join_token="tok",
+        ttl=dt.timedelta(seconds=90),
+        hub_url="http://127.0.0.1:3",
+        workload=Workload("vm", "shop", "127.0.0.9", {"http": 80}, {"a": "b"}, "web"),
+        services=("web.shop.svc.cluster.local",),
+        definitions=[{"hostname": "x"}],
+        sidecar_bootstrap={"node": {"id": "n"}},
+        workdir=tmp_path / "w",
+        bundle_refresh=5.0,
+    )
+    plan = json.loads(json.dumps(plan_of(config, "127.0.0.1:4")))
+    assert plan["monitoring"] == "127.0.0.1:4"
+    assert config_of(plan) == config
