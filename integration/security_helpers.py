@@ -2,7 +2,7 @@
 
 Why a background event loop: the CA and the node agents are ``grpc.aio`` servers, while the
 harness starts Envoy with blocking waits (``/ready`` is LIVE only after Envoy received its
-secrets over SDS). Running the control-plane side on its own loop in a thread lets a plain,
+secret files). Running the control-plane side on its own loop in a thread lets a plain,
 synchronous test start Envoys and send traffic while the agents keep serving SDS.
 
 The Envoy configs are built with :mod:`security.mtls`, the same functions Pilot calls, so these

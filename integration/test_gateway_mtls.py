@@ -1,6 +1,6 @@
 """The ingress gateway as a mesh client under STRICT mutual TLS, with real peers throughout.
 
-A real CA signs; a node agent per identity serves its certificate over SDS (Unix socket); Pilot
+A real CA signs; a node agent per identity writes its certificate as files Envoy watches; Pilot
 runs with mesh-wide STRICT mTLS. The backend ``web`` is an app behind a Pilot-driven sidecar
 started by its node agent (so its endpoint is marked as terminating mTLS). Two gateways are
 started with the real CLI, ``meshfed proxy --gateway``:

@@ -1,4 +1,4 @@
-"""Mutual TLS between real Envoys whose certificates come from meshfed node agents over SDS.
+"""Mutual TLS between real Envoys whose certificates come from meshfed node agents' secret files.
 
 Each test: a CA, one node agent per sidecar (joined with a join token), real Envoys from static
 bootstraps built with :mod:`security.mtls` (the hook Pilot calls), and real traffic on loopback.

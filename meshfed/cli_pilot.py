@@ -589,7 +589,7 @@ def register(sub: Any) -> None:
         default="",
         metavar="HOST:PORT",
         help="get this proxy's certificate from the CA's bootstrap port and serve it to Envoy "
-        "over SDS (as meshfed nodeagent does; an injected sidecar's identity)",
+        "as secret files Envoy watches (as meshfed nodeagent does; an injected sidecar's identity)",
     )
     proxy.add_argument("--ca-renewal", default="", help="the CA's renewal port (default: --ca)")
     proxy.add_argument("--ca-root", default="", help="with --ca: the trust bundle (PEM file)")

@@ -483,7 +483,7 @@ def _is_mesh_socket(socket: base_pb2.TransportSocket) -> bool:
 
 
 def strip_mesh_tls(cluster: cluster_pb2.Cluster) -> bool:
-    """Remove the mesh's mutual TLS (secrets from the node agent over SDS) from ``cluster``.
+    """Remove the mesh's mutual TLS (secrets from the node agent's files) from ``cluster``.
 
     For a proxy without SDS: Envoy could never get those secrets, so it would refuse the
     cluster; plain traffic at least reaches PERMISSIVE destinations, and a STRICT one refuses
