@@ -8,6 +8,8 @@ from envoy.config.listener.v3 import listener_components_pb2 as lc
 from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf import json_format
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshfed.nodeagent import agent
 from meshfed.nodeagent.agent import with_secret_files
@@ -54,3 +56,27 @@ def test_a_relative_secrets_path_is_a_problem_and_no_mesh_tls() -> None:
 def test_the_agents_mirrors_of_mtls_names_are_equal() -> None:
     assert agent.SDS_PLACEHOLDER_CLUSTER == mtls.SDS_CLUSTER
     assert (agent.TLS_MODE_LABEL, agent.TLS_MODE_MTLS) == (mtls.TLS_MODE_LABEL, mtls.TLS_MODE_MTLS)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(["name", "sds_config", "sdsConfig", "x"]), inner, max_size=4
+        )
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(static=json_values, path=st.text(max_size=20))
+def test_hostile_bootstraps_and_metadata_never_crash(static: object, path: str) -> None:
+    boot = with_secret_files({"static_resources": static}, "/run/meshfed/web")
+    assert boot["node"]["metadata"]["SDS_PATH"] == "/run/meshfed/web"
+    node = base_pb2.Node(id="sidecar~127.0.0.9~web.default~default.svc.cluster.local")
+    node.metadata.update({"SDS": "true", "SDS_PATH": path})
+    parsed = from_proto(node)
+    assert parsed.secrets_dir in ("", path)
+    assert parsed.sds == parsed.secrets_dir.startswith("/")
