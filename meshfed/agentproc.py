@@ -132,7 +132,7 @@ async def run(agent: NodeAgent, monitoring_address: str) -> int:
         await agent.stop()
 
 
-def _export_metrics(agent: NodeAgent) -> None:
+def _export_metrics(agent: NodeAgent, registry: Any = None) -> None:
     """The agent's figures as Prometheus metrics, read at scrape time (only with a monitoring
     port, which loads prometheus-client anyway)."""
     from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
@@ -163,7 +163,7 @@ def _export_metrics(agent: NodeAgent) -> None:
                 value=agent.files.failures,
             )
 
-    REGISTRY.register(Collector())  # type: ignore[arg-type]
+    (registry or REGISTRY).register(Collector())
 
 
 def main(argv: list[str]) -> int:

@@ -46,3 +46,30 @@ def test_plan_round_trip_keeps_every_field(tmp_path: Path) -> None:
     plan = json.loads(json.dumps(plan_of(config, "127.0.0.1:4")))
     assert plan["monitoring"] == "127.0.0.1:4"
     assert config_of(plan) == config
+
+
+def test_the_monitoring_port_exports_the_agents_figures(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from meshfed.agentproc import _export_metrics
+    from meshfed.nodeagent.agent import NodeAgent
+
+    config = AgentConfig(
+        ca_address="127.0.0.1:1",
+        ca_renewal_address="127.0.0.1:2",
+        ca_root_pem=b"ROOT",
+        trust_domain="td",
+        namespace="shop",
+        service_account="web",
+        secrets_dir=tmp_path / "s",
+    )
+    agent = NodeAgent(config)
+    agent.rotator.rotations, agent.rotator.failures = 3, 1
+    agent.not_after = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    registry = CollectorRegistry()
+    _export_metrics(agent, registry)
+    text = generate_latest(registry).decode()
+    assert "meshfed_nodeagent_rotations_total 3.0" in text
+    assert "meshfed_nodeagent_rotation_failures_total 1.0" in text
+    assert "meshfed_nodeagent_cert_expiry_timestamp_seconds 1.893456e+09" in text
+    assert "meshfed_nodeagent_secret_write_failures_total 0.0" in text
