@@ -73,3 +73,23 @@ def test_the_monitoring_port_exports_the_agents_figures(tmp_path: Path) -> None:
     assert "meshfed_nodeagent_rotation_failures_total 1.0" in text
     assert "meshfed_nodeagent_cert_expiry_timestamp_seconds 1.893456e+09" in text
     assert "meshfed_nodeagent_secret_write_failures_total 0.0" in text
+
+
+def test_an_unusable_secrets_directory_is_one_error_line_before_any_ca_call(
+    tmp_path: Path,
+) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    token = tmp_path / "token"
+    token.write_text("t")
+    token.chmod(0o600)
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "meshfed.cli", "nodeagent", "--trust-domain", "td",
+            "--ca", "127.0.0.1:1", "--ca-renewal", "127.0.0.1:2", "--ca-root", str(blocker),
+            "-n", "a", "-s", "b", "--token-file", str(token), "--secrets-dir", str(blocker),
+        ],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"error: secrets directory {blocker}: is not a directory"
