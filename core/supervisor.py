@@ -22,18 +22,47 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import attrs
-from prometheus_client import Counter, Gauge
 
 log = logging.getLogger("meshfed.core.supervisor")
 
-RESTARTS = Counter(
-    "meshfed_task_restarts_total", "Supervised background tasks restarted after a failure", ["task"]
-)
-FAILING = Gauge(
-    "meshfed_task_failing", "1 while a supervised background task is failing (restarting)", ["task"]
-)
+_families: tuple[Any, Any] | None = None
+
+
+def _metrics() -> tuple[Any, Any]:
+    """(restarts counter, failing gauge), made on first use: a process that exports no
+    metrics (the per-node agent) never loads prometheus-client for them."""
+    global _families
+    if _families is None:
+        from prometheus_client import Counter, Gauge
+
+        _families = (
+            Counter(
+                "meshfed_task_restarts_total",
+                "Supervised background tasks restarted after a failure",
+                ["task"],
+            ),
+            Gauge(
+                "meshfed_task_failing",
+                "1 while a supervised background task is failing (restarting)",
+                ["task"],
+            ),
+        )
+    return _families
+
+
+class _NoMetric:
+    def labels(self, *_: str) -> _NoMetric:
+        return self
+
+    def set(self, _: float) -> None:
+        return None
+
+    def inc(self) -> None:
+        return None
+
 
 TaskFactory = Callable[[], Awaitable[None]]
 FailureCallback = Callable[[str], None]
@@ -69,7 +98,11 @@ class Supervisor:
         backoff_multiplier: float = 0.5,
         backoff_max: float = 30.0,
         stable_after: float = 5.0,
+        export_metrics: bool = True,
     ) -> None:
+        # Without export_metrics, restarts and failures are only in describe() / failures().
+        families: tuple[Any, Any] = _metrics() if export_metrics else (_NoMetric(), _NoMetric())
+        self._restarts, self._failing = families
         self.backoff_multiplier = backoff_multiplier
         self.backoff_max = backoff_max
         self.stable_after = stable_after
@@ -94,7 +127,7 @@ class Supervisor:
             raise ValueError(f"task {name!r} is already supervised")
         entry = Supervised(name, factory, on_failure, on_recover, restart_on_exit)
         self._tasks[name] = entry
-        FAILING.labels(name).set(0)
+        self._failing.labels(name).set(0)
         entry.task = asyncio.get_running_loop().create_task(self._run(entry), name=name)
         return entry
 
@@ -140,8 +173,8 @@ class Supervisor:
             failures += 1
             entry.restarts += 1
             entry.failure = reason
-            RESTARTS.labels(entry.name).inc()
-            FAILING.labels(entry.name).set(1)
+            self._restarts.labels(entry.name).inc()
+            self._failing.labels(entry.name).set(1)
             delay = _backoff(failures, self.backoff_multiplier, self.backoff_max)
             log.error("%s failed (%s); restarting in %.1fs", entry.name, reason, delay)
             self._call(entry.on_failure, reason)
@@ -152,7 +185,7 @@ class Supervisor:
             return
         log.info("%s recovered after %d restart(s)", entry.name, entry.restarts)
         entry.failure = None
-        FAILING.labels(entry.name).set(0)
+        self._failing.labels(entry.name).set(0)
         self._call(entry.on_recover)
 
     def _call(self, callback: Callable[..., None] | None, *args: str) -> None:
@@ -172,7 +205,7 @@ class Supervisor:
             return
         entry.retired = True
         entry.failure = None
-        FAILING.labels(name).set(0)
+        self._failing.labels(name).set(0)
 
     async def retire(self, name: str, grace: float = 5.0) -> None:
         """End task ``name`` for good: its owner has told it to stop; wait ``grace`` s for it

@@ -2,7 +2,7 @@
 
 Why a background event loop: the CA and the node agents are ``grpc.aio`` servers, while the
 harness starts Envoy with blocking waits (``/ready`` is LIVE only after Envoy received its
-secrets over SDS). Running the control-plane side on its own loop in a thread lets a plain,
+secret files). Running the control-plane side on its own loop in a thread lets a plain,
 synchronous test start Envoys and send traffic while the agents keep serving SDS.
 
 The Envoy configs are built with :mod:`security.mtls`, the same functions Pilot calls, so these
@@ -47,7 +47,6 @@ from google.protobuf.message import Message
 from integration.peers.process import PeerProcess
 from meshfed.core import xds
 from meshfed.nodeagent.agent import AgentConfig, NodeAgent
-from meshfed.nodeagent.client import CAClient
 from meshfed.registry.model import spiffe_id
 from meshfed.security import mtls
 from meshfed.security.ca import CertificateAuthority
@@ -93,7 +92,7 @@ def agent_config(
     ttl: dt.timedelta | None = None,
 ) -> AgentConfig:
     """A node agent's config for ns/sa against an in-process CA, joined with a fresh token;
-    its SDS socket (and sidecar workdir when ``bootstrap`` is given) under ``base``."""
+    its secrets directory (and sidecar workdir when ``bootstrap`` is given) under ``base``."""
     name = name or account
     return AgentConfig(
         ca_address=ca.bootstrap_target,
@@ -102,7 +101,7 @@ def agent_config(
         trust_domain=TRUST_DOMAIN,
         namespace=namespace,
         service_account=account,
-        sds_socket=base / f"agent-{name}" / "sds.sock",
+        secrets_dir=base / f"agent-{name}",
         join_token=tokens.create(namespace, account),
         ttl=ttl,
         sidecar_bootstrap=bootstrap,
@@ -128,14 +127,12 @@ class Mesh:
     def agent(
         self, name: str, namespace: str, service_account: str, ttl: dt.timedelta | None = None
     ) -> NodeAgent:
-        """A started node agent for ns/sa (joined with a fresh token), serving SDS."""
+        """A started node agent for ns/sa (joined with a fresh token), its secret files written."""
         config = agent_config(
             self.base, self.server, self.tokens, namespace, service_account, name=name, ttl=ttl
         )
-        client = CAClient(
-            config.ca_address, config.ca_renewal_address, config.ca_root_pem, timeout=5
-        )
-        agent = NodeAgent(config, client)
+        config.ca_timeout = 5.0
+        agent = NodeAgent(config)
         self.loop.run(agent.start())
         self.agents.append(agent)
         return agent
@@ -312,13 +309,16 @@ def bootstrap(
     node: str,
     admin_host: str,
     admin_port: int,
-    sds_socket: Path | None,
+    secrets_dir: Path | None,
     listeners: list[listener_pb2.Listener],
     clusters: list[cluster_pb2.Cluster],
 ) -> dict[str, Any]:
+    """A static bootstrap; with ``secrets_dir`` the mesh TLS that ``security.mtls`` built (for
+    all proxies) names that agent's secret files, as Pilot's per-proxy copy does."""
+    if secrets_dir is not None:
+        for resource in [*listeners, *clusters]:
+            mtls.use_secret_files(resource, str(secrets_dir))
     all_clusters = list(clusters)
-    if sds_socket is not None:
-        all_clusters.append(mtls.sds_cluster(str(sds_socket)))
     return {
         "node": {"id": node, "cluster": node},
         "admin": {"address": {"socket_address": {"address": admin_host, "port_value": admin_port}}},
@@ -335,7 +335,7 @@ def server_sidecar(
     admin_port: int,
     port: int,
     backend_port: int,
-    sds_socket: Path,
+    secrets_dir: Path,
     mode: mtls.Mode,
     protocol: str = "http",
     access_log: Path | None = None,
@@ -352,7 +352,7 @@ def server_sidecar(
         node,
         host,
         admin_port,
-        sds_socket,
+        secrets_dir,
         [inbound],
         [plain_cluster("backend", host, backend_port)],
     )
@@ -364,7 +364,7 @@ def client_sidecar(
     admin_port: int,
     port: int,
     upstream: tuple[str, int],
-    sds_socket: Path | None,
+    secrets_dir: Path | None,
     transport_socket: base_pb2.TransportSocket | None,
     protocol: str = "http",
 ) -> dict[str, Any]:
@@ -378,7 +378,7 @@ def client_sidecar(
         else tcp_filter("outbound_tcp", "upstream")
     )
     return bootstrap(
-        node, host, admin_port, sds_socket, [listener("outbound", host, port, filt)], [cluster]
+        node, host, admin_port, secrets_dir, [listener("outbound", host, port, filt)], [cluster]
     )
 
 

@@ -1,11 +1,11 @@
 """The ingress gateway as a mesh client under STRICT mutual TLS, with real peers throughout.
 
-A real CA signs; a node agent per identity serves its certificate over SDS (Unix socket); Pilot
+A real CA signs; a node agent per identity writes its certificate as files Envoy watches; Pilot
 runs with mesh-wide STRICT mTLS. The backend ``web`` is an app behind a Pilot-driven sidecar
 started by its node agent (so its endpoint is marked as terminating mTLS). Two gateways are
 started with the real CLI, ``meshfed proxy --gateway``:
 
-- GW with ``--sds-socket`` (the ``ingress`` identity's agent): client -> gateway (plain HTTP,
+- GW with ``--secrets-dir`` (the ``ingress`` identity's agent): client -> gateway (plain HTTP,
   and HTTPS terminated with a certificate from a secret folder) -> mutual TLS -> web's sidecar
   -> app. The app sees the gateway's SPIFFE ID in ``x-forwarded-client-cert`` (set by web's
   sidecar; a header the client forged is not what arrives).
@@ -191,14 +191,15 @@ async def test_gateway_reaches_strict_backend_with_its_own_identity_only_with_sd
         )
         await web_agent.start()
         stack.push_async_callback(web_agent.stop)
-        # The gateway's node agent only serves SDS; the gateway is `meshfed proxy --gateway`.
+        # The gateway's node agent only writes its secret files; the gateway is
+        # `meshfed proxy --gateway`.
         gw_agent = NodeAgent(agent_config(tmp_path, ca, ca.service.tokens, "default", "ingress"))
         await gw_agent.start()
         stack.push_async_callback(gw_agent.stop)
         common = ["--gateway", "--gateway-port", str(HTTP_PORT), "--pilot", pilot]
         common += ["--hub", mesh.hub_url, "--status-port", "0", "--workload", "ingress"]
-        sds = str(gw_agent.config.sds_socket)
-        gw = CliProxy([*common, "--ip", GW_IP, "--sds-socket", sds], tmp_path / "gw.log")
+        sds = str(gw_agent.config.secrets_dir)
+        gw = CliProxy([*common, "--ip", GW_IP, "--secrets-dir", sds], tmp_path / "gw.log")
         stack.push_async_callback(gw.stop)
         ready = await gw.start()
         assert ready.startswith("ready: router~127.0.110.2~ingress.default")
@@ -257,4 +258,4 @@ async def test_gateway_reaches_strict_backend_with_its_own_identity_only_with_sd
                 assert status == 503 and "upstream connect error" in body, body
         assert len(app.requests) == served  # nothing reached the app
         stderr = await gw2.stop()
-        assert "no --sds-socket" in stderr and "STRICT services refuse it" in stderr
+        assert "no --secrets-dir" in stderr and "STRICT services refuse it" in stderr

@@ -1,7 +1,7 @@
 """Mixer's policy on the caller's mutual-TLS identity (``source.user``), through real Envoy.
 
 A real hub with Pilot in STRICT mutual TLS and Mixer; a real CA; each sidecar is run by a real
-node agent (its certificate over SDS) and has its node-local Mixer client. ``b``'s sidecar
+node agent (its certificate as secret files) and has its node-local Mixer client. ``b``'s sidecar
 checks every request with a ``listchecker`` whitelist of SPIFFE IDs on ``source.user``, which
 the client reads from the peer certificate Envoy verified: the sidecar of service account
 ``friend`` is served, the one of ``stranger`` is refused with the list's message.

@@ -1,4 +1,4 @@
-"""Mutual TLS between real Envoys whose certificates come from meshfed node agents over SDS.
+"""Mutual TLS between real Envoys whose certificates come from meshfed node agents' secret files.
 
 Each test: a CA, one node agent per sidecar (joined with a join token), real Envoys from static
 bootstraps built with :mod:`security.mtls` (the hook Pilot calls), and real traffic on loopback.
@@ -73,7 +73,7 @@ def _pair(
                 s_admin,
                 s_port,
                 backend,
-                server_agent.config.sds_socket,
+                server_agent.config.secrets_dir,
                 mode,
                 protocol,
                 access_log,
@@ -90,7 +90,7 @@ def _pair(
                 c_admin,
                 c_port,
                 (server_host, s_port),
-                client_agent.config.sds_socket,
+                client_agent.config.secrets_dir,
                 mtls.upstream_transport_socket(expected),
                 protocol,
             ),
@@ -231,7 +231,7 @@ def test_meshed_client_reaches_a_server_without_sidecar(m: Mesh, tmp_path: Path)
                     admin,
                     port,
                     (host, backend),
-                    client_agent.config.sds_socket,
+                    client_agent.config.secrets_dir,
                     socket_,
                 ),
             )

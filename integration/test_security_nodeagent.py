@@ -6,7 +6,7 @@ appears in the registry with its SPIFFE ID and serves mutual TLS to a meshed cli
 restarts with the same root and renews a certificate issued before the restart; the used token
 cannot be replayed; stopping the agent deregisters the VM and stops its sidecar; nothing secret
 is left with loose permissions. A second test kills the sidecar: the agent restarts it and the
-new Envoy gets its secrets over SDS again.
+new Envoy reads its secret files again.
 """
 
 from __future__ import annotations
@@ -78,9 +78,9 @@ def test_nodeagent_joins_a_vm_and_leaves_cleanly(tmp_path: Path) -> None:
         # The VM: an app (echo server), and `meshfed nodeagent` with its sidecar bootstrap.
         backend = stack.enter_context(http_echo(vm_host))
         s_admin, s_port = free_ports(2, vm_host)
-        sds_socket = tmp_path / "vm-agent" / "sds.sock"
+        secrets = tmp_path / "vm-agent"
         boot = server_sidecar(
-            "reviews-vm", vm_host, s_admin, s_port, backend, sds_socket, mtls.Mode.STRICT
+            "reviews-vm", vm_host, s_admin, s_port, backend, secrets, mtls.Mode.STRICT
         )
         boot_path = tmp_path / "vm-bootstrap.json"
         boot_path.write_text(json.dumps(boot))
@@ -89,7 +89,7 @@ def test_nodeagent_joins_a_vm_and_leaves_cleanly(tmp_path: Path) -> None:
             *MESHFED, "nodeagent", "--trust-domain", TRUST_DOMAIN,
             "--ca", f"{host}:{ca_ports[0]}", "--ca-renewal", f"{host}:{ca_ports[1]}",
             "--ca-root", str(root), "-n", "shop", "-s", "reviews",
-            "--token-file", str(token_file), "--sds-socket", str(sds_socket),
+            "--token-file", str(token_file), "--secrets-dir", str(secrets),
             "--hub", hub_url, "--workload", "reviews-vm", "--address", vm_host,
             "--port", f"http={s_port}", "--service", HOST_NAME,
             "--define-service", f"{HOST_NAME}=http:9080:HTTP",
@@ -100,7 +100,7 @@ def test_nodeagent_joins_a_vm_and_leaves_cleanly(tmp_path: Path) -> None:
         json_line(agent, "ready")
         agent.wait_until(
             lambda: get(f"http://{vm_host}:{s_admin}/ready", timeout=1)[1].strip() == b"LIVE",
-            "for the sidecar to be LIVE (it has its SDS secrets)",
+            "for the sidecar to be LIVE (it has read its secret files)",
             30,
         )
 
@@ -113,12 +113,15 @@ def test_nodeagent_joins_a_vm_and_leaves_cleanly(tmp_path: Path) -> None:
         assert endpoint["identity"] == vm_id
         assert endpoint["labels"][mtls.TLS_MODE_LABEL] == mtls.TLS_MODE_MTLS
 
-        # Nothing secret with loose permissions: state folder, CA key, token store, SDS socket.
+        # Nothing secret with loose permissions: state folder, CA key, token store, the
+        # sidecar's secret files (the key among them) and their directory.
         assert stat.S_IMODE(state.stat().st_mode) == 0o700
         for name in ("ca-key.pem", "tokens.json"):
             assert stat.S_IMODE((state / name).stat().st_mode) == 0o600, name
-        assert stat.S_IMODE(sds_socket.stat().st_mode) == 0o600
-        assert stat.S_IMODE(sds_socket.parent.stat().st_mode) == 0o700
+        assert sorted(p.name for p in secrets.iterdir()) == ["ROOTCA.json", "default.json"]
+        for path in secrets.iterdir():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+        assert stat.S_IMODE(secrets.stat().st_mode) == 0o700
         token_value = token_file.read_text()
         assert token_value.split(".")[2] not in (state / "tokens.json").read_text()
 
@@ -130,7 +133,7 @@ def test_nodeagent_joins_a_vm_and_leaves_cleanly(tmp_path: Path) -> None:
             trust_domain=TRUST_DOMAIN,
             namespace="shop",
             service_account="productpage",
-            sds_socket=tmp_path / "client-agent" / "sds.sock",
+            secrets_dir=tmp_path / "client-agent",
             join_token=create_token(state, "shop", "productpage"),
         )
         client_agent = NodeAgent(client_cfg)
@@ -146,7 +149,7 @@ def test_nodeagent_joins_a_vm_and_leaves_cleanly(tmp_path: Path) -> None:
                     c_admin,
                     c_port,
                     (vm_host, s_port),
-                    client_cfg.sds_socket,
+                    client_cfg.secrets_dir,
                     # What Pilot's hook derives from the registry for this destination.
                     mtls.outbound_transport_socket(
                         hub.aggregate.service(HOST_NAME),  # type: ignore[arg-type]
@@ -172,7 +175,7 @@ def test_nodeagent_joins_a_vm_and_leaves_cleanly(tmp_path: Path) -> None:
 
         # The used token cannot be replayed by a second agent.
         replay = subprocess.run(
-            [*agent_argv[:-4], "--sds-socket", str(tmp_path / "replay" / "sds.sock")],
+            [*agent_argv[:-4], "--secrets-dir", str(tmp_path / "replay")],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert replay.returncode != 0
@@ -186,7 +189,7 @@ def test_nodeagent_joins_a_vm_and_leaves_cleanly(tmp_path: Path) -> None:
         view = get_json(f"{hub_url}/debug/registryz?host={HOST_NAME}")
         assert view["services"] == [] or view["services"][0]["endpoints"] == []
         wait_for(lambda: get_status(f"http://{vm_host}:{s_admin}/ready") is None, "sidecar exit")
-        assert not sds_socket.exists()
+        assert not secrets.exists()  # the key does not outlive the agent
         assert "deregistered shop/reviews-vm" in agent.log_path.read_text()
 
 
@@ -202,7 +205,7 @@ def test_agent_restarts_a_crashed_sidecar_which_gets_its_secrets_again(tmp_path:
     host = loopback_host()
     admin, port = free_ports(2, host)
     with mesh(tmp_path / "mesh") as m, http_echo(host) as backend:
-        sds_socket = tmp_path / "agent" / "sds.sock"
+        secrets = tmp_path / "agent"
         config = AgentConfig(
             ca_address=m.server.bootstrap_target,
             ca_renewal_address=m.server.renewal_target,
@@ -210,15 +213,15 @@ def test_agent_restarts_a_crashed_sidecar_which_gets_its_secrets_again(tmp_path:
             trust_domain=TRUST_DOMAIN,
             namespace="shop",
             service_account="reviews",
-            sds_socket=sds_socket,
+            secrets_dir=secrets,
             join_token=m.tokens.create("shop", "reviews"),
             sidecar_bootstrap=server_sidecar(
-                "reviews", host, admin, port, backend, sds_socket, mtls.Mode.PERMISSIVE
+                "reviews", host, admin, port, backend, secrets, mtls.Mode.PERMISSIVE
             ),
             workdir=tmp_path / "sidecar",
         )
         agent = NodeAgent(config)
-        # The agent (and its SDS server) live on the mesh's background loop, as in production
+        # The agent lives on the mesh's background loop, as in production
         # where nothing else blocks it; this test only waits and probes.
         m.loop.run(agent.start())
         try:

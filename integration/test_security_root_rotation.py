@@ -1,9 +1,9 @@
 """Root rotation under continuous traffic: real ``meshfed ca serve``, real Envoys, no failure.
 
 A real CA process (self-signed root in a state folder, 12 s leaves, re-reading its storage every
-half second) and two in-process node agents feeding two Envoys over SDS; the client sidecar
-originates mutual TLS to the server sidecar (STRICT) and opens a new upstream connection every
-few requests, so handshakes keep happening with whatever is current. While a bounded stream of
+half second) and two in-process node agents writing two Envoys' secret files; the client
+sidecar originates mutual TLS to the server sidecar (STRICT) and opens a new upstream connection
+every few requests, so handshakes keep happening with whatever is current. While a bounded stream of
 requests runs, the operator's ``meshfed ca rotate-root`` (a separate process, the CA is not
 restarted) walks the mesh through add -> switch -> retire. Asserted:
 
@@ -52,7 +52,6 @@ from integration.security_helpers import (
 )
 from meshfed.nodeagent import keys
 from meshfed.nodeagent.agent import AgentConfig, NodeAgent
-from meshfed.nodeagent.client import CAClient
 from meshfed.registry.model import spiffe_id
 from meshfed.security import identity, mtls
 
@@ -150,13 +149,13 @@ def test_root_rotation_under_traffic_without_a_failed_request(tmp_path: Path) ->
                     trust_domain=TRUST_DOMAIN,
                     namespace="shop",
                     service_account=account,
-                    sds_socket=tmp_path / f"agent-{name}" / "sds.sock",
+                    secrets_dir=tmp_path / f"agent-{name}",
                     join_token=create_token(state, "shop", account),
                     ttl=LEAF_TTL,
                     bundle_refresh=1.0,
+                    ca_timeout=5.0,
                 )
-                client = CAClient(config.ca_address, config.ca_renewal_address, root, timeout=5)
-                started = NodeAgent(config, client)
+                started = NodeAgent(config)
                 loop.run(started.start())
                 agents.append(started)
                 return started
@@ -171,7 +170,7 @@ def test_root_rotation_under_traffic_without_a_failed_request(tmp_path: Path) ->
                 s_admin,
                 s_port,
                 backend,
-                server_agent.config.sds_socket,
+                server_agent.config.secrets_dir,
                 mtls.Mode.STRICT,
             )
             client_boot = limit_requests_per_connection(
@@ -181,7 +180,7 @@ def test_root_rotation_under_traffic_without_a_failed_request(tmp_path: Path) ->
                     c_admin,
                     c_port,
                     (server_host, s_port),
-                    client_agent.config.sds_socket,
+                    client_agent.config.secrets_dir,
                     mtls.upstream_transport_socket([spiffe_id(TRUST_DOMAIN, "shop", "reviews")]),
                 ),
                 5,

@@ -79,15 +79,23 @@ def _failure_stats(envoy: EnvoyProxy) -> dict[str, int]:
 
 
 def _add_tcp(
-    boot: dict[str, Any], name: str, at: tuple[str, int], to: tuple[str, int], tls: Any = None
+    boot: dict[str, Any],
+    secrets: Path,
+    name: str,
+    at: tuple[str, int],
+    to: tuple[str, int],
+    tls: Any = None,
 ) -> None:
-    """A TCP listener ``at`` proxying to ``to``; server side STRICT mTLS, client side ``tls``."""
+    """A TCP listener ``at`` proxying to ``to``; server side STRICT mTLS, client side ``tls``;
+    the mesh secrets from the agent's files in ``secrets``."""
     cluster = plain_cluster(f"{name}-cluster", *to)
     if tls is not None:
         cluster.transport_socket.CopyFrom(tls)
     tcp = listener(name, *at, tcp_filter(name, cluster.name))
     if tls is None:
         mtls.apply_inbound_mtls(tcp, mtls.Mode.STRICT)
+    mtls.use_secret_files(tcp, str(secrets))
+    mtls.use_secret_files(cluster, str(secrets))
     boot["static_resources"]["listeners"].append(to_dict(tcp))
     boot["static_resources"]["clusters"].append(to_dict(cluster))
 
@@ -110,7 +118,7 @@ def test_rotation_under_traffic_without_failures_or_restarts(tmp_path: Path) -> 
             s_admin,
             s_port,
             backend,
-            server_agent.config.sds_socket,
+            server_agent.config.secrets_dir,
             mtls.Mode.STRICT,
         )
         client_boot = limit_requests_per_connection(
@@ -120,15 +128,22 @@ def test_rotation_under_traffic_without_failures_or_restarts(tmp_path: Path) -> 
                 c_admin,
                 c_port,
                 (server_host, s_port),
-                client_agent.config.sds_socket,
+                client_agent.config.secrets_dir,
                 mtls.upstream_transport_socket([m.identity("shop", "reviews")]),
             ),
             REQUESTS_PER_CONNECTION,
         )
         # Plus one long-lived TCP connection over mTLS, opened before the first rotation.
-        _add_tcp(server_boot, "inbound_tcp", (server_host, s_tcp), (server_host, tcp_backend))
+        _add_tcp(
+            server_boot,
+            server_agent.config.secrets_dir,
+            "inbound_tcp",
+            (server_host, s_tcp),
+            (server_host, tcp_backend),
+        )
         _add_tcp(
             client_boot,
+            client_agent.config.secrets_dir,
             "outbound_tcp",
             (client_host, c_tcp),
             (server_host, s_tcp),

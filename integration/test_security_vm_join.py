@@ -90,7 +90,7 @@ def test_vm_joins_with_one_command_and_serves_the_mesh_over_mtls(
             "--ca", f"{HUB_IP}:{ca_ports[0]}", "--ca-renewal", f"{HUB_IP}:{ca_ports[1]}",
             "--ca-root", str(root), "-n", "default", "-s", "ratings",
             "--token-file", str(token_file),
-            "--sds-socket", str(tmp_path / "vm-agent" / "sds.sock"),
+            "--secrets-dir", str(tmp_path / "vm-agent"),
             "--hub", hub_url, "--workload", "ratings-vm", "--address", VM_IP,
             "--port", "http=9080", "--service", SERVICE,
             "--define-service", f"{SERVICE}=http:80:HTTP",
@@ -114,7 +114,7 @@ def test_vm_joins_with_one_command_and_serves_the_mesh_over_mtls(
                 trust_domain=TRUST_DOMAIN,
                 namespace="default",
                 service_account="productpage",
-                sds_socket=tmp_path / "client-agent" / "sds.sock",
+                secrets_dir=tmp_path / "client-agent",
                 join_token=create_token(state, "default", "productpage"),
                 sidecar_bootstrap=pilot_bootstrap(
                     ProxySpec(ip=A_IP, workload="productpage", pilot=pilot_addr)

@@ -1,9 +1,9 @@
 """Pilot's CLI commands, registered into ``meshfed`` by ``meshfed.cli`` when present.
 
 - ``meshfed bootstrap``: print a sidecar's Envoy bootstrap (JSON).
-- ``meshfed proxy``: run a real Envoy sidecar (or ``--gateway``; ``--sds-socket`` for mesh mTLS);
+- ``meshfed proxy``: run a real Envoy sidecar (or ``--gateway``; ``--secrets-dir`` for mesh mTLS);
   prints ``ready`` once Envoy has ACKed its first full config from Pilot, stops Envoy (its
-  whole process group) on Ctrl-C / SIGTERM. A proxy without ``--sds-socket`` in a mesh whose
+  whole process group) on Ctrl-C / SIGTERM. A proxy without ``--secrets-dir`` in a mesh whose
   config turns mutual TLS on gets a warning on stderr (STRICT services will refuse it).
 - ``meshfed proxy-status [PROXY]``: per proxy and type, SYNCED / NOT SENT / STALE / NACKED;
   and, for a proxy with a node-local Mixer client, whether it reaches Mixer (read from the
@@ -85,10 +85,11 @@ def _add_proxy_args(p: argparse.ArgumentParser) -> None:
         help="the gateway's HTTP port (default 80); TLS is served on 443, or port+363",
     )
     p.add_argument(
-        "--sds-socket",
+        "--secrets-dir",
         default="",
-        help="the node agent's SDS socket (meshfed nodeagent --sds-socket): the proxy holds a "
-        "mesh certificate for mutual TLS (needed to reach STRICT services when pilot.mtls is on)",
+        help="the node agent's secrets directory (meshfed nodeagent --secrets-dir): Envoy reads "
+        "the mesh certificate for mutual TLS there (needed to reach STRICT services when "
+        "pilot.mtls is on)",
     )
     p.add_argument(
         "--mixer",
@@ -184,7 +185,7 @@ def _spec(args: argparse.Namespace) -> Any:
     if hasattr(args, "mixer_trace_collector") and not args.mixer_trace_collector:
         # the mesh's collector, so the client's spans join the traces Envoy sends there
         args.mixer_trace_collector = mesh.tracing.collector if mesh.tracing.enabled else ""
-    sds = os.path.abspath(os.path.expanduser(args.sds_socket)) if args.sds_socket else ""
+    secrets = os.path.abspath(os.path.expanduser(args.secrets_dir)) if args.secrets_dir else ""
     return ProxySpec(
         ip=args.ip,
         workload=args.workload,
@@ -199,7 +200,7 @@ def _spec(args: argparse.Namespace) -> Any:
         role="router" if args.gateway else "sidecar",
         interception=args.interception.upper(),
         locality=args.locality,
-        sds_socket=sds,
+        secrets_dir=secrets,
         mixer_socket=_mixer_socket(args),
         mixer_status_port=getattr(args, "status_port", 0) if args.mixer else 0,
         labels=",".join(getattr(args, "label", []) or []),
@@ -210,7 +211,7 @@ def mtls_warning(args: argparse.Namespace) -> str:
     """What to tell the operator of a proxy run without SDS in a mesh with mutual TLS on
     ("" when there is nothing to say): it would reach STRICT services in plain text and be
     refused. Pilot also lists the affected clusters under the proxy's problems."""
-    if args.sds_socket or getattr(args, "ca", None):
+    if args.secrets_dir or getattr(args, "ca", None):
         return ""
     from meshfed.config import load_mesh_config
     from meshfed.security import mtls
@@ -221,9 +222,9 @@ def mtls_warning(args: argparse.Namespace) -> str:
         return ""
     what = "gateway" if args.gateway else "proxy"
     return (
-        f"warning: the mesh runs mutual TLS (pilot.mtls) but this {what} has no --sds-socket: "
+        f"warning: the mesh runs mutual TLS (pilot.mtls) but this {what} has no --secrets-dir: "
         "it cannot hold a mesh certificate, so STRICT services refuse it (503). Run "
-        "`meshfed nodeagent --sds-socket PATH ...` beside it and pass --sds-socket PATH."
+        "`meshfed nodeagent --secrets-dir DIR ...` beside it and pass --secrets-dir DIR."
     )
 
 
@@ -237,9 +238,10 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 def identity_plan(args: argparse.Namespace, spec: Any) -> dict[str, Any] | None:
     """With ``--ca``: the identity agent's settings (:class:`nodeagent.agent.AgentConfig`'s
     fields) for the sidecar process, which gets this proxy's certificate with the pod's
-    service-account token (or a join token) and serves it over SDS on a private socket; the
-    proxy then runs as if given ``--sds-socket``. None without ``--ca``. Every flag and file is
-    checked here, so a mistake is an error line before anything starts."""
+    service-account token (or a join token) and writes it as secret files in a private
+    directory (tmpfs where there is one); the proxy then runs as if given ``--secrets-dir``.
+    None without ``--ca``. Every flag and file is checked here, so a mistake is an error line
+    before anything starts."""
     import os
     import tempfile
     from pathlib import Path
@@ -269,7 +271,11 @@ def identity_plan(args: argparse.Namespace, spec: Any) -> dict[str, Any] | None:
     kube = secret(args.kubernetes_token_file)
     if not join and not kube:
         raise SystemExit("error: --ca needs --kubernetes-token-file or --token-file")
-    folder = Path(tempfile.mkdtemp(prefix="meshfed-proxy-sds-"))
+    from meshfed.nodeagent.sdsfiles import default_directory
+
+    base = default_directory("proxies")
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"{spec.workload}-", dir=base))
     folder.chmod(0o700)
     return {
         "ca_address": args.ca,
@@ -278,7 +284,7 @@ def identity_plan(args: argparse.Namespace, spec: Any) -> dict[str, Any] | None:
         "trust_domain": trust_domain,
         "namespace": namespace,
         "service_account": account,
-        "sds_socket": str(folder / "sds.sock"),
+        "secrets_dir": str(folder),
         "join_token": None if kube else join,
         "kubernetes_token": kube,
     }
@@ -299,7 +305,7 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     spec = _spec(args)
     identity = identity_plan(args, spec)
     if identity is not None:
-        spec = attrs.evolve(spec, sds_socket=identity["sds_socket"])
+        spec = attrs.evolve(spec, secrets_dir=identity["secrets_dir"])
     hub = hub_url(args)
     warning = mtls_warning(args)
     if warning:
@@ -609,7 +615,7 @@ def register(sub: Any) -> None:
         default="",
         metavar="HOST:PORT",
         help="get this proxy's certificate from the CA's bootstrap port and serve it to Envoy "
-        "over SDS (as meshfed nodeagent does; an injected sidecar's identity)",
+        "as secret files Envoy watches (as meshfed nodeagent does; an injected sidecar's identity)",
     )
     proxy.add_argument("--ca-renewal", default="", help="the CA's renewal port (default: --ca)")
     proxy.add_argument("--ca-root", default="", help="with --ca: the trust bundle (PEM file)")

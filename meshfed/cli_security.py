@@ -417,7 +417,7 @@ def agent_config(args: argparse.Namespace) -> Any:
         trust_domain=trust_domain,
         namespace=args.namespace,
         service_account=args.service_account,
-        sds_socket=Path(args.sds_socket).expanduser(),
+        secrets_dir=_secrets_dir(args),
         join_token=token,
         kubernetes_token=kube_token,
         ttl=args.ttl,
@@ -433,43 +433,36 @@ def agent_config(args: argparse.Namespace) -> Any:
     )
 
 
-async def run_agent(args: argparse.Namespace, stop: asyncio.Event) -> int:
-    from meshfed.nodeagent.agent import NodeAgent
-    from meshfed.nodeagent.client import CARefused
+def _secrets_dir(args: argparse.Namespace) -> Path:
+    if args.secrets_dir:
+        return Path(os.path.abspath(os.path.expanduser(args.secrets_dir)))
+    from meshfed.nodeagent.sdsfiles import default_directory
 
-    agent = NodeAgent(agent_config(args))
-    try:
-        await agent.start()
-    except CARefused as exc:
-        print(f"error: the CA refused: {exc}", file=sys.stderr)
-        return 1
-    monitoring = None
-    try:
-        if args.monitoring:
-            # aiohttp is loaded only for the optional monitoring port: the agent stays small.
-            from aiohttp import web
-
-            from meshfed.core.monitoring import MonitoringServer
-
-            async def debug(request: web.Request) -> web.Response:
-                return web.json_response(agent.describe())
-
-            monitoring = MonitoringServer(args.monitoring, name="meshfed.nodeagent")
-            monitoring.add_routes([web.get("/debug/nodeagent", debug)])
-            monitoring.add_readiness(agent.not_ready, agent.degraded)
-            await monitoring.start()
-            print(json.dumps({"monitoring": monitoring.bound}), flush=True)
-        print(json.dumps({"identity": agent.config.identity, "ready": True}), flush=True)
-        await stop.wait()
-        return 0
-    finally:
-        if monitoring is not None:
-            await monitoring.stop()
-        await agent.stop()
+    return default_directory(f"{args.namespace}.{args.service_account}")
 
 
 def cmd_nodeagent(args: argparse.Namespace) -> int:
-    return _run(lambda stop: run_agent(args, stop))
+    """Check everything here, then become the lean agent process (:mod:`meshfed.agentproc`)."""
+    import tempfile
+
+    from meshfed.agentproc import plan_of
+
+    config = agent_config(args)
+    plan = plan_of(config, args.monitoring or "")
+    plan["log_level"] = getattr(args, "log_level", "INFO")
+    plan["log_format"] = getattr(args, "log_format", "text")
+    fd, path = tempfile.mkstemp(prefix="meshfed-nodeagent-", suffix=".json")  # 0600
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        json.dump(plan, out)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    argv = [sys.executable, "-m", "meshfed.agentproc", path]
+    try:
+        os.execv(sys.executable, argv)
+    except OSError as exc:
+        os.unlink(path)
+        print(f"error: cannot start {' '.join(argv[:3])}: {exc}", file=sys.stderr)
+    return 1
 
 
 # -- registration ----------------------------------------------------------------------------
@@ -598,7 +591,12 @@ def register(sub: Any) -> None:
     agent.add_argument("--kubernetes-token-file", help="service-account token file")
     agent.add_argument("--ttl", type=parse_duration, help="requested certificate lifetime")
     agent.add_argument("--key-type", choices=["ec-p256", "rsa-2048"], default="ec-p256")
-    agent.add_argument("--sds-socket", default="~/.meshfed/agent/sds.sock")
+    agent.add_argument(
+        "--secrets-dir",
+        help="where Envoy reads this identity's key, certificate and trust bundle (file-based "
+        "SDS; a 0700 directory of 0600 files, made if missing; default: one under "
+        "$XDG_RUNTIME_DIR or /dev/shm, tmpfs, so the key never reaches a disk)",
+    )
     agent.add_argument("--hub", help="hub URL to register with, e.g. http://127.0.0.1:15014")
     agent.add_argument("--workload", help="workload name (default: host name)")
     agent.add_argument("--address", help="the workload's address")

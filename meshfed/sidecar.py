@@ -68,7 +68,7 @@ class Plan(NamedTuple):
     # "report_delay", "trace_collector"}, or empty for none.
     mixer: dict[str, Any] | None = None
     # The identity agent (``--ca``): :class:`nodeagent.agent.AgentConfig`'s fields, the root
-    # certificate as ``ca_root`` (a path) and the SDS socket as a string; empty for none.
+    # certificate as ``ca_root`` (a path) and the secrets directory as a string; empty for none.
     identity: dict[str, Any] | None = None
 
     def write(self, path: Path) -> None:
@@ -317,8 +317,9 @@ def wait_synced(envoy: Envoy, plan: Plan, stop: threading.Event) -> dict[str, An
 
 class AsyncParts:
     """The parts that are ``asyncio`` servers, on one event loop of their own: the identity
-    agent (the proxy's certificate over SDS) and the node-local Mixer client (``grpc.aio``).
-    Loaded only when the plan asks for them: they are what a plain sidecar does without."""
+    agent (the proxy's certificate, as secret files Envoy watches) and the node-local Mixer
+    client (``grpc.aio``). Loaded only when the plan asks for them: they are what a plain
+    sidecar does without."""
 
     def __init__(self, plan: Plan) -> None:
         import asyncio
@@ -333,7 +334,7 @@ class AsyncParts:
 
             fields = dict(plan.identity)
             fields["ca_root_pem"] = Path(fields.pop("ca_root")).read_bytes()
-            fields["sds_socket"] = Path(fields["sds_socket"])
+            fields["secrets_dir"] = Path(fields["secrets_dir"])
             self.agent = NodeAgent(AgentConfig(**fields))
         if plan.mixer:
             from meshfed.nodeagent.mixerclient.server import MixerClient

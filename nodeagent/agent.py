@@ -1,21 +1,28 @@
 """The node agent: joins a VM to the mesh and keeps its identity fresh.
 
 Why: a VM has no kubelet and no injector. One process (``meshfed nodeagent``) does all of it:
-obtain an identity from the CA with a join token (or a Kubernetes token), serve it to the local
-Envoy over SDS, register the VM's workload with the hub so the mesh routes to it, run the
-sidecar, renew the certificate before it expires, and undo all of that on stop.
+obtain an identity from the CA with a join token (or a Kubernetes token), hand it to the local
+Envoy as file-based SDS (:mod:`nodeagent.sdsfiles`), register the VM's workload with the hub so
+the mesh routes to it, run the sidecar, renew the certificate before it expires, and undo all
+of that on stop.
 
 Promises:
-- The private key is generated here, lives only in this process's memory and in the local
-  Envoy's (over the 0600 SDS socket); a fresh key is generated for every renewal.
-- Renewal happens at half the lifetime with jitter (:mod:`nodeagent.rotation`); Envoy gets the
-  new certificate pushed over SDS, so it never restarts.
+- The private key is generated on this machine, a fresh one for every renewal, in a
+  short-lived child (:mod:`nodeagent.issuer`; so are the CA calls and the signed hub
+  requests), and handed to the local Envoy in a 0600 file in a 0700 directory this user owns
+  (tmpfs by default); see :mod:`nodeagent.sdsfiles` for why, and docs/security.md for what
+  that protects and what it does not.
+- Renewal happens at half the lifetime with jitter (:mod:`nodeagent.rotation`); the new
+  certificate and key replace the old ones in one atomic rename, Envoy watches the directory
+  and applies them to new connections, so it never restarts.
 - The hub registration is signed with the workload's own SVID (:mod:`nodeagent.registration`)
   and repeated every ``register_interval`` seconds, so a restarted hub learns the VM again.
 - The trust bundle is polled every ``bundle_refresh`` seconds and pushed to Envoy when it
   changes (a root rotation), besides arriving with every renewal.
-- A sidecar that exits on its own is restarted (jittered backoff); SDS still has its secrets.
-- ``stop()`` deregisters first (so traffic stops arriving), then stops the sidecar and SDS.
+- A sidecar that exits on its own is restarted (jittered backoff); the files still hold its
+  secrets.
+- ``stop()`` deregisters first (so traffic stops arriving), then stops the sidecar and removes
+  the secret files.
 """
 
 from __future__ import annotations
@@ -36,15 +43,17 @@ import attrs
 import tenacity
 
 from meshfed.core.supervisor import Supervisor
-from meshfed.nodeagent import keys, registration
-from meshfed.nodeagent.client import CAClient, SignResponse
+from meshfed.nodeagent.issuer import ChildIssuer, Issued
 from meshfed.nodeagent.rotation import Rotator
-from meshfed.nodeagent.sds import SDSServer
+from meshfed.nodeagent.sdsfiles import SecretFiles
 from meshfed.registry.model import Workload, spiffe_id
+from meshfed.security import sds_files
 
-# Mirrors security.mtls.TLS_MODE_LABEL / TLS_MODE_MTLS without loading Envoy's protos here.
+# Mirror security.mtls.TLS_MODE_LABEL / TLS_MODE_MTLS / SDS_CLUSTER without loading Envoy's
+# protos here (a test keeps them equal).
 TLS_MODE_LABEL = "security.meshfed.io/tlsMode"
 TLS_MODE_MTLS = "mtls"
+SDS_PLACEHOLDER_CLUSTER = "sds-grpc"
 
 log = logging.getLogger("meshfed.nodeagent")
 
@@ -59,7 +68,7 @@ class AgentConfig:
     trust_domain: str
     namespace: str
     service_account: str
-    sds_socket: Path
+    secrets_dir: Path  # this proxy's secret files (nodeagent.sdsfiles)
     join_token: str | None = attrs.field(default=None, repr=False)
     kubernetes_token: str | None = attrs.field(default=None, repr=False)
     ttl: dt.timedelta | None = None
@@ -74,28 +83,57 @@ class AgentConfig:
     renew_fraction: float = 0.5
     renew_jitter: float = 0.1
     bundle_refresh: float = 60.0  # seconds between trust-bundle polls; 0 = only at renewal
+    ca_timeout: float = 10.0  # seconds per CA call attempt
 
     @property
     def identity(self) -> str:
         return spiffe_id(self.trust_domain, self.namespace, self.service_account)
 
 
-def with_sds_cluster(bootstrap: dict[str, Any], socket_path: Path | str) -> dict[str, Any]:
-    """``bootstrap`` plus the static SDS cluster for ``socket_path`` (unless it has one), and
-    the node metadata ``SDS=true`` that tells Pilot this proxy can fetch mesh certificates
-    (without it a gateway gets plain clusters, see ``pilot.translate.gateway``)."""
-    from google.protobuf import json_format
-
-    from meshfed.security import mtls  # Envoy's cluster protos: loaded only when there is a sidecar
-
-    boot = json.loads(json.dumps(bootstrap))
-    key = "staticResources" if "staticResources" in boot else "static_resources"
-    static = boot.setdefault(key, {})
-    clusters = static.setdefault("clusters", [])
-    if not any(c.get("name") == mtls.SDS_CLUSTER for c in clusters):
-        clusters.append(json_format.MessageToDict(mtls.sds_cluster(str(socket_path))))
-    boot.setdefault("node", {}).setdefault("metadata", {})["SDS"] = "true"
+def with_secret_files(bootstrap: dict[str, Any], directory: Path | str) -> dict[str, Any]:
+    """``bootstrap`` with the node metadata that tells Pilot where this proxy's secrets are
+    (``SDS=true``, ``SDS_PATH=<directory>``: without them a gateway gets plain clusters, see
+    ``pilot.translate.gateway``), and every mesh secret its static resources name (by the
+    agent's SDS placeholder, as :mod:`security.mtls` builds them) pointed at those files."""
+    boot = _to_files(json.loads(json.dumps(bootstrap)), str(directory))
+    meta = boot.setdefault("node", {}).setdefault("metadata", {})
+    meta["SDS"] = "true"
+    meta["SDS_PATH"] = str(directory)
     return boot
+
+
+def _to_files(value: Any, directory: str) -> Any:
+    # A walk over the JSON form, not Envoy's protobufs: an operator's bootstrap may name any
+    # extension, and the agent loads no descriptors (nor their memory) to edit two fields.
+    if isinstance(value, list):
+        return [_to_files(v, directory) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out = {k: _to_files(v, directory) for k, v in value.items()}
+    name = out.get("name")
+    for key in ("sds_config", "sdsConfig"):
+        source = out.get(key)
+        if name in (sds_files.CERT_SECRET, sds_files.ROOT_SECRET) and _is_placeholder(source):
+            out[key] = {
+                "path_config_source": {
+                    "path": sds_files.secret_path(directory, name),
+                    "watched_directory": {"path": directory},
+                },
+                "resource_api_version": "V3",
+            }
+    return out
+
+
+def _is_placeholder(source: Any) -> bool:
+    if not isinstance(source, dict):
+        return False
+    api = source.get("api_config_source") or source.get("apiConfigSource") or {}
+    services = api.get("grpc_services") or api.get("grpcServices") or []
+    for service in services:
+        grpc = service.get("envoy_grpc") or service.get("envoyGrpc") or {}
+        if (grpc.get("cluster_name") or grpc.get("clusterName")) == SDS_PLACEHOLDER_CLUSTER:
+            return True
+    return False
 
 
 class SidecarProcess:
@@ -112,7 +150,7 @@ class SidecarProcess:
 
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "envoy-bootstrap.json"
-        config.write_text(json.dumps(self.bootstrap, indent=1))  # no secrets: SDS has them
+        config.write_text(json.dumps(self.bootstrap, indent=1))  # no secrets: files have them
         with open(self.log_path, "ab") as out:
             self.proc = await asyncio.create_subprocess_exec(
                 str(envoy_binary()),
@@ -147,22 +185,21 @@ class SidecarProcess:
 
 
 class NodeAgent:
-    """Key, certificate, SDS, registration, sidecar and rotation for one VM identity."""
+    """Key, certificate, secret files, registration, sidecar and rotation for one identity."""
 
-    def __init__(self, config: AgentConfig, client: CAClient | None = None) -> None:
+    def __init__(self, config: AgentConfig, issuer: ChildIssuer | None = None) -> None:
         self.config = config
-        self.client = client or CAClient(
-            config.ca_address, config.ca_renewal_address, config.ca_root_pem
-        )
-        self.sds = SDSServer(config.sds_socket)
+        # Keys, CSRs, CA calls and signed hub requests run in a short-lived child each.
+        self.issuer = issuer or ChildIssuer()
+        self.files = SecretFiles(config.secrets_dir)
         self.rotator = Rotator(self.renew, config.renew_fraction, config.renew_jitter)
-        self.key: keys.PrivateKey | None = None
+        self.key_pem = b""
         self.chain_pem = b""
         self.root_pem = config.ca_root_pem
         self.not_after: dt.datetime | None = None
         self.serials: list[int] = []  # every certificate this agent has served, in order
         self.sidecar: SidecarProcess | None = None
-        self.supervisor = Supervisor()
+        self.supervisor = Supervisor(export_metrics=False)
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.registered = False
         self.sidecar_restarts = 0
@@ -170,22 +207,19 @@ class NodeAgent:
 
     async def start(self) -> None:
         cfg = self.config
-        key = keys.generate_key(cfg.key_type)
-        response = await self.client.bootstrap(
-            keys.make_csr(key, cfg.identity),
-            join_token=cfg.join_token,
-            kubernetes_token=cfg.kubernetes_token,
-            identity=cfg.identity,
-            ttl=cfg.ttl,
+        await asyncio.to_thread(self.files.prepare)  # a bad directory fails before the CA call
+        response = await self.issuer.issue(
+            self._ca_request(
+                "bootstrap", join_token=cfg.join_token, kubernetes_token=cfg.kubernetes_token
+            )
         )
-        self._install(key, response)
+        await self._install(response)
         log.info(
             "obtained %s (valid until %s)",
             response.identity,
             response.not_after,
             extra={"identity": response.identity},
         )
-        await self.sds.start()
         try:
             if cfg.hub_url and cfg.workload is not None:
                 await self.register()
@@ -195,7 +229,7 @@ class NodeAgent:
                 if workdir is None:
                     self._tmp = tempfile.TemporaryDirectory(prefix="meshfed-nodeagent-")
                     workdir = Path(self._tmp.name)
-                boot = with_sds_cluster(cfg.sidecar_bootstrap, cfg.sds_socket)
+                boot = with_secret_files(cfg.sidecar_bootstrap, cfg.secrets_dir)
                 self.sidecar = SidecarProcess(boot, workdir)
                 await self.sidecar.start()
                 self.supervisor.spawn(
@@ -222,7 +256,7 @@ class NodeAgent:
             "serials": [f"{s:x}" for s in self.serials],
             "rotations": self.rotator.rotations,
             "registered": self.registered,
-            "sds": self.sds.describe(),
+            "secrets": self.files.describe(),
             "sidecar_pid": proc.pid if proc else None,
             "tasks": self.supervisor.describe(),
         }
@@ -238,33 +272,49 @@ class NodeAgent:
         return []
 
     def degraded(self) -> list[str]:
-        return [f"{t} failing (restarting): {why}" for t, why in self.supervisor.failures().items()]
+        found = [
+            f"{t} failing (restarting): {why}" for t, why in self.supervisor.failures().items()
+        ]
+        if self.files.last_error:
+            found.append(f"nodeagent: {self.files.last_error} (Envoy keeps the last good secrets)")
+        return found
 
-    def _install(self, key: keys.PrivateKey, response: SignResponse) -> None:
-        from cryptography import x509
+    def _ca_request(self, op: str, **extra: Any) -> dict[str, Any]:
+        cfg = self.config
+        return {
+            "op": op,
+            "ca_address": cfg.ca_address,
+            "ca_renewal_address": cfg.ca_renewal_address,
+            # Trust what the CA last said the roots are (a root rotation reaches the agent).
+            "root_pem": self.root_pem.decode(),
+            "identity": cfg.identity,
+            "key_type": cfg.key_type,
+            "ttl_seconds": cfg.ttl.total_seconds() if cfg.ttl else None,
+            "timeout": cfg.ca_timeout,
+            **extra,
+        }
 
-        leaf = x509.load_pem_x509_certificate(response.chain_pem)
-        self.key = key
+    async def _install(self, response: Issued) -> None:
+        # Written first: if the files cannot be written, the agent keeps serving (and renewing
+        # with) the certificate Envoy still has.
+        await asyncio.to_thread(
+            self.files.write, response.chain_pem, response.key_pem, response.root_pem
+        )
+        self.key_pem = response.key_pem
         self.chain_pem = response.chain_pem
         self.root_pem = response.root_pem
-        # Trust what the CA now says the roots are (a root rotation reaches the agent).
-        self.client.root_pem = response.root_pem
         self.not_after = response.not_after
-        self.serials.append(leaf.serial_number)
-        self.sds.update(response.chain_pem, keys.key_pem(key), response.root_pem)
+        self.serials.append(response.serial)
 
     async def renew(self) -> dt.datetime:
         """Renew now with the current certificate; returns the new certificate's notAfter."""
-        assert self.key is not None
-        new_key = keys.generate_key(self.config.key_type)
-        response = await self.client.renew(
-            keys.make_csr(new_key, self.config.identity),
-            keys.key_pem(self.key),
-            self.chain_pem,
-            identity=self.config.identity,
-            ttl=self.config.ttl,
+        assert self.key_pem
+        response = await self.issuer.issue(
+            self._ca_request(
+                "renew", key_pem=self.key_pem.decode(), chain_pem=self.chain_pem.decode()
+            )
         )
-        self._install(new_key, response)
+        await self._install(response)
         log.info(
             "renewed %s (valid until %s)",
             response.identity,
@@ -273,14 +323,13 @@ class NodeAgent:
         )
         return response.not_after
 
-    def update_bundle(self, root_pem: bytes) -> bool:
+    async def update_bundle(self, root_pem: bytes) -> bool:
         """Hand Envoy a changed trust bundle (a root rotation) without a new certificate."""
-        if root_pem == self.root_pem or self.key is None:
+        if root_pem == self.root_pem or not self.key_pem:
             return False
+        await asyncio.to_thread(self.files.write, self.chain_pem, self.key_pem, root_pem)
         self.root_pem = root_pem
-        self.client.root_pem = root_pem
         self.bundle_updates += 1
-        self.sds.update(self.chain_pem, keys.key_pem(self.key), root_pem)
         log.info("trust bundle changed: %d root(s) pushed to Envoy", root_pem.count(b"BEGIN"))
         return True
 
@@ -290,23 +339,39 @@ class NodeAgent:
         while True:
             await asyncio.sleep(interval * random.uniform(0.9, 1.1))
             try:
-                self.update_bundle(await self.client.trust_bundle())
+                answer = await self.issuer.call(self._ca_request("bundle"))
+                await self.update_bundle(answer["root_pem"].encode())
             except Exception as exc:  # the CA may be restarting: renewal still carries it
                 log.warning("trust bundle poll failed: %s", exc)
 
     async def register(self) -> None:
         cfg = self.config
-        assert cfg.hub_url and cfg.workload is not None and self.key is not None
+        assert cfg.hub_url and cfg.workload is not None and self.key_pem
         workload = cfg.workload
         if cfg.sidecar_bootstrap is not None:
             # This VM's sidecar terminates mesh mutual TLS: say so, so clients originate it.
             workload = attrs.evolve(
                 workload, labels=workload.labels.merged({TLS_MODE_LABEL: TLS_MODE_MTLS})
             )
-        body = registration.registration_body(
-            workload, list(cfg.services), cfg.definitions, cfg.register_interval
+        await self.issuer.call(
+            {
+                "op": "register",
+                "hub_url": cfg.hub_url,
+                "workload": {
+                    "name": workload.name,
+                    "namespace": workload.namespace,
+                    "address": workload.address,
+                    "ports": dict(workload.ports),
+                    "labels": dict(workload.labels),
+                    "service_account": workload.service_account,
+                },
+                "services": list(cfg.services),
+                "definitions": cfg.definitions,
+                "interval": cfg.register_interval,
+                "key_pem": self.key_pem.decode(),
+                "chain_pem": self.chain_pem.decode(),
+            }
         )
-        await registration.register(cfg.hub_url, body, self.key, self.chain_pem)
         if not self.registered:
             log.info(
                 "registered %s/%s with %s",
@@ -320,7 +385,7 @@ class NodeAgent:
     async def _supervise_sidecar(self) -> None:
         """Restart the sidecar when it exits on its own (a crash), with jittered backoff.
 
-        SDS still holds the current secrets, so a restarted Envoy gets them at once.
+        The files still hold the current secrets, so a restarted Envoy reads them at once.
         """
         sidecar = self.sidecar
         assert sidecar is not None
@@ -352,12 +417,19 @@ class NodeAgent:
 
     async def stop(self) -> None:
         await self.supervisor.stop()
-        self.supervisor = Supervisor()
+        self.supervisor = Supervisor(export_metrics=False)
         cfg = self.config
-        if self.registered and cfg.hub_url and cfg.workload is not None and self.key:
+        if self.registered and cfg.hub_url and cfg.workload is not None and self.key_pem:
             try:
-                await registration.deregister(
-                    cfg.hub_url, cfg.workload.namespace, cfg.workload.name, self.key, self.chain_pem
+                await self.issuer.call(
+                    {
+                        "op": "deregister",
+                        "hub_url": cfg.hub_url,
+                        "namespace": cfg.workload.namespace,
+                        "name": cfg.workload.name,
+                        "key_pem": self.key_pem.decode(),
+                        "chain_pem": self.chain_pem.decode(),
+                    }
                 )
                 log.info(
                     "deregistered %s/%s",
@@ -371,7 +443,7 @@ class NodeAgent:
         if self.sidecar is not None:
             await self.sidecar.stop()
             self.sidecar = None
-        await self.sds.stop()
+        await asyncio.to_thread(self.files.remove)
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None

@@ -1,8 +1,9 @@
 """The node agent's private key and its certificate signing request.
 
 Why: the private key of a workload must never leave the machine it runs on. The agent generates
-it locally (ECDSA P-256 by default: small, fast, and what Envoy handles best), keeps it in
-memory, and sends the CA only a CSR, which proves possession of the key by its signature.
+it locally (ECDSA P-256 by default: small, fast, and what Envoy handles best), in the
+short-lived issuing process (:mod:`nodeagent.issue`), and sends the CA only a CSR, which proves
+possession of the key by its signature.
 
 Promises: nothing here touches the disk. The CSR names the requested SPIFFE ID as its one URI
 SAN, although the CA decides the final contents itself.
@@ -38,7 +39,7 @@ def make_csr(key: PrivateKey, spiffe_id: str | None = None) -> bytes:
 
 
 def key_pem(key: PrivateKey) -> bytes:
-    """Unencrypted PKCS#8 PEM of ``key`` (only ever sent to the local Envoy over SDS)."""
+    """Unencrypted PKCS#8 PEM of ``key`` (for the agent, which hands it to the local Envoy)."""
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,

@@ -22,15 +22,8 @@ import random
 from collections.abc import Awaitable, Callable
 
 import tenacity
-from prometheus_client import Counter, Gauge
 
 log = logging.getLogger("meshfed.nodeagent.rotation")
-
-ROTATIONS = Counter("meshfed_nodeagent_rotations_total", "Certificates renewed")
-ROTATION_FAILURES = Counter("meshfed_nodeagent_rotation_failures_total", "Failed renewals")
-CERT_EXPIRY = Gauge(
-    "meshfed_nodeagent_cert_expiry_timestamp_seconds", "When the current certificate expires"
-)
 
 
 def renewal_delay(
@@ -66,12 +59,16 @@ class Rotator:
         self.min_retry = min_retry
         self.max_retry = max_retry
         self.clock = clock
+        # Counted here, exported by the agent's monitoring port when it has one: the agent
+        # itself loads no metrics library.
         self.rotations = 0
+        self.failures = 0
+        self.expiry: float = 0.0  # the current certificate's notAfter, as a timestamp
         self.next_at: dt.datetime | None = None
 
     async def run(self, not_after: dt.datetime) -> None:
         """Loop: sleep until due, renew, repeat. Cancel the task to stop."""
-        CERT_EXPIRY.set(not_after.timestamp())
+        self.expiry = not_after.timestamp()
         while True:
             received = self.clock()
             delay = renewal_delay(received, not_after, self.fraction, self.jitter)
@@ -80,12 +77,11 @@ class Rotator:
             await asyncio.sleep(delay)
             not_after = await self._renew_until_done(not_after)
             self.rotations += 1
-            ROTATIONS.inc()
-            CERT_EXPIRY.set(not_after.timestamp())
+            self.expiry = not_after.timestamp()
 
     async def _renew_until_done(self, not_after: dt.datetime) -> dt.datetime:
         def failed(state: tenacity.RetryCallState) -> None:
-            ROTATION_FAILURES.inc()
+            self.failures += 1
             left = (not_after - self.clock()).total_seconds()
             log.error(
                 "certificate renewal failed (%s); %.0fs of validity left, retrying",

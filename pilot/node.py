@@ -16,9 +16,11 @@ A sidecar's bootstrap carries a node id and metadata. Pilot reads:
   (iptables sends the app's traffic to 15001 / 15006; see ``translate/interception.py``).
 - ``node.locality`` (not metadata: Envoy's own field): where the proxy runs, for locality-aware
   failover (``pilot/translate/endpoints.py``, :func:`prioritized`).
-- ``SDS``: ``"true"`` when the bootstrap has the node agent's SDS cluster (``--sds-socket``),
-  so the proxy can hold a mesh certificate. A proxy without it gets plain clusters and a
-  problem instead of mutual-TLS config it could never use (``pilot/sds_fallback.py``).
+- ``SDS`` ``"true"`` and ``SDS_PATH``: the absolute directory where the proxy's node agent
+  keeps its secret files (``--secrets-dir``, :mod:`security.sds_files`), so the proxy can hold
+  a mesh certificate; its mesh TLS names those files. A proxy without them (or with a path
+  that is not absolute) gets plain clusters and a problem instead of mutual-TLS config it could
+  never use (``pilot/sds_fallback.py``).
 - ``MIXER_CLIENT``: ``"true"`` when the bootstrap has the static cluster of a node-local Mixer
   client (``meshfed proxy --mixer``); only such a proxy gets Mixer's filters
   (``pilot/mixer_plugin.py``), since a filter naming a missing cluster would break the listener.
@@ -62,7 +64,8 @@ class ProxyNode:
     outbound_http_port: int = DEFAULT_OUTBOUND_HTTP_PORT
     admin_port: int = DEFAULT_ADMIN_PORT
     interception: str = "NONE"  # or "REDIRECT": iptables sends traffic to 15001 / 15006
-    sds: bool = False  # the bootstrap has the node agent's SDS cluster (metadata SDS=true)
+    sds: bool = False  # a node agent hands it secrets (metadata SDS=true and SDS_PATH)
+    secrets_dir: str = ""  # where: the agent's secret files for this proxy (SDS_PATH)
     mixer_client: bool = False  # the bootstrap has the node-local Mixer client's cluster
     mixer_status_port: int = 0  # the client's metrics / state port on ``ip`` (0: none)
     # Where the proxy runs (Envoy's node.locality, ``meshfed proxy --locality``); empty: Pilot
@@ -155,6 +158,14 @@ def from_proto(node: base_pb2.Node) -> ProxyNode:
     app_ports, port_problems = parse_app_ports(str(meta.get("APP_PORTS") or ""))
     problems.extend(port_problems)
     app_address = str(meta.get("APP_ADDRESS") or "") or ip
+    secrets_dir = str(meta.get("SDS_PATH") or "")
+    sds = str(meta.get("SDS") or "").lower() in ("true", "1")
+    if sds and not secrets_dir.startswith("/"):
+        problems.append(
+            f"SDS_PATH={secrets_dir!r}: expected the absolute path of the node agent's secrets "
+            "directory (meshfed proxy --secrets-dir); mesh mutual TLS is off for this proxy"
+        )
+        sds, secrets_dir = False, ""
     interception = str(meta.get("INTERCEPTION_MODE") or "NONE").upper()
     if interception not in INTERCEPTION_MODES:
         problems.append(f"INTERCEPTION_MODE={interception!r}: expected NONE or REDIRECT")
@@ -173,7 +184,8 @@ def from_proto(node: base_pb2.Node) -> ProxyNode:
         ),
         admin_port=_int_field(meta, "ADMIN_PORT", DEFAULT_ADMIN_PORT, problems),
         interception=interception,
-        sds=str(meta.get("SDS") or "").lower() in ("true", "1"),
+        sds=sds,
+        secrets_dir=secrets_dir if sds else "",
         mixer_client=str(meta.get("MIXER_CLIENT") or "").lower() in ("true", "1"),
         mixer_status_port=_int_field(meta, "MIXER_CLIENT_STATUS_PORT", 0, problems),
         locality=Locality(node.locality.region, node.locality.zone, node.locality.sub_zone),

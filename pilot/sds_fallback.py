@@ -1,9 +1,10 @@
 """What a proxy without SDS gets instead of config that names the node agent's secrets.
 
-Mesh mutual TLS takes certificates from the node agent over SDS (:mod:`security.mtls`). A proxy
-whose bootstrap has no SDS cluster (``ProxyNode.sds`` false: started without ``--sds-socket``
-and not under ``meshfed nodeagent``) cannot resolve those secrets, and Envoy refuses any
-cluster or listener that names them, so the proxy would lose those destinations outright.
+Mesh mutual TLS takes certificates from the node agent's secret files (:mod:`security.mtls`).
+A proxy whose bootstrap names no secrets directory (``ProxyNode.sds`` false: started without
+``--secrets-dir`` and not under ``meshfed nodeagent``) cannot resolve those secrets, and Envoy
+refuses any cluster or listener that names them, so the proxy would lose those destinations
+outright.
 Pilot therefore never sends it such config:
 
 - outbound: plain copies of the clusters that use mesh mutual TLS (:func:`plain_clusters`),
@@ -28,7 +29,7 @@ from meshfed.security import mtls
 
 log = logging.getLogger("meshfed.pilot.sds")
 
-ADVICE = "start it with --sds-socket (the node agent's socket) or under meshfed nodeagent"
+ADVICE = "start it with --secrets-dir (the node agent's directory) or under meshfed nodeagent"
 
 
 def plain_clusters(

@@ -10,8 +10,10 @@ The order is fixed and each step is a function of the previous step's output and
    ``virtualOutbound`` / ``virtualInbound`` layout (:mod:`pilot.translate.interception`);
 3. **locality**: assignments prioritized for where the proxy runs
    (:func:`pilot.translate.endpoints.prioritized`);
-4. **no-SDS fallback**: a proxy without the node agent's SDS gets plain copies of the clusters
-   that name its secrets (:mod:`pilot.sds_fallback`).
+4. **secrets**: a proxy without a node agent's secrets gets plain copies of the clusters that
+   name them (:mod:`pilot.sds_fallback`); a proxy with them gets copies of the clusters and
+   listeners whose mesh TLS names them, pointed at its own secret files
+   (:func:`security.mtls.use_secret_files`).
 
 Promises:
 - Each step's output is kept under a key made of what it depends on (the proxy shape, the
@@ -33,6 +35,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 import cachetools
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2 as lc
 from envoy.config.listener.v3 import listener_pb2
@@ -51,6 +54,7 @@ from meshfed.pilot.translate import listeners as tl
 from meshfed.pilot.translate.endpoints import prioritized
 from meshfed.pilot.translate.traffic import TrafficIndex
 from meshfed.registry.model import Endpoint, Locality, Service
+from meshfed.security import mtls
 
 Own = tuple[tuple[Service, Endpoint], ...]
 Table = dict[str, Resource]
@@ -109,7 +113,10 @@ class ProxyViews:
         locality = self.locality_of(node)
         if locality.region:
             view = self._with_locality(view, locality)
-        return view if node.sds else self._without_sds(node, view)
+        if not node.sds:
+            return self._without_sds(node, view)
+        # (A node built in code may say ``sds`` without a directory: it gets the shared form.)
+        return self._with_secret_files(node.secrets_dir, view) if node.secrets_dir else view
 
     def locality_of(self, node: ProxyNode) -> Locality:
         """Where ``node`` runs: its own ``node.locality``, else the one locality every registry
@@ -391,7 +398,45 @@ class ProxyViews:
             shared_digests={T.CLUSTER: view.version(T.CLUSTER), T.ENDPOINT: version},
         )
 
-    # -- 4. no-SDS fallback -----------------------------------------------------------------
+    # -- 4. secrets -------------------------------------------------------------------------
+    def _with_secret_files(self, directory: str, view: ProxyView) -> ProxyView:
+        """``view`` with the mesh secrets its clusters and listeners name pointed at the
+        files in ``directory``. Which resources name the agent's SDS cluster is found once per
+        table version for every proxy (a byte search); each of those is copied once per
+        directory and resource version, so a push costs a look-up per mesh-TLS resource."""
+        resources = dict(view.resources)
+        digests: dict[str, str] = {}
+        for type_url in (T.CLUSTER, T.LISTENER):
+            version = view.version(type_url)
+            overrides: Table = {}
+            for name, resource in self._naming_sds(type_url, version, view).items():
+                key = ("secret-files", type_url, directory, name, resource.version)
+                copy: Resource | None = self._parts.get(key)
+                if copy is None:
+                    copy = _pointed_at_files(type_url, name, resource, directory)
+                    self._parts[key] = copy
+                overrides[name] = copy
+            if overrides:
+                resources[type_url] = Layered(overrides, view.get(type_url))
+                version = digest([("", version), *((n, r.version) for n, r in overrides.items())])
+            digests[type_url] = version
+        if all(resources[t] is view.resources.get(t) for t in resources):
+            return view
+        return ProxyView(
+            resources,
+            view.problems,
+            shared_digests={**digests, T.ENDPOINT: view.version(T.ENDPOINT)},
+        )
+
+    def _naming_sds(self, type_url: str, version: str, view: ProxyView) -> Mapping[str, Resource]:
+        key = ("naming-sds", type_url, version)
+        found: dict[str, Resource] | None = self._parts.get(key)
+        if found is None:
+            marker = mtls.SDS_CLUSTER.encode()
+            found = {n: r for n, r in view.get(type_url).items() if marker in r.body.value}
+            self._parts[key] = found
+        return found
+
     def _without_sds(self, node: ProxyNode, view: ProxyView) -> ProxyView:
         """``view`` with plain copies of its mesh-mTLS clusters (:mod:`pilot.sds_fallback`)."""
         cds_version = view.version(T.CLUSTER)
@@ -416,6 +461,15 @@ class ProxyViews:
                 T.ENDPOINT: view.version(T.ENDPOINT),
             },
         )
+
+
+def _pointed_at_files(type_url: str, name: str, resource: Resource, directory: str) -> Resource:
+    message: cluster_pb2.Cluster | listener_pb2.Listener = (
+        cluster_pb2.Cluster() if type_url == T.CLUSTER else listener_pb2.Listener()
+    )
+    resource.body.Unpack(message)
+    mtls.use_secret_files(message, directory)
+    return make_resource(name, message)
 
 
 def _tcp_proxy_cluster(filters: Iterable[lc.Filter]) -> str:

@@ -7,9 +7,12 @@ and return Envoy protobuf messages and have no I/O, so Pilot can call them while
 snapshot and tests can call them to build static bootstraps for real Envoys.
 
 Promises:
-- Certificates come from the node agent over SDS: secret :data:`CERT_SECRET` (``default``) and
-  trust bundle :data:`ROOT_SECRET` (``ROOTCA``), through the static cluster :data:`SDS_CLUSTER`
-  that points at the agent's Unix socket (:func:`sds_cluster`). No key is ever in xDS.
+- Certificates come from the node agent as file-based SDS: secret :data:`CERT_SECRET`
+  (``default``: chain and key) and trust bundle :data:`ROOT_SECRET` (``ROOTCA``), files in the
+  proxy's secrets directory (:mod:`security.sds_files`). The config built here for all proxies
+  names them by a placeholder source (:func:`sds_config`, the never-defined cluster
+  :data:`SDS_CLUSTER`); :func:`use_secret_files` points a proxy's copy at its own directory.
+  No key is ever in xDS.
 - Outbound (:func:`apply_outbound_mtls`): mutual TLS to exactly those endpoints of a
   mesh-internal destination that have a sidecar terminating it: the endpoint carries a SPIFFE
   identity *and* the label :data:`TLS_MODE_LABEL` ``=`` :data:`TLS_MODE_MTLS` (set by
@@ -38,6 +41,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import attrs
 from envoy.config.cluster.v3 import cluster_pb2
@@ -56,14 +60,15 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tl
 from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import struct_pb2
 
-from meshfed.core.xds import pack, unix_socket_grpc_cluster
+from meshfed.core.xds import pack
 from meshfed.registry.model import Endpoint, Location, Service
+from meshfed.security import sds_files
 
 log = logging.getLogger("meshfed.security.mtls")
 
 SDS_CLUSTER = "sds-grpc"
-CERT_SECRET = "default"
-ROOT_SECRET = "ROOTCA"
+CERT_SECRET = sds_files.CERT_SECRET
+ROOT_SECRET = sds_files.ROOT_SECRET
 TLS_SOCKET = "envoy.transport_sockets.tls"
 TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
 TLS_MODE_LABEL = "security.meshfed.io/tlsMode"
@@ -196,7 +201,11 @@ def policy_key(policy: Policy) -> str:
 
 # -- SDS ------------------------------------------------------------------------------------
 def sds_config() -> config_source_pb2.ConfigSource:
-    """Where secrets come from: the node agent, through the static :data:`SDS_CLUSTER`."""
+    """The placeholder source of the mesh's secrets in config shared by all proxies.
+
+    Never sent as is: Pilot replaces it per proxy with that proxy's files
+    (:func:`use_secret_files`) or strips the mesh TLS of a proxy without a node agent. Should it
+    ever reach an Envoy, the missing cluster makes Envoy reject the resource visibly."""
     return config_source_pb2.ConfigSource(
         api_config_source=config_source_pb2.ApiConfigSource(
             api_type=config_source_pb2.ApiConfigSource.GRPC,
@@ -211,9 +220,79 @@ def sds_config() -> config_source_pb2.ConfigSource:
     )
 
 
-def sds_cluster(socket_path: str) -> cluster_pb2.Cluster:
-    """The bootstrap's static cluster for the node agent's SDS Unix socket (HTTP/2)."""
-    return unix_socket_grpc_cluster(SDS_CLUSTER, socket_path)
+def file_sds_config(directory: str, name: str) -> config_source_pb2.ConfigSource:
+    """Secret ``name`` from the proxy's secrets ``directory`` (:mod:`security.sds_files`).
+
+    Envoy watches the directory for moves (``watched_directory``) and then re-reads the file:
+    the node agent renames a complete new file into place, so a rotation is picked up whole,
+    certificate and key together, and never half-written."""
+    return config_source_pb2.ConfigSource(
+        path_config_source=config_source_pb2.PathConfigSource(
+            path=sds_files.secret_path(directory, name),
+            watched_directory=base_pb2.WatchedDirectory(path=directory),
+        ),
+        resource_api_version=config_source_pb2.ApiVersion.V3,
+    )
+
+
+def _secret_configs(context: tls_pb2.CommonTlsContext) -> list[secret_pb2.SdsSecretConfig]:
+    return [
+        *context.tls_certificate_sds_secret_configs,
+        context.combined_validation_context.validation_context_sds_secret_config,
+    ]
+
+
+def _to_files(context: tls_pb2.CommonTlsContext, directory: str) -> bool:
+    changed = False
+    for secret in _secret_configs(context):
+        if secret.name in (CERT_SECRET, ROOT_SECRET) and _is_agent_source(secret):
+            secret.sds_config.CopyFrom(file_sds_config(directory, secret.name))
+            changed = True
+    return changed
+
+
+def _is_agent_source(secret: secret_pb2.SdsSecretConfig) -> bool:
+    return any(
+        source.envoy_grpc.cluster_name == SDS_CLUSTER
+        for source in secret.sds_config.api_config_source.grpc_services
+    )
+
+
+def _socket_to_files(socket: base_pb2.TransportSocket, directory: str, kind: type[Any]) -> bool:
+    if socket.name != TLS_SOCKET:
+        return False
+    context = kind()
+    if not socket.typed_config.Unpack(context) or not _to_files(
+        context.common_tls_context, directory
+    ):
+        return False
+    socket.typed_config.Pack(context)
+    return True
+
+
+def use_secret_files(resource: cluster_pb2.Cluster | listener_pb2.Listener, directory: str) -> bool:
+    """Point every mesh secret ``resource`` names at the proxy's files in ``directory``
+    instead of the agent's SDS cluster; True when something changed.
+
+    Pilot builds mesh TLS once for all proxies, naming the secrets by :data:`SDS_CLUSTER`;
+    a proxy whose agent hands it files (node metadata ``SDS_PATH``) gets this per-proxy copy.
+    """
+    changed = False
+    if isinstance(resource, cluster_pb2.Cluster):
+        sockets = [resource.transport_socket] if resource.HasField("transport_socket") else []
+        sockets += [m.transport_socket for m in resource.transport_socket_matches]
+        for socket in sockets:
+            changed |= _socket_to_files(socket, directory, tls_pb2.UpstreamTlsContext)
+        return changed
+    chains = list(resource.filter_chains)
+    if resource.HasField("default_filter_chain"):
+        chains.append(resource.default_filter_chain)
+    for chain in chains:
+        if chain.HasField("transport_socket"):
+            changed |= _socket_to_files(
+                chain.transport_socket, directory, tls_pb2.DownstreamTlsContext
+            )
+    return changed
 
 
 def common_tls_context(
@@ -386,15 +465,15 @@ def apply_outbound_mtls(
 
 
 def uses_mesh_sds(config: tls_pb2.CommonTlsContext) -> bool:
-    """True when ``config`` takes its certificate or trust bundle from the node agent's SDS."""
-    sds = [
-        *config.tls_certificate_sds_secret_configs,
-        config.combined_validation_context.validation_context_sds_secret_config,
-    ]
+    """True when ``config`` takes its certificate or trust bundle from the node agent (its SDS
+    cluster, or a proxy's secret files)."""
     return any(
-        source.envoy_grpc.cluster_name == SDS_CLUSTER
-        for secret in sds
-        for source in secret.sds_config.api_config_source.grpc_services
+        _is_agent_source(secret)
+        or (
+            secret.name in (CERT_SECRET, ROOT_SECRET)
+            and secret.sds_config.path_config_source.path.endswith(sds_files.SUFFIX)
+        )
+        for secret in _secret_configs(config)
     )
 
 
@@ -404,7 +483,7 @@ def _is_mesh_socket(socket: base_pb2.TransportSocket) -> bool:
 
 
 def strip_mesh_tls(cluster: cluster_pb2.Cluster) -> bool:
-    """Remove the mesh's mutual TLS (secrets from the node agent over SDS) from ``cluster``.
+    """Remove the mesh's mutual TLS (secrets from the node agent's files) from ``cluster``.
 
     For a proxy without SDS: Envoy could never get those secrets, so it would refuse the
     cluster; plain traffic at least reaches PERMISSIVE destinations, and a STRICT one refuses

@@ -7,7 +7,6 @@ import datetime as dt
 from pathlib import Path
 
 from meshfed.nodeagent.agent import AgentConfig, NodeAgent
-from meshfed.nodeagent.client import CAClient
 from meshfed.security.ca import CertificateAuthority
 from meshfed.security.service import CAServer, SigningService
 from meshfed.security.storage import FileStorage
@@ -28,12 +27,12 @@ async def test_the_agent_loops_are_supervised_and_readiness_follows_the_certific
         trust_domain="cluster.local",
         namespace="shop",
         service_account="web",
-        sds_socket=tmp_path / "agent" / "sds.sock",
+        secrets_dir=tmp_path / "agent",
         join_token=tokens.create("shop", "web"),
         ttl=dt.timedelta(hours=1),
         bundle_refresh=30.0,
     )
-    agent = NodeAgent(config, CAClient(config.ca_address, config.ca_renewal_address, ca.root_pem))
+    agent = NodeAgent(config)
     assert agent.not_ready() == ["nodeagent: no certificate yet"]
     await agent.start()
     try:

@@ -1,9 +1,9 @@
 """The node agent's trust-bundle poll, against a real in-process CA and the agent's real SDS.
 
 A root rotation must reach Envoy before the agent's certificate is due: the agent polls the CA's
-public ``TrustBundle`` RPC every ``bundle_refresh`` seconds and pushes a changed bundle over SDS
-with the *same* certificate. Here the leaf lives an hour and the poll runs every 0.2 s; the
-ROOTCA secret is read the way Envoy reads it (a gRPC SDS client on the agent's Unix socket).
+public ``TrustBundle`` RPC every ``bundle_refresh`` seconds and writes a changed bundle to the
+proxy's secret files with the *same* certificate. Here the leaf lives an hour and the poll runs
+every 0.2 s; the secrets are read the way Envoy reads them (the SDS documents in the files).
 
 What the agent checks about a bundle: the poll's TLS handshake authenticates the CA with the
 roots the agent trusts now, so a server that cannot prove it is the mesh's CA (its serving
@@ -24,12 +24,14 @@ import pytest
 from cryptography import x509
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from envoy.service.discovery.v3 import discovery_pb2
-from envoy.service.secret.v3 import sds_pb2_grpc
+from google.protobuf import json_format
 
 from meshfed.nodeagent.agent import AgentConfig, NodeAgent
 from meshfed.nodeagent.client import CAClient, CARefused
-from meshfed.nodeagent.sds import CERT_NAME, ROOT_NAME
 from meshfed.security.ca import CertificateAuthority, start_root_rotation
+from meshfed.security.sds_files import CERT_SECRET as CERT_NAME
+from meshfed.security.sds_files import ROOT_SECRET as ROOT_NAME
+from meshfed.security.sds_files import secret_path
 from meshfed.security.service import CAServer, SigningService
 from meshfed.security.storage import FileStorage
 from meshfed.security.tokens import JoinTokenStore
@@ -55,15 +57,12 @@ async def ca(tmp_path: Path) -> AsyncIterator[tuple[CAServer, FileStorage, JoinT
     await started[0].stop()
 
 
-async def fetch(socket_path: Path) -> dict[str, secret_pb2.Secret]:
-    """Both secrets as Envoy would get them (a unary SDS fetch on the agent's socket)."""
-    async with grpc.aio.insecure_channel(f"unix:{socket_path}") as channel:
-        stub = sds_pb2_grpc.SecretDiscoveryServiceStub(channel)
-        response = await stub.FetchSecrets(
-            discovery_pb2.DiscoveryRequest(resource_names=[CERT_NAME, ROOT_NAME]), timeout=5
-        )
+async def fetch(directory: Path) -> dict[str, secret_pb2.Secret]:
+    """Both secrets as Envoy reads them: one SDS document per file."""
     out = {}
-    for resource in response.resources:
+    for name in (CERT_NAME, ROOT_NAME):
+        text = Path(secret_path(directory, name)).read_text()
+        (resource,) = json_format.Parse(text, discovery_pb2.DiscoveryResponse()).resources
         secret = secret_pb2.Secret()
         resource.Unpack(secret)
         out[secret.name] = secret
@@ -89,7 +88,7 @@ async def until(check, what: str, timeout: float) -> None:  # type: ignore[no-un
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-async def test_rotation_reaches_sds_between_renewals_and_an_unauthenticated_ca_is_refused(
+async def test_rotation_reaches_the_files_between_renewals_and_an_unauthenticated_ca_is_refused(
     tmp_path: Path,
     ca: tuple[CAServer, FileStorage, JoinTokenStore],
     caplog: pytest.LogCaptureFixture,
@@ -103,16 +102,16 @@ async def test_rotation_reaches_sds_between_renewals_and_an_unauthenticated_ca_i
         trust_domain=TRUST_DOMAIN,
         namespace="shop",
         service_account="web",
-        sds_socket=tmp_path / "agent" / "sds.sock",
+        secrets_dir=tmp_path / "agent",
         join_token=tokens.create("shop", "web"),
         ttl=HOUR,  # renewal is half an hour away: anything new in the bundle came by the poll
         bundle_refresh=REFRESH,
     )
-    client = CAClient(config.ca_address, config.ca_renewal_address, config.ca_root_pem, timeout=5)
-    agent = NodeAgent(config, client)
+    config.ca_timeout = 5.0
+    agent = NodeAgent(config)
     await agent.start()
     try:
-        before = await fetch(config.sds_socket)
+        before = await fetch(config.secrets_dir)
         old_root = authority.roots[0]
         assert roots(before) == [old_root]
         serial = leaf_serial(before)
@@ -121,7 +120,7 @@ async def test_rotation_reaches_sds_between_renewals_and_an_unauthenticated_ca_i
         # Polls of an unchanged bundle push nothing.
         await asyncio.sleep(REFRESH * 4)
         assert agent.bundle_updates == 0
-        version = agent.sds.version
+        version = agent.files.version
 
         # The operator starts a rotation in the CA's storage; the running CA picks it up.
         record = start_root_rotation(storage, TRUST_DOMAIN, HOUR, HOUR)
@@ -130,18 +129,19 @@ async def test_rotation_reaches_sds_between_renewals_and_an_unauthenticated_ca_i
         assert set(authority.roots) == {old_root, new_root}
 
         async def has_new_root() -> bool:
-            return new_root in roots(await fetch(config.sds_socket))
+            return new_root in roots(await fetch(config.secrets_dir))
 
-        await until(has_new_root, "the new root in the agent's ROOTCA secret", REFRESH * 5)
-        after = await fetch(config.sds_socket)
+        # Each poll is a short-lived process (its start-up is most of the bound).
+        await until(has_new_root, "the new root in the agent's ROOTCA secret", REFRESH * 5 + 10)
+        after = await fetch(config.secrets_dir)
         assert set(roots(after)) == {old_root, new_root}  # the add phase: both trusted
         assert leaf_serial(after) == serial  # no renewal: the same certificate...
         assert agent.serials == [serial]
         assert after[CERT_NAME] == before[CERT_NAME]  # ...and the same key
         assert agent.bundle_updates == 1
-        assert agent.sds.version == version + 1
+        assert agent.files.version == version + 1
         # The agent now authenticates the CA with the new bundle, too.
-        assert client.root_pem == authority.root_pem
+        assert agent.root_pem == authority.root_pem
 
         # A server at the CA's address that cannot prove it is this mesh's CA: its own
         # self-signed root, the right server name. Its bundle is refused (TLS fails).
@@ -149,23 +149,23 @@ async def test_rotation_reaches_sds_between_renewals_and_an_unauthenticated_ca_i
         try:
             with pytest.raises(CARefused) as refused:
                 await CAClient(
-                    imposter.bootstrap_target, imposter.renewal_target, client.root_pem, timeout=2
+                    imposter.bootstrap_target, imposter.renewal_target, agent.root_pem, timeout=2
                 ).trust_bundle()
             assert refused.value.code == grpc.StatusCode.UNAVAILABLE
-            client.bootstrap_target = imposter.bootstrap_target
+            agent.config.ca_address = imposter.bootstrap_target
             caplog.set_level(logging.WARNING, logger="meshfed.nodeagent")
             caplog.clear()
 
             async def poll_failed() -> bool:
                 return "trust bundle poll failed" in caplog.text
 
-            await until(poll_failed, "a refused poll", REFRESH * 10 + 5)
+            await until(poll_failed, "a refused poll", REFRESH * 10 + 20)
             await asyncio.sleep(REFRESH * 3)  # more polls, all refused
-            held = await fetch(config.sds_socket)
+            held = await fetch(config.secrets_dir)
             assert set(roots(held)) == {old_root, new_root}
             assert imposter.service.ca.roots[0] not in roots(held)
             assert agent.bundle_updates == 1
-            assert agent.sds.version == version + 1
+            assert agent.files.version == version + 1
             assert agent.serials == [serial]
         finally:
             await imposter.stop()

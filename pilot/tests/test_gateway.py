@@ -447,7 +447,7 @@ def test_gateway_without_sds_gets_plain_clusters_and_a_problem() -> None:
     assert not plain.problems and _socket_name(plain, web_cluster) == ""
 
 
-def test_proxy_sds_socket_adds_the_sds_cluster_and_tells_pilot(tmp_path: Path) -> None:
+def test_proxy_secrets_dir_tells_pilot_where_the_secret_files_are(tmp_path: Path) -> None:
     from envoy.config.core.v3 import base_pb2
     from google.protobuf import json_format
 
@@ -457,14 +457,13 @@ def test_proxy_sds_socket_adds_the_sds_cluster_and_tells_pilot(tmp_path: Path) -
     from meshfed.proxy import bootstrap
 
     argv = ["bootstrap", "--ip", "127.0.0.9", "--workload", "ingress", "--gateway"]
-    args = build_parser().parse_args([*argv, "--sds-socket", str(tmp_path / "sds.sock")])
+    args = build_parser().parse_args([*argv, "--secrets-dir", str(tmp_path / "secrets")])
     boot = bootstrap(_spec(args))
-    sds = next(c for c in boot["staticResources"]["clusters"] if c["name"] == "sds-grpc")
-    address = sds["loadAssignment"]["endpoints"][0]["lbEndpoints"][0]["endpoint"]["address"]
-    assert address == {"pipe": {"path": str(tmp_path / "sds.sock")}}
+    assert [c["name"] for c in boot["staticResources"]["clusters"]] == ["xds-grpc"]
     node = base_pb2.Node()
     json_format.ParseDict(boot["node"], node)
     assert from_proto(node).sds
+    assert from_proto(node).secrets_dir == str(tmp_path / "secrets")
     plain = bootstrap(_spec(build_parser().parse_args(argv)))
     assert [c["name"] for c in plain["staticResources"]["clusters"]] == ["xds-grpc"]
     json_format.ParseDict(plain["node"], node := base_pb2.Node())
@@ -476,8 +475,8 @@ def test_proxy_sds_socket_adds_the_sds_cluster_and_tells_pilot(tmp_path: Path) -
         "spec: {pilot: {mtls: {mode: STRICT}}}\n"
     )
     with_mesh = build_parser().parse_args([*argv, "--config", str(mesh)])
-    assert "--sds-socket" in mtls_warning(with_mesh)
-    with_sds = build_parser().parse_args([*argv, "--config", str(mesh), "--sds-socket", "/s"])
+    assert "--secrets-dir" in mtls_warning(with_mesh)
+    with_sds = build_parser().parse_args([*argv, "--config", str(mesh), "--secrets-dir", "/s"])
     assert mtls_warning(with_sds) == ""
     assert mtls_warning(build_parser().parse_args(argv)) == ""  # mTLS off by default
 

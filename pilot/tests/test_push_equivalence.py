@@ -129,10 +129,10 @@ def service(i: int) -> Service:
 
 
 NODES = (
-    ProxyNode(id="sotw", ip="127.0.0.2", sds=True),
+    ProxyNode(id="sotw", ip="127.0.0.2", sds=True, secrets_dir="/run/meshfed/sotw"),
     ProxyNode(id="plain", ip="127.0.0.3"),
     ProxyNode(id="near", ip="127.0.0.4", sds=True, locality=Locality("us-east1", "us-east1-b")),
-    ProxyNode(id="redirect", ip="127.0.0.5", sds=True, interception="REDIRECT"),
+    ProxyNode(id="redirect", ip="127.0.0.5", sds=True, secrets_dir="/d", interception="REDIRECT"),
     # Fronts svc-2's first endpoint: inbound listener and cluster, locality from the registry.
     ProxyNode(id="app", ip="10.1.2.1", sds=True, app_address="10.1.2.1", app_ports=((9080, 8080),)),
 )

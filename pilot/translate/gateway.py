@@ -36,8 +36,8 @@ per port, with the port's route table; :mod:`pilot.plugins`).
 
 Mutual TLS: a gateway is a mesh client. It gets the same shared outbound clusters as a
 sidecar, with mutual TLS already applied by its plugin (:mod:`pilot.mtls_plugin`), so it
-needs the mesh certificate that only a node agent hands out over SDS: ``meshfed proxy --gateway
---sds-socket PATH`` puts the SDS cluster in its bootstrap and ``SDS=true`` in its metadata
+needs the mesh certificate that only a node agent hands out (files): ``meshfed proxy --gateway
+--secrets-dir DIR`` puts ``SDS=true`` and the agent's secrets directory in its metadata
 (``ProxyNode.sds``), and its SPIFFE ID is the agent's. Like any proxy without SDS, a gateway
 without it gets plain copies of those clusters and a problem (:mod:`pilot.sds_fallback`).
 """

@@ -174,3 +174,46 @@ def test_inbound_mode_only_for_endpoints_marked_as_meshed() -> None:
     assert mtls.inbound_mode_for(policy, []) is mtls.Mode.OFF
     permissive = mtls.Policy(mtls.Mode.OFF, {SVC.hostname: mtls.Mode.PERMISSIVE})
     assert mtls.inbound_mode_for(permissive, [(SVC, meshed)]) is mtls.Mode.PERMISSIVE
+
+
+def test_use_secret_files_points_cluster_and_listener_secrets_at_the_proxys_files() -> None:
+    eps = [_ep("10.0.0.1", "spiffe://td/ns/shop/sa/reviews", MESHED)]
+    cluster = cluster_pb2.Cluster(name="outbound|9080||reviews")
+    assert mtls.apply_outbound_mtls(cluster, SVC, eps, mtls.Policy(mtls.Mode.PERMISSIVE))
+    assert mtls.use_secret_files(cluster, "/run/meshfed/web")
+    ctx = tls_pb2.UpstreamTlsContext()
+    cluster.transport_socket_matches[0].transport_socket.typed_config.Unpack(ctx)
+    common = ctx.common_tls_context
+    cert = common.tls_certificate_sds_secret_configs[0].sds_config.path_config_source
+    assert cert.path == "/run/meshfed/web/default.json"
+    assert cert.watched_directory.path == "/run/meshfed/web"
+    root = common.combined_validation_context.validation_context_sds_secret_config
+    assert root.sds_config.path_config_source.path == "/run/meshfed/web/ROOTCA.json"
+    assert mtls.uses_mesh_sds(common)  # still the mesh's secrets (the no-SDS fallback strips it)
+    assert not mtls.use_secret_files(cluster, "/run/meshfed/web")  # nothing left to point
+
+    listener = listener_pb2.Listener(
+        name="in", filter_chains=[lc.FilterChain(filters=[lc.Filter(name="x")])]
+    )
+    mtls.apply_inbound_transport(listener, mtls.Mode.STRICT)
+    assert mtls.use_secret_files(listener, "/d")
+    down = tls_pb2.DownstreamTlsContext()
+    listener.filter_chains[0].transport_socket.typed_config.Unpack(down)
+    paths = [
+        c.sds_config.path_config_source.path
+        for c in down.common_tls_context.tls_certificate_sds_secret_configs
+    ]
+    assert paths == ["/d/default.json"]
+
+
+def test_use_secret_files_leaves_other_tls_alone() -> None:
+    other = tls_pb2.UpstreamTlsContext(sni="example.com")
+    cluster = cluster_pb2.Cluster(
+        name="egress",
+        transport_socket=mtls.base_pb2.TransportSocket(
+            name=mtls.TLS_SOCKET, typed_config=xds.pack(other)
+        ),
+    )
+    before = cluster.SerializeToString()
+    assert not mtls.use_secret_files(cluster, "/d")
+    assert cluster.SerializeToString() == before
