@@ -3,6 +3,7 @@ listeners, filter chains and routes; sidecars unaffected by gateway-only Virtual
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -488,3 +489,32 @@ def test_analyze_reports_a_gateway_destination_port_the_service_lacks(tmp_path: 
     }  # fmt: skip
     assert all(f.file == str(tmp_path / "gw.yaml") for f in found)
     assert any("expected one of: 8000" in f.message for f in found)
+
+
+def test_meshfed_analyze_names_the_file_object_and_field_of_a_missing_port(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from meshfed.cli import main
+
+    entry = """
+---
+apiVersion: networking.meshfed.io/v1alpha1
+kind: ServiceEntry
+metadata: {name: web, namespace: default}
+spec:
+  hosts: [web.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  endpoints: [{address: 127.0.0.1}]
+"""
+    path = tmp_path / "edge.yaml"
+    path.write_text(CONFIG.split("---")[0] + entry + BAD_PORTS)
+    assert main(["analyze", str(path), "-o", "json"]) == 1
+    rows = json.loads(capsys.readouterr().out)["findings"]
+    (row,) = [r for r in rows if "destination.port" in r["message"]]
+    assert row["code"] == "MF0106" and row["severity"] == "error"
+    assert row["object"] == "VirtualService default/ports.http[0]"
+    assert row["file"] == str(path)
+    assert row["message"].startswith("route[0].destination.port 9999: ")
+    assert "expected one of: 80" in row["message"]
