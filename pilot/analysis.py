@@ -13,7 +13,7 @@ MF0103 warning a subset (label set) a rule or policy selects is carried by no en
 MF0104 warning one host is supplied by more than one registry (their values are merged)
 MF0105 error   a gateway has no route, or none of its routes' backends exists
 MF0106 error   another reference (route to another service, mirror, source, gateway backend)
-               names no service
+               names no service, or a gateway route's destination port the service lacks
 MF0107 warning two rules route one destination with the same precedence
 MF0108 info    an object is not applied because a newer API generation covers its host
 ====== ======= ==================================================================================
@@ -239,7 +239,7 @@ def _gateways(snapshot: ConfigSnapshot, catalog: Catalog) -> Iterator[Finding]:
 
 def _istio_gateways(snapshot: ConfigSnapshot, catalog: Catalog) -> Iterator[Finding]:
     """Today's Gateways: one no VirtualService is bound to serves nothing; a bound route's
-    destination that names no service is left out of the gateway's routes."""
+    destination that names no service, or a port its service lacks, takes no traffic."""
     resolver = _Resolver(catalog)
     bound = {g for r in snapshot.gateway_routes for g in r.gateways}
     bound |= {g for r in snapshot.l4_routes for g in r.gateways}
@@ -251,14 +251,26 @@ def _istio_gateways(snapshot: ConfigSnapshot, catalog: Catalog) -> Iterator[Find
             )  # fmt: skip
     for route in snapshot.gateway_routes:
         rule = route.rule
-        for dest in rule.route:
-            if (
-                dest.destination is not None
-                and resolver.host(dest.destination, rule.namespace) is None
-            ):
+        for i, dest in enumerate(rule.route):
+            if dest.destination is None:
+                continue
+            host = resolver.host(dest.destination, rule.namespace)
+            if host is None:
                 yield Finding(
                     "MF0106", "error", rule.ref,
                     f"gateway route to {dest.destination} names no service", rule.file,
+                )  # fmt: skip
+                continue
+            port = catalog.services[host].port_by_number(dest.port) if dest.port else None
+            if dest.port and (port is None or not port.protocol.is_http):
+                have = ", ".join(
+                    str(p.number) for p in catalog.services[host].ports if p.protocol.is_http
+                )
+                yield Finding(
+                    "MF0106", "error", rule.ref,
+                    f"route[{i}].destination.port {dest.port}: {host} has no such HTTP port "
+                    f"(expected one of: {have or 'none'}); that destination takes no traffic",
+                    rule.file,
                 )  # fmt: skip
     for l4 in snapshot.l4_routes:
         for d in l4.destinations:

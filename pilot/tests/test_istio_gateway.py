@@ -3,6 +3,7 @@ listeners, filter chains and routes; sidecars unaffected by gateway-only Virtual
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -429,3 +430,91 @@ def test_listener_plugins_shape_every_gateway_connection_manager(tmp_path: Path)
     assert tls == ["gateway|8443|default/front|https", "gateway|8443|default/front|https-mtls"]
     plain = sorted(name for port, is_tls, name in seen if not is_tls)
     assert plain == ["gateway|15001", "gateway|8080", "gateway|8081"]
+
+
+BAD_PORTS = """
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ports, namespace: default}
+spec:
+  hosts: [web.example.com]
+  gateways: [front]
+  http:
+  - match: [{uri: {prefix: /only-bad}}]
+    route: [{destination: {host: web, port: {number: 9999}}}]
+  - match: [{uri: {prefix: /split}}]
+    route:
+    - {destination: {host: api.shop, port: {number: 8001}}, weight: 30}
+    - {destination: {host: web, port: {number: 80}}, weight: 70}
+"""
+
+
+def test_a_destination_port_the_service_lacks_takes_no_traffic_and_is_reported(
+    tmp_path: Path,
+) -> None:
+    _, routes, problems = resources(snapshot(tmp_path, CONFIG + BAD_PORTS))
+    vhost = next(
+        vh for vh in routes["gateway|8080"].virtual_hosts if vh.name == "gateway|web.example.com"
+    )
+    by_prefix = {r.match.prefix: r for r in vhost.routes}
+    # Only a port the service lacks: the route keeps its match and answers 503, rather than
+    # sending the request to another port or letting it fall through to a later route.
+    only_bad = by_prefix["/only-bad"]
+    assert only_bad.WhichOneof("action") == "direct_response"
+    assert only_bad.direct_response.status == 503
+    # A split: the bad destination's share goes to the others, never to another api port.
+    split = by_prefix["/split"]
+    assert split.route.cluster == f"outbound|80||{WEB.hostname}"
+    assert not split.route.HasField("weighted_clusters")
+    assert {p.split(": ", 1)[1].split(" (")[0] for p in problems if "ports." in p} == {
+        f"route[0].destination.port: {WEB.hostname} has no HTTP port 9999",
+        f"route[0].destination.port: {API.hostname} has no HTTP port 8001",
+    }
+
+
+def test_analyze_reports_a_gateway_destination_port_the_service_lacks(tmp_path: Path) -> None:
+    from meshfed.pilot.analysis import Catalog, analyze
+
+    snap = snapshot(tmp_path, CONFIG + BAD_PORTS)
+    catalog = Catalog({s.hostname: s for s in (WEB, API, SECURE)})
+    found = [
+        f for f in analyze(snap, catalog) if f.object.startswith("VirtualService default/ports")
+    ]
+    assert {(f.code, f.severity, f.object, f.message.split(":")[0]) for f in found} == {
+        ("MF0106", "error", "VirtualService default/ports.http[0]",
+         "route[0].destination.port 9999"),
+        ("MF0106", "error", "VirtualService default/ports.http[1]",
+         "route[0].destination.port 8001"),
+    }  # fmt: skip
+    assert all(f.file == str(tmp_path / "gw.yaml") for f in found)
+    assert any("expected one of: 8000" in f.message for f in found)
+
+
+def test_meshfed_analyze_names_the_file_object_and_field_of_a_missing_port(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from meshfed.cli import main
+
+    entry = """
+---
+apiVersion: networking.meshfed.io/v1alpha1
+kind: ServiceEntry
+metadata: {name: web, namespace: default}
+spec:
+  hosts: [web.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  endpoints: [{address: 127.0.0.1}]
+"""
+    path = tmp_path / "edge.yaml"
+    path.write_text(CONFIG.split("---")[0] + entry + BAD_PORTS)
+    assert main(["analyze", str(path), "-o", "json"]) == 1
+    rows = json.loads(capsys.readouterr().out)["findings"]
+    (row,) = [r for r in rows if "destination.port" in r["message"]]
+    assert row["code"] == "MF0106" and row["severity"] == "error"
+    assert row["object"] == "VirtualService default/ports.http[0]"
+    assert row["file"] == str(path)
+    assert row["message"].startswith("route[0].destination.port 9999: ")
+    assert "expected one of: 80" in row["message"]

@@ -45,11 +45,12 @@ from meshfed.pilot.config.istio_gateway import (
     TlsMode,
     intersect,
 )
+from meshfed.pilot.config.model import RouteRule
 from meshfed.pilot.node import ProxyNode
 from meshfed.pilot.translate import names, routes, rules
 from meshfed.pilot.translate.protos import pack
 from meshfed.pilot.translate.traffic import TrafficIndex, subset_name
-from meshfed.registry.model import Labels
+from meshfed.registry.model import Labels, Port, Service
 
 # (port, route table, tls) -> the connection manager filter, with the listener plugins applied.
 MakeManager = Callable[[int, route_pb2.RouteConfiguration, bool], lc.Filter]
@@ -106,27 +107,51 @@ def _domains_for(
 
 def _route(bound: GatewayRoute, index: TrafficIndex, problems: list[str]) -> rc.Route | None:
     rule = bound.rule
-    service, wanted = None, 0
-    for dest in rule.route:
+    chosen: tuple[Service, Port] | None = None
+    resolved = False
+    for i, dest in enumerate(rule.route):
         assert dest.destination is not None
         host = index.host_of(dest.destination, rule.namespace)
-        if host is not None and host in index.services:
-            service, wanted = index.services[host], dest.port
-            break
-    if service is None and rule.redirect is None:
+        service = index.services.get(host) if host is not None else None
+        if service is None:
+            continue
+        resolved = True
+        port = service.port_by_number(dest.port) if dest.port else routes.default_http_port(service)
+        if port is None or not port.protocol.is_http:
+            # Another port of the service would be traffic nobody asked for: the destination
+            # takes none (its weight goes to the others; with none left the route answers 503).
+            what = f"HTTP port {dest.port}" if dest.port else "HTTP port"
+            problems.append(
+                f"{rule.ref}: route[{i}].destination.port: {service.hostname} has no {what}"
+                f" (it has {_port_list(service)}); that destination takes no traffic"
+            )
+        elif chosen is None:
+            chosen = (service, port)
+    if not resolved and rule.redirect is None:
         problems.append(f"{rule.ref}: no destination resolves to a service; route left out")
         return None
-    port = None
-    if service is not None:
-        port = service.port_by_number(wanted) if wanted else routes.default_http_port(service)
-    if service is not None and (port is None or not port.protocol.is_http):
-        what = f"port {wanted}" if wanted else "an HTTP port"
-        problems.append(f"{rule.ref}: {service.hostname} has no {what}; route left out")
-        return None
-    if service is None or port is None:  # a redirect needs no backend
+    if chosen is None and rule.redirect is None:
+        return _unavailable(rule)
+    if chosen is None:  # a redirect needs no backend
         return rules.redirect_route(rule)
+    service, port = chosen
     default = routes.default_route(names.outbound_cluster(service.hostname, port.number))
     return rules.rule_route(rule, service, port, default, index)
+
+
+def _port_list(service: Service) -> str:
+    return ", ".join(f"{p.number}/{p.protocol.value}" for p in service.ports) or "no ports"
+
+
+def _unavailable(rule: RouteRule) -> rc.Route:
+    """The rule's match answered 503: no request it matches falls through to another route."""
+    return rc.Route(
+        name=rule.ref,
+        match=rules.route_match(rule.match),
+        direct_response=rc.DirectResponseAction(
+            status=503, body=base_pb2.DataSource(inline_string="no destination port\n")
+        ),
+    )
 
 
 def _vhosts(

@@ -256,17 +256,23 @@ class TrafficIndex:
     def cluster_for(
         self, host: str, port: Port, labels: Labels | None = None, prefer_port: int | None = None
     ) -> str | None:
-        """The cluster name for ``host`` (subset ``labels``) on the same port number as ``port``
-        when the service has it, else its first HTTP port; None when the host is unknown."""
+        """The cluster name for ``host`` (subset ``labels``): on ``prefer_port`` when given, None
+        when the service lacks it as an HTTP port (a named port is never swapped for another);
+        else on the same port number as ``port`` when the service has it, else its first HTTP
+        port; None when the host is unknown."""
         from meshfed.pilot.translate import names
 
         service = self.services.get(host)
         if service is None:
             return None
-        wanted = prefer_port if prefer_port is not None else port.number
-        chosen = service.port_by_number(wanted) or next(
-            (p for p in service.ports if p.protocol.is_http), None
-        )
+        if prefer_port is not None:
+            chosen = service.port_by_number(prefer_port)
+            if chosen is not None and not chosen.protocol.is_http:
+                chosen = None
+        else:
+            chosen = service.port_by_number(port.number) or next(
+                (p for p in service.ports if p.protocol.is_http), None
+            )
         if chosen is None:
             return None
         return names.outbound_cluster(host, chosen.number, subset_name(labels or Labels()))
