@@ -155,7 +155,8 @@ def host_key(ref: ServiceRef, namespace: str) -> str:
     return ref.candidates(namespace)[0]
 
 
-def _api(doc: Document, r: FieldReader) -> None:
+def check_api_version(doc: Document, r: FieldReader) -> None:
+    """An error on ``apiVersion`` unless it is one of today's networking.istio.io versions."""
     if doc.api_version not in ISTIO_API_VERSIONS:
         r.errors.append(
             ConfigError(
@@ -513,7 +514,7 @@ def gateway_domain(host: str, namespace: str) -> str:
 
 def parse_virtual_service(doc: Document) -> tuple[VirtualService | None, list[ConfigError]]:
     r = FieldReader(doc.file, doc.ref, doc.spec, "spec")
-    _api(doc, r)
+    check_api_version(doc, r)
     r.unknown_fields({"hosts", "gateways", "http", "tcp", "tls", "exportTo"})
     _refuse(r, ["exportTo"], "every rule is visible mesh-wide")
     gateways = _gateway_names(r, doc.namespace)
@@ -666,7 +667,7 @@ def _traffic_policy(
 
 def parse_destination_rule(doc: Document) -> tuple[DestinationRule | None, list[ConfigError]]:
     r = FieldReader(doc.file, doc.ref, doc.spec, "spec")
-    _api(doc, r)
+    check_api_version(doc, r)
     r.unknown_fields({"host", "trafficPolicy", "subsets", "exportTo", "workloadSelector"})
     _refuse(r, ["exportTo", "workloadSelector"], "every rule is visible mesh-wide")
     host = _host(r, "host")

@@ -29,16 +29,10 @@ import attrs
 
 from meshfed.core import validators as v
 from meshfed.core.resources import ConfigError, Document, FieldReader, describe
+from meshfed.pilot.config.istio import check_api_version
 from meshfed.pilot.config.model import Gateway
 from meshfed.registry.model import Labels
 
-ISTIO_API_VERSIONS = frozenset(
-    {
-        "networking.istio.io/v1alpha3",
-        "networking.istio.io/v1beta1",
-        "networking.istio.io/v1",
-    }
-)
 # What a gateway proxy with no labels of its own carries: Istio's default ingress gateway's.
 DEFAULT_GATEWAY_LABELS = Labels({"istio": "ingressgateway"})
 MAX_SERVERS = 1_000
@@ -315,15 +309,7 @@ def _kind(server: Server) -> str:
 
 def parse_istio_gateway(doc: Document) -> tuple[IstioGateway | None, list[ConfigError]]:
     r = FieldReader(doc.file, doc.ref, doc.spec, "spec")
-    if doc.api_version not in ISTIO_API_VERSIONS:
-        r.errors.append(
-            ConfigError(
-                doc.file,
-                doc.ref,
-                "apiVersion",
-                f"expected one of {', '.join(sorted(ISTIO_API_VERSIONS))}, got {doc.api_version!r}",
-            )
-        )
+    check_api_version(doc, r)
     r.unknown_fields({"selector", "servers"})
     selector = Labels(r.labels("selector"))
     readers = list(r.readers("servers", required=True))

@@ -19,7 +19,7 @@ import attrs
 
 from meshfed.core import validators as v
 from meshfed.core.resources import ConfigError, Document, FieldReader
-from meshfed.pilot.config.istio import ISTIO_API_VERSIONS
+from meshfed.pilot.config.istio import check_api_version
 from meshfed.pilot.config.peer_authentication import ROOT_NAMESPACE
 from meshfed.registry.model import Labels, Service
 
@@ -76,15 +76,7 @@ def _host(r: FieldReader, index: int, value: str, namespace: str) -> tuple[str, 
 
 def parse_sidecar(doc: Document) -> tuple[Sidecar | None, list[ConfigError]]:
     r = FieldReader(doc.file, doc.ref, doc.spec, "spec")
-    if doc.api_version not in ISTIO_API_VERSIONS:
-        r.errors.append(
-            ConfigError(
-                doc.file,
-                doc.ref,
-                "apiVersion",
-                f"expected one of {', '.join(sorted(ISTIO_API_VERSIONS))}, got {doc.api_version!r}",
-            )
-        )
+    check_api_version(doc, r)
     refused = ["ingress", "outboundTrafficPolicy", "inboundConnectionPool"]
     for name in refused:
         if name in r.data:
