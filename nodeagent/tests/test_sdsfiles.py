@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import resource
+import signal
 import stat
 import threading
 from pathlib import Path
@@ -112,19 +114,23 @@ def test_a_file_in_the_way_is_a_clear_error(tmp_path: Path) -> None:
         SecretFiles(blocker / "below").prepare()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_a_failed_write_keeps_the_last_good_secrets(tmp_path: Path) -> None:
     files = SecretFiles(tmp_path / "proxy")
     files.prepare()
     files.write(b"GOOD", b"GOODKEY", b"GOODROOT")
-    files.directory.chmod(0o500)
+    # A file-size limit makes the write fail for root too (EFBIG instead of a signal).
+    previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    previous_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16, previous_limit[1]))
     try:
         with pytest.raises(SecretDirError, match=r"proxy: cannot write"):
             files.write(b"NEW", b"NEWKEY", b"NEWROOT")
     finally:
-        files.directory.chmod(0o700)
+        resource.setrlimit(resource.RLIMIT_FSIZE, previous_limit)
+        signal.signal(signal.SIGXFSZ, previous_handler)
     assert files.version == 1 and files.failures == 1
     assert _secret(files.cert_path)[1].tls_certificate.private_key.inline_bytes == b"GOODKEY"
+    assert not [n for n in os.listdir(files.directory) if n.endswith(".tmp")]
 
 
 def test_a_write_that_fails_midway_leaves_no_temporary_file_and_the_old_secret(
