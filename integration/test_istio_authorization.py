@@ -30,8 +30,8 @@ from integration.test_istio_peer_authentication import (
     S_IP,
     _agent,
     _id,
+    serve_pilot,
 )
-from meshfed.pilot.config.store import FileConfigStore
 from meshfed.pilot.server import PilotServer
 from meshfed.registry.aggregate import AggregateRegistry
 from meshfed.registry.model import Endpoint, Port, Protocol, Service
@@ -80,20 +80,8 @@ async def pilot(tmp_path: Path) -> AsyncIterator[tuple[PilotServer, Path]]:
         {S_HOST: [Endpoint(S_IP, {"http": 9080}, MESHED, identity=_id("secure", "web"))]},
     )
     member.mark_synced()
-    store = FileConfigStore([folder])
-    store.load()
-    task = asyncio.create_task(store.run())
-    server = PilotServer(
-        aggregate, "127.0.0.1:0", 0.02, 0.2, config_stores=[store], mtls_policy=mtls.Policy()
-    )
-    await server.start()
-    try:
+    async with serve_pilot(aggregate, folder, mtls.Policy()) as server:
         yield server, folder
-    finally:
-        await server.stop()
-        store.stop()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 5)
 
 
 async def _status(

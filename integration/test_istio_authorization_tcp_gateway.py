@@ -41,9 +41,8 @@ from integration.mixer_datapath_helpers import DENY_WEB, call, datapath_mesh, ev
 from integration.mixer_datapath_helpers import WEB_HOST as DENIED_HOST
 from integration.routing_helpers import routing_mesh
 from integration.security_helpers import TRUST_DOMAIN, tcp_echo
-from integration.test_istio_peer_authentication import MESH_WIDE, MESHED, _agent, _id
+from integration.test_istio_peer_authentication import MESH_WIDE, MESHED, _agent, _id, serve_pilot
 from meshfed.mixer.settings import DataPathSettings
-from meshfed.pilot.config.store import FileConfigStore
 from meshfed.pilot.server import PilotServer
 from meshfed.pilot.status import syncz
 from meshfed.proxy import EnvoyProcess, ProxySpec, wait_ready
@@ -166,20 +165,8 @@ async def tcp_pilot(tmp_path: Path) -> AsyncIterator[tuple[PilotServer, Path]]:
         {T_HOST: [Endpoint(T_IP, {"tcp": T_PORT}, DB_LABELS, identity=_id("secure", "db"))]},
     )
     member.mark_synced()
-    store = FileConfigStore([folder])
-    store.load()
-    task = asyncio.create_task(store.run())
-    server = PilotServer(
-        aggregate, "127.0.0.1:0", 0.02, 0.2, config_stores=[store], mtls_policy=mtls.Policy()
-    )
-    await server.start()
-    try:
+    async with serve_pilot(aggregate, folder, mtls.Policy()) as server:
         yield server, folder
-    finally:
-        await server.stop()
-        store.stop()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 5)
 
 
 async def test_tcp_principals_and_addresses_deny_beats_allow_and_http_only_fields(

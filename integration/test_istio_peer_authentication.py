@@ -54,6 +54,27 @@ spec:
 """
 
 
+@contextlib.asynccontextmanager
+async def serve_pilot(
+    aggregate: AggregateRegistry, folder: Path, policy: mtls.Policy
+) -> AsyncIterator[PilotServer]:
+    """Pilot on a free loopback port over ``aggregate``, its config watched in ``folder``."""
+    store = FileConfigStore([folder])
+    store.load()
+    task = asyncio.create_task(store.run())
+    server = PilotServer(
+        aggregate, "127.0.0.1:0", 0.02, 0.2, config_stores=[store], mtls_policy=policy
+    )
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+        store.stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 5)
+
+
 @pytest.fixture
 async def pilot(tmp_path: Path) -> AsyncIterator[tuple[PilotServer, Path]]:
     folder = tmp_path / "config"
@@ -73,25 +94,8 @@ async def pilot(tmp_path: Path) -> AsyncIterator[tuple[PilotServer, Path]]:
         },
     )
     member.mark_synced()
-    store = FileConfigStore([folder])
-    store.load()
-    task = asyncio.create_task(store.run())
-    server = PilotServer(
-        aggregate,
-        "127.0.0.1:0",
-        0.02,
-        0.2,
-        config_stores=[store],
-        mtls_policy=mtls.Policy(mtls.Mode.OFF),
-    )
-    await server.start()
-    try:
+    async with serve_pilot(aggregate, folder, mtls.Policy(mtls.Mode.OFF)) as server:
         yield server, folder
-    finally:
-        await server.stop()
-        store.stop()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 5)
 
 
 def _id(namespace: str, sa: str) -> str:
