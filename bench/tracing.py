@@ -36,7 +36,11 @@ sys.path.insert(0, str(ROOT))
 
 import aiohttp  # noqa: E402
 
-from integration.mixer_datapath_helpers import datapath_mesh, workload  # noqa: E402
+from integration.mixer_datapath_helpers import (  # noqa: E402
+    REQUEST_COUNT,
+    datapath_mesh,
+    workload,
+)
 from integration.peers.jaeger import JaegerServer, start_jaeger  # noqa: E402
 from meshfed.core.tracing import DISABLED, TracingSettings  # noqa: E402
 from meshfed.mixer.settings import DataPathSettings  # noqa: E402
@@ -46,34 +50,6 @@ API = "api.default.svc.cluster.local"
 SERVICES = workload("client", "client.default.svc.cluster.local", CLIENT_IP, 9080) + workload(
     "api", API, API_IP, 9080
 )
-POLICY = """
-apiVersion: config.istio.io/v1alpha2
-kind: metric
-metadata: {name: requestcount, namespace: istio-system}
-spec:
-  value: "1"
-  dimensions:
-    destination_service: destination.service | "unknown"
-    response_code: response.code | 200
----
-apiVersion: config.istio.io/v1alpha2
-kind: prometheus
-metadata: {name: handler, namespace: istio-system}
-spec:
-  metrics:
-  - name: request_count
-    instance_name: requestcount.metric.istio-system
-    kind: COUNTER
-    label_names: [destination_service, response_code]
----
-apiVersion: config.istio.io/v1alpha2
-kind: rule
-metadata: {name: promhttp, namespace: istio-system, labels: {istio-protocol: http}}
-spec:
-  actions:
-  - handler: handler.prometheus
-    instances: [requestcount.metric]
-"""
 WARMUP, REQUESTS = 50, 1000
 ARRIVAL_TIMEOUT = 60.0  # seconds to wait for the sampled run's traces in Jaeger
 
@@ -106,7 +82,7 @@ async def scenario(name: str, jaeger: JaegerServer, sampling: float | None) -> d
     before = len(await asyncio.to_thread(jaeger.traces, API, 10_000, "1h"))
     with tempfile.TemporaryDirectory(prefix="meshfed-bench-") as folder:
         async with datapath_mesh(
-            Path(folder), SERVICES, POLICY, DataPathSettings(), tracing=tracing
+            Path(folder), SERVICES, REQUEST_COUNT, DataPathSettings(), tracing=tracing
         ) as mesh:
             await mesh.backend("api", API_IP, 8080)
             await mesh.proxy(API_IP, "api", "9080:8080")

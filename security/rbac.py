@@ -304,6 +304,16 @@ ENVOY_ACTION = {
 }
 
 
+def _envoy_rules(action: int, policies: Sequence[Policy], prefix: str = "") -> rbac_pb2.RBAC:
+    """One Envoy RBAC rule set with Envoy ``action`` for ``policies``: one named policy per
+    rule, ``<prefix><policy>[<index>]``, in policy-name order so the output is stable."""
+    rules = rbac_pb2.RBAC(action=action)  # type: ignore[arg-type]
+    for policy in sorted(policies, key=lambda p: p.name):
+        for i, rule in enumerate(policy.rules):
+            rules.policies[f"{prefix}{policy.name}[{i}]"].CopyFrom(_rule(rule))
+    return rules
+
+
 def http_filters(policies: Sequence[Policy]) -> list[hcm.HttpFilter]:
     """The RBAC filters for the policies that apply to one inbound port, in the order they
     must run: AUDIT (never blocks), DENY, ALLOW. Empty when no policy applies. ``CUSTOM``
@@ -313,23 +323,12 @@ def http_filters(policies: Sequence[Policy]) -> list[hcm.HttpFilter]:
         mine = [p for p in policies if p.action is action]
         if not mine:
             continue
-        rules = rbac_pb2.RBAC(action=ENVOY_ACTION[action])
-        for policy in sorted(mine, key=lambda p: p.name):
-            for i, rule in enumerate(policy.rules):
-                rules.policies[f"{policy.name}[{i}]"].CopyFrom(_rule(rule))
+        rules = _envoy_rules(ENVOY_ACTION[action], mine)
         config = rbac_filter.RBAC(rules=rules)
         out.append(
             hcm.HttpFilter(name=f"{RBAC_FILTER}.{action.value.lower()}", typed_config=pack(config))
         )
     return out
-
-
-def _custom_rules(policies: Sequence[Policy], action: int, prefix: str) -> rbac_pb2.RBAC:
-    rules = rbac_pb2.RBAC(action=action)  # type: ignore[arg-type]
-    for policy in sorted(policies, key=lambda p: p.name):
-        for i, rule in enumerate(policy.rules):
-            rules.policies[f"{prefix}{policy.name}[{i}]"].CopyFrom(_rule(rule))
-    return rules
 
 
 def custom_shadow_filter(policies: Sequence[Policy]) -> hcm.HttpFilter | None:
@@ -339,7 +338,7 @@ def custom_shadow_filter(policies: Sequence[Policy]) -> hcm.HttpFilter | None:
     if not mine:
         return None
     config = rbac_filter.RBAC(
-        shadow_rules=_custom_rules(mine, rbac_pb2.RBAC.ALLOW, CUSTOM_POLICY_PREFIX),
+        shadow_rules=_envoy_rules(rbac_pb2.RBAC.ALLOW, mine, CUSTOM_POLICY_PREFIX),
         shadow_rules_stat_prefix=CUSTOM_STAT_PREFIX,
     )
     return hcm.HttpFilter(name=f"{RBAC_FILTER}.custom", typed_config=pack(config))
@@ -351,7 +350,7 @@ def custom_deny_filter(policies: Sequence[Policy]) -> hcm.HttpFilter | None:
     mine = [p for p in policies if p.action is Action.CUSTOM]
     if not mine:
         return None
-    config = rbac_filter.RBAC(rules=_custom_rules(mine, rbac_pb2.RBAC.DENY, ""))
+    config = rbac_filter.RBAC(rules=_envoy_rules(rbac_pb2.RBAC.DENY, mine))
     return hcm.HttpFilter(name=f"{RBAC_FILTER}.custom-unreachable", typed_config=pack(config))
 
 
@@ -416,10 +415,7 @@ def network_filters(policies: Sequence[Policy], stat_prefix: str) -> list[lc.Fil
         mine = [tcp_policy(p) for p in policies if p.action is action]
         if not mine:
             continue
-        rules = rbac_pb2.RBAC(action=ENVOY_ACTION[action])
-        for policy in sorted(mine, key=lambda p: p.name):
-            for i, rule in enumerate(policy.rules):
-                rules.policies[f"{policy.name}[{i}]"].CopyFrom(_rule(rule))
+        rules = _envoy_rules(ENVOY_ACTION[action], mine)
         name = action.value.lower()
         config = network_rbac.RBAC(rules=rules, stat_prefix=f"{stat_prefix}{name}.")
         out.append(lc.Filter(name=f"{NETWORK_RBAC_FILTER}.{name}", typed_config=pack(config)))
@@ -434,7 +430,7 @@ def custom_network_deny_filter(policies: Sequence[Policy], stat_prefix: str) -> 
     if not mine:
         return None
     config = network_rbac.RBAC(
-        rules=_custom_rules(mine, rbac_pb2.RBAC.DENY, ""), stat_prefix=f"{stat_prefix}custom."
+        rules=_envoy_rules(rbac_pb2.RBAC.DENY, mine), stat_prefix=f"{stat_prefix}custom."
     )
     return lc.Filter(name=f"{NETWORK_RBAC_FILTER}.custom-refused", typed_config=pack(config))
 
@@ -447,7 +443,7 @@ def custom_network_shadow_filter(policies: Sequence[Policy], stat_prefix: str) -
     if not mine:
         return None
     config = network_rbac.RBAC(
-        shadow_rules=_custom_rules(mine, rbac_pb2.RBAC.ALLOW, CUSTOM_POLICY_PREFIX),
+        shadow_rules=_envoy_rules(rbac_pb2.RBAC.ALLOW, mine, CUSTOM_POLICY_PREFIX),
         shadow_rules_stat_prefix=CUSTOM_STAT_PREFIX,
         stat_prefix=f"{stat_prefix}custom.",
     )
